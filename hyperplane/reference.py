@@ -1,0 +1,671 @@
+"""The pure-Python reference engine: the readable specification of the data path.
+
+Read this file to learn what the compiled engine (``csrc/``) does; the two share one API and
+the differential tests require identical verdicts and identical bytes from both. It is slow on
+purpose-free grounds: clarity first. Never use it on a fast path.
+
+The life of a packet (``Engine._translate``):
+
+1. **parse** the IPv4/IPv6 header (walking IPv6 extension headers) and the TCP/UDP header;
+   anything malformed or unhandled is a drop with one :class:`DropReason`;
+2. **TTL / hop limit**: a packet that would expire in forwarding is dropped;
+3. **conntrack lookup** of the packet's tuple in one hash table that holds every connection's
+   *orig* tuple (as the environment sent it) and *reply* tuple (as the VPC answers it);
+4. outbound miss = **new connection**: TCP must start with SYN, the table must have room, an ENI
+   and a port are chosen, the *reply* tuple is checked/inserted first, then the orig tuple;
+   inbound miss = **unsolicited**, dropped;
+5. **state update** (TCP transition table, UDP replied flag), counters, timer refresh;
+6. **manip**: source (outbound) or destination (inbound) rewritten, TTL decremented, checksums
+   updated incrementally (RFC 1624), or by the partial-checksum rule for offloaded packets.
+"""
+from __future__ import annotations
+
+import collections
+import ipaddress
+import itertools
+import socket
+import struct
+import time
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from . import tcp_states
+from .config import EngineConfig, Eni
+from .constants import (
+    FLAG_CSUM_PARTIAL, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, Direction, DropReason, TcpState,
+    TimeoutClass, UdpState, Verdict, state_name,
+)
+
+ENGINE_NAME = "reference"
+
+MAX_EXT_HEADERS = 8       # IPv6 extension headers walked before giving up (EXT_HEADER_CHAIN)
+PORT_PROBES = 8           # candidate ports tried per ENI on a reply-tuple collision
+_GOLDEN = 0x9E3779B97F4A7C15
+_M64 = (1 << 64) - 1
+
+OUT, IN = Direction.OUTBOUND, Direction.INBOUND
+R = DropReason
+
+
+class Result(NamedTuple):
+    """What a per-packet call returns."""
+
+    verdict: Verdict
+    packet: Optional[bytes]          #: the rewritten packet, None when dropped
+    reason: DropReason               #: DropReason.NONE unless dropped
+
+
+class Tuple5(NamedTuple):
+    """One direction of a connection, as the packet carries it."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+
+class EntryInfo(NamedTuple):
+    """A tracked connection as ``Engine.entries()`` reports it."""
+
+    family: int
+    proto: str
+    orig: Tuple5
+    reply: Tuple5
+    state: str
+    timeout: float                   #: seconds left before expiry
+    eni: str
+    packets_orig: int
+    bytes_orig: int
+    packets_reply: int
+    bytes_reply: int
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers shared with the tests (and mirrored in csrc/hp_csum.h, csrc/hp_rand.h)
+# --------------------------------------------------------------------------------------------
+def splitmix64(state: int) -> Tuple[int, int]:
+    """One step of SplitMix64: returns (new state, output). Seeds the port permutations."""
+    state = (state + _GOLDEN) & _M64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return state, z ^ (z >> 31)
+
+
+def fold(x: int) -> int:
+    """Fold a one's-complement accumulator to 16 bits."""
+    while x > 0xFFFF:
+        x = (x & 0xFFFF) + (x >> 16)
+    return x
+
+
+def csum_delta(old: bytes, new: bytes) -> int:
+    """RFC 1624: the one's-complement difference ``~m + m'`` of two equal-length byte strings."""
+    acc = 0
+    for i in range(0, len(old), 2):
+        acc += (0xFFFF ^ ((old[i] << 8) | old[i + 1])) + ((new[i] << 8) | new[i + 1])
+    return fold(acc)
+
+
+def csum_update_full(csum: int, delta: int) -> int:
+    """Update a complete (complemented) checksum: HC' = ~(~HC + ~m + m') (RFC 1624 eqn. 3)."""
+    return 0xFFFF ^ fold((0xFFFF ^ csum) + delta)
+
+
+def csum_update_partial(csum: int, delta: int) -> int:
+    """Update a partial checksum: the field holds the *uncomplemented* pseudo-header sum that
+    the NIC (or the kernel's GSO) completes later, so it moves by the delta, uncomplemented."""
+    return fold(csum + delta)
+
+
+def ip_header_sum_ok(hdr: bytes) -> bool:
+    acc = 0
+    for i in range(0, len(hdr), 2):
+        acc += (hdr[i] << 8) | hdr[i + 1]
+    return fold(acc) == 0xFFFF
+
+
+def port_permutation(seed: int, eni_index: int, family: int, proto: int,
+                     port_min: int, port_max: int) -> List[int]:
+    """The order in which a pool hands out ports: a seeded Fisher-Yates shuffle of the range.
+
+    RFC 6056 3.3.1 ("simple port randomization") picks each port at random; a permutation gives
+    the same unpredictability and, with freed ports queued at the back, also delays reuse
+    (RFC 6056 3.1)."""
+    pool_no = 1 + eni_index * 4 + (2 if family == 6 else 0) + (1 if proto == IPPROTO_UDP else 0)
+    state = (seed ^ ((_GOLDEN * pool_no) & _M64)) & _M64
+    perm = list(range(port_min, port_max + 1))
+    for i in range(len(perm) - 1, 0, -1):
+        state, r = splitmix64(state)
+        j = r % (i + 1)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def addr_bytes(family: int, text: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET if family == 4 else socket.AF_INET6, text)
+
+
+def addr_text(family: int, raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if family == 4 else socket.AF_INET6, raw)
+
+
+# --------------------------------------------------------------------------------------------
+# Port pool: one per (ENI address, protocol)
+# --------------------------------------------------------------------------------------------
+class PortPool:
+    """Free ports in FIFO order; O(1) take-specific, take-first and free.
+
+    ``free`` is an ordered dict used as a doubly linked list: the initial order is the seeded
+    permutation, a freed port goes to the back, so it is handed out only after every port that
+    was free before it. ``freed_at`` remembers when a port was last freed, so that keeping an
+    environment's source port does not reuse a port within ``port_reuse_delay``.
+    """
+
+    def __init__(self, ports: List[int], reuse_delay: float):
+        self.free: "collections.OrderedDict[int, None]" = collections.OrderedDict.fromkeys(ports)
+        self.freed_at: Dict[int, float] = {}
+        self.size = len(ports)
+        self.reuse_delay = reuse_delay
+
+    @property
+    def used(self) -> int:
+        return self.size - len(self.free)
+
+    def candidates(self, preferred: int, now: float) -> Iterator[int]:
+        """Ports to try, best first: the preferred one if reusable, then the FIFO head onward."""
+        if preferred in self.free:
+            t = self.freed_at.get(preferred)
+            if t is None or t + self.reuse_delay <= now:
+                yield preferred
+        yield from itertools.islice(iter(self.free), PORT_PROBES)
+
+    def take(self, port: int) -> None:
+        del self.free[port]
+
+    def release(self, port: int, now: float) -> None:
+        self.free[port] = None
+        self.freed_at[port] = now
+
+
+# --------------------------------------------------------------------------------------------
+# Connection entry
+# --------------------------------------------------------------------------------------------
+class Conn:
+    """One tracked connection: both tuples, the ct state and the counters."""
+
+    __slots__ = ("id", "family", "proto", "orig_key", "reply_key", "env_addr", "env_port",
+                 "eni_index", "eni_addr", "eni_port", "state", "last_seen", "counters")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+        self.counters = [0, 0, 0, 0]  # packets_orig, bytes_orig, packets_reply, bytes_reply
+
+
+def tuple_key(family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
+    """The table key. Bytes, so Python's dict hashes it with its seeded SipHash (PEP 456):
+    the reference table resists hash flooding like the compiled one."""
+    return struct.pack("!BB16s16sHH", family, proto, src, dst, sport, dport)
+
+
+class _Parsed(NamedTuple):
+    family: int
+    proto: int
+    l3_len: int      # IP total length (bytes counted per connection)
+    l4: int          # offset of the TCP/UDP header
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    tcp_flags: int
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+class Engine:
+    """V2N source NAT with connection tracking. Same API as the compiled ``hyperplane.Engine``."""
+
+    engine = ENGINE_NAME
+
+    def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config.validate()
+        self.clock = clock
+        self._seed = config.resolved_seed()
+        self._timeouts = config.timeouts.as_list()
+        self._enis: List[Eni] = []
+        self._pools: Dict[Tuple[int, int, int], PortPool] = {}
+        self._table: Dict[bytes, Tuple[Conn, Direction]] = {}
+        # One LRU list per timeout class: every entry sits in the list of its state's class,
+        # oldest first, so expiry looks only at list heads (no table scan).
+        self._lru = [collections.OrderedDict() for _ in range(len(self._timeouts))]
+        self._next_id = 0
+        self._last_now = float("-inf")
+        self._exhausted = set()        # (family, proto) whose every pool is full right now
+        self._signals: List[Tuple[str, int, str]] = []
+        self._c = dict(packets_outbound=0, bytes_outbound=0, packets_inbound=0,
+                       bytes_inbound=0, connections_created=0, connections_expired=0)
+        self._drops = [0] * len(DropReason)
+        for eni in config.enis:
+            self._add_eni_unchecked(eni)
+
+    # ---- control plane ----------------------------------------------------------------------
+    def add_eni(self, eni: Eni) -> None:
+        """Add an ENI at the end of the scale-out order (the control plane's answer to a
+        ``pool_exhausted`` signal)."""
+        eni.validate(f"enis[{len(self._enis)}]")
+        if any(e.id == eni.id for e in self._enis):
+            raise ValueError(f"ENI {eni.id} is already in the engine")
+        if len(self._enis) >= EngineConfig.MAX_ENIS:
+            raise ValueError(f"at most {EngineConfig.MAX_ENIS} ENIs")
+        self._add_eni_unchecked(eni)
+
+    def _add_eni_unchecked(self, eni: Eni) -> None:
+        self._enis.append(eni)
+        self._exhausted.clear()
+
+    def _pool(self, eni_index: int, family: int, proto: int) -> PortPool:
+        key = (eni_index, family, proto)
+        pool = self._pools.get(key)
+        if pool is None:  # built on first use; its order depends only on the seed and the key
+            cfg = self.config
+            pool = PortPool(port_permutation(self._seed, eni_index, family, proto,
+                                             cfg.port_min, cfg.port_max), cfg.port_reuse_delay)
+            self._pools[key] = pool
+        return pool
+
+    def _eni_addr(self, eni: Eni, family: int) -> Optional[str]:
+        return eni.ipv4 if family == 4 else eni.ipv6
+
+    # ---- per-packet API ---------------------------------------------------------------------
+    def outbound(self, packet: bytes, now: Optional[float] = None,
+                 csum_partial: bool = False) -> Result:
+        """Environment -> VPC: source NAT. Returns the verdict and the rewritten packet."""
+        return self._one(OUT, packet, now, csum_partial)
+
+    def inbound(self, packet: bytes, now: Optional[float] = None,
+                csum_partial: bool = False) -> Result:
+        """VPC -> ENI: reverse NAT of a reply, or a drop (``unsolicited`` when untracked)."""
+        return self._one(IN, packet, now, csum_partial)
+
+    def _one(self, direction, packet, now, csum_partial) -> Result:
+        now = self._advance(now)
+        buf = bytearray(packet)
+        verdict, reason = self._translate(direction, buf, 0, len(buf),
+                                          FLAG_CSUM_PARTIAL if csum_partial else 0, now)
+        if verdict == Verdict.DROP:
+            return Result(Verdict.DROP, None, DropReason(reason))
+        return Result(Verdict(verdict), bytes(buf), R.NONE)
+
+    def translate_batch(self, direction, buf, offsets, lengths, verdicts, reasons,
+                        flags=None, now: Optional[float] = None) -> int:
+        """Translate ``len(offsets)`` packets in place in ``buf``.
+
+        ``offsets``/``lengths`` index each IP packet in ``buf``; ``verdicts`` and ``reasons``
+        (byte-sized, writable) receive one :class:`Verdict` and :class:`DropReason` each;
+        ``flags`` (optional, bytes) carries :data:`FLAG_CSUM_PARTIAL` per packet. Returns the
+        number of packets not dropped."""
+        now = self._advance(now)
+        direction = Direction(direction)
+        n = len(offsets)
+        if len(lengths) < n or len(verdicts) < n or len(reasons) < n or (
+                flags is not None and len(flags) < n):
+            raise ValueError("lengths, verdicts, reasons and flags need one slot per offset")
+        view = memoryview(buf)
+        if view.readonly:
+            raise ValueError("buf must be writable (bytearray, memoryview of one, array)")
+        view = view.cast("B")
+        passed = 0
+        for i in range(n):
+            off, ln = offsets[i], lengths[i]
+            if off + ln > len(view):
+                raise ValueError(f"packet {i}: offset {off} + length {ln} past the buffer end")
+            v, r = self._translate(direction, view, off, ln, flags[i] if flags is not None else 0,
+                                   now)
+            verdicts[i], reasons[i] = v, r
+            passed += v != Verdict.DROP
+        return passed
+
+    def _advance(self, now: Optional[float]) -> float:
+        """Take the time (never backwards) and expire what is due."""
+        now = self.clock() if now is None else float(now)
+        if now < self._last_now:
+            now = self._last_now
+        self._last_now = now
+        self._expire(now)
+        return now
+
+    # ---- the data path ------------------------------------------------------------------------
+    def _drop(self, reason: DropReason) -> Tuple[int, int]:
+        self._drops[reason] += 1
+        return Verdict.DROP, reason
+
+    def _translate(self, direction, buf, off, length, flags, now) -> Tuple[int, int]:
+        p = self._parse(buf, off, length, flags)
+        if isinstance(p, DropReason):
+            return self._drop(p)
+        # 2. TTL: a router must not forward a packet whose TTL would reach 0 (RFC 1812 5.3.1).
+        ttl = buf[off + (8 if p.family == 4 else 7)]
+        if ttl <= 1:
+            return self._drop(R.TTL_EXPIRED if p.family == 4 else R.HOP_LIMIT_EXPIRED)
+
+        key = tuple_key(p.family, p.proto, p.src, p.dst, p.sport, p.dport)
+        hit = self._table.get(key)
+        if direction == OUT:
+            if hit is None:
+                res = self._new_conn(p, key, now)
+                if isinstance(res, DropReason):
+                    return self._drop(res)
+                conn, verdict = res, Verdict.NEW
+            else:
+                conn, d = hit
+                if d != OUT:      # the packet looks like a reply of another connection
+                    return self._drop(R.TUPLE_COLLISION)
+                verdict = self._update_state(conn, OUT, p.tcp_flags)
+                if verdict == Verdict.DROP:
+                    return self._drop(R.TCP_INVALID)
+            new_addr = addr_bytes(p.family, self._eni_addr(self._enis[conn.eni_index], p.family))
+            self._manip(buf, off, p, flags, src=True, addr=new_addr, port=conn.eni_port)
+            self._account(conn, OUT, p.l3_len, now)
+            self._c["packets_outbound"] += 1
+            self._c["bytes_outbound"] += p.l3_len
+        else:
+            if hit is None or hit[1] != IN:
+                return self._drop(R.UNSOLICITED)
+            conn = hit[0]
+            verdict = self._update_state(conn, IN, p.tcp_flags)
+            if verdict == Verdict.DROP:
+                return self._drop(R.TCP_INVALID)
+            self._manip(buf, off, p, flags, src=False, addr=conn.env_addr, port=conn.env_port)
+            self._account(conn, IN, p.l3_len, now)
+            self._c["packets_inbound"] += 1
+            self._c["bytes_inbound"] += p.l3_len
+        return verdict, R.NONE
+
+    # 1. parse ----------------------------------------------------------------------------------
+    def _parse(self, b, off, n, flags):
+        if n < 1:
+            return R.TRUNCATED
+        version = b[off] >> 4
+        if version == 4:
+            if n < 20:
+                return R.TRUNCATED
+            ihl = (b[off] & 0x0F) * 4
+            if ihl < 20:
+                return R.BAD_IP_HEADER
+            if n < ihl:
+                return R.TRUNCATED
+            total = (b[off + 2] << 8) | b[off + 3]
+            if total < ihl:
+                return R.BAD_IP_HEADER
+            if total > n:
+                return R.TRUNCATED
+            if not ip_header_sum_ok(bytes(b[off:off + ihl])):
+                return R.BAD_IP_CHECKSUM
+            frag = (b[off + 6] << 8) | b[off + 7]
+            if frag & 0x3FFF:          # MF set or a non-zero fragment offset
+                return R.FRAGMENT
+            proto, l4, end = b[off + 9], off + ihl, off + total
+            src, dst = bytes(b[off + 12:off + 16]), bytes(b[off + 16:off + 20])
+            family, l3_len = 4, total
+        elif version == 6:
+            if n < 40:
+                return R.TRUNCATED
+            plen = (b[off + 4] << 8) | b[off + 5]
+            if 40 + plen > n:
+                return R.TRUNCATED
+            end = off + 40 + plen
+            proto, l4 = b[off + 6], off + 40
+            # Walk extension headers (RFC 8200 4.1) to the transport header, bounded.
+            for _ in range(MAX_EXT_HEADERS + 1):
+                if proto not in (0, 43, 60, 51, 44):
+                    break
+                if proto == 44:
+                    return R.FRAGMENT
+                if l4 + 2 > end:
+                    return R.TRUNCATED
+                hlen = (b[l4 + 1] + 2) * 4 if proto == 51 else (b[l4 + 1] + 1) * 8
+                proto = b[l4]
+                l4 += hlen
+                if l4 > end:
+                    return R.TRUNCATED
+            else:
+                return R.EXT_HEADER_CHAIN
+            src, dst = bytes(b[off + 8:off + 24]), bytes(b[off + 24:off + 40])
+            family, l3_len = 6, 40 + plen
+        else:
+            return R.BAD_IP_VERSION
+        if proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            return R.UNSUPPORTED_PROTOCOL
+        l4_len = end - l4
+        if proto == IPPROTO_TCP:
+            if l4_len < 20:
+                return R.TRUNCATED
+            doff = (b[l4 + 12] >> 4) * 4
+            if doff < 20:
+                return R.BAD_L4_HEADER
+            if doff > l4_len:
+                return R.TRUNCATED
+            tcp_flags = b[l4 + 13]
+        else:
+            if l4_len < 8:
+                return R.TRUNCATED
+            ulen = (b[l4 + 4] << 8) | b[l4 + 5]
+            if ulen < 8:
+                return R.BAD_L4_HEADER
+            if ulen > l4_len:
+                return R.TRUNCATED
+            if family == 6 and not flags & FLAG_CSUM_PARTIAL and b[l4 + 6] == b[l4 + 7] == 0:
+                return R.BAD_L4_HEADER     # RFC 8200 8.1: IPv6 UDP must carry a checksum
+            tcp_flags = 0
+        sport = (b[l4] << 8) | b[l4 + 1]
+        dport = (b[l4 + 2] << 8) | b[l4 + 3]
+        return _Parsed(family, proto, l3_len, l4 - off, src.ljust(16, b"\0"),
+                       dst.ljust(16, b"\0"), sport, dport, tcp_flags)
+
+    # 4. new connection -----------------------------------------------------------------------
+    def _new_conn(self, p: _Parsed, orig_key: bytes, now: float):
+        if p.proto == IPPROTO_TCP:
+            state = tcp_states.next_state(OUT, p.tcp_flags, TcpState.NONE)
+            if state < 0:
+                return R.TCP_NOT_SYN    # no mid-stream pick-up: connections start with SYN
+        else:
+            state = UdpState.UNREPLIED
+        if len(self._table) // 2 >= self.config.capacity:
+            return R.TABLE_FULL
+        choice = self._choose_port(p, now)
+        if isinstance(choice, DropReason):
+            return choice
+        eni_index, eni_raw, port, reply_key = choice
+        conn = Conn(id=self._next_id, family=p.family, proto=p.proto, orig_key=orig_key,
+                    reply_key=reply_key, env_addr=p.src[:4] if p.family == 4 else p.src,
+                    env_port=p.sport, eni_index=eni_index, eni_addr=eni_raw, eni_port=port,
+                    state=state, last_seen=now)
+        self._next_id += 1
+        self._pool(eni_index, p.family, p.proto).take(port)
+        self._table[reply_key] = (conn, IN)   # reply tuple first: it was the collision check
+        self._table[orig_key] = (conn, OUT)
+        self._lru[state][conn.id] = conn
+        self._c["connections_created"] += 1
+        return conn
+
+    def _choose_port(self, p: _Parsed, now: float):
+        """First ENI (in scale-out order) with a free port whose reply tuple is unused."""
+        had_family = had_free = False
+        for i, eni in enumerate(self._enis):
+            text = self._eni_addr(eni, p.family)
+            if text is None:
+                continue
+            had_family = True
+            pool = self._pool(i, p.family, p.proto)
+            if not pool.free:
+                continue
+            had_free = True
+            raw = addr_bytes(p.family, text)
+            for port in pool.candidates(p.sport, now):
+                # The reply tuple: the VPC host answering the ENI's address and port.
+                reply_key = tuple_key(p.family, p.proto, p.dst, raw.ljust(16, b"\0"),
+                                      p.dport, port)
+                if reply_key not in self._table:
+                    return i, raw, port, reply_key
+        if not had_family:
+            return R.NO_ENI_ADDRESS
+        if had_free:
+            return R.TUPLE_COLLISION
+        key = (p.family, p.proto)
+        if key not in self._exhausted:
+            self._exhausted.add(key)
+            self._signals.append(("pool_exhausted", p.family, PROTO_NAMES[p.proto]))
+        return R.PORT_EXHAUSTED
+
+    # 5. state ---------------------------------------------------------------------------------
+    def _update_state(self, conn: Conn, direction: Direction, tcp_flags: int) -> int:
+        """Apply the transition; returns the verdict (DROP for an invalid TCP transition)."""
+        verdict = Verdict.ESTABLISHED if direction == OUT else Verdict.REPLY
+        if conn.proto == IPPROTO_TCP:
+            nxt = tcp_states.next_state(direction, tcp_flags, TcpState(conn.state))
+            if nxt == tcp_states.INV:
+                return Verdict.DROP
+            if nxt >= 0:
+                if nxt == TcpState.SYN_SENT and conn.state != TcpState.SYN_SENT:
+                    verdict = Verdict.NEW      # TIME_WAIT/CLOSE re-opened by a new SYN
+                self._set_state(conn, nxt)
+        elif direction == IN and conn.state == UdpState.UNREPLIED:
+            self._set_state(conn, UdpState.REPLIED)
+        return verdict
+
+    def _set_state(self, conn: Conn, state: int) -> None:
+        if state != conn.state:
+            del self._lru[conn.state][conn.id]
+            conn.state = state
+            self._lru[state][conn.id] = conn
+
+    def _account(self, conn: Conn, direction: Direction, nbytes: int, now: float) -> None:
+        c = conn.counters
+        c[2 * direction] += 1
+        c[2 * direction + 1] += nbytes
+        conn.last_seen = now
+        self._lru[conn.state].move_to_end(conn.id)   # most recently used at the back
+
+    # 6. manip ---------------------------------------------------------------------------------
+    def _manip(self, b, off, p: _Parsed, flags: int, src: bool, addr: bytes, port: int) -> None:
+        """Rewrite source (src=True) or destination address and port, decrement TTL, and update
+        checksums incrementally."""
+        a_off = off + ((12 if src else 16) if p.family == 4 else (8 if src else 24))
+        alen = 4 if p.family == 4 else 16
+        l4 = off + p.l4
+        p_off = l4 + (0 if src else 2)
+        old_addr = bytes(b[a_off:a_off + alen])
+        old_port = bytes(b[p_off:p_off + 2])
+        new_port = port.to_bytes(2, "big")
+        if p.family == 4:
+            ttl_old = bytes(b[off + 8:off + 10])                      # TTL and protocol word
+            ttl_new = bytes([ttl_old[0] - 1, ttl_old[1]])
+            hc = (b[off + 10] << 8) | b[off + 11]
+            hc = csum_update_full(hc, csum_delta(old_addr + ttl_old, addr + ttl_new))
+            b[off + 8] = ttl_new[0]
+            b[off + 10:off + 12] = hc.to_bytes(2, "big")
+        else:
+            b[off + 7] -= 1                                            # hop limit: no checksum
+        c_off = l4 + (16 if p.proto == IPPROTO_TCP else 6)
+        csum = (b[c_off] << 8) | b[c_off + 1]
+        if flags & FLAG_CSUM_PARTIAL:
+            # The field holds the uncomplemented pseudo-header sum (addresses, length, proto);
+            # ports are not in it: the final checksum, computed later, covers them.
+            csum = csum_update_partial(csum, csum_delta(old_addr, addr))
+        elif p.proto == IPPROTO_UDP and p.family == 4 and csum == 0:
+            pass                                  # RFC 768: 0 = "no checksum", and stays 0
+        else:
+            csum = csum_update_full(csum, csum_delta(old_addr + old_port, addr + new_port))
+            if p.proto == IPPROTO_UDP and csum == 0:
+                csum = 0xFFFF                     # RFC 768: a computed 0 is sent as all ones
+        b[a_off:a_off + alen] = addr
+        b[p_off:p_off + 2] = new_port
+        b[c_off:c_off + 2] = csum.to_bytes(2, "big")
+
+    # ---- expiry -------------------------------------------------------------------------------
+    def expire(self, now: Optional[float] = None) -> int:
+        """Expire every connection idle for longer than its state's timeout. Returns how many."""
+        before = self._c["connections_expired"]
+        self._advance(now)
+        return self._c["connections_expired"] - before
+
+    def _expire(self, now: float) -> None:
+        for cls in TimeoutClass:
+            lru, timeout = self._lru[cls], self._timeouts[cls]
+            while lru:
+                conn = next(iter(lru.values()))
+                if conn.last_seen + timeout > now:
+                    break                         # the rest of the list is younger
+                self._remove(conn, now)
+                self._c["connections_expired"] += 1
+
+    def _remove(self, conn: Conn, now: float) -> None:
+        del self._lru[conn.state][conn.id]
+        del self._table[conn.orig_key]
+        del self._table[conn.reply_key]
+        self._pool(conn.eni_index, conn.family, conn.proto).release(conn.eni_port, now)
+        self._exhausted.discard((conn.family, conn.proto))
+
+    # ---- observation --------------------------------------------------------------------------
+    def entries(self, now: Optional[float] = None) -> List[EntryInfo]:
+        """Every tracked connection (by timeout class, oldest first within a class)."""
+        now = self._advance(now)
+        out = []
+        for cls in TimeoutClass:
+            for conn in self._lru[cls].values():
+                out.append(self._info(conn, now))
+        return out
+
+    def _info(self, conn: Conn, now: float) -> EntryInfo:
+        f = conn.family
+        k_o, k_r = conn.orig_key, conn.reply_key
+        alen = 4 if f == 4 else 16
+
+        def tup(k):
+            _, _, s, d, sp, dp = struct.unpack("!BB16s16sHH", k)
+            return Tuple5(addr_text(f, s[:alen]), sp, addr_text(f, d[:alen]), dp)
+
+        c = conn.counters
+        return EntryInfo(f, PROTO_NAMES[conn.proto], tup(k_o), tup(k_r),
+                         state_name(conn.proto, conn.state),
+                         conn.last_seen + self._timeouts[conn.state] - now,
+                         self._enis[conn.eni_index].id, c[0], c[1], c[2], c[3])
+
+    def __len__(self) -> int:
+        return len(self._table) // 2
+
+    def counters(self) -> Dict[str, object]:
+        """Packets and bytes per direction, connections, and every drop reason by name."""
+        out = dict(self._c)
+        out["connections"] = len(self)
+        out["capacity"] = self.config.capacity
+        out["drops"] = {r.label: self._drops[r] for r in DropReason if r != R.NONE}
+        return out
+
+    def pool_fill(self) -> List[Dict[str, object]]:
+        """Ports in use per ENI address and protocol."""
+        out = []
+        size = self.config.ports_per_eni
+        for i, eni in enumerate(self._enis):
+            for family in (4, 6):
+                addr = self._eni_addr(eni, family)
+                if addr is None:
+                    continue
+                for proto in (IPPROTO_TCP, IPPROTO_UDP):
+                    pool = self._pools.get((i, family, proto))
+                    out.append(dict(eni=eni.id, family=family, address=addr,
+                                    proto=PROTO_NAMES[proto],
+                                    used=pool.used if pool else 0, size=size))
+        return out
+
+    def take_signals(self) -> List[Tuple[str, int, str]]:
+        """Signals raised since the last call, e.g. ``("pool_exhausted", 4, "tcp")``: every ENI
+        of that family is out of ports for that protocol. Raised once until a port frees up or
+        an ENI is added."""
+        out, self._signals = self._signals, []
+        return out
+
+    @property
+    def enis(self) -> List[Eni]:
+        return list(self._enis)
