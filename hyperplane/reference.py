@@ -21,8 +21,8 @@ The life of a packet (``Engine._translate``):
 from __future__ import annotations
 
 import collections
-import ipaddress
 import itertools
+import math
 import socket
 import struct
 import time
@@ -38,6 +38,7 @@ from .constants import (
 ENGINE_NAME = "reference"
 
 MAX_EXT_HEADERS = 8       # IPv6 extension headers walked before giving up (EXT_HEADER_CHAIN)
+MAX_PENDING_SIGNALS = 64  # signals kept until take_signals()
 PORT_PROBES = 8           # candidate ports tried per ENI on a reply-tuple collision
 _GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
@@ -315,11 +316,13 @@ class Engine:
         if view.readonly:
             raise ValueError("buf must be writable (bytearray, memoryview of one, array)")
         view = view.cast("B")
+        for i in range(n):
+            if offsets[i] + lengths[i] > len(view):
+                raise ValueError(f"packet {i}: offset {offsets[i]} + length {lengths[i]} "
+                                 "past the buffer end")
         passed = 0
         for i in range(n):
             off, ln = offsets[i], lengths[i]
-            if off + ln > len(view):
-                raise ValueError(f"packet {i}: offset {off} + length {ln} past the buffer end")
             v, r = self._translate(direction, view, off, ln, flags[i] if flags is not None else 0,
                                    now)
             verdicts[i], reasons[i] = v, r
@@ -328,7 +331,10 @@ class Engine:
 
     def _advance(self, now: Optional[float]) -> float:
         """Take the time (never backwards) and expire what is due."""
-        now = self.clock() if now is None else float(now)
+        t = self.clock() if now is None else float(now)
+        if not math.isfinite(t):
+            raise ValueError(f"now = {now!r}: must be a finite number of seconds")
+        now = t
         if now < self._last_now:
             now = self._last_now
         self._last_now = now
@@ -515,7 +521,8 @@ class Engine:
         key = (p.family, p.proto)
         if key not in self._exhausted:
             self._exhausted.add(key)
-            self._signals.append(("pool_exhausted", p.family, PROTO_NAMES[p.proto]))
+            if len(self._signals) < MAX_PENDING_SIGNALS:   # bounded, like the C core
+                self._signals.append(("pool_exhausted", p.family, PROTO_NAMES[p.proto]))
         return R.PORT_EXHAUSTED
 
     # 5. state ---------------------------------------------------------------------------------

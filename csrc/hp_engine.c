@@ -1,0 +1,429 @@
+/* hp_engine.c - conntrack table, LRU expiry, port choice, state update and manip.
+ *
+ * Follow along in hyperplane/reference.py: same steps, same order, same results.
+ */
+#include "hp_engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hp_csum.h"
+#include "hp_rand.h"
+#include "hp_tcp.h"
+
+#define FAM(f) ((f) == 6)       /* index of a family: 0 = IPv4, 1 = IPv6 */
+#define UDP(p) ((p) == HP_IPPROTO_UDP)
+
+/* ---- hash table ------------------------------------------------------------------------ */
+
+static inline uint32_t bucket_of(const hp_engine *e, const hp_tuple *t)
+{
+    return (uint32_t)hp_siphash13_40(e->k0, e->k1, t) & e->mask;
+}
+
+static inline uint32_t lookup(const hp_engine *e, const hp_tuple *t)
+{
+    for (uint32_t n = e->buckets[bucket_of(e, t)]; n; n = e->entries[n >> 1].hnext[n & 1])
+        if (memcmp(&e->entries[n >> 1].tuple[n & 1], t, sizeof *t) == 0)
+            return n;
+    return 0;
+}
+
+static void hash_insert(hp_engine *e, uint32_t idx, int dir)
+{
+    uint32_t *head = &e->buckets[bucket_of(e, &e->entries[idx].tuple[dir])];
+    e->entries[idx].hnext[dir] = *head;
+    *head = idx << 1 | (uint32_t)dir;
+}
+
+static void hash_remove(hp_engine *e, uint32_t idx, int dir)
+{
+    uint32_t node = idx << 1 | (uint32_t)dir;
+    uint32_t *link = &e->buckets[bucket_of(e, &e->entries[idx].tuple[dir])];
+    while (*link != node)
+        link = &e->entries[*link >> 1].hnext[*link & 1];
+    *link = e->entries[idx].hnext[dir];
+}
+
+/* ---- per-class LRU lists: oldest at the head, so expiry only looks at heads -------------- */
+
+static void lru_unlink(hp_engine *e, uint32_t idx)
+{
+    hp_entry *x = &e->entries[idx];
+    if (x->lru_prev)
+        e->entries[x->lru_prev].lru_next = x->lru_next;
+    else
+        e->lru_head[x->state] = x->lru_next;
+    if (x->lru_next)
+        e->entries[x->lru_next].lru_prev = x->lru_prev;
+    else
+        e->lru_tail[x->state] = x->lru_prev;
+}
+
+static void lru_append(hp_engine *e, uint32_t idx)
+{
+    hp_entry *x = &e->entries[idx];
+    uint32_t tail = e->lru_tail[x->state];
+    x->lru_prev = tail;
+    x->lru_next = 0;
+    if (tail)
+        e->entries[tail].lru_next = idx;
+    else
+        e->lru_head[x->state] = idx;
+    e->lru_tail[x->state] = idx;
+}
+
+static void set_state(hp_engine *e, uint32_t idx, int state)
+{
+    if (e->entries[idx].state == state)
+        return;
+    lru_unlink(e, idx);
+    e->entries[idx].state = (uint8_t)state;
+    lru_append(e, idx);
+}
+
+/* ---- engine life ------------------------------------------------------------------------ */
+
+hp_engine *hp_engine_new(const hp_config *cfg)
+{
+    hp_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->cfg = *cfg;
+    uint64_t s = cfg->seed;
+    e->k0 = hp_splitmix64(&s);
+    e->k1 = hp_splitmix64(&s);
+    uint32_t nb = 16;
+    while (nb < 2 * (uint64_t)cfg->capacity)
+        nb <<= 1;
+    e->mask = nb - 1;
+    /* calloc: pages are zero-filled lazily by the kernel, so memory is touched as it is used */
+    e->buckets = calloc(nb, sizeof *e->buckets);
+    e->entries = calloc((size_t)cfg->capacity + 1, sizeof *e->entries);
+    if (!e->buckets || !e->entries) {
+        hp_engine_free(e);
+        return NULL;
+    }
+    e->last_now = -INFINITY;
+    return e;
+}
+
+void hp_engine_free(hp_engine *e)
+{
+    if (!e)
+        return;
+    for (unsigned i = 0; i < e->n_enis; i++)
+        for (int f = 0; f < 2; f++)
+            for (int u = 0; u < 2; u++)
+                if (e->enis[i].pools[f][u]) {
+                    hp_pool_destroy(e->enis[i].pools[f][u]);
+                    free(e->enis[i].pools[f][u]);
+                }
+    free(e->buckets);
+    free(e->entries);
+    free(e);
+}
+
+int hp_engine_add_eni(hp_engine *e, const uint8_t *addr4, const uint8_t *addr6)
+{
+    if (e->n_enis >= HP_MAX_ENIS)
+        return -1;
+    hp_eni *x = &e->enis[e->n_enis++];
+    memset(x, 0, sizeof *x);
+    if (addr4) {
+        x->has[0] = 1;
+        memcpy(x->addr[0], addr4, 4);
+    }
+    if (addr6) {
+        x->has[1] = 1;
+        memcpy(x->addr[1], addr6, 16);
+    }
+    e->exhausted = 0;
+    return 0;
+}
+
+size_t hp_engine_memory(const hp_engine *e)
+{
+    size_t m = sizeof *e + ((size_t)e->mask + 1) * sizeof *e->buckets +
+               ((size_t)e->hw + 1) * sizeof *e->entries;
+    for (unsigned i = 0; i < e->n_enis; i++)
+        for (int f = 0; f < 2; f++)
+            for (int u = 0; u < 2; u++)
+                if (e->enis[i].pools[f][u])
+                    m += sizeof(hp_pool) + hp_pool_bytes(e->enis[i].pools[f][u]);
+    return m;
+}
+
+static hp_pool *get_pool(hp_engine *e, unsigned i, int family, int proto)
+{
+    hp_pool **pp = &e->enis[i].pools[FAM(family)][UDP(proto)];
+    if (!*pp) {
+        hp_pool *p = malloc(sizeof *p);
+        if (!p || hp_pool_init(p, e->cfg.seed, i, family, proto, e->cfg.port_min,
+                               e->cfg.port_max) != 0) {
+            free(p);
+            return NULL;
+        }
+        *pp = p;
+    }
+    return *pp;
+}
+
+/* ---- expiry ----------------------------------------------------------------------------- */
+
+static void conn_remove(hp_engine *e, uint32_t idx, double now)
+{
+    hp_entry *x = &e->entries[idx];
+    int family = x->tuple[0].family, proto = x->tuple[0].proto;
+    lru_unlink(e, idx);
+    hash_remove(e, idx, HP_DIR_ORIG);
+    hash_remove(e, idx, HP_DIR_REPLY);
+    hp_pool_release(e->enis[x->eni_index].pools[FAM(family)][UDP(proto)], x->eni_port, now);
+    e->exhausted &= (uint8_t) ~(1u << (FAM(family) << 1 | UDP(proto)));
+    x->state = HP_S_NONE;
+    x->lru_next = e->free_head; /* free slots form a stack through lru_next */
+    e->free_head = idx;
+    e->n_entries--;
+}
+
+double hp_engine_advance(hp_engine *e, double now)
+{
+    if (now < e->last_now)
+        now = e->last_now;
+    e->last_now = now;
+    for (int cls = 1; cls < HP_N_CLASSES; cls++) {
+        double timeout = e->cfg.timeouts[cls];
+        uint32_t idx;
+        while ((idx = e->lru_head[cls]) && e->entries[idx].last_seen + timeout <= now) {
+            conn_remove(e, idx, now);
+            e->expired++;
+        }
+    }
+    return now;
+}
+
+/* ---- new connection --------------------------------------------------------------------- */
+
+static int new_conn(hp_engine *e, const hp_parsed *p, double now, uint32_t *out_idx)
+{
+    int state, family = p->t.family, proto = p->t.proto;
+    if (proto == HP_IPPROTO_TCP) {
+        state = hp_tcp_next(HP_DIR_ORIG, p->tcp_flags, HP_S_NONE);
+        if (state < 0)
+            return HP_R_TCP_NOT_SYN; /* no mid-stream pick-up: connections start with SYN */
+    } else {
+        state = HP_S_UDP_UNREPLIED;
+    }
+    if (e->n_entries >= e->cfg.capacity)
+        return HP_R_TABLE_FULL;
+
+    /* First ENI (scale-out order) with a free port whose reply tuple is unused. */
+    int had_family = 0, had_free = 0;
+    unsigned eni = 0;
+    hp_pool *pool = NULL;
+    hp_tuple reply;
+    memset(&reply, 0, sizeof reply);
+    memcpy(reply.src, p->t.dst, 16);
+    reply.sport = p->t.dport;
+    reply.family = (uint8_t)family;
+    reply.proto = (uint8_t)proto;
+    for (; eni < e->n_enis; eni++) {
+        if (!e->enis[eni].has[FAM(family)])
+            continue;
+        had_family = 1;
+        pool = get_pool(e, eni, family, proto);
+        if (!pool)
+            return HP_R_TABLE_FULL; /* out of memory for the pool: no room for connections */
+        if (pool->n_free == 0)
+            continue;
+        had_free = 1;
+        memcpy(reply.dst, e->enis[eni].addr[FAM(family)], 16);
+        uint16_t cand[1 + HP_PORT_PROBES];
+        unsigned nc = hp_pool_candidates(pool, p->t.sport, now, e->cfg.reuse_delay, cand);
+        for (unsigned k = 0; k < nc; k++) {
+            reply.dport = cand[k];
+            if (!lookup(e, &reply))
+                goto found;
+        }
+    }
+    if (!had_family)
+        return HP_R_NO_ENI_ADDRESS;
+    if (had_free)
+        return HP_R_TUPLE_COLLISION;
+    {
+        uint8_t bit = (uint8_t)(1u << (FAM(family) << 1 | UDP(proto)));
+        if (!(e->exhausted & bit)) {
+            e->exhausted |= bit;
+            if (e->n_signals < HP_MAX_SIGNALS)
+                e->signals[e->n_signals++] = (uint8_t)(FAM(family) << 1 | UDP(proto));
+        }
+    }
+    return HP_R_PORT_EXHAUSTED;
+
+found:;
+    uint32_t idx;
+    if (e->free_head) {
+        idx = e->free_head;
+        e->free_head = e->entries[idx].lru_next;
+    } else {
+        idx = ++e->hw;
+    }
+    hp_entry *x = &e->entries[idx];
+    memset(x, 0, sizeof *x);
+    x->tuple[HP_DIR_ORIG] = p->t;
+    x->tuple[HP_DIR_REPLY] = reply;
+    x->eni_index = (uint8_t)eni;
+    x->eni_port = reply.dport;
+    x->state = (uint8_t)state;
+    x->last_seen = now;
+    hp_pool_take(pool, reply.dport);
+    hash_insert(e, idx, HP_DIR_REPLY); /* reply tuple first: it was the collision check */
+    hash_insert(e, idx, HP_DIR_ORIG);
+    lru_append(e, idx);
+    e->n_entries++;
+    e->created++;
+    *out_idx = idx;
+    return HP_R_NONE;
+}
+
+/* ---- state ------------------------------------------------------------------------------ */
+
+/* Apply the transition; returns the verdict (HP_DROP for an invalid TCP transition). */
+static int update_state(hp_engine *e, uint32_t idx, int dir, uint8_t tcp_flags)
+{
+    hp_entry *x = &e->entries[idx];
+    int verdict = dir == HP_DIR_ORIG ? HP_ESTABLISHED : HP_REPLY;
+    if (x->tuple[0].proto == HP_IPPROTO_TCP) {
+        int nxt = hp_tcp_next(dir, tcp_flags, x->state);
+        if (nxt == HP_TCP_INV)
+            return HP_DROP;
+        if (nxt >= 0) {
+            if (nxt == HP_S_SYN_SENT && x->state != HP_S_SYN_SENT)
+                verdict = HP_NEW; /* TIME_WAIT/CLOSE re-opened by a new SYN */
+            set_state(e, idx, nxt);
+        }
+    } else if (dir == HP_DIR_REPLY && x->state == HP_S_UDP_UNREPLIED) {
+        set_state(e, idx, HP_S_UDP_REPLIED);
+    }
+    return verdict;
+}
+
+static inline void account(hp_engine *e, uint32_t idx, int dir, uint32_t nbytes, double now)
+{
+    hp_entry *x = &e->entries[idx];
+    x->packets[dir]++;
+    x->bytes[dir] += nbytes;
+    x->last_seen = now;
+    if (e->lru_tail[x->state] != idx) { /* most recently used at the back */
+        lru_unlink(e, idx);
+        lru_append(e, idx);
+    }
+    e->packets[dir]++;
+    e->bytes[dir] += nbytes;
+}
+
+/* ---- manip ------------------------------------------------------------------------------ */
+
+/* Rewrite the source (src=1) or destination address and port, decrement the TTL / hop limit,
+ * and update checksums incrementally. */
+static void manip(uint8_t *b, const hp_parsed *p, uint32_t flags, int src, const uint8_t *addr,
+                  uint16_t port)
+{
+    int v4 = p->t.family == 4, udp = p->t.proto == HP_IPPROTO_UDP;
+    unsigned alen = v4 ? 4 : 16;
+    uint8_t *a = b + (v4 ? (src ? 12 : 16) : (src ? 8 : 24));
+    uint8_t *l4 = b + p->l4;
+    uint8_t *pp = l4 + (src ? 0 : 2);
+    uint8_t *c = l4 + (udp ? 6 : 16);
+    uint32_t d_addr = hp_csum_delta(a, addr, alen);
+    uint32_t old_port = hp_get16(pp);
+
+    if (v4) {
+        uint32_t ttlw = hp_get16(b + 8); /* TTL and protocol share a 16-bit word */
+        uint32_t d_ip = hp_fold(d_addr + hp_csum_delta16(ttlw, ttlw - 0x100));
+        hp_put16(b + 10, hp_csum_update_full(hp_get16(b + 10), d_ip));
+        b[8]--;
+    } else {
+        b[7]--; /* hop limit: IPv6 has no header checksum */
+    }
+    uint32_t csum = hp_get16(c);
+    if (flags & HP_FLAG_CSUM_PARTIAL) {
+        /* uncomplemented pseudo-header sum: addresses move it, ports do not */
+        csum = hp_csum_update_partial(csum, d_addr);
+    } else if (!(udp && v4 && csum == 0)) { /* RFC 768: IPv4 UDP checksum 0 stays 0 */
+        csum = hp_csum_update_full(csum, hp_fold(d_addr + hp_csum_delta16(old_port, port)));
+        if (udp && csum == 0)
+            csum = 0xFFFF; /* RFC 768: a computed 0 is sent as all ones */
+    }
+    memcpy(a, addr, alen);
+    hp_put16(pp, port);
+    hp_put16(c, csum);
+}
+
+/* ---- the data path ---------------------------------------------------------------------- */
+
+static inline int drop(hp_engine *e, int reason, uint8_t *out_reason)
+{
+    e->drops[reason]++;
+    *out_reason = (uint8_t)reason;
+    return HP_DROP;
+}
+
+int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, double now,
+                 uint8_t *reason)
+{
+    hp_parsed p;
+    uint32_t idx, node;
+    int r = hp_parse(b, n, flags, &p), verdict;
+    if (r)
+        return drop(e, r, reason);
+    /* A router must not forward a packet whose TTL would reach 0 (RFC 1812 5.3.1). */
+    if (b[p.t.family == 4 ? 8 : 7] <= 1)
+        return drop(e, p.t.family == 4 ? HP_R_TTL_EXPIRED : HP_R_HOP_LIMIT_EXPIRED, reason);
+
+    node = lookup(e, &p.t);
+    if (dir == HP_DIR_ORIG) {
+        if (!node) {
+            r = new_conn(e, &p, now, &idx);
+            if (r)
+                return drop(e, r, reason);
+            verdict = HP_NEW;
+        } else {
+            if (node & 1) /* the packet looks like a reply of another connection */
+                return drop(e, HP_R_TUPLE_COLLISION, reason);
+            idx = node >> 1;
+            verdict = update_state(e, idx, HP_DIR_ORIG, p.tcp_flags);
+            if (verdict == HP_DROP)
+                return drop(e, HP_R_TCP_INVALID, reason);
+        }
+        hp_entry *x = &e->entries[idx];
+        manip(b, &p, flags, 1, e->enis[x->eni_index].addr[FAM(p.t.family)], x->eni_port);
+    } else {
+        if (!node || !(node & 1))
+            return drop(e, HP_R_UNSOLICITED, reason);
+        idx = node >> 1;
+        verdict = update_state(e, idx, HP_DIR_REPLY, p.tcp_flags);
+        if (verdict == HP_DROP)
+            return drop(e, HP_R_TCP_INVALID, reason);
+        hp_entry *x = &e->entries[idx];
+        manip(b, &p, flags, 0, x->tuple[HP_DIR_ORIG].src, x->tuple[HP_DIR_ORIG].sport);
+    }
+    account(e, idx, dir, p.l3_len, now);
+    *reason = HP_R_NONE;
+    return verdict;
+}
+
+uint32_t hp_translate_batch(hp_engine *e, int dir, uint8_t *buf, const uint32_t *offsets,
+                            const uint32_t *lengths, const uint8_t *flags, uint32_t n,
+                            double now, uint8_t *verdicts, uint8_t *reasons)
+{
+    uint32_t passed = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        int v = hp_translate(e, dir, buf + offsets[i], lengths[i], flags ? flags[i] : 0, now,
+                             &reasons[i]);
+        verdicts[i] = (uint8_t)v;
+        passed += v != HP_DROP;
+    }
+    return passed;
+}

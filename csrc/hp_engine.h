@@ -1,0 +1,77 @@
+/* hp_engine.h - the connection-tracking V2N source-NAT engine: bytes in, verdict out.
+ *
+ * No I/O, no Python. One engine is used by one thread at a time. The reference for every
+ * behaviour is hyperplane/reference.py; the functions below follow its structure.
+ */
+#ifndef HP_ENGINE_H
+#define HP_ENGINE_H
+
+#include "hp_parse.h"
+#include "hp_ports.h"
+#include "hp_types.h"
+
+/* One connection. Both tuples sit in one hash table as two nodes; a node id is
+ * (entry index << 1 | direction), 0 ends a chain (entry 0 is never used). */
+typedef struct {
+    hp_tuple tuple[2];           /* [HP_DIR_ORIG], [HP_DIR_REPLY] */
+    uint32_t hnext[2];           /* next node in each tuple's hash chain */
+    uint32_t lru_prev, lru_next; /* neighbours in the list of this state's timeout class */
+    double last_seen;
+    uint64_t packets[2], bytes[2];
+    uint16_t eni_port;           /* also tuple[REPLY].dport */
+    uint8_t eni_index;
+    uint8_t state;               /* enum hp_state; 0 = slot free */
+    uint32_t pad;
+} hp_entry;
+
+typedef struct {
+    uint8_t has[2];      /* [0]: IPv4 address present, [1]: IPv6 */
+    uint8_t addr[2][16]; /* IPv4 in the first 4 bytes */
+    hp_pool *pools[2][2]; /* [is_ipv6][is_udp], built on first use */
+} hp_eni;
+
+typedef struct {
+    uint32_t capacity;
+    uint16_t port_min, port_max;
+    double reuse_delay;
+    double timeouts[HP_N_CLASSES]; /* index = timeout class = state number */
+    uint64_t seed;
+} hp_config;
+
+typedef struct {
+    hp_config cfg;
+    uint64_t k0, k1;  /* SipHash key, from the seed */
+    hp_entry *entries; /* capacity + 1 slots; slot 0 unused */
+    uint32_t *buckets;
+    uint32_t mask;
+    uint32_t n_entries, hw, free_head;
+    uint32_t lru_head[HP_N_CLASSES], lru_tail[HP_N_CLASSES];
+    hp_eni enis[HP_MAX_ENIS];
+    unsigned n_enis;
+    uint8_t exhausted; /* bit (is_ipv6 << 1 | is_udp): every pool of that kind is full */
+    uint8_t signals[HP_MAX_SIGNALS];
+    unsigned n_signals;
+    double last_now;
+    /* counters */
+    uint64_t packets[2], bytes[2], created, expired;
+    uint64_t drops[HP_R_COUNT];
+} hp_engine;
+
+hp_engine *hp_engine_new(const hp_config *cfg);
+void hp_engine_free(hp_engine *e);
+int hp_engine_add_eni(hp_engine *e, const uint8_t *addr4, const uint8_t *addr6);
+size_t hp_engine_memory(const hp_engine *e);
+
+/* Take the time (never backwards), expire what is due; returns the time used. */
+double hp_engine_advance(hp_engine *e, double now);
+
+/* Translate one packet in place. Returns an hp_verdict; *reason gets the drop reason. */
+int hp_translate(hp_engine *e, int dir, uint8_t *pkt, uint32_t len, uint32_t flags, double now,
+                 uint8_t *reason);
+
+/* Translate n packets of one direction in place (offsets/lengths into buf). */
+uint32_t hp_translate_batch(hp_engine *e, int dir, uint8_t *buf, const uint32_t *offsets,
+                            const uint32_t *lengths, const uint8_t *flags, uint32_t n,
+                            double now, uint8_t *verdicts, uint8_t *reasons);
+
+#endif

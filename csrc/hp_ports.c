@@ -1,0 +1,101 @@
+/* hp_ports.c - port allocation (see hp_ports.h; reference: PortPool in reference.py). */
+#include "hp_ports.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "hp_rand.h"
+#include "hp_types.h"
+
+int hp_pool_init(hp_pool *p, uint64_t seed, unsigned eni_index, int family, int proto,
+                 uint16_t port_min, uint16_t port_max)
+{
+    uint32_t n = (uint32_t)port_max - port_min + 1, i;
+    p->n = p->n_free = n;
+    p->port_min = port_min;
+    p->next = malloc((n + 1) * sizeof *p->next);
+    p->prev = malloc((n + 1) * sizeof *p->prev);
+    p->freed_at = malloc(n * sizeof *p->freed_at);
+    p->in_use = calloc(n, 1);
+    uint16_t *perm = malloc(n * sizeof *perm);
+    if (!p->next || !p->prev || !p->freed_at || !p->in_use || !perm) {
+        free(perm);
+        hp_pool_destroy(p);
+        return -1;
+    }
+    /* The seeded Fisher-Yates shuffle, exactly as reference.port_permutation. */
+    uint64_t pool_no = 1 + (uint64_t)eni_index * 4 + (family == 6 ? 2 : 0) +
+                       (proto == HP_IPPROTO_UDP ? 1 : 0);
+    uint64_t state = seed ^ (HP_GOLDEN * pool_no);
+    for (i = 0; i < n; i++)
+        perm[i] = (uint16_t)i;
+    for (i = n - 1; i > 0; i--) {
+        uint64_t j = hp_splitmix64(&state) % ((uint64_t)i + 1);
+        uint16_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    /* Link the free list in permutation order: sentinel -> perm[0] -> ... -> sentinel. */
+    uint16_t prev = (uint16_t)n;
+    for (i = 0; i < n; i++) {
+        p->next[prev] = perm[i];
+        p->prev[perm[i]] = prev;
+        prev = perm[i];
+        p->freed_at[i] = -INFINITY;
+    }
+    p->next[prev] = (uint16_t)n;
+    p->prev[n] = prev;
+    free(perm);
+    return 0;
+}
+
+void hp_pool_destroy(hp_pool *p)
+{
+    free(p->next);
+    free(p->prev);
+    free(p->freed_at);
+    free(p->in_use);
+    p->next = p->prev = NULL;
+    p->freed_at = NULL;
+    p->in_use = NULL;
+}
+
+size_t hp_pool_bytes(const hp_pool *p)
+{
+    return (size_t)(p->n + 1) * 4 + (size_t)p->n * (sizeof(double) + 1);
+}
+
+unsigned hp_pool_candidates(const hp_pool *p, uint16_t preferred, double now, double reuse_delay,
+                            uint16_t *out)
+{
+    unsigned k = 0;
+    uint32_t pi = (uint32_t)preferred - p->port_min;
+    if (preferred >= p->port_min && pi < p->n && !p->in_use[pi] &&
+        p->freed_at[pi] + reuse_delay <= now)
+        out[k++] = preferred;
+    uint32_t i = p->next[p->n];
+    for (unsigned probes = 0; probes < HP_PORT_PROBES && i != p->n; probes++, i = p->next[i])
+        out[k++] = (uint16_t)(p->port_min + i);
+    return k;
+}
+
+void hp_pool_take(hp_pool *p, uint16_t port)
+{
+    uint32_t i = (uint32_t)port - p->port_min;
+    p->next[p->prev[i]] = p->next[i];
+    p->prev[p->next[i]] = p->prev[i];
+    p->in_use[i] = 1;
+    p->n_free--;
+}
+
+void hp_pool_release(hp_pool *p, uint16_t port, double now)
+{
+    uint32_t i = (uint32_t)port - p->port_min, tail = p->prev[p->n];
+    p->next[tail] = (uint16_t)i;
+    p->prev[i] = (uint16_t)tail;
+    p->next[i] = (uint16_t)p->n;
+    p->prev[p->n] = (uint16_t)i;
+    p->freed_at[i] = now;
+    p->in_use[i] = 0;
+    p->n_free++;
+}

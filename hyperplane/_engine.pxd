@@ -1,0 +1,74 @@
+# Declarations of the C core (csrc/) used by _engine.pyx.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "hp_types.h":
+    enum:
+        HP_N_CLASSES
+        HP_R_COUNT
+        HP_MAX_ENIS
+        HP_DROP
+    ctypedef struct hp_tuple:
+        uint8_t src[16]
+        uint8_t dst[16]
+        uint16_t sport
+        uint16_t dport
+        uint8_t family
+        uint8_t proto
+
+cdef extern from "hp_ports.h":
+    ctypedef struct hp_pool:
+        uint32_t n
+        uint32_t n_free
+
+cdef extern from "hp_tcp.h":
+    const signed char hp_tcp_transitions[2][6][9]
+
+cdef extern from "hp_engine.h":
+    ctypedef struct hp_entry:
+        hp_tuple tuple[2]
+        uint32_t lru_next
+        double last_seen
+        uint64_t packets[2]
+        uint64_t bytes[2]
+        uint16_t eni_port
+        uint8_t eni_index
+        uint8_t state
+
+    ctypedef struct hp_eni:
+        uint8_t has[2]
+        hp_pool *pools[2][2]
+
+    ctypedef struct hp_config:
+        uint32_t capacity
+        uint16_t port_min
+        uint16_t port_max
+        double reuse_delay
+        double timeouts[11]
+        uint64_t seed
+
+    ctypedef struct hp_engine:
+        hp_config cfg
+        hp_entry *entries
+        uint32_t n_entries
+        uint32_t hw
+        uint32_t lru_head[11]
+        hp_eni enis[256]
+        unsigned n_enis
+        uint8_t signals[64]
+        unsigned n_signals
+        uint64_t packets[2]
+        uint64_t bytes[2]
+        uint64_t created
+        uint64_t expired
+        uint64_t drops[18]
+
+    hp_engine *hp_engine_new(const hp_config *cfg) nogil
+    void hp_engine_free(hp_engine *e) nogil
+    int hp_engine_add_eni(hp_engine *e, const uint8_t *addr4, const uint8_t *addr6) nogil
+    size_t hp_engine_memory(const hp_engine *e) nogil
+    double hp_engine_advance(hp_engine *e, double now) nogil
+    int hp_translate(hp_engine *e, int dir, uint8_t *pkt, uint32_t len, uint32_t flags,
+                     double now, uint8_t *reason) nogil
+    uint32_t hp_translate_batch(hp_engine *e, int dir, uint8_t *buf, const uint32_t *offsets,
+                                const uint32_t *lengths, const uint8_t *flags, uint32_t n,
+                                double now, uint8_t *verdicts, uint8_t *reasons) nogil
