@@ -59,6 +59,8 @@ cdef class Engine:
 
     def __init__(self, config, clock=time.monotonic):
         cdef hp_config c
+        if self._e != NULL:
+            raise RuntimeError("Engine.__init__ called twice; build a new Engine instead")
         if not isinstance(config, EngineConfig):
             raise TypeError("config must be a hyperplane.EngineConfig")
         self.config = config.validate()
@@ -86,6 +88,7 @@ cdef class Engine:
     # ---- control plane ----------------------------------------------------------------------
     def add_eni(self, eni):
         """Add an ENI at the end of the scale-out order."""
+        self._check_idle()
         eni.validate(f"enis[{len(self._enis)}]")
         if any(e.id == eni.id for e in self._enis):
             raise ValueError(f"ENI {eni.id} is already in the engine")
@@ -127,9 +130,12 @@ cdef class Engine:
             self._busy = False
         return int(self._e.expired - before)
 
-    cdef _enter(self):
+    cdef _check_idle(self):
         if self._busy:
             raise RuntimeError("engine is in use by another thread; one engine, one thread")
+
+    cdef _enter(self):
+        self._check_idle()
         self._busy = True
 
     # ---- per-packet API -----------------------------------------------------------------------
@@ -203,10 +209,12 @@ cdef class Engine:
 
     # ---- observation --------------------------------------------------------------------------
     def __len__(self):
+        self._check_idle()
         return self._e.n_entries
 
     def entries(self, now=None):
         """Every tracked connection (by timeout class, oldest first within a class)."""
+        self._check_idle()
         cdef double t = self._advance(now)
         cdef uint32_t idx
         cdef hp_entry *x
@@ -230,6 +238,7 @@ cdef class Engine:
 
     def counters(self):
         """Packets and bytes per direction, connections, and every drop reason by name."""
+        self._check_idle()
         e = self._e
         return {
             "packets_outbound": e.packets[0], "bytes_outbound": e.bytes[0],
@@ -241,6 +250,7 @@ cdef class Engine:
 
     def pool_fill(self):
         """Ports in use per ENI address and protocol."""
+        self._check_idle()
         cdef hp_pool *p
         out = []
         size = self.config.ports_per_eni
@@ -258,6 +268,7 @@ cdef class Engine:
 
     def take_signals(self):
         """Signals raised since the last call, e.g. ``("pool_exhausted", 4, "tcp")``."""
+        self._check_idle()
         out = []
         for k in range(self._e.n_signals):
             code = self._e.signals[k]
@@ -267,6 +278,7 @@ cdef class Engine:
 
     def memory_bytes(self):
         """Bytes the C core holds: table buckets, entry slots used so far, port pools."""
+        self._check_idle()
         return hp_engine_memory(self._e)
 
 

@@ -306,20 +306,26 @@ class Engine:
         (byte-sized, writable) receive one :class:`Verdict` and :class:`DropReason` each;
         ``flags`` (optional, bytes) carries :data:`FLAG_CSUM_PARTIAL` per packet. Returns the
         number of packets not dropped."""
-        now = self._advance(now)
         direction = Direction(direction)
         n = len(offsets)
         if len(lengths) < n or len(verdicts) < n or len(reasons) < n or (
                 flags is not None and len(flags) < n):
             raise ValueError("lengths, verdicts, reasons and flags need one slot per offset")
-        view = memoryview(buf)
-        if view.readonly:
+        try:
+            view = memoryview(buf)
+        except TypeError:
+            view = None
+        if view is None or view.readonly:
             raise ValueError("buf must be writable (bytearray, memoryview of one, array)")
+        for out in (verdicts, reasons):   # byte buffers, as the compiled engine needs them
+            if memoryview(out).readonly or memoryview(out).itemsize != 1:
+                raise ValueError("verdicts and reasons must be writable byte buffers (bytearray)")
         view = view.cast("B")
         for i in range(n):
             if offsets[i] + lengths[i] > len(view):
                 raise ValueError(f"packet {i}: offset {offsets[i]} + length {lengths[i]} "
                                  "past the buffer end")
+        now = self._advance(now)
         passed = 0
         for i in range(n):
             off, ln = offsets[i], lengths[i]

@@ -1,0 +1,87 @@
+"""The ``hyperplane`` command, run as a user runs it: in a subprocess.
+
+``demo`` runs with the reference engine (HYPERPLANE_ENGINE=reference) and with the default
+engine (the compiled one when built; otherwise the loud fallback to the reference).
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hyperplane
+
+ROOT = Path(__file__).resolve().parent.parent
+ENI_ADDR = "198.18.1.10"
+
+
+def run_cli(*args, engine=None, module="hyperplane.cli"):
+    env = dict(os.environ)
+    env.pop("HYPERPLANE_ENGINE", None)
+    if engine is not None:
+        env["HYPERPLANE_ENGINE"] = engine
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("engine", ["reference", None], ids=["reference", "default"])
+def test_demo(engine):
+    p = run_cli("demo", engine=engine)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = p.stdout
+    # which engine ran, said up front
+    first = out.splitlines()[0]
+    assert "engine: " in first
+    if engine == "reference":
+        assert "engine: reference" in first
+    # the environment's packets leave with the ENI's address as their source
+    assert re.search(rf"after +TCP {re.escape(ENI_ADDR)}:\d+ > 198\.18\.2\.20:5432 \[S\]", out)
+    assert re.search(r"after +UDP \[2001:2:0:1::10\]:\d+ > ", out)   # IPv6 too
+    # a conntrack -L line for the established TCP connection, with both tuples
+    assert re.search(
+        rf"^tcp +6 \d+ ESTABLISHED src=198\.18\.0\.5 dst=198\.18\.2\.20 sport=\d+ dport=5432 "
+        rf"packets=\d+ bytes=\d+ src=198\.18\.2\.20 dst={re.escape(ENI_ADDR)} sport=5432 "
+        rf"dport=\d+ packets=\d+ bytes=\d+ \[ASSURED\]", out, re.M), out
+    # an unsolicited inbound packet is dropped, and counted
+    assert "DROP reason=unsolicited" in out
+    assert re.search(r"drops: .*unsolicited=\d+", out)
+    assert "UNEXPECTED" not in out
+
+
+def test_demo_runs_as_package():
+    p = run_cli("demo", engine="reference", module="hyperplane")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ESTABLISHED" in p.stdout
+
+
+def test_version():
+    p = run_cli("--version", engine="reference")
+    assert p.returncode == 0
+    assert p.stdout.strip() == f"hyperplane {hyperplane.__version__}"
+
+
+def test_engine_command():
+    p = run_cli("engine", engine="reference")
+    assert p.returncode == 0
+    assert p.stdout.splitlines()[0] == "engine: reference"
+    assert "HYPERPLANE_ENGINE=reference" in p.stdout
+    p = run_cli("engine")
+    assert p.returncode == 0
+    assert re.match(r"engine: (compiled|reference)\nwhy: ", p.stdout)
+
+
+@pytest.mark.parametrize("args", [[], ["no-such-command"], ["demo", "--no-such-flag"]],
+                         ids=["none", "unknown-command", "unknown-flag"])
+def test_usage_errors_exit_2(args):
+    p = run_cli(*args, engine="reference")
+    assert p.returncode == 2
+    assert "usage: hyperplane" in p.stderr
+
+
+def test_help():
+    p = run_cli("--help", engine="reference")
+    assert p.returncode == 0
+    assert "demo" in p.stdout and "engine" in p.stdout
