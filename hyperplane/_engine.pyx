@@ -17,7 +17,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from hyperplane._engine cimport *
 from hyperplane.config import EngineConfig, Eni
 from hyperplane.constants import Direction, DropReason, TimeoutClass, Verdict, state_name, PROTO_NAMES
-from hyperplane.reference import EntryInfo, Result, Tuple5
+from hyperplane.reference import EntryInfo, Result, Tuple5, _check_new_eni
 
 ENGINE_NAME = "compiled"
 
@@ -90,8 +90,7 @@ cdef class Engine:
         """Add an ENI at the end of the scale-out order."""
         self._check_idle()
         eni.validate(f"enis[{len(self._enis)}]")
-        if any(e.id == eni.id for e in self._enis):
-            raise ValueError(f"ENI {eni.id} is already in the engine")
+        _check_new_eni(self._enis, eni)
         if len(self._enis) >= HP_MAX_ENIS:
             raise ValueError(f"at most {HP_MAX_ENIS} ENIs")
         self._add(eni)
@@ -177,8 +176,13 @@ cdef class Engine:
             raise ValueError("buf must be writable (bytearray, memoryview of one, array)")
         cdef const uint32_t[::1] off = _u32(offsets)
         cdef const uint32_t[::1] ln = _u32(lengths)
-        cdef uint8_t[::1] vo = verdicts
-        cdef uint8_t[::1] ro = reasons
+        cdef uint8_t[::1] vo
+        cdef uint8_t[::1] ro
+        try:
+            vo = verdicts
+            ro = reasons
+        except (BufferError, TypeError, ValueError):
+            raise ValueError("verdicts and reasons must be writable byte buffers (bytearray)")
         cdef const uint8_t[::1] fl
         cdef const uint8_t *flp = NULL
         cdef uint32_t n = off.shape[0], i, passed

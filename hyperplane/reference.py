@@ -21,6 +21,7 @@ The life of a packet (``Engine._translate``):
 from __future__ import annotations
 
 import collections
+import ipaddress
 import itertools
 import math
 import socket
@@ -209,6 +210,18 @@ def tuple_key(family: int, proto: int, src: bytes, dst: bytes, sport: int, dport
     return struct.pack("!BB16s16sHH", family, proto, src, dst, sport, dport)
 
 
+def _check_new_eni(enis: List[Eni], eni: Eni) -> None:
+    """add_eni's rule, shared by both engines: ids and addresses are unique across ENIs."""
+    def addrs(x: Eni):
+        return {ipaddress.ip_address(a) for a in (x.ipv4, x.ipv6) if a is not None}
+
+    for e in enis:
+        if e.id == eni.id:
+            raise ValueError(f"ENI {eni.id} is already in the engine")
+        for a in addrs(eni) & addrs(e):
+            raise ValueError(f"address {a} of {eni.id} is already used by ENI {e.id}")
+
+
 class _Parsed(NamedTuple):
     family: int
     proto: int
@@ -255,8 +268,7 @@ class Engine:
         """Add an ENI at the end of the scale-out order (the control plane's answer to a
         ``pool_exhausted`` signal)."""
         eni.validate(f"enis[{len(self._enis)}]")
-        if any(e.id == eni.id for e in self._enis):
-            raise ValueError(f"ENI {eni.id} is already in the engine")
+        _check_new_eni(self._enis, eni)
         if len(self._enis) >= EngineConfig.MAX_ENIS:
             raise ValueError(f"at most {EngineConfig.MAX_ENIS} ENIs")
         self._add_eni_unchecked(eni)

@@ -1,0 +1,37 @@
+"""One fixture, both engines (the markupsafe / multidict pattern).
+
+``engine_cls`` is parametrized over the ids ``compiled`` and ``reference``; every engine test
+runs against both. The compiled variant FAILS (never skips) when ``hyperplane._engine`` cannot be
+imported: a missing build must not turn the suite green. ``-k reference`` runs only the
+reference variant.
+
+``make_engine(**overrides)`` builds an engine of that class from an :class:`EngineConfig` with
+the benchmark-range ENIs of ``hp_testlib``, a fixed seed, and a clock that fails the test if it
+is ever called: tests pass ``now`` explicitly, so no test depends on real time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from hp_testlib import ENGINE_IDS, get_engine_cls, make_config, no_clock  # noqa: E402
+
+
+@pytest.fixture(params=ENGINE_IDS, ids=ENGINE_IDS)
+def engine_cls(request):
+    """The engine class under test: the compiled one and the pure-Python reference."""
+    return get_engine_cls(request.param)
+
+
+@pytest.fixture
+def make_engine(engine_cls):
+    """Factory: ``make_engine(port_min=..., capacity=..., enis=[...], seed=...)``."""
+
+    def make(clock=no_clock, **overrides):
+        return engine_cls(make_config(**overrides), clock=clock)
+
+    return make

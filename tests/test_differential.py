@@ -1,0 +1,253 @@
+"""Differential test: the compiled engine and the reference engine (the spec) fed the same random
+packet sequences must agree on every verdict, drop reason and output byte, and end with the
+same counters, entries, pool fill and signals.
+
+Hypothesis generates a configuration (sometimes a tiny port range or table, short timeouts, one
+or two ENIs, an IPv4-only ENI) and a list of operations: outbound and inbound TCP/UDP packets
+over IPv4/IPv6 with random flags, payloads, TTLs, partial checksums and random corruption or
+truncation; inbound packets often aimed at a mapping an earlier outbound packet really got
+(ENI address and port read from the output); batches; time steps (also backwards and past
+every timeout); expire(); add_eni(); mid-run comparisons of the whole state.
+"""
+from __future__ import annotations
+
+import socket
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+
+from hp_testlib import (
+    ENI_A, ENI_B, ENI_C, ENI_V4_ONLY, ENV, HOST, build, compiled_module, locate_l4, make_config,
+    make_partial, no_clock,
+)
+from hyperplane import FLAG_CSUM_PARTIAL, Direction, Timeouts, Verdict, reference
+
+from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+
+SHORT = Timeouts(tcp_syn_sent=5, tcp_syn_recv=4, tcp_established=20, tcp_fin_wait=6,
+                 tcp_close_wait=5, tcp_last_ack=3, tcp_time_wait=6, tcp_close=2,
+                 udp_unreplied=3, udp_replied=15)
+SPORTS = (40000, 40001, 40002, 40005, 536, 1234, 33000, 65535)
+DPORTS = (443, 9000, 8080)
+FLAG_SETS = ("S", "S", "SA", "A", "A", "PA", "FA", "F", "R", "RA", "", "SF")
+
+configs = st.fixed_dictionaries({
+    "enis": st.sampled_from([[ENI_A], [ENI_A], [ENI_A, ENI_B], [ENI_V4_ONLY, ENI_A],
+                             [ENI_V4_ONLY]]),
+    "ports": st.sampled_from([(40000, 40003), (40000, 40007), (40000, 40007), (40000, 40255),
+                              (536, 65535)]),
+    "capacity": st.sampled_from([1000, 1000, 1000, 1000, 3, 12]),
+    "timeouts": st.sampled_from([Timeouts(), SHORT, SHORT]),
+    "port_reuse_delay": st.sampled_from([0.0, 0.5, 2.0]),
+    "seed": st.integers(0, (1 << 64) - 1),
+})
+
+corruptions = st.one_of(
+    st.none(), st.none(), st.none(), st.none(), st.none(), st.none(), st.none(),
+    st.tuples(st.just("flip"), st.integers(0, 80), st.integers(1, 255)),
+    st.tuples(st.just("cut"), st.integers(0, 80)),
+)
+tcp_flags = st.one_of(st.sampled_from(FLAG_SETS), st.sampled_from(FLAG_SETS),
+                      st.integers(0, 255))
+ttls = st.sampled_from([64] * 10 + [2, 1])
+#: outbound source: environments 0-2; 3: a VPC host towards an ENI address and a pool port
+#: (its orig tuple can take a future mapping's reply tuple); 4: a known mapping's reply tuple
+#: sent outbound (the tuple is another connection's reply)
+sources = st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3, 4])
+
+#: ("out", family, proto, source, sport, host_i, dport, flags, payload_len, ttl, ext, partial,
+#:  corrupt)
+out_ops = st.tuples(
+    st.just("out"), st.sampled_from([4, 4, 6]), st.sampled_from(["tcp", "udp"]),
+    sources, st.sampled_from(SPORTS), st.integers(0, 1), st.sampled_from(DPORTS),
+    tcp_flags, st.sampled_from([0, 0, 1, 7, 40]), ttls,
+    st.booleans(), st.sampled_from([False, False, False, True]), corruptions)
+#: ("in", family, proto, pick, known, host_i, dport, flags, payload_len, ttl, ext, partial,
+#:  corrupt): with known, aimed at the mapping number pick of those outbound packets got
+in_ops = st.tuples(
+    st.just("in"), st.sampled_from([4, 4, 6]), st.sampled_from(["tcp", "udp"]),
+    st.integers(0, 1 << 16), st.sampled_from([True, True, True, False]), st.integers(0, 1),
+    st.sampled_from(DPORTS), tcp_flags, st.sampled_from([0, 0, 3, 40]), ttls,
+    st.booleans(), st.sampled_from([False, False, False, True]), corruptions)
+ops = st.one_of(
+    out_ops, out_ops, out_ops, out_ops, in_ops, in_ops, in_ops,
+    st.tuples(st.just("time"), st.sampled_from([0.0, 0.25, 1.0, 2.0, 3.5, 7.0, 31.0, 61.0, 121.0,
+                                                351.0, -5.0])),
+    # a burst of new flows from distinct source ports: exhausts small pools and tables
+    st.tuples(st.just("burst"), st.sampled_from([4, 4, 6]), st.sampled_from(["tcp", "udp"]),
+              st.integers(0, 2), st.integers(0, 40), st.integers(1, 12)),
+    st.tuples(st.just("expire")),
+    st.tuples(st.just("check")),
+    st.tuples(st.just("add_eni")),
+    st.tuples(st.just("batch"), st.lists(out_ops, min_size=1, max_size=8)),
+    st.tuples(st.just("batch"), st.lists(in_ops, min_size=1, max_size=8)),
+)
+
+
+class Run:
+    """Drives both engines in lock step and remembers the mappings outbound packets got."""
+
+    def __init__(self, cfg_kw):
+        kw = dict(cfg_kw)
+        kw["port_min"], kw["port_max"] = kw.pop("ports")
+        self.cfg = make_config(**kw)
+        self.compiled = compiled_module().Engine(self.cfg, clock=no_clock)
+        self.reference = reference.Engine(self.cfg, clock=no_clock)
+        self.now = 0.0
+        self.known = []     # (family, proto, host, hport, eni address, eni port)
+        self.log = []
+
+    # ---- packets --------------------------------------------------------------------------
+    def packet(self, op):
+        (kind, family, proto, a, b, host_i, dport, flags, plen, ttl, ext, partial,
+         corrupt) = op
+        hdrs = [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()] if ext and family == 6 else []
+        fl = flags if isinstance(flags, str) else int(flags)
+        payload = bytes(range(plen))
+        if kind == "out":
+            src, dst, sport = ENV[family][a % 3], HOST[family][host_i], b
+            if a == 3:
+                src, sport = HOST[family][host_i], dport
+                dst, dport = self.eni_addr(host_i, family), self.pool_port(b)
+            elif a == 4 and self.known:
+                family, proto, src, sport, dst, dport = self.known[b % len(self.known)]
+                hdrs = hdrs if family == 6 else []
+            pkt = build(family, proto, src, dst, sport, dport, flags=fl, ttl=ttl,
+                        payload=payload, ext=hdrs)
+        else:
+            if b and self.known:
+                family, proto, host, hport, eaddr, eport = self.known[a % len(self.known)]
+                hdrs = [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()] if ext and family == 6 \
+                    else []
+            else:
+                host, hport = HOST[family][host_i], dport
+                eaddr, eport = self.eni_addr(a, family), self.pool_port(a)
+            pkt = build(family, proto, host, eaddr, hport, eport, flags=fl, ttl=ttl,
+                        payload=payload, ext=hdrs)
+        if partial:
+            pkt = make_partial(pkt)
+        if corrupt is not None:
+            if corrupt[0] == "flip":
+                buf = bytearray(pkt)
+                buf[corrupt[1] % len(buf)] ^= corrupt[2]
+                pkt = bytes(buf)
+            else:
+                pkt = pkt[:corrupt[1] % (len(pkt) + 1)]
+        return pkt, bool(partial), corrupt is None
+
+    def eni_addr(self, k, family):
+        enis = self.compiled.enis
+        eni = enis[k % len(enis)]
+        addr = eni.ipv4 if family == 4 else eni.ipv6
+        return addr if addr is not None else ENI_A.ipv6   # IPv4-only ENI: any IPv6 address
+
+    def pool_port(self, k):
+        return self.cfg.port_min + k % (self.cfg.port_max - self.cfg.port_min + 1)
+
+    def remember(self, direction, out_bytes):
+        if direction != "out" or out_bytes is None:
+            return
+        info = locate_l4(out_bytes)
+        af = socket.AF_INET if info.family == 4 else socket.AF_INET6
+        alen = 4 if info.family == 4 else 16
+        s_off, d_off = (12, 16) if info.family == 4 else (8, 24)
+        src = socket.inet_ntop(af, out_bytes[s_off:s_off + alen])
+        dst = socket.inet_ntop(af, out_bytes[d_off:d_off + alen])
+        sport = int.from_bytes(out_bytes[info.l4:info.l4 + 2], "big")
+        dport = int.from_bytes(out_bytes[info.l4 + 2:info.l4 + 4], "big")
+        self.known.append((info.family, "tcp" if info.proto == 6 else "udp", dst, dport, src,
+                           sport))
+
+    # ---- comparisons --------------------------------------------------------------------
+    def where(self, step, op, pkt=None):
+        s = f"step {step}: {op!r} at now={self.now}"
+        if pkt is not None:
+            s += f"\n  packet {pkt.hex()}"
+        return s
+
+    def same(self, what, got, want, step, op, pkt=None):
+        assert got == want, (f"{what} differ at {self.where(step, op, pkt)}\n"
+                             f"  compiled  {got!r}\n  reference {want!r}")
+
+    def compare_state(self, step, op):
+        c, r = self.compiled, self.reference
+        self.same("counters()", c.counters(), r.counters(), step, op)
+        ec, er = c.entries(now=self.now), r.entries(now=self.now)
+        self.same("sorted entries()", sorted(ec), sorted(er), step, op)
+        self.same("entries() order", ec, er, step, op)
+        self.same("pool_fill()", c.pool_fill(), r.pool_fill(), step, op)
+        self.same("len()", len(c), len(r), step, op)
+        self.same("enis", c.enis, r.enis, step, op)
+
+    # ---- steps -----------------------------------------------------------------------------
+    def step(self, i, op):
+        kind = op[0]
+        c, r = self.compiled, self.reference
+        if kind == "time":
+            self.now += op[1]
+        elif kind == "expire":
+            self.same("expire()", c.expire(now=self.now), r.expire(now=self.now), i, op)
+        elif kind == "check":
+            self.compare_state(i, op)
+        elif kind == "add_eni":
+            if ENI_C not in c.enis:
+                c.add_eni(ENI_C)
+                r.add_eni(ENI_C)
+        elif kind == "burst":
+            _, family, proto, env_i, base, n = op
+            for k in range(n):
+                sport = 2000 + base * 16 + k
+                self.step(i, ("out", family, proto, env_i, sport, k % 2, 443, "S", 0, 64,
+                              False, False, None))
+        elif kind in ("out", "in"):
+            pkt, partial, clean = self.packet(op)
+            fn = "outbound" if kind == "out" else "inbound"
+            rc = getattr(c, fn)(pkt, now=self.now, csum_partial=partial)
+            rr = getattr(r, fn)(pkt, now=self.now, csum_partial=partial)
+            self.same("results", tuple(rc), tuple(rr), i, op, pkt)
+            assert type(rc.verdict) is Verdict
+            if clean:
+                self.remember(kind, rr.packet)
+        else:
+            self.batch(i, op)
+        self.same("take_signals()", c.take_signals(), r.take_signals(), i, op)
+
+    def batch(self, i, op):
+        items = [self.packet(o) for o in op[1]]
+        direction = Direction.OUTBOUND if op[1][0][0] == "out" else Direction.INBOUND
+        buf, offsets, lengths = bytearray(), [], []
+        for pkt, _, _ in items:
+            offsets.append(len(buf))
+            lengths.append(len(pkt))
+            buf += pkt + b"\x5a"
+        flags = bytes(FLAG_CSUM_PARTIAL if partial else 0 for _, partial, _ in items)
+        n = len(items)
+        outs = {}
+        for name, eng in (("compiled", self.compiled), ("reference", self.reference)):
+            b, v, rs = bytearray(buf), bytearray(n), bytearray(n)
+            passed = eng.translate_batch(direction, b, offsets, lengths, v, rs, flags=flags,
+                                         now=self.now)
+            outs[name] = (passed, bytes(v), bytes(rs), bytes(b))
+        self.same("translate_batch()", outs["compiled"], outs["reference"], i, op,
+                  bytes(buf))
+        _, v, _, b = outs["reference"]
+        for k, (pkt, _, clean) in enumerate(items):
+            if clean and v[k] != Verdict.DROP:
+                self.remember("out" if direction == Direction.OUTBOUND else "in",
+                              b[offsets[k]:offsets[k] + lengths[k]])
+
+
+@settings(max_examples=200, deadline=None, print_blob=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(cfg=configs, program=st.lists(ops, min_size=10, max_size=60))
+def test_compiled_and_spec_engines_agree(cfg, program):
+    run = Run(cfg)
+    for i, op in enumerate(program):
+        run.step(i, op)
+    run.compare_state(len(program), ("end",))
+    # and once more after everything has timed out
+    run.now += 10_000.0
+    run.same("expire()", run.compiled.expire(now=run.now), run.reference.expire(now=run.now),
+             len(program), ("expire all",))
+    run.compare_state(len(program), ("after expire all",))
+    assert len(run.reference) == 0
