@@ -45,7 +45,7 @@ else:
             ) from exc
         ENGINE_FALLBACK_REASON = str(exc)
         _msg = ("hyperplane: the compiled engine is NOT built (" + str(exc) + "); using the "
-                "pure-Python reference engine, which is ~100x slower. Build it with "
+                "pure-Python reference engine, which is ~160x slower. Build it with "
                 "'pip install -e .' or set HYPERPLANE_ENGINE=reference to silence this.")
         print("*" * 78 + "\n" + _msg + "\n" + "*" * 78, file=sys.stderr)
         warnings.warn(_msg, RuntimeWarning, stacklevel=2)
