@@ -37,6 +37,7 @@ import pytest
 
 from hyperplane.config import EngineConfig, Eni
 from hyperplane.constants import Direction, Verdict
+from hyperplane.reference import fold as _fold
 
 OUT, IN = Direction.OUTBOUND, Direction.INBOUND
 
@@ -97,12 +98,6 @@ def flow_addr(i: int) -> int:
 
 def flow_sport(i: int) -> int:
     return 1024 + (i & 255)
-
-
-def _fold(x: int) -> int:
-    while x > 0xFFFF:
-        x = (x & 0xFFFF) + (x >> 16)
-    return x
 
 
 def _sum16(data: bytes) -> int:

@@ -198,15 +198,14 @@ cdef class Engine:
         for i in range(n):
             if <size_t>off[i] + ln[i] > blen:
                 raise ValueError(f"packet {i}: offset {off[i]} + length {ln[i]} past the buffer end")
-        if n == 0:
-            self._advance(now)
-            return 0
+        passed = 0
         self._enter()
         try:
             t = self._advance(now)
-            with nogil:
-                passed = hp_translate_batch(self._e, d, &b[0], &off[0], &ln[0], flp, n, t,
-                                            &vo[0], &ro[0])
+            if n:
+                with nogil:
+                    passed = hp_translate_batch(self._e, d, &b[0], &off[0], &ln[0], flp, n, t,
+                                                &vo[0], &ro[0])
         finally:
             self._busy = False
         return passed

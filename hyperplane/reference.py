@@ -388,8 +388,7 @@ class Engine:
                 verdict = self._update_state(conn, OUT, p.tcp_flags)
                 if verdict == Verdict.DROP:
                     return self._drop(R.TCP_INVALID)
-            new_addr = addr_bytes(p.family, self._eni_addr(self._enis[conn.eni_index], p.family))
-            self._manip(buf, off, p, flags, src=True, addr=new_addr, port=conn.eni_port)
+            self._manip(buf, off, p, flags, src=True, addr=conn.eni_addr, port=conn.eni_port)
             self._account(conn, OUT, p.l3_len, now)
             self._c["packets_outbound"] += 1
             self._c["bytes_outbound"] += p.l3_len

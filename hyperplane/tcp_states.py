@@ -116,7 +116,8 @@ def next_state(direction: Direction, flags: int, state: TcpState) -> int:
 
 
 def describe() -> str:
-    """The grid as text, one line per real transition (used by docs and by ``--help`` output)."""
+    """The grid as text, one line per state-changing transition, generated from the table so
+    it cannot drift from what the engines run."""
     lines = []
     for d in Direction:
         for fc, row in enumerate(TRANSITIONS[d]):
