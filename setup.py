@@ -17,7 +17,7 @@ ext = Extension(
     "hyperplane._engine",
     sources=["hyperplane/_engine.pyx"] + sorted(glob.glob("csrc/*.c")),
     include_dirs=["csrc"],
-    depends=sorted(glob.glob("csrc/*.h")) + ["hyperplane/_engine.pxd"],
+    depends=sorted(glob.glob("csrc/*.h")) + ["hyperplane/_engine.pxd", "hyperplane/_datapath.pxi"],
     extra_compile_args=extra,
 )
 

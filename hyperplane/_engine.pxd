@@ -72,3 +72,60 @@ cdef extern from "hp_engine.h":
     uint32_t hp_translate_batch(hp_engine *e, int dir, uint8_t *buf, const uint32_t *offsets,
                                 const uint32_t *lengths, const uint8_t *flags, uint32_t n,
                                 double now, uint8_t *verdicts, uint8_t *reasons) nogil
+
+cdef extern from "hp_dp.h":
+    enum:
+        HP_ROLE_ENV
+        HP_ROLE_ENI
+        HP_PORT_PACKET
+        HP_PORT_TAP
+        HP_D_COUNT
+        HP_POLL_INTR
+        HP_NEIGH_SLOTS
+    ctypedef struct hp_port:
+        int kind
+        int fd
+        uint64_t tx_packets
+        uint64_t tx_bytes
+        uint64_t tx_errors
+    ctypedef struct hp_neigh:
+        uint8_t addr[16]
+        uint8_t family
+        uint8_t state
+        uint8_t mac[6]
+        double deadline
+        uint32_t qlen
+    ctypedef struct hp_neigh_table:
+        hp_neigh slot[1024]
+        uint32_t n
+    ctypedef struct hp_link:
+        int role
+        int group
+        hp_port port
+        uint8_t mac[6]
+        hp_neigh_table neigh
+        uint64_t rx_packets
+        uint64_t rx_bytes
+        uint64_t arp_in
+        uint64_t arp_out
+        uint64_t nd_in
+        uint64_t nd_out
+    ctypedef struct hp_dp:
+        unsigned n_links
+        unsigned n_groups
+        uint64_t drops[14]
+        uint64_t forwarded[2]
+    hp_dp *hp_dp_new() nogil
+    void hp_dp_free(hp_dp *dp) nogil
+    int hp_dp_add_group(hp_dp *dp, hp_engine *e) nogil
+    int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname, int tap_fd,
+                       const uint8_t *mac, char *err, size_t errlen) nogil
+    int hp_dp_add_own(hp_dp *dp, int link, int family, const uint8_t *addr) nogil
+    int hp_dp_set_env(hp_dp *dp, int link, int family, const uint8_t *addr) nogil
+    int hp_dp_set_subnet(hp_dp *dp, int link, int family, const uint8_t *net, int plen,
+                         const uint8_t *router) nogil
+    int hp_dp_watch(hp_dp *dp, int fd) nogil
+    hp_link *hp_dp_link(hp_dp *dp, int link) nogil
+    int hp_dp_poll(hp_dp *dp, int timeout_ms) nogil
+    void hp_dp_tick(hp_dp *dp, double now) nogil
+    double hp_dp_now() nogil

@@ -290,3 +290,4 @@ cdef object _tuple5(hp_tuple *t):
     fam = socket.AF_INET if t.family == 4 else socket.AF_INET6
     return Tuple5(socket.inet_ntop(fam, (<char *>t.src)[:alen]), t.sport,
                   socket.inet_ntop(fam, (<char *>t.dst)[:alen]), t.dport)
+include "_datapath.pxi"

@@ -1,0 +1,673 @@
+/* hp_dp.c - the data path loop; see hp_dp.h for the picture. */
+#define _GNU_SOURCE
+#include "hp_dp.h"
+
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hp_csum.h"
+
+#define WATCH_TAG 0x80000000u
+
+static const struct virtio_net_hdr NO_VNET; /* all zero: complete checksums, no GSO */
+
+double hp_dp_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* the clock of Python's time.monotonic() */
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+hp_dp *hp_dp_new(void)
+{
+    hp_dp *dp = calloc(1, sizeof *dp);
+    if (!dp)
+        return NULL;
+    dp->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (dp->epfd < 0) {
+        free(dp);
+        return NULL;
+    }
+    return dp;
+}
+
+static void free_queue(hp_qpkt *q)
+{
+    while (q) {
+        hp_qpkt *next = q->next;
+        free(q);
+        q = next;
+    }
+}
+
+void hp_dp_free(hp_dp *dp)
+{
+    if (!dp)
+        return;
+    for (unsigned i = 0; i < dp->n_links; i++) {
+        hp_link *l = dp->links[i];
+        for (unsigned s = 0; s < HP_NEIGH_SLOTS; s++)
+            free_queue(l->neigh.slot[s].qhead);
+        hp_io_close(&l->port);
+        free(l);
+    }
+    close(dp->epfd);
+    free(dp);
+}
+
+int hp_dp_add_group(hp_dp *dp, hp_engine *e)
+{
+    if (dp->n_groups >= HP_DP_MAX_GROUPS)
+        return -1;
+    dp->groups[dp->n_groups].engine = e;
+    dp->groups[dp->n_groups].eni_link = -1;
+    return (int)dp->n_groups++;
+}
+
+hp_link *hp_dp_link(hp_dp *dp, int link)
+{
+    return link >= 0 && (unsigned)link < dp->n_links ? dp->links[link] : NULL;
+}
+
+int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname, int tap_fd,
+                   const uint8_t *mac, char *err, size_t errlen)
+{
+    if (dp->n_links >= HP_DP_MAX_LINKS || group < 0 || (unsigned)group >= dp->n_groups ||
+        (role != HP_ROLE_ENV && role != HP_ROLE_ENI)) {
+        if (kind == HP_PORT_TAP && tap_fd >= 0)
+            close(tap_fd);
+        snprintf(err, errlen, "bad link: role %d group %d (%u groups, %u links)", role, group,
+                 dp->n_groups, dp->n_links);
+        return -1;
+    }
+    hp_link *l = calloc(1, sizeof *l);
+    if (!l) {
+        if (kind == HP_PORT_TAP)
+            close(tap_fd);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = kind == HP_PORT_TAP ? hp_io_attach_tap(&l->port, tap_fd, err, errlen)
+                                 : hp_io_open_packet(&l->port, ifname, err, errlen);
+    if (rc < 0) {
+        hp_io_close(&l->port);
+        free(l);
+        return -1;
+    }
+    l->role = role;
+    l->group = group;
+    memcpy(l->mac, mac, 6);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = dp->n_links};
+    if (epoll_ctl(dp->epfd, EPOLL_CTL_ADD, l->port.fd, &ev) < 0) {
+        snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
+        hp_io_close(&l->port);
+        free(l);
+        return -1;
+    }
+    if (role == HP_ROLE_ENI)
+        dp->groups[group].eni_link = (int)dp->n_links;
+    dp->links[dp->n_links] = l;
+    return (int)dp->n_links++;
+}
+
+int hp_dp_add_own(hp_dp *dp, int link, int family, const uint8_t *addr)
+{
+    hp_link *l = hp_dp_link(dp, link);
+    if (!l)
+        return -1;
+    if (family == 4 && l->n_own4 < HP_DP_MAX_OWN)
+        memcpy(l->own4[l->n_own4++], addr, 4);
+    else if (family == 6 && l->n_own6 < HP_DP_MAX_OWN)
+        memcpy(l->own6[l->n_own6++], addr, 16);
+    else
+        return -1;
+    return 0;
+}
+
+/* ---- address -> environment link ------------------------------------------------------------ */
+static uint32_t env_hash(int family, const uint8_t *a)
+{
+    uint32_t x;
+    memcpy(&x, family == 4 ? a : a + 12, 4);
+    x = (x ^ (uint32_t)family) * 0x9E3779B1u;
+    return (x ^ (x >> 16)) & (HP_DP_ENV_SLOTS - 1);
+}
+
+static int env_lookup(const hp_dp *dp, int family, const uint8_t *addr)
+{
+    unsigned alen = family == 4 ? 4 : 16;
+    uint32_t i = env_hash(family, addr);
+    for (unsigned k = 0; k < HP_DP_ENV_SLOTS; k++, i = (i + 1) & (HP_DP_ENV_SLOTS - 1)) {
+        int v = dp->env_slot[i];
+        if (!v)
+            return -1;
+        if ((v & 1) == (family == 6) && memcmp(dp->env_key[i], addr, alen) == 0)
+            return (v >> 1) - 1;
+    }
+    return -1;
+}
+
+int hp_dp_set_env(hp_dp *dp, int link, int family, const uint8_t *addr)
+{
+    hp_link *l = hp_dp_link(dp, link);
+    if (!l || l->role != HP_ROLE_ENV || env_lookup(dp, family, addr) >= 0)
+        return -1;
+    uint32_t i = env_hash(family, addr);
+    for (unsigned k = 0; k < HP_DP_ENV_SLOTS; k++, i = (i + 1) & (HP_DP_ENV_SLOTS - 1)) {
+        if (dp->env_slot[i])
+            continue;
+        memset(dp->env_key[i], 0, 16);
+        memcpy(dp->env_key[i], addr, family == 4 ? 4 : 16);
+        dp->env_slot[i] = ((link + 1) << 1) | (family == 6);
+        if (family == 4) {
+            memcpy(l->env4, addr, 4);
+            l->has_env4 = 1;
+        } else {
+            memcpy(l->env6, addr, 16);
+            l->has_env6 = 1;
+        }
+        return 0;
+    }
+    return -1;
+}
+
+int hp_dp_set_subnet(hp_dp *dp, int link, int family, const uint8_t *net, int plen,
+                     const uint8_t *router)
+{
+    hp_link *l = hp_dp_link(dp, link);
+    if (!l || l->role != HP_ROLE_ENI || plen < 0 || plen > (family == 4 ? 32 : 128))
+        return -1;
+    if (family == 4) {
+        memcpy(l->net4, net, 4);
+        memcpy(l->router4, router, 4);
+        l->plen4 = (uint8_t)plen;
+        l->has_net4 = 1;
+    } else {
+        memcpy(l->net6, net, 16);
+        memcpy(l->router6, router, 16);
+        l->plen6 = (uint8_t)plen;
+        l->has_net6 = 1;
+    }
+    return 0;
+}
+
+int hp_dp_watch(hp_dp *dp, int fd)
+{
+    if (dp->n_watch >= HP_DP_MAX_WATCH)
+        return -1;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = WATCH_TAG | dp->n_watch};
+    if (epoll_ctl(dp->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -1;
+    dp->watch_fd[dp->n_watch] = fd;
+    return (int)dp->n_watch++;
+}
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+static int in_prefix(const uint8_t *a, const uint8_t *net, unsigned plen)
+{
+    unsigned full = plen / 8, rest = plen % 8;
+    if (memcmp(a, net, full) != 0)
+        return 0;
+    if (!rest)
+        return 1;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (a[full] & mask) == (net[full] & mask);
+}
+
+static int is_own(const hp_link *l, int family, const uint8_t *a)
+{
+    if (family == 4) {
+        for (uint32_t i = 0; i < l->n_own4; i++)
+            if (memcmp(l->own4[i], a, 4) == 0)
+                return 1;
+    } else {
+        for (uint32_t i = 0; i < l->n_own6; i++)
+            if (memcmp(l->own6[i], a, 16) == 0)
+                return 1;
+    }
+    return 0;
+}
+
+/* ---- neighbours -------------------------------------------------------------------------- */
+static void probe(hp_link *l, hp_neigh *n, double now)
+{
+    uint8_t buf[HP_NDP_FRAME_MAX];
+    uint32_t len = 0;
+    const uint8_t *ucast = n->state == HP_NUD_PROBE ? n->mac : NULL;
+    if (n->family == 4 && l->n_own4) {
+        len = hp_arp_build(buf, 1, l->mac, ucast, l->mac, l->own4[0], NULL, n->addr);
+        l->arp_out++;
+    } else if (n->family == 6 && l->n_own6) {
+        len = hp_ndp_ns_build(buf, l->mac, ucast, l->own6[0], n->addr);
+        l->nd_out++;
+    }
+    if (len)
+        hp_io_send_now(&l->port, &NO_VNET, buf, len);
+    n->probes++;
+    n->deadline = now + HP_NEIGH_RETRANS;
+}
+
+static void set_macs(uint8_t *frame, const uint8_t *dst, const uint8_t *src)
+{
+    memcpy(frame, dst, 6);
+    memcpy(frame + 6, src, 6);
+}
+
+/* A reply arrived: the MAC is known; send what waited for it, oldest first. */
+static void resolved(hp_link *l, hp_neigh *n, const uint8_t *mac, double now)
+{
+    hp_neigh_confirm(n, mac, now);
+    hp_qpkt *q = hp_neigh_take_queue(&l->neigh, n);
+    if (q)
+        hp_io_flush(&l->port);
+    while (q) {
+        hp_qpkt *next = q->next;
+        set_macs(q->frame, mac, l->mac);
+        hp_io_send_now(&l->port, &q->vh, q->frame, q->len);
+        free(q);
+        q = next;
+    }
+}
+
+/* Someone who is talking to us told us its MAC (an ARP request, an NS with a source
+ * link-layer option): RFC 826's merge, RFC 4861 section 7.2.3. */
+static void learn(hp_link *l, int family, const uint8_t *addr, const uint8_t *mac, double now)
+{
+    hp_neigh *n = hp_neigh_find(&l->neigh, family, addr);
+    if (!n) {
+        n = hp_neigh_get(&l->neigh, family, addr);
+        if (!n)
+            return;
+        memcpy(n->mac, mac, 6);
+        n->state = HP_NUD_STALE;
+        n->deadline = now + HP_NEIGH_GC;
+    } else if (n->state == HP_NUD_INCOMPLETE) {
+        resolved(l, n, mac, now);
+    } else if (memcmp(n->mac, mac, 6) != 0) {
+        memcpy(n->mac, mac, 6);
+        n->state = HP_NUD_STALE;
+        n->deadline = now + HP_NEIGH_GC;
+    }
+}
+
+static void transmit(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop,
+                     const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len, double now)
+{
+    hp_neigh *n = hp_neigh_find(&out->neigh, family, nexthop);
+    if (n && n->state != HP_NUD_INCOMPLETE) {
+        if (n->state == HP_NUD_STALE) { /* use it, and ask whether it is still there */
+            n->state = HP_NUD_PROBE;
+            n->probes = 0;
+            probe(out, n, now);
+        }
+        set_macs(frame, n->mac, out->mac);
+        hp_io_send(&out->port, vh, frame, len);
+        return;
+    }
+    if (!n) {
+        n = hp_neigh_get(&out->neigh, family, nexthop);
+        if (!n) {
+            dp->drops[HP_D_NEIGH_TABLE_FULL]++;
+            return;
+        }
+        probe(out, n, now);
+    }
+    hp_qpkt *dropped;
+    int r = hp_neigh_enqueue(&out->neigh, n, vh, frame, len, &dropped);
+    if (dropped) {
+        free(dropped);
+        dp->drops[HP_D_NEIGH_QUEUE_FULL]++;
+    }
+    if (r < 0)
+        dp->drops[HP_D_NEIGH_QUEUE_FULL]++;
+}
+
+void hp_dp_tick(hp_dp *dp, double now)
+{
+    for (unsigned li = 0; li < dp->n_links; li++) {
+        hp_link *l = dp->links[li];
+        if (!l->neigh.n)
+            continue;
+        for (unsigned i = 0; i < HP_NEIGH_SLOTS;) {
+            hp_neigh *n = &l->neigh.slot[i];
+            int remove = 0;
+            if (!n->family || now < n->deadline) {
+                i++;
+                continue;
+            }
+            switch (n->state) {
+            case HP_NUD_INCOMPLETE:
+            case HP_NUD_PROBE:
+                if (n->probes >= HP_NEIGH_PROBES)
+                    remove = 1;
+                else
+                    probe(l, n, now);
+                break;
+            case HP_NUD_REACHABLE:
+                n->state = HP_NUD_STALE;
+                n->deadline = now + HP_NEIGH_GC;
+                break;
+            default: /* STALE and unused for HP_NEIGH_GC */
+                remove = 1;
+            }
+            if (!remove) {
+                i++;
+                continue;
+            }
+            hp_qpkt *q;
+            hp_neigh_remove(&l->neigh, n, &q);
+            for (hp_qpkt *p = q; p; p = p->next)
+                dp->drops[HP_D_NEIGH_FAILED]++;
+            free_queue(q);
+            /* backward shift may have moved a later entry into slot i: look at it again */
+        }
+    }
+    for (unsigned g = 0; g < dp->n_groups; g++)
+        hp_engine_advance(dp->groups[g].engine, now);
+}
+
+/* ---- ARP and NDP for the addresses we own ---------------------------------------------------- */
+static void arp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, double now)
+{
+    l->arp_in++;
+    if (len < 42) {
+        dp->drops[HP_D_RUNT]++;
+        return;
+    }
+    const uint8_t *a = f + 14;
+    if (hp_get16(a) != 1 || hp_get16(a + 2) != 0x0800 || a[4] != 6 || a[5] != 4)
+        return;
+    uint32_t op = hp_get16(a + 6);
+    const uint8_t *sha = a + 8, *spa = a + 14, *tpa = a + 24;
+    static const uint8_t zero4[4];
+    if (sha[0] & 1) /* a multicast sender MAC is never a neighbour */
+        return;
+    int has_sender = memcmp(spa, zero4, 4) != 0;
+    if (op == 1 && is_own(l, 4, tpa)) {
+        uint8_t out[HP_ARP_FRAME_LEN];
+        uint32_t n = hp_arp_build(out, 2, l->mac, sha, l->mac, tpa, sha, spa);
+        hp_io_send_now(&l->port, &NO_VNET, out, n);
+        l->arp_out++;
+        if (has_sender)
+            learn(l, 4, spa, sha, now);
+        return;
+    }
+    /* A reply, or any ARP from a neighbour we already track, updates it; ARP never creates an
+     * entry we did not ask for (like the kernel's arp_accept=0), so it cannot fill the table. */
+    hp_neigh *n = has_sender ? hp_neigh_find(&l->neigh, 4, spa) : NULL;
+    if (!n)
+        return;
+    if (op == 2)
+        resolved(l, n, sha, now);
+    else if (n->state != HP_NUD_INCOMPLETE)
+        memcpy(n->mac, sha, 6);
+}
+
+/* The link-layer address option of type want (1 source, 2 target), RFC 4861 section 4.6.1. */
+static int nd_option(const uint8_t *opt, uint32_t len, int want, const uint8_t **mac)
+{
+    *mac = NULL;
+    while (len >= 2) {
+        uint32_t olen = (uint32_t)opt[1] * 8;
+        if (olen == 0 || olen > len)
+            return -1; /* RFC 4861: a zero-length option makes the message invalid */
+        if (opt[0] == want && olen >= 8)
+            *mac = opt + 2;
+        opt += olen;
+        len -= olen;
+    }
+    return 0;
+}
+
+static void ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, double now)
+{
+    l->nd_in++;
+    const uint8_t *ip = f + 14;
+    uint32_t plen = hp_get16(ip + 4);
+    if (ip[40] != 135 && ip[40] != 136)
+        return; /* Router Solicitation/Advertisement, Redirect: we are not that kind of router */
+    if (plen < 24 || 40 + plen > len - 14 || ip[7] != 255 || hp_icmp6_csum(ip, plen) != 0 ||
+        ip[41] != 0) {
+        dp->drops[HP_D_BAD_NDP]++; /* RFC 4861 sections 7.1.1, 7.1.2: silently discard */
+        return;
+    }
+    const uint8_t *m = ip + 40, *src = ip + 8, *target = m + 8, *mac;
+    static const uint8_t unspec[16];
+    int from_unspec = memcmp(src, unspec, 16) == 0;
+    if (m[0] == 135) { /* Neighbor Solicitation */
+        if (nd_option(m + 24, plen - 24, 1, &mac) < 0) {
+            dp->drops[HP_D_BAD_NDP]++;
+            return;
+        }
+        if (!is_own(l, 6, target))
+            return;
+        uint8_t out[HP_NDP_FRAME_MAX];
+        uint32_t n;
+        if (from_unspec) { /* duplicate address detection by someone else: answer all nodes */
+            static const uint8_t all6[16] = {0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+            static const uint8_t allmac[6] = {0x33, 0x33, 0, 0, 0, 1};
+            n = hp_ndp_na_build(out, l->mac, allmac, target, all6, l->role == HP_ROLE_ENV, 0);
+        } else {
+            n = hp_ndp_na_build(out, l->mac, mac ? mac : f + 6, target, src,
+                                l->role == HP_ROLE_ENV, 1);
+            if (mac)
+                learn(l, 6, src, mac, now);
+        }
+        hp_io_send_now(&l->port, &NO_VNET, out, n);
+        l->nd_out++;
+    } else if (m[0] == 136) { /* Neighbor Advertisement */
+        if (nd_option(m + 24, plen - 24, 2, &mac) < 0) {
+            dp->drops[HP_D_BAD_NDP]++;
+            return;
+        }
+        hp_neigh *n = hp_neigh_find(&l->neigh, 6, target);
+        if (!n)
+            return;
+        if (!mac)
+            mac = f + 6;
+        if (n->state == HP_NUD_INCOMPLETE || (m[4] & 0x40)) /* solicited: confirms */
+            resolved(l, n, mac, now);
+        else if (m[4] & 0x20) /* override */
+            memcpy(n->mac, mac, 6);
+    }
+}
+
+/* ---- forwarding ------------------------------------------------------------------------------- */
+static void outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
+                     uint32_t len, int family, double now)
+{
+    uint8_t *ip = f + 14;
+    uint32_t n = len - 14;
+    /* An environment sends from its own address and nothing else (anti-spoofing). Packets too
+     * short to hold the address go on to the engine, which names what is wrong with them. */
+    if (family == 4 && n >= 20) {
+        if (!l->has_env4 || memcmp(ip + 12, l->env4, 4) != 0) {
+            dp->drops[HP_D_SPOOFED_SOURCE]++;
+            return;
+        }
+        if (is_own(l, 4, ip + 16)) {
+            dp->drops[HP_D_LOCAL_DESTINATION]++;
+            return;
+        }
+    } else if (family == 6 && n >= 40) {
+        if (!l->has_env6 || memcmp(ip + 8, l->env6, 16) != 0) {
+            dp->drops[HP_D_SPOOFED_SOURCE]++;
+            return;
+        }
+        if (is_own(l, 6, ip + 24)) {
+            dp->drops[HP_D_LOCAL_DESTINATION]++;
+            return;
+        }
+    }
+    hp_group *g = &dp->groups[l->group];
+    hp_link *out = hp_dp_link(dp, g->eni_link);
+    if (!out || !(family == 4 ? out->has_net4 : out->has_net6)) {
+        dp->drops[HP_D_NO_ROUTE]++;
+        return;
+    }
+    uint8_t reason;
+    uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
+    if (hp_translate(g->engine, HP_DIR_ORIG, ip, n, flags, now, &reason) == HP_DROP) {
+        dp->drops[HP_D_ENGINE]++;
+        return;
+    }
+    const uint8_t *dst = family == 4 ? ip + 16 : ip + 24, *nexthop;
+    if (family == 4)
+        nexthop = in_prefix(dst, out->net4, out->plen4) ? dst : out->router4;
+    else
+        nexthop = in_prefix(dst, out->net6, out->plen6) ? dst : out->router6;
+    dp->forwarded[0]++;
+    transmit(dp, out, family, nexthop, vh, f, len, now);
+}
+
+static void inbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
+                    uint32_t len, int family, double now)
+{
+    uint8_t *ip = f + 14, reason;
+    uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
+    hp_engine *e = dp->groups[l->group].engine;
+    if (hp_translate(e, HP_DIR_REPLY, ip, len - 14, flags, now, &reason) != HP_REPLY) {
+        dp->drops[HP_D_ENGINE]++; /* unsolicited and the rest: the engine counted the reason */
+        return;
+    }
+    const uint8_t *dst = family == 4 ? ip + 16 : ip + 24;
+    int li = env_lookup(dp, family, dst);
+    if (li < 0) {
+        dp->drops[HP_D_NO_ENVIRONMENT]++;
+        return;
+    }
+    dp->forwarded[1]++;
+    transmit(dp, dp->links[li], family, dst, vh, f, len, now);
+}
+
+static void rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
+                     uint32_t len, double now)
+{
+    l->rx_packets++;
+    l->rx_bytes += len;
+    if (len < 14) {
+        dp->drops[HP_D_RUNT]++;
+        return;
+    }
+    int mcast = f[0] & 1;
+    if (!mcast && memcmp(f, l->mac, 6) != 0) {
+        dp->drops[HP_D_NOT_OUR_MAC]++;
+        return;
+    }
+    uint32_t type = hp_get16(f + 12);
+    if (type == 0x0806) {
+        arp_input(dp, l, f, len, now);
+        return;
+    }
+    int family = type == 0x0800 ? 4 : type == 0x86DD ? 6 : 0;
+    if (!family || len < 15 || f[14] >> 4 != family) {
+        dp->drops[HP_D_NOT_IP]++;
+        return;
+    }
+    /* NDP: ICMPv6 types 133-137 straight after the IPv6 header (RFC 4861 forbids nothing
+     * else, but no neighbour of ours sends extension headers before it). */
+    if (family == 6 && len >= 14 + 40 + 4 && f[14 + 6] == 58 && f[54] >= 133 && f[54] <= 137) {
+        ndp_input(dp, l, f, len, now);
+        return;
+    }
+    if (mcast) {
+        dp->drops[HP_D_MULTICAST]++;
+        return;
+    }
+    if (l->role == HP_ROLE_ENV)
+        outbound(dp, l, vh, f, len, family, now);
+    else
+        inbound(dp, l, vh, f, len, family, now);
+}
+
+static void flush_all(hp_dp *dp)
+{
+    for (unsigned i = 0; i < dp->n_links; i++)
+        if (dp->links[i]->port.ntx)
+            hp_io_flush(&dp->links[i]->port);
+}
+
+/* Take what one link has received: whole ring blocks, or a batch of TAP reads. Sends are
+ * flushed before a block goes back to the kernel, since their iovecs point into it. */
+static void service(hp_dp *dp, hp_link *l, double now)
+{
+    if (l->port.kind == HP_PORT_PACKET) {
+        for (int b = 0; b < HP_RING_BLOCKS; b++) {
+            struct tpacket_block_desc *bd = hp_io_ring_next(&l->port);
+            if (!bd)
+                break;
+            uint32_t num = bd->hdr.bh1.num_pkts;
+            struct tpacket3_hdr *h =
+                (struct tpacket3_hdr *)((uint8_t *)bd + bd->hdr.bh1.offset_to_first_pkt);
+            for (uint32_t k = 0; k < num; k++) {
+                uint8_t *frame = (uint8_t *)h + h->tp_mac;
+                struct virtio_net_hdr vh;
+                memcpy(&vh, frame - HP_VNET_LEN, HP_VNET_LEN); /* PACKET_VNET_HDR puts it here */
+                if (h->tp_snaplen < h->tp_len) {
+                    l->rx_packets++;
+                    dp->drops[HP_D_RX_TRUNCATED]++;
+                } else {
+                    rx_frame(dp, l, &vh, frame, h->tp_snaplen, now);
+                }
+                h = (struct tpacket3_hdr *)((uint8_t *)h + h->tp_next_offset);
+            }
+            flush_all(dp);
+            hp_io_ring_release(&l->port);
+        }
+    } else {
+        for (int b = 0; b < HP_TAP_BATCH; b++) {
+            uint8_t *slot = l->port.tapbuf + (size_t)b * HP_TAP_SLOT;
+            ssize_t r = read(l->port.fd, slot, HP_TAP_SLOT);
+            if (r < 0)
+                break; /* EAGAIN: drained */
+            if ((uint32_t)r < HP_VNET_LEN) {
+                l->rx_packets++;
+                dp->drops[HP_D_RUNT]++;
+                continue;
+            }
+            struct virtio_net_hdr vh;
+            memcpy(&vh, slot, HP_VNET_LEN);
+            rx_frame(dp, l, &vh, slot + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+        }
+        flush_all(dp);
+    }
+}
+
+int hp_dp_poll(hp_dp *dp, int timeout_ms)
+{
+    struct epoll_event ev[64];
+    double deadline = hp_dp_now() + timeout_ms / 1000.0;
+    for (;;) {
+        double now = hp_dp_now();
+        if (now >= dp->next_tick) {
+            hp_dp_tick(dp, now);
+            dp->next_tick = now + HP_DP_TICK;
+        }
+        double wait = deadline - now;
+        if (dp->next_tick - now < wait)
+            wait = dp->next_tick - now;
+        int ms = wait <= 0 ? 0 : (int)(wait * 1000.0) + 1;
+        int n = epoll_wait(dp->epfd, ev, 64, ms);
+        if (n < 0)
+            return errno == EINTR ? HP_POLL_INTR : -1;
+        now = hp_dp_now();
+        int ready = 0;
+        for (int i = 0; i < n; i++) {
+            uint32_t u = ev[i].data.u32;
+            if (u & WATCH_TAG)
+                ready |= 1 << (u & 0xff);
+            else
+                service(dp, dp->links[u], now);
+        }
+        if (ready)
+            return ready;
+        if (hp_dp_now() >= deadline)
+            return 0;
+    }
+}

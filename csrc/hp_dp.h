@@ -1,0 +1,110 @@
+/* hp_dp.h - the data path: links, engines and the event loop that moves frames between them.
+ *
+ *   environment link (TAP fd or veth)           ENI link (veth into the subnet)
+ *   rx -> ARP/NDP for the gateway, or           rx -> ARP/NDP for the ENI addresses, or
+ *         source check -> engine ORIG                  engine REPLY -> env lookup
+ *         -> next hop (on-link or router)              -> env link
+ *         -> neighbour -> tx on the ENI link           -> neighbour -> tx on the env link
+ *
+ * A group is one engine (the connection table of one ENI key: subnet + security groups) with
+ * its ENI link; every environment link belongs to one group. The loop (hp_dp_poll) waits on all
+ * links and on "watched" fds of the caller (control socket, signal wakeup pipe) and returns to
+ * the caller only when one of those is readable, a signal interrupted it, or the time is up:
+ * no Python runs per packet.
+ */
+#ifndef HP_DP_H
+#define HP_DP_H
+
+#include "hp_engine.h"
+#include "hp_io.h"
+#include "hp_neigh.h"
+
+#define HP_DP_MAX_LINKS 256
+#define HP_DP_MAX_GROUPS 64
+#define HP_DP_MAX_OWN 16     /* own addresses per family on one link */
+#define HP_DP_MAX_WATCH 8
+#define HP_DP_TICK 0.05      /* neighbour timers and engine expiry run this often (s) */
+#define HP_DP_ENV_SLOTS 1024 /* address -> environment link, open addressing */
+
+enum hp_link_role { HP_ROLE_ENV = 1, HP_ROLE_ENI = 2 };
+
+/* Drops the data path counts itself (the engine counts its own by hp_reason). */
+enum hp_dp_reason {
+    HP_D_RUNT = 0,          /* shorter than an Ethernet header */
+    HP_D_NOT_OUR_MAC,       /* unicast to another MAC */
+    HP_D_NOT_IP,            /* an EtherType we do not route (VLAN tags, ...) */
+    HP_D_MULTICAST,         /* IP multicast/broadcast that is not ARP/NDP (MLD, mDNS, ...) */
+    HP_D_SPOOFED_SOURCE,    /* an environment's packet with a source that is not its own */
+    HP_D_LOCAL_DESTINATION, /* addressed to the data path itself: it has no local stack */
+    HP_D_ENGINE,            /* the engine dropped it; its own counter says why */
+    HP_D_NO_ENVIRONMENT,    /* a reply for an address no environment link has */
+    HP_D_NO_ROUTE,          /* no address of that family on the way out */
+    HP_D_NEIGH_FAILED,      /* the next hop never answered ARP/NDP */
+    HP_D_NEIGH_QUEUE_FULL,  /* too many packets waiting for one next hop (oldest dropped) */
+    HP_D_NEIGH_TABLE_FULL,  /* no room for another neighbour */
+    HP_D_BAD_NDP,           /* NDP with hop limit != 255, bad checksum or length */
+    HP_D_RX_TRUNCATED,      /* the ring slot held less than the frame */
+    HP_D_COUNT
+};
+
+typedef struct {
+    int role, group;
+    hp_port port;
+    uint8_t mac[6];  /* ours on this link: the gateway's (env) or the ENI's (ENI link) */
+    /* our addresses on this link (the gateway's, or the group's ENI addresses) */
+    uint8_t own4[HP_DP_MAX_OWN][4], own6[HP_DP_MAX_OWN][16];
+    uint32_t n_own4, n_own6;
+    /* env link: the environment's addresses */
+    uint8_t env4[4], env6[16];
+    uint8_t has_env4, has_env6;
+    /* ENI link: the subnet (on-link) and its router (next hop for everything else) */
+    uint8_t net4[4], net6[16], router4[4], router6[16];
+    uint8_t plen4, plen6, has_net4, has_net6;
+    hp_neigh_table neigh;
+    uint64_t rx_packets, rx_bytes, arp_in, arp_out, nd_in, nd_out;
+} hp_link;
+
+typedef struct {
+    hp_engine *engine;
+    int eni_link; /* -1 until added */
+} hp_group;
+
+typedef struct {
+    int epfd;
+    hp_link *links[HP_DP_MAX_LINKS];
+    unsigned n_links;
+    hp_group groups[HP_DP_MAX_GROUPS];
+    unsigned n_groups;
+    int env_slot[HP_DP_ENV_SLOTS]; /* (link index + 1) << 1 | is_ipv6; 0 = empty */
+    uint8_t env_key[HP_DP_ENV_SLOTS][16];
+    int watch_fd[HP_DP_MAX_WATCH];
+    unsigned n_watch;
+    double next_tick;
+    uint64_t drops[HP_D_COUNT];
+    uint64_t forwarded[2]; /* [0] environment -> VPC, [1] VPC -> environment */
+} hp_dp;
+
+hp_dp *hp_dp_new(void);
+void hp_dp_free(hp_dp *dp); /* closes every link's fd */
+int hp_dp_add_group(hp_dp *dp, hp_engine *e);
+/* Add a link; kind HP_PORT_PACKET opens ifname, HP_PORT_TAP takes over tap_fd (even on
+ * failure). Returns the link index, or -1 with err set. */
+int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname, int tap_fd,
+                   const uint8_t *mac, char *err, size_t errlen);
+int hp_dp_add_own(hp_dp *dp, int link, int family, const uint8_t *addr);
+int hp_dp_set_env(hp_dp *dp, int link, int family, const uint8_t *addr);
+int hp_dp_set_subnet(hp_dp *dp, int link, int family, const uint8_t *net, int plen,
+                     const uint8_t *router);
+int hp_dp_watch(hp_dp *dp, int fd);
+hp_link *hp_dp_link(hp_dp *dp, int link);
+
+#define HP_POLL_INTR (-2)
+/* Move packets for up to timeout_ms. Returns a bit mask of watched fds that became readable
+ * (bit i = i-th hp_dp_watch), 0 when the time ran out, HP_POLL_INTR when a signal came, -1 on
+ * error (errno). */
+int hp_dp_poll(hp_dp *dp, int timeout_ms);
+/* Run timers now: neighbour retransmits and expiry, engine expiry. */
+void hp_dp_tick(hp_dp *dp, double now);
+double hp_dp_now(void);
+
+#endif
