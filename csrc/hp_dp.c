@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -639,6 +640,22 @@ static void service(hp_dp *dp, hp_link *l, double now)
     }
 }
 
+/* The interface went away (its namespace was deleted, the TAP was removed): the socket reports
+ * an error forever after. Stop watching it, so the loop does not spin, and tell the caller. */
+static int link_error(hp_dp *dp, hp_link *l)
+{
+    int err = 0;
+    socklen_t elen = sizeof err;
+    if (l->port.kind == HP_PORT_PACKET &&
+        getsockopt(l->port.fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err != ENETDOWN &&
+        err != ENODEV && err != ENXIO && err != 0)
+        return 0; /* a transient error, now cleared */
+    epoll_ctl(dp->epfd, EPOLL_CTL_DEL, l->port.fd, NULL);
+    l->down = 1;
+    dp->links_down++;
+    return HP_POLL_LINK_DOWN;
+}
+
 int hp_dp_poll(hp_dp *dp, int timeout_ms)
 {
     struct epoll_event ev[64];
@@ -662,6 +679,8 @@ int hp_dp_poll(hp_dp *dp, int timeout_ms)
             uint32_t u = ev[i].data.u32;
             if (u & WATCH_TAG)
                 ready |= 1 << (u & 0xff);
+            else if (ev[i].events & (EPOLLERR | EPOLLHUP))
+                ready |= link_error(dp, dp->links[u]);
             else
                 service(dp, dp->links[u], now);
         }

@@ -61,6 +61,7 @@ typedef struct {
     uint8_t net4[4], net6[16], router4[4], router6[16];
     uint8_t plen4, plen6, has_net4, has_net6;
     hp_neigh_table neigh;
+    uint8_t down; /* the interface is gone; no longer polled */
     uint64_t rx_packets, rx_bytes, arp_in, arp_out, nd_in, nd_out;
 } hp_link;
 
@@ -82,6 +83,7 @@ typedef struct {
     double next_tick;
     uint64_t drops[HP_D_COUNT];
     uint64_t forwarded[2]; /* [0] environment -> VPC, [1] VPC -> environment */
+    uint32_t links_down;
 } hp_dp;
 
 hp_dp *hp_dp_new(void);
@@ -99,9 +101,10 @@ int hp_dp_watch(hp_dp *dp, int fd);
 hp_link *hp_dp_link(hp_dp *dp, int link);
 
 #define HP_POLL_INTR (-2)
+#define HP_POLL_LINK_DOWN (1 << 30)
 /* Move packets for up to timeout_ms. Returns a bit mask of watched fds that became readable
- * (bit i = i-th hp_dp_watch), 0 when the time ran out, HP_POLL_INTR when a signal came, -1 on
- * error (errno). */
+ * (bit i = i-th hp_dp_watch) plus HP_POLL_LINK_DOWN when a link's interface vanished, 0 when
+ * the time ran out, HP_POLL_INTR when a signal came, -1 on error (errno). */
 int hp_dp_poll(hp_dp *dp, int timeout_ms);
 /* Run timers now: neighbour retransmits and expiry, engine expiry. */
 void hp_dp_tick(hp_dp *dp, double now);

@@ -14,6 +14,7 @@ DATAPATH_DROP_REASONS = (
 assert len(DATAPATH_DROP_REASONS) == HP_D_COUNT, "DATAPATH_DROP_REASONS and hp_dp.h disagree"
 NEIGH_STATES = ("free", "incomplete", "reachable", "stale", "probe")
 POLL_INTERRUPTED = HP_POLL_INTR
+POLL_LINK_DOWN = HP_POLL_LINK_DOWN
 
 
 cdef bytes _mac_bytes(str mac):
@@ -145,7 +146,8 @@ cdef class DataPath:
             links.append(dict(d, rx_packets=l.rx_packets, rx_bytes=l.rx_bytes,
                               tx_packets=l.port.tx_packets, tx_bytes=l.port.tx_bytes,
                               tx_errors=l.port.tx_errors, arp_in=l.arp_in, arp_out=l.arp_out,
-                              nd_in=l.nd_in, nd_out=l.nd_out, neighbours=l.neigh.n))
+                              nd_in=l.nd_in, nd_out=l.nd_out, neighbours=l.neigh.n,
+                              up=not l.down))
         return {
             "forwarded_outbound": dp.forwarded[0], "forwarded_inbound": dp.forwarded[1],
             "drops": {DATAPATH_DROP_REASONS[i]: dp.drops[i] for i in range(HP_D_COUNT)},

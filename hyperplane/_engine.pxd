@@ -81,6 +81,7 @@ cdef extern from "hp_dp.h":
         HP_PORT_TAP
         HP_D_COUNT
         HP_POLL_INTR
+        HP_POLL_LINK_DOWN
         HP_NEIGH_SLOTS
     ctypedef struct hp_port:
         int kind
@@ -104,6 +105,7 @@ cdef extern from "hp_dp.h":
         hp_port port
         uint8_t mac[6]
         hp_neigh_table neigh
+        uint8_t down
         uint64_t rx_packets
         uint64_t rx_bytes
         uint64_t arp_in

@@ -160,7 +160,7 @@ class Daemon:
         self.stop_reason = signal.Signals(signum).name
 
     def run(self) -> int:
-        from hyperplane._engine import POLL_INTERRUPTED
+        from hyperplane._engine import POLL_INTERRUPTED, POLL_LINK_DOWN
 
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w)
@@ -180,6 +180,9 @@ class Daemon:
                         pass
                 if r > 0 and r & self._ctl_bit:
                     self._serve_control()
+                if r > 0 and r & POLL_LINK_DOWN:
+                    gone = [x["name"] for x in self.dp.counters()["links"] if not x["up"]]
+                    log.warning("interface gone, no longer polled: %s", ", ".join(gone))
         finally:
             self.close()
         log.info("data path stopped (%s)", self.stop_reason)

@@ -1,10 +1,6 @@
-"""The ``hyperplane`` command.
+"""``hyperplane walk``: an in-memory walk through the engine (no namespaces, no root).
 
-    hyperplane --version
-    hyperplane engine        which engine is in use, and why
-    hyperplane demo          an in-memory walk through the engine (no namespaces, no root)
-
-``demo`` pushes a TCP connection (handshake, data, FIN close) from an execution environment
+``walk`` pushes a TCP connection (handshake, data, FIN close) from an execution environment
 (198.18.0.x) to a VPC server (198.18.2.x) through a Hyperplane ENI (198.18.1.10), and UDP flows
 over IPv4 and IPv6 (2001:2::/48), through the engine with scapy-built packets. It prints every
 packet before and after NAT with the verdict, the connection table in ``conntrack -L`` style,
@@ -13,21 +9,19 @@ dropped as ``unsolicited``. Time is a lab clock that starts at 0 and is passed t
 (``now=``), and the engine's seed is fixed, so the output is the same on every run and from
 both engines (apart from the line naming the engine).
 
-Exit status: 0 on success, 1 when the demo saw a verdict it did not expect, 2 on usage errors.
+Exit status: 0 on success, 1 when the walk saw a verdict it did not expect, 2 on usage errors.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import List, Optional
 
+
 import hyperplane as hp
 from hyperplane.constants import IPPROTO_TCP, IPPROTO_UDP, TcpState, Verdict
 
-PROG = "hyperplane"
-
-DEMO_HELP = (
+WALK_HELP = (
     "Walk packets through the engine in memory (no namespaces, no root): a TCP connection "
     "(handshake, data, FIN close) from an execution environment 198.18.0.5 to a VPC server "
     "198.18.2.20 through the ENI 198.18.1.10, UDP over IPv4 and IPv6 (2001:2::/48), and "
@@ -35,7 +29,7 @@ DEMO_HELP = (
     "before and after NAT with its verdict, the table in conntrack -L style, the counters and "
     "the port-pool fill. The lab clock starts at 0.")
 
-# ---- the demo's lab (benchmark ranges only: 198.18.0.0/15, 2001:2::/48) ----------------------
+# ---- the walk's lab (benchmark ranges only: 198.18.0.0/15, 2001:2::/48) ----------------------
 ENI = hp.Eni("eni-0a1b2c3d4e5f60718", ipv4="198.18.1.10", ipv6="2001:2:0:1::10")
 ENV_A, ENV_B = "198.18.0.5", "198.18.0.6"       # two execution environments
 ENV_A6 = "2001:2::5"
@@ -128,9 +122,9 @@ def engine_reason() -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# demo
+# walk
 # --------------------------------------------------------------------------------------------
-class Demo:
+class Walk:
     """The engine and a lab clock; ``send`` pushes one packet and prints it before and after."""
 
     def __init__(self, out=sys.stdout):
@@ -202,14 +196,14 @@ def _ports(raw: bytes):
     return pkt.src, pkt.payload.sport
 
 
-def run_demo(out=sys.stdout) -> int:
+def run_walk(out=sys.stdout) -> int:
     from scapy.layers.dns import DNS, DNSQR, DNSRR
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.inet6 import IPv6
 
     OUT, IN = hp.Direction.OUTBOUND, hp.Direction.INBOUND
-    d = Demo(out)
-    d.say(f"hyperplane {hp.__version__} demo - engine: {hp.ENGINE} ({engine_reason()})")
+    d = Walk(out)
+    d.say(f"hyperplane {hp.__version__} walk - engine: {hp.ENGINE} ({engine_reason()})")
     d.say(f"ENI {ENI.id}: {ENI.ipv4} and {ENI.ipv6}; ports "
           f"{d.eng.config.port_min}-{d.eng.config.port_max} "
           f"({d.eng.config.ports_per_eni:,} per protocol); lab clock starts at t=0")
@@ -315,59 +309,9 @@ def run_demo(out=sys.stdout) -> int:
 
     d.say()
     if d.problems:
-        d.say("demo: UNEXPECTED results:")
+        d.say("walk: UNEXPECTED results:")
         for p in d.problems:
             d.say(f"  {p}")
         return 1
-    d.say(f"demo done: every verdict as expected (engine: {hp.ENGINE})")
+    d.say(f"walk done: every verdict as expected (engine: {hp.ENGINE})")
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
-def cmd_engine(args) -> int:
-    print(f"engine: {hp.ENGINE}")
-    print(f"why: {engine_reason()}")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    return run_demo()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog=PROG,
-        description="hyperplane: a userspace connection-tracking V2N source NAT that behaves "
-                    "like the Hyperplane ENI behind an AWS Lambda function attached to a VPC.",
-        epilog=f"{hp.ENGINE_ENV}=reference selects the pure-Python reference engine.")
-    ap.add_argument("--version", action="version", version=f"{PROG} {hp.__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("demo", help="walk packets through the engine in memory and print "
-                                    "each step (no namespaces, no root)",
-                       description=DEMO_HELP)
-    p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("engine", help="print which engine is in use, and why")
-    p.set_defaults(func=cmd_engine)
-    return ap
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(argv)          # usage errors exit with status 2 here
-    if args.command is None:
-        ap.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required (demo, engine); see {PROG} --help",
-              file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except BrokenPipeError:             # e.g. "hyperplane demo | head": stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

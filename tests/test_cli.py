@@ -1,6 +1,6 @@
 """The ``hyperplane`` command, run as a user runs it: in a subprocess.
 
-``demo`` runs with the reference engine (HYPERPLANE_ENGINE=reference) and with the default
+``walk`` (the in-memory walk) runs with the reference engine (HYPERPLANE_ENGINE=reference) and with the default
 engine (the compiled one when built; otherwise the loud fallback to the reference).
 """
 import os
@@ -28,8 +28,8 @@ def run_cli(*args, engine=None, module="hyperplane.cli"):
 
 
 @pytest.mark.parametrize("engine", ["reference", None], ids=["reference", "default"])
-def test_demo(engine):
-    p = run_cli("demo", engine=engine)
+def test_walk(engine):
+    p = run_cli("walk", engine=engine)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = p.stdout
     # which engine ran, said up front
@@ -51,8 +51,8 @@ def test_demo(engine):
     assert "UNEXPECTED" not in out
 
 
-def test_demo_runs_as_package():
-    p = run_cli("demo", engine="reference", module="hyperplane")
+def test_walk_runs_as_package():
+    p = run_cli("walk", engine="reference", module="hyperplane")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "ESTABLISHED" in p.stdout
 
@@ -73,8 +73,9 @@ def test_engine_command():
     assert re.match(r"engine: (compiled|reference)\nwhy: ", p.stdout)
 
 
-@pytest.mark.parametrize("args", [[], ["no-such-command"], ["demo", "--no-such-flag"]],
-                         ids=["none", "unknown-command", "unknown-flag"])
+@pytest.mark.parametrize("args", [[], ["no-such-command"], ["walk", "--no-such-flag"], ["lab"], ["lab", "up", "--bogus"]],
+                         ids=["none", "unknown-command", "unknown-flag", "lab-without-subcommand",
+                              "lab-up-unknown-flag"])
 def test_usage_errors_exit_2(args):
     p = run_cli(*args, engine="reference")
     assert p.returncode == 2
@@ -84,4 +85,9 @@ def test_usage_errors_exit_2(args):
 def test_help():
     p = run_cli("--help", engine="reference")
     assert p.returncode == 0
-    assert "demo" in p.stdout and "engine" in p.stdout
+    for cmd in ("demo", "lab", "run", "walk", "engine"):
+        assert cmd in p.stdout
+    p = run_cli("lab", "--help", engine="reference")
+    assert p.returncode == 0
+    for cmd in ("up", "status", "exec", "down", "list"):
+        assert cmd in p.stdout
