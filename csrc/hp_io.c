@@ -118,6 +118,18 @@ void hp_io_close(hp_port *p)
     p->fd = -1;
 }
 
+void hp_io_ring_stats(hp_port *p)
+{
+    struct tpacket_stats_v3 st;
+    socklen_t len = sizeof st;
+    if (p->kind != HP_PORT_PACKET || p->fd < 0)
+        return;
+    if (getsockopt(p->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0) { /* read = reset */
+        p->rx_ring_drops += st.tp_drops;
+        p->rx_ring_freezes += st.tp_freeze_q_cnt;
+    }
+}
+
 struct tpacket_block_desc *hp_io_ring_next(hp_port *p)
 {
     struct tpacket_block_desc *b =

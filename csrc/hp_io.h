@@ -17,9 +17,15 @@
 enum hp_port_kind { HP_PORT_PACKET = 1, HP_PORT_TAP = 2 };
 
 #define HP_VNET_LEN ((uint32_t)sizeof(struct virtio_net_hdr)) /* 10 */
-#define HP_RING_BLOCK (1u << 20) /* must hold a whole 64 KB super-packet (PACKET_IO.md) */
-#define HP_RING_BLOCKS 8
-#define HP_RING_TIMEOUT_MS 1     /* a partly filled block is handed over after this */
+/* Ring geometry. A block must hold a whole 64 KB super-packet (PACKET_IO.md: 32 KiB blocks
+ * clamp them and TCP collapses). The kernel hands a block over when it is full or when the
+ * retire timeout passes, which is one jiffy at least (4 ms at HZ=250): at a low packet rate
+ * every packet can take a block of its own, so the *number* of blocks is how long the loop may
+ * be away (a control request, a slow tick) before the kernel drops. 32 x 256 KiB = 8 MiB per
+ * link keeps ~128 ms of such trickle, and 8 MiB of bulk. */
+#define HP_RING_BLOCK (256u << 10)
+#define HP_RING_BLOCKS 32
+#define HP_RING_TIMEOUT_MS 1
 #define HP_TAP_SLOT (65536u + 256u)
 #define HP_TAP_BATCH 32
 #define HP_TXQ 64
@@ -42,6 +48,7 @@ typedef struct {
     struct mmsghdr msgs[HP_TXQ];
     uint32_t ntx;
     uint64_t tx_packets, tx_bytes, tx_errors;
+    uint64_t rx_ring_drops, rx_ring_freezes; /* the kernel's PACKET_STATISTICS, accumulated */
 } hp_port;
 
 /* Open an AF_PACKET socket on ifname (in the caller's network namespace) with a TPACKET_V3 rx
@@ -51,6 +58,9 @@ int hp_io_open_packet(hp_port *p, const char *ifname, char *err, size_t errlen);
  * offloads TUN_F_CSUM|TSO4|TSO6 so the environment's kernel hands us super-packets. */
 int hp_io_attach_tap(hp_port *p, int fd, char *err, size_t errlen);
 void hp_io_close(hp_port *p);
+/* Add the kernel's receive drops since the last call (frames lost because no ring block was
+ * free) to p->rx_ring_drops. */
+void hp_io_ring_stats(hp_port *p);
 
 /* The next filled ring block, or NULL. Walk it with the tpacket3_hdr chain, then release. */
 struct tpacket_block_desc *hp_io_ring_next(hp_port *p);

@@ -143,7 +143,10 @@ cdef class DataPath:
         links = []
         for i, d in enumerate(self._links):
             l = hp_dp_link(dp, i)
+            hp_io_ring_stats(&l.port)
             links.append(dict(d, rx_packets=l.rx_packets, rx_bytes=l.rx_bytes,
+                              rx_ring_drops=l.port.rx_ring_drops,
+                              rx_ring_freezes=l.port.rx_ring_freezes,
                               tx_packets=l.port.tx_packets, tx_bytes=l.port.tx_bytes,
                               tx_errors=l.port.tx_errors, arp_in=l.arp_in, arp_out=l.arp_out,
                               nd_in=l.nd_in, nd_out=l.nd_out, neighbours=l.neigh.n,

@@ -89,6 +89,9 @@ cdef extern from "hp_dp.h":
         uint64_t tx_packets
         uint64_t tx_bytes
         uint64_t tx_errors
+        uint64_t rx_ring_drops
+        uint64_t rx_ring_freezes
+    void hp_io_ring_stats(hp_port *p) nogil
     ctypedef struct hp_neigh:
         uint8_t addr[16]
         uint8_t family
