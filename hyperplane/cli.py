@@ -290,7 +290,10 @@ def cmd_lab_down(args) -> int:
         print(f"no lab named {args.name!r}: nothing to do")
         return EXIT_OK
     _need_privilege()
-    rep = lab.teardown(args.name)
+    try:
+        rep = lab.teardown(args.name)
+    except lab.LabError as e:
+        raise CliError(f"{e}; run `{PROG} lab down --name {args.name}` again") from None
     stopped = f"stopped data path pid {rep['stopped_pid']}; " if rep.get("stopped_pid") else ""
     print(f"lab {args.name} down: {stopped}removed {len(rep['removed_namespaces'])} "
           f"namespace(s)")

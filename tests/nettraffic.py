@@ -1009,7 +1009,7 @@ def ifindex_of(netns: Optional[str], ifname: str) -> int:
             from e
 
 
-# ---- additions for the data-path lab tests ----------------------------------------------------------
+# ---- additions for the data-path lab tests -------------------------------------------------
 def bpf_ethertype(*ethertypes: int) -> List[Tuple[int, int, int, int]]:
     """A classic BPF program (for :class:`Sniffer`) accepting Ethernet frames whose EtherType is
     one of ``ethertypes`` (e.g. ``0x0806`` ARP, ``0x86DD`` IPv6); no VLAN tags."""
