@@ -39,7 +39,7 @@ import shutil
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
@@ -302,12 +302,18 @@ def _build_env(plan: Plan, env: EnvPlan) -> None:
             ipr.link("add", ifname=env.node_ifname, kind="veth", address=env.gw_mac,
                      peer={"ifname": env.ifname, "net_ns_fd": env.netns})
             ipr.link("set", index=_index(ipr, env.node_ifname), state="up")
-    _set_sysctls(env.netns, [(f"net.ipv6.conf.{env.ifname}.accept_ra", 0)])
-    with _ipr(env.netns) as ipr:
-        idx = _index(ipr, env.ifname)
+    _configure_end(env)
+
+
+def _configure_end(node: Union[EnvPlan, HostPlan]) -> None:
+    """The interface of an environment or a host, inside its namespace: no router
+    advertisements, up, its addresses, default routes via its gateways."""
+    _set_sysctls(node.netns, [(f"net.ipv6.conf.{node.ifname}.accept_ra", 0)])
+    with _ipr(node.netns) as ipr:
+        idx = _index(ipr, node.ifname)
         ipr.link("set", index=idx, state="up")
-        _add_addresses(ipr, idx, env.ipv4, env.ipv6)
-        _add_default_routes(ipr, idx, env.gw4, env.gw6)
+        _add_addresses(ipr, idx, node.ipv4, node.ipv6)
+        _add_default_routes(ipr, idx, node.gw4, node.gw6)
 
 
 def _build_host(plan: Plan, host: HostPlan) -> None:
@@ -318,12 +324,7 @@ def _build_host(plan: Plan, host: HostPlan) -> None:
         ipr.link("add", ifname=host.fabric_ifname, kind="veth",
                  peer={"ifname": host.ifname, "net_ns_fd": host.netns})
     _join_bridge(plan, host.fabric_ifname, bridge)
-    _set_sysctls(host.netns, [(f"net.ipv6.conf.{host.ifname}.accept_ra", 0)])
-    with _ipr(host.netns) as ipr:
-        idx = _index(ipr, host.ifname)
-        ipr.link("set", index=idx, state="up")
-        _add_addresses(ipr, idx, host.ipv4, host.ipv6)
-        _add_default_routes(ipr, idx, host.gw4, host.gw6)
+    _configure_end(host)
 
 
 def _steps(plan: Plan, state: Dict[str, Any]) -> Iterator[Tuple[str, Callable[[], None]]]:

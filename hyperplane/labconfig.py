@@ -559,6 +559,19 @@ def _string_list(value: Any, field: str, example: str) -> List[str]:
     return list(value)
 
 
+def _unique_name(value: Any, field: str, what: str, example: str, taken: List[str]) -> str:
+    """A function's or host's name: it becomes part of namespace names, so it is short and
+    plain, and two of a kind may not share one."""
+    name = _expect(value, str, field, f'like "{example}"')
+    if not _NAME.match(name):
+        raise LabConfigError(field, f"{name!r}: a {what} name is 1-32 characters from a-z, 0-9 "
+                             "and '-', starting with a letter")
+    if name in taken:
+        raise LabConfigError(field, f"duplicate {what} name {name!r}; give each {what} its "
+                             "own name")
+    return name
+
+
 def _parse_functions(tables, subnets: List[Subnet]) -> List[Function]:
     by_id = {s.id: s for s in subnets}
     known_ids = ", ".join(by_id) or "(none defined)"
@@ -567,13 +580,8 @@ def _parse_functions(tables, subnets: List[Subnet]) -> List[Function]:
         f = f"functions[{i}]"
         _check_keys(t, f, ["name", "environments", "vpc_config"],
                     required=["name", "environments", "vpc_config"])
-        name = _expect(t["name"], str, f"{f}.name", 'like "fn-a"')
-        if not _NAME.match(name):
-            raise LabConfigError(f"{f}.name", f"{name!r}: a function name here is 1-32 "
-                                 "characters from a-z, 0-9 and '-', starting with a letter")
-        if any(fn.name == name for fn in functions):
-            raise LabConfigError(f"{f}.name", f"duplicate function name {name!r}; give each "
-                                 "function its own name")
+        name = _unique_name(t["name"], f"{f}.name", "function", "fn-a",
+                            [fn.name for fn in functions])
         envs = _string_list(t["environments"], f"{f}.environments", '["tap", "veth"]')
         if not envs:
             raise LabConfigError(f"{f}.environments", "empty; list one entry per execution "
@@ -649,13 +657,7 @@ def _parse_hosts(tables, subnets: List[Subnet]) -> List[Host]:
     for i, t in enumerate(tables):
         f = f"hosts[{i}]"
         _check_keys(t, f, ["name", "subnet", "ipv4", "ipv6"], required=["name", "subnet"])
-        name = _expect(t["name"], str, f"{f}.name", 'like "server"')
-        if not _NAME.match(name):
-            raise LabConfigError(f"{f}.name", f"{name!r}: a host name is 1-32 characters from "
-                                 "a-z, 0-9 and '-', starting with a letter")
-        if any(h.name == name for h in hosts):
-            raise LabConfigError(f"{f}.name", f"duplicate host name {name!r}; give each host "
-                                 "its own name")
+        name = _unique_name(t["name"], f"{f}.name", "host", "server", [h.name for h in hosts])
         sid = _expect(t["subnet"], str, f"{f}.subnet", 'like "subnet-a"')
         if sid not in by_id:
             raise LabConfigError(f"{f}.subnet", f"subnet {sid!r} is not defined; define it "
