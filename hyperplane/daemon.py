@@ -31,7 +31,9 @@ from hyperplane.config import EngineConfig, Eni
 log = logging.getLogger("hyperplane.datapath")
 
 POLL_MS = 200
-CONTROL_TIMEOUT = 2.0
+# Control requests are served in the loop, so a client that connects and says nothing holds up
+# the data path for at most this long (the rx rings hold ~128 ms of trickle, more at speed).
+CONTROL_TIMEOUT = 0.5
 
 
 def _bare(addr: Optional[str]) -> Optional[str]:
