@@ -32,8 +32,9 @@ log = logging.getLogger("hyperplane.datapath")
 
 POLL_MS = 200
 # Control requests are served in the loop, so a client that connects and says nothing holds up
-# the data path for at most this long (the rx rings hold ~128 ms of trickle, more at speed).
-CONTROL_TIMEOUT = 0.5
+# the data path for at most this long; it stays below the ~128 ms of trickle traffic the rx
+# rings hold (hp_io.h). Our own client writes its request as soon as it connects.
+CONTROL_TIMEOUT = 0.1
 
 
 def _bare(addr: Optional[str]) -> Optional[str]:
