@@ -396,4 +396,32 @@ def test_a_vanished_interface_stops_being_polled(rig):
     assert seen == 1, "reported once, then no longer polled (no busy loop)"
     links = {x["name"]: x["up"] for x in rig.dp.counters()["links"]}
     assert links == {"eni0": True, "env0": False}
-    assert os.getpid()  # the process is alive and polling the rest
+
+
+def test_a_deleted_tap_stops_being_polled():
+    """A TAP environment link whose device is deleted reports once and is unwatched."""
+    from pyroute2 import IPRoute
+    from pyroute2 import netns as pnetns
+    from hyperplane._engine import POLL_LINK_DOWN, DataPath, Engine
+    from hyperplane.config import EngineConfig, Eni
+
+    ns = f"hpu-{secrets.token_hex(3)}"
+    pnetns.create(ns)
+    dp = None
+    try:
+        with netns.entered(ns):
+            os.close(netns.open_tap("tap0", persist=True))
+            fd = netns.open_tap("tap0")
+        dp = DataPath()
+        g = dp.add_group(Engine(EngineConfig(enis=[Eni("eni-0123456789abcdef0", ipv4=ENI4)])))
+        dp.add_link("env", g, name="tap0", mac=GW_MAC, tap_fd=fd)
+        assert dp.poll(10) & POLL_LINK_DOWN == 0
+        with netns.entered(ns), IPRoute() as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname="tap0")[0])
+        results = [dp.poll(10) for _ in range(10)]
+        assert sum(1 for r in results if r > 0 and r & POLL_LINK_DOWN) == 1
+        assert [x["up"] for x in dp.counters()["links"]] == [False]
+    finally:
+        if dp is not None:
+            dp.close()
+        pnetns.remove(ns)
