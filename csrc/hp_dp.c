@@ -652,7 +652,6 @@ static int link_error(hp_dp *dp, hp_link *l)
         return 0; /* a transient error, now cleared */
     epoll_ctl(dp->epfd, EPOLL_CTL_DEL, l->port.fd, NULL);
     l->down = 1;
-    dp->links_down++;
     return HP_POLL_LINK_DOWN;
 }
 

@@ -83,7 +83,6 @@ typedef struct {
     double next_tick;
     uint64_t drops[HP_D_COUNT];
     uint64_t forwarded[2]; /* [0] environment -> VPC, [1] VPC -> environment */
-    uint32_t links_down;
 } hp_dp;
 
 hp_dp *hp_dp_new(void);

@@ -98,12 +98,23 @@ class Rig:
 
 
 @pytest.fixture
-def rig():
-    from pyroute2 import IPRoute
+def scratch_ns():
+    """A namespace of this test's own, removed afterwards whatever happened."""
     from pyroute2 import netns as pnetns
 
     ns = f"hpu-{secrets.token_hex(3)}"
     pnetns.create(ns)
+    try:
+        yield ns
+    finally:
+        pnetns.remove(ns)
+
+
+@pytest.fixture
+def rig(scratch_ns):
+    from pyroute2 import IPRoute
+
+    ns = scratch_ns
     r = None
     try:
         with netns.entered(ns):
@@ -121,7 +132,6 @@ def rig():
     finally:
         if r is not None:
             r.close()
-        pnetns.remove(ns)
 
 
 def _scapy():
@@ -398,15 +408,13 @@ def test_a_vanished_interface_stops_being_polled(rig):
     assert links == {"eni0": True, "env0": False}
 
 
-def test_a_deleted_tap_stops_being_polled():
+def test_a_deleted_tap_stops_being_polled(scratch_ns):
     """A TAP environment link whose device is deleted reports once and is unwatched."""
     from pyroute2 import IPRoute
-    from pyroute2 import netns as pnetns
     from hyperplane._engine import POLL_LINK_DOWN, DataPath, Engine
     from hyperplane.config import EngineConfig, Eni
 
-    ns = f"hpu-{secrets.token_hex(3)}"
-    pnetns.create(ns)
+    ns = scratch_ns
     dp = None
     try:
         with netns.entered(ns):
@@ -424,4 +432,3 @@ def test_a_deleted_tap_stops_being_polled():
     finally:
         if dp is not None:
             dp.close()
-        pnetns.remove(ns)
