@@ -20,6 +20,15 @@ A lab named NAME is a handful of network namespaces, all named ``hp-NAME-*`` (de
 - **env-***: one per execution environment, with ``eth0`` addressed from ``[lab] env_cidr`` and
   a default route to a gateway the data path impersonates.
 - **host-***: the VPC's machines, plugged into their subnet's bridge.
+- **internet** (when the lab has a NAT gateway): a bridge carrying the internet gateway's
+  address, the internet hosts' namespaces plugged into it, and each NAT gateway's public side.
+  The fabric has no route to it: a function reaches the internet only through a NAT gateway
+  (see :func:`_build_nat_gateway`).
+
+What the fabric enforces, like the VPC does (:func:`_build_route_table`, :func:`nacl_ruleset`):
+route tables as kernel routing tables chosen per subnet bridge by ``ip rule``, and network ACLs
+as an nftables table ``inet hyperplane`` on the forward hook, so they apply exactly to traffic
+the VPC router carries across a subnet's edge.
 
 State lives in ``run_dir()/NAME/state.json``. Every namespace name is written there *before* the
 namespace is created, so a half-built lab (a crash, a failed step) can always be torn down, and
@@ -33,11 +42,13 @@ Sysctls are written to ``/proc/sys/net`` from a thread inside the namespace: the
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -45,10 +56,13 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 from . import netns
-from .labconfig import EnvPlan, HostPlan, Plan, lab_mac, validate_lab_name
+from .labconfig import (EnvPlan, HostPlan, NaclPlan, NatGatewayPlan, Plan, RouteTablePlan,
+                        RulePlan, lab_mac, validate_lab_name)
 
 __all__ = ["LabError", "run_dir", "lab_dir", "state_path", "load_state", "save_state",
-           "list_labs", "build", "teardown", "sysctl"]
+           "list_labs", "build", "teardown", "sysctl", "lab_namespaces", "nacl_ruleset",
+           "apply_nacls", "nacl_counters", "add_eni_link", "remove_eni_link", "fabric_status",
+           "NFT_TABLE"]
 
 #: ifaddrmsg flag: skip Duplicate Address Detection, so the address is usable at once (DAD
 #: would hold a new IPv6 address "tentative" for about a second).
@@ -265,24 +279,29 @@ def _build_bridge(plan: Plan, i: int) -> None:
                        f"{s.router6}/64" if s.router6 else None)
 
 
-def _build_eni(plan: Plan, i: int) -> None:
-    """The ENI's veth: created in the node namespace with its peer created directly in the
-    fabric namespace, so neither end ever appears in the caller's namespace."""
-    eni = plan.enis[i]
-    bridge = plan.subnet(eni.subnet).bridge
+def _add_node_veth(plan: Plan, ifname: str, mac: str, peer_ns: str, peer_ifname: str) -> None:
+    """A veth created in the node namespace with its peer created directly in ``peer_ns``, so
+    neither end ever appears in the caller's namespace. The node end takes ``mac`` and comes
+    up with no address (IPv6 is disabled there): the data path answers ARP/NDP on it itself."""
     with _ipr(plan.node_ns) as ipr:
-        ipr.link("add", ifname=eni.node_ifname, kind="veth", address=eni.mac,
-                 peer={"ifname": eni.fabric_ifname, "net_ns_fd": plan.fabric_ns})
-        ipr.link("set", index=_index(ipr, eni.node_ifname), state="up")
-    _join_bridge(plan, eni.fabric_ifname, bridge)
+        ipr.link("add", ifname=ifname, kind="veth", address=mac,
+                 peer={"ifname": peer_ifname, "net_ns_fd": peer_ns})
+        ipr.link("set", index=_index(ipr, ifname), state="up")
 
 
-def _join_bridge(plan: Plan, port: str, bridge: str) -> None:
-    """Enslave ``port`` to ``bridge`` in the fabric namespace. A bridge port is pure layer 2:
-    IPv6 is disabled on it so it carries no fe80:: address of its own (only the bridge, the
-    VPC router, has addresses)."""
-    _set_sysctls(plan.fabric_ns, [(f"net.ipv6.conf.{port}.disable_ipv6", 1)])
-    with _ipr(plan.fabric_ns) as ipr:
+def _build_eni(plan: Plan, i: int) -> None:
+    """The ENI's veth: node namespace <-> its subnet's bridge in the fabric."""
+    eni = plan.enis[i]
+    _add_node_veth(plan, eni.node_ifname, eni.mac, plan.fabric_ns, eni.fabric_ifname)
+    _join_bridge(plan.fabric_ns, eni.fabric_ifname, plan.subnet(eni.subnet).bridge)
+
+
+def _join_bridge(ns: str, port: str, bridge: str) -> None:
+    """Enslave ``port`` to ``bridge`` in namespace ``ns`` (the fabric or the internet). A
+    bridge port is pure layer 2: IPv6 is disabled on it so it carries no fe80:: address of its
+    own (only the bridge, the router, has addresses)."""
+    _set_sysctls(ns, [(f"net.ipv6.conf.{port}.disable_ipv6", 1)])
+    with _ipr(ns) as ipr:
         idx = _index(ipr, port)
         ipr.link("set", index=idx, master=_index(ipr, bridge))
         ipr.link("set", index=idx, state="up")
@@ -316,34 +335,553 @@ def _configure_end(node: Union[EnvPlan, HostPlan]) -> None:
         _add_default_routes(ipr, idx, node.gw4, node.gw6)
 
 
+def _host_attachment(plan: Plan, host: HostPlan) -> Tuple[str, str]:
+    """(namespace, bridge) a host plugs into: its subnet's bridge in the fabric, or the
+    internet bridge for an internet host."""
+    if plan.internet is not None and host in plan.internet_hosts:
+        return plan.internet.netns, plan.internet.bridge
+    return plan.fabric_ns, plan.subnet(host.subnet).bridge
+
+
 def _build_host(plan: Plan, host: HostPlan) -> None:
-    """A VPC host: a veth from its subnet's bridge to the host's own namespace."""
+    """A VPC host (or an internet host): a veth from its bridge to the host's own namespace."""
     _setup_end(host.netns)
-    bridge = plan.subnet(host.subnet).bridge
-    with _ipr(plan.fabric_ns) as ipr:
+    ns, bridge = _host_attachment(plan, host)
+    with _ipr(ns) as ipr:
         ipr.link("add", ifname=host.fabric_ifname, kind="veth",
                  peer={"ifname": host.ifname, "net_ns_fd": host.netns})
-    _join_bridge(plan, host.fabric_ifname, bridge)
+    _join_bridge(ns, host.fabric_ifname, bridge)
     _configure_end(host)
+
+
+# ---- the internet and NAT gateways -------------------------------------------------------------
+#: The internet namespace only holds the internet gateway's address on its bridge: it forwards
+#: nothing (it has no route into the VPC, nor anywhere else).
+INTERNET_SYSCTLS = [
+    ("net.ipv4.ip_forward", 0),
+    ("net.ipv6.conf.all.forwarding", 0),
+    ("net.ipv4.conf.all.send_redirects", 0),
+    ("net.ipv4.conf.default.send_redirects", 0),
+    ("net.ipv6.conf.default.accept_dad", 0),
+    ("net.ipv6.conf.default.accept_ra", 0),
+]
+
+
+def _setup_internet(plan: Plan) -> None:
+    assert plan.internet is not None
+    _set_sysctls(plan.internet.netns, INTERNET_SYSCTLS)
+    _lo_up(plan.internet.netns)
+
+
+def _build_internet_bridge(plan: Plan) -> None:
+    """The internet side of the internet gateway: one bridge holding ``router4`` (with the
+    prefix of ``internet.cidr``), the internet hosts' default gateway."""
+    net = plan.internet
+    assert net is not None
+    with _ipr(net.netns) as ipr:
+        ipr.link("add", ifname=net.bridge, kind="bridge", br_stp_state=0, br_mcast_snooping=0,
+                 address=lab_mac(plan.name, "igw", 0))
+        idx = _index(ipr, net.bridge)
+        ipr.link("set", index=idx, state="up")
+        _add_addresses(ipr, idx, f"{net.router4}/{net.cidr.split('/')[1]}", None)
+
+
+def _build_nat_gateway(plan: Plan, nat: NatGatewayPlan) -> None:
+    """A NAT gateway's two links; the data path runs the gateway itself (a second engine).
+
+    - private side ``inside_ifname``: node namespace <-> the NAT gateway subnet's bridge in the
+      fabric (same name at both ends). The data path answers ARP for ``private_ipv4`` here;
+      private subnets' route tables send ``0.0.0.0/0`` to that address.
+    - public side ``outside_ifname``: node namespace <-> the internet bridge. The data path
+      answers for ``public_ipv4`` (the Elastic IP) and translates to it.
+
+    AWS puts a NAT gateway in a public subnet whose route table sends 0.0.0.0/0 to the internet
+    gateway. Here the gateway's public side sits directly on the internet bridge, which *is*
+    that route: the fabric itself never gets a path to the internet."""
+    if plan.internet is None:
+        raise LabError(f"NAT gateway {nat.id} needs the internet (plan.internet is None); "
+                       "a NAT gateway's public side has nowhere to go without it")
+    bridge = plan.subnet(nat.subnet).bridge
+    _add_node_veth(plan, nat.inside_ifname, nat.inside_mac, plan.fabric_ns, nat.inside_ifname)
+    _join_bridge(plan.fabric_ns, nat.inside_ifname, bridge)
+    _add_node_veth(plan, nat.outside_ifname, nat.outside_mac, plan.internet.netns,
+                   nat.outside_ifname)
+    _join_bridge(plan.internet.netns, nat.outside_ifname, plan.internet.bridge)
+
+
+# ---- route tables ------------------------------------------------------------------------------
+#: ``ip rule`` priorities: subnet number ``i`` gets RULE_PRIORITY + 2*i ("connected routes
+#: first") and RULE_PRIORITY + 2*i + 1 ("then its route table"), before the main table (32766).
+RULE_PRIORITY = 1000
+MAIN_TABLE = 254
+#: Kernel table numbers a route table may not use: unspec, default, main, local.
+RESERVED_TABLES = (0, 253, 254, 255)
+
+
+def _build_route_table(plan: Plan, rt: RouteTablePlan) -> None:
+    """A VPC route table as a kernel routing table in the fabric, chosen per subnet bridge.
+
+    The fabric's main table holds only the subnets' connected routes (AWS's implicit ``local``
+    route, which always wins). For each subnet associated with the table, two rules match
+    packets arriving on its bridge::
+
+        1000+2i: iif brI lookup main suppress_prefixlength 0   # any connected route, not /0
+        1001+2i: iif brI lookup TABLE                          # else this route table
+
+    Targets:
+
+    - ``nat``: ``DEST via <NAT gateway private_ipv4> dev <its subnet's bridge>``. The fabric
+      ARPs for that address on the bridge, and the data path answers on the gateway's link.
+    - ``igw``: a ``blackhole`` route. In AWS only instances with a public IP reach the internet
+      through the internet gateway; the lab's hosts have none, so their packets are dropped
+      silently, as the internet gateway would. The one user of a public subnet's igw route,
+      the NAT gateway, has its public side on the internet bridge directly.
+    """
+    if rt.table in RESERVED_TABLES or not 0 < rt.table < 2 ** 32:
+        raise LabError(f"route table {rt.id}: kernel table {rt.table} is reserved or invalid; "
+                       "use 1..252 or 256 and above")
+    nats = {n.id: n for n in plan.nat_gateways}
+    with _ipr(plan.fabric_ns) as ipr:
+        for j, route in enumerate(rt.routes):
+            where = f"route table {rt.id} route {j} ({route.destination} -> {route.target})"
+            try:
+                dest = ipaddress.ip_network(route.destination, strict=False)
+            except ValueError:
+                raise LabError(f"{where}: {route.destination!r} is not a CIDR") from None
+            family = socket.AF_INET if dest.version == 4 else socket.AF_INET6
+            if route.kind == "nat":
+                nat = nats.get(route.target)
+                if nat is None:
+                    raise LabError(f"{where}: no NAT gateway {route.target!r} in the lab "
+                                   f"(known: {', '.join(nats) or 'none'})")
+                if dest.version != 4:
+                    raise LabError(f"{where}: a NAT gateway translates IPv4 only; route "
+                                   "IPv6 to an egress-only internet gateway instead")
+                ipr.route("add", dst=str(dest), gateway=nat.private_ipv4, table=rt.table,
+                          oif=_index(ipr, plan.subnet(nat.subnet).bridge))
+            elif route.kind == "igw":
+                ipr.route("add", dst=str(dest), type="blackhole", table=rt.table,
+                          family=family)
+            else:
+                raise LabError(f"{where}: unknown route kind {route.kind!r}; use 'nat' or "
+                               "'igw'")
+        index = {s.id: i for i, s in enumerate(plan.subnets)}
+        for sid in rt.subnets:
+            if sid not in index:
+                raise LabError(f"route table {rt.id}: subnet {sid!r} is not in the lab")
+            bridge = plan.subnets[index[sid]].bridge
+            prio = RULE_PRIORITY + 2 * index[sid]
+            for family in (socket.AF_INET, socket.AF_INET6):
+                ipr.rule("add", family=family, priority=prio, iifname=bridge,
+                         table=MAIN_TABLE, suppress_prefixlen=0)
+                ipr.rule("add", family=family, priority=prio + 1, iifname=bridge,
+                         table=rt.table)
+
+
+# ---- network ACLs ------------------------------------------------------------------------------
+#: The nftables table (family ``inet``: IPv4 and IPv6) holding the network ACLs in the fabric.
+NFT_TABLE = "hyperplane"
+DIRECTIONS = ("ingress", "egress")
+NACL_PROTOCOLS = ("all", "tcp", "udp", "icmp")
+NACL_ACTIONS = ("allow", "deny")
+#: The rule name nacl_counters() reports for an ACL's implicit last rule.
+IMPLICIT_RULE = "*"
+
+
+def _nacl_chain(acl_id: str, direction: str) -> str:
+    return f"{acl_id}-{direction}"
+
+
+def _nacl_counter(acl_id: str, direction: str, rule: Union[int, str]) -> str:
+    """The named counter of one ACL rule: ``acl-x.ingress.100``; the implicit last rule is
+    ``acl-x.ingress.implicit`` (nft would read a '*' in a name as a wildcard)."""
+    return f"{acl_id}.{direction}.{'implicit' if rule == IMPLICIT_RULE else rule}"
+
+
+def _match(left: Dict[str, Any], right: Any, op: str = "==") -> Dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> Dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _rule_matches(rule: RulePlan, direction: str, where: str) -> List[Dict[str, Any]]:
+    """nft match expressions for one ACL rule. An ingress rule's CIDR is the packet's source,
+    an egress rule's its destination; the port range is the destination port in both
+    directions (so an egress rule for 1024-65535 lets replies out to clients' ephemeral ports).
+    The CIDR's family decides the rule's family."""
+    try:
+        net = ipaddress.ip_network(rule.cidr, strict=False)
+    except ValueError:
+        raise LabError(f"{where}.cidr: {rule.cidr!r} is not a CIDR") from None
+    v4 = net.version == 4
+    out = []
+    if net.prefixlen == 0:
+        out.append(_match(_meta("nfproto"), "ipv4" if v4 else "ipv6"))
+    else:
+        field = "saddr" if direction == "ingress" else "daddr"
+        out.append(_match({"payload": {"protocol": "ip" if v4 else "ip6", "field": field}},
+                          {"prefix": {"addr": str(net.network_address),
+                                      "len": net.prefixlen}}))
+    if rule.protocol not in NACL_PROTOCOLS:
+        raise LabError(f"{where}.protocol: {rule.protocol!r} is not one of "
+                       f"{', '.join(NACL_PROTOCOLS)}")
+    if rule.protocol == "icmp":
+        out.append(_match(_meta("l4proto"), "icmp" if v4 else "ipv6-icmp"))
+    elif rule.protocol in ("tcp", "udp"):
+        lo, hi = rule.from_port, rule.to_port
+        if not 0 <= lo <= hi <= 65535:
+            raise LabError(f"{where}: port range {lo}-{hi} is not within 0-65535 (from_port "
+                           "<= to_port)")
+        if (lo, hi) == (0, 65535):
+            out.append(_match(_meta("l4proto"), rule.protocol))
+        else:
+            out.append(_match({"payload": {"protocol": rule.protocol, "field": "dport"}},
+                              lo if lo == hi else {"range": [lo, hi]}))
+    return out
+
+
+def _subnet_acls(plan: Plan) -> Dict[str, NaclPlan]:
+    """subnet id -> its ACL. A subnet not listed uses the default ACL (allow all: no check)."""
+    known = {s.id for s in plan.subnets}
+    out: Dict[str, NaclPlan] = {}
+    for i, acl in enumerate(plan.nacls):
+        for j, sid in enumerate(acl.subnets):
+            if sid not in known:
+                raise LabError(f"nacls[{i}].subnets[{j}]: subnet {sid!r} is not in the lab "
+                               f"(known: {', '.join(sorted(known))})")
+            if sid in out:
+                raise LabError(f"nacls[{i}].subnets[{j}]: subnet {sid!r} is already associated "
+                               f"with {out[sid].id}; a subnet has exactly one network ACL")
+            out[sid] = acl
+    return out
+
+
+def nacl_ruleset(plan: Plan) -> Dict[str, Any]:
+    """The network ACLs as one nftables JSON document (``nft -j -f -`` loads it atomically,
+    replacing any earlier version of the table).
+
+    Shape (``nft list ruleset`` in the fabric shows it)::
+
+        table inet hyperplane {
+            counter acl-x.egress.100 {}  ... one per rule, and acl-x.egress.implicit
+            chain forward {                     # hook forward: only routed packets
+                iifname "br0" oifname != "br0" jump acl-x-egress    # leaving subnet-a
+                ...                                                  # (every egress first)
+                oifname "br1" iifname != "br1" jump acl-y-ingress   # entering subnet-b
+            }
+            chain acl-x-egress {
+                ip daddr 198.18.2.0/24 tcp dport 80 counter name "acl-x.egress.100" return
+                ...                                   # ascending rule number
+                counter name "acl-x.egress.implicit" drop        # the implicit "*" deny
+            }
+        }
+
+    AWS semantics: an ACL is checked where traffic crosses its subnet's edge, in both
+    directions, per packet and without state (no ``ct`` match anywhere, so a reply is judged
+    like any other packet). Rules run in ascending number and the first match decides: allow
+    ``return``s to the forward chain (the next check, e.g. the destination's ingress ACL),
+    deny drops. Traffic inside one subnet is bridged, never routed, so no ACL sees it (the
+    ``oifname !=`` guard also keeps it out when br_netfilter pushes bridged IP through this
+    hook). A subnet in no ACL uses the default ACL, which allows everything: no jump at all.
+    """
+    acls = _subnet_acls(plan)
+    table = {"family": "inet", "table": NFT_TABLE}
+    cmds: List[Dict[str, Any]] = [
+        # add + delete + add: one transaction that replaces the table whether it exists or not
+        {"add": {"table": {"family": "inet", "name": NFT_TABLE}}},
+        {"delete": {"table": {"family": "inet", "name": NFT_TABLE}}},
+        {"add": {"table": {"family": "inet", "name": NFT_TABLE}}},
+        {"add": {"chain": {**table, "name": "forward", "type": "filter", "hook": "forward",
+                           "prio": 0, "policy": "accept"}}},
+    ]
+    for i, acl in enumerate(plan.nacls):
+        for direction in DIRECTIONS:
+            chain = _nacl_chain(acl.id, direction)
+            cmds.append({"add": {"chain": {**table, "name": chain}}})
+            rules = sorted(getattr(acl, direction), key=lambda r: r.number)
+            numbers = [r.number for r in rules]
+            if len(set(numbers)) != len(numbers):
+                raise LabError(f"nacls[{i}].{direction}: rule numbers repeat ({numbers}); "
+                               "every rule needs its own number")
+            for j, rule in enumerate(rules):
+                where = f"nacls[{i}].{direction}[rule {rule.number}]"
+                if rule.action not in NACL_ACTIONS:
+                    raise LabError(f"{where}.action: {rule.action!r} is not 'allow' or 'deny'")
+                name = _nacl_counter(acl.id, direction, rule.number)
+                cmds.append({"add": {"counter": {**table, "name": name}}})
+                ports = (f" {rule.from_port}-{rule.to_port}"
+                         if rule.protocol in ("tcp", "udp") else "")
+                cmds.append({"add": {"rule": {
+                    **table, "chain": chain,
+                    "comment": f"{acl.id} {direction} {rule.number} {rule.action} "
+                               f"{rule.protocol} {rule.cidr}{ports}",
+                    "expr": _rule_matches(rule, direction, where) + [
+                        {"counter": name},
+                        {"return": None} if rule.action == "allow" else {"drop": None}]}}})
+            name = _nacl_counter(acl.id, direction, IMPLICIT_RULE)
+            cmds.append({"add": {"counter": {**table, "name": name}}})
+            cmds.append({"add": {"rule": {
+                **table, "chain": chain, "comment": f"{acl.id} {direction} * deny",
+                "expr": [{"counter": name}, {"drop": None}]}}})
+    for direction, dev, other in (("egress", "iifname", "oifname"),
+                                  ("ingress", "oifname", "iifname")):
+        for s in plan.subnets:
+            acl = acls.get(s.id)
+            if acl is None:
+                continue
+            cmds.append({"add": {"rule": {
+                **table, "chain": "forward", "comment": f"{direction} {s.id} -> {acl.id}",
+                "expr": [_match(_meta(dev), s.bridge), _match(_meta(other), s.bridge, "!="),
+                         {"jump": {"target": _nacl_chain(acl.id, direction)}}]}}})
+    return {"nftables": cmds}
+
+
+def _nft(ns: str, args: List[str], stdin: Optional[str] = None) -> str:
+    """Run ``nft ARGS`` in namespace ``ns``: the child is forked by a thread that is inside
+    ``ns``, and a child starts in its parent thread's namespace."""
+    exe = shutil.which("nft")
+    if exe is None:
+        raise LabError("network ACLs need the nft command from nftables; install it "
+                       "(Debian/Ubuntu: apt-get install nftables)")
+    with netns.entered(ns):
+        proc = subprocess.run([exe, *args], input=stdin, capture_output=True, text=True,
+                              timeout=30)
+    if proc.returncode != 0:
+        raise LabError(f"`nft {' '.join(args)}` in {ns} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def apply_nacls(plan: Plan) -> None:
+    """Load :func:`nacl_ruleset` into the fabric in one transaction. Safe to call again on a
+    running lab (new rules replace the old ones atomically; every counter starts at zero)."""
+    _nft(plan.fabric_ns, ["-j", "-f", "-"], json.dumps(nacl_ruleset(plan)))
+
+
+def nacl_counters(plan: Plan) -> List[Dict[str, Any]]:
+    """Packets and bytes each ACL rule matched, read from the fabric's nftables counters:
+    one dict per rule ``{acl, direction, rule, action, packets, bytes}``, ACLs in plan order,
+    ingress then egress, rules ascending and the implicit deny (``rule`` "*") last. Bytes are
+    IP packet lengths (the forward hook sees no Ethernet header). Empty when there is no ACL."""
+    if not plan.nacls:
+        return []
+    doc = json.loads(_nft(plan.fabric_ns, ["-j", "list", "counters", "table", "inet",
+                                          NFT_TABLE]))
+    found = {c["counter"]["name"]: c["counter"] for c in doc.get("nftables", [])
+             if "counter" in c}
+    out = []
+    for acl in plan.nacls:
+        for direction in DIRECTIONS:
+            rules = [(r.number, r.action) for r in sorted(getattr(acl, direction),
+                                                         key=lambda r: r.number)]
+            for number, action in rules + [(IMPLICIT_RULE, "deny")]:
+                c = found.get(_nacl_counter(acl.id, direction, number))
+                if c is None:
+                    raise LabError(f"the fabric has no counter for {acl.id} {direction} rule "
+                                   f"{number}: the loaded ACLs differ from the plan; reload "
+                                   "them (apply_nacls)")
+                out.append({"acl": acl.id, "direction": direction, "rule": number,
+                            "action": action, "packets": c["packets"], "bytes": c["bytes"]})
+    return out
+
+
+# ---- run-time links ----------------------------------------------------------------------------
+IFNAMSIZ = 16
+
+
+def _check_ifname(ifname: str) -> None:
+    if (not isinstance(ifname, str) or not 0 < len(ifname) < IFNAMSIZ or "/" in ifname
+            or ifname in (".", "..") or any(c.isspace() for c in ifname)):
+        raise LabError(f"invalid interface name {ifname!r}: 1-15 characters, no '/' or spaces")
+
+
+def add_eni_link(plan: Plan, subnet_id: str, ifname: str, mac: str) -> None:
+    """Plug one more ENI into a running lab: a veth ``ifname`` in the node namespace (MAC
+    ``mac``, up, no address) whose peer, also ``ifname``, joins ``subnet_id``'s bridge in the
+    fabric. The daemon calls it when a function update brings a new (subnet, security groups)
+    key. Works from any thread, in any namespace (the daemon's sits in the node namespace).
+
+    Idempotent: if the link already exists with that MAC on that bridge, nothing happens; a
+    link of that name that differs is an error. No state is recorded: teardown deletes every
+    link of the lab's namespaces, whether build() or this function made it."""
+    try:
+        bridge = plan.subnet(subnet_id).bridge
+    except KeyError:
+        raise LabError(f"add_eni_link: subnet {subnet_id!r} is not in lab {plan.name!r} "
+                       f"(known: {', '.join(s.id for s in plan.subnets)})") from None
+    _check_ifname(ifname)
+    mac = str(mac).lower()
+    missing = [ns for ns in (plan.node_ns, plan.fabric_ns) if not netns.exists(ns)]
+    if missing:
+        raise LabError(f"add_eni_link: lab {plan.name!r} is not built (no namespace "
+                       f"{', '.join(missing)}); run `hyperplane lab up` first")
+    with _ipr(plan.node_ns) as ipr:
+        have = ipr.link_lookup(ifname=ifname)
+        node_mac = ipr.get_links(have[0])[0].get("address") if have else None
+    with _ipr(plan.fabric_ns) as ipr:
+        peer = ipr.link_lookup(ifname=ifname)
+        master = ipr.get_links(peer[0])[0].get("IFLA_MASTER") if peer else None
+        bridge_idx = _index(ipr, bridge)
+    if have or peer:
+        if node_mac == mac and master == bridge_idx:
+            return
+        raise LabError(f"add_eni_link: {ifname!r} already exists in lab {plan.name!r} "
+                       f"(node side MAC {node_mac}, fabric side "
+                       f"{'on another bridge' if peer else 'missing'}); pick another name")
+    try:
+        _add_node_veth(plan, ifname, mac, plan.fabric_ns, ifname)
+        _join_bridge(plan.fabric_ns, ifname, bridge)
+    except Exception as e:
+        remove_eni_link(plan, ifname)  # the peer goes with it
+        raise LabError(f"add_eni_link {ifname} ({subnet_id}): {type(e).__name__}: {e}") from e
+
+
+def remove_eni_link(plan: Plan, ifname: str) -> bool:
+    """Delete the node-namespace link ``ifname`` (its fabric peer goes with it). Returns False
+    when there was no such link. For ENIs deleted while the lab runs."""
+    _check_ifname(ifname)
+    with _ipr(plan.node_ns) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        for idx in found:
+            ipr.link("del", index=idx)
+    return bool(found)
+
+
+# ---- status ------------------------------------------------------------------------------------
+def _link_state(ns: str, names: List[str]) -> Dict[str, Any]:
+    """{ifname: {"up": bool, "mac": str}} for the names present in ``ns``."""
+    out: Dict[str, Any] = {}
+    with _ipr(ns) as ipr:
+        for link in ipr.get_links():
+            name = link.get("ifname")
+            if name in names:
+                out[name] = {"up": bool(link["flags"] & 1), "mac": link.get("address")}
+    return out
+
+
+def fabric_status(plan: Plan, live: bool = True) -> Dict[str, Any]:
+    """What ``lab status`` can show about the VPC fabric beyond subnets and ENIs: the internet,
+    its hosts (in the same shape as the CLI's host nodes), NAT gateways, route tables and
+    network ACLs. ``live=True`` adds the kernel's view where the lab runs: each NAT gateway
+    link's state (``links``) and every ACL rule's counters (``nacl_counters``); a failure
+    there is reported in ``errors`` instead of raised."""
+    inet = plan.internet
+    out: Dict[str, Any] = {
+        "internet": None if inet is None else {
+            "gateway_id": inet.gateway_id, "cidr": inet.cidr, "netns": inet.netns,
+            "bridge": inet.bridge, "router": [inet.router4]},
+        "internet_hosts": [{"name": h.name, "role": "internet", "netns": h.netns,
+                            "subnet": h.subnet, "interface": h.ifname,
+                            "addresses": [a for a in (h.ipv4, h.ipv6) if a]}
+                           for h in plan.internet_hosts],
+        "nat_gateways": [{"id": n.id, "subnet": n.subnet, "private_ipv4": n.private_ipv4,
+                          "public_ipv4": n.public_ipv4, "idle_timeout": n.idle_timeout,
+                          "inside_ifname": n.inside_ifname, "outside_ifname": n.outside_ifname}
+                         for n in plan.nat_gateways],
+        "route_tables": [{"id": rt.id, "table": rt.table, "subnets": list(rt.subnets),
+                          "routes": [{"destination": r.destination, "target": r.target,
+                                      "kind": r.kind} for r in rt.routes]}
+                         for rt in plan.route_tables],
+        "nacls": [{"id": a.id, "subnets": list(a.subnets),
+                   "ingress": [dict(vars(r)) for r in sorted(a.ingress, key=lambda r: r.number)],
+                   "egress": [dict(vars(r)) for r in sorted(a.egress, key=lambda r: r.number)]}
+                  for a in plan.nacls],
+    }
+    if not live:
+        return out
+    errors: List[str] = []
+    try:
+        names = [x for n in plan.nat_gateways for x in (n.inside_ifname, n.outside_ifname)]
+        links = _link_state(plan.node_ns, names) if names else {}
+        for n in out["nat_gateways"]:
+            n["links"] = {k: links.get(n[k]) for k in ("inside_ifname", "outside_ifname")}
+    except Exception as e:
+        errors.append(f"NAT gateway links: {e}")
+    try:
+        out["nacl_counters"] = nacl_counters(plan)
+    except Exception as e:
+        errors.append(f"ACL counters: {e}")
+    if errors:
+        out["errors"] = errors
+    return out
+
+
+# ---- build order -------------------------------------------------------------------------------
+def lab_namespaces(plan: Plan) -> List[str]:
+    """Every namespace of the plan in build order: :meth:`Plan.namespaces` plus the internet's
+    and its hosts' (once each, in case ``Plan.namespaces`` lists them already)."""
+    names = list(plan.namespaces())
+    if plan.internet is not None:
+        names.append(plan.internet.netns)
+        names += [h.netns for h in plan.internet_hosts]
+    return list(dict.fromkeys(names))
+
+
+def _check_plan(plan: Plan) -> None:
+    """What can be refused before anything is built."""
+    if plan.internet_hosts and plan.internet is None:
+        raise LabError("the plan has internet hosts but no internet (plan.internet is None)")
+    for ns in lab_namespaces(plan):
+        if not ns.startswith(plan.prefix) or "/" in ns:
+            # teardown removes only namespaces under the lab's prefix
+            raise LabError(f"namespace {ns!r} does not start with the lab's prefix "
+                           f"{plan.prefix!r}; every namespace of a lab must")
+    _subnet_acls(plan)
+    nacl_ruleset(plan)  # rule errors
+    seen: Dict[str, str] = {}
+    tables: Dict[int, str] = {}
+    for rt in plan.route_tables:
+        if rt.routes and rt.table in tables:
+            raise LabError(f"route tables {tables[rt.table]} and {rt.id} share kernel table "
+                           f"{rt.table}")
+        tables[rt.table] = rt.id
+        for sid in rt.subnets:
+            if sid in seen:
+                raise LabError(f"route table {rt.id}: subnet {sid!r} is already associated "
+                               f"with {seen[sid]}; a subnet has one route table")
+            seen[sid] = rt.id
+    if plan.nacls and shutil.which("nft") is None:
+        raise LabError("the lab has network ACLs, which need the nft command from nftables; "
+                       "install it (Debian/Ubuntu: apt-get install nftables)")
 
 
 def _steps(plan: Plan, state: Dict[str, Any]) -> Iterator[Tuple[str, Callable[[], None]]]:
     """(description, action) in build order. Namespaces first, node sysctls before any link
     can reach the node namespace, bridges before the ports that join them."""
-    for ns in plan.namespaces():
+    for ns in lab_namespaces(plan):
         yield f"create namespace {ns}", lambda ns=ns: _create_namespace(state, ns)
     yield f"configure node namespace {plan.node_ns}", lambda: _setup_node(plan)
     yield f"configure VPC namespace {plan.fabric_ns}", lambda: _setup_fabric(plan)
+    inet = plan.internet
+    if inet is not None:
+        yield f"configure internet namespace {inet.netns}", lambda: _setup_internet(plan)
     for i, s in enumerate(plan.subnets):
         yield f"bridge {s.bridge} for {s.id}", lambda i=i: _build_bridge(plan, i)
+    if inet is not None:
+        yield (f"internet bridge {inet.bridge} ({inet.gateway_id}, {inet.cidr})",
+               lambda: _build_internet_bridge(plan))
     for i, e in enumerate(plan.enis):
         yield (f"ENI {e.id} ({e.node_ifname} -> {plan.fabric_ns}/{e.fabric_ifname})",
                lambda i=i: _build_eni(plan, i))
+    for nat in plan.nat_gateways:
+        yield (f"NAT gateway {nat.id} ({nat.inside_ifname} -> {nat.subnet}, "
+               f"{nat.outside_ifname} -> internet)", lambda nat=nat: _build_nat_gateway(plan, nat))
     for env in plan.envs:
         yield (f"environment {env.name} ({env.attach}, {env.netns})",
                lambda env=env: _build_env(plan, env))
     for host in plan.hosts:
         yield f"host {host.name} ({host.netns})", lambda host=host: _build_host(plan, host)
+    for host in plan.internet_hosts:
+        yield (f"internet host {host.name} ({host.netns})",
+               lambda host=host: _build_host(plan, host))
+    for rt in plan.route_tables:
+        if rt.routes:
+            yield (f"route table {rt.id} (kernel table {rt.table})",
+                   lambda rt=rt: _build_route_table(plan, rt))
+    if plan.nacls:
+        yield (f"network ACLs ({', '.join(a.id for a in plan.nacls)}) as nftables table "
+               f"inet {NFT_TABLE}", lambda: apply_nacls(plan))
 
 
 def build(plan: Plan, config_source: str) -> Dict[str, Any]:
@@ -356,7 +894,11 @@ def build(plan: Plan, config_source: str) -> Dict[str, Any]:
     if load_state(name) is not None:
         raise LabError(f"lab {name!r} already exists; run `hyperplane lab down --name {name}` "
                        "first")
-    taken = [ns for ns in plan.namespaces() if netns.exists(ns)]
+    try:
+        _check_plan(plan)
+    except LabError as e:
+        raise LabError(f"cannot build lab {name!r}: {e}") from None
+    taken = [ns for ns in lab_namespaces(plan) if netns.exists(ns)]
     if taken:
         raise LabError(f"network namespace(s) {', '.join(taken)} already exist but lab {name!r} "
                        "has no state; they are left alone. Remove them (`ip netns delete`) if "
