@@ -68,6 +68,7 @@ int hp_dp_add_group(hp_dp *dp, hp_engine *e)
         return -1;
     dp->groups[dp->n_groups].engine = e;
     dp->groups[dp->n_groups].eni_link = -1;
+    dp->groups[dp->n_groups].inside_link = -1;
     return (int)dp->n_groups++;
 }
 
@@ -79,12 +80,18 @@ hp_link *hp_dp_link(hp_dp *dp, int link)
 int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname, int tap_fd,
                    const uint8_t *mac, char *err, size_t errlen)
 {
-    if (dp->n_links >= HP_DP_MAX_LINKS || group < 0 || (unsigned)group >= dp->n_groups ||
-        (role != HP_ROLE_ENV && role != HP_ROLE_ENI)) {
+    int bad_group = group < 0 || (unsigned)group >= dp->n_groups;
+    if (dp->n_links >= HP_DP_MAX_LINKS || bad_group ||
+        (role != HP_ROLE_ENV && role != HP_ROLE_ENI && role != HP_ROLE_INSIDE) ||
+        (role == HP_ROLE_INSIDE && dp->groups[group].inside_link >= 0)) {
         if (kind == HP_PORT_TAP && tap_fd >= 0)
             close(tap_fd);
-        snprintf(err, errlen, "bad link: role %d group %d (%u groups, %u links)", role, group,
-                 dp->n_groups, dp->n_links);
+        if (!bad_group && role == HP_ROLE_INSIDE && dp->groups[group].inside_link >= 0)
+            snprintf(err, errlen, "group %d already has an inside link (link %d)", group,
+                     dp->groups[group].inside_link);
+        else
+            snprintf(err, errlen, "bad link: role %d group %d (%u groups, %u links)", role,
+                     group, dp->n_groups, dp->n_links);
         return -1;
     }
     hp_link *l = calloc(1, sizeof *l);
@@ -113,6 +120,8 @@ int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname,
     }
     if (role == HP_ROLE_ENI)
         dp->groups[group].eni_link = (int)dp->n_links;
+    else if (role == HP_ROLE_INSIDE)
+        dp->groups[group].inside_link = (int)dp->n_links;
     dp->links[dp->n_links] = l;
     return (int)dp->n_links++;
 }
@@ -129,6 +138,79 @@ int hp_dp_add_own(hp_dp *dp, int link, int family, const uint8_t *addr)
     else
         return -1;
     return 0;
+}
+
+int hp_dp_remove_own(hp_dp *dp, int link, int family, const uint8_t *addr)
+{
+    hp_link *l = hp_dp_link(dp, link);
+    if (!l || (family != 4 && family != 6))
+        return -1;
+    size_t alen = family == 4 ? 4 : 16;
+    uint8_t *own = family == 4 ? &l->own4[0][0] : &l->own6[0][0];
+    uint32_t *n = family == 4 ? &l->n_own4 : &l->n_own6;
+    for (uint32_t i = 0; i < *n; i++) {
+        if (memcmp(own + i * alen, addr, alen) != 0)
+            continue;
+        /* keep the order: the first address is the source of our ARP/NDP probes */
+        memmove(own + i * alen, own + (i + 1) * alen, (*n - i - 1) * alen);
+        (*n)--;
+        return 0;
+    }
+    return -1;
+}
+
+static hp_link *env_link(hp_dp *dp, int link)
+{
+    hp_link *l = hp_dp_link(dp, link);
+    return l && l->role == HP_ROLE_ENV ? l : NULL;
+}
+
+int hp_dp_set_link_group(hp_dp *dp, int link, int group)
+{
+    hp_link *l = env_link(dp, link);
+    if (!l || group < 0 || (unsigned)group >= dp->n_groups)
+        return -1;
+    l->group = group;
+    return 0;
+}
+
+int hp_dp_set_link_state(hp_dp *dp, int link, int state)
+{
+    hp_link *l = env_link(dp, link);
+    if (!l || state < 0 || state >= HP_LINK_N_STATES)
+        return -1;
+    l->state = (uint8_t)state;
+    return 0;
+}
+
+int hp_dp_set_link_ipv6(hp_dp *dp, int link, int allowed)
+{
+    hp_link *l = env_link(dp, link);
+    if (!l)
+        return -1;
+    l->no_ipv6 = !allowed;
+    return 0;
+}
+
+int hp_dp_set_group_options(hp_dp *dp, int group, int rst_unknown_tcp)
+{
+    if (group < 0 || (unsigned)group >= dp->n_groups)
+        return -1;
+    dp->groups[group].rst_unknown_tcp = rst_unknown_tcp != 0;
+    return 0;
+}
+
+int hp_dp_set_clock_offset(hp_dp *dp, double offset)
+{
+    if (!(offset >= dp->clock_offset)) /* also refuses NaN */
+        return -1;
+    dp->clock_offset = offset;
+    return 0;
+}
+
+double hp_dp_clock(const hp_dp *dp)
+{
+    return hp_dp_now() + dp->clock_offset;
 }
 
 /* ---- address -> environment link ------------------------------------------------------------ */
@@ -182,7 +264,8 @@ int hp_dp_set_subnet(hp_dp *dp, int link, int family, const uint8_t *net, int pl
                      const uint8_t *router)
 {
     hp_link *l = hp_dp_link(dp, link);
-    if (!l || l->role != HP_ROLE_ENI || plen < 0 || plen > (family == 4 ? 32 : 128))
+    if (!l || (l->role != HP_ROLE_ENI && l->role != HP_ROLE_INSIDE) || plen < 0 ||
+        plen > (family == 4 ? 32 : 128))
         return -1;
     if (family == 4) {
         memcpy(l->net4, net, 4);
@@ -210,17 +293,6 @@ int hp_dp_watch(hp_dp *dp, int fd)
 }
 
 /* ---- helpers ----------------------------------------------------------------------------- */
-static int in_prefix(const uint8_t *a, const uint8_t *net, unsigned plen)
-{
-    unsigned full = plen / 8, rest = plen % 8;
-    if (memcmp(a, net, full) != 0)
-        return 0;
-    if (!rest)
-        return 1;
-    uint8_t mask = (uint8_t)(0xff << (8 - rest));
-    return (a[full] & mask) == (net[full] & mask);
-}
-
 static int is_own(const hp_link *l, int family, const uint8_t *a)
 {
     if (family == 4) {
@@ -450,13 +522,15 @@ static void ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, dou
             return;
         uint8_t out[HP_NDP_FRAME_MAX];
         uint32_t n;
+        /* the environments' gateway and a NAT gateway's inside are routers (R flag); an ENI
+         * is not */
         if (from_unspec) { /* duplicate address detection by someone else: answer all nodes */
             static const uint8_t all6[16] = {0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
             static const uint8_t allmac[6] = {0x33, 0x33, 0, 0, 0, 1};
-            n = hp_ndp_na_build(out, l->mac, allmac, target, all6, l->role == HP_ROLE_ENV, 0);
+            n = hp_ndp_na_build(out, l->mac, allmac, target, all6, l->role != HP_ROLE_ENI, 0);
         } else {
             n = hp_ndp_na_build(out, l->mac, mac ? mac : f + 6, target, src,
-                                l->role == HP_ROLE_ENV, 1);
+                                l->role != HP_ROLE_ENI, 1);
             if (mac)
                 learn(l, 6, src, mac, now);
         }
@@ -479,35 +553,143 @@ static void ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, dou
     }
 }
 
-/* ---- forwarding ------------------------------------------------------------------------------- */
+/* ---- TCP reset for a segment of no connection ---------------------------------------------- */
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+
+static uint32_t sum16(const uint8_t *p, uint32_t len) /* len even */
+{
+    uint32_t s = 0;
+    for (uint32_t i = 0; i < len; i += 2)
+        s += hp_get16(p + i);
+    return s;
+}
+
+/* What an AWS NAT gateway does with a packet of a connection it no longer tracks (idle for
+ * 350 s): it answers with a RST, so the sender learns at once instead of retransmitting into
+ * silence. The RST follows RFC 9293 section 3.10.7.1 (reset generation for a segment of a
+ * connection that does not exist): if the segment carries ACK, the RST takes its sequence
+ * number from SEG.ACK; otherwise seq = 0, ACK set, ack = SEG.SEQ + SEG.LEN (SYN and FIN count
+ * one each). Never a RST for a RST. Sent straight back to the frame's source MAC on the link it
+ * came from, addresses and ports swapped, complete checksums, TTL / hop limit 64. */
+static void send_rst(hp_dp *dp, hp_link *l, const uint8_t *f, const uint8_t *ip, uint32_t n,
+                     uint32_t flags)
+{
+    hp_parsed p;
+    if (hp_parse(ip, n, flags, &p) != HP_R_NONE || p.t.proto != HP_IPPROTO_TCP)
+        return;
+    const uint8_t *th = ip + p.l4;
+    uint8_t fl = th[13];
+    if (fl & TH_RST)
+        return;
+    uint32_t doff = (uint32_t)(th[12] >> 4) * 4;
+    uint32_t seg_len = p.l3_len - p.l4 - doff + !!(fl & TH_SYN) + !!(fl & TH_FIN);
+    uint32_t seq = 0, ack = 0;
+    uint8_t rfl = TH_RST;
+    if (fl & TH_ACK) {
+        seq = (uint32_t)hp_get16(th + 8) << 16 | hp_get16(th + 10);
+    } else {
+        ack = ((uint32_t)hp_get16(th + 4) << 16 | hp_get16(th + 6)) + seg_len;
+        rfl |= TH_ACK;
+    }
+
+    int v4 = p.t.family == 4;
+    uint32_t alen = v4 ? 4 : 16, iplen = v4 ? 20 : 40;
+    uint8_t out[14 + 40 + 20];
+    memset(out, 0, sizeof out);
+    memcpy(out, f + 6, 6);
+    memcpy(out + 6, l->mac, 6);
+    hp_put16(out + 12, v4 ? 0x0800 : 0x86DD);
+    uint8_t *o = out + 14, *t = o + iplen;
+    if (v4) {
+        o[0] = 0x45;
+        hp_put16(o + 2, 40);
+        o[8] = 64;
+        o[9] = HP_IPPROTO_TCP;
+        memcpy(o + 12, p.t.dst, 4);
+        memcpy(o + 16, p.t.src, 4);
+        hp_put16(o + 10, ~hp_fold(sum16(o, 20)) & 0xFFFF);
+    } else {
+        o[0] = 0x60;
+        hp_put16(o + 4, 20);
+        o[6] = HP_IPPROTO_TCP;
+        o[7] = 64;
+        memcpy(o + 8, p.t.dst, 16);
+        memcpy(o + 24, p.t.src, 16);
+    }
+    hp_put16(t, p.t.dport);
+    hp_put16(t + 2, p.t.sport);
+    hp_put16(t + 4, seq >> 16);
+    hp_put16(t + 6, seq & 0xFFFF);
+    hp_put16(t + 8, ack >> 16);
+    hp_put16(t + 10, ack & 0xFFFF);
+    t[12] = 5 << 4;
+    t[13] = rfl;
+    /* pseudo-header (RFC 9293 3.1, RFC 8200 8.1): addresses, protocol, TCP length */
+    uint32_t s = sum16(p.t.src, alen) + sum16(p.t.dst, alen) + HP_IPPROTO_TCP + 20 + sum16(t, 20);
+    hp_put16(t + 16, ~hp_fold(s) & 0xFFFF);
+    hp_io_send_now(&l->port, &NO_VNET, out, 14 + iplen + 20);
+    dp->rst_sent++;
+}
+
+/* ---- forwarding ------------------------------------------------------------------------------ */
+static const int STATE_DROP[HP_LINK_N_STATES] = {
+    [HP_LINK_PENDING] = HP_D_FUNCTION_PENDING,
+    [HP_LINK_INACTIVE] = HP_D_FUNCTION_INACTIVE,
+    [HP_LINK_DETACHED] = HP_D_NO_VPC_CONFIG,
+};
+
+static const uint8_t *next_hop(const hp_link *out, int family, const uint8_t *dst)
+{
+    if (family == 4)
+        return hp_prefix_match(dst, out->net4, out->plen4) ? dst : out->router4;
+    return hp_prefix_match(dst, out->net6, out->plen6) ? dst : out->router6;
+}
+
+/* From an environment (or a NAT gateway's inside link) into the VPC: engine ORIG, then out of
+ * the group's ENI link. */
 static void outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
                      uint32_t len, int family, double now)
 {
     uint8_t *ip = f + 14;
     uint32_t n = len - 14;
-    /* An environment sends from its own address and nothing else (anti-spoofing). Packets too
-     * short to hold the address go on to the engine, which names what is wrong with them. */
-    if (family == 4 && n >= 20) {
-        if (!l->has_env4 || memcmp(ip + 12, l->env4, 4) != 0) {
+    hp_group *g = &dp->groups[l->group];
+    hp_link *out = hp_dp_link(dp, g->eni_link);
+    if (l->role == HP_ROLE_ENV) {
+        /* Lambda: a function that is not Active cannot send (the invocation fails); ARP and
+         * NDP were answered before this, so the environment's neighbour cache stays sane. */
+        if (l->state != HP_LINK_ACTIVE) {
+            l->blocked++;
+            dp->drops[STATE_DROP[l->state]]++;
+            return;
+        }
+        /* Lambda: IPv6 outbound only with Ipv6AllowedForDualStack */
+        if (family == 6 && l->no_ipv6) {
+            dp->drops[HP_D_IPV6_NOT_ALLOWED]++;
+            return;
+        }
+    }
+    /* An environment sends from its own address and nothing else (anti-spoofing); an inside
+     * link carries many subnets' traffic, so any source. Packets too short to hold the
+     * addresses go on to the engine, which names what is wrong with them. */
+    if (n >= (family == 4 ? 20u : 40u)) {
+        const uint8_t *src = ip + (family == 4 ? 12 : 8), *dst = ip + (family == 4 ? 16 : 24);
+        if (l->role == HP_ROLE_ENV &&
+            (family == 4 ? !l->has_env4 || memcmp(src, l->env4, 4) != 0
+                         : !l->has_env6 || memcmp(src, l->env6, 16) != 0)) {
             dp->drops[HP_D_SPOOFED_SOURCE]++;
             return;
         }
-        if (is_own(l, 4, ip + 16)) {
-            dp->drops[HP_D_LOCAL_DESTINATION]++;
-            return;
-        }
-    } else if (family == 6 && n >= 40) {
-        if (!l->has_env6 || memcmp(ip + 8, l->env6, 16) != 0) {
-            dp->drops[HP_D_SPOOFED_SOURCE]++;
-            return;
-        }
-        if (is_own(l, 6, ip + 24)) {
+        /* the data path has no local stack: nothing is addressed to it (a NAT gateway's
+         * public address included) */
+        if (is_own(l, family, dst) ||
+            (l->role == HP_ROLE_INSIDE && out && is_own(out, family, dst))) {
             dp->drops[HP_D_LOCAL_DESTINATION]++;
             return;
         }
     }
-    hp_group *g = &dp->groups[l->group];
-    hp_link *out = hp_dp_link(dp, g->eni_link);
     if (!out || !(family == 4 ? out->has_net4 : out->has_net6)) {
         dp->drops[HP_D_NO_ROUTE]++;
         return;
@@ -516,28 +698,38 @@ static void outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
     uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
     if (hp_translate(g->engine, HP_DIR_ORIG, ip, n, flags, now, &reason) == HP_DROP) {
         dp->drops[HP_D_ENGINE]++;
+        if (reason == HP_R_TCP_NOT_SYN && g->rst_unknown_tcp)
+            send_rst(dp, l, f, ip, n, flags);
         return;
     }
-    const uint8_t *dst = family == 4 ? ip + 16 : ip + 24, *nexthop;
-    if (family == 4)
-        nexthop = in_prefix(dst, out->net4, out->plen4) ? dst : out->router4;
-    else
-        nexthop = in_prefix(dst, out->net6, out->plen6) ? dst : out->router6;
     dp->forwarded[0]++;
-    transmit(dp, out, family, nexthop, vh, f, len, now);
+    transmit(dp, out, family, next_hop(out, family, family == 4 ? ip + 16 : ip + 24), vh, f,
+             len, now);
 }
 
+/* From the VPC to the ENI: engine REPLY, then to the environment that owns the destination
+ * address, or to the group's inside link (a NAT gateway's private side). */
 static void inbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
                     uint32_t len, int family, double now)
 {
     uint8_t *ip = f + 14, reason;
     uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
-    hp_engine *e = dp->groups[l->group].engine;
-    if (hp_translate(e, HP_DIR_REPLY, ip, len - 14, flags, now, &reason) != HP_REPLY) {
+    hp_group *g = &dp->groups[l->group];
+    hp_link *inside = hp_dp_link(dp, g->inside_link);
+    if (inside && !(family == 4 ? inside->has_net4 : inside->has_net6)) {
+        dp->drops[HP_D_NO_ROUTE]++;
+        return;
+    }
+    if (hp_translate(g->engine, HP_DIR_REPLY, ip, len - 14, flags, now, &reason) != HP_REPLY) {
         dp->drops[HP_D_ENGINE]++; /* unsolicited and the rest: the engine counted the reason */
         return;
     }
     const uint8_t *dst = family == 4 ? ip + 16 : ip + 24;
+    if (inside) {
+        dp->forwarded[1]++;
+        transmit(dp, inside, family, next_hop(inside, family, dst), vh, f, len, now);
+        return;
+    }
     int li = env_lookup(dp, family, dst);
     if (li < 0) {
         dp->drops[HP_D_NO_ENVIRONMENT]++;
@@ -581,10 +773,10 @@ static void rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
         dp->drops[HP_D_MULTICAST]++;
         return;
     }
-    if (l->role == HP_ROLE_ENV)
-        outbound(dp, l, vh, f, len, family, now);
-    else
+    if (l->role == HP_ROLE_ENI)
         inbound(dp, l, vh, f, len, family, now);
+    else
+        outbound(dp, l, vh, f, len, family, now);
 }
 
 static void flush_all(hp_dp *dp)
@@ -655,12 +847,14 @@ static int link_error(hp_dp *dp, hp_link *l)
     return HP_POLL_LINK_DOWN;
 }
 
+/* Every time here is the data path's clock (hp_dp_clock): CLOCK_MONOTONIC plus the lab's
+ * offset, so moving the clock forward runs the timers and the engines' expiry at once. */
 int hp_dp_poll(hp_dp *dp, int timeout_ms)
 {
     struct epoll_event ev[64];
-    double deadline = hp_dp_now() + timeout_ms / 1000.0;
+    double deadline = hp_dp_clock(dp) + timeout_ms / 1000.0;
     for (;;) {
-        double now = hp_dp_now();
+        double now = hp_dp_clock(dp);
         if (now >= dp->next_tick) {
             hp_dp_tick(dp, now);
             dp->next_tick = now + HP_DP_TICK;
@@ -672,7 +866,7 @@ int hp_dp_poll(hp_dp *dp, int timeout_ms)
         int n = epoll_wait(dp->epfd, ev, 64, ms);
         if (n < 0)
             return errno == EINTR ? HP_POLL_INTR : -1;
-        now = hp_dp_now();
+        now = hp_dp_clock(dp);
         int ready = 0;
         for (int i = 0; i < n; i++) {
             uint32_t u = ev[i].data.u32;
@@ -685,7 +879,7 @@ int hp_dp_poll(hp_dp *dp, int timeout_ms)
         }
         if (ready)
             return ready;
-        if (hp_dp_now() >= deadline)
+        if (hp_dp_clock(dp) >= deadline)
             return 0;
     }
 }

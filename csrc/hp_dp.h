@@ -7,7 +7,14 @@
  *         -> neighbour -> tx on the ENI link           -> neighbour -> tx on the env link
  *
  * A group is one engine (the connection table of one ENI key: subnet + security groups) with
- * its ENI link; every environment link belongs to one group. The loop (hp_dp_poll) waits on all
+ * its ENI link; every environment link belongs to one group.
+ *
+ * A NAT gateway is a group too: its "inside" link (the private side, in a VPC subnet) takes
+ * the place of the environment links and its ENI link is the public side:
+ *
+ *   inside link rx -> engine ORIG -> ENI link (next hop on-link or the subnet's router)
+ *   ENI link rx    -> engine REPLY -> inside link (next hop: the destination when it is in the
+ *                     inside subnet, else the inside router) The loop (hp_dp_poll) waits on all
  * links and on "watched" fds of the caller (control socket, signal wakeup pipe) and returns to
  * the caller only when one of those is readable, a signal interrupted it, or the time is up:
  * no Python runs per packet.
@@ -26,7 +33,18 @@
 #define HP_DP_TICK 0.05      /* neighbour timers and engine expiry run this often (s) */
 #define HP_DP_ENV_SLOTS 1024 /* address -> environment link, open addressing */
 
-enum hp_link_role { HP_ROLE_ENV = 1, HP_ROLE_ENI = 2 };
+enum hp_link_role { HP_ROLE_ENV = 1, HP_ROLE_ENI = 2, HP_ROLE_INSIDE = 3 };
+
+/* An environment link's function, in Lambda's words (GetFunction's State): only an Active
+ * function's packets are forwarded. Pending: its ENI is being created; Inactive: its ENI was
+ * reclaimed after the idle period; Detached: no VpcConfig, no path into the VPC at all. */
+enum hp_link_state {
+    HP_LINK_ACTIVE = 0,
+    HP_LINK_PENDING = 1,
+    HP_LINK_INACTIVE = 2,
+    HP_LINK_DETACHED = 3,
+    HP_LINK_N_STATES
+};
 
 /* Drops the data path counts itself (the engine counts its own by hp_reason). */
 enum hp_dp_reason {
@@ -44,6 +62,10 @@ enum hp_dp_reason {
     HP_D_NEIGH_TABLE_FULL,  /* no room for another neighbour */
     HP_D_BAD_NDP,           /* NDP with hop limit != 255, bad checksum or length */
     HP_D_RX_TRUNCATED,      /* the ring slot held less than the frame */
+    HP_D_FUNCTION_PENDING,  /* from an environment whose function is Pending */
+    HP_D_FUNCTION_INACTIVE, /* from an environment whose function is Inactive */
+    HP_D_NO_VPC_CONFIG,     /* from an environment whose function has no VpcConfig */
+    HP_D_IPV6_NOT_ALLOWED,  /* IPv6 without Ipv6AllowedForDualStack */
     HP_D_COUNT
 };
 
@@ -57,17 +79,22 @@ typedef struct {
     /* env link: the environment's addresses */
     uint8_t env4[4], env6[16];
     uint8_t has_env4, has_env6;
-    /* ENI link: the subnet (on-link) and its router (next hop for everything else) */
+    /* env link: the function's state (enum hp_link_state); IPv6 refused (no dual stack) */
+    uint8_t state, no_ipv6;
+    /* ENI or inside link: the subnet (on-link) and its router (next hop for everything else) */
     uint8_t net4[4], net6[16], router4[4], router6[16];
     uint8_t plen4, plen6, has_net4, has_net6;
     hp_neigh_table neigh;
     uint8_t down; /* the interface is gone; no longer polled */
     uint64_t rx_packets, rx_bytes, arp_in, arp_out, nd_in, nd_out;
+    uint64_t blocked; /* env link: IP packets dropped because the function is not Active */
 } hp_link;
 
 typedef struct {
     hp_engine *engine;
-    int eni_link; /* -1 until added */
+    int eni_link;    /* -1 until added */
+    int inside_link; /* a NAT gateway's private side; -1: replies go to environment links */
+    uint8_t rst_unknown_tcp; /* answer a TCP segment of no connection with a RST */
 } hp_group;
 
 typedef struct {
@@ -83,6 +110,8 @@ typedef struct {
     double next_tick;
     uint64_t drops[HP_D_COUNT];
     uint64_t forwarded[2]; /* [0] environment -> VPC, [1] VPC -> environment */
+    uint64_t rst_sent;
+    double clock_offset; /* the data path's now = CLOCK_MONOTONIC + this (a lab clock) */
 } hp_dp;
 
 hp_dp *hp_dp_new(void);
@@ -96,6 +125,16 @@ int hp_dp_add_own(hp_dp *dp, int link, int family, const uint8_t *addr);
 int hp_dp_set_env(hp_dp *dp, int link, int family, const uint8_t *addr);
 int hp_dp_set_subnet(hp_dp *dp, int link, int family, const uint8_t *net, int plen,
                      const uint8_t *router);
+/* Stop owning addr on link (no more ARP/NDP answers for it); -1 if the link does not own it. */
+int hp_dp_remove_own(hp_dp *dp, int link, int family, const uint8_t *addr);
+/* Environment links only: move to another group; set the function state; allow IPv6. */
+int hp_dp_set_link_group(hp_dp *dp, int link, int group);
+int hp_dp_set_link_state(hp_dp *dp, int link, int state);
+int hp_dp_set_link_ipv6(hp_dp *dp, int link, int allowed);
+int hp_dp_set_group_options(hp_dp *dp, int group, int rst_unknown_tcp);
+/* Move the data path's clock forward (never back): -1 for a smaller offset. */
+int hp_dp_set_clock_offset(hp_dp *dp, double offset);
+double hp_dp_clock(const hp_dp *dp); /* hp_dp_now() + the offset */
 int hp_dp_watch(hp_dp *dp, int fd);
 hp_link *hp_dp_link(hp_dp *dp, int link);
 

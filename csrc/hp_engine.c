@@ -143,6 +143,26 @@ int hp_engine_add_eni(hp_engine *e, const uint8_t *addr4, const uint8_t *addr6)
     return 0;
 }
 
+int hp_engine_set_sg(hp_engine *e, const hp_sg_rule *rules, uint32_t n, int enforce)
+{
+    if (n > HP_MAX_SG_RULES)
+        return -1;
+    if (n)
+        memcpy(e->sg.rule, rules, n * sizeof *rules);
+    e->sg.n = n;
+    e->sg.enforce = enforce != 0;
+    return 0;
+}
+
+int hp_engine_set_eni_enabled(hp_engine *e, unsigned i, int enabled)
+{
+    if (i >= e->n_enis)
+        return -1;
+    e->enis[i].disabled = !enabled;
+    e->exhausted = 0; /* the set of ENIs that may take connections changed */
+    return 0;
+}
+
 size_t hp_engine_memory(const hp_engine *e)
 {
     size_t m = sizeof *e + ((size_t)e->mask + 1) * sizeof *e->buckets +
@@ -215,10 +235,14 @@ static int new_conn(hp_engine *e, const hp_parsed *p, double now, uint32_t *out_
     } else {
         state = HP_S_UDP_UNREPLIED;
     }
+    /* Security groups are stateful: the rules are consulted here, for a new connection in
+     * the orig direction, and never for its later packets or its replies. */
+    if (!hp_sg_allows(&e->sg, &p->t))
+        return HP_R_SG_DENIED;
     if (e->n_entries >= e->cfg.capacity)
         return HP_R_TABLE_FULL;
 
-    /* First ENI (scale-out order) with a free port whose reply tuple is unused. */
+    /* First enabled ENI (scale-out order) with a free port whose reply tuple is unused. */
     int had_family = 0, had_free = 0;
     unsigned eni = 0;
     hp_pool *pool = NULL;
@@ -229,7 +253,7 @@ static int new_conn(hp_engine *e, const hp_parsed *p, double now, uint32_t *out_
     reply.family = (uint8_t)family;
     reply.proto = (uint8_t)proto;
     for (; eni < e->n_enis; eni++) {
-        if (!e->enis[eni].has[FAM(family)])
+        if (!e->enis[eni].has[FAM(family)] || e->enis[eni].disabled)
             continue;
         had_family = 1;
         pool = get_pool(e, eni, family, proto);

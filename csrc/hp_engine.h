@@ -6,6 +6,7 @@
 #ifndef HP_ENGINE_H
 #define HP_ENGINE_H
 
+#include "hp_acl.h"
 #include "hp_parse.h"
 #include "hp_ports.h"
 #include "hp_types.h"
@@ -26,6 +27,7 @@ typedef struct {
 
 typedef struct {
     uint8_t has[2];      /* [0]: IPv4 address present, [1]: IPv6 */
+    uint8_t disabled;    /* retired: takes no new connections, its existing ones go on */
     uint8_t addr[2][16]; /* IPv4 in the first 4 bytes */
     hp_pool *pools[2][2]; /* [is_ipv6][is_udp], built on first use */
 } hp_eni;
@@ -48,6 +50,7 @@ typedef struct {
     uint32_t lru_head[HP_N_CLASSES], lru_tail[HP_N_CLASSES];
     hp_eni enis[HP_MAX_ENIS];
     unsigned n_enis;
+    hp_sg sg;          /* security-group egress rules, checked for new connections only */
     uint8_t exhausted; /* bit (is_ipv6 << 1 | is_udp): every pool of that kind is full */
     uint8_t signals[HP_MAX_SIGNALS];
     unsigned n_signals;
@@ -61,6 +64,10 @@ hp_engine *hp_engine_new(const hp_config *cfg);
 void hp_engine_free(hp_engine *e);
 int hp_engine_add_eni(hp_engine *e, const uint8_t *addr4, const uint8_t *addr6);
 size_t hp_engine_memory(const hp_engine *e);
+/* Replace the egress rules (n <= HP_MAX_SG_RULES); enforce 0 = allow everything. */
+int hp_engine_set_sg(hp_engine *e, const hp_sg_rule *rules, uint32_t n, int enforce);
+/* Let ENI i take new connections (enabled) or not; existing connections are not touched. */
+int hp_engine_set_eni_enabled(hp_engine *e, unsigned i, int enabled);
 
 /* Take the time (never backwards), expire what is due; returns the time used. */
 double hp_engine_advance(hp_engine *e, double now);

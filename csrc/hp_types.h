@@ -33,7 +33,8 @@ enum hp_reason {
     HP_R_TABLE_FULL = 15,
     HP_R_NO_ENI_ADDRESS = 16,
     HP_R_TUPLE_COLLISION = 17,
-    HP_R_COUNT = 18
+    HP_R_SG_DENIED = 18, /* no security-group egress rule allows the new connection */
+    HP_R_COUNT = 19
 };
 
 /* ct_state: TCP states 1..8, UDP states 9..10. The state number is also the timeout class. */

@@ -4,15 +4,26 @@
 from libc.errno cimport errno
 from libc.string cimport strlen
 import ipaddress
+import math as _math
 import os as _os
 
 #: Data-path drop reasons, in csrc/hp_dp.h order (the engine's own are DropReason).
 DATAPATH_DROP_REASONS = (
     "runt", "not_our_mac", "not_ip", "multicast", "spoofed_source", "local_destination",
     "engine", "no_environment", "no_route", "neigh_failed", "neigh_queue_full",
-    "neigh_table_full", "bad_ndp", "rx_truncated")
+    "neigh_table_full", "bad_ndp", "rx_truncated", "function_pending", "function_inactive",
+    "no_vpc_config", "ipv6_not_allowed")
 assert len(DATAPATH_DROP_REASONS) == HP_D_COUNT, "DATAPATH_DROP_REASONS and hp_dp.h disagree"
 NEIGH_STATES = ("free", "incomplete", "reachable", "stale", "probe")
+#: An environment link's function state (csrc/hp_dp.h enum hp_link_state order). Only an
+#: "active" link's IP packets are forwarded; the others are dropped as function_pending,
+#: function_inactive and no_vpc_config, and counted in the link's "blocked".
+LINK_STATES = ("active", "pending", "inactive", "detached")
+assert len(LINK_STATES) == HP_LINK_N_STATES, "LINK_STATES and hp_dp.h disagree"
+#: Link roles: an execution environment, an ENI (the VPC side of a group), the private side of
+#: a NAT gateway (the group's ENI link is then its public side).
+LINK_ROLES = {"env": HP_ROLE_ENV, "eni": HP_ROLE_ENI, "inside": HP_ROLE_INSIDE}
+
 POLL_INTERRUPTED = HP_POLL_INTR
 POLL_LINK_DOWN = HP_POLL_LINK_DOWN
 
@@ -31,7 +42,9 @@ cdef str _mac_str(const uint8_t *m):
 cdef class DataPath:
     """Links (TAP fds and veth AF_PACKET rings), engine groups, and the C event loop.
 
-    A *group* is one Engine plus its ENI link; environment links belong to a group.
+    A *group* is one Engine plus its ENI link; environment links belong to a group. A group
+    that is a NAT gateway has one "inside" link (its private side) instead: replies arriving on
+    its ENI link (the public side) go back out there.
     ``poll(ms)`` moves packets for up to ``ms`` milliseconds and returns early with a bit mask
     of the watched fds that became readable, or ``POLL_INTERRUPTED`` when a signal arrived.
     """
@@ -56,6 +69,32 @@ cdef class DataPath:
             raise RuntimeError("the data path is closed")
         return self._dp
 
+    cdef hp_link *_link(self, link, str need=None) except NULL:
+        """The link with index ``link`` (and of role ``need``), or ValueError."""
+        cdef hp_dp *dp = self._get()
+        if not isinstance(link, int) or isinstance(link, bool) or not 0 <= link < dp.n_links:
+            raise ValueError(f"link {link!r}: no such link (the data path has {dp.n_links} "
+                             f"links, 0..{dp.n_links - 1})")
+        cdef hp_link *l = hp_dp_link(dp, link)
+        if need is not None and l.role != LINK_ROLES[need]:
+            raise ValueError(f"link {link} ({self._links[link]['name']}) is an "
+                             f"{self._links[link]['role']} link; this needs an {need} link")
+        return l
+
+    cdef int _group(self, group) except -1:
+        cdef hp_dp *dp = self._get()
+        if not isinstance(group, int) or isinstance(group, bool) or not 0 <= group < dp.n_groups:
+            raise ValueError(f"group {group!r}: no such group (the data path has "
+                             f"{dp.n_groups} groups, 0..{dp.n_groups - 1})")
+        return group
+
+    def link_index(self, str name):
+        """The index of the link added under ``name``."""
+        for i, d in enumerate(self._links):
+            if d["name"] == name:
+                return i
+        raise ValueError(f"no link named {name!r}")
+
     def close(self):
         """Close every link (and the TAP fds handed over)."""
         if self._dp != NULL:
@@ -69,14 +108,25 @@ cdef class DataPath:
         self._engines.append(engine)
         return g
 
-    def add_link(self, str role, int group, *, str name, str mac, str ifname=None, tap_fd=None):
-        """An ENV or ENI link on a veth (``ifname``, opened here in this thread's namespace) or a
-        TAP device (``tap_fd``, taken over: the data path closes it)."""
+    def add_link(self, str role, group, *, str name, str mac, str ifname=None, tap_fd=None):
+        """An "env", "eni" or "inside" link on a veth (``ifname``, opened here in this thread's
+        namespace) or a TAP device (``tap_fd``, taken over: the data path closes it, also when
+        this call fails). A group has one ENI link and at most one inside link."""
         cdef char err[256]
-        cdef int r = HP_ROLE_ENV if role == "env" else HP_ROLE_ENI if role == "eni" else -1
-        if r < 0:
-            raise ValueError(f"role must be 'env' or 'eni', not {role!r}")
-        cdef bytes m = _mac_bytes(mac)
+        cdef int r = LINK_ROLES.get(role, -1)
+        cdef bytes m
+        try:
+            if r < 0:
+                raise ValueError(f"role must be one of {sorted(LINK_ROLES)}, not {role!r}")
+            self._group(group)
+            if r == HP_ROLE_INSIDE and self._dp.groups[group].inside_link >= 0:
+                raise ValueError(f"group {group} already has an inside link "
+                                 f"({self._links[self._dp.groups[group].inside_link]['name']})")
+            m = _mac_bytes(mac)
+        except BaseException:
+            if tap_fd is not None:
+                _os.close(int(tap_fd))
+            raise
         cdef bytes ifn = (ifname or "").encode()
         cdef int kind = HP_PORT_TAP if tap_fd is not None else HP_PORT_PACKET
         cdef int fd = int(tap_fd) if tap_fd is not None else -1
@@ -88,22 +138,88 @@ cdef class DataPath:
                                 ifname=ifname, mac=mac, group=group))
         return li
 
-    def add_address(self, int link, str addr):
+    def add_address(self, link, str addr):
         """An address the data path owns on ``link`` (answers ARP/NDP for it)."""
+        self._link(link)
         a = ipaddress.ip_address(addr)
         cdef bytes b = a.packed
         if hp_dp_add_own(self._get(), link, a.version, b) < 0:
             raise ValueError(f"link {link}: cannot add address {addr}")
 
-    def set_environment(self, int link, str addr):
+    def set_environment(self, link, str addr):
         """The environment's own address on an ENV link (replies to it go out there)."""
+        self._link(link, "env")
         a = ipaddress.ip_address(addr)
         cdef bytes b = a.packed
         if hp_dp_set_env(self._get(), link, a.version, b) < 0:
             raise ValueError(f"link {link}: cannot set environment address {addr} (taken?)")
 
-    def set_subnet(self, int link, str prefix, str router):
-        """The ENI link's subnet (next hop = destination) and router (next hop for the rest)."""
+    def remove_address(self, link, str addr):
+        """Stop owning ``addr`` on ``link``: no more ARP/NDP answers for it (the ENI was
+        deleted). ValueError if the link does not own it."""
+        a = ipaddress.ip_address(addr)
+        self._link(link)
+        cdef bytes b = a.packed
+        if hp_dp_remove_own(self._get(), link, a.version, b) < 0:
+            raise ValueError(f"link {link} ({self._links[link]['name']}) does not own {addr}")
+
+    def set_link_state(self, link, str state):
+        """An environment link's function state: "active" (the default) forwards; "pending",
+        "inactive" and "detached" drop its IP packets (function_pending, function_inactive,
+        no_vpc_config) and count them in the link's "blocked". ARP/NDP is answered always."""
+        if state not in LINK_STATES:
+            raise ValueError(f"state must be one of {LINK_STATES}, not {state!r}")
+        self._link(link, "env")
+        hp_dp_set_link_state(self._dp, link, LINK_STATES.index(state))
+
+    def set_link_group(self, link, group):
+        """Move an environment link to another group (its function's new ENI became active):
+        its new connections use that group's engine. Replies of its connections in the old
+        group still reach it (the address -> environment map belongs to the data path)."""
+        self._link(link, "env")
+        self._group(group)
+        hp_dp_set_link_group(self._dp, link, group)
+        self._links[link]["group"] = group
+
+    def set_link_ipv6(self, link, bint allowed):
+        """Whether an environment link may send IPv6 (Lambda: only with
+        Ipv6AllowedForDualStack); refused packets are dropped as ipv6_not_allowed. NDP is
+        answered either way."""
+        self._link(link, "env")
+        hp_dp_set_link_ipv6(self._dp, link, allowed)
+
+    def set_group_options(self, group, *, bint rst_unknown_tcp=False):
+        """``rst_unknown_tcp``: a TCP segment from an env or inside link of the group that
+        matches no connection and is no SYN (the engine's tcp_not_syn) is answered with a RST,
+        as an AWS NAT gateway answers a packet of a timed-out connection."""
+        self._group(group)
+        hp_dp_set_group_options(self._get(), group, rst_unknown_tcp)
+
+    def set_clock_offset(self, seconds):
+        """The data path's clock = time.monotonic() + ``seconds``: a lab clock that can be moved
+        forward (timers and connection expiry run at the next poll), never back."""
+        cdef double s = float(seconds)
+        if not _math.isfinite(s):
+            raise ValueError(f"clock offset {seconds!r}: must be a finite number of seconds")
+        if hp_dp_set_clock_offset(self._get(), s) < 0:
+            raise ValueError(f"clock offset {seconds!r}: the clock never goes back (the offset "
+                             f"is {self._dp.clock_offset})")
+
+    @property
+    def clock_offset(self):
+        return self._get().clock_offset
+
+    def now(self):
+        """The data path's clock (seconds): time.monotonic() + clock_offset."""
+        return hp_dp_clock(self._get())
+
+    def set_subnet(self, link, str prefix, str router):
+        """The ENI or inside link's subnet (next hop = destination) and router (next hop for
+        the rest)."""
+        self._link(link)
+        if self._links[link]["role"] == "env":
+            raise ValueError(f"link {link} ({self._links[link]['name']}) is an env link; a "
+                             "subnet belongs to an eni or inside link")
         net = ipaddress.ip_network(prefix)
         rt = ipaddress.ip_address(router)
         cdef bytes nb = net.network_address.packed
@@ -150,9 +266,11 @@ cdef class DataPath:
                               tx_packets=l.port.tx_packets, tx_bytes=l.port.tx_bytes,
                               tx_errors=l.port.tx_errors, arp_in=l.arp_in, arp_out=l.arp_out,
                               nd_in=l.nd_in, nd_out=l.nd_out, neighbours=l.neigh.n,
-                              up=not l.down))
+                              up=not l.down, state=LINK_STATES[l.state], blocked=l.blocked,
+                              ipv6_allowed=not l.no_ipv6))
         return {
             "forwarded_outbound": dp.forwarded[0], "forwarded_inbound": dp.forwarded[1],
+            "rst_sent": dp.rst_sent,
             "drops": {DATAPATH_DROP_REASONS[i]: dp.drops[i] for i in range(HP_D_COUNT)},
             "links": links,
         }

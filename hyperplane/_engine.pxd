@@ -23,6 +23,17 @@ cdef extern from "hp_ports.h":
 cdef extern from "hp_tcp.h":
     const signed char hp_tcp_transitions[2][6][9]
 
+cdef extern from "hp_acl.h":
+    enum:
+        HP_MAX_SG_RULES
+    ctypedef struct hp_sg_rule:
+        uint8_t net[16]
+        uint8_t plen
+        uint8_t family
+        uint8_t proto
+        uint16_t port_min
+        uint16_t port_max
+
 cdef extern from "hp_engine.h":
     ctypedef struct hp_entry:
         hp_tuple tuple[2]
@@ -36,6 +47,7 @@ cdef extern from "hp_engine.h":
 
     ctypedef struct hp_eni:
         uint8_t has[2]
+        uint8_t disabled
         hp_pool *pools[2][2]
 
     ctypedef struct hp_config:
@@ -60,12 +72,14 @@ cdef extern from "hp_engine.h":
         uint64_t bytes[2]
         uint64_t created
         uint64_t expired
-        uint64_t drops[18]
+        uint64_t drops[19]
 
     hp_engine *hp_engine_new(const hp_config *cfg) nogil
     void hp_engine_free(hp_engine *e) nogil
     int hp_engine_add_eni(hp_engine *e, const uint8_t *addr4, const uint8_t *addr6) nogil
     size_t hp_engine_memory(const hp_engine *e) nogil
+    int hp_engine_set_sg(hp_engine *e, const hp_sg_rule *rules, uint32_t n, int enforce) nogil
+    int hp_engine_set_eni_enabled(hp_engine *e, unsigned i, int enabled) nogil
     double hp_engine_advance(hp_engine *e, double now) nogil
     int hp_translate(hp_engine *e, int dir, uint8_t *pkt, uint32_t len, uint32_t flags,
                      double now, uint8_t *reason) nogil
@@ -77,6 +91,8 @@ cdef extern from "hp_dp.h":
     enum:
         HP_ROLE_ENV
         HP_ROLE_ENI
+        HP_ROLE_INSIDE
+        HP_LINK_N_STATES
         HP_PORT_PACKET
         HP_PORT_TAP
         HP_D_COUNT
@@ -115,11 +131,21 @@ cdef extern from "hp_dp.h":
         uint64_t arp_out
         uint64_t nd_in
         uint64_t nd_out
+        uint8_t state
+        uint8_t no_ipv6
+        uint64_t blocked
+    ctypedef struct hp_group:
+        int eni_link
+        int inside_link
+        uint8_t rst_unknown_tcp
     ctypedef struct hp_dp:
         unsigned n_links
         unsigned n_groups
-        uint64_t drops[14]
+        hp_group groups[64]
+        uint64_t drops[18]
         uint64_t forwarded[2]
+        uint64_t rst_sent
+        double clock_offset
     hp_dp *hp_dp_new() nogil
     void hp_dp_free(hp_dp *dp) nogil
     int hp_dp_add_group(hp_dp *dp, hp_engine *e) nogil
@@ -129,6 +155,13 @@ cdef extern from "hp_dp.h":
     int hp_dp_set_env(hp_dp *dp, int link, int family, const uint8_t *addr) nogil
     int hp_dp_set_subnet(hp_dp *dp, int link, int family, const uint8_t *net, int plen,
                          const uint8_t *router) nogil
+    int hp_dp_remove_own(hp_dp *dp, int link, int family, const uint8_t *addr) nogil
+    int hp_dp_set_link_group(hp_dp *dp, int link, int group) nogil
+    int hp_dp_set_link_state(hp_dp *dp, int link, int state) nogil
+    int hp_dp_set_link_ipv6(hp_dp *dp, int link, int allowed) nogil
+    int hp_dp_set_group_options(hp_dp *dp, int group, int rst_unknown_tcp) nogil
+    int hp_dp_set_clock_offset(hp_dp *dp, double offset) nogil
+    double hp_dp_clock(const hp_dp *dp) nogil
     int hp_dp_watch(hp_dp *dp, int fd) nogil
     hp_link *hp_dp_link(hp_dp *dp, int link) nogil
     int hp_dp_poll(hp_dp *dp, int timeout_ms) nogil

@@ -11,13 +11,15 @@ import time
 from array import array
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 from cpython.bytearray cimport PyByteArray_AS_STRING
 
 from hyperplane._engine cimport *
 from hyperplane.config import EngineConfig, Eni
 from hyperplane.constants import Direction, DropReason, TimeoutClass, Verdict, state_name, PROTO_NAMES
-from hyperplane.reference import EntryInfo, Result, Tuple5, _check_new_eni
+from hyperplane.reference import (
+    MAX_EGRESS_RULES, EntryInfo, Result, Tuple5, _check_new_eni, eni_index, parse_egress_rules)
 
 ENGINE_NAME = "compiled"
 
@@ -29,6 +31,7 @@ TCP_TRANSITIONS = tuple(
 _VERDICTS = [Verdict(i) for i in range(4)]
 _REASONS = [DropReason(i) for i in range(len(DropReason))]
 assert len(DropReason) == HP_R_COUNT, "DropReason and csrc/hp_types.h disagree"
+assert MAX_EGRESS_RULES == HP_MAX_SG_RULES, "reference.MAX_EGRESS_RULES and hp_acl.h disagree"
 _TIMEOUT_CLASSES = [int(c) for c in TimeoutClass]
 
 
@@ -111,6 +114,40 @@ cdef class Engine:
     @property
     def enis(self):
         return list(self._enis)
+
+    def set_egress_rules(self, rules):
+        """Security-group egress rules for new connections (see the reference engine): None
+        allows everything, a list of ``(cidr, protocol, from_port, to_port)`` allows what any
+        rule matches, an empty list allows nothing."""
+        cdef hp_sg_rule *c = NULL
+        cdef uint32_t i, n
+        parsed = parse_egress_rules(rules)
+        self._check_idle()
+        n = len(parsed) if parsed is not None else 0
+        if n:
+            c = <hp_sg_rule *>calloc(n, sizeof(hp_sg_rule))
+            if c == NULL:
+                raise MemoryError("egress rules")
+        try:
+            for i in range(n):
+                r = parsed[i]
+                raw = r.network.network_address.packed
+                memcpy(c[i].net, <const char *>raw, len(raw))
+                c[i].plen = r.network.prefixlen
+                c[i].family = r.network.version
+                c[i].proto = r.proto
+                c[i].port_min = r.port_min
+                c[i].port_max = r.port_max
+            if hp_engine_set_sg(self._e, c, n, parsed is not None) != 0:
+                raise ValueError(f"egress rules: {n} rules; at most {HP_MAX_SG_RULES}")
+        finally:
+            free(c)
+
+    def set_eni_enabled(self, eni, enabled):
+        """Let an ENI (index or id) take new connections or not; its existing ones go on."""
+        cdef int i = eni_index(self._enis, eni)
+        self._check_idle()
+        hp_engine_set_eni_enabled(self._e, i, 1 if enabled else 0)
 
     # ---- time ---------------------------------------------------------------------------------
     cdef double _advance(self, now) except? -1.0:
@@ -252,7 +289,8 @@ cdef class Engine:
         }
 
     def pool_fill(self):
-        """Ports in use per ENI address and protocol."""
+        """Ports in use per ENI address and protocol, and whether the ENI takes new
+        connections (``enabled``)."""
         self._check_idle()
         cdef hp_pool *p
         out = []
@@ -266,7 +304,8 @@ cdef class Engine:
                     p = self._e.enis[i].pools[fi][ui]
                     used = (p.n - p.n_free) if p != NULL else 0
                     out.append(dict(eni=eni.id, family=family, address=addr, proto=proto,
-                                    used=used, size=size))
+                                    used=used, size=size,
+                                    enabled=not self._e.enis[i].disabled))
         return out
 
     def take_signals(self):

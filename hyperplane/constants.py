@@ -47,11 +47,15 @@ class DropReason(enum.IntEnum):
     TCP_INVALID = 13          #: TCP flags not allowed in the connection's state
     PORT_EXHAUSTED = 14       #: every ENI of the family has no free port for this protocol
     TABLE_FULL = 15           #: connection table at capacity
-    NO_ENI_ADDRESS = 16       #: no ENI has an address of the packet's family (e.g. IPv6 off)
+    #: no enabled ENI has an address of the packet's family (e.g. IPv6 off, every ENI retired)
+    NO_ENI_ADDRESS = 16
     #: the tuple is already another connection's tuple in the other direction: an outbound
     #: packet that looks like a reply, or a new mapping whose reply tuple is taken (the check
     #: done by inserting the reply tuple first); new mappings probe other ports before this
     TUPLE_COLLISION = 17
+    #: a new connection that no security-group egress rule allows (stateful: only checked when
+    #: a connection is created in the orig direction; its later packets and replies never are)
+    SECURITY_GROUP = 18
 
     @property
     def label(self) -> str:

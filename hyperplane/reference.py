@@ -11,8 +11,10 @@ The life of a packet (``Engine._translate``):
 2. **TTL / hop limit**: a packet that would expire in forwarding is dropped;
 3. **conntrack lookup** of the packet's tuple in one hash table that holds every connection's
    *orig* tuple (as the environment sent it) and *reply* tuple (as the VPC answers it);
-4. outbound miss = **new connection**: TCP must start with SYN, the table must have room, an ENI
-   and a port are chosen, the *reply* tuple is checked/inserted first, then the orig tuple;
+4. outbound miss = **new connection**: TCP must start with SYN, the security-group egress rules
+   must allow it (stateful: only here, never for later packets or replies), the table must have
+   room, an enabled ENI and a port are chosen, the *reply* tuple is checked/inserted first, then
+   the orig tuple;
    inbound miss = **unsolicited**, dropped;
 5. **state update** (TCP transition table, UDP replied flag), counters, timer refresh;
 6. **manip**: source (outbound) or destination (inbound) rewritten, TTL decremented, checksums
@@ -222,6 +224,83 @@ def _check_new_eni(enis: List[Eni], eni: Eni) -> None:
             raise ValueError(f"address {a} of {eni.id} is already used by ENI {e.id}")
 
 
+# --------------------------------------------------------------------------------------------
+# Security-group egress rules (csrc/hp_acl.c)
+# --------------------------------------------------------------------------------------------
+#: AWS: 60 egress rules per security group x 5 groups per ENI = 300; a rule with an IPv4 and an
+#: IPv6 range counts twice here. The compiled engine has room for this many (HP_MAX_SG_RULES).
+MAX_EGRESS_RULES = 512
+#: protocol names a rule may use -> protocol number; 0 = every protocol and port (AWS "-1").
+#: "icmp" is accepted because security groups have it, and matches nothing the engine tracks.
+EGRESS_PROTOCOLS = {"all": 0, "tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": 1}
+
+
+class EgressRule(NamedTuple):
+    """One egress rule, validated: traffic to ``network`` with ``proto`` (0 = all) and a
+    destination port in ``port_min..port_max`` (ignored for all protocols)."""
+
+    network: object                  #: ipaddress.IPv4Network or IPv6Network
+    proto: int
+    port_min: int
+    port_max: int
+
+    def allows(self, family: int, proto: int, dst: bytes, dport: int) -> bool:
+        if self.network.version != family:
+            return False
+        alen = 4 if family == 4 else 16
+        if ipaddress.ip_address(dst[:alen]) not in self.network:
+            return False
+        if self.proto == 0:
+            return True
+        return self.proto == proto and self.port_min <= dport <= self.port_max
+
+
+def parse_egress_rules(rules) -> Optional[List[EgressRule]]:
+    """Check ``Engine.set_egress_rules``' argument (shared by both engines): None, or a list of
+    ``(cidr, protocol, from_port, to_port)``. Raises ValueError naming the bad rule."""
+    if rules is None:
+        return None
+    if not isinstance(rules, (list, tuple)):
+        raise ValueError(f"egress rules: {rules!r} is not a list of (cidr, protocol, "
+                         "from_port, to_port); use None to allow everything")
+    out = []
+    for i, rule in enumerate(rules):
+        where = f"egress rule {i} {rule!r}"
+        if not isinstance(rule, (tuple, list)) or len(rule) != 4:
+            raise ValueError(f"{where}: must be (cidr, protocol, from_port, to_port)")
+        cidr, proto, lo, hi = rule
+        if not isinstance(cidr, str):
+            raise ValueError(f"{where}: cidr must be a string like '198.18.0.0/15'")
+        try:
+            net = ipaddress.ip_network(cidr)
+        except ValueError as exc:
+            raise ValueError(f"{where}: cidr {cidr!r} is not a network address ({exc})") from None
+        if proto not in EGRESS_PROTOCOLS:
+            raise ValueError(f"{where}: protocol must be one of {sorted(EGRESS_PROTOCOLS)}")
+        for name, v in (("from_port", lo), ("to_port", hi)):
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 65535:
+                raise ValueError(f"{where}: {name} must be an integer 0..65535")
+        if lo > hi:
+            raise ValueError(f"{where}: from_port {lo} is above to_port {hi}")
+        out.append(EgressRule(net, EGRESS_PROTOCOLS[proto], lo, hi))
+    if len(out) > MAX_EGRESS_RULES:
+        raise ValueError(f"egress rules: {len(out)} rules; at most {MAX_EGRESS_RULES}")
+    return out
+
+
+def eni_index(enis: List[Eni], which) -> int:
+    """An ENI's position given its index or its id (``set_eni_enabled``, both engines)."""
+    if isinstance(which, str):
+        for i, eni in enumerate(enis):
+            if eni.id == which:
+                return i
+        raise ValueError(f"ENI {which!r} is not in the engine")
+    if not isinstance(which, int) or isinstance(which, bool) or not 0 <= which < len(enis):
+        raise ValueError(f"ENI index {which!r}: the engine has {len(enis)} ENIs "
+                         f"(0..{len(enis) - 1}); pass an index or an ENI id")
+    return which
+
+
 class _Parsed(NamedTuple):
     family: int
     proto: int
@@ -260,6 +339,8 @@ class Engine:
         self._c = dict(packets_outbound=0, bytes_outbound=0, packets_inbound=0,
                        bytes_inbound=0, connections_created=0, connections_expired=0)
         self._drops = [0] * len(DropReason)
+        self._egress: Optional[List[EgressRule]] = None   # None: allow everything
+        self._disabled: set = set()     # indexes of ENIs that take no new connections
         for eni in config.enis:
             self._add_eni_unchecked(eni)
 
@@ -272,6 +353,26 @@ class Engine:
         if len(self._enis) >= EngineConfig.MAX_ENIS:
             raise ValueError(f"at most {EngineConfig.MAX_ENIS} ENIs")
         self._add_eni_unchecked(eni)
+
+    def set_egress_rules(self, rules) -> None:
+        """The security-group egress rules new connections must pass: None (the default)
+        allows everything; otherwise a list of ``(cidr, protocol, from_port, to_port)`` with
+        protocol "tcp", "udp", "icmp" or "all" (any port), and a new connection is allowed when
+        any rule matches its family, destination address, protocol and destination port. An
+        empty list allows nothing (a security group without egress rules). Connections already
+        tracked, and every reply, are never checked again (security groups are stateful)."""
+        self._egress = parse_egress_rules(rules)
+
+    def set_eni_enabled(self, eni, enabled: bool) -> None:
+        """Let an ENI (index or id) take new connections or not. A disabled (retired) ENI keeps
+        carrying its existing connections until they end; new ones go to the next enabled ENI
+        of the scale-out order."""
+        i = eni_index(self._enis, eni)
+        if enabled:
+            self._disabled.discard(i)
+        else:
+            self._disabled.add(i)
+        self._exhausted.clear()          # the set of ENIs that may take connections changed
 
     def _add_eni_unchecked(self, eni: Eni) -> None:
         self._enis.append(eni)
@@ -494,6 +595,11 @@ class Engine:
                 return R.TCP_NOT_SYN    # no mid-stream pick-up: connections start with SYN
         else:
             state = UdpState.UNREPLIED
+        # Security groups are stateful: the rules are consulted here, for a new connection in
+        # the orig direction, and never for its later packets or its replies.
+        if self._egress is not None and not any(
+                r.allows(p.family, p.proto, p.dst, p.dport) for r in self._egress):
+            return R.SECURITY_GROUP
         if len(self._table) // 2 >= self.config.capacity:
             return R.TABLE_FULL
         choice = self._choose_port(p, now)
@@ -513,11 +619,12 @@ class Engine:
         return conn
 
     def _choose_port(self, p: _Parsed, now: float):
-        """First ENI (in scale-out order) with a free port whose reply tuple is unused."""
+        """First enabled ENI (in scale-out order) with a free port whose reply tuple is
+        unused."""
         had_family = had_free = False
         for i, eni in enumerate(self._enis):
             text = self._eni_addr(eni, p.family)
-            if text is None:
+            if text is None or i in self._disabled:
                 continue
             had_family = True
             pool = self._pool(i, p.family, p.proto)
@@ -668,7 +775,8 @@ class Engine:
         return out
 
     def pool_fill(self) -> List[Dict[str, object]]:
-        """Ports in use per ENI address and protocol."""
+        """Ports in use per ENI address and protocol, and whether the ENI takes new
+        connections (``enabled``)."""
         out = []
         size = self.config.ports_per_eni
         for i, eni in enumerate(self._enis):
@@ -680,7 +788,8 @@ class Engine:
                     pool = self._pools.get((i, family, proto))
                     out.append(dict(eni=eni.id, family=family, address=addr,
                                     proto=PROTO_NAMES[proto],
-                                    used=pool.used if pool else 0, size=size))
+                                    used=pool.used if pool else 0, size=size,
+                                    enabled=i not in self._disabled))
         return out
 
     def take_signals(self) -> List[Tuple[str, int, str]]:

@@ -7,7 +7,8 @@ or two ENIs, an IPv4-only ENI) and a list of operations: outbound and inbound TC
 over IPv4/IPv6 with random flags, payloads, TTLs, partial checksums and random corruption or
 truncation; inbound packets often aimed at a mapping an earlier outbound packet really got
 (ENI address and port read from the output); batches; time steps (also backwards and past
-every timeout); expire(); add_eni(); mid-run comparisons of the whole state.
+every timeout); expire(); add_eni(); security-group egress rule sets (allow all, none, some)
+and retiring / re-enabling ENIs mid-run; mid-run comparisons of the whole state.
 """
 from __future__ import annotations
 
@@ -30,6 +31,15 @@ SHORT = Timeouts(tcp_syn_sent=5, tcp_syn_recv=4, tcp_established=20, tcp_fin_wai
 SPORTS = (40000, 40001, 40002, 40005, 536, 1234, 33000, 65535)
 DPORTS = (443, 9000, 8080)
 FLAG_SETS = ("S", "S", "SA", "A", "A", "PA", "FA", "F", "R", "RA", "", "SF")
+#: egress rule sets for set_egress_rules (HOST and DPORTS above: each set allows some of them)
+EGRESS_SETS = (
+    None, [],
+    [("198.19.0.20/32", "tcp", 443, 9000)],
+    [("198.19.0.0/16", "udp", 0, 8080), ("2001:2:0:200::/64", "all", 0, 0)],
+    [("0.0.0.0/0", "all", 0, 0)],
+    [("198.19.0.21/32", "tcp", 8080, 8080), ("2001:2:0:200::20/128", "tcp", 443, 443),
+     ("198.19.0.20/31", "icmp", 0, 65535)],
+)
 
 configs = st.fixed_dictionaries({
     "enis": st.sampled_from([[ENI_A], [ENI_A], [ENI_A, ENI_B], [ENI_V4_ONLY, ENI_A],
@@ -79,6 +89,8 @@ ops = st.one_of(
     st.tuples(st.just("expire")),
     st.tuples(st.just("check")),
     st.tuples(st.just("add_eni")),
+    st.tuples(st.just("egress"), st.integers(0, len(EGRESS_SETS) - 1)),
+    st.tuples(st.just("enable"), st.integers(0, 2), st.booleans()),
     st.tuples(st.just("batch"), st.lists(out_ops, min_size=1, max_size=8)),
     st.tuples(st.just("batch"), st.lists(in_ops, min_size=1, max_size=8)),
 )
@@ -193,6 +205,13 @@ class Run:
             if ENI_C not in c.enis:
                 c.add_eni(ENI_C)
                 r.add_eni(ENI_C)
+        elif kind == "egress":
+            c.set_egress_rules(EGRESS_SETS[op[1]])
+            r.set_egress_rules(EGRESS_SETS[op[1]])
+        elif kind == "enable":
+            k = op[1] % len(c.enis)
+            c.set_eni_enabled(k, op[2])
+            r.set_eni_enabled(k, op[2])
         elif kind == "burst":
             _, family, proto, env_i, base, n = op
             for k in range(n):

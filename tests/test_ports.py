@@ -145,7 +145,7 @@ def test_pool_fill_rows_and_numbers(make_engine):
         eng.outbound(udp(6, ENV[6][0], HOST[6][0], 1000 + i, 9000), now=1.0)
     for i in range(12):   # 10 on ENI A, 2 on the second
         eng.outbound(udp(4, E4, H4, 2000 + i, 9000), now=1.0)
-    assert eng.pool_fill() == [
+    assert eng.pool_fill() == [dict(row, enabled=True) for row in [
         dict(eni=ENI_A.id, family=4, address=ENI_A.ipv4, proto="tcp", used=3, size=10),
         dict(eni=ENI_A.id, family=4, address=ENI_A.ipv4, proto="udp", used=10, size=10),
         dict(eni=ENI_A.id, family=6, address=ENI_A.ipv6, proto="tcp", used=0, size=10),
@@ -154,7 +154,7 @@ def test_pool_fill_rows_and_numbers(make_engine):
              size=10),
         dict(eni=ENI_V4_ONLY.id, family=4, address=ENI_V4_ONLY.ipv4, proto="udp", used=2,
              size=10),
-    ]
+    ]]
     assert eng.expire(now=31.0) == 14                     # the unreplied UDP flows
     assert [p["used"] for p in eng.pool_fill()] == [3, 0, 0, 0, 0, 0]
 
