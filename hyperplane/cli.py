@@ -7,6 +7,9 @@
     hyperplane lab exec NODE [--name NAME] -- CMD...
     hyperplane lab down [--name NAME]
     hyperplane lab list
+    hyperplane function list|update|invoke ...   the lab's functions (VpcConfig, state)
+    hyperplane eni list [--json]                 the lab's Hyperplane ENIs
+    hyperplane clock [--advance DURATION]        the lab clock (lifecycle timers)
     hyperplane run CONFIG [--name NAME]          the data path in the foreground
     hyperplane walk                              packets through the engine in memory (no root)
     hyperplane engine                            which engine is in use, and why
@@ -99,8 +102,12 @@ def ask(name: str, cmd: str, timeout: float = 5.0) -> Dict[str, Any]:
                        EXIT_FAIL) from None
 
 
-def lab_up(config_path: Optional[str], name: str, out=sys.stdout) -> Dict[str, Any]:
-    """Build the lab, start its data path in the background, wait until it answers."""
+def lab_up(config_path: Optional[str], name: str, out=sys.stdout,
+           wait_active: bool = True) -> Dict[str, Any]:
+    """Build the lab, start its data path in the background, wait until it answers and (with
+    ``wait_active``) until no function is Pending any more: its ENIs take the lifecycle's
+    creation delay to become available, as in AWS, where a new VPC function is Pending until
+    then (`aws lambda wait function-active`)."""
     from hyperplane import lab, labconfig
 
     try:
@@ -151,10 +158,27 @@ def lab_up(config_path: Optional[str], name: str, out=sys.stdout) -> Dict[str, A
                                    f"{READY_TIMEOUT:.0f} s:\n"
                                    + _tail(os.path.join(ldir, "datapath.log"))) from None
                 time.sleep(0.05)
+        if wait_active:
+            wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
     except BaseException:
         lab.teardown(name)  # roll back: nothing of a failed `lab up` stays behind
         raise
     return state
+
+
+def wait_functions_active(name: str, timeout: float) -> List[Dict[str, Any]]:
+    """Poll the control plane until no function is Pending and no update is in progress."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fns = ask(name, "functions")["functions"]
+        busy = [f["name"] for f in fns
+                if f["state"] == "Pending" or f.get("last_update_status") == "InProgress"]
+        if not busy:
+            return fns
+        if time.monotonic() > deadline:
+            raise CliError(f"function(s) {', '.join(busy)} still Pending after {timeout:.0f} s "
+                           f"(see `{PROG} function list --name {name}`)")
+        time.sleep(0.05)
 
 
 def _tail(path: str, n: int = 20) -> str:
@@ -186,6 +210,9 @@ def status_dict(name: str) -> Dict[str, Any]:
     for h in plan.hosts:
         nodes.append({"name": h.name, "role": "host", "netns": h.netns, "subnet": h.subnet,
                       "interface": h.ifname, "addresses": [a for a in (h.ipv4, h.ipv6) if a]})
+    for h in plan.internet_hosts:
+        nodes.append({"name": h.name, "role": "internet", "netns": h.netns,
+                      "interface": h.ifname, "addresses": [a for a in (h.ipv4, h.ipv6) if a]})
     out = {
         "name": plan.name, "pid": pid, "running": running,
         "config": state.get("config_source"), "dir": os.path.dirname(control_path(name)),
@@ -197,6 +224,9 @@ def status_dict(name: str) -> Dict[str, Any]:
                    "subnets": [{"id": s.id, "cidr": s.cidr, "ipv6_cidr": s.ipv6_cidr,
                                 "router": [a for a in (s.router4, s.router6) if a]}
                                for s in plan.subnets]},
+        "nat_gateways": [{"id": n.id, "subnet": n.subnet, "private_ipv4": n.private_ipv4,
+                          "public_ipv4": n.public_ipv4, "idle_timeout": n.idle_timeout}
+                         for n in plan.nat_gateways],
     }
     if running:
         try:
@@ -208,9 +238,19 @@ def status_dict(name: str) -> Dict[str, Any]:
                 e["connections"] = ce["connections"]
                 e["pool"] = {f"{p['family']}/{p['proto']}": p["used"] for p in ce["pool"]}
                 e["drops"] = {k: v for k, v in ce["drops"].items() if v}
+            out["control_plane"] = c.get("control_plane", {})
+            out["functions"] = ask(name, "functions", timeout=2.0)["functions"]
+            out["live_enis"] = ask(name, "enis", timeout=2.0)["enis"]
         except CliError as e:
             out["running"] = False
             out["error"] = str(e)
+    if plan.nacls:
+        from hyperplane import lab
+
+        try:
+            out["nacl_counters"] = lab.nacl_counters(plan)
+        except Exception as e:  # the fabric is read with nft; report, do not fail status
+            out["nacl_counters_error"] = str(e)
     return out
 
 
@@ -227,6 +267,16 @@ def print_status(st: Dict[str, Any], out=sys.stdout) -> None:
         p(f"  ENI {e['id']} in {e['subnet']} ({', '.join(e['security_groups'])}): "
           + " ".join(e["addresses"])
           + (f"  connections={e['connections']}" if "connections" in e else ""))
+    for f in st.get("functions", []):
+        p(f"  function {f['name']}: {f['state']}"
+          + (f" ({f['state_reason_code']})" if f.get("state_reason_code") else "")
+          + f", ENIs {', '.join(f.get('enis', [])) or '-'}")
+    for n in st.get("nat_gateways", []):
+        p(f"  NAT gateway {n['id']} in {n['subnet']}: {n['private_ipv4']} -> "
+          f"{n['public_ipv4']} (idle timeout {n['idle_timeout']:g} s)")
+    denied = [r for r in st.get("nacl_counters", []) if r["action"] == "deny" and r["packets"]]
+    for r in denied:
+        p(f"  NACL {r['acl']} {r['direction']} rule {r['rule']} denied {r['packets']} packet(s)")
     c = st.get("counters")
     if c:
         drops = " ".join(f"{k}={v}" for k, v in c["drops"].items()) or "none"
@@ -236,7 +286,7 @@ def print_status(st: Dict[str, Any], out=sys.stdout) -> None:
 
 # ---- commands ----------------------------------------------------------------------------------
 def cmd_lab_up(args) -> int:
-    lab_up(args.config, args.name)
+    lab_up(args.config, args.name, wait_active=not args.no_wait)
     print_status(status_dict(args.name))
     print(f"\nrun commands in it with `{PROG} lab exec NODE --name {args.name} -- CMD`; "
           f"stop it with `{PROG} lab down --name {args.name}`")
@@ -262,6 +312,9 @@ def cmd_lab_exec(args) -> int:
     names = {"hyperplane": plan.node_ns, "node": plan.node_ns, "vpc": plan.fabric_ns}
     names.update({v.name: v.netns for v in plan.envs})
     names.update({h.name: h.netns for h in plan.hosts})
+    names.update({h.name: h.netns for h in plan.internet_hosts})
+    if plan.internet is not None:
+        names["internet"] = plan.internet.netns
     ns = names.get(args.node)
     if ns is None:
         raise CliError(f"no node {args.node!r} in lab {args.name!r}; nodes: "
@@ -354,6 +407,127 @@ def cmd_engine(args) -> int:
     return EXIT_OK
 
 
+# ---- the VPC control plane: functions, ENIs, the lab clock -----------------------------------------
+def _running(name: str) -> None:
+    state, _ = load_lab(name)
+    if not pid_alive(state.get("pid")):
+        raise CliError(f"the data path of lab {name!r} is not running; "
+                       f"`{PROG} lab down --name {name}` and `lab up` again")
+
+
+def _control(lab_name: str, cmd: str, /, **args) -> Dict[str, Any]:
+    """One control request to a running lab; a refusal becomes a CliError with its text."""
+    from hyperplane import daemon
+
+    _running(lab_name)
+    try:
+        r = daemon.request(control_path(lab_name), cmd, **args)
+    except (OSError, ValueError) as e:
+        raise CliError(f"the data path of lab {lab_name!r} does not answer ({e})") from None
+    if not r.get("ok"):
+        raise CliError(r.get("error", "refused"), EXIT_USAGE if r.get("code") else EXIT_FAIL)
+    return r
+
+
+def _ids(text: Optional[str]) -> Optional[List[str]]:
+    if text is None:
+        return None
+    return [x for x in (t.strip() for t in text.split(",")) if x]
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``20m``, ``6h``, ``30d`` -> seconds."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:]) if t else None
+    num = t[:-1] if unit else t
+    try:
+        v = float(num) * (unit or 1)
+    except ValueError:
+        raise CliError(f"{text!r} is not a duration; write seconds or a number with s, m, h "
+                       "or d (e.g. 90, 20m, 30d)", EXIT_USAGE) from None
+    if not 0 <= v <= 10 * 365 * 86400:
+        raise CliError(f"{text!r}: a duration from 0 to ten years", EXIT_USAGE)
+    return v
+
+
+def _table(rows: List[List[str]], out=sys.stdout) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+
+
+def _fill(pools: Dict[str, Any]) -> str:
+    return " ".join(f"{k}={v['used']}/{v['size']}" for k, v in sorted(pools.items())
+                    if v.get("used")) or "-"
+
+
+def cmd_eni_list(args) -> int:
+    r = _control(args.name, "enis")
+    if args.json:
+        print(json.dumps(r["enis"], indent=2))
+        return EXIT_OK
+    rows = [["ENI", "STATE", "SUBNET", "SECURITY GROUPS", "ADDRESSES", "FUNCTIONS", "PORTS USED"]]
+    for e in r["enis"]:
+        rows.append([e["id"], e["state"], e["subnet"], ",".join(e["security_groups"]),
+                     " ".join(a for a in (e.get("ipv4"), e.get("ipv6")) if a),
+                     ",".join(e.get("functions", [])) or "-", _fill(e.get("pools", {}))])
+    _table(rows)
+    return EXIT_OK
+
+
+def cmd_function_list(args) -> int:
+    r = _control(args.name, "functions")
+    if args.json:
+        print(json.dumps(r["functions"], indent=2))
+        return EXIT_OK
+    rows = [["FUNCTION", "STATE", "LAST UPDATE", "SUBNETS", "SECURITY GROUPS", "IPV6", "ENIS"]]
+    for f in r["functions"]:
+        rows.append([f["name"], f["state"] + (f" ({f['state_reason_code']})"
+                                              if f.get("state_reason_code") else ""),
+                     f.get("last_update_status", "-"), ",".join(f["subnet_ids"]) or "(no VPC)",
+                     ",".join(f["security_group_ids"]) or "-",
+                     "yes" if f.get("ipv6_allowed") else "no", ",".join(f.get("enis", [])) or "-"])
+    _table(rows)
+    return EXIT_OK
+
+
+def cmd_function_update(args) -> int:
+    if args.no_vpc and (args.subnets or args.security_groups):
+        raise CliError("--no-vpc removes the VPC config; do not combine it with --subnets or "
+                       "--security-groups", EXIT_USAGE)
+    subnets = [] if args.no_vpc else _ids(args.subnets)
+    sgs = [] if args.no_vpc else _ids(args.security_groups)
+    if subnets is None and sgs is None and args.ipv6 is None:
+        raise CliError("nothing to update: give --subnets, --security-groups, "
+                       "--ipv6-dual-stack/--no-ipv6-dual-stack or --no-vpc", EXIT_USAGE)
+    r = _control(args.name, "function_update", name=args.function, subnet_ids=subnets,
+                 security_group_ids=sgs, ipv6=args.ipv6)
+    f = r["function"]
+    print(f"{f['name']}: State={f['state']} LastUpdateStatus={f.get('last_update_status')}")
+    if args.wait:
+        _, plan = load_lab(args.name)
+        fns = wait_functions_active(args.name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
+        f = next(x for x in fns if x["name"] == args.function)
+        print(f"{f['name']}: State={f['state']} LastUpdateStatus={f.get('last_update_status')}")
+    return EXIT_OK
+
+
+def cmd_function_invoke(args) -> int:
+    r = _control(args.name, "invoke", name=args.function)
+    print(json.dumps(r["result"]))
+    return EXIT_OK
+
+
+def cmd_clock(args) -> int:
+    seconds = parse_duration(args.advance) if args.advance else 0.0
+    r = _control(args.name, "clock", advance=seconds)
+    print(f"lab clock: {r['now']:.1f} s (ahead of the machine's clock by {r['offset']:.1f} s)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=PROG,
@@ -386,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("config", nargs="?", help="lab TOML (default: the embedded default lab: "
                                              "two functions sharing one ENI, one TAP and one "
                                              "veth environment, one server)")
+    q.add_argument("--no-wait", action="store_true", help="return once the data path answers, "
+                   "without waiting for the functions' ENIs (Pending -> Active)")
     q.set_defaults(func=cmd_lab_up)
     q = named(labsub.add_parser("status", help="nodes, addresses, ENIs, data path state"))
     q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -401,6 +577,44 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_lab_down)
     q = labsub.add_parser("list", help="labs on this machine")
     q.set_defaults(func=cmd_lab_list)
+
+    p = sub.add_parser("eni", help="the lab's Hyperplane ENIs (running lab)")
+    esub = p.add_subparsers(dest="eni_command", metavar="ENI_COMMAND")
+    p.set_defaults(func=lambda a: (p.print_usage(sys.stderr), EXIT_USAGE)[1])
+    q = named(esub.add_parser("list", help="ENIs with state, key, addresses, users, port use"))
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_eni_list)
+
+    fp = sub.add_parser("function", help="the lab's Lambda functions (running lab)")
+    fsub = fp.add_subparsers(dest="function_command", metavar="FUNCTION_COMMAND")
+    fp.set_defaults(func=lambda a: (fp.print_usage(sys.stderr), EXIT_USAGE)[1])
+    q = named(fsub.add_parser("list", help="functions with state and VPC config"))
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_function_list)
+    q = named(fsub.add_parser(
+        "update", help="UpdateFunctionConfiguration(VpcConfig=...): the old ENI keeps "
+                       "carrying traffic until the new one is available"))
+    q.add_argument("function", help="function name")
+    q.add_argument("--subnets", help="comma-separated subnet ids (SubnetIds)")
+    q.add_argument("--security-groups", help="comma-separated security group ids")
+    v6 = q.add_mutually_exclusive_group()
+    v6.add_argument("--ipv6-dual-stack", dest="ipv6", action="store_true", default=None,
+                    help="Ipv6AllowedForDualStack=true (every subnet must be dual-stack)")
+    v6.add_argument("--no-ipv6-dual-stack", dest="ipv6", action="store_false",
+                    help="Ipv6AllowedForDualStack=false")
+    q.add_argument("--no-vpc", action="store_true", help="remove the VPC config (its ENIs are "
+                   "deleted after the delete delay if no other function uses them)")
+    q.add_argument("--wait", action="store_true", help="wait until the update has completed")
+    q.set_defaults(func=cmd_function_update)
+    q = named(fsub.add_parser("invoke", help="invoke: fails while Pending or Inactive (an "
+                                             "Inactive function then starts Pending)"))
+    q.add_argument("function", help="function name")
+    q.set_defaults(func=cmd_function_invoke)
+
+    q = named(sub.add_parser("clock", help="show the lab clock, or move it forward "
+                                           "(lifecycle timers and connection timeouts)"))
+    q.add_argument("--advance", metavar="DURATION", help="e.g. 90, 20m, 30d")
+    q.set_defaults(func=cmd_clock)
 
     p = sub.add_parser("run", help="run the data path in the foreground on a lab's existing "
                                    "interfaces (what `lab up` starts in the background)")

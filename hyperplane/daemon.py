@@ -10,12 +10,13 @@ One process, one thread. It moves itself into the node namespace, builds one Eng
   AF_PACKET ring on the node end of a veth; the data path answers for the gateway address.
 
 Then it loops: ``DataPath.poll`` moves packets in C with the GIL released and comes back only
-for the control socket, a signal (SIGINT/SIGTERM stop it cleanly), or every POLL_MS. The
+for the control socket, a signal (SIGINT/SIGTERM stop it cleanly), or every TICK_MS. The
 control protocol is one JSON object per line over a root-only Unix socket: ``{"cmd": "ping" |
 "counters" | "conntrack" | "neighbours" | "stop"}`` answered by one JSON line.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,14 +24,17 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hyperplane import netns
-from hyperplane.config import EngineConfig, Eni
+from hyperplane.config import EngineConfig, Eni, Timeouts
+from hyperplane.labconfig import eni_id, lab_mac
 
 log = logging.getLogger("hyperplane.datapath")
 
-POLL_MS = 200
+#: The control plane's tick (lifecycle, scale-out decisions): the loop comes back to Python
+#: this often even when nothing else happens. Per tick, not per packet.
+TICK_MS = 50
 # Control requests are served in the loop, so a client that connects and says nothing holds up
 # the data path for at most this long; it stays below the ~128 ms of trickle traffic the rx
 # rings hold (hp_io.h). Our own client writes its request as soon as it connects.
@@ -41,38 +45,61 @@ def _bare(addr: Optional[str]) -> Optional[str]:
     return addr.split("/")[0] if addr else None
 
 
-class Daemon:
-    """The data path of one lab plan (see hyperplane.labconfig.Plan)."""
+Key = Tuple[str, Tuple[str, ...]]
 
-    def __init__(self, plan, control_path: Optional[str]):
-        from hyperplane._engine import DataPath, Engine
+
+class _KeyGroup:
+    """The data path's side of one ENI key (subnet, security groups): an engine (its
+    connection table, one ENI address per scale-out ENI), a group in the DataPath, and the key's
+    link into the subnet, which answers for every live ENI address of the key."""
+
+    def __init__(self, key: Key, engine, group: int, link: int, ifname: str):
+        self.key = key
+        self.engine = engine
+        self.group = group
+        self.link = link
+        self.ifname = ifname
+        self.index: Dict[str, int] = {}      # ENI id -> index in the engine
+        self.addresses: Dict[str, List[str]] = {}  # ENI id -> addresses the link answers for
+
+
+class Daemon:
+    """The data path of one lab plan (see hyperplane.labconfig.Plan), driven by the VPC control
+    plane (hyperplane.vpc.ControlPlane), which decides when ENIs become available, retire or go
+    away and which key each environment uses. The daemon is its ``effects``: it turns those
+    decisions into DataPath and Engine calls."""
+
+    def __init__(self, plan, control_path: Optional[str], initial_active: bool = False):
+        from hyperplane._engine import DataPath
+        from hyperplane.vpc import ControlPlane
 
         self.plan = plan
         self.control_path = control_path
         self.started = time.time()
+        self.offset = 0.0  # the lab clock runs ahead of the monotonic clock by this much
         self.dp = DataPath()
-        self.engines: Dict[str, Any] = {}
-        self.groups: Dict[str, int] = {}
+        self.keys: Dict[Key, _KeyGroup] = {}
+        self.env_links: Dict[str, int] = {}
+        self.natgw: Dict[str, Any] = {}
         self.stop_reason: Optional[str] = None
         self._ctl: Optional[socket.socket] = None
         self._wake_r = self._wake_w = -1
         self._wake_bit = self._ctl_bit = 0
+        self._next_tick = 0.0
+        self._macs = {e.mac for e in plan.enis}
+        lc = plan.lifecycle
+        self.port_min = 65536 - lc.ports_per_eni
+
         for eni in plan.enis:
-            cfg = EngineConfig(enis=[Eni(eni.id, ipv4=eni.ipv4, ipv6=eni.ipv6)])
-            engine = Engine(cfg)
-            g = self.dp.add_group(engine)
-            self.engines[eni.id] = engine
-            self.groups[eni.id] = g
-            li = self.dp.add_link("eni", g, name=eni.node_ifname, mac=eni.mac,
-                                  ifname=eni.node_ifname)
-            for a in (eni.ipv4, eni.ipv6):
-                if a:
-                    self.dp.add_address(li, a)
-            self.dp.set_subnet(li, eni.prefix4, eni.router4)
-            if eni.ipv6 and eni.prefix6:
-                self.dp.set_subnet(li, eni.prefix6, eni.router6)
+            key = (eni.subnet, tuple(sorted(eni.security_groups)))
+            self._add_key(key, eni.node_ifname, eni.mac, first=eni)
+        default_group = next(iter(self.keys.values())).group if self.keys else None
         for env in plan.envs:
-            g = self.groups[env.eni]
+            if default_group is None:
+                log.warning("environment %s: no ENI key at all, so no link", env.name)
+                continue
+            key = self._key_of_eni(env.eni)
+            g = self.keys[key].group if key else default_group
             if env.attach == "tap":
                 with netns.entered(env.netns):
                     fd = netns.open_tap(env.ifname)
@@ -86,6 +113,149 @@ class Daemon:
             for a in (env.ipv4, env.ipv6):
                 if a:
                     self.dp.set_environment(li, _bare(a))
+            self.env_links[env.name] = li
+            fn = plan.function(env.function)
+            self.dp.set_link_ipv6(li, bool(fn.ipv6_allowed_for_dual_stack))
+            self.dp.set_link_state(li, "pending" if fn.subnet_ids else "detached")
+        for nat in plan.nat_gateways:
+            self._add_nat_gateway(nat)
+        self.cp = ControlPlane(plan, self, self.now(), initial_active=initial_active)
+
+    # ---- building blocks ----------------------------------------------------------------------
+    def now(self) -> float:
+        """The lab clock: monotonic time plus what `hyperplane clock advance` added."""
+        return time.monotonic() + self.offset
+
+    def _key_of_eni(self, eni_id: str) -> Optional[Key]:
+        for e in self.plan.enis:
+            if e.id == eni_id:
+                return (e.subnet, tuple(sorted(e.security_groups)))
+        return None
+
+    def _engine_config(self, enis, timeouts=None, port_min=None, port_max=65535):
+        kw = {} if timeouts is None else {"timeouts": timeouts}
+        return EngineConfig(enis=enis, port_min=self.port_min if port_min is None else port_min,
+                            port_max=port_max, **kw)
+
+    def _add_key(self, key: Key, ifname: str, mac: str, first=None, eni=None) -> _KeyGroup:
+        """Engine + group + link for a key. The engine starts with the key's first ENI
+        disabled: it carries connections only once the control plane says it is available."""
+        from hyperplane._engine import Engine
+
+        seed = first or eni
+        engine = Engine(self._engine_config([Eni(seed.id, ipv4=seed.ipv4, ipv6=seed.ipv6)]),
+                        clock=self.now)
+        engine.set_eni_enabled(0, False)
+        rules = self.plan.sg_rules(list(key[1]))
+        engine.set_egress_rules([(r.cidr, r.protocol, r.from_port, r.to_port) for r in rules])
+        g = self.dp.add_group(engine)
+        li = self.dp.add_link("eni", g, name=ifname, mac=mac, ifname=ifname)
+        s = self.plan.subnet(key[0])
+        self.dp.set_subnet(li, s.cidr, s.router4)
+        if s.ipv6_cidr:
+            self.dp.set_subnet(li, s.ipv6_cidr, s.router6)
+        kg = _KeyGroup(key, engine, g, li, ifname)
+        kg.index[seed.id] = 0
+        self.keys[key] = kg
+        return kg
+
+    def _add_nat_gateway(self, nat) -> None:
+        """A NAT gateway is a second kind of group: an engine with the NAT-gateway profile
+        (source ports 1024-65535, every idle timeout at most ``idle_timeout``), an inside link
+        into its public subnet and an outside link onto the internet. A TCP segment of a
+        connection it no longer knows (timed out) is answered with a RST, as AWS documents."""
+        from hyperplane._engine import Engine
+
+        t = Timeouts()
+        idle = float(nat.idle_timeout)
+        t = dataclasses.replace(t, **{f.name: min(getattr(t, f.name), idle)
+                                      for f in dataclasses.fields(t)})
+        t = dataclasses.replace(t, tcp_established=idle, udp_replied=idle)
+        cfg = self._engine_config([Eni(eni_id(self.plan.name, nat.id, ()), ipv4=nat.public_ipv4)],
+                                  timeouts=t, port_min=1024)
+        engine = Engine(cfg, clock=self.now)
+        g = self.dp.add_group(engine)
+        out = self.dp.add_link("eni", g, name=nat.outside_ifname, mac=nat.outside_mac,
+                               ifname=nat.outside_ifname)
+        self.dp.add_address(out, nat.public_ipv4)
+        self.dp.set_subnet(out, nat.internet_cidr, nat.internet_router4)
+        inside = self.dp.add_link("inside", g, name=nat.inside_ifname, mac=nat.inside_mac,
+                                  ifname=nat.inside_ifname)
+        self.dp.add_address(inside, nat.private_ipv4)
+        self.dp.set_subnet(inside, nat.prefix4, nat.router4)
+        self.dp.set_group_options(g, rst_unknown_tcp=True)
+        self.natgw[nat.id] = engine
+
+    # ---- effects of the control plane ---------------------------------------------------------
+    def eni_active(self, eni) -> None:
+        kg = self.keys.get(tuple(eni.key))
+        if kg is None:
+            from hyperplane import lab
+
+            i = len(self.keys)
+            ifname = f"eni{i}"
+            while any(k.ifname == ifname for k in self.keys.values()):
+                i += 1
+                ifname = f"eni{i}"
+            mac = lab_mac(self.plan.name, "eni", i, self._macs)
+            lab.add_eni_link(self.plan, eni.subnet, ifname, mac)
+            kg = self._add_key(tuple(eni.key), ifname, mac, eni=eni)
+        if eni.id in kg.index:
+            kg.engine.set_eni_enabled(kg.index[eni.id], True)
+        else:
+            kg.engine.add_eni(Eni(eni.id, ipv4=eni.ipv4, ipv6=eni.ipv6))
+            kg.index[eni.id] = len(kg.engine.enis) - 1
+        addrs = [a for a in (eni.ipv4, eni.ipv6) if a]
+        for a in addrs:
+            self.dp.add_address(kg.link, a)
+        kg.addresses[eni.id] = addrs
+        log.info("ENI %s available: %s on %s", eni.id, " ".join(addrs), kg.ifname)
+
+    def eni_retired(self, eni) -> None:
+        kg = self.keys.get(tuple(eni.key))
+        if kg is not None and eni.id in kg.index:
+            kg.engine.set_eni_enabled(kg.index[eni.id], False)
+
+    def eni_deleted(self, eni) -> None:
+        kg = self.keys.get(tuple(eni.key))
+        if kg is None or eni.id not in kg.index:
+            return
+        kg.engine.set_eni_enabled(kg.index[eni.id], False)
+        for a in kg.addresses.pop(eni.id, []):
+            self.dp.remove_address(kg.link, a)
+        log.info("ENI %s deleted", eni.id)
+
+    def env_state(self, env: str, state: str, key) -> None:
+        li = self.env_links.get(env)
+        if li is None:
+            return
+        if state == "active" and key is not None:
+            self.dp.set_link_group(li, self.keys[tuple(key)].group)
+        self.dp.set_link_state(li, state)
+
+    def env_ipv6(self, env: str, allowed: bool) -> None:
+        li = self.env_links.get(env)
+        if li is not None:
+            self.dp.set_link_ipv6(li, allowed)
+
+    # ---- the control plane's tick -------------------------------------------------------------
+    def tick(self) -> None:
+        links = self.dp.counters()["links"]
+        env_packets = {x["name"]: x["rx_packets"] for x in links if x["name"] in self.env_links}
+        env_blocked = {x["name"]: x["blocked"] for x in links if x["name"] in self.env_links}
+        pools = {k: kg.engine.pool_fill() for k, kg in self.keys.items()}
+        exhausted = [k for k, kg in self.keys.items() if kg.engine.take_signals()]
+        self.cp.tick(self.now(), env_packets=env_packets, env_blocked=env_blocked, pools=pools,
+                     exhausted=exhausted)
+
+    def advance_clock(self, seconds: float) -> float:
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or \
+                not 0 <= seconds <= 10 * 365 * 86400:
+            raise ValueError("advance must be a number of seconds from 0 to ten years")
+        self.offset += float(seconds)
+        self.dp.set_clock_offset(self.offset)
+        self.tick()
+        return self.now()
 
     # ---- control socket ---------------------------------------------------------------------
     def open_control(self) -> None:
@@ -125,7 +295,17 @@ class Daemon:
                     pass
 
     def handle(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        from hyperplane.vpc import ControlPlaneError
+
         cmd = req.get("cmd") if isinstance(req, dict) else None
+        try:
+            return self._handle(cmd, req)
+        except ControlPlaneError as e:
+            return {"ok": False, "error": str(e), "code": e.code}
+        except (TypeError, ValueError, KeyError) as e:
+            return {"ok": False, "error": f"bad {cmd} request: {e}"}
+
+    def _handle(self, cmd: Any, req: Dict[str, Any]) -> Dict[str, Any]:
         if cmd == "ping":
             return {"ok": True, "pid": os.getpid(), "name": self.plan.name,
                     "uptime": time.time() - self.started}
@@ -135,26 +315,57 @@ class Daemon:
             return {"ok": True, "entries": self.conntrack()}
         if cmd == "neighbours":
             return {"ok": True, "neighbours": self.dp.neighbours()}
+        if cmd == "enis":
+            self.tick()
+            return {"ok": True, "now": self.now(), "enis": self.cp.eni_list(self.now())}
+        if cmd == "functions":
+            self.tick()
+            return {"ok": True, "now": self.now(), "functions": self.cp.function_list(self.now())}
+        if cmd == "function_update":
+            r = self.cp.update_function(
+                _text(req, "name"), subnet_ids=_texts(req, "subnet_ids"),
+                security_group_ids=_texts(req, "security_group_ids"),
+                ipv6_allowed=_flag(req, "ipv6"), now=self.now())
+            self.tick()
+            return {"ok": True, "function": r}
+        if cmd == "invoke":
+            r = self.cp.invoke(_text(req, "name"), self.now())
+            return {"ok": True, "result": r}
+        if cmd == "clock":
+            now = self.advance_clock(req.get("advance", 0))
+            return {"ok": True, "now": now, "offset": self.offset}
         if cmd == "stop":
             self.stop_reason = "control request"
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}; known: ping, counters, "
-                                      "conntrack, neighbours, stop"}
+                                      "conntrack, neighbours, enis, functions, "
+                                      "function_update, invoke, clock, stop"}
 
     def counters(self) -> Dict[str, Any]:
         out = self.dp.counters()
-        out["enis"] = [{"id": eid, **e.counters(), "pool": e.pool_fill()}
-                       for eid, e in self.engines.items()]
+        out["enis"] = [{"id": kg.engine.enis[0].id, "key": [kg.key[0], list(kg.key[1])],
+                        "eni_ids": list(kg.index), "live_eni_ids": list(kg.addresses),
+                        **kg.engine.counters(),
+                        "pool": kg.engine.pool_fill()}
+                       for kg in self.keys.values()]
+        out["nat_gateways"] = [{"id": nid, **e.counters(), "pool": e.pool_fill()}
+                               for nid, e in self.natgw.items()]
+        out["control_plane"] = dict(self.cp.counters)
+        out["clock"] = {"now": self.now(), "offset": self.offset}
         return out
 
     def conntrack(self) -> List[Dict[str, Any]]:
         rows = []
-        for eid, e in self.engines.items():
+        tables = [(kg.engine, None) for kg in self.keys.values()]
+        tables += [(e, nid) for nid, e in self.natgw.items()]
+        for e, nat in tables:
             for x in e.entries():
                 d = x._asdict()
                 d["orig"] = x.orig._asdict()
                 d["reply"] = x.reply._asdict()
-                d["eni_id"] = eid
+                d["eni_id"] = x.eni
+                if nat:
+                    d["nat_gateway"] = nat
                 rows.append(d)
         return rows
 
@@ -174,8 +385,13 @@ class Daemon:
         log.info("data path running: %d ENI link(s), %d environment link(s)",
                  len(self.plan.enis), len(self.plan.envs))
         try:
+            self.tick()
             while self.stop_reason is None:
-                r = self.dp.poll(POLL_MS)
+                wait = max(0, int((self._next_tick - time.monotonic()) * 1000))
+                r = self.dp.poll(wait)
+                if time.monotonic() >= self._next_tick:
+                    self._next_tick = time.monotonic() + TICK_MS / 1000
+                    self.tick()
                 if r == POLL_INTERRUPTED or (r > 0 and r & self._wake_bit):
                     try:
                         os.read(self._wake_r, 512)
@@ -207,13 +423,36 @@ class Daemon:
         self._wake_r = self._wake_w = -1
 
 
-def run_plan(plan, control_path: Optional[str]) -> int:
+def run_plan(plan, control_path: Optional[str], initial_active: bool = False) -> int:
     """Enter the node namespace and run the data path until SIGINT/SIGTERM or a stop request."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     netns.enter(plan.node_ns)
-    d = Daemon(plan, control_path)
+    d = Daemon(plan, control_path, initial_active=initial_active)
     return d.run()
+
+
+def _text(req: Dict[str, Any], key: str) -> str:
+    v = req.get(key)
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"{key!r} must be a non-empty string")
+    return v
+
+
+def _texts(req: Dict[str, Any], key: str) -> Optional[List[str]]:
+    v = req.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{key!r} must be a list of strings")
+    return v
+
+
+def _flag(req: Dict[str, Any], key: str) -> Optional[bool]:
+    v = req.get(key)
+    if v is not None and not isinstance(v, bool):
+        raise ValueError(f"{key!r} must be true or false")
+    return v
 
 
 def request(control_path: str, cmd: str, timeout: float = 5.0, **args) -> Dict[str, Any]:
