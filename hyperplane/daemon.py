@@ -1,18 +1,21 @@
 """The data path process: opens the lab's links, runs the C loop, serves the control socket.
 
 One process, one thread. It moves itself into the node namespace, builds one Engine per ENI
-(the connection table of one (subnet, security groups) key) and a DataPath with
+key (the connection table of one (subnet, security groups) key, holding one address per
+scale-out ENI of that key) and a DataPath with
 
-* an ENI link per ENI: an AF_PACKET ring on the veth into the subnet; the data path answers
-  ARP/NDP for the ENI's addresses and finds the subnet's hosts (and the VPC router .1);
+* a link per key: an AF_PACKET ring on the veth into the subnet; the data path answers
+  ARP/NDP for the key's live ENI addresses and finds the subnet's hosts (and the VPC router .1);
 * an environment link per execution environment: a TAP fd (opened inside the environment's
   namespace, the way a microVM's virtio-net device is backed by a tap fd its VMM holds) or an
-  AF_PACKET ring on the node end of a veth; the data path answers for the gateway address.
+  AF_PACKET ring on the node end of a veth; the data path answers for the gateway address;
+* per NAT gateway, an inside link (into its public subnet) and an outside link (the internet).
 
 Then it loops: ``DataPath.poll`` moves packets in C with the GIL released and comes back only
-for the control socket, a signal (SIGINT/SIGTERM stop it cleanly), or every TICK_MS. The
-control protocol is one JSON object per line over a root-only Unix socket: ``{"cmd": "ping" |
-"counters" | "conntrack" | "neighbours" | "stop"}`` answered by one JSON line.
+for the control socket, a signal (SIGINT/SIGTERM stop it cleanly), or every TICK_MS, when the
+VPC control plane (hyperplane.vpc) ticks. The control protocol is one JSON object per line over
+a root-only Unix socket: ``{"cmd": "ping" | "counters" | "conntrack" | "neighbours" | "enis" |
+"functions" | "function_update" | "invoke" | "clock" | "stop", ...}`` answered by one JSON line.
 """
 from __future__ import annotations
 
