@@ -528,6 +528,15 @@ def cmd_clock(args) -> int:
     return EXIT_OK
 
 
+def _command_group(sub, name: str, help: str):
+    """A command with subcommands (``lab``, ``eni``, ``function``); given alone it prints its
+    own usage and exits with the usage status."""
+    parser = sub.add_parser(name, help=help)
+    group = parser.add_subparsers(dest=f"{name}_command", metavar=f"{name.upper()}_COMMAND")
+    parser.set_defaults(func=lambda a: (parser.print_usage(sys.stderr), EXIT_USAGE)[1])
+    return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=PROG,
@@ -548,9 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     p.set_defaults(func=cmd_demo)
 
-    labp = sub.add_parser("lab", help="build, inspect, use and remove labs (root)")
-    labsub = labp.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
-    labp.set_defaults(func=lambda a: (labp.print_usage(sys.stderr), EXIT_USAGE)[1])
+    labsub = _command_group(sub, "lab", "build, inspect, use and remove labs (root)")
 
     def named(q):
         q.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
@@ -578,16 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = labsub.add_parser("list", help="labs on this machine")
     q.set_defaults(func=cmd_lab_list)
 
-    p = sub.add_parser("eni", help="the lab's Hyperplane ENIs (running lab)")
-    esub = p.add_subparsers(dest="eni_command", metavar="ENI_COMMAND")
-    p.set_defaults(func=lambda a: (p.print_usage(sys.stderr), EXIT_USAGE)[1])
+    esub = _command_group(sub, "eni", "the lab's Hyperplane ENIs (running lab)")
     q = named(esub.add_parser("list", help="ENIs with state, key, addresses, users, port use"))
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_eni_list)
 
-    fp = sub.add_parser("function", help="the lab's Lambda functions (running lab)")
-    fsub = fp.add_subparsers(dest="function_command", metavar="FUNCTION_COMMAND")
-    fp.set_defaults(func=lambda a: (fp.print_usage(sys.stderr), EXIT_USAGE)[1])
+    fsub = _command_group(sub, "function", "the lab's Lambda functions (running lab)")
     q = named(fsub.add_parser("list", help="functions with state and VPC config"))
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_function_list)

@@ -13,6 +13,7 @@ zero. This is test tooling in Python (bounded by ``rate`` and a deadline), not t
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -76,11 +77,10 @@ def udp_flow_burst(ns: Optional[str], src: str, dst: str, dports: Sequence[int],
                 try:
                     s.sendto(pkt, (dst, 0))
                     break
-                except (BlockingIOError, OSError) as e:
-                    if isinstance(e, BlockingIOError) or getattr(e, "errno", 0) == 105:
-                        time.sleep(0.001)  # ENOBUFS: the device queue is full; retry
-                    else:
+                except OSError as e:  # EAGAIN / ENOBUFS: the device queue is full; retry
+                    if e.errno not in (errno.EAGAIN, errno.ENOBUFS):
                         raise
+                    time.sleep(0.001)
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"burst from {src}: {sent} of {count} sent") from None
             sent += 1

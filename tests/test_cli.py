@@ -91,3 +91,11 @@ def test_help():
     assert p.returncode == 0
     for cmd in ("up", "status", "exec", "down", "list"):
         assert cmd in p.stdout
+
+
+@pytest.mark.parametrize("group", ["lab", "eni", "function"])
+def test_a_command_group_alone_prints_its_own_usage(group):
+    p = run_cli(group, engine="reference")
+    assert p.returncode == 2
+    assert p.stderr.startswith(f"usage: hyperplane {group} ")
+    assert f"{group.upper()}_COMMAND" in p.stderr
