@@ -281,3 +281,24 @@ def test_bad_input_l4_checksum_stays_bad(make_engine, family, proto):
     assert bad_out != good_out
     # one's-complement: the output is off by exactly what the input was off by
     assert (bad_out - good_out) % 0xFFFF == (bad_in - good_in) % 0xFFFF
+
+
+@FAMILIES
+@PROTOS
+@pytest.mark.parametrize("port", [2055, 4789, 5353], ids=["netflow", "vxlan", "mdns"])
+def test_translated_port_that_scapy_binds_reads_back_as_bytes(make_engine, family, proto, port):
+    """A pool may hand out a port scapy binds to a protocol (the differential test once drew
+    2055, NetFlow, from 536-65535); both directions still read back byte for byte."""
+    import scapy.layers.netflow  # noqa: F401  (binds 2055; any test module may have loaded
+    import scapy.layers.vxlan  # noqa: F401      these already, so the test does so itself)
+    eng = make_engine(port_min=port, port_max=port)
+    env, host, eni = ENV[family][0], HOST[family][0], eni_addr(ENI_A, family)
+    out = _open(eng, family, proto, payload=b"\x00\x01\x02payload")
+    assert fields(out.packet).sport == port
+    assert rebuilt_by_scapy(out.packet) == out.packet
+    reply = build(family, proto, host, eni, 443, port, flags="SA", payload=b"\x00\x01\x02reply")
+    res = eng.inbound(reply, now=1.5)
+    assert res.verdict == Verdict.REPLY
+    assert fields(res.packet) == Fields(host, 443, env, 40001, 63)
+    assert_checksums_valid(res.packet)
+    assert rebuilt_by_scapy(res.packet) == res.packet
