@@ -74,13 +74,107 @@ static void lru_append(hp_engine *e, uint32_t idx)
     e->lru_tail[x->state] = idx;
 }
 
-static void set_state(hp_engine *e, uint32_t idx, int state)
+/* ---- events ----------------------------------------------------------------------------- */
+
+static hp_event *ev_slot(hp_engine *e, int type, double now)
+{
+    if (e->ev_tail - e->ev_head > e->ev_mask) { /* full: keep the oldest, count the loss */
+        e->ev_lost++;
+        return NULL;
+    }
+    hp_event *v = &e->ev[e->ev_tail++ & e->ev_mask];
+    memset(v, 0, sizeof *v);
+    v->type = (uint8_t)type;
+    v->time = now;
+    return v;
+}
+
+static void ev_conn(hp_engine *e, uint32_t idx, int type, int reason, double now)
+{
+    if (!e->ev)
+        return;
+    const hp_entry *x = &e->entries[idx];
+    hp_event *v = ev_slot(e, type, now);
+    if (!v)
+        return;
+    memcpy(v->tuple, x->tuple, sizeof v->tuple);
+    for (int d = 0; d < 2; d++) {
+        v->packets[d] = x->packets[d];
+        v->bytes[d] = x->bytes[d];
+        if (type == HP_EV_DESTROY) {
+            v->dpackets[d] = (uint32_t)((uint32_t)x->packets[d] - x->rep_packets[d]);
+            v->dbytes[d] = x->bytes[d] - x->rep_bytes[d];
+        }
+    }
+    v->id = x->id;
+    v->state = x->state;
+    v->eni_index = x->eni_index;
+    v->reason = (uint8_t)reason;
+}
+
+/* The ENI a refused packet concerns: inbound, the one whose address it was sent to; outbound,
+ * the first that takes new connections of its family (the one it would have left from). */
+static unsigned reject_eni(const hp_engine *e, const hp_tuple *t, int dir)
+{
+    int f = FAM(t->family);
+    for (unsigned i = 0; i < e->n_enis; i++) {
+        if (!e->enis[i].has[f])
+            continue;
+        if (dir == HP_DIR_REPLY ? memcmp(e->enis[i].addr[f], t->dst, 16) == 0
+                                : !e->enis[i].disabled)
+            return i;
+    }
+    return HP_EV_NO_ENI;
+}
+
+static void ev_reject(hp_engine *e, const hp_tuple *t, int dir, uint32_t nbytes, int reason,
+                      double now)
+{
+    if (!e->ev)
+        return;
+    hp_event *v = ev_slot(e, HP_EV_REJECT, now);
+    if (!v)
+        return;
+    v->tuple[0] = *t;
+    v->packets[dir] = 1;
+    v->bytes[dir] = nbytes;
+    v->eni_index = (uint8_t)reject_eni(e, t, dir);
+    v->reason = (uint8_t)reason;
+}
+
+int hp_engine_events(hp_engine *e, uint32_t capacity)
+{
+    free(e->ev);
+    e->ev = NULL;
+    e->ev_mask = e->ev_head = e->ev_tail = 0;
+    if (capacity == 0)
+        return 0;
+    uint32_t n = 16;
+    while (n < capacity && n < (1u << 24))
+        n <<= 1;
+    e->ev = malloc((size_t)n * sizeof *e->ev);
+    if (!e->ev)
+        return -1;
+    e->ev_mask = n - 1;
+    return 0;
+}
+
+uint32_t hp_engine_take_events(hp_engine *e, hp_event *out, uint32_t max)
+{
+    uint32_t k = 0;
+    for (; k < max && e->ev_head != e->ev_tail; k++)
+        out[k] = e->ev[e->ev_head++ & e->ev_mask];
+    return k;
+}
+
+static void set_state(hp_engine *e, uint32_t idx, int state, double now)
 {
     if (e->entries[idx].state == state)
         return;
     lru_unlink(e, idx);
     e->entries[idx].state = (uint8_t)state;
     lru_append(e, idx);
+    ev_conn(e, idx, HP_EV_UPDATE, 0, now);
 }
 
 /* ---- engine life ------------------------------------------------------------------------ */
@@ -122,6 +216,7 @@ void hp_engine_free(hp_engine *e)
                 }
     free(e->buckets);
     free(e->entries);
+    free(e->ev);
     free(e);
 }
 
@@ -192,9 +287,10 @@ static hp_pool *get_pool(hp_engine *e, unsigned i, int family, int proto)
 
 /* ---- expiry ----------------------------------------------------------------------------- */
 
-static void conn_remove(hp_engine *e, uint32_t idx, double now)
+static void conn_remove(hp_engine *e, uint32_t idx, double now, int why)
 {
     hp_entry *x = &e->entries[idx];
+    ev_conn(e, idx, HP_EV_DESTROY, why, now);
     int family = x->tuple[0].family, proto = x->tuple[0].proto;
     lru_unlink(e, idx);
     hash_remove(e, idx, HP_DIR_ORIG);
@@ -216,11 +312,61 @@ double hp_engine_advance(hp_engine *e, double now)
         double timeout = e->cfg.timeouts[cls];
         uint32_t idx;
         while ((idx = e->lru_head[cls]) && e->entries[idx].last_seen + timeout <= now) {
-            conn_remove(e, idx, now);
+            conn_remove(e, idx, now, HP_GONE_EXPIRED);
             e->expired++;
         }
     }
     return now;
+}
+
+int hp_engine_delete(hp_engine *e, const hp_tuple *orig, double now)
+{
+    uint32_t node = lookup(e, orig);
+    if (!node || (node & 1))
+        return -1;
+    conn_remove(e, node >> 1, now, HP_GONE_DELETED);
+    return 0;
+}
+
+uint32_t hp_engine_flush(hp_engine *e, double now)
+{
+    uint32_t n = 0;
+    for (int cls = 1; cls < HP_N_CLASSES; cls++)
+        for (uint32_t idx; (idx = e->lru_head[cls]); n++)
+            conn_remove(e, idx, now, HP_GONE_DELETED);
+    return n;
+}
+
+uint32_t hp_engine_flow_collect(hp_engine *e, hp_event *out, uint32_t max, uint32_t *cursor,
+                                double now)
+{
+    uint32_t k = 0, idx = *cursor ? *cursor : 1;
+    for (; idx <= e->hw && k < max; idx++) {
+        hp_entry *x = &e->entries[idx];
+        /* rep_packets is 32 bits: deltas are taken modulo 2^32 (fewer per collection) */
+        if (x->state == HP_S_NONE || ((uint32_t)x->packets[0] == x->rep_packets[0] &&
+                                      (uint32_t)x->packets[1] == x->rep_packets[1]))
+            continue;
+        hp_event *v = &out[k++];
+        memset(v, 0, sizeof *v);
+        v->type = HP_EV_FLOW;
+        v->time = x->last_seen;
+        memcpy(v->tuple, x->tuple, sizeof v->tuple);
+        for (int d = 0; d < 2; d++) {
+            v->packets[d] = x->packets[d];
+            v->bytes[d] = x->bytes[d];
+            v->dpackets[d] = (uint32_t)((uint32_t)x->packets[d] - x->rep_packets[d]);
+            v->dbytes[d] = x->bytes[d] - x->rep_bytes[d];
+            x->rep_packets[d] = (uint32_t)x->packets[d];
+            x->rep_bytes[d] = x->bytes[d];
+        }
+        v->id = x->id;
+        v->state = x->state;
+        v->eni_index = x->eni_index;
+    }
+    (void)now;
+    *cursor = idx > e->hw ? 0 : idx;
+    return k;
 }
 
 /* ---- new connection --------------------------------------------------------------------- */
@@ -307,6 +453,8 @@ found:;
     lru_append(e, idx);
     e->n_entries++;
     e->created++;
+    x->id = (uint32_t)e->created;
+    ev_conn(e, idx, HP_EV_NEW, 0, now);
     *out_idx = idx;
     return HP_R_NONE;
 }
@@ -314,7 +462,7 @@ found:;
 /* ---- state ------------------------------------------------------------------------------ */
 
 /* Apply the transition; returns the verdict (HP_DROP for an invalid TCP transition). */
-static int update_state(hp_engine *e, uint32_t idx, int dir, uint8_t tcp_flags)
+static int update_state(hp_engine *e, uint32_t idx, int dir, uint8_t tcp_flags, double now)
 {
     hp_entry *x = &e->entries[idx];
     int verdict = dir == HP_DIR_ORIG ? HP_ESTABLISHED : HP_REPLY;
@@ -325,10 +473,10 @@ static int update_state(hp_engine *e, uint32_t idx, int dir, uint8_t tcp_flags)
         if (nxt >= 0) {
             if (nxt == HP_S_SYN_SENT && x->state != HP_S_SYN_SENT)
                 verdict = HP_NEW; /* TIME_WAIT/CLOSE re-opened by a new SYN */
-            set_state(e, idx, nxt);
+            set_state(e, idx, nxt, now);
         }
     } else if (dir == HP_DIR_REPLY && x->state == HP_S_UDP_UNREPLIED) {
-        set_state(e, idx, HP_S_UDP_REPLIED);
+        set_state(e, idx, HP_S_UDP_REPLIED, now);
     }
     return verdict;
 }
@@ -345,6 +493,8 @@ static inline void account(hp_engine *e, uint32_t idx, int dir, uint32_t nbytes,
     }
     e->packets[dir]++;
     e->bytes[dir] += nbytes;
+    e->enis[x->eni_index].packets[dir]++;
+    e->enis[x->eni_index].bytes[dir] += nbytes;
 }
 
 /* ---- manip ------------------------------------------------------------------------------ */
@@ -410,24 +560,29 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
     if (dir == HP_DIR_ORIG) {
         if (!node) {
             r = new_conn(e, &p, now, &idx);
-            if (r)
+            if (r) {
+                if (r == HP_R_SG_DENIED || r == HP_R_TCP_NOT_SYN)
+                    ev_reject(e, &p.t, HP_DIR_ORIG, p.l3_len, r, now);
                 return drop(e, r, reason);
+            }
             verdict = HP_NEW;
         } else {
             if (node & 1) /* the packet looks like a reply of another connection */
                 return drop(e, HP_R_TUPLE_COLLISION, reason);
             idx = node >> 1;
-            verdict = update_state(e, idx, HP_DIR_ORIG, p.tcp_flags);
+            verdict = update_state(e, idx, HP_DIR_ORIG, p.tcp_flags, now);
             if (verdict == HP_DROP)
                 return drop(e, HP_R_TCP_INVALID, reason);
         }
         hp_entry *x = &e->entries[idx];
         manip(b, &p, flags, 1, e->enis[x->eni_index].addr[FAM(p.t.family)], x->eni_port);
     } else {
-        if (!node || !(node & 1))
+        if (!node || !(node & 1)) {
+            ev_reject(e, &p.t, HP_DIR_REPLY, p.l3_len, HP_R_UNSOLICITED, now);
             return drop(e, HP_R_UNSOLICITED, reason);
+        }
         idx = node >> 1;
-        verdict = update_state(e, idx, HP_DIR_REPLY, p.tcp_flags);
+        verdict = update_state(e, idx, HP_DIR_REPLY, p.tcp_flags, now);
         if (verdict == HP_DROP)
             return drop(e, HP_R_TCP_INVALID, reason);
         hp_entry *x = &e->entries[idx];

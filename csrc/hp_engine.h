@@ -19,17 +19,42 @@ typedef struct {
     uint32_t lru_prev, lru_next; /* neighbours in the list of this state's timeout class */
     double last_seen;
     uint64_t packets[2], bytes[2];
+    uint64_t rep_bytes[2];       /* bytes already handed to flow logs (hp_engine_flow_collect) */
+    uint32_t rep_packets[2];     /* packets already handed to flow logs */
     uint16_t eni_port;           /* also tuple[REPLY].dport */
     uint8_t eni_index;
     uint8_t state;               /* enum hp_state; 0 = slot free */
-    uint32_t pad;
+    uint32_t id;                 /* connections created before it + 1 (conntrack's id=) */
 } hp_entry;
+
+/* What happened to a connection, as conntrack -E reports it (plus REJECT, for flow logs: an
+ * unsolicited inbound packet, or a new connection refused by policy). Events go to a bounded
+ * ring that the caller drains between polls; a full ring counts ev_lost and keeps the oldest. */
+enum hp_event_type {
+    HP_EV_NEW = 1,     /* a connection was created (counters zero) */
+    HP_EV_UPDATE = 2,  /* its state changed (counters before the packet that changed it) */
+    HP_EV_DESTROY = 3, /* expired or deleted; reason HP_GONE_* */
+    HP_EV_REJECT = 4,  /* a packet refused: tuple[0] as it arrived, reason an hp_reason */
+    HP_EV_FLOW = 5     /* from hp_engine_flow_collect: traffic since the last collection */
+};
+enum { HP_GONE_EXPIRED = 0, HP_GONE_DELETED = 1 };
+#define HP_EV_NO_ENI 0xFF
+
+typedef struct {
+    hp_tuple tuple[2];                 /* [ORIG], [REPLY]; REJECT: [0] the packet, [1] zero */
+    uint64_t packets[2], bytes[2];     /* totals; REJECT: the packet, in its direction */
+    uint64_t dpackets[2], dbytes[2];   /* DESTROY/FLOW: not yet handed to flow logs */
+    double time;
+    uint32_t id;
+    uint8_t type, state, eni_index, reason;
+} hp_event;
 
 typedef struct {
     uint8_t has[2];      /* [0]: IPv4 address present, [1]: IPv6 */
     uint8_t disabled;    /* retired: takes no new connections, its existing ones go on */
     uint8_t addr[2][16]; /* IPv4 in the first 4 bytes */
     hp_pool *pools[2][2]; /* [is_ipv6][is_udp], built on first use */
+    uint64_t packets[2], bytes[2]; /* translated through this ENI, per direction */
 } hp_eni;
 
 typedef struct {
@@ -55,6 +80,9 @@ typedef struct {
     uint8_t signals[HP_MAX_SIGNALS];
     unsigned n_signals;
     double last_now;
+    hp_event *ev;      /* event ring (NULL: events off), ev_mask + 1 slots */
+    uint32_t ev_mask, ev_head, ev_tail;
+    uint64_t ev_lost;
     /* counters */
     uint64_t packets[2], bytes[2], created, expired;
     uint64_t drops[HP_R_COUNT];
@@ -68,6 +96,20 @@ size_t hp_engine_memory(const hp_engine *e);
 int hp_engine_set_sg(hp_engine *e, const hp_sg_rule *rules, uint32_t n, int enforce);
 /* Let ENI i take new connections (enabled) or not; existing connections are not touched. */
 int hp_engine_set_eni_enabled(hp_engine *e, unsigned i, int enabled);
+
+/* Events: capacity 0 turns them off; otherwise the ring holds capacity (rounded up to a power
+ * of two) events. -1 when out of memory. Take copies up to max of the oldest into out. */
+int hp_engine_events(hp_engine *e, uint32_t capacity);
+uint32_t hp_engine_take_events(hp_engine *e, hp_event *out, uint32_t max);
+/* Flow-log deltas: for each connection with traffic not yet collected, one HP_EV_FLOW record
+ * (dpackets/dbytes), marking it collected. Walks slots from *cursor; returns the number written
+ * (at most max) and sets *cursor to 0 once the table was walked to the end. */
+uint32_t hp_engine_flow_collect(hp_engine *e, hp_event *out, uint32_t max, uint32_t *cursor,
+                                double now);
+/* Delete the connection whose orig tuple is *orig (DESTROY event, reason deleted): 0, or -1
+ * when there is none. hp_engine_flush deletes every connection and returns how many. */
+int hp_engine_delete(hp_engine *e, const hp_tuple *orig, double now);
+uint32_t hp_engine_flush(hp_engine *e, double now);
 
 /* Take the time (never backwards), expire what is due; returns the time used. */
 double hp_engine_advance(hp_engine *e, double now);

@@ -44,11 +44,35 @@ cdef extern from "hp_engine.h":
         uint16_t eni_port
         uint8_t eni_index
         uint8_t state
+        uint32_t id
+
+    enum:
+        HP_EV_NEW
+        HP_EV_UPDATE
+        HP_EV_DESTROY
+        HP_EV_REJECT
+        HP_EV_FLOW
+        HP_EV_NO_ENI
+
+    ctypedef struct hp_event:
+        hp_tuple tuple[2]
+        uint64_t packets[2]
+        uint64_t bytes[2]
+        uint64_t dpackets[2]
+        uint64_t dbytes[2]
+        double time
+        uint32_t id
+        uint8_t type
+        uint8_t state
+        uint8_t eni_index
+        uint8_t reason
 
     ctypedef struct hp_eni:
         uint8_t has[2]
         uint8_t disabled
         hp_pool *pools[2][2]
+        uint64_t packets[2]
+        uint64_t bytes[2]
 
     ctypedef struct hp_config:
         uint32_t capacity
@@ -73,6 +97,9 @@ cdef extern from "hp_engine.h":
         uint64_t created
         uint64_t expired
         uint64_t drops[19]
+        hp_event *ev
+        uint32_t ev_mask
+        uint64_t ev_lost
 
     hp_engine *hp_engine_new(const hp_config *cfg) nogil
     void hp_engine_free(hp_engine *e) nogil
@@ -81,6 +108,12 @@ cdef extern from "hp_engine.h":
     int hp_engine_set_sg(hp_engine *e, const hp_sg_rule *rules, uint32_t n, int enforce) nogil
     int hp_engine_set_eni_enabled(hp_engine *e, unsigned i, int enabled) nogil
     double hp_engine_advance(hp_engine *e, double now) nogil
+    int hp_engine_events(hp_engine *e, uint32_t capacity) nogil
+    uint32_t hp_engine_take_events(hp_engine *e, hp_event *out, uint32_t max) nogil
+    uint32_t hp_engine_flow_collect(hp_engine *e, hp_event *out, uint32_t max,
+                                    uint32_t *cursor, double now) nogil
+    int hp_engine_delete(hp_engine *e, const hp_tuple *orig, double now) nogil
+    uint32_t hp_engine_flush(hp_engine *e, double now) nogil
     int hp_translate(hp_engine *e, int dir, uint8_t *pkt, uint32_t len, uint32_t flags,
                      double now, uint8_t *reason) nogil
     uint32_t hp_translate_batch(hp_engine *e, int dir, uint8_t *buf, const uint32_t *offsets,

@@ -12,14 +12,15 @@ from array import array
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cpython.bytearray cimport PyByteArray_AS_STRING
 
 from hyperplane._engine cimport *
 from hyperplane.config import EngineConfig, Eni
 from hyperplane.constants import Direction, DropReason, TimeoutClass, Verdict, state_name, PROTO_NAMES
 from hyperplane.reference import (
-    MAX_EGRESS_RULES, EntryInfo, Result, Tuple5, _check_new_eni, eni_index, parse_egress_rules)
+    EVENT_KINDS, GONE_REASONS, MAX_EGRESS_RULES, EntryInfo, Event, Result, Tuple5, _check_new_eni,
+    _orig_key, eni_index, parse_egress_rules)
 
 ENGINE_NAME = "compiled"
 
@@ -247,6 +248,97 @@ cdef class Engine:
             self._busy = False
         return passed
 
+    # ---- events, flow collection, deletion -----------------------------------------------------
+    def enable_events(self, capacity=16384):
+        """Record events (NEW/UPDATE/DESTROY/REJECT) in a ring of ``capacity`` (rounded up to a
+        power of two, at least 16) until ``take_events()``; 0 turns them off. A full ring keeps
+        the oldest events and counts the rest in ``events_lost``. Recording costs one copy per
+        connection event in C, nothing per packet of an existing connection."""
+        self._check_idle()
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or \
+                not 0 <= capacity <= 1 << 24:
+            raise ValueError(f"capacity {capacity!r}: must be an integer from 0 to {1 << 24}")
+        if hp_engine_events(self._e, capacity) < 0:
+            raise MemoryError("event ring")
+
+    @property
+    def events_lost(self):
+        return self._e.ev_lost
+
+    def take_events(self, max=None):
+        """The oldest recorded events (at most ``max``), removed from the ring."""
+        self._check_idle()
+        if self._e.ev == NULL:
+            return []
+        cdef uint32_t n = self._e.ev_mask + 1 if max is None else min(int(max), self._e.ev_mask + 1)
+        cdef hp_event *buf = <hp_event *>calloc(n if n else 1, sizeof(hp_event))
+        if buf == NULL:
+            raise MemoryError("events")
+        try:
+            n = hp_engine_take_events(self._e, buf, n)
+            return [self._event(&buf[i]) for i in range(n)]
+        finally:
+            free(buf)
+
+    def flow_collect(self, now=None):
+        """One "flow" event per connection with traffic since the last collection (the delta
+        fields), marking it collected. Takes the time first, so what expires now ends in a
+        "destroy" event carrying its uncollected traffic instead."""
+        self._check_idle()
+        self._advance(now)
+        cdef uint32_t cursor = 0, n, chunk = 4096
+        cdef hp_event *buf = <hp_event *>calloc(chunk, sizeof(hp_event))
+        if buf == NULL:
+            raise MemoryError("flow records")
+        out = []
+        try:
+            while True:
+                n = hp_engine_flow_collect(self._e, buf, chunk, &cursor, 0.0)
+                out.extend(self._event(&buf[i]) for i in range(n))
+                if cursor == 0:
+                    return out
+        finally:
+            free(buf)
+
+    def delete(self, str proto, orig, now=None):
+        """Delete the connection whose orig tuple is ``orig`` (a "destroy" event, reason
+        "deleted"); False when there is none."""
+        self._check_idle()
+        cdef bytes key = _orig_key(proto, Tuple5(*orig))
+        cdef hp_tuple t
+        memset(&t, 0, sizeof(t))
+        t.family = key[0]
+        t.proto = key[1]
+        memcpy(t.src, <const char *>key + 2, 16)
+        memcpy(t.dst, <const char *>key + 18, 16)
+        t.sport = key[34] << 8 | key[35]
+        t.dport = key[36] << 8 | key[37]
+        cdef double tm = self._advance(now)
+        return hp_engine_delete(self._e, &t, tm) == 0
+
+    def flush(self, now=None):
+        """Delete every connection; returns how many."""
+        self._check_idle()
+        cdef double tm = self._advance(now)
+        return hp_engine_flush(self._e, tm)
+
+    cdef _event(self, hp_event *v):
+        proto = v.tuple[0].proto
+        kind = EVENT_KINDS[v.type - 1]
+        eni = self._enis[v.eni_index].id if v.eni_index != HP_EV_NO_ENI else None
+        if v.type == HP_EV_REJECT:
+            reason = _REASONS[v.reason].label
+        elif v.type == HP_EV_DESTROY:
+            reason = GONE_REASONS[v.reason]
+        else:
+            reason = ""
+        return Event(kind, v.time, v.id, v.tuple[0].family, PROTO_NAMES[proto],
+                     _tuple5(&v.tuple[0]),
+                     None if v.type == HP_EV_REJECT else _tuple5(&v.tuple[1]),
+                     "" if v.type == HP_EV_REJECT else state_name(proto, v.state), eni,
+                     v.packets[0], v.bytes[0], v.packets[1], v.bytes[1],
+                     v.dpackets[0], v.dbytes[0], v.dpackets[1], v.dbytes[1], reason)
+
     # ---- observation --------------------------------------------------------------------------
     def __len__(self):
         self._check_idle()
@@ -284,7 +376,7 @@ cdef class Engine:
             "packets_outbound": e.packets[0], "bytes_outbound": e.bytes[0],
             "packets_inbound": e.packets[1], "bytes_inbound": e.bytes[1],
             "connections_created": e.created, "connections_expired": e.expired,
-            "connections": e.n_entries, "capacity": e.cfg.capacity,
+            "connections": e.n_entries, "capacity": e.cfg.capacity, "events_lost": e.ev_lost,
             "drops": {r.label: e.drops[r] for r in _REASONS if r != DropReason.NONE},
         }
 
@@ -307,6 +399,15 @@ cdef class Engine:
                                     used=used, size=size,
                                     enabled=not self._e.enis[i].disabled))
         return out
+
+    def eni_counters(self):
+        """Packets and bytes translated through each ENI, per direction."""
+        self._check_idle()
+        return [dict(eni=eni.id, packets_outbound=self._e.enis[i].packets[0],
+                     bytes_outbound=self._e.enis[i].bytes[0],
+                     packets_inbound=self._e.enis[i].packets[1],
+                     bytes_inbound=self._e.enis[i].bytes[1])
+                for i, eni in enumerate(self._enis)]
 
     def take_signals(self):
         """Signals raised since the last call, e.g. ``("pool_exhausted", 4, "tcp")``."""

@@ -83,6 +83,46 @@ class EntryInfo(NamedTuple):
     bytes_reply: int
 
 
+class Event(NamedTuple):
+    """What happened to a connection, as ``conntrack -E`` reports it, from
+    ``Engine.take_events()`` (after ``enable_events()``), or a flow-log delta from
+    ``Engine.flow_collect()``.
+
+    kind: "new" (counters zero), "update" (the state changed; counters before the packet that
+    changed it), "destroy" (reason "expired" or "deleted"), "reject" (one packet refused:
+    ``orig`` is its tuple as it arrived, ``reply`` None, reason the drop reason: unsolicited,
+    security_group or tcp_not_syn; its packet and bytes count in the direction it came from),
+    "flow" (traffic since the last collection, in the delta fields).
+    """
+
+    kind: str
+    time: float
+    id: int                          #: 1 + connections created before it; 0 for "reject"
+    family: int
+    proto: str
+    orig: Tuple5
+    reply: Optional[Tuple5]
+    state: str                       #: the state after the event; "" for "reject"
+    eni: Optional[str]               #: the ENI it uses (reject: concerns), None if none
+    packets_orig: int
+    bytes_orig: int
+    packets_reply: int
+    bytes_reply: int
+    delta_packets_orig: int = 0      #: destroy/flow: not yet handed to a flow collection
+    delta_bytes_orig: int = 0
+    delta_packets_reply: int = 0
+    delta_bytes_reply: int = 0
+    reason: str = ""
+
+
+#: Event kinds, in csrc/hp_engine.h enum hp_event_type order (1-based).
+EVENT_KINDS = ("new", "update", "destroy", "reject", "flow")
+#: Why a connection was destroyed (hp_engine.h HP_GONE_*).
+GONE_REASONS = ("expired", "deleted")
+#: Drop reasons that produce a "reject" event.
+REJECT_REASONS = ("unsolicited", "security_group", "tcp_not_syn")
+
+
 # --------------------------------------------------------------------------------------------
 # Small helpers shared with the tests (and mirrored in csrc/hp_csum.h, csrc/hp_rand.h)
 # --------------------------------------------------------------------------------------------
@@ -198,12 +238,28 @@ class Conn:
     """One tracked connection: both tuples, the ct state and the counters."""
 
     __slots__ = ("id", "family", "proto", "orig_key", "reply_key", "env_addr", "env_port",
-                 "eni_index", "eni_addr", "eni_port", "state", "last_seen", "counters")
+                 "eni_index", "eni_addr", "eni_port", "state", "last_seen", "counters",
+                 "reported")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
         self.counters = [0, 0, 0, 0]  # packets_orig, bytes_orig, packets_reply, bytes_reply
+        self.reported = [0, 0, 0, 0]  # the same, as handed to flow_collect() so far
+
+
+def _orig_key(proto: str, orig: Tuple5) -> bytes:
+    """The table key of an orig tuple given as text (Engine.delete)."""
+    if proto not in ("tcp", "udp"):
+        raise ValueError(f"proto must be 'tcp' or 'udp', not {proto!r}")
+    src, dst = ipaddress.ip_address(orig.src), ipaddress.ip_address(orig.dst)
+    if src.version != dst.version:
+        raise ValueError(f"{orig}: source and destination of different families")
+    for port in (orig.sport, orig.dport):
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"{orig}: port {port!r} is not 0..65535")
+    return tuple_key(src.version, 6 if proto == "tcp" else 17, src.packed.ljust(16, b"\0"),
+                     dst.packed.ljust(16, b"\0"), orig.sport, orig.dport)
 
 
 def tuple_key(family: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bytes:
@@ -341,6 +397,10 @@ class Engine:
         self._drops = [0] * len(DropReason)
         self._egress: Optional[List[EgressRule]] = None   # None: allow everything
         self._disabled: set = set()     # indexes of ENIs that take no new connections
+        self._events: Optional[collections.deque] = None   # None: events off
+        self._events_cap = 0
+        self._events_lost = 0
+        self._eni_c: List[List[int]] = []   # per ENI: packets/bytes outbound, inbound
         for eni in config.enis:
             self._add_eni_unchecked(eni)
 
@@ -376,6 +436,7 @@ class Engine:
 
     def _add_eni_unchecked(self, eni: Eni) -> None:
         self._enis.append(eni)
+        self._eni_c.append([0, 0, 0, 0])
         self._exhausted.clear()
 
     def _pool(self, eni_index: int, family: int, proto: int) -> PortPool:
@@ -480,13 +541,15 @@ class Engine:
             if hit is None:
                 res = self._new_conn(p, key, now)
                 if isinstance(res, DropReason):
+                    if res in (R.SECURITY_GROUP, R.TCP_NOT_SYN):
+                        self._ev_reject(p, OUT, res, now)
                     return self._drop(res)
                 conn, verdict = res, Verdict.NEW
             else:
                 conn, d = hit
                 if d != OUT:      # the packet looks like a reply of another connection
                     return self._drop(R.TUPLE_COLLISION)
-                verdict = self._update_state(conn, OUT, p.tcp_flags)
+                verdict = self._update_state(conn, OUT, p.tcp_flags, now)
                 if verdict == Verdict.DROP:
                     return self._drop(R.TCP_INVALID)
             self._manip(buf, off, p, flags, src=True, addr=conn.eni_addr, port=conn.eni_port)
@@ -495,9 +558,10 @@ class Engine:
             self._c["bytes_outbound"] += p.l3_len
         else:
             if hit is None or hit[1] != IN:
+                self._ev_reject(p, IN, R.UNSOLICITED, now)
                 return self._drop(R.UNSOLICITED)
             conn = hit[0]
-            verdict = self._update_state(conn, IN, p.tcp_flags)
+            verdict = self._update_state(conn, IN, p.tcp_flags, now)
             if verdict == Verdict.DROP:
                 return self._drop(R.TCP_INVALID)
             self._manip(buf, off, p, flags, src=False, addr=conn.env_addr, port=conn.env_port)
@@ -616,6 +680,7 @@ class Engine:
         self._table[orig_key] = (conn, OUT)
         self._lru[state][conn.id] = conn
         self._c["connections_created"] += 1
+        self._ev_conn(conn, "new", now)
         return conn
 
     def _choose_port(self, p: _Parsed, now: float):
@@ -650,7 +715,8 @@ class Engine:
         return R.PORT_EXHAUSTED
 
     # 5. state ---------------------------------------------------------------------------------
-    def _update_state(self, conn: Conn, direction: Direction, tcp_flags: int) -> int:
+    def _update_state(self, conn: Conn, direction: Direction, tcp_flags: int,
+                      now: float) -> int:
         """Apply the transition; returns the verdict (DROP for an invalid TCP transition)."""
         verdict = Verdict.ESTABLISHED if direction == OUT else Verdict.REPLY
         if conn.proto == IPPROTO_TCP:
@@ -660,21 +726,22 @@ class Engine:
             if nxt >= 0:
                 if nxt == TcpState.SYN_SENT and conn.state != TcpState.SYN_SENT:
                     verdict = Verdict.NEW      # TIME_WAIT/CLOSE re-opened by a new SYN
-                self._set_state(conn, nxt)
+                self._set_state(conn, nxt, now)
         elif direction == IN and conn.state == UdpState.UNREPLIED:
-            self._set_state(conn, UdpState.REPLIED)
+            self._set_state(conn, UdpState.REPLIED, now)
         return verdict
 
-    def _set_state(self, conn: Conn, state: int) -> None:
+    def _set_state(self, conn: Conn, state: int, now: float) -> None:
         if state != conn.state:
             del self._lru[conn.state][conn.id]
             conn.state = state
             self._lru[state][conn.id] = conn
+            self._ev_conn(conn, "update", now)
 
     def _account(self, conn: Conn, direction: Direction, nbytes: int, now: float) -> None:
-        c = conn.counters
-        c[2 * direction] += 1
-        c[2 * direction + 1] += nbytes
+        for c in (conn.counters, self._eni_c[conn.eni_index]):
+            c[2 * direction] += 1
+            c[2 * direction + 1] += nbytes
         conn.last_seen = now
         self._lru[conn.state].move_to_end(conn.id)   # most recently used at the back
 
@@ -728,15 +795,115 @@ class Engine:
                 conn = next(iter(lru.values()))
                 if conn.last_seen + timeout > now:
                     break                         # the rest of the list is younger
-                self._remove(conn, now)
+                self._remove(conn, now, "expired")
                 self._c["connections_expired"] += 1
 
-    def _remove(self, conn: Conn, now: float) -> None:
+    def _remove(self, conn: Conn, now: float, why: str) -> None:
+        self._ev_conn(conn, "destroy", now, reason=why)
         del self._lru[conn.state][conn.id]
         del self._table[conn.orig_key]
         del self._table[conn.reply_key]
         self._pool(conn.eni_index, conn.family, conn.proto).release(conn.eni_port, now)
         self._exhausted.discard((conn.family, conn.proto))
+
+    # ---- events, flow collection, deletion -----------------------------------------------------
+    def enable_events(self, capacity: int = 16384) -> None:
+        """Record events (NEW/UPDATE/DESTROY/REJECT) in a ring of ``capacity`` (rounded up to a
+        power of two, at least 16) until ``take_events()``; 0 turns them off. A full ring keeps
+        the oldest events and counts the rest in ``events_lost``."""
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or \
+                not 0 <= capacity <= 1 << 24:
+            raise ValueError(f"capacity {capacity!r}: must be an integer from 0 to {1 << 24}")
+        n = 16
+        while n < capacity:
+            n <<= 1
+        self._events = collections.deque() if capacity else None
+        self._events_cap = n if capacity else 0
+
+    @property
+    def events_lost(self) -> int:
+        return self._events_lost
+
+    def take_events(self, max: Optional[int] = None) -> List[Event]:
+        """The oldest recorded events (at most ``max``), removed from the ring."""
+        if self._events is None:
+            return []
+        n = len(self._events) if max is None else min(max, len(self._events))
+        return [self._events.popleft() for _ in range(n)]
+
+    def _push(self, ev: Event) -> None:
+        if len(self._events) >= self._events_cap:
+            self._events_lost += 1
+        else:
+            self._events.append(ev)
+
+    def _ev_conn(self, conn: Conn, kind: str, now: float, reason: str = "") -> None:
+        if self._events is None:
+            return
+        info = self._info(conn, now)
+        c, r = conn.counters, conn.reported
+        d = [c[i] - r[i] for i in range(4)] if kind == "destroy" else [0, 0, 0, 0]
+        self._push(Event(kind, now, conn.id + 1, info.family, info.proto, info.orig, info.reply,
+                         info.state, info.eni, *c, *d, reason=reason))
+
+    def _ev_reject(self, p: _Parsed, direction: Direction, reason: DropReason,
+                   now: float) -> None:
+        if self._events is None:
+            return
+        alen = 4 if p.family == 4 else 16
+        eni = None
+        for i, e in enumerate(self._enis):
+            text = self._eni_addr(e, p.family)
+            if text is None:
+                continue
+            if (addr_bytes(p.family, text) == p.dst[:alen]) if direction == IN \
+                    else i not in self._disabled:
+                eni = e.id
+                break
+        orig = Tuple5(addr_text(p.family, p.src[:alen]), p.sport,
+                      addr_text(p.family, p.dst[:alen]), p.dport)
+        c = [0, 0, 1, p.l3_len] if direction == IN else [1, p.l3_len, 0, 0]
+        self._push(Event("reject", now, 0, p.family, PROTO_NAMES[p.proto], orig, None, "", eni,
+                         *c, reason=reason.label))
+
+    def flow_collect(self, now: Optional[float] = None) -> List[Event]:
+        """One "flow" event per connection with traffic since the last collection (the delta
+        fields), marking it collected. Takes the time first, so what expires now ends in a
+        "destroy" event carrying its uncollected traffic instead."""
+        now = self._advance(now)
+        out = []
+        for cls in TimeoutClass:
+            for conn in self._lru[cls].values():
+                c, r = conn.counters, conn.reported
+                if c[0] == r[0] and c[2] == r[2]:
+                    continue
+                info = self._info(conn, conn.last_seen)
+                out.append(Event("flow", conn.last_seen, conn.id + 1, info.family, info.proto,
+                                 info.orig, info.reply, info.state, info.eni, *c,
+                                 *[c[i] - r[i] for i in range(4)]))
+                conn.reported = list(c)
+        return out
+
+    def delete(self, proto: str, orig: Tuple5, now: Optional[float] = None) -> bool:
+        """Delete the connection whose orig tuple is ``orig`` (a "destroy" event, reason
+        "deleted"); False when there is none."""
+        now = self._advance(now)
+        key = _orig_key(proto, Tuple5(*orig))
+        hit = self._table.get(key)
+        if hit is None or hit[1] != OUT:
+            return False
+        self._remove(hit[0], now, "deleted")
+        return True
+
+    def flush(self, now: Optional[float] = None) -> int:
+        """Delete every connection; returns how many."""
+        now = self._advance(now)
+        n = 0
+        for cls in TimeoutClass:
+            while self._lru[cls]:
+                self._remove(next(iter(self._lru[cls].values())), now, "deleted")
+                n += 1
+        return n
 
     # ---- observation --------------------------------------------------------------------------
     def entries(self, now: Optional[float] = None) -> List[EntryInfo]:
@@ -771,6 +938,7 @@ class Engine:
         out = dict(self._c)
         out["connections"] = len(self)
         out["capacity"] = self.config.capacity
+        out["events_lost"] = self._events_lost
         out["drops"] = {r.label: self._drops[r] for r in DropReason if r != R.NONE}
         return out
 
@@ -791,6 +959,12 @@ class Engine:
                                     used=pool.used if pool else 0, size=size,
                                     enabled=i not in self._disabled))
         return out
+
+    def eni_counters(self) -> List[Dict[str, object]]:
+        """Packets and bytes translated through each ENI, per direction."""
+        return [dict(eni=eni.id, packets_outbound=c[0], bytes_outbound=c[1],
+                     packets_inbound=c[2], bytes_inbound=c[3])
+                for eni, c in zip(self._enis, self._eni_c)]
 
     def take_signals(self) -> List[Tuple[str, int, str]]:
         """Signals raised since the last call, e.g. ``("pool_exhausted", 4, "tcp")``: every ENI

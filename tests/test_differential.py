@@ -50,6 +50,7 @@ configs = st.fixed_dictionaries({
     "timeouts": st.sampled_from([Timeouts(), SHORT, SHORT]),
     "port_reuse_delay": st.sampled_from([0.0, 0.5, 2.0]),
     "seed": st.integers(0, (1 << 64) - 1),
+    "events": st.sampled_from([16, 1024]),   # event ring capacity: 16 overflows often
 })
 
 corruptions = st.one_of(
@@ -88,6 +89,9 @@ ops = st.one_of(
               st.integers(0, 2), st.integers(0, 40), st.integers(1, 12)),
     st.tuples(st.just("expire")),
     st.tuples(st.just("check")),
+    st.tuples(st.just("collect")),
+    st.tuples(st.just("delete"), st.integers(0, 1 << 16)),
+    st.tuples(st.just("flush")),
     st.tuples(st.just("add_eni")),
     st.tuples(st.just("egress"), st.integers(0, len(EGRESS_SETS) - 1)),
     st.tuples(st.just("enable"), st.integers(0, 2), st.booleans()),
@@ -102,9 +106,12 @@ class Run:
     def __init__(self, cfg_kw):
         kw = dict(cfg_kw)
         kw["port_min"], kw["port_max"] = kw.pop("ports")
+        events = kw.pop("events")
         self.cfg = make_config(**kw)
         self.compiled = compiled_module().Engine(self.cfg, clock=no_clock)
         self.reference = reference.Engine(self.cfg, clock=no_clock)
+        for e in (self.compiled, self.reference):
+            e.enable_events(events)
         self.now = 0.0
         self.known = []     # (family, proto, host, hport, eni address, eni port)
         self.log = []
@@ -190,6 +197,8 @@ class Run:
         self.same("pool_fill()", c.pool_fill(), r.pool_fill(), step, op)
         self.same("len()", len(c), len(r), step, op)
         self.same("enis", c.enis, r.enis, step, op)
+        self.same("take_events()", c.take_events(), r.take_events(), step, op)
+        self.same("eni_counters()", c.eni_counters(), r.eni_counters(), step, op)
 
     # ---- steps -----------------------------------------------------------------------------
     def step(self, i, op):
@@ -201,6 +210,21 @@ class Run:
             self.same("expire()", c.expire(now=self.now), r.expire(now=self.now), i, op)
         elif kind == "check":
             self.compare_state(i, op)
+        elif kind == "collect":   # slot order (C) and creation order (reference) differ
+            self.same("flow_collect()", sorted(c.flow_collect(now=self.now)),
+                      sorted(r.flow_collect(now=self.now)), i, op)
+        elif kind == "delete":
+            ent = r.entries(now=self.now)
+            if ent:
+                x = ent[op[1] % len(ent)]
+                self.same("delete()", c.delete(x.proto, x.orig, now=self.now),
+                          r.delete(x.proto, x.orig, now=self.now), i, op)
+            # a tuple that is no connection's orig (a reply tuple, or nothing)
+            self.same("delete(no such)", c.delete("udp", ("198.19.0.20", 1, "198.18.1.10", 2),
+                                                  now=self.now),
+                      r.delete("udp", ("198.19.0.20", 1, "198.18.1.10", 2), now=self.now), i, op)
+        elif kind == "flush":
+            self.same("flush()", c.flush(now=self.now), r.flush(now=self.now), i, op)
         elif kind == "add_eni":
             if ENI_C not in c.enis:
                 c.add_eni(ENI_C)
