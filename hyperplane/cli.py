@@ -632,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_walk)
     p = sub.add_parser("engine", help="print which engine is in use, and why")
     p.set_defaults(func=cmd_engine)
+
+    # Observability: each module adds its own commands (conntrack list|events|flush; stats,
+    # metrics, top; flowlogs; capture).
+    from hyperplane import capture, ctcli, flowlogs, stats
+    for mod in (ctcli, stats, flowlogs, capture):
+        mod.register(sub, named)
     return ap
 
 

@@ -14,8 +14,16 @@ scale-out ENI of that key) and a DataPath with
 Then it loops: ``DataPath.poll`` moves packets in C with the GIL released and comes back only
 for the control socket, a signal (SIGINT/SIGTERM stop it cleanly), or every TICK_MS, when the
 VPC control plane (hyperplane.vpc) ticks. The control protocol is one JSON object per line over
-a root-only Unix socket: ``{"cmd": "ping" | "counters" | "conntrack" | "neighbours" | "enis" |
-"functions" | "function_update" | "invoke" | "clock" | "stop", ...}`` answered by one JSON line.
+a root-only Unix socket: ``{"cmd": "ping" | "counters" | "conntrack" | "conntrack_flush" |
+"neighbours" | "enis" | "functions" | "function_update" | "invoke" | "clock" | "stop", ...}``
+answered by one JSON line. ``{"cmd": "events", "filter": {...}, "kinds": [...]}`` is answered
+by ``{"ok": true}`` and then keeps the connection: one JSON line per connection event (like
+``conntrack -E``), written from the loop each tick, never per packet.
+
+Every engine records its connection events (NEW/UPDATE/DESTROY, and REJECT for refused packets)
+in a bounded C ring (hyperplane.reference.Event); each tick the loop drains the rings into the
+event subscribers and the flow-log writer (hyperplane.flowlogs), which at the end of each
+aggregation interval also collects the per-connection traffic deltas from the engines.
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hyperplane import netns
 from hyperplane.config import EngineConfig, Eni, Timeouts
+from hyperplane.constants import TcpState, UdpState
+from hyperplane.ctfilter import Filter
 from hyperplane.labconfig import eni_id, lab_mac
 
 log = logging.getLogger("hyperplane.datapath")
@@ -42,6 +52,37 @@ TICK_MS = 50
 # the data path for at most this long; it stays below the ~128 ms of trickle traffic the rx
 # rings hold (hp_io.h). Our own client writes its request as soon as it connects.
 CONTROL_TIMEOUT = 0.1
+#: Connection events each engine's ring holds between two ticks (160 bytes each); more are
+#: counted as lost (events_lost), as conntrack -E reports ENOBUFS.
+EVENT_RING = 32768
+#: Bytes of event lines waiting for a slow `conntrack events` reader before further events
+#: for it are counted as lost instead of queued.
+SUBSCRIBER_BACKLOG = 8 << 20
+EVENT_KINDS = ("new", "update", "destroy", "reject")
+
+
+def event_json(ev, timeouts: Optional[List[float]] = None) -> Dict[str, Any]:
+    """An Event as one JSON object; ``timeout`` is the state's full idle timeout (what
+    conntrack -E prints for NEW and UPDATE), None for DESTROY and REJECT."""
+    d = ev._asdict()
+    d["orig"] = ev.orig._asdict()
+    d["reply"] = ev.reply._asdict() if ev.reply is not None else None
+    d["timeout"] = None
+    if timeouts is not None and ev.kind in ("new", "update"):
+        names = TcpState if ev.proto == "tcp" else UdpState
+        d["timeout"] = timeouts[names[ev.state].value]
+    return d
+
+
+class _Subscriber:
+    """A `conntrack events` client: its filter, the kinds it wants, bytes not yet written."""
+
+    def __init__(self, conn: socket.socket, flt: Filter, kinds: List[str]):
+        self.conn = conn
+        self.filter = flt
+        self.kinds = set(kinds)
+        self.pending = bytearray()
+        self.lost = 0
 
 
 def _bare(addr: Optional[str]) -> Optional[str]:
@@ -89,6 +130,10 @@ class Daemon:
         self._wake_r = self._wake_w = -1
         self._wake_bit = self._ctl_bit = 0
         self._next_tick = 0.0
+        self._subs: List[_Subscriber] = []
+        self._pending_sub: Optional[_Subscriber] = None
+        self.events_sent = 0
+        self.flowlogs = None   # hyperplane.flowlogs.FlowLogs, when the plan asks for them
         self._macs = {e.mac for e in plan.enis}
         lc = plan.lifecycle
         self.port_min = 65536 - lc.ports_per_eni
@@ -123,6 +168,7 @@ class Daemon:
         for nat in plan.nat_gateways:
             self._add_nat_gateway(nat)
         self.cp = ControlPlane(plan, self, self.now(), initial_active=initial_active)
+        self._open_flowlogs()
 
     # ---- building blocks ----------------------------------------------------------------------
     def now(self) -> float:
@@ -149,6 +195,7 @@ class Daemon:
         engine = Engine(self._engine_config([Eni(seed.id, ipv4=seed.ipv4, ipv6=seed.ipv6)]),
                         clock=self.now)
         engine.set_eni_enabled(0, False)
+        engine.enable_events(EVENT_RING)
         rules = self.plan.sg_rules(list(key[1]))
         engine.set_egress_rules([(r.cidr, r.protocol, r.from_port, r.to_port) for r in rules])
         g = self.dp.add_group(engine)
@@ -177,6 +224,7 @@ class Daemon:
         cfg = self._engine_config([Eni(eni_id(self.plan.name, nat.id, ()), ipv4=nat.public_ipv4)],
                                   timeouts=t, port_min=1024)
         engine = Engine(cfg, clock=self.now)
+        engine.enable_events(EVENT_RING)
         g = self.dp.add_group(engine)
         out = self.dp.add_link("eni", g, name=nat.outside_ifname, mac=nat.outside_mac,
                                ifname=nat.outside_ifname)
@@ -250,6 +298,93 @@ class Daemon:
         exhausted = [k for k, kg in self.keys.items() if kg.engine.take_signals()]
         self.cp.tick(self.now(), env_packets=env_packets, env_blocked=env_blocked, pools=pools,
                      exhausted=exhausted)
+        self.pump_events()
+
+    # ---- events and flow logs -----------------------------------------------------------------
+    def engines(self) -> List[Tuple[Any, Optional[str]]]:
+        """(engine, NAT gateway id or None) for every connection table of the data path."""
+        return [(kg.engine, None) for kg in self.keys.values()] + \
+            [(e, nid) for nid, e in self.natgw.items()]
+
+    def wall(self) -> float:
+        """Unix time on the lab clock (flow-log start/end): wall time plus the clock offset."""
+        return time.time() + self.offset
+
+    def eni_addresses(self) -> Dict[str, List[str]]:
+        out = {eid: list(a) for kg in self.keys.values() for eid, a in kg.addresses.items()}
+        for nat in self.plan.nat_gateways:
+            out[eni_id(self.plan.name, nat.id, ())] = [nat.public_ipv4]
+        return out
+
+    def _open_flowlogs(self) -> None:
+        cfg = getattr(self.plan, "flow_logs", None)
+        if cfg is None or not getattr(cfg, "enabled", True) or not self.control_path:
+            return
+        from hyperplane import flowlogs
+
+        self.flowlogs = flowlogs.FlowLogs(
+            os.path.join(os.path.dirname(self.control_path), "flowlogs"),
+            interval=cfg.interval, account_id=cfg.account_id, start=self.wall())
+
+    def pump_events(self) -> None:
+        """Drain every engine's event ring into the subscribers and the flow logs; at the end
+        of a flow-log interval collect the traffic deltas and write the interval's records."""
+        batch = []
+        for engine, _ in self.engines():
+            evs = engine.take_events()
+            if evs:
+                batch.append((engine, evs))
+        if self._subs:
+            self._fan_out(batch)
+        fl = self.flowlogs
+        if fl is not None:
+            for _, evs in batch:
+                fl.add(evs)
+            wall = self.wall()
+            if fl.due(wall):
+                for engine, _ in self.engines():
+                    fl.add(engine.flow_collect())
+                    fl.add(engine.take_events())   # what expired while collecting
+                lost = sum(e.events_lost for e, _ in self.engines())
+                fl.write(wall, self.eni_addresses(), events_lost=lost)
+
+    def _fan_out(self, batch) -> None:
+        alive = []
+        for sub in self._subs:
+            lines = []
+            for engine, evs in batch:
+                tmo = engine.config.timeouts.as_list()
+                for ev in evs:
+                    if ev.kind in sub.kinds and sub.filter.match_event(ev):
+                        lines.append(json.dumps(event_json(ev, tmo)))
+            if lines:
+                if len(sub.pending) > SUBSCRIBER_BACKLOG:
+                    sub.lost += len(lines)
+                else:
+                    if sub.lost:
+                        lines.insert(0, json.dumps({"kind": "lost", "count": sub.lost}))
+                        sub.lost = 0
+                    sub.pending += ("\n".join(lines) + "\n").encode()
+                    self.events_sent += len(lines)
+            if self._flush_sub(sub):
+                alive.append(sub)
+            else:
+                sub.conn.close()
+        self._subs = alive
+
+    @staticmethod
+    def _flush_sub(sub: _Subscriber) -> bool:
+        """Write what the subscriber's socket takes; False when the client went away."""
+        try:
+            if not sub.pending:   # nothing to write: did the client hang up?
+                return sub.conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+            n = sub.conn.send(sub.pending)
+            del sub.pending[:n]
+            return True
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
 
     def advance_clock(self, seconds: float) -> float:
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or \
@@ -285,17 +420,41 @@ class Daemon:
                 conn, _ = self._ctl.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            with conn:
+            keep = False
+            try:
                 conn.settimeout(CONTROL_TIMEOUT)
                 try:
                     line = conn.makefile("rb").readline(1 << 16)
-                    reply = self.handle(json.loads(line or b"{}"))
+                    req = json.loads(line or b"{}")
+                    if isinstance(req, dict) and req.get("cmd") == "events":
+                        reply = self._subscribe(conn, req)
+                        keep = reply["ok"]
+                    else:
+                        reply = self.handle(req)
                 except (OSError, ValueError) as e:
                     reply = {"ok": False, "error": f"bad request: {e}"}
                 try:
                     conn.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
-                    pass
+                    keep = False
+            finally:
+                if keep:
+                    conn.setblocking(False)
+                    self._subs.append(self._pending_sub)
+                else:
+                    conn.close()
+                self._pending_sub = None
+
+    def _subscribe(self, conn: socket.socket, req: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            flt = Filter(req.get("filter"))
+            kinds = req.get("kinds") or ["new", "update", "destroy"]
+            if not isinstance(kinds, list) or not set(kinds) <= set(EVENT_KINDS):
+                raise ValueError(f"kinds must be a list drawn from {list(EVENT_KINDS)}")
+        except ValueError as e:
+            return {"ok": False, "error": f"bad events request: {e}"}
+        self._pending_sub = _Subscriber(conn, flt, kinds)
+        return {"ok": True}
 
     def handle(self, req: Dict[str, Any]) -> Dict[str, Any]:
         from hyperplane.vpc import ControlPlaneError
@@ -315,7 +474,9 @@ class Daemon:
         if cmd == "counters":
             return {"ok": True, **self.counters()}
         if cmd == "conntrack":
-            return {"ok": True, "entries": self.conntrack()}
+            return {"ok": True, "now": self.now(), "entries": self.conntrack(req.get("filter"))}
+        if cmd == "conntrack_flush":
+            return {"ok": True, "deleted": self.conntrack_flush(req.get("filter"))}
         if cmd == "neighbours":
             return {"ok": True, "neighbours": self.dp.neighbours()}
         if cmd == "enis":
@@ -341,27 +502,33 @@ class Daemon:
             self.stop_reason = "control request"
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}; known: ping, counters, "
-                                      "conntrack, neighbours, enis, functions, "
-                                      "function_update, invoke, clock, stop"}
+                                      "conntrack, conntrack_flush, events, neighbours, enis, "
+                                      "functions, function_update, invoke, clock, stop"}
 
     def counters(self) -> Dict[str, Any]:
         out = self.dp.counters()
         out["enis"] = [{"id": kg.engine.enis[0].id, "key": [kg.key[0], list(kg.key[1])],
                         "eni_ids": list(kg.index), "live_eni_ids": list(kg.addresses),
                         **kg.engine.counters(),
-                        "pool": kg.engine.pool_fill()}
+                        "pool": kg.engine.pool_fill(),
+                        "eni_counters": kg.engine.eni_counters()}
                        for kg in self.keys.values()]
-        out["nat_gateways"] = [{"id": nid, **e.counters(), "pool": e.pool_fill()}
+        out["nat_gateways"] = [{"id": nid, **e.counters(), "pool": e.pool_fill(),
+                                "eni_counters": e.eni_counters()}
                                for nid, e in self.natgw.items()]
+        out["events"] = {"subscribers": len(self._subs), "sent": self.events_sent,
+                         "lost": sum(e.events_lost for e, _ in self.engines())}
+        if self.flowlogs is not None:
+            out["flow_logs"] = self.flowlogs.stats()
         out["control_plane"] = dict(self.cp.counters)
         out["clock"] = {"now": self.now(), "offset": self.offset}
         return out
 
-    def conntrack(self) -> List[Dict[str, Any]]:
+    def conntrack(self, spec=None) -> List[Dict[str, Any]]:
+        """The tracked connections that match the filter (hyperplane.ctfilter)."""
+        flt = Filter(spec)
         rows = []
-        tables = [(kg.engine, None) for kg in self.keys.values()]
-        tables += [(e, nid) for nid, e in self.natgw.items()]
-        for e, nat in tables:
+        for e, nat in self.engines():
             for x in e.entries():
                 d = x._asdict()
                 d["orig"] = x.orig._asdict()
@@ -369,8 +536,24 @@ class Daemon:
                 d["eni_id"] = x.eni
                 if nat:
                     d["nat_gateway"] = nat
-                rows.append(d)
+                if flt.match_entry(d):
+                    rows.append(d)
         return rows
+
+    def conntrack_flush(self, spec=None) -> int:
+        """Delete the matching connections (every one without a filter): their ports are free
+        again, DESTROY events go out with reason "deleted". Returns how many."""
+        flt = Filter(spec)
+        n = 0
+        for e, _ in self.engines():
+            if not flt:
+                n += e.flush()
+                continue
+            for x in e.entries():
+                if flt.match(x.family, x.proto, x.state, x.orig, x.reply, x.eni):
+                    n += bool(e.delete(x.proto, x.orig))
+        self.pump_events()
+        return n
 
     # ---- the loop -----------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -412,6 +595,20 @@ class Daemon:
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)
+        try:
+            if self.flowlogs is not None:   # the last, partial interval
+                self.pump_events()
+                for engine, _ in self.engines():
+                    self.flowlogs.add(engine.flow_collect())
+                    self.flowlogs.add(engine.take_events())
+                self.flowlogs.write(self.wall(), self.eni_addresses(),
+                                    events_lost=sum(e.events_lost for e, _ in self.engines()),
+                                    final=True)
+        except Exception:   # never keep the data path from closing
+            log.exception("flow logs: the last interval was not written")
+        for sub in self._subs:
+            sub.conn.close()
+        self._subs = []
         if self._ctl is not None:
             self._ctl.close()
             self._ctl = None
