@@ -887,8 +887,8 @@ class Engine:
     def delete(self, proto: str, orig: Tuple5, now: Optional[float] = None) -> bool:
         """Delete the connection whose orig tuple is ``orig`` (a "destroy" event, reason
         "deleted"); False when there is none."""
-        now = self._advance(now)
         key = _orig_key(proto, Tuple5(*orig))
+        now = self._advance(now)
         hit = self._table.get(key)
         if hit is None or hit[1] != OUT:
             return False
