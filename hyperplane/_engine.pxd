@@ -99,6 +99,8 @@ cdef extern from "hp_engine.h":
         uint64_t drops[19]
         hp_event *ev
         uint32_t ev_mask
+        uint32_t ev_head
+        uint32_t ev_tail
         uint64_t ev_lost
 
     hp_engine *hp_engine_new(const hp_config *cfg) nogil

@@ -329,6 +329,10 @@ class Daemon:
     def pump_events(self) -> None:
         """Drain every engine's event ring into the subscribers and the flow logs; at the end
         of a flow-log interval collect the traffic deltas and write the interval's records."""
+        if not self._subs and self.flowlogs is None:   # nobody listens: no Event objects
+            for engine, _ in self.engines():
+                engine.discard_events()
+            return
         batch = []
         for engine, _ in self.engines():
             evs = engine.take_events()

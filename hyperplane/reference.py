@@ -831,6 +831,15 @@ class Engine:
         n = len(self._events) if max is None else min(max, len(self._events))
         return [self._events.popleft() for _ in range(n)]
 
+    def discard_events(self) -> int:
+        """Empty the ring without handing the events out (nobody is listening); returns how
+        many were dropped. They do not count as lost."""
+        if self._events is None:
+            return 0
+        n = len(self._events)
+        self._events.clear()
+        return n
+
     def _push(self, ev: Event) -> None:
         if len(self._events) >= self._events_cap:
             self._events_lost += 1

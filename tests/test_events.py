@@ -91,6 +91,17 @@ def test_a_full_ring_keeps_the_oldest_and_counts_the_rest(make_engine):
     assert [e.orig.sport for e in eng.take_events()] == [42000]   # room again
 
 
+def test_discard_events_empties_the_ring_without_counting_a_loss(make_engine):
+    eng = make_engine()
+    eng.enable_events(16)
+    for k in range(3):
+        eng.outbound(udp(4, ENV[4][0], HOST[4][0], 41000 + k, 53), now=1.0)
+    assert eng.discard_events() == 3
+    assert eng.take_events() == [] and eng.events_lost == 0
+    eng.outbound(udp(4, ENV[4][0], HOST[4][0], 42000, 53), now=1.0)
+    assert [e.orig.sport for e in eng.take_events()] == [42000]
+
+
 @pytest.mark.parametrize("bad", [-1, 1 << 25, 1.5, True, "16"])
 def test_event_capacity_is_checked(make_engine, bad):
     with pytest.raises(ValueError, match="capacity"):
