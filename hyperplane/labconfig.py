@@ -36,6 +36,9 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
 - ``[lifecycle]`` sets the ENI delays ("lab" or "aws" profile) and scale-out (ports per ENI,
   the high-water mark that starts the next ENI early, ENIs per key); ``[iam]`` holds identity
   and execution-role policies, checked (:mod:`hyperplane.iam`) when the config is loaded.
+- ``[flow_logs]``: VPC Flow Logs per ENI (default format v2) under the lab's directory
+  (:mod:`hyperplane.flowlogs`): ``enabled``, ``interval`` (1..600 s; AWS offers 60 or 600),
+  ``account_id``.
 
 Every address must lie in the benchmark ranges 198.18.0.0/15 (RFC 2544) and 2001:2::/48
 (RFC 5180): they are reserved for exactly this kind of lab, so a lab can never collide with a
@@ -66,7 +69,7 @@ __all__ = [
     "SecurityGroup", "NetworkAcl", "RouteTable", "Internet", "InternetHost", "NatGateway",
     "LabConfig", "SubnetPlan", "EniPlan", "EnvPlan", "HostPlan", "RulePlan", "SecurityGroupPlan",
     "NaclPlan", "RoutePlan", "RouteTablePlan", "NatGatewayPlan", "InternetPlan", "FunctionPlan",
-    "LifecyclePlan", "Plan", "LIFECYCLE_PROFILES", "NAT_IDLE_TIMEOUT",
+    "LifecyclePlan", "FlowLogsPlan", "Plan", "LIFECYCLE_PROFILES", "NAT_IDLE_TIMEOUT",
     "load", "loads", "parse", "default", "default_text", "resolve", "validate_lab_name",
     "eni_id", "lab_mac", "BENCHMARK_V4", "BENCHMARK_V6", "ATTACH_KINDS",
 ]
@@ -99,6 +102,9 @@ ROUTE_TABLE_BASE = 100
 DEFAULT_ENV_CIDR = "198.19.0.0/16"
 DEFAULT_ENV_IPV6_CIDR = "2001:2:0:f000::/52"
 DEFAULT_ACCOUNT_ID = "123456789012"
+#: Flow-log aggregation interval of a lab, in seconds (AWS: 60 or 600; a lab allows 1..600).
+FLOW_LOGS_INTERVAL = 10
+FLOW_LOGS_INTERVAL_RANGE = (1, 600)
 #: The stand-in internet: the top /24 of 198.19.0.0/16, far from the environments' /30s
 #: (which are handed out from the bottom of lab.env_cidr).
 DEFAULT_INTERNET_CIDR = "198.19.255.0/24"
@@ -279,6 +285,7 @@ class LabConfig:
     nat_gateways: Tuple[NatGateway, ...] = ()
     lifecycle: "LifecyclePlan" = dataclasses.field(default_factory=lambda: LifecyclePlan())
     iam: Optional[Dict[str, Any]] = dataclasses.field(default=None, hash=False)
+    flow_logs: "FlowLogsPlan" = dataclasses.field(default_factory=lambda: FlowLogsPlan())
 
     def subnet(self, subnet_id: str) -> Subnet:
         for s in self.subnets:
@@ -475,6 +482,18 @@ class LifecyclePlan:
 
 
 @dataclasses.dataclass(frozen=True)
+class FlowLogsPlan:
+    """``[flow_logs]``: VPC Flow Logs of every ENI (hyperplane.flowlogs), default format v2,
+    one file per ENI under the lab's directory. ``interval`` is the aggregation interval in
+    seconds of the lab clock: AWS offers 60 or 600; a lab accepts any whole number from 1 to
+    600 so records show up while you watch. ``account_id`` fills the account-id field
+    (default: ``[lab] account_id``)."""
+    enabled: bool = True
+    interval: int = FLOW_LOGS_INTERVAL
+    account_id: str = DEFAULT_ACCOUNT_ID
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything a lab named ``name`` consists of. ``prefix`` starts every namespace name, so
     two labs never share a namespace."""
@@ -500,6 +519,7 @@ class Plan:
     #:  "roles": {role name: [policy document, ...]}}: validated IAM policy documents (JSON
     #: grammar, see hyperplane.iam); None when the config has no [iam] section (no checks).
     iam: Optional[Dict[str, Any]] = None
+    flow_logs: FlowLogsPlan = dataclasses.field(default_factory=FlowLogsPlan)
 
     def namespaces(self) -> List[str]:
         """All namespace names in build order: node, fabric, internet (when there is one),
@@ -619,6 +639,7 @@ class Plan:
                        for f in d.get("functions", [])],
             lifecycle=LifecyclePlan(**d.get("lifecycle", {})),
             iam=d.get("iam"),
+            flow_logs=FlowLogsPlan(**d.get("flow_logs", {})),
         )
 
 
@@ -786,7 +807,7 @@ def _range_overlap(a: IPNet, b: IPNet) -> bool:
 # ---- parsing and validation --------------------------------------------------------------------
 _TOP_LEVEL_KEYS = ["lab", "vpc", "subnets", "functions", "hosts", "security_groups",
                    "network_acls", "route_tables", "internet", "internet_hosts", "nat_gateways",
-                   "lifecycle", "iam"]
+                   "lifecycle", "iam", "flow_logs"]
 
 
 def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
@@ -806,6 +827,7 @@ def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
     hosts = _parse_hosts(_array_of_tables(doc, "hosts"), subnets)
     ihosts = _parse_internet_hosts(_array_of_tables(doc, "internet_hosts"), internet)
     lifecycle = _parse_lifecycle(doc.get("lifecycle", {}))
+    flow_logs = _parse_flow_logs(doc.get("flow_logs", {}), lab)
     if not functions:
         raise LabConfigError("functions", "a lab needs at least one function; add a "
                              "[[functions]] table with name and environments (and a "
@@ -820,7 +842,7 @@ def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
                        security_groups=tuple(sgs), network_acls=tuple(nacls),
                        route_tables=tuple(tables), internet=internet,
                        internet_hosts=tuple(ihosts), nat_gateways=tuple(nats),
-                       lifecycle=lifecycle, iam=iam)
+                       lifecycle=lifecycle, iam=iam, flow_logs=flow_logs)
     _check_env_capacity(config)
     _check_internet_overlap(config)
     _allocate(config)  # raises when a subnet or the internet has too few addresses
@@ -1542,6 +1564,27 @@ def _parse_lifecycle(t: Any) -> LifecyclePlan:
                          max_enis_per_key=cap, **delays)
 
 
+def _parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
+    """``[flow_logs]``: on/off, the aggregation interval, the account id of the records."""
+    _expect(t, dict, "flow_logs", "write it as a [flow_logs] table")
+    _check_keys(t, "flow_logs", ["enabled", "interval", "account_id"])
+    enabled = _expect(t.get("enabled", True), bool, "flow_logs.enabled", "write true or false")
+    lo, hi = FLOW_LOGS_INTERVAL_RANGE
+    interval = t.get("interval", FLOW_LOGS_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int) or \
+            not lo <= interval <= hi:
+        raise LabConfigError("flow_logs.interval", f"{interval!r}: write a whole number of "
+                             f"seconds from {lo} to {hi} (AWS offers 60 or 600; a lab may use "
+                             "less to see records sooner)")
+    account = t.get("account_id", lab.account_id)
+    _expect(account, str, "flow_logs.account_id", 'write the 12 digits quoted, like '
+            '"123456789012" (leave it out to use [lab] account_id)')
+    if not _ACCOUNT_ID.match(account):
+        raise LabConfigError("flow_logs.account_id", f"{account!r} is not an AWS account id; "
+                             'write exactly 12 digits, like "123456789012"')
+    return FlowLogsPlan(enabled=enabled, interval=interval, account_id=account)
+
+
 # ---- IAM (hyperplane.iam evaluates the policies; imported only when a config has [iam]) -------
 def _parse_iam(doc: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     if "iam" not in doc:
@@ -1846,6 +1889,6 @@ def resolve(config: LabConfig, name: str) -> Plan:
                                      table=ROUTE_TABLE_BASE + i)
                       for i, t in enumerate(config.route_tables)],
         nat_gateways=nats, internet=internet, internet_hosts=ihosts, functions=functions,
-        lifecycle=config.lifecycle,
+        lifecycle=config.lifecycle, flow_logs=config.flow_logs,
         # through JSON once, so the plan equals its own round trip (tuples become lists)
         iam=json.loads(json.dumps(config.iam)) if config.iam is not None else None)
