@@ -10,6 +10,12 @@
     hyperplane function list|update|invoke ...   the lab's functions (VpcConfig, state)
     hyperplane eni list [--json]                 the lab's Hyperplane ENIs
     hyperplane clock [--advance DURATION]        the lab clock (lifecycle timers)
+    hyperplane conntrack list|events|flush|count like conntrack -L / -E / -F / -C
+    hyperplane stats [--json]                    packets, bytes, drops, table and pool fill
+    hyperplane metrics [--listen ADDR:PORT] [--once]   a Prometheus endpoint (loopback)
+    hyperplane top [--interval S] [--iterations N]     a live view of rates, drops, flows
+    hyperplane flowlogs [--eni ID] [--follow]    VPC Flow Logs (v2) of the lab's ENIs
+    hyperplane capture [--env ENV]               pcaps before and after NAT
     hyperplane run CONFIG [--name NAME]          the data path in the foreground
     hyperplane walk                              packets through the engine in memory (no root)
     hyperplane engine                            which engine is in use, and why
