@@ -259,8 +259,9 @@ def test_flow_logs_defaults_and_values_reach_the_plan_and_round_trip():
 
 
 def test_flow_logs_account_id_defaults_to_the_labs():
+    # the first commented account_id is the [lab] one (the last is in the [flow_logs] example)
     text = labconfig.default_text().replace('# account_id = "123456789012"',
-                                            'account_id = "555566667777"')
+                                            'account_id = "555566667777"', 1)
     assert labconfig.loads(text).flow_logs.account_id == "555566667777"
 
 
