@@ -8,17 +8,27 @@ away. Addresses match as an address or a prefix (``198.18.0.0/24``).
     orig_src (-s)   the environment's address         orig_dst (-d)  the peer's
     reply_src (-r)  the peer's address, as it answers reply_dst (-q)  the ENI's address
     sport, dport    ports of the orig tuple
+
+A REJECT event (a refused packet) has only the packet's own tuple, as orig: for an unsolicited
+inbound packet orig_src is the sender in the VPC and orig_dst the ENI address, and reply
+conditions never match it.
 """
 from __future__ import annotations
 
 import ipaddress
 from typing import Any, Dict, Optional
 
+from hyperplane.constants import TcpState, UdpState
+
+#: the states a connection can be in (TCP's, then UDP's), as the engines name them
+STATES = tuple(s.name for s in TcpState if s is not TcpState.NONE) + \
+    tuple(s.name for s in UdpState)
+
 #: filter key -> what it is (for messages and --help)
 FIELDS = {
     "family": "4 or 6",
     "proto": "tcp or udp",
-    "state": "a state name (ESTABLISHED, SYN_SENT, ..., UNREPLIED, REPLIED)",
+    "state": "one of " + ", ".join(STATES),
     "orig_src": "an address or prefix",
     "orig_dst": "an address or prefix",
     "reply_src": "an address or prefix",
@@ -38,6 +48,9 @@ class Filter:
     """A conjunction of conditions; an empty filter matches everything."""
 
     def __init__(self, spec: Optional[Dict[str, Any]] = None):
+        if spec is not None and not isinstance(spec, dict):
+            raise FilterError(f"filter {spec!r}: must be an object of field: value "
+                              f"(fields: {', '.join(FIELDS)})")
         spec = dict(spec or {})
         unknown = sorted(set(spec) - set(FIELDS))
         if unknown:
@@ -45,21 +58,22 @@ class Filter:
                               f"{', '.join(FIELDS)}")
         self.spec = {k: v for k, v in spec.items() if v is not None}
         s = self.spec
-        if "family" in s and s["family"] not in (4, 6):
+        if "family" in s and (type(s["family"]) is not int or s["family"] not in (4, 6)):
             raise FilterError(f"family {s['family']!r}: must be {FIELDS['family']}")
         if "proto" in s:
             if not isinstance(s["proto"], str) or s["proto"].lower() not in ("tcp", "udp"):
                 raise FilterError(f"proto {s['proto']!r}: must be {FIELDS['proto']}")
             s["proto"] = s["proto"].lower()
         if "state" in s:
-            if not isinstance(s["state"], str) or not s["state"]:
+            if not isinstance(s["state"], str) or s["state"].upper() not in STATES:
                 raise FilterError(f"state {s['state']!r}: must be {FIELDS['state']}")
             s["state"] = s["state"].upper()
         for k in ("sport", "dport"):
             if k in s and (not isinstance(s[k], int) or isinstance(s[k], bool)
                            or not 0 <= s[k] <= 65535):
                 raise FilterError(f"{k} {s[k]!r}: must be {FIELDS[k]}")
-        if "eni" in s and (not isinstance(s["eni"], str) or not s["eni"].startswith("eni-")):
+        if "eni" in s and (not isinstance(s["eni"], str) or not s["eni"].startswith("eni-")
+                           or len(s["eni"]) < 5):
             raise FilterError(f"eni {s['eni']!r}: must be {FIELDS['eni']}")
         self._nets = {}
         for k in _ADDR:

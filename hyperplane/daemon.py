@@ -132,6 +132,7 @@ class Daemon:
         self._next_tick = 0.0
         self._subs: List[_Subscriber] = []
         self._pending_sub: Optional[_Subscriber] = None
+        self._ring_lost = 0   # events the engines' rings lost, as last told to subscribers
         self.events_sent = 0
         self.flowlogs = None   # hyperplane.flowlogs.FlowLogs, when the plan asks for them
         self._macs = {e.mac for e in plan.enis}
@@ -339,7 +340,9 @@ class Daemon:
             if evs:
                 batch.append((engine, evs))
         if self._subs:
-            self._fan_out(batch)
+            ring_lost = sum(e.events_lost for e, _ in self.engines())
+            self._fan_out(batch, ring_lost - self._ring_lost)
+            self._ring_lost = ring_lost
         fl = self.flowlogs
         if fl is not None:
             for _, evs in batch:
@@ -352,24 +355,27 @@ class Daemon:
                 lost = sum(e.events_lost for e, _ in self.engines())
                 fl.write(wall, self.eni_addresses(), events_lost=lost)
 
-    def _fan_out(self, batch) -> None:
+    def _fan_out(self, batch, ring_lost: int = 0) -> None:
+        """Queue each subscriber's matching events; ``ring_lost`` events the engines' rings
+        dropped since the last call are reported to every subscriber (they may have matched)."""
         alive = []
         for sub in self._subs:
+            sub.lost += ring_lost
             lines = []
             for engine, evs in batch:
                 tmo = engine.config.timeouts.as_list()
                 for ev in evs:
                     if ev.kind in sub.kinds and sub.filter.match_event(ev):
                         lines.append(json.dumps(event_json(ev, tmo)))
-            if lines:
-                if len(sub.pending) > SUBSCRIBER_BACKLOG:
-                    sub.lost += len(lines)
-                else:
-                    if sub.lost:
-                        lines.insert(0, json.dumps({"kind": "lost", "count": sub.lost}))
-                        sub.lost = 0
-                    sub.pending += ("\n".join(lines) + "\n").encode()
-                    self.events_sent += len(lines)
+            if len(sub.pending) > SUBSCRIBER_BACKLOG:
+                sub.lost += len(lines)
+            elif lines or sub.lost:
+                n = len(lines)
+                if sub.lost:
+                    lines.insert(0, json.dumps({"kind": "lost", "count": sub.lost}))
+                    sub.lost = 0
+                sub.pending += ("\n".join(lines) + "\n").encode()
+                self.events_sent += n
             if self._flush_sub(sub):
                 alive.append(sub)
             else:

@@ -143,3 +143,21 @@ def test_a_reject_has_no_reply_tuple_so_only_orig_conditions_can_match_it():
     assert not Filter({"reply_dst": "198.18.1.0/24"}).match_event(rej)
     assert not Filter({"state": "ESTABLISHED"}).match_event(rej)
     assert Filter({"eni": ENI}).match_event(rej)
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"state": "ESTABLISHD"}, "state"),          # a typo would silently match nothing
+    ({"family": 4.0}, "family"),
+    ({"family": True}, "family"),
+    ({"eni": "eni-"}, "eni"),
+])
+def test_near_misses_are_refused_too(spec, field):
+    with pytest.raises(FilterError) as ei:
+        Filter(spec)
+    assert str(ei.value).startswith(field + " ")
+
+
+@pytest.mark.parametrize("spec", ["tcp", 4, ["proto", "tcp"]])
+def test_a_filter_that_is_not_an_object_is_a_filter_error(spec):
+    with pytest.raises(FilterError, match="must be an object of field: value"):
+        Filter(spec)
