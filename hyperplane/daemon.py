@@ -52,9 +52,10 @@ TICK_MS = 50
 # the data path for at most this long; it stays below the ~128 ms of trickle traffic the rx
 # rings hold (hp_io.h). Our own client writes its request as soon as it connects.
 CONTROL_TIMEOUT = 0.1
-#: Connection events each engine's ring holds between two ticks (160 bytes each); more are
-#: counted as lost (events_lost), as conntrack -E reports ENOBUFS.
-EVENT_RING = 32768
+#: Connection events each engine's ring holds between two ticks (160 bytes each, 2.5 MiB a
+#: ring): 16,384 per 50 ms tick is room for 327,000 connection events a second per ENI key;
+#: more are counted as lost (events_lost), as conntrack -E reports ENOBUFS.
+EVENT_RING = 16384
 #: Bytes of event lines waiting for a slow `conntrack events` reader before further events
 #: for it are counted as lost instead of queued.
 SUBSCRIBER_BACKLOG = 8 << 20
