@@ -74,11 +74,19 @@ def load_lab(name: str):
     """(state, plan) of a lab that exists, else CliError(3)."""
     from hyperplane import lab, labconfig
 
-    state = lab.load_state(name)
+    try:
+        state = lab.load_state(name)
+    except lab.LabError as e:
+        raise CliError(str(e)) from None
     if state is None:
         raise CliError(f"no lab named {name!r}; start one with `{PROG} lab up --name {name}`",
                        EXIT_NOT_FOUND)
-    return state, labconfig.Plan.from_dict(state["plan"])
+    try:
+        return state, labconfig.Plan.from_dict(state["plan"])
+    except Exception as e:   # an edited or foreign state file
+        raise CliError(f"the state file {lab.state_path(name)} does not describe a lab "
+                       f"({type(e).__name__}: {e}); the lab's namespaces are named "
+                       f"hp-{name}-*") from None
 
 
 def pid_alive(pid: Optional[int]) -> bool:
@@ -132,11 +140,13 @@ def lab_up(config_path: Optional[str], name: str, out=sys.stdout,
         raise _config_error(e) from None
     _need_privilege()
     try:
+        # Refuses an existing lab of that name touching nothing; rolls its own failures back.
         state = lab.build(plan, config_source=os.path.abspath(config_path) if config_path
                           else "<embedded default>")
     except lab.LabError as e:
         raise CliError(str(e)) from None
     ldir = lab.lab_dir(name)
+    proc: Optional[subprocess.Popen] = None
     try:
         cfg_copy = os.path.join(ldir, "lab.toml")
         with open(cfg_copy, "w", encoding="utf-8") as f:
@@ -150,26 +160,65 @@ def lab_up(config_path: Optional[str], name: str, out=sys.stdout,
                 start_new_session=True, close_fds=True)
         state["pid"] = proc.pid
         lab.save_state(name, state)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise CliError(f"the data path exited with status {proc.returncode}:\n"
-                               + _tail(os.path.join(ldir, "datapath.log")))
-            try:
-                ask(name, "ping", timeout=1.0)
-                break
-            except CliError:
-                if time.monotonic() > deadline:
-                    raise CliError("the data path did not answer within "
-                                   f"{READY_TIMEOUT:.0f} s:\n"
-                                   + _tail(os.path.join(ldir, "datapath.log"))) from None
-                time.sleep(0.05)
+        wait_ready(name, proc)
         if wait_active:
             wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
-    except BaseException:
-        lab.teardown(name)  # roll back: nothing of a failed `lab up` stays behind
+    except BaseException as e:
+        # Roll back: nothing of a failed `lab up` stays behind. The data path is stopped by the
+        # pid this run started (the state file may not have recorded it yet), then teardown
+        # removes what the state file records.
+        if proc is not None:
+            _stop_child(proc)
+            try:   # stopped and reaped: its pid may be reused, so teardown must not signal it
+                state["pid"] = None
+                lab.save_state(name, state)
+            except Exception:
+                pass
+        outcome = lab.rollback(name)
+        if isinstance(e, CliError):
+            raise CliError(f"lab up {name!r} failed: {e}\n{outcome}", e.code) from None
+        if isinstance(e, Exception):
+            raise CliError(f"lab up {name!r} failed: {type(e).__name__}: {e}\n{outcome}") \
+                from e
+        if hasattr(e, "add_note"):   # KeyboardInterrupt and the like go on as they are
+            e.add_note(outcome)
         raise
     return state
+
+
+def wait_ready(name: str, proc: subprocess.Popen) -> None:
+    """Wait until the data path ``proc`` answers ping; CliError (with its log's tail) when it
+    exits or stays silent for READY_TIMEOUT."""
+    log_path = os.path.join(os.path.dirname(control_path(name)), "datapath.log")
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise CliError(f"the data path exited with status {proc.returncode}:\n"
+                           + _tail(log_path))
+        try:
+            ask(name, "ping", timeout=1.0)
+            return
+        except CliError:
+            if time.monotonic() > deadline:
+                raise CliError(f"the data path did not answer within {READY_TIMEOUT:.0f} s:\n"
+                               + _tail(log_path)) from None
+            time.sleep(0.05)
+
+
+def _stop_child(proc: subprocess.Popen) -> None:
+    """Stop a data path this process started (SIGTERM, then SIGKILL) and reap it."""
+    from hyperplane import lab
+
+    if proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        proc.wait(timeout=lab.STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        pass
 
 
 def wait_functions_active(name: str, timeout: float) -> List[Dict[str, Any]]:
@@ -345,9 +394,12 @@ def cmd_lab_down(args) -> int:
         labconfig.validate_lab_name(args.name)
     except labconfig.LabConfigError as e:
         raise _config_error(e) from None
-    if lab.load_state(args.name) is None:
-        print(f"no lab named {args.name!r}: nothing to do")
-        return EXIT_OK
+    try:
+        if lab.load_state(args.name) is None:
+            print(f"no lab named {args.name!r}: nothing to do")
+            return EXIT_OK
+    except lab.LabError as e:
+        raise CliError(str(e)) from None
     _need_privilege()
     try:
         rep = lab.teardown(args.name)
@@ -385,6 +437,9 @@ def cmd_run(args) -> int:
         raise CliError(f"namespace(s) {', '.join(missing)} do not exist; build the lab with "
                        f"`{PROG} lab up {args.config} --name {args.name}`", EXIT_NOT_FOUND)
     if hp.ENGINE != "compiled":
+        if hp.ENGINE_FALLBACK_REASON is None:   # chosen, not fallen back to
+            raise CliError(f"the data path needs the compiled engine, but {hp.ENGINE_ENV}="
+                           f"{hp.ENGINE} selects the {hp.ENGINE} engine; unset it", EXIT_USAGE)
         raise CliError("the data path needs the compiled engine: "
                        f"{hp.ENGINE_FALLBACK_REASON}; rebuild with `pip install -e .`")
     try:

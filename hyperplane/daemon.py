@@ -20,6 +20,11 @@ answered by one JSON line. ``{"cmd": "events", "filter": {...}, "kinds": [...]}`
 by ``{"ok": true}`` and then keeps the connection: one JSON line per connection event (like
 ``conntrack -E``), written from the loop each tick, never per packet.
 
+The control socket is root-only twice over: the file is mode 0600 and every connection's
+SO_PEERCRED uid is checked. Clients are served without blocking the loop, and a malformed
+request (not UTF-8, not JSON, not an object, an unknown command or argument, a wrong type, a
+line over CONTROL_LINE_MAX, nothing at all) is answered ``{"ok": false, "error": "..."}``.
+
 Every engine records its connection events (NEW/UPDATE/DESTROY, and REJECT for refused packets)
 in a bounded C ring (hyperplane.reference.Event); each tick the loop drains the rings into the
 event subscribers and the flow-log writer (hyperplane.flowlogs), which at the end of each
@@ -33,6 +38,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -48,10 +54,31 @@ log = logging.getLogger("hyperplane.datapath")
 #: The control plane's tick (lifecycle, scale-out decisions): the loop comes back to Python
 #: this often even when nothing else happens. Per tick, not per packet.
 TICK_MS = 50
-# Control requests are served in the loop, so a client that connects and says nothing holds up
-# the data path for at most this long; it stays below the ~128 ms of trickle traffic the rx
-# rings hold (hp_io.h). Our own client writes its request as soon as it connects.
-CONTROL_TIMEOUT = 0.1
+# The control socket is served from the loop without ever waiting for a client: every client
+# socket is non-blocking, and while any client is connected the loop comes back every
+# CONTROL_POLL_MS to read what arrived and write what it can. A client that says nothing, or
+# trickles its request, costs the data path nothing; it is answered with an error and closed
+# once CONTROL_TIMEOUT passes without a whole request line (or, for a reply, without progress).
+CONTROL_TIMEOUT = 2.0
+CONTROL_POLL_MS = 2
+#: One request is one JSON object on one line of at most this many bytes.
+CONTROL_LINE_MAX = 1 << 16
+#: Clients served at once (beyond this a new client is told so and closed at once), and
+#: connections the kernel queues before they are accepted (a full queue fails connect(2) with
+#: EAGAIN for a non-blocking or timed client, so it is deep; the kernel caps it at somaxconn).
+CONTROL_CLIENTS_MAX = 64
+CONTROL_BACKLOG = 1024
+#: Only these users may use the control socket, checked with SO_PEERCRED on every connection
+#: (the socket file is mode 0600 as well: this holds even if someone loosens it).
+CONTROL_UIDS = frozenset({0, os.geteuid()})
+#: Each command and the arguments it takes (besides "cmd"); anything else is refused by name,
+#: so a misspelt argument is an error rather than silently ignored.
+CONTROL_ARGS: Dict[str, Tuple[str, ...]] = {
+    "ping": (), "counters": (), "conntrack": ("filter",), "conntrack_flush": ("filter",),
+    "events": ("filter", "kinds"), "neighbours": (), "enis": (), "functions": (),
+    "function_update": ("name", "subnet_ids", "security_group_ids", "ipv6"),
+    "invoke": ("name",), "clock": ("advance",), "stop": (),
+}
 #: Connection events each engine's ring holds between two ticks (160 bytes each, 2.5 MiB a
 #: ring): 16,384 per 50 ms tick is room for 327,000 connection events a second per ENI key;
 #: more are counted as lost (events_lost), as conntrack -E reports ENOBUFS.
@@ -84,6 +111,19 @@ class _Subscriber:
         self.kinds = set(kinds)
         self.pending = bytearray()
         self.lost = 0
+
+
+class _Client:
+    """A control connection: the request bytes read so far, then the reply bytes not yet
+    written, and the time by which the next of them must arrive or leave."""
+
+    __slots__ = ("conn", "buf", "out", "deadline")
+
+    def __init__(self, conn: socket.socket, deadline: float):
+        self.conn = conn
+        self.buf = bytearray()
+        self.out: Optional[bytearray] = None
+        self.deadline = deadline
 
 
 def _bare(addr: Optional[str]) -> Optional[str]:
@@ -132,7 +172,7 @@ class Daemon:
         self._wake_bit = self._ctl_bit = 0
         self._next_tick = 0.0
         self._subs: List[_Subscriber] = []
-        self._pending_sub: Optional[_Subscriber] = None
+        self._clients: List[_Client] = []   # control connections being read or answered
         self._ring_lost = 0   # events the engines' rings lost, as last told to subscribers
         self.events_sent = 0
         self.flowlogs = None   # hyperplane.flowlogs.FlowLogs, when the plan asks for them
@@ -408,6 +448,9 @@ class Daemon:
 
     # ---- control socket ---------------------------------------------------------------------
     def open_control(self) -> None:
+        """Listen on the control socket. It is bound under umask 177, so the file is mode 0600
+        (root's) from the moment it exists; a chmod after bind would leave a window. Every
+        connection is also checked with SO_PEERCRED (:data:`CONTROL_UIDS`)."""
         if not self.control_path:
             return
         try:
@@ -415,70 +458,160 @@ class Daemon:
         except FileNotFoundError:
             pass
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o077)  # root-only from the moment it exists
+        old = os.umask(0o177)
         try:
             s.bind(self.control_path)
         finally:
             os.umask(old)
-        s.listen(16)
+        s.listen(CONTROL_BACKLOG)
         s.setblocking(False)
         self._ctl = s
         self._ctl_bit = 1 << self.dp.watch(s.fileno())
 
     def _serve_control(self) -> None:
+        """Accept new control clients, then take every client as far as it goes without
+        waiting: read its request line, answer it, write the answer. The loop calls this when
+        the control socket is readable and, while any client is connected, every
+        CONTROL_POLL_MS; nothing here ever blocks, so the data path keeps forwarding whatever a
+        client does."""
+        now = time.monotonic()
         while self._ctl is not None:
             try:
                 conn, _ = self._ctl.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            keep = False
+                break
+            except OSError as e:  # e.g. out of fds: the client stays queued; try again later
+                log.warning("control socket: accept failed: %s", e)
+                break
+            self._accept(conn, now)
+        self._clients = [c for c in self._clients if self._step(c, now)]
+
+    def _accept(self, conn: socket.socket, now: float) -> None:
+        conn.setblocking(False)
+        uid = _peer_uid(conn)
+        if uid not in CONTROL_UIDS:
+            log.warning("control socket: refused a connection from uid %s (root only)", uid)
+            _send_quietly(conn, {"ok": False, "error": "permission denied: the control "
+                                 "socket is root-only"})
+            conn.close()
+            return
+        if len(self._clients) >= CONTROL_CLIENTS_MAX:
+            _send_quietly(conn, {"ok": False, "error": f"busy: {CONTROL_CLIENTS_MAX} control "
+                                 "clients are connected already; try again"})
+            conn.close()
+            return
+        self._clients.append(_Client(conn, now + CONTROL_TIMEOUT))
+
+    def _step(self, c: "_Client", now: float) -> bool:
+        """Move one client on: False once it is done with (closed, or handed to the event
+        subscribers), True while it still has something to send or to be sent."""
+        if c.out is None:
+            eof = False
             try:
-                conn.settimeout(CONTROL_TIMEOUT)
-                try:
-                    line = conn.makefile("rb").readline(1 << 16)
-                    req = json.loads(line or b"{}")
-                    if isinstance(req, dict) and req.get("cmd") == "events":
-                        reply = self._subscribe(conn, req)
-                        keep = reply["ok"]
-                    else:
-                        reply = self.handle(req)
-                except (OSError, ValueError) as e:
-                    reply = {"ok": False, "error": f"bad request: {e}"}
-                try:
-                    conn.sendall(json.dumps(reply).encode() + b"\n")
-                except OSError:
-                    keep = False
-            finally:
-                if keep:
-                    conn.setblocking(False)
-                    self._subs.append(self._pending_sub)
+                while b"\n" not in c.buf and len(c.buf) <= CONTROL_LINE_MAX:
+                    chunk = c.conn.recv(CONTROL_LINE_MAX)
+                    if not chunk:
+                        eof = True
+                        break
+                    c.buf += chunk
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:          # reset by the client: nobody to answer
+                c.conn.close()
+                return False
+            end = c.buf.find(b"\n")
+            sub = None
+            if 0 <= end <= CONTROL_LINE_MAX:
+                reply, sub = self._answer(c.conn, bytes(c.buf[:end]))
+            elif len(c.buf) > CONTROL_LINE_MAX:
+                reply = _refusal(f"request line longer than {CONTROL_LINE_MAX} bytes; one "
+                                 "request is one JSON object on one line")
+            elif eof and c.buf.strip():  # the client shut down writing after its request
+                reply, sub = self._answer(c.conn, bytes(c.buf))
+            elif eof:
+                reply = _refusal('empty request; send one JSON object on one line, e.g. '
+                                 '{"cmd": "ping"}')
+            elif now >= c.deadline:
+                reply = _refusal(f"no complete request line within {CONTROL_TIMEOUT:g} s; "
+                                 "send the request as soon as you connect, ending in a newline")
+            else:
+                return True          # wait for the rest of the line
+            c.buf = bytearray()
+            if sub is not None:      # `conntrack events`: the connection stays open for events
+                sub.pending += _reply_line(reply)
+                if self._flush_sub(sub):
+                    self._subs.append(sub)
                 else:
-                    conn.close()
-                self._pending_sub = None
-
-    def _subscribe(self, conn: socket.socket, req: Dict[str, Any]) -> Dict[str, Any]:
+                    sub.conn.close()
+                return False
+            c.out = bytearray(_reply_line(reply))
+            c.deadline = now + CONTROL_TIMEOUT
         try:
-            flt = Filter(req.get("filter"))
-            kinds = req.get("kinds") or ["new", "update", "destroy"]
-            if not isinstance(kinds, list) or not set(kinds) <= set(EVENT_KINDS):
-                raise ValueError(f"kinds must be a list drawn from {list(EVENT_KINDS)}")
-        except ValueError as e:
-            return {"ok": False, "error": f"bad events request: {e}"}
-        self._pending_sub = _Subscriber(conn, flt, kinds)
-        return {"ok": True}
+            while c.out:
+                n = c.conn.send(c.out)
+                del c.out[:n]
+                c.deadline = now + CONTROL_TIMEOUT   # progress: the client is reading
+        except (BlockingIOError, InterruptedError):
+            if now < c.deadline:
+                return True          # the socket buffer is full: write the rest later
+        except OSError:
+            pass
+        c.conn.close()
+        return False
 
-    def handle(self, req: Dict[str, Any]) -> Dict[str, Any]:
+    def _answer(self, conn: socket.socket,
+                line: bytes) -> Tuple[Dict[str, Any], Optional[_Subscriber]]:
+        """The reply to one request line, and the new subscriber if it was a valid
+        ``events`` request."""
+        try:
+            req = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            return _refusal(f"the request is not UTF-8 text ({e.reason} at byte {e.start})"), None
+        except (ValueError, RecursionError) as e:
+            return _refusal(f"the request is not JSON ({e}); send one object per line, e.g. "
+                            '{"cmd": "ping"}'), None
+        if isinstance(req, dict) and req.get("cmd") == "events":
+            return self._subscribe(conn, req)
+        return self.handle(req), None
+
+    def _subscribe(self, conn: socket.socket,
+                   req: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[_Subscriber]]:
+        try:
+            _command(req)
+            flt = Filter(req.get("filter"))
+            kinds = req.get("kinds")
+            if kinds is None:
+                kinds = ["new", "update", "destroy"]
+            if not isinstance(kinds, list) or not kinds or \
+                    not all(isinstance(k, str) and k in EVENT_KINDS for k in kinds):
+                raise ValueError(f"'kinds' must be a non-empty list drawn from "
+                                 f"{list(EVENT_KINDS)}")
+        except (TypeError, ValueError) as e:
+            return _refusal(f"bad events request: {e}"), None
+        return {"ok": True}, _Subscriber(conn, flt, kinds)
+
+    def handle(self, req: Any) -> Dict[str, Any]:
+        """The reply to one control request (any decoded JSON value): always a dict with
+        ``ok``, and ``error`` naming what was wrong when ok is false. Never raises: a request
+        must not be able to stop the data path."""
         from hyperplane.vpc import ControlPlaneError
 
-        cmd = req.get("cmd") if isinstance(req, dict) else None
+        try:
+            cmd = _command(req)
+        except ValueError as e:
+            return _refusal(str(e))
         try:
             return self._handle(cmd, req)
         except ControlPlaneError as e:
             return {"ok": False, "error": str(e), "code": e.code}
-        except (TypeError, ValueError, KeyError) as e:
-            return {"ok": False, "error": f"bad {cmd} request: {e}"}
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            return _refusal(f"bad {cmd} request: {e}")
+        except Exception as e:   # a bug: say so, log it, and keep the data path running
+            log.exception("control request %r failed", cmd)
+            return _refusal(f"{cmd} failed: internal error {type(e).__name__}: {e}; see the "
+                            "data path's log")
 
-    def _handle(self, cmd: Any, req: Dict[str, Any]) -> Dict[str, Any]:
+    def _handle(self, cmd: str, req: Dict[str, Any]) -> Dict[str, Any]:
         if cmd == "ping":
             return {"ok": True, "pid": os.getpid(), "name": self.plan.name,
                     "uptime": time.time() - self.started}
@@ -512,9 +645,9 @@ class Daemon:
         if cmd == "stop":
             self.stop_reason = "control request"
             return {"ok": True}
-        return {"ok": False, "error": f"unknown command {cmd!r}; known: ping, counters, "
-                                      "conntrack, conntrack_flush, events, neighbours, enis, "
-                                      "functions, function_update, invoke, clock, stop"}
+        if cmd == "events":
+            return _refusal("events keeps its connection open: send it over the control socket")
+        return _refusal(f"unknown command {cmd!r}; known: {', '.join(CONTROL_ARGS)}")
 
     def counters(self) -> Dict[str, Any]:
         out = self.dp.counters()
@@ -585,6 +718,8 @@ class Daemon:
             self.tick()
             while self.stop_reason is None:
                 wait = max(0, int((self._next_tick - time.monotonic()) * 1000))
+                if self._clients:   # control clients mid-request: come back for them soon
+                    wait = min(wait, CONTROL_POLL_MS)
                 r = self.dp.poll(wait)
                 if time.monotonic() >= self._next_tick:
                     self._next_tick = time.monotonic() + TICK_MS / 1000
@@ -594,7 +729,7 @@ class Daemon:
                         os.read(self._wake_r, 512)
                     except BlockingIOError:
                         pass
-                if r > 0 and r & self._ctl_bit:
+                if (r > 0 and r & self._ctl_bit) or self._clients:
                     self._serve_control()
                 if r > 0 and r & POLL_LINK_DOWN:
                     gone = [x["name"] for x in self.dp.counters()["links"] if not x["up"]]
@@ -620,6 +755,11 @@ class Daemon:
         for sub in self._subs:
             sub.conn.close()
         self._subs = []
+        for c in self._clients:   # e.g. the reply to `stop`, if it is still unsent
+            if c.out:
+                _send_quietly_bytes(c.conn, bytes(c.out))
+            c.conn.close()
+        self._clients = []
         if self._ctl is not None:
             self._ctl.close()
             self._ctl = None
@@ -641,6 +781,82 @@ def run_plan(plan, control_path: Optional[str], initial_active: bool = False) ->
     netns.enter(plan.node_ns)
     d = Daemon(plan, control_path, initial_active=initial_active)
     return d.run()
+
+
+def _command(req: Any) -> str:
+    """The request's command, after checking the request's shape: a JSON object whose "cmd"
+    is a known command and whose other keys are that command's arguments."""
+    if not isinstance(req, dict):
+        raise ValueError(f"a request is a JSON object such as {{\"cmd\": \"ping\"}}, not "
+                         f"{_json_type(req)}")
+    cmd = req.get("cmd")
+    known = ", ".join(CONTROL_ARGS)
+    if cmd is None:
+        raise ValueError(f"the request has no \"cmd\"; it is one of {known}")
+    if not isinstance(cmd, str):
+        raise ValueError(f"\"cmd\" must be a string, not {_json_type(cmd)}; one of {known}")
+    if cmd not in CONTROL_ARGS:
+        raise ValueError(f"unknown command {cmd!r}; \"cmd\" is one of {known}")
+    extra = sorted(k for k in req if k != "cmd" and k not in CONTROL_ARGS[cmd])
+    if extra:
+        takes = ", ".join(CONTROL_ARGS[cmd]) or "no arguments"
+        raise ValueError(f"{cmd}: unknown argument(s) {', '.join(map(repr, extra))}; it takes "
+                         f"{takes}")
+    return cmd
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    return "an object" if isinstance(v, dict) else type(v).__name__
+
+
+def _refusal(error: str) -> Dict[str, Any]:
+    return {"ok": False, "error": error}
+
+
+def _reply_line(reply: Dict[str, Any]) -> bytes:
+    """One reply as one JSON line; a reply that cannot be encoded becomes an error reply."""
+    try:
+        return json.dumps(reply).encode() + b"\n"
+    except (TypeError, ValueError) as e:
+        log.error("control reply not encodable as JSON: %s", e)
+        return json.dumps(_refusal(f"internal error: the reply is not JSON ({e})")).encode() + \
+            b"\n"
+
+
+def _send_quietly(conn: socket.socket, reply: Dict[str, Any]) -> None:
+    """Best effort, never waiting: for a client that is being turned away."""
+    _send_quietly_bytes(conn, _reply_line(reply))
+
+
+def _send_quietly_bytes(conn: socket.socket, data: bytes) -> None:
+    try:
+        conn.send(data)
+    except OSError:
+        pass
+
+
+_UCRED = struct.Struct("iII")   # struct ucred: pid, uid, gid
+
+
+def _peer_uid(conn: socket.socket) -> Optional[int]:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED, recorded by the
+    kernel at connect time: the client cannot forge it)."""
+    try:
+        _pid, uid, _gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        _UCRED.size))
+    except (OSError, struct.error):
+        return None
+    return uid
 
 
 def _text(req: Dict[str, Any], key: str) -> str:

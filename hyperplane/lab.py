@@ -32,7 +32,11 @@ the VPC router carries across a subnet's edge.
 
 State lives in ``run_dir()/NAME/state.json``. Every namespace name is written there *before* the
 namespace is created, so a half-built lab (a crash, a failed step) can always be torn down, and
-teardown only ever removes namespaces listed there.
+teardown only ever removes namespaces listed there. The state file is claimed before anything
+is built (a second ``lab up`` of the same name is refused, touching nothing), and a failed build
+is rolled back (:func:`rollback`) to exactly what that run created. The lab's directory must
+belong to root and be writable by nobody else (:func:`check_lab_dir`): root's CLI trusts the
+control socket and the state file found there.
 
 All configuration is done over netlink with pyroute2: an ``IPRoute`` socket opened while the
 thread is inside a namespace (:func:`hyperplane.netns.entered`) stays bound to that namespace.
@@ -48,6 +52,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -60,9 +65,9 @@ from .labconfig import (EnvPlan, HostPlan, NaclPlan, NatGatewayPlan, Plan, Route
                         RulePlan, lab_mac, validate_lab_name)
 
 __all__ = ["LabError", "run_dir", "lab_dir", "state_path", "load_state", "save_state",
-           "list_labs", "build", "teardown", "sysctl", "lab_namespaces", "nacl_ruleset",
-           "apply_nacls", "nacl_counters", "add_eni_link", "remove_eni_link", "fabric_status",
-           "NFT_TABLE"]
+           "list_labs", "build", "rollback", "check_lab_dir", "teardown", "sysctl",
+           "lab_namespaces", "nacl_ruleset", "apply_nacls", "nacl_counters", "add_eni_link",
+           "remove_eni_link", "fabric_status", "NFT_TABLE"]
 
 #: ifaddrmsg flag: skip Duplicate Address Detection, so the address is usable at once (DAD
 #: would hold a new IPv6 address "tentative" for about a second).
@@ -94,7 +99,10 @@ def load_state(name: str) -> Optional[Dict[str, Any]]:
     path = state_path(name)
     try:
         with open(path) as f:
-            return json.load(f)
+            state = json.load(f)
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        return state
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
@@ -907,6 +915,8 @@ def build(plan: Plan, config_source: str) -> Dict[str, Any]:
     if problem:
         raise LabError(f"cannot build lab {name!r}: {problem}")
 
+    check_lab_dir(name)
+
     state: Dict[str, Any] = {"name": name, "plan": plan.to_dict(),
                              "config_source": config_source, "namespaces": [], "pid": None,
                              "created": time.time()}
@@ -915,22 +925,74 @@ def build(plan: Plan, config_source: str) -> Dict[str, Any]:
     except FileExistsError:
         raise LabError(f"lab {name!r} already exists; run `hyperplane lab down --name {name}` "
                        "first") from None
+    failed: Optional[Tuple[str, Exception]] = None
     try:
         for what, action in _steps(plan, state):
             try:
                 action()
             except Exception as e:
-                raise LabError(f"building lab {name!r} failed at step '{what}': "
-                               f"{type(e).__name__}: {e}") from e
-    except BaseException as e:
-        try:
-            teardown(name)
-        except Exception as te:  # keep the original error; say the rollback failed too
-            if hasattr(e, "add_note"):  # Python 3.11+
-                e.add_note(f"rollback failed as well: {te}; run `hyperplane lab down "
-                           f"--name {name}`")
+                failed = (what, e)
+                break
+    except BaseException as e:   # KeyboardInterrupt, SystemExit: roll back, then let it go on
+        _add_note(e, rollback(name))
         raise
+    if failed is not None:
+        what, e = failed
+        raise LabError(f"building lab {name!r} failed at step '{what}': "
+                       f"{type(e).__name__}: {e}; {rollback(name)}") from e
     return state
+
+
+def rollback(name: str) -> str:
+    """Undo a failed ``lab up`` of lab ``name``: :func:`teardown` of what its state file
+    records, which is exactly what this run created (the state file was claimed with O_EXCL
+    semantics before anything was built, and every namespace is recorded before it is
+    created): its data path, by pid; its namespaces, with every link and the nftables table
+    inside them; its directory. Never raises: returns a sentence for the error message."""
+    try:
+        rep = teardown(name)
+    except Exception as e:
+        return (f"rolling back failed as well ({e}); run `hyperplane lab down --name {name}` "
+                "to remove what is left")
+    pid = rep.get("stopped_pid")
+    return (f"rolled back: removed {len(rep['removed_namespaces'])} namespace(s)"
+            f"{f', stopped data path pid {pid}' if pid else ''} and the lab's directory; "
+            f"nothing of lab {name!r} is left")
+
+
+def _add_note(e: BaseException, note: str) -> None:
+    if hasattr(e, "add_note"):  # Python 3.11+
+        e.add_note(note)
+
+
+def check_lab_dir(name: str) -> None:
+    """Refuse a lab directory that another user could have prepared: it (and the run
+    directory above it) must belong to us or root, and nobody else may write to it. The
+    control socket and state file live there, and root's CLI trusts both. A directory left
+    over with files in it but no state file is refused too, so that a rollback, which removes
+    the lab's directory, only ever removes what its own run put there."""
+    rd, d = run_dir(), lab_dir(name)
+    os.makedirs(rd, mode=0o755, exist_ok=True)
+    for path, what in ((rd, "run directory"), (d, "lab directory")):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise LabError(f"{what} {path} is not a directory; remove it")
+        if st.st_uid not in (0, os.geteuid()):
+            raise LabError(f"{what} {path} belongs to uid {st.st_uid}, not root: another user "
+                           "could replace the lab's control socket there; remove it or set "
+                           "HYPERPLANE_RUN_DIR to a directory only root can write")
+        others_write = st.st_mode & 0o022
+        if others_write and not (path == rd and st.st_mode & stat.S_ISVTX):
+            raise LabError(f"{what} {path} is writable by other users (mode "
+                           f"{stat.S_IMODE(st.st_mode):04o}); `chmod go-w {path}` or set "
+                           "HYPERPLANE_RUN_DIR to a directory only root can write")
+    if os.path.isdir(d) and os.listdir(d):
+        raise LabError(f"{d} exists with files in it ({', '.join(sorted(os.listdir(d))[:5])}) "
+                       f"but lab {name!r} has no state file: left over from an earlier lab? "
+                       "Remove the directory, or pick another lab name")
 
 
 # ---- teardown ----------------------------------------------------------------------------------
@@ -1023,7 +1085,9 @@ def teardown(name: str) -> Dict[str, Any]:
     state = load_state(name)
     if state is None:
         return report
-    present = [ns for ns in state.get("namespaces") or []
+    recorded = state.get("namespaces")
+    recorded = recorded if isinstance(recorded, list) else []   # an edited state file
+    present = [ns for ns in recorded
                if isinstance(ns, str) and "/" not in ns and netns.exists(ns)]
     problem = netns.privilege_problem()
     if present and problem:
@@ -1032,11 +1096,14 @@ def teardown(name: str) -> Dict[str, Any]:
 
     prefix = f"hp-{name}-"
     taps: Dict[str, List[str]] = {}
-    for env in (state.get("plan") or {}).get("envs", []):
-        if env.get("attach") == "tap":
-            taps.setdefault(env["netns"], []).append(env.get("ifname", "eth0"))
+    plan = state.get("plan")
+    envs = plan.get("envs") if isinstance(plan, dict) else None
+    for env in envs if isinstance(envs, list) else []:
+        if isinstance(env, dict) and env.get("attach") == "tap" and \
+                isinstance(env.get("netns"), str):
+            taps.setdefault(env["netns"], []).append(str(env.get("ifname", "eth0")))
     errors = []
-    for ns in reversed(state.get("namespaces") or []):
+    for ns in reversed(recorded):
         if not isinstance(ns, str) or not ns.startswith(prefix) or "/" in ns:
             continue  # not a name this lab could have created (an edited state file)
         if not netns.exists(ns):
@@ -1052,7 +1119,7 @@ def teardown(name: str) -> Dict[str, Any]:
             errors.append(f"removing {ns}: {e}")
     if errors:
         # Keep the state file so the user can retry `hyperplane lab down`.
-        state["namespaces"] = [ns for ns in state.get("namespaces") or []
+        state["namespaces"] = [ns for ns in recorded
                                if isinstance(ns, str) and ns.startswith(prefix)
                                and "/" not in ns and netns.exists(ns)]
         save_state(name, state)
