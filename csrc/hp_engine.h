@@ -85,6 +85,7 @@ typedef struct {
     uint64_t ev_lost;
     /* counters */
     uint64_t packets[2], bytes[2], created, expired;
+    uint64_t icmp_errors; /* ICMP errors translated (both directions); not in packets[] */
     uint64_t drops[HP_R_COUNT];
 } hp_engine;
 

@@ -1,14 +1,23 @@
-/* hp_parse.h - IPv4/IPv6 + TCP/UDP header parsing; no I/O, no state. */
+/* hp_parse.h - IPv4/IPv6 + TCP/UDP/ICMP header parsing; no I/O, no state. */
 #ifndef HP_PARSE_H
 #define HP_PARSE_H
 
 #include "hp_types.h"
 
+/* What kind of ICMP message a packet is (hp_parsed.icmp). */
+enum { HP_ICMP_NO = 0, HP_ICMP_QUERY = 1, HP_ICMP_ERROR = 2 };
+
 typedef struct {
-    hp_tuple t;         /* the packet's tuple, as it arrived */
+    hp_tuple t;         /* the packet's tuple, as it arrived (ICMP: ports 0) */
     uint32_t l3_len;    /* IP total length: what conntrack counts as bytes */
-    uint32_t l4;        /* offset of the TCP/UDP header from the start of the packet */
-    uint8_t tcp_flags;  /* 0 for UDP */
+    uint32_t l4;        /* offset of the TCP/UDP/ICMP header from the start of the packet */
+    uint8_t tcp_flags;  /* 0 for UDP and ICMP */
+    uint8_t icmp;       /* HP_ICMP_*: not ICMP, a non-error (echo, ...), an error */
+    /* ICMP errors only: the embedded packet (the one the error is about), as it was sent */
+    hp_tuple inner;
+    uint32_t inner_ip;  /* offset of its IP header */
+    uint32_t inner_l4;  /* offset of its TCP/UDP header (at least 8 bytes of it are present) */
+    uint32_t end;       /* end of the outer IP packet: the embedded packet stops here */
 } hp_parsed;
 
 /* Parse n bytes at b. Returns HP_R_NONE and fills *out, or the drop reason. */

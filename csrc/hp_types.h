@@ -34,7 +34,9 @@ enum hp_reason {
     HP_R_NO_ENI_ADDRESS = 16,
     HP_R_TUPLE_COLLISION = 17,
     HP_R_SG_DENIED = 18, /* no security-group egress rule allows the new connection */
-    HP_R_COUNT = 19
+    HP_R_BAD_ICMP = 19,  /* an ICMP error whose checksum or embedded packet is unusable */
+    HP_R_ICMP_UNRELATED = 20, /* an environment's ICMP error about no tracked connection */
+    HP_R_COUNT = 21
 };
 
 /* ct_state: TCP states 1..8, UDP states 9..10. The state number is also the timeout class. */
@@ -56,6 +58,8 @@ enum hp_state {
 #define HP_FLAG_CSUM_PARTIAL 0x01u
 #define HP_IPPROTO_TCP 6
 #define HP_IPPROTO_UDP 17
+#define HP_IPPROTO_ICMP 1
+#define HP_IPPROTO_ICMPV6 58
 #define HP_MAX_EXT_HEADERS 8
 #define HP_PORT_PROBES 8
 #define HP_MAX_ENIS 256
@@ -70,7 +74,7 @@ typedef struct {
     uint16_t sport;
     uint16_t dport;
     uint8_t family; /* 4 or 6 */
-    uint8_t proto;  /* 6 or 17 */
+    uint8_t proto;  /* 6 or 17 (1 or 58 only in the REJECT event of an ICMP packet) */
     uint8_t pad[2]; /* always zero */
 } hp_tuple;
 

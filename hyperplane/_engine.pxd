@@ -96,7 +96,8 @@ cdef extern from "hp_engine.h":
         uint64_t bytes[2]
         uint64_t created
         uint64_t expired
-        uint64_t drops[19]
+        uint64_t icmp_errors
+        uint64_t drops[21]
         hp_event *ev
         uint32_t ev_mask
         uint32_t ev_head

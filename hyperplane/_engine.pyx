@@ -377,7 +377,8 @@ cdef class Engine:
                          x.packets[1], x.bytes[1])
 
     def counters(self):
-        """Packets and bytes per direction, connections, and every drop reason by name."""
+        """Packets and bytes per direction, connections, ICMP errors translated (not counted
+        in the packets: they are not a connection's traffic), and every drop reason by name."""
         self._check_idle()
         e = self._e
         return {
@@ -385,6 +386,7 @@ cdef class Engine:
             "packets_inbound": e.packets[1], "bytes_inbound": e.bytes[1],
             "connections_created": e.created, "connections_expired": e.expired,
             "connections": e.n_entries, "capacity": e.cfg.capacity, "events_lost": e.ev_lost,
+            "icmp_errors_translated": e.icmp_errors,
             "drops": {r.label: e.drops[r] for r in _REASONS if r != DropReason.NONE},
         }
 

@@ -37,12 +37,16 @@ class DropReason(enum.IntEnum):
     BAD_IP_HEADER = 3         #: IPv4 IHL < 5 or total length < header length
     BAD_IP_CHECKSUM = 4       #: IPv4 header checksum does not verify (RFC 1812 5.2.2)
     FRAGMENT = 5              #: IPv4 MF/offset or IPv6 fragment header (not handled yet)
-    UNSUPPORTED_PROTOCOL = 6  #: transport is neither TCP nor UDP (incl. ESP, no-next-header)
+    #: transport is neither TCP nor UDP (incl. ESP, no-next-header), or an ICMP message that is
+    #: not an error (echo, ...) sent by an environment: Lambda supports only TCP and UDP
+    UNSUPPORTED_PROTOCOL = 6
     EXT_HEADER_CHAIN = 7      #: IPv6 extension-header chain longer than the walk limit
     BAD_L4_HEADER = 8         #: TCP data offset < 5 / UDP length field inconsistent
     TTL_EXPIRED = 9           #: IPv4 TTL <= 1: forwarding would expire it
     HOP_LIMIT_EXPIRED = 10    #: IPv6 hop limit <= 1
-    UNSOLICITED = 11          #: inbound packet matching no reply tuple (AWS: dropped)
+    #: inbound packet matching no reply tuple (AWS: dropped); also any ICMP from the VPC that
+    #: is not an error about a tracked connection
+    UNSOLICITED = 11
     TCP_NOT_SYN = 12          #: new outbound TCP connection that does not start with SYN
     TCP_INVALID = 13          #: TCP flags not allowed in the connection's state
     PORT_EXHAUSTED = 14       #: every ENI of the family has no free port for this protocol
@@ -56,6 +60,13 @@ class DropReason(enum.IntEnum):
     #: a new connection that no security-group egress rule allows (stateful: only checked when
     #: a connection is created in the orig direction; its later packets and replies never are)
     SECURITY_GROUP = 18
+    #: an ICMP error that cannot be translated: its checksum fails (RFC 5508 REQ-3), or the
+    #: packet it embeds is cut before 8 bytes of transport header, of the other IP family, not
+    #: TCP/UDP (an error about an ICMP message included), or a later IPv4/IPv6 fragment
+    BAD_ICMP = 19
+    #: an ICMP error from an environment about no connection it has (from the VPC, such an
+    #: error is UNSOLICITED like any other packet that matches nothing)
+    ICMP_UNRELATED = 20
 
     @property
     def label(self) -> str:
@@ -106,7 +117,12 @@ FLAG_CSUM_PARTIAL = 0x01  # virtio-net header said VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
-PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}
+IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
+#: Connections are TCP or UDP; the ICMP names appear only in "reject" events (an unsolicited
+#: ICMP packet from the VPC), spelt as conntrack and the flow logs spell them.
+PROTO_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp",
+               IPPROTO_ICMPV6: "icmpv6"}
 
 
 def state_name(proto: int, state: int) -> str:

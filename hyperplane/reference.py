@@ -19,6 +19,12 @@ The life of a packet (``Engine._translate``):
 5. **state update** (TCP transition table, UDP replied flag), counters, timer refresh;
 6. **manip**: source (outbound) or destination (inbound) rewritten, TTL decremented, checksums
    updated incrementally (RFC 1624), or by the partial-checksum rule for offloaded packets.
+
+ICMP takes a side road after step 2 (``Engine._icmp``): an ICMP *error* (destination
+unreachable, time exceeded, parameter problem, packet too big) embeds the start of the packet
+that caused it, and that embedded packet names the connection the error is about. A related
+error is translated, outer and embedded headers both (RFC 5508), without touching the
+connection's state; everything else ICMP is dropped.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 from . import tcp_states
 from .config import EngineConfig, Eni
 from .constants import (
-    FLAG_CSUM_PARTIAL, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, Direction, DropReason, TcpState,
+    FLAG_CSUM_PARTIAL, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, Direction, DropReason, TcpState,
     TimeoutClass, UdpState, Verdict, state_name,
 )
 
@@ -166,6 +172,16 @@ def ip_header_sum_ok(hdr: bytes) -> bool:
     for i in range(0, len(hdr), 2):
         acc += (hdr[i] << 8) | hdr[i + 1]
     return fold(acc) == 0xFFFF
+
+
+def ones_sum(data: bytes) -> int:
+    """The folded one's-complement sum of ``data`` (an odd last byte padded with a zero)."""
+    acc = 0
+    for i in range(0, len(data) - 1, 2):
+        acc += (data[i] << 8) | data[i + 1]
+    if len(data) % 2:
+        acc += data[-1] << 8
+    return fold(acc)
 
 
 def port_permutation(seed: int, eni_index: int, family: int, proto: int,
@@ -357,16 +373,86 @@ def eni_index(enis: List[Eni], which) -> int:
     return which
 
 
+def _walk_ext(b, end: int, proto: int, l4: int):
+    """Walk IPv6 extension headers (RFC 8200 4.1: hop-by-hop, routing, destination options,
+    authentication header) from offset ``l4`` to the transport header, bounded; returns
+    (protocol, offset) or the DropReason. A fragment header is reported as a fragment."""
+    for _ in range(MAX_EXT_HEADERS + 1):
+        if proto not in (0, 43, 60, 51, 44):
+            return proto, l4
+        if proto == 44:
+            return R.FRAGMENT
+        if l4 + 2 > end:
+            return R.TRUNCATED
+        hlen = (b[l4 + 1] + 2) * 4 if proto == 51 else (b[l4 + 1] + 1) * 8
+        proto = b[l4]
+        l4 += hlen
+        if l4 > end:
+            return R.TRUNCATED
+    return R.EXT_HEADER_CHAIN
+
+
+def _parse_embedded(b, at: int, end: int, family: int) -> Optional["_Embedded"]:
+    """The packet an ICMP error embeds, at offset ``at`` up to ``end``; None when unusable.
+
+    It must be of the error's own family, carry TCP or UDP (an error about an ICMP message is
+    never translated: RFC 1122 3.2.2 forbids errors about errors, so one is forged or broken),
+    not be a later fragment (no ports), and hold 8 bytes of transport header. Its length and
+    checksum fields are not checked: they describe the whole original packet."""
+    avail = end - at
+    if avail < 1 or b[at] >> 4 != family:
+        return None
+    if family == 4:
+        if avail < 20:
+            return None
+        ihl = (b[at] & 0x0F) * 4
+        if ihl < 20 or ((b[at + 6] << 8) | b[at + 7]) & 0x1FFF:
+            return None
+        proto, l4 = b[at + 9], at + ihl
+        src, dst = bytes(b[at + 12:at + 16]), bytes(b[at + 16:at + 20])
+    else:
+        if avail < 40:
+            return None
+        walk = _walk_ext(b, end, b[at + 6], at + 40)
+        if isinstance(walk, DropReason):   # fragments included
+            return None
+        proto, l4 = walk
+        src, dst = bytes(b[at + 8:at + 24]), bytes(b[at + 24:at + 40])
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP) or l4 + 8 > end:
+        return None
+    return _Embedded(proto, src.ljust(16, b"\0"), dst.ljust(16, b"\0"),
+                     (b[l4] << 8) | b[l4 + 1], (b[l4 + 2] << 8) | b[l4 + 3], at, l4)
+
+
+class _Embedded(NamedTuple):
+    """The packet an ICMP error is about, as the error carries it (usually cut short)."""
+
+    proto: int
+    src: bytes       # 16 bytes, IPv4 in the first 4
+    dst: bytes
+    sport: int
+    dport: int
+    ip: int          # offset of its IP header from the start of the outer packet
+    l4: int          # offset of its TCP/UDP header (8 bytes of it are present)
+
+
+#: _Parsed.icmp
+ICMP_NO, ICMP_QUERY, ICMP_ERROR = 0, 1, 2
+
+
 class _Parsed(NamedTuple):
     family: int
     proto: int
     l3_len: int      # IP total length (bytes counted per connection)
-    l4: int          # offset of the TCP/UDP header
+    l4: int          # offset of the TCP/UDP/ICMP header
     src: bytes
     dst: bytes
-    sport: int
+    sport: int       # ICMP: 0
     dport: int
     tcp_flags: int
+    icmp: int = ICMP_NO                  # ICMP_QUERY: any ICMP message that is not an error
+    inner: Optional[_Embedded] = None    # ICMP_ERROR: the packet the error is about
+    end: int = 0                         # ICMP: offset of the end of the IP packet
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +479,8 @@ class Engine:
         self._exhausted = set()        # (family, proto) whose every pool is full right now
         self._signals: List[Tuple[str, int, str]] = []
         self._c = dict(packets_outbound=0, bytes_outbound=0, packets_inbound=0,
-                       bytes_inbound=0, connections_created=0, connections_expired=0)
+                       bytes_inbound=0, connections_created=0, connections_expired=0,
+                       icmp_errors_translated=0)
         self._drops = [0] * len(DropReason)
         self._egress: Optional[List[EgressRule]] = None   # None: allow everything
         self._disabled: set = set()     # indexes of ENIs that take no new connections
@@ -534,6 +621,8 @@ class Engine:
         ttl = buf[off + (8 if p.family == 4 else 7)]
         if ttl <= 1:
             return self._drop(R.TTL_EXPIRED if p.family == 4 else R.HOP_LIMIT_EXPIRED)
+        if p.icmp:
+            return self._icmp(direction, buf, off, p, flags, now)
 
         key = tuple_key(p.family, p.proto, p.src, p.dst, p.sport, p.dport)
         hit = self._table.get(key)
@@ -604,25 +693,16 @@ class Engine:
                 return R.TRUNCATED
             end = off + 40 + plen
             proto, l4 = b[off + 6], off + 40
-            # Walk extension headers (RFC 8200 4.1) to the transport header, bounded.
-            for _ in range(MAX_EXT_HEADERS + 1):
-                if proto not in (0, 43, 60, 51, 44):
-                    break
-                if proto == 44:
-                    return R.FRAGMENT
-                if l4 + 2 > end:
-                    return R.TRUNCATED
-                hlen = (b[l4 + 1] + 2) * 4 if proto == 51 else (b[l4 + 1] + 1) * 8
-                proto = b[l4]
-                l4 += hlen
-                if l4 > end:
-                    return R.TRUNCATED
-            else:
-                return R.EXT_HEADER_CHAIN
+            walk = _walk_ext(b, end, proto, l4)
+            if isinstance(walk, DropReason):
+                return walk
+            proto, l4 = walk
             src, dst = bytes(b[off + 8:off + 24]), bytes(b[off + 24:off + 40])
             family, l3_len = 6, 40 + plen
         else:
             return R.BAD_IP_VERSION
+        if proto == (IPPROTO_ICMP if family == 4 else IPPROTO_ICMPV6):
+            return self._parse_icmp(b, off, family, proto, l3_len, l4, end, src, dst, flags)
         if proto not in (IPPROTO_TCP, IPPROTO_UDP):
             return R.UNSUPPORTED_PROTOCOL
         l4_len = end - l4
@@ -650,6 +730,151 @@ class Engine:
         dport = (b[l4 + 2] << 8) | b[l4 + 3]
         return _Parsed(family, proto, l3_len, l4 - off, src.ljust(16, b"\0"),
                        dst.ljust(16, b"\0"), sport, dport, tcp_flags)
+
+    def _parse_icmp(self, b, off, family, proto, l3_len, l4, end, src, dst, flags):
+        """ICMP (RFC 792, RFC 4443 section 3). An error carries the start of the packet that
+        caused it: its IP header and at least 8 bytes after it (the ports); that embedded
+        packet names the connection the error is about (RFC 5508 section 4, the kernel's
+        nf_conntrack_icmp.c). Errors: ICMPv4 destination unreachable (3, incl. code 4
+        "fragmentation needed"), time exceeded (11), parameter problem (12); ICMPv6
+        destination unreachable (1), packet too big (2), time exceeded (3), parameter problem
+        (4). Anything else (echo, redirect, ...) is a "query": it belongs to no connection."""
+        if end - l4 < 8:
+            return R.TRUNCATED            # type, code, checksum and the 4 bytes after them
+        p = _Parsed(family, proto, l3_len, l4 - off, src.ljust(16, b"\0"), dst.ljust(16, b"\0"),
+                    0, 0, 0, ICMP_QUERY, None, end - off)
+        is_error = b[l4] in ((3, 11, 12) if family == 4 else (1, 2, 3, 4))
+        if not is_error:
+            return p
+        # RFC 5508 REQ-3: an error whose checksum fails is dropped, not translated (translated,
+        # it would get a fresh, valid checksum). A partial checksum is not complete yet.
+        if not flags & FLAG_CSUM_PARTIAL:
+            acc = ones_sum(bytes(b[l4:end]))
+            if family == 6:               # pseudo-header (RFC 4443 2.3)
+                n = end - l4
+                acc += ones_sum(src + dst) + (n >> 16) + (n & 0xFFFF) + IPPROTO_ICMPV6
+            if fold(acc) != 0xFFFF:
+                return R.BAD_ICMP
+        inner = _parse_embedded(b, l4 + 8, end, family)
+        if inner is None:
+            return R.BAD_ICMP
+        return p._replace(icmp=ICMP_ERROR,
+                          inner=inner._replace(ip=inner.ip - off, l4=inner.l4 - off))
+
+    # ICMP ----------------------------------------------------------------------------------------
+    def _icmp(self, direction, buf, off, p: _Parsed, flags, now) -> Tuple[int, int]:
+        """Translate an ICMP error that belongs to a connection; drop the rest.
+
+        An error about a packet of a tracked connection is RELATED to it, in the kernel's word
+        (nf_nat_icmp_reply_translation): it is translated so that the host that sent the packet
+        learns of the error ("port unreachable" fails the socket, "fragmentation needed" /
+        "packet too big" lowers the path MTU, RFC 1191 / RFC 8201), but it is not the
+        connection's traffic: state, timer and counters stay as they are (RFC 5508 REQ-6: an
+        error neither refreshes nor deletes a mapping, else a forged one could do either).
+
+        The embedded packet is as the error's sender saw it, on the far side of the NAT:
+
+        * inbound (from the VPC): a packet the NAT sent, ENI:port -> peer; reversed, the
+          connection's *reply* tuple. Translation: outer destination ENI -> environment,
+          embedded source ENI:port -> environment:port (RFC 5508 REQ-4);
+        * outbound (from an environment): a reply it received, peer -> env:port; reversed,
+          the *orig* tuple. Translation: outer source environment -> ENI, embedded
+          destination env:port -> ENI:port.
+
+        The error must go back along the embedded packet's path (the kernel's "outer daddr
+        mismatch" check): its outer destination is the embedded source; an environment's error
+        must also come from the embedded destination (its own address), so that one
+        environment cannot send errors about another's connections. Type, code and the rest of
+        the ICMP header (a PMTU error's next-hop MTU) are not touched.
+
+        Anything else: from the VPC unsolicited (an error about nothing we track, or a query:
+        the "reject" event names the ICMP packet itself, ports 0); from an environment an
+        unrelated error is ICMP_UNRELATED and a query UNSUPPORTED_PROTOCOL (Lambda supports
+        TCP and UDP only)."""
+        if p.icmp == ICMP_ERROR:
+            e = p.inner
+            reversed_key = tuple_key(p.family, e.proto, e.dst, e.src, e.dport, e.sport)
+            hit = self._table.get(reversed_key)
+            related = (hit is not None and hit[1] == direction and p.dst == e.src
+                       and (direction == IN or p.src == e.dst))
+            if related:
+                conn = hit[0]
+                if direction == IN:     # back to the environment's address and port
+                    self._icmp_manip(buf, off, p, flags, direction, conn.env_addr,
+                                     conn.env_port)
+                else:                   # out as the ENI's address and the connection's port
+                    self._icmp_manip(buf, off, p, flags, direction, conn.eni_addr,
+                                     conn.eni_port)
+                self._c["icmp_errors_translated"] += 1
+                return (Verdict.REPLY if direction == IN else Verdict.ESTABLISHED), R.NONE
+            if direction == OUT:
+                return self._drop(R.ICMP_UNRELATED)
+        elif direction == OUT:
+            return self._drop(R.UNSUPPORTED_PROTOCOL)
+        self._ev_reject(p, IN, R.UNSOLICITED, now)
+        return self._drop(R.UNSOLICITED)
+
+    def _icmp_manip(self, b, off, p: _Parsed, flags: int, direction, addr: bytes,
+                    port: int) -> None:
+        """Rewrite a related ICMP error: outer source (outbound) or destination (inbound), the
+        embedded destination (outbound) or source (inbound) address and port, TTL; checksums
+        incrementally (RFC 1624): the outer IPv4 header; the embedded IPv4 header (address);
+        the embedded TCP/UDP checksum when that field is inside the message (an IPv4 UDP 0
+        stays 0); the ICMP checksum, which covers the embedded bytes just changed and, for
+        ICMPv6 only, the outer addresses (its pseudo-header). A partial ICMP checksum holds
+        only the pseudo-header sum: only the outer addresses move it."""
+        v4, alen, e = p.family == 4, (4 if p.family == 4 else 16), p.inner
+        out_src, in_src = direction == OUT, direction == IN
+        oa = off + ((12 if out_src else 16) if v4 else (8 if out_src else 24))
+        ip, l4 = off + e.ip, off + e.l4
+        ia = ip + ((12 if in_src else 16) if v4 else (8 if in_src else 24))
+        pp = l4 + (0 if in_src else 2)
+        new_port = port.to_bytes(2, "big")
+        old_outer, old_inner = bytes(b[oa:oa + alen]), bytes(b[ia:ia + alen])
+        old_port = bytes(b[pp:pp + 2])
+        d_outer = csum_delta(old_outer, addr)
+        d_inner = csum_delta(old_inner, addr)
+        # the ICMP checksum covers every embedded byte: collect the changed words' deltas
+        d_icmp = d_inner + csum_delta(old_port, new_port)
+
+        def set16(pos: int, value: int) -> None:
+            nonlocal d_icmp
+            old = bytes(b[pos:pos + 2])
+            b[pos:pos + 2] = value.to_bytes(2, "big")
+            d_icmp += csum_delta(old, bytes(b[pos:pos + 2]))
+
+        if v4:                                    # embedded IPv4 header checksum
+            set16(ip + 10, csum_update_full((b[ip + 10] << 8) | b[ip + 11], d_inner))
+        udp = e.proto == IPPROTO_UDP
+        c = l4 + (6 if udp else 16)
+        if c + 2 <= off + p.end:   # a TCP checksum lies past the 8 bytes an error must carry
+            csum = (b[c] << 8) | b[c + 1]
+            if not (udp and v4 and csum == 0):    # RFC 768: IPv4 UDP checksum 0 stays 0
+                csum = csum_update_full(csum, csum_delta(old_inner + old_port, addr + new_port))
+                set16(c, 0xFFFF if udp and csum == 0 else csum)
+        b[ia:ia + alen] = addr
+        b[pp:pp + 2] = new_port
+
+        if v4:
+            ttl_old = bytes(b[off + 8:off + 10])
+            ttl_new = bytes([ttl_old[0] - 1, ttl_old[1]])
+            hc = (b[off + 10] << 8) | b[off + 11]
+            hc = csum_update_full(hc, csum_delta(old_outer + ttl_old, addr + ttl_new))
+            b[off + 8] = ttl_new[0]
+            b[off + 10:off + 12] = hc.to_bytes(2, "big")
+        else:
+            b[off + 7] -= 1
+        ic = off + p.l4 + 2
+        icsum = (b[ic] << 8) | b[ic + 1]
+        if flags & FLAG_CSUM_PARTIAL:
+            if not v4:
+                icsum = csum_update_partial(icsum, d_outer)
+        else:
+            if not v4:
+                d_icmp += d_outer
+            icsum = csum_update_full(icsum, fold(d_icmp))
+        b[ic:ic + 2] = icsum.to_bytes(2, "big")
+        b[oa:oa + alen] = addr
 
     # 4. new connection -----------------------------------------------------------------------
     def _new_conn(self, p: _Parsed, orig_key: bytes, now: float):
@@ -943,7 +1168,8 @@ class Engine:
         return len(self._table) // 2
 
     def counters(self) -> Dict[str, object]:
-        """Packets and bytes per direction, connections, and every drop reason by name."""
+        """Packets and bytes per direction, connections, ICMP errors translated (not counted
+        in the packets: they are not a connection's traffic), and every drop reason by name."""
         out = dict(self._c)
         out["connections"] = len(self)
         out["capacity"] = self.config.capacity

@@ -9,6 +9,10 @@ truncation; inbound packets often aimed at a mapping an earlier outbound packet 
 (ENI address and port read from the output); batches; time steps (also backwards and past
 every timeout); expire(); add_eni(); security-group egress rule sets (allow all, none, some)
 and retiring / re-enabling ENIs mid-run; mid-run comparisons of the whole state.
+ICMP: errors of every type from the VPC about packets the NAT really sent, and from
+environments about replies they really received, embedded whole or cut short (also too short),
+random ones about nothing, ones whose outer addresses do not fit, errors about ICMP or about
+the other family, echo messages, partial checksums, corrupted and truncated errors.
 """
 from __future__ import annotations
 
@@ -19,11 +23,17 @@ from hypothesis import HealthCheck, given, settings
 
 from hp_testlib import (
     ENI_A, ENI_B, ENI_C, ENI_V4_ONLY, ENV, HOST, build, compiled_module, locate_l4, make_config,
-    make_partial, no_clock,
+    make_partial, no_clock, pseudo_header_sum,
 )
 from hyperplane import FLAG_CSUM_PARTIAL, Direction, Timeouts, Verdict, reference
 
-from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+from scapy.compat import raw
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6, IPv6ExtHdrDestOpt,
+    IPv6ExtHdrHopByHop,
+)
+from scapy.packet import Raw
 
 SHORT = Timeouts(tcp_syn_sent=5, tcp_syn_recv=4, tcp_established=20, tcp_fin_wait=6,
                  tcp_close_wait=5, tcp_last_ack=3, tcp_time_wait=6, tcp_close=2,
@@ -80,8 +90,27 @@ in_ops = st.tuples(
     st.integers(0, 1 << 16), st.sampled_from([True, True, True, False]), st.integers(0, 1),
     st.sampled_from(DPORTS), tcp_flags, st.sampled_from([0, 0, 3, 40]), ttls,
     st.booleans(), st.sampled_from([False, False, False, True]), corruptions)
+#: ICMP (type, code) by family: the errors, a PMTU one among them, and echo (not an error)
+ICMP_KINDS = {4: [(3, 3), (3, 4), (11, 0), (12, 0), (3, 1), (8, 0), (0, 0)],
+              6: [(1, 4), (2, 0), (3, 0), (4, 0), (1, 3), (128, 0), (129, 0)]}
+ROUTER = {4: "198.19.0.1", 6: "2001:2:0:200::1"}
+#: ("icmp_in"/"icmp_out", family, pick, about, kind_i, cut, ttl, partial, corrupt, odd):
+#: an ICMP error (or echo) about ``about``: "known" a packet the NAT really sent (in) or an
+#: environment really received (out), number pick; "random" a packet of no connection;
+#: "other" one of the other family; "icmp" an ICMP message. cut: transport bytes kept (None:
+#: all). odd: outer addresses that do not fit (in: sent to another address; out: from another
+#: environment); otherwise in: from a router or the host. "fresh": first open a new flow (and
+#: for "icmp_out" have the VPC answer it), then an error about that packet.
+icmp_ops = st.tuples(
+    st.sampled_from(["icmp_in", "icmp_in", "icmp_out"]), st.sampled_from([4, 4, 6]),
+    st.integers(0, 1 << 16),
+    st.sampled_from(["known"] * 6 + ["fresh"] * 6 + ["random", "other", "icmp"]),
+    st.integers(0, 6), st.sampled_from([None] * 6 + [8, 18, 20, 7, 0]), ttls,
+    st.sampled_from([False, False, False, True]), corruptions,
+    st.sampled_from([0, 0, 0, 1, 2]))
 ops = st.one_of(
-    out_ops, out_ops, out_ops, out_ops, in_ops, in_ops, in_ops,
+    out_ops, out_ops, out_ops, out_ops, in_ops, in_ops, in_ops, icmp_ops, icmp_ops, icmp_ops,
+    icmp_ops, icmp_ops,
     st.tuples(st.just("time"), st.sampled_from([0.0, 0.25, 1.0, 2.0, 3.5, 7.0, 31.0, 61.0, 121.0,
                                                 351.0, -5.0])),
     # a burst of new flows from distinct source ports: exhausts small pools and tables
@@ -97,6 +126,8 @@ ops = st.one_of(
     st.tuples(st.just("enable"), st.integers(0, 2), st.booleans()),
     st.tuples(st.just("batch"), st.lists(out_ops, min_size=1, max_size=8)),
     st.tuples(st.just("batch"), st.lists(in_ops, min_size=1, max_size=8)),
+    st.tuples(st.just("batch"), st.lists(st.one_of(in_ops, icmp_ops.filter(
+        lambda o: o[0] == "icmp_in")), min_size=1, max_size=8)),
 )
 
 
@@ -114,10 +145,79 @@ class Run:
             e.enable_events(events)
         self.now = 0.0
         self.known = []     # (family, proto, host, hport, eni address, eni port)
+        self.sent_out = []  # packets as the NAT sent them into the VPC (ICMP errors embed them)
+        self.got_in = []    # packets as environments received them
         self.log = []
 
     # ---- packets --------------------------------------------------------------------------
+    def icmp_packet(self, op):
+        kind, family, pick, about_kind, kind_i, cut, ttl, partial, corrupt, odd = op
+        inbound = kind == "icmp_in"
+        seen = self.sent_out if inbound else self.got_in
+        if about_kind == "known" and seen:
+            about = seen[pick % len(seen)]
+            family = about[0] >> 4
+        else:
+            fam = (10 - family) if about_kind == "other" else family
+            eaddr = self.eni_addr(pick, fam)
+            env, host = ENV[fam][pick % 3], HOST[fam][pick % 2]
+            if about_kind == "icmp":
+                l3 = IP(src=eaddr, dst=host) if fam == 4 else IPv6(src=eaddr, dst=host)
+                about = raw(l3 / (ICMP(type=8) if fam == 4 else ICMPv6EchoRequest())
+                            / Raw(b"ping"))
+            elif inbound:
+                about = build(fam, "udp" if pick & 1 else "tcp", eaddr, host,
+                              self.pool_port(pick), DPORTS[pick % 3], payload=b"x" * 5)
+            else:
+                about = build(fam, "udp" if pick & 1 else "tcp", host, env, DPORTS[pick % 3],
+                              SPORTS[pick % len(SPORTS)], flags="SA")
+        if cut is not None:
+            about = about[:(20 if about[0] >> 4 == 4 else 40) + cut]
+        a_fam = about[0] >> 4 if about else family
+        alen, s_off = (4, 12) if a_fam == 4 else (16, 8)
+        af = socket.AF_INET if a_fam == 4 else socket.AF_INET6
+        try:
+            a_src = socket.inet_ntop(af, about[s_off:s_off + alen])
+            a_dst = socket.inet_ntop(af, about[s_off + alen:s_off + 2 * alen])
+        except ValueError:
+            a_src, a_dst = self.eni_addr(pick, family), ENV[family][0]
+        if a_fam != family:   # the error's own addresses must be of its family
+            a_src, a_dst = self.eni_addr(pick, family), ENV[family][pick % 3]
+        if inbound:
+            src = ROUTER[family] if pick & 2 else HOST[family][0]
+            dst = a_src if odd != 1 else self.eni_addr(pick + 1, family)
+        else:
+            src = a_dst if odd != 2 else ENV[family][(pick + 1) % 3]
+            dst = a_src
+        t, code = ICMP_KINDS[family][kind_i]
+        if family == 4:
+            layer = ICMP(type=t, code=code, nexthopmtu=1400 if (t, code) == (3, 4) else 0)
+            pkt = IP(src=src, dst=dst, ttl=ttl) / layer
+        else:
+            layer = ICMPv6PacketTooBig(mtu=1280) if t == 2 else \
+                ICMPv6DestUnreach(type=t, code=code) if t < 128 else \
+                ICMPv6EchoRequest(type=t)
+            pkt = IPv6(src=src, dst=dst, hlim=ttl) / layer
+        pkt = bytearray(raw(pkt / Raw(about)))
+        if partial:   # the ICMP checksum field holds the pseudo-header sum (0 for ICMPv4)
+            hl = 20 if family == 4 else 40
+            psum = 0 if family == 4 else pseudo_header_sum(6, src, dst, 58, len(pkt) - 40)
+            pkt[hl + 2:hl + 4] = psum.to_bytes(2, "big")
+        pkt = self.corrupt(bytes(pkt), corrupt)
+        return pkt, bool(partial), corrupt is None
+
+    def corrupt(self, pkt, corrupt):
+        if corrupt is None:
+            return pkt
+        if corrupt[0] == "flip":
+            buf = bytearray(pkt)
+            buf[corrupt[1] % len(buf)] ^= corrupt[2]
+            return bytes(buf)
+        return pkt[:corrupt[1] % (len(pkt) + 1)]
+
     def packet(self, op):
+        if op[0].startswith("icmp"):
+            return self.icmp_packet(op)
         (kind, family, proto, a, b, host_i, dport, flags, plen, ttl, ext, partial,
          corrupt) = op
         hdrs = [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()] if ext and family == 6 else []
@@ -145,13 +245,7 @@ class Run:
                         payload=payload, ext=hdrs)
         if partial:
             pkt = make_partial(pkt)
-        if corrupt is not None:
-            if corrupt[0] == "flip":
-                buf = bytearray(pkt)
-                buf[corrupt[1] % len(buf)] ^= corrupt[2]
-                pkt = bytes(buf)
-            else:
-                pkt = pkt[:corrupt[1] % (len(pkt) + 1)]
+        pkt = self.corrupt(pkt, corrupt)
         return pkt, bool(partial), corrupt is None
 
     def eni_addr(self, k, family):
@@ -164,7 +258,10 @@ class Run:
         return self.cfg.port_min + k % (self.cfg.port_max - self.cfg.port_min + 1)
 
     def remember(self, direction, out_bytes):
-        if direction != "out" or out_bytes is None:
+        if out_bytes is None or direction not in ("out", "in"):
+            return
+        (self.sent_out if direction == "out" else self.got_in).append(bytes(out_bytes))
+        if direction != "out":
             return
         info = locate_l4(out_bytes)
         af = socket.AF_INET if info.family == 4 else socket.AF_INET6
@@ -242,9 +339,11 @@ class Run:
                 sport = 2000 + base * 16 + k
                 self.step(i, ("out", family, proto, env_i, sport, k % 2, 443, "S", 0, 64,
                               False, False, None))
-        elif kind in ("out", "in"):
+        elif kind in ("out", "in", "icmp_in", "icmp_out"):
+            if kind.startswith("icmp") and op[3] == "fresh":
+                op = self.fresh(i, op)
             pkt, partial, clean = self.packet(op)
-            fn = "outbound" if kind == "out" else "inbound"
+            fn = "outbound" if kind in ("out", "icmp_out") else "inbound"
             rc = getattr(c, fn)(pkt, now=self.now, csum_partial=partial)
             rr = getattr(r, fn)(pkt, now=self.now, csum_partial=partial)
             self.same("results", tuple(rc), tuple(rr), i, op, pkt)
@@ -255,9 +354,24 @@ class Run:
             self.batch(i, op)
         self.same("take_signals()", c.take_signals(), r.take_signals(), i, op)
 
+    def fresh(self, i, op):
+        """Open a flow for an ICMP op (and answer it for an outbound error); the op, now about
+        the packet that crossed the NAT last."""
+        family, pick = op[1], op[2]
+        proto = "udp" if pick & 1 else "tcp"
+        self.step(i, ("out", family, proto, pick % 3, SPORTS[pick % len(SPORTS)], pick & 1,
+                      DPORTS[pick % 3], "S", 3, 64, bool(pick & 4), False, None))
+        seen = self.sent_out
+        if op[0] == "icmp_out" and self.known:
+            self.step(i, ("in", family, proto, len(self.known) - 1, True, 0, 443, "SA", 3, 64,
+                          False, False, None))
+            seen = self.got_in
+        return op[:2] + (len(seen) - 1 if seen else 0, "known") + op[4:]
+
     def batch(self, i, op):
         items = [self.packet(o) for o in op[1]]
-        direction = Direction.OUTBOUND if op[1][0][0] == "out" else Direction.INBOUND
+        direction = Direction.OUTBOUND if op[1][0][0] in ("out", "icmp_out") \
+            else Direction.INBOUND
         buf, offsets, lengths = bytearray(), [], []
         for pkt, _, _ in items:
             offsets.append(len(buf))
@@ -275,7 +389,7 @@ class Run:
                   bytes(buf))
         _, v, _, b = outs["reference"]
         for k, (pkt, _, clean) in enumerate(items):
-            if clean and v[k] != Verdict.DROP:
+            if clean and v[k] != Verdict.DROP and not op[1][k][0].startswith("icmp"):
                 self.remember("out" if direction == Direction.OUTBOUND else "in",
                               b[offsets[k]:offsets[k] + lengths[k]])
 
