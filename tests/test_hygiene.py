@@ -486,10 +486,18 @@ def test_many_clients_at_once(dlab, udp_echo):
     errors: List[BaseException] = []
     start = threading.Barrier(len(replies))
 
+    told_busy = [0]
+
     def client(i):
         try:
             start.wait(REPLY_TIMEOUT)
-            replies[i] = exchange(path, requests[i % len(requests)])
+            for _ in range(200):   # "busy" means: more than CONTROL_CLIENTS_MAX at once; retry
+                replies[i] = exchange(path, requests[i % len(requests)])
+                r = replies[i]
+                if not (r and r.get("ok") is False and "busy" in r.get("error", "")):
+                    break
+                told_busy[0] += 1
+                time.sleep(0.02)
         except BaseException as e:
             errors.append(e)
 
@@ -501,19 +509,17 @@ def test_many_clients_at_once(dlab, udp_echo):
     for t in threads:
         t.join(60)
     assert not errors, errors[:3]
-    busy = 0
     for i, r in enumerate(replies):
         assert r is not None, f"client {i} got no reply"
-        if r["ok"] is False and "busy" in r["error"]:
-            busy += 1   # more than CONTROL_CLIENTS_MAX at once: told to try again
-            continue
+        assert not (r["ok"] is False and "busy" in r["error"]), f"client {i} never served"
         if i % len(requests) in (0, 2):
             assert r["ok"] is True, r
             if i % len(requests) == 0:
                 assert r["pid"] == dlab.pid
         else:
             assert_refused(r)
-    assert busy < len(replies) - daemon.CONTROL_CLIENTS_MAX, f"{busy} clients were busy"
+    # how many were told to come back depends on the scheduling; every one was served in the end
+    print(f"{told_busy[0]} busy replies before every client was served")
     assert_alive(dlab)
 
 
