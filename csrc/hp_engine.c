@@ -78,10 +78,18 @@ static void lru_append(hp_engine *e, uint32_t idx)
 
 static hp_event *ev_slot(hp_engine *e, int type, double now)
 {
+    if (!(e->ev_kinds & (1u << type)))
+        return NULL; /* a kind nobody asked for: skipped, not lost */
+    if (type == HP_EV_REJECT && e->ev_reject_limit && e->ev_rejects >= e->ev_reject_limit) {
+        e->ev_lost++;
+        return NULL;
+    }
     if (e->ev_tail - e->ev_head > e->ev_mask) { /* full: keep the oldest, count the loss */
         e->ev_lost++;
         return NULL;
     }
+    if (type == HP_EV_REJECT)
+        e->ev_rejects++;
     hp_event *v = &e->ev[e->ev_tail++ & e->ev_mask];
     memset(v, 0, sizeof *v);
     v->type = (uint8_t)type;
@@ -147,6 +155,8 @@ int hp_engine_events(hp_engine *e, uint32_t capacity)
     free(e->ev);
     e->ev = NULL;
     e->ev_mask = e->ev_head = e->ev_tail = 0;
+    e->ev_kinds = 1u << HP_EV_NEW | 1u << HP_EV_UPDATE | 1u << HP_EV_DESTROY | 1u << HP_EV_REJECT;
+    e->ev_reject_limit = e->ev_rejects = 0;
     if (capacity == 0)
         return 0;
     uint32_t n = 16;
@@ -159,9 +169,24 @@ int hp_engine_events(hp_engine *e, uint32_t capacity)
     return 0;
 }
 
+uint32_t hp_engine_discard_events(hp_engine *e)
+{
+    uint32_t n = e->ev_tail - e->ev_head;
+    e->ev_head = e->ev_tail;
+    e->ev_rejects = 0;
+    return n;
+}
+
+void hp_engine_event_options(hp_engine *e, uint32_t kinds, uint32_t reject_limit)
+{
+    e->ev_kinds = kinds;
+    e->ev_reject_limit = reject_limit;
+}
+
 uint32_t hp_engine_take_events(hp_engine *e, hp_event *out, uint32_t max)
 {
     uint32_t k = 0;
+    e->ev_rejects = 0; /* a drain: the reject budget starts again */
     for (; k < max && e->ev_head != e->ev_tail; k++)
         out[k] = e->ev[e->ev_head++ & e->ev_mask];
     return k;

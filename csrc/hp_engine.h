@@ -83,6 +83,9 @@ typedef struct {
     hp_event *ev;      /* event ring (NULL: events off), ev_mask + 1 slots */
     uint32_t ev_mask, ev_head, ev_tail;
     uint64_t ev_lost;
+    uint32_t ev_kinds;        /* bit (1 << HP_EV_*) for each kind recorded; others are skipped */
+    uint32_t ev_reject_limit; /* REJECT events kept between two drains (0: no limit) */
+    uint32_t ev_rejects;      /* REJECT events kept since the last drain */
     /* counters */
     uint64_t packets[2], bytes[2], created, expired;
     uint64_t icmp_errors; /* ICMP errors translated (both directions); not in packets[] */
@@ -102,6 +105,12 @@ int hp_engine_set_eni_enabled(hp_engine *e, unsigned i, int enabled);
  * of two) events. -1 when out of memory. Take copies up to max of the oldest into out. */
 int hp_engine_events(hp_engine *e, uint32_t capacity);
 uint32_t hp_engine_take_events(hp_engine *e, hp_event *out, uint32_t max);
+/* Empty the ring without copying (nobody listens); returns how many were dropped. */
+uint32_t hp_engine_discard_events(hp_engine *e);
+/* Which kinds to record (bits 1 << HP_EV_NEW ... 1 << HP_EV_REJECT; the rest are skipped, not
+ * lost), and how many REJECT events to keep between two drains (0: no limit). Past the limit a
+ * REJECT counts in ev_lost: a scan must not turn into work per packet for whoever drains. */
+void hp_engine_event_options(hp_engine *e, uint32_t kinds, uint32_t reject_limit);
 /* Flow-log deltas: for each connection with traffic not yet collected, one HP_EV_FLOW record
  * (dpackets/dbytes), marking it collected. Walks slots from *cursor; returns the number written
  * (at most max) and sets *cursor to 0 once the table was walked to the end. */

@@ -102,6 +102,8 @@ cdef extern from "hp_engine.h":
         uint32_t ev_mask
         uint32_t ev_head
         uint32_t ev_tail
+        uint32_t ev_kinds
+        uint32_t ev_reject_limit
         uint64_t ev_lost
 
     hp_engine *hp_engine_new(const hp_config *cfg) nogil
@@ -113,6 +115,8 @@ cdef extern from "hp_engine.h":
     double hp_engine_advance(hp_engine *e, double now) nogil
     int hp_engine_events(hp_engine *e, uint32_t capacity) nogil
     uint32_t hp_engine_take_events(hp_engine *e, hp_event *out, uint32_t max) nogil
+    uint32_t hp_engine_discard_events(hp_engine *e) nogil
+    void hp_engine_event_options(hp_engine *e, uint32_t kinds, uint32_t reject_limit) nogil
     uint32_t hp_engine_flow_collect(hp_engine *e, hp_event *out, uint32_t max,
                                     uint32_t *cursor, double now) nogil
     int hp_engine_delete(hp_engine *e, const hp_tuple *orig, double now) nogil

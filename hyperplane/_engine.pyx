@@ -284,9 +284,16 @@ cdef class Engine:
         """Empty the ring without building Event objects (nobody is listening); returns how
         many were dropped. They do not count as lost."""
         self._check_idle()
-        n = self._e.ev_tail - self._e.ev_head
-        self._e.ev_head = self._e.ev_tail
-        return n
+        return hp_engine_discard_events(self._e)
+
+    def event_options(self, kinds=None, reject_limit=None):
+        """Record only ``kinds`` (names from "new", "update", "destroy", "reject"; the others
+        are skipped, not lost), and keep at most ``reject_limit`` REJECT events between two
+        drains (0: no limit; past it they count in events_lost). None leaves a setting as it is.
+        Both stay until ``enable_events`` resets them (everything, no limit)."""
+        self._check_idle()
+        k, lim = _event_options(kinds, reject_limit, self._e.ev_kinds, self._e.ev_reject_limit)
+        hp_engine_event_options(self._e, k, lim)
 
     def flow_collect(self, now=None):
         """One "flow" event per connection with traffic since the last collection (the delta
@@ -433,6 +440,25 @@ cdef class Engine:
         """Bytes the C core holds: table buckets, entry slots used so far, port pools."""
         self._check_idle()
         return hp_engine_memory(self._e)
+
+
+def _event_options(kinds, reject_limit, cur_kinds, cur_limit):
+    """Check event_options' arguments; returns (kind bits, reject limit) for the C core."""
+    bits = cur_kinds
+    if kinds is not None:
+        names = list(kinds) if not isinstance(kinds, str) else None
+        if names is None or not set(names) <= set(EVENT_KINDS[:4]):
+            raise ValueError(f"kinds {kinds!r}: a list drawn from {list(EVENT_KINDS[:4])}")
+        bits = 0
+        for n in names:
+            bits |= 1 << (EVENT_KINDS.index(n) + 1)
+    lim = cur_limit
+    if reject_limit is not None:
+        if not isinstance(reject_limit, int) or isinstance(reject_limit, bool) or \
+                not 0 <= reject_limit < 1 << 32:
+            raise ValueError(f"reject_limit {reject_limit!r}: an integer >= 0 (0: no limit)")
+        lim = reject_limit
+    return bits, lim
 
 
 cdef object _tuple5(hp_tuple *t):

@@ -83,6 +83,10 @@ CONTROL_ARGS: Dict[str, Tuple[str, ...]] = {
 #: ring): 16,384 per 50 ms tick is room for 327,000 connection events a second per ENI key;
 #: more are counted as lost (events_lost), as conntrack -E reports ENOBUFS.
 EVENT_RING = 16384
+#: REJECT events (refused packets) each engine keeps per tick, 20,000 a second: a port scan
+#: must not turn into Python work per packet in the data path's thread. Past it they count as
+#: lost, and the flow-log interval says SKIPDATA, as AWS's does when records are skipped.
+REJECTS_PER_TICK = 1000
 #: Bytes of event lines waiting for a slow `conntrack events` reader before further events
 #: for it are counted as lost instead of queued.
 SUBSCRIBER_BACKLOG = 8 << 20
@@ -172,6 +176,7 @@ class Daemon:
         self._wake_bit = self._ctl_bit = 0
         self._next_tick = 0.0
         self._subs: List[_Subscriber] = []
+        self._ev_kinds: frozenset = frozenset()   # the event kinds the engines record
         self._clients: List[_Client] = []   # control connections being read or answered
         self._ring_lost = 0   # events the engines' rings lost, as last told to subscribers
         self.events_sent = 0
@@ -238,6 +243,7 @@ class Daemon:
                         clock=self.now)
         engine.set_eni_enabled(0, False)
         engine.enable_events(EVENT_RING)
+        self._event_options(engine)
         rules = self.plan.sg_rules(list(key[1]))
         engine.set_egress_rules([(r.cidr, r.protocol, r.from_port, r.to_port) for r in rules])
         g = self.dp.add_group(engine)
@@ -267,6 +273,7 @@ class Daemon:
                                   timeouts=t, port_min=1024)
         engine = Engine(cfg, clock=self.now)
         engine.enable_events(EVENT_RING)
+        self._event_options(engine)
         g = self.dp.add_group(engine)
         out = self.dp.add_link("eni", g, name=nat.outside_ifname, mac=nat.outside_mac,
                                ifname=nat.outside_ifname)
@@ -367,10 +374,32 @@ class Daemon:
         self.flowlogs = flowlogs.FlowLogs(
             os.path.join(os.path.dirname(self.control_path), "flowlogs"),
             interval=cfg.interval, account_id=cfg.account_id, start=self.wall())
+        self._event_options()
+
+    def _wanted_kinds(self) -> frozenset:
+        kinds = set()
+        for sub in self._subs:
+            kinds |= sub.kinds
+        if self.flowlogs is not None:
+            kinds |= {"destroy", "reject"}   # the only kinds that carry traffic for them
+        return frozenset(kinds)
+
+    def _event_options(self, engine=None) -> None:
+        """Let the engines record only the event kinds someone reads (a kind nobody asked for
+        costs nothing, not even an Event object), with the reject budget per tick."""
+        if engine is not None:
+            engine.event_options(kinds=sorted(self._ev_kinds), reject_limit=REJECTS_PER_TICK)
+            return
+        kinds = self._wanted_kinds()
+        if kinds != self._ev_kinds:
+            self._ev_kinds = kinds
+            for e, _ in self.engines():
+                e.event_options(kinds=sorted(kinds), reject_limit=REJECTS_PER_TICK)
 
     def pump_events(self) -> None:
         """Drain every engine's event ring into the subscribers and the flow logs; at the end
         of a flow-log interval collect the traffic deltas and write the interval's records."""
+        self._event_options()
         if not self._subs and self.flowlogs is None:   # nobody listens: no Event objects
             for engine, _ in self.engines():
                 engine.discard_events()
@@ -541,6 +570,7 @@ class Daemon:
                 sub.pending += _reply_line(reply)
                 if self._flush_sub(sub):
                     self._subs.append(sub)
+                    self._event_options()   # record its kinds from now on
                 else:
                     sub.conn.close()
                 return False

@@ -487,6 +487,8 @@ class Engine:
         self._events: Optional[collections.deque] = None   # None: events off
         self._events_cap = 0
         self._events_lost = 0
+        self._ev_kinds = set(EVENT_KINDS[:4])
+        self._reject_limit = self._rejects = 0
         self._eni_c: List[List[int]] = []   # per ENI: packets/bytes outbound, inbound
         for eni in config.enis:
             self._add_eni_unchecked(eni)
@@ -1044,6 +1046,24 @@ class Engine:
             n <<= 1
         self._events = collections.deque() if capacity else None
         self._events_cap = n if capacity else 0
+        self._ev_kinds = set(EVENT_KINDS[:4])   # every kind, no reject limit
+        self._reject_limit = self._rejects = 0
+
+    def event_options(self, kinds=None, reject_limit: Optional[int] = None) -> None:
+        """Record only ``kinds`` (names from "new", "update", "destroy", "reject"; the others
+        are skipped, not lost), and keep at most ``reject_limit`` REJECT events between two
+        drains (0: no limit; past it they count in events_lost): a port scan must not become
+        work per packet for whoever drains the ring. None leaves a setting as it is. Both stay
+        until ``enable_events`` resets them (everything, no limit)."""
+        if kinds is not None:
+            if isinstance(kinds, str) or not set(kinds) <= set(EVENT_KINDS[:4]):
+                raise ValueError(f"kinds {kinds!r}: a list drawn from {list(EVENT_KINDS[:4])}")
+            self._ev_kinds = set(kinds)
+        if reject_limit is not None:
+            if not isinstance(reject_limit, int) or isinstance(reject_limit, bool) or \
+                    not 0 <= reject_limit < 1 << 32:
+                raise ValueError(f"reject_limit {reject_limit!r}: an integer >= 0 (0: no limit)")
+            self._reject_limit = reject_limit
 
     @property
     def events_lost(self) -> int:
@@ -1053,6 +1073,7 @@ class Engine:
         """The oldest recorded events (at most ``max``), removed from the ring."""
         if self._events is None:
             return []
+        self._rejects = 0    # a drain: the reject budget starts again
         n = len(self._events) if max is None else min(max, len(self._events))
         return [self._events.popleft() for _ in range(n)]
 
@@ -1063,12 +1084,19 @@ class Engine:
             return 0
         n = len(self._events)
         self._events.clear()
+        self._rejects = 0
         return n
 
     def _push(self, ev: Event) -> None:
-        if len(self._events) >= self._events_cap:
+        if ev.kind not in self._ev_kinds:
+            return                       # not asked for: skipped, not lost
+        if ev.kind == "reject" and self._reject_limit and self._rejects >= self._reject_limit:
+            self._events_lost += 1
+        elif len(self._events) >= self._events_cap:
             self._events_lost += 1
         else:
+            if ev.kind == "reject":
+                self._rejects += 1
             self._events.append(ev)
 
     def _ev_conn(self, conn: Conn, kind: str, now: float, reason: str = "") -> None:

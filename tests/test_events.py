@@ -161,3 +161,45 @@ def test_eni_counters_per_eni_and_direction(make_engine):
                      bytes_inbound=0)
     assert b == dict(eni=ENI_B.id, packets_outbound=1, bytes_outbound=33, packets_inbound=1,
                      bytes_inbound=37)
+
+
+def test_event_kinds_not_asked_for_are_skipped_not_lost(make_engine):
+    eng = make_engine()
+    eng.enable_events(16)
+    eng.event_options(kinds=["destroy", "reject"])
+    _tcp_open(eng, 4)                                  # NEW + 2 UPDATE: not recorded
+    eng.inbound(udp(4, HOST[4][0], eni_addr(ENI_A, 4), 9, 41000), now=2.0)
+    assert eng.expire(now=1000.0) == 1
+    assert [e.kind for e in eng.take_events()] == ["reject", "destroy"]
+    assert eng.events_lost == 0
+    eng.enable_events(16)                              # resets the options: everything again
+    eng.outbound(udp(4, ENV[4][0], HOST[4][0], 40000, 53), now=1001.0)
+    assert [e.kind for e in eng.take_events()] == ["new"]
+
+
+def test_rejects_past_the_limit_count_as_lost_until_the_next_drain(make_engine):
+    eng = make_engine()
+    eng.enable_events(64)
+    eng.event_options(reject_limit=3)
+    knock = [udp(4, HOST[4][0], eni_addr(ENI_A, 4), 9, 41000 + k) for k in range(5)]
+    for pkt in knock:
+        eng.inbound(pkt, now=1.0)
+    eng.outbound(udp(4, ENV[4][0], HOST[4][0], 40000, 53), now=1.0)   # not a reject: kept
+    evs = eng.take_events()
+    assert [(e.kind, e.orig.dport) for e in evs] == [
+        ("reject", 41000), ("reject", 41001), ("reject", 41002), ("new", 53)]
+    assert eng.events_lost == 2
+    assert eng.counters()["drops"]["unsolicited"] == 5   # the drops themselves all count
+    for pkt in knock[:2]:                              # the drain gave a new budget
+        eng.inbound(pkt, now=2.0)
+    assert len(eng.take_events()) == 2 and eng.events_lost == 2
+
+
+@pytest.mark.parametrize("kw", [dict(kinds=["new", "flow"]), dict(kinds="new"),
+                                dict(reject_limit=-1), dict(reject_limit=1.5),
+                                dict(reject_limit=True)])
+def test_event_options_are_checked(make_engine, kw):
+    eng = make_engine()
+    eng.enable_events(16)
+    with pytest.raises(ValueError, match="kinds|reject_limit"):
+        eng.event_options(**kw)
