@@ -248,11 +248,11 @@ SCAN = [  # (family, protocol, destination ports of the ENI)
     (6, "tcp", range(1, 3001)),
     (6, "udp", range(1, 3001)),
 ]
-#: Scan rate (packets/s). The data path drains its rings in C, but with flow logs on (the
-#: default) every refused packet is also a REJECT event the daemon's Python tick turns into a
-#: flow-log record, in the same thread: above ~35,000/s on the 2-core machine the eni link's rx
-#: ring overflows (benchmarks/RESULTS.md, "Pressure and soak"). 10,000/s leaves a wide margin,
-#: so every packet sent is one the engine judged.
+#: Scan rate (packets/s). Refused packets become REJECT events only up to
+#: daemon.REJECTS_PER_TICK a tick, so a fast scan no longer stalls the loop (it used to overflow
+#: the eni link's rx ring above ~35,000/s with flow logs on: benchmarks/RESULTS.md, "Pressure
+#: and soak"); 10,000/s keeps the sender itself far from its limits on 2 cores, so every
+#: packet sent is one the engine judged.
 SCAN_RATE = 10_000
 
 
