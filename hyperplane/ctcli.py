@@ -56,7 +56,7 @@ from hyperplane.constants import TcpState, UdpState
 from hyperplane.ctfilter import FIELDS, Filter, FilterError
 
 PREFIX = "hyperplane conntrack"
-PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}   # icmp: REJECT lines only
 #: family -> (conntrack's layer-3 name, AF_ number) for ``-o extended``
 L3 = {4: ("ipv4", 2), 6: ("ipv6", 10)}
 #: TCP states reached only after a packet came back from the VPC (SYN/ACK or later)

@@ -119,6 +119,7 @@ def _table_summary(t: Dict[str, Any]) -> Dict[str, Any]:
         "drops": {r: int(t.get("drops", {}).get(r, 0)) for r in
                   _ordered(ENGINE_REASONS, t.get("drops", {}))},
         "events_lost": int(t.get("events_lost", 0)),
+        "icmp_errors_translated": int(t.get("icmp_errors_translated", 0)),
     }
 
 

@@ -7,8 +7,8 @@ missing build must not turn CI green.
 Every lab gets a random name (``t`` + 6 hex digits) and ``HYPERPLANE_RUN_DIR`` points at a
 pytest tmp dir, so no other lab on the machine is ever touched; fixtures tear every lab down in
 finalizers (and remove any namespace ``hp-NAME-*`` of a lab *this file* named that is still
-left). Only the benchmark ranges 198.18.0.0/15 and 2001:2::/48 are used. ICMP is not
-translated by the data path (yet), so nothing here pings through the NAT.
+left). Only the benchmark ranges 198.18.0.0/15 and 2001:2::/48 are used. ICMP errors are translated
+(tests/test_icmp_lab.py) but echo is not (Lambda has no ICMP), so nothing here pings.
 
 One module-scoped lab (the embedded default lab: fn-a-0 on a TAP device, fn-b-0 on a veth
 pair, one shared ENI 198.18.1.4 / 2001:2:0:1::4, a server 198.18.1.5 / 2001:2:0:1::5) serves
