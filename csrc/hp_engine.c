@@ -220,6 +220,19 @@ hp_engine *hp_engine_new(const hp_config *cfg)
     /* calloc: pages are zero-filled lazily by the kernel, so memory is touched as it is used */
     e->buckets = calloc(nb, sizeof *e->buckets);
     e->entries = calloc((size_t)cfg->capacity + 1, sizeof *e->entries);
+    if (cfg->max_per_src) {
+        /* at most min(capacity, HP_MAX_SOURCES) sources hold connections: twice that many
+         * slots keeps probe chains short */
+        uint32_t ns = 16, want = cfg->capacity < HP_MAX_SOURCES ? cfg->capacity : HP_MAX_SOURCES;
+        while (ns < 2 * want)
+            ns <<= 1;
+        e->src_mask = ns - 1;
+        e->src = calloc(ns, sizeof *e->src);
+        if (!e->src) {
+            hp_engine_free(e);
+            return NULL;
+        }
+    }
     if (!e->buckets || !e->entries) {
         hp_engine_free(e);
         return NULL;
@@ -242,6 +255,7 @@ void hp_engine_free(hp_engine *e)
     free(e->buckets);
     free(e->entries);
     free(e->ev);
+    free(e->src);
     free(e);
 }
 
@@ -292,6 +306,8 @@ size_t hp_engine_memory(const hp_engine *e)
             for (int u = 0; u < 2; u++)
                 if (e->enis[i].pools[f][u])
                     m += sizeof(hp_pool) + hp_pool_bytes(e->enis[i].pools[f][u]);
+    if (e->src)
+        m += ((size_t)e->src_mask + 1) * sizeof *e->src;
     return m;
 }
 
@@ -310,6 +326,60 @@ static hp_pool *get_pool(hp_engine *e, unsigned i, int family, int proto)
     return *pp;
 }
 
+/* ---- connections per source ------------------------------------------------------------- */
+
+static uint32_t src_home(const hp_engine *e, const uint8_t *addr, uint8_t family)
+{
+    hp_tuple t;
+    memset(&t, 0, sizeof t);
+    memcpy(t.src, addr, 16);
+    t.family = family;
+    return (uint32_t)hp_siphash13_40(e->k0, e->k1, &t) & e->src_mask;
+}
+
+/* The slot of t's source, or NULL; with insert, a new slot (count 0) when there is none. */
+static hp_src *src_find(hp_engine *e, const hp_tuple *t, int insert)
+{
+    for (uint32_t i = src_home(e, t->src, t->family);; i = (i + 1) & e->src_mask) {
+        hp_src *s = &e->src[i];
+        if (!s->used) {
+            if (!insert)
+                return NULL;
+            memcpy(s->addr, t->src, 16);
+            s->family = t->family;
+            s->used = 1;
+            s->count = 0;
+            e->n_src++;
+            return s;
+        }
+        if (s->family == t->family && memcmp(s->addr, t->src, 16) == 0)
+            return s;
+    }
+}
+
+/* One connection of t's source is gone; the slot goes when its count reaches 0. */
+static void src_release(hp_engine *e, const hp_tuple *t)
+{
+    hp_src *s = src_find(e, t, 0);
+    if (!s || --s->count)
+        return;
+    /* backward-shift deletion: move later entries of the cluster into the hole when their
+     * home slot is not cyclically inside (hole, their slot] */
+    uint32_t i = (uint32_t)(s - e->src), j = i, m = e->src_mask;
+    for (;;) {
+        j = (j + 1) & m;
+        if (!e->src[j].used)
+            break;
+        uint32_t k = src_home(e, e->src[j].addr, e->src[j].family);
+        if (i <= j ? (k <= i || k > j) : (k <= i && k > j)) {
+            e->src[i] = e->src[j];
+            i = j;
+        }
+    }
+    e->src[i].used = 0;
+    e->n_src--;
+}
+
 /* ---- expiry ----------------------------------------------------------------------------- */
 
 static void conn_remove(hp_engine *e, uint32_t idx, double now, int why)
@@ -320,6 +390,8 @@ static void conn_remove(hp_engine *e, uint32_t idx, double now, int why)
     lru_unlink(e, idx);
     hash_remove(e, idx, HP_DIR_ORIG);
     hash_remove(e, idx, HP_DIR_REPLY);
+    if (e->src)
+        src_release(e, &x->tuple[HP_DIR_ORIG]);
     hp_pool_release(e->enis[x->eni_index].pools[FAM(family)][UDP(proto)], x->eni_port, now);
     e->exhausted &= (uint8_t) ~(1u << (FAM(family) << 1 | UDP(proto)));
     x->state = HP_S_NONE;
@@ -412,6 +484,13 @@ static int new_conn(hp_engine *e, const hp_parsed *p, double now, uint32_t *out_
         return HP_R_SG_DENIED;
     if (e->n_entries >= e->cfg.capacity)
         return HP_R_TABLE_FULL;
+    /* One environment may hold at most max_per_src connections (a SYN flood or a leak in one
+     * function must not take the ports the others sharing the ENI need). */
+    if (e->src) {
+        const hp_src *s = src_find(e, &p->t, 0);
+        if (s ? s->count >= e->cfg.max_per_src : e->n_src >= HP_MAX_SOURCES)
+            return HP_R_SOURCE_LIMIT;
+    }
 
     /* First enabled ENI (scale-out order) with a free port whose reply tuple is unused. */
     int had_family = 0, had_free = 0;
@@ -479,6 +558,8 @@ found:;
     e->n_entries++;
     e->created++;
     x->id = (uint32_t)e->created;
+    if (e->src)
+        src_find(e, &p->t, 1)->count++;
     ev_conn(e, idx, HP_EV_NEW, 0, now);
     *out_idx = idx;
     return HP_R_NONE;

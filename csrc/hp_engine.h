@@ -63,7 +63,17 @@ typedef struct {
     double reuse_delay;
     double timeouts[HP_N_CLASSES]; /* index = timeout class = state number */
     uint64_t seed;
+    uint32_t max_per_src; /* connections one source address may hold; 0: no limit */
 } hp_config;
+
+/* Connections per source address (an environment), for max_per_src: open addressing with
+ * linear probing and backward-shift deletion; a slot exists while its count is above 0. */
+typedef struct {
+    uint8_t addr[16];
+    uint32_t count;
+    uint8_t family, used, pad[2];
+} hp_src;
+#define HP_MAX_SOURCES 65536 /* distinct sources with connections, when limited */
 
 typedef struct {
     hp_config cfg;
@@ -76,6 +86,8 @@ typedef struct {
     hp_eni enis[HP_MAX_ENIS];
     unsigned n_enis;
     hp_sg sg;          /* security-group egress rules, checked for new connections only */
+    hp_src *src;       /* per-source counts (NULL without max_per_src), src_mask + 1 slots */
+    uint32_t src_mask, n_src;
     uint8_t exhausted; /* bit (is_ipv6 << 1 | is_udp): every pool of that kind is full */
     uint8_t signals[HP_MAX_SIGNALS];
     unsigned n_signals;

@@ -36,7 +36,8 @@ enum hp_reason {
     HP_R_SG_DENIED = 18, /* no security-group egress rule allows the new connection */
     HP_R_BAD_ICMP = 19,  /* an ICMP error whose checksum or embedded packet is unusable */
     HP_R_ICMP_UNRELATED = 20, /* an environment's ICMP error about no tracked connection */
-    HP_R_COUNT = 21
+    HP_R_SOURCE_LIMIT = 21, /* the source (one environment) holds its maximum of connections */
+    HP_R_COUNT = 22
 };
 
 /* ct_state: TCP states 1..8, UDP states 9..10. The state number is also the timeout class. */

@@ -81,6 +81,7 @@ cdef extern from "hp_engine.h":
         double reuse_delay
         double timeouts[11]
         uint64_t seed
+        uint32_t max_per_src
 
     ctypedef struct hp_engine:
         hp_config cfg
@@ -97,7 +98,7 @@ cdef extern from "hp_engine.h":
         uint64_t created
         uint64_t expired
         uint64_t icmp_errors
-        uint64_t drops[21]
+        uint64_t drops[22]
         hp_event *ev
         uint32_t ev_mask
         uint32_t ev_head

@@ -70,6 +70,7 @@ cdef class Engine:
         self.config = config.validate()
         self.clock = clock
         c.capacity = config.capacity
+        c.max_per_src = config.max_connections_per_source
         c.port_min = config.port_min
         c.port_max = config.port_max
         c.reuse_delay = config.port_reuse_delay

@@ -121,6 +121,11 @@ class EngineConfig:
     port_reuse_delay: float = 2.0
     #: Seeds the hash key and the port permutations. None: drawn from os.urandom.
     seed: Optional[int] = None
+    #: Connections one source address (one execution environment) may hold at once; a new
+    #: one beyond it is dropped as ``source_limit``, so one environment's SYN flood or
+    #: connection leak cannot take the ports and table slots of the others sharing the ENI.
+    #: 0: no limit. (At most 65,536 distinct sources are counted when a limit is set.)
+    max_connections_per_source: int = 0
 
     MAX_ENIS = 256
 
@@ -175,6 +180,10 @@ class EngineConfig:
         d = self.port_reuse_delay
         if not isinstance(d, (int, float)) or isinstance(d, bool) or not (0 <= d < 1e9):
             raise ConfigError(f"port_reuse_delay = {d!r}: must be seconds >= 0 (default 2.0)")
+        m = self.max_connections_per_source
+        if not isinstance(m, int) or isinstance(m, bool) or not (0 <= m < 1 << 32):
+            raise ConfigError(f"max_connections_per_source = {m!r}: must be an integer >= 0 "
+                              "(0: no limit)")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise ConfigError(f"seed = {self.seed!r}: must be a non-negative int or None")
         return self

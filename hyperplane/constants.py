@@ -67,6 +67,10 @@ class DropReason(enum.IntEnum):
     #: an ICMP error from an environment about no connection it has (from the VPC, such an
     #: error is UNSOLICITED like any other packet that matches nothing)
     ICMP_UNRELATED = 20
+    #: a new connection from a source (an environment's address) that already holds
+    #: ``max_connections_per_source`` connections: one environment's SYN flood or connection
+    #: leak cannot take every port and table slot from the others sharing the ENI
+    SOURCE_LIMIT = 21
 
     @property
     def label(self) -> str:

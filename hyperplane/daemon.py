@@ -228,8 +228,11 @@ class Daemon:
                 return (e.subnet, tuple(sorted(e.security_groups)))
         return None
 
-    def _engine_config(self, enis, timeouts=None, port_min=None, port_max=65535):
+    def _engine_config(self, enis, timeouts=None, port_min=None, port_max=65535,
+                       per_source=None):
         kw = {} if timeouts is None else {"timeouts": timeouts}
+        if per_source:
+            kw["max_connections_per_source"] = per_source
         return EngineConfig(enis=enis, port_min=self.port_min if port_min is None else port_min,
                             port_max=port_max, **kw)
 
@@ -239,7 +242,9 @@ class Daemon:
         from hyperplane._engine import Engine
 
         seed = first or eni
-        engine = Engine(self._engine_config([Eni(seed.id, ipv4=seed.ipv4, ipv6=seed.ipv6)]),
+        per_env = self.plan.lifecycle.max_connections_per_environment
+        engine = Engine(self._engine_config([Eni(seed.id, ipv4=seed.ipv4, ipv6=seed.ipv6)],
+                                            per_source=per_env),
                         clock=self.now)
         engine.set_eni_enabled(0, False)
         engine.enable_events(EVENT_RING)

@@ -479,6 +479,10 @@ class LifecyclePlan:
     ports_per_eni: int = 65000
     high_water: float = 0.8
     max_enis_per_key: int = 8
+    #: Connections one execution environment may hold on its ENI key at once (the engine's
+    #: max_connections_per_source): a SYN flood or connection leak in one environment then
+    #: cannot exhaust the ports the others sharing the ENI need. 0: no limit.
+    max_connections_per_environment: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1532,7 +1536,7 @@ def _parse_lifecycle(t: Any) -> LifecyclePlan:
     _expect(t, dict, "lifecycle", "write it as a [lifecycle] table")
     _check_keys(t, "lifecycle", ["profile", "eni_create_delay", "inactive_after",
                                  "eni_delete_delay", "ports_per_eni", "high_water",
-                                 "max_enis_per_key"])
+                                 "max_enis_per_key", "max_connections_per_environment"])
     profile = _expect(t.get("profile", "lab"), str, "lifecycle.profile", 'write "lab" or "aws"')
     if profile not in LIFECYCLE_PROFILES:
         raise LabConfigError("lifecycle.profile", f"{profile!r} is not a profile; write \"lab\" "
@@ -1560,8 +1564,15 @@ def _parse_lifecycle(t: Any) -> LifecyclePlan:
                   "write an integer 1..64")
     if not 1 <= cap <= 64:
         raise LabConfigError("lifecycle.max_enis_per_key", f"{cap}: use 1..64")
+    per_env = _expect(t.get("max_connections_per_environment", 0), int,
+                      "lifecycle.max_connections_per_environment",
+                      "write an integer >= 0 (0: no limit)")
+    if not 0 <= per_env <= 1_000_000:
+        raise LabConfigError("lifecycle.max_connections_per_environment",
+                             f"{per_env}: use 0 (no limit) to 1000000")
     return LifecyclePlan(profile=profile, ports_per_eni=ports, high_water=float(hw),
-                         max_enis_per_key=cap, **delays)
+                         max_enis_per_key=cap, max_connections_per_environment=per_env,
+                         **delays)
 
 
 def _parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:

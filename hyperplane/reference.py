@@ -49,6 +49,7 @@ ENGINE_NAME = "reference"
 MAX_EXT_HEADERS = 8       # IPv6 extension headers walked before giving up (EXT_HEADER_CHAIN)
 MAX_PENDING_SIGNALS = 64  # signals kept until take_signals()
 PORT_PROBES = 8           # candidate ports tried per ENI on a reply-tuple collision
+MAX_SOURCES = 65536       # distinct sources counted when max_connections_per_source is set
 _GOLDEN = 0x9E3779B97F4A7C15
 _M64 = (1 << 64) - 1
 
@@ -490,6 +491,7 @@ class Engine:
         self._ev_kinds = set(EVENT_KINDS[:4])
         self._reject_limit = self._rejects = 0
         self._eni_c: List[List[int]] = []   # per ENI: packets/bytes outbound, inbound
+        self._per_source: Dict[Tuple[int, bytes], int] = {}   # (family, source) -> connections
         for eni in config.enis:
             self._add_eni_unchecked(eni)
 
@@ -893,6 +895,14 @@ class Engine:
             return R.SECURITY_GROUP
         if len(self._table) // 2 >= self.config.capacity:
             return R.TABLE_FULL
+        # One environment may hold at most max_connections_per_source connections: a SYN
+        # flood or a leak in one function must not take the ports the others need.
+        limit = self.config.max_connections_per_source
+        src_key = (p.family, p.src)
+        if limit:
+            held = self._per_source.get(src_key, 0)
+            if held >= limit or (held == 0 and len(self._per_source) >= MAX_SOURCES):
+                return R.SOURCE_LIMIT
         choice = self._choose_port(p, now)
         if isinstance(choice, DropReason):
             return choice
@@ -907,6 +917,8 @@ class Engine:
         self._table[orig_key] = (conn, OUT)
         self._lru[state][conn.id] = conn
         self._c["connections_created"] += 1
+        if limit:
+            self._per_source[src_key] = self._per_source.get(src_key, 0) + 1
         self._ev_conn(conn, "new", now)
         return conn
 
@@ -1032,6 +1044,11 @@ class Engine:
         del self._table[conn.reply_key]
         self._pool(conn.eni_index, conn.family, conn.proto).release(conn.eni_port, now)
         self._exhausted.discard((conn.family, conn.proto))
+        if self.config.max_connections_per_source:
+            key = (conn.family, conn.orig_key[2:18])
+            self._per_source[key] -= 1
+            if not self._per_source[key]:
+                del self._per_source[key]
 
     # ---- events, flow collection, deletion -----------------------------------------------------
     def enable_events(self, capacity: int = 16384) -> None:

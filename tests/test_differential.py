@@ -61,6 +61,8 @@ configs = st.fixed_dictionaries({
     "port_reuse_delay": st.sampled_from([0.0, 0.5, 2.0]),
     "seed": st.integers(0, (1 << 64) - 1),
     "events": st.sampled_from([16, 1024]),   # event ring capacity: 16 overflows often
+    # connections one environment may hold (0: no limit); small ones are hit by bursts
+    "max_connections_per_source": st.sampled_from([0, 0, 0, 1, 3, 8]),
 })
 
 corruptions = st.one_of(

@@ -629,3 +629,73 @@ def test_soak_of_connection_churn_keeps_memory_flat(dlab, record_property):
         f"RSS grew {res['rss_growth_after_warmup']} bytes after warm-up: {res['samples']}"
     for reason in ("port_exhausted", "table_full", "tuple_collision"):
         assert reason not in res["drops"], res["drops"]
+
+
+PER_ENV = 50
+PER_ENV_LIFECYCLE = f"""
+[lifecycle]
+max_connections_per_environment = {PER_ENV}
+"""
+
+
+@pytest.fixture(scope="module")
+def per_env_lab(run_dir, tmp_path_factory) -> Iterator[Lab]:
+    with open(os.path.join(os.path.dirname(hp.__file__), "default_lab.toml")) as f:
+        text = f.read() + PER_ENV_LIFECYCLE
+    with running_lab(text, tmp_path_factory.mktemp("cfg")) as lab:
+        yield lab
+
+
+@needs_lab
+def test_a_syn_flood_from_one_environment_leaves_the_others_their_connections(
+        per_env_lab, record_property):
+    """``[lifecycle] max_connections_per_environment = 50``: fn-a-0 floods 2,000 SYNs from
+    distinct source ports (its own address: the data path drops spoofed ones). Exactly 50 become
+    connections, the other 1,950 are counted ``source_limit``; the ENI's pool keeps its ports,
+    and fn-b-0, sharing the ENI, still opens TCP connections and gets UDP answers."""
+    lab = per_env_lab
+    a, b = lab.env("fn-a-0"), lab.env("fn-b-0")
+    srv_ns = lab.server.netns
+    flood = 2000
+    c0 = lab.counters()
+    # to an address of the subnet that nobody has: no answer ever comes, so the 50 stay in
+    # SYN_SENT (120 s) for the rest of the test
+    hole = "198.18.1.200"
+    pkts = [ip_packet(env_addr(a, 4), hole, "tcp", 20000 + k, 443) for k in range(flood)]
+    assert send_raw(a.netns, pkts, hole, rate=10_000) == flood
+    wait_until(lambda: eni_drop(lab.counters(), "source_limit")
+               - eni_drop(c0, "source_limit") >= flood - PER_ENV, 10, "the flood judged")
+    time.sleep(0.3)
+    c1 = lab.counters()
+    new = created(c1) - created(c0)
+    limited = eni_drop(c1, "source_limit") - eni_drop(c0, "source_limit")
+    record_property("flood_sent", flood)
+    record_property("flood_connections", new)
+    record_property("flood_source_limit", limited)
+    assert (new, limited) == (PER_ENV, flood - PER_ENV)
+    tcp_used, _ = pool_used(c1, 4, "tcp")
+    assert tcp_used <= PER_ENV + pool_used(c0, 4, "tcp")[0]
+    with contextlib.ExitStack() as st:
+        tcp_srv = st.enter_context(nt.TcpServer(srv_ns, lab.s4))
+        echo = st.enter_context(nt.UdpEchoServer(srv_ns, lab.s4))
+        for k in range(5):   # the other environment is not held back
+            with netns.entered(b.netns):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            with s:
+                s.settimeout(5)
+                s.connect((lab.s4, tcp_srv.port))
+        with netns.entered(b.netns):
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with u:
+            u.settimeout(5)
+            u.sendto(b"still here", (lab.s4, echo.port))
+            assert u.recvfrom(100)[0] == b"still here"
+        # the flooding environment itself gets nothing new while it holds its 50
+        with netns.entered(a.netns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with s:
+            s.settimeout(1.5)
+            with pytest.raises(OSError):
+                s.connect((lab.s4, tcp_srv.port))
+    c2 = lab.counters()
+    assert eni_drop(c2, "source_limit") > eni_drop(c1, "source_limit")
