@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the engine, parser, data path and malformed-input tests: the code with pointer arithmetic
 SUBSET = ["tests/test_parse.py", "tests/test_nat.py", "tests/test_states.py",
           "tests/test_events.py", "tests/test_differential.py", "tests/test_datapath_unit.py",
-          "tests/test_dp_vpc_unit.py", "tests/test_malformed.py"]
+          "tests/test_dp_vpc_unit.py", "tests/test_malformed.py", "tests/test_icmp.py",
+          "tests/test_source_limit.py"]
 REPORTS = ("AddressSanitizer", "runtime error:", "LeakSanitizer")
 
 
