@@ -405,6 +405,8 @@ class Daemon:
         """Drain every engine's event ring into the subscribers and the flow logs; at the end
         of a flow-log interval collect the traffic deltas and write the interval's records."""
         self._event_options()
+        ring_lost = sum(e.events_lost for e, _ in self.engines())
+        new_losses, self._ring_lost = ring_lost - self._ring_lost, ring_lost
         if not self._subs and self.flowlogs is None:   # nobody listens: no Event objects
             for engine, _ in self.engines():
                 engine.discard_events()
@@ -414,10 +416,8 @@ class Daemon:
             evs = engine.take_events()
             if evs:
                 batch.append((engine, evs))
-        if self._subs:
-            ring_lost = sum(e.events_lost for e, _ in self.engines())
-            self._fan_out(batch, ring_lost - self._ring_lost)
-            self._ring_lost = ring_lost
+        if self._subs:   # (losses from before a reader subscribed are not its losses)
+            self._fan_out(batch, new_losses)
         fl = self.flowlogs
         if fl is not None:
             for _, evs in batch:

@@ -580,6 +580,15 @@ class EventsProc:
             if pred(ln):
                 return got
 
+    def rest(self) -> List[str]:
+        """The lines not taken by until() yet (after stop(): everything the process printed)."""
+        out: List[str] = []
+        while True:
+            try:
+                out.append(self.lines.get_nowait())
+            except queue.Empty:
+                return out
+
     def stop(self, sig=signal.SIGINT):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -613,9 +622,13 @@ def test_events_new_updates_then_destroy_on_flush(ctlab, flows, capsys):
     finally:
         code, err = ev.stop()
         held.close()
+    later = ev.rest()
     assert code == 0, err
-    assert err == f"hyperplane conntrack: {len(lines)} flow events have been shown.\n"
+    # the summary counts every line printed, also any after the DESTROY (read after the stop)
+    assert err == (f"hyperplane conntrack: {len(lines) + len(later)} flow events have been "
+                   "shown.\n"), (lines, later)
     orig = f"src={lab.a4} dst={lab.s4} sport={held.cport} dport={held.port}"
+    assert not [ln for ln in later if orig in ln], later   # the flushed connection stays gone
     reply = f"src={lab.s4} dst={lab.eni4} sport={held.port} dport={held.nat_port}"
     eni = f"eni={lab.eni.id}"
     assert lines == [

@@ -112,8 +112,10 @@ class Lab:
     def env(self, name: str):
         return self.plan.env(name)
 
-    def ask(self, cmd: str) -> dict:
-        r = cli.ask(self.name, cmd)
+    def ask(self, cmd: str, **args) -> dict:
+        from hyperplane import daemon
+
+        r = daemon.request(cli.control_path(self.name), cmd, **args)
         assert r.get("ok"), f"control request {cmd!r} to lab {self.name}: {r}"
         return r
 

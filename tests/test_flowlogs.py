@@ -426,15 +426,7 @@ def lab_up(tmp_path, text: str) -> Iterator[str]:
         destroy(name, pid)
 
 
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+from test_datapath_lab import wait_until  # noqa: E402  (the lab kit's poller)
 
 
 @pytest.fixture(scope="module")
@@ -488,7 +480,7 @@ def traffic_lab(tmp_path_factory):
                 rs = fl.read_records(flowdir)
                 late = [r for r in rs if r.interface_id == eni_id and r.start > sent_at + 1]
                 return len(late) >= 2 and rs
-            wait_for(settled, 15, "two flow-log intervals after the traffic")
+            wait_until(settled, 15, "two flow-log intervals after the traffic")
             yield dict(name=name, eni=eni_id, eni4=eni4, s4=s4, nat_port=nat_peer[1],
                        denied_sport=denied_sport, unsolicited_sport=unsolicited_sport,
                        path=path, flowdir=flowdir, counters=cli.ask(name, "counters"))

@@ -111,60 +111,8 @@ def send_raw(ns: str, packets: List[bytes], dst: str, rate: float = 10_000) -> i
     return sent
 
 
-# ---- lab helpers ----------------------------------------------------------------------------------
-def bare(addr: Optional[str]) -> Optional[str]:
-    return addr.split("/")[0] if addr else None
-
-
-def wait_until(pred, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-class Lab:
-    def __init__(self, name: str):
-        self.name = name
-        self.state, self.plan = cli.load_lab(name)
-        self.pid: int = self.state["pid"]
-        self.eni = self.plan.enis[0]
-        self.server = self.plan.hosts[0]
-        self.s4, self.s6 = bare(self.server.ipv4), bare(self.server.ipv6)
-
-    def env(self, name: str):
-        return self.plan.env(name)
-
-    def ask(self, cmd: str, **args) -> dict:
-        from hyperplane import daemon
-        r = daemon.request(cli.control_path(self.name), cmd, **args)
-        assert r.get("ok"), f"control request {cmd!r} to lab {self.name}: {r}"
-        return r
-
-    def counters(self) -> dict:
-        return self.ask("counters")
-
-    def eni_addr(self, family: int) -> str:
-        return self.eni.ipv4 if family == 4 else self.eni.ipv6
-
-    def server_addr(self, family: int) -> str:
-        return self.s4 if family == 4 else self.s6
-
-
-def env_addr(env, family: int) -> str:
-    return bare(env.ipv4 if family == 4 else env.ipv6)
-
-
-def eni_drop(c: dict, reason: str) -> int:
-    return sum(e["drops"].get(reason, 0) for e in c["enis"])
-
-
-def created(c: dict) -> int:
-    return sum(e["connections_created"] for e in c["enis"])
+# ---- lab helpers (the lab kit of test_datapath_lab.py, plus what only pressure needs) ------------
+from test_datapath_lab import Lab, bare, created, eni_drop, env_addr, wait_until  # noqa: E402,F401
 
 
 def table(c: dict) -> int:

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from typing import Dict, Iterator, Optional
 
@@ -370,15 +369,7 @@ def stats_json(name: str) -> dict:
     return json.loads(r.stdout)
 
 
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+from test_datapath_lab import wait_until  # noqa: E402  (the lab kit's poller)
 
 
 @pytest.fixture(scope="module")
