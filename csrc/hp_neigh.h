@@ -22,7 +22,10 @@
 
 #define HP_NEIGH_SLOTS 1024      /* open addressing, power of two */
 #define HP_NEIGH_MAX 512         /* entries per link (half the slots) */
-#define HP_NEIGH_QLEN 8          /* packets waiting per unresolved neighbour (Linux: 101 by bytes) */
+/* packets waiting per unresolved neighbour: Linux's unres_qlen default, 101 (it bounds by
+ * bytes, 212,992, which holds 101 full-size frames): a burst of new flows towards a next hop
+ * not resolved yet must not lose its first packets (8 did, at the start of every burst) */
+#define HP_NEIGH_QLEN 101
 #define HP_NEIGH_QBYTES (4u << 20) /* all waiting packets of a link together */
 #define HP_NEIGH_PROBES 3        /* RFC 4861 MAX_MULTICAST_SOLICIT / MAX_UNICAST_SOLICIT */
 #define HP_NEIGH_RETRANS 1.0     /* RFC 4861 RETRANS_TIMER, seconds */
