@@ -477,8 +477,11 @@ class Daemon:
             raise ValueError("advance must be a number of seconds from 0 to ten years")
         self.offset += float(seconds)
         self.dp.set_clock_offset(self.offset)
+        now = self.now()
+        for engine, _ in self.engines():   # what the jump timed out is gone when we answer
+            engine.expire(now=now)
         self.tick()
-        return self.now()
+        return now
 
     # ---- control socket ---------------------------------------------------------------------
     def open_control(self) -> None:
