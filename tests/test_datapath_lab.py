@@ -142,12 +142,13 @@ def created(c: dict) -> int:
 
 
 @contextlib.contextmanager
-def running_lab(name: Optional[str] = None) -> Iterator[Lab]:
-    """``lab up`` (embedded default lab) in this process; torn down on exit, even on failure."""
+def running_lab(name: Optional[str] = None, config: Optional[str] = None) -> Iterator[Lab]:
+    """``lab up`` (``config``, else the embedded default lab) in this process; torn down on
+    exit, even on failure."""
     name = name or lab_name()
     pid = None
     try:
-        pid = cli.lab_up(None, name, out=io.StringIO()).get("pid")
+        pid = cli.lab_up(config, name, out=io.StringIO()).get("pid")
         yield Lab(name)
     finally:
         destroy(name, pid)

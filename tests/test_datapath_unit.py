@@ -31,34 +31,10 @@ ENI4, ENI6 = "198.18.1.4", "2001:2:0:1::4"
 HOST4, HOST6, ROUTER4, ROUTER6 = "198.18.1.5", "2001:2:0:1::5", "198.18.1.1", "2001:2:0:1::1"
 
 
-class Rig:
-    def __init__(self, ns: str):
-        from hyperplane._engine import DataPath, Engine
-        from hyperplane.config import EngineConfig, Eni
-
-        self.ns = ns
-        self.engine = Engine(EngineConfig(enis=[Eni("eni-0123456789abcdef0", ipv4=ENI4,
-                                                    ipv6=ENI6)], seed=7))
-        self.dp = DataPath()
-        g = self.dp.add_group(self.engine)
-        with netns.entered(ns):
-            self.eni = self.dp.add_link("eni", g, name="eni0", mac=ENI_MAC, ifname="eni0")
-            self.env = self.dp.add_link("env", g, name="env0", mac=GW_MAC, ifname="env0")
-            self.socks = {}
-            for name in ("envp", "enip"):
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-                s.bind((name, ETH_P_ALL))
-                s.setblocking(False)
-                self.socks[name] = s
-        for a in (ENI4, ENI6):
-            self.dp.add_address(self.eni, a)
-        self.dp.set_subnet(self.eni, "198.18.1.0/24", ROUTER4)
-        self.dp.set_subnet(self.eni, "2001:2:0:1::/64", ROUTER6)
-        for a in (GW4, GW6):
-            self.dp.add_address(self.env, a)
-        self.dp.set_environment(self.env, ENV4)
-        self.dp.set_environment(self.env, ENV6)
-        self.drain()
+class Frames:
+    """A DataPath (``self.dp``) and one AF_PACKET socket per link (``self.socks``) at the
+    test's end: send frames in, let the loop run, take out what came back. Shared by the rigs
+    of this file and tests/test_dp_vpc_unit.py."""
 
     def close(self):
         self.dp.close()
@@ -87,6 +63,36 @@ class Rig:
                     got.append(data)
             out[name] = got
         return out
+
+
+class Rig(Frames):
+    def __init__(self, ns: str):
+        from hyperplane._engine import DataPath, Engine
+        from hyperplane.config import EngineConfig, Eni
+
+        self.ns = ns
+        self.engine = Engine(EngineConfig(enis=[Eni("eni-0123456789abcdef0", ipv4=ENI4,
+                                                    ipv6=ENI6)], seed=7))
+        self.dp = DataPath()
+        g = self.dp.add_group(self.engine)
+        with netns.entered(ns):
+            self.eni = self.dp.add_link("eni", g, name="eni0", mac=ENI_MAC, ifname="eni0")
+            self.env = self.dp.add_link("env", g, name="env0", mac=GW_MAC, ifname="env0")
+            self.socks = {}
+            for name in ("envp", "enip"):
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                s.bind((name, ETH_P_ALL))
+                s.setblocking(False)
+                self.socks[name] = s
+        for a in (ENI4, ENI6):
+            self.dp.add_address(self.eni, a)
+        self.dp.set_subnet(self.eni, "198.18.1.0/24", ROUTER4)
+        self.dp.set_subnet(self.eni, "2001:2:0:1::/64", ROUTER6)
+        for a in (GW4, GW6):
+            self.dp.add_address(self.env, a)
+        self.dp.set_environment(self.env, ENV4)
+        self.dp.set_environment(self.env, ENV6)
+        self.drain()
 
     def exchange(self, side: str, frame, ms: int = 30):
         self.send(side, frame)

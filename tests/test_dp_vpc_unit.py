@@ -21,6 +21,7 @@ import time
 import pytest
 
 from hyperplane import netns
+from test_datapath_unit import Frames
 
 pytestmark = pytest.mark.skipif(netns.privilege_problem() is not None,
                                 reason=f"namespace tests: {netns.privilege_problem()}")
@@ -48,7 +49,7 @@ def _sc():
     return sc
 
 
-class Bench:
+class Bench(Frames):
     """A DataPath whose links are veth pairs in one scratch namespace."""
 
     def __init__(self, ns: str):
@@ -82,31 +83,10 @@ class Bench:
         self.socks[name] = s
         return li
 
-    def close(self):
-        self.dp.close()
-        for s in self.socks.values():
-            s.close()
-
-    def run(self, ms: int = 30) -> None:
-        end = time.monotonic() + ms / 1000
-        while time.monotonic() < end:
-            self.dp.poll(5)
-
     def drain(self):
         """Frames that came out at the test's end of each link, decoded by scapy."""
         sc = _sc()
-        out = {}
-        for name, s in self.socks.items():
-            got = []
-            while True:
-                try:
-                    data, addr = s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                if addr[2] != socket.PACKET_OUTGOING:
-                    got.append(sc.Ether(data))
-            out[name] = got
-        return out
+        return {name: [sc.Ether(f) for f in got] for name, got in super().drain().items()}
 
     def exchange(self, name: str, frame, ms: int = 30):
         self.drain()

@@ -18,7 +18,6 @@ ICMP is left out on purpose (another change translates ICMP errors).
 from __future__ import annotations
 
 import contextlib
-import io
 import ipaddress
 import json
 import os
@@ -33,7 +32,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import hyperplane as hp
-from hyperplane import DropReason, Verdict, cli, lab as hplab, loadgen, netns
+from hyperplane import DropReason, Verdict, loadgen, netns
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
@@ -112,7 +111,9 @@ def send_raw(ns: str, packets: List[bytes], dst: str, rate: float = 10_000) -> i
 
 
 # ---- lab helpers (the lab kit of test_datapath_lab.py, plus what only pressure needs) ------------
-from test_datapath_lab import Lab, bare, created, eni_drop, env_addr, wait_until  # noqa: E402,F401
+from test_datapath_lab import (  # noqa: E402,F401
+    Lab, bare, created, eni_drop, env_addr, wait_until)
+from test_datapath_lab import running_lab as kit_running_lab  # noqa: E402
 
 
 def table(c: dict) -> int:
@@ -131,27 +132,14 @@ def link(c: dict, name: str) -> dict:
 
 @contextlib.contextmanager
 def running_lab(config_text: Optional[str] = None, tmp=None) -> Iterator[Lab]:
-    name = "t" + secrets.token_hex(3)
+    """The lab kit's running_lab, with the config given as TOML text (written under ``tmp``)."""
     cfg = None
     if config_text is not None:
-        cfg = os.path.join(str(tmp), f"{name}.toml")
+        cfg = os.path.join(str(tmp), f"lab-{secrets.token_hex(3)}.toml")
         with open(cfg, "w") as f:
             f.write(config_text)
-    pid = None
-    try:
-        pid = cli.lab_up(cfg, name, out=io.StringIO()).get("pid")
-        yield Lab(name)
-    finally:
-        try:
-            hplab.teardown(name)
-        finally:
-            from pyroute2 import netns as pr_netns
-            for ns in [n for n in netns.listall() if n.startswith(f"hp-{name}-")]:
-                with contextlib.suppress(Exception):
-                    pr_netns.remove(ns)
-            if pid:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
+    with kit_running_lab(config=cfg) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
