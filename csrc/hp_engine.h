@@ -101,6 +101,8 @@ typedef struct {
     /* counters */
     uint64_t packets[2], bytes[2], created, expired;
     uint64_t icmp_errors; /* ICMP errors translated (both directions); not in packets[] */
+    uint64_t restored;    /* connections put back by hp_engine_restore */
+    uint32_t last_id;     /* the highest connection id handed out or restored */
     uint64_t drops[HP_R_COUNT];
 } hp_engine;
 
@@ -132,6 +134,45 @@ uint32_t hp_engine_flow_collect(hp_engine *e, hp_event *out, uint32_t max, uint3
  * when there is none. hp_engine_flush deletes every connection and returns how many. */
 int hp_engine_delete(hp_engine *e, const hp_tuple *orig, double now);
 uint32_t hp_engine_flush(hp_engine *e, double now);
+
+/* ---- snapshot and restore (a restart without losing connections) --------------------------
+ *
+ * One connection as hp_engine_snapshot writes it and hp_engine_restore reads it: 152 bytes,
+ * no padding, host byte order (the file is for the same machine's next data path). The reply
+ * tuple is redundant (reply.dst is ENI eni_index's address, reply.dport eni_port): it lets
+ * restore refuse a record whose ENI is not the one it was made on. */
+typedef struct {
+    hp_tuple orig, reply;
+    double last_seen;                /* engine time of the last packet */
+    uint64_t packets[2], bytes[2];   /* per direction */
+    uint64_t rep_bytes[2];           /* already handed to flow logs */
+    uint32_t rep_packets[2];
+    uint32_t id;
+    uint16_t eni_port;
+    uint8_t eni_index, state;
+} hp_saved;
+
+_Static_assert(sizeof(hp_saved) == 152, "hp_saved must be 152 bytes, no padding");
+
+/* Why a record was not restored (hp_engine_restore's result; 0 = restored). Checked in this
+ * order, the same in hyperplane/reference.py. */
+enum {
+    HP_RESTORED = 0,
+    HP_RS_INVALID = 1,      /* not a connection this engine could have made (family, proto,
+                               state, ports, tuples that do not fit together, bad time) */
+    HP_RS_ENI_MISMATCH = 2, /* no ENI eni_index here, or it has another address */
+    HP_RS_EXPIRED = 3,      /* its timeout passed before it could be restored */
+    HP_RS_DUPLICATE = 4,    /* a tuple or the port is already taken in this table */
+    HP_RS_TABLE_FULL = 5,   /* no room */
+    HP_RS_COUNT = 6
+};
+
+/* Copy up to max connections into out, each timeout class oldest first (the order restore
+ * keeps); returns how many. n_entries of them exist. */
+uint32_t hp_engine_snapshot(const hp_engine *e, hp_saved *out, uint32_t max);
+/* Put a saved connection back with its ENI, port, state, timer (last_seen + shift, at most
+ * now), counters and id; no event. Returns HP_RESTORED or the HP_RS_* reason. */
+int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift);
 
 /* Take the time (never backwards), expire what is due; returns the time used. */
 double hp_engine_advance(hp_engine *e, double now);

@@ -67,6 +67,15 @@ cdef extern from "hp_engine.h":
         uint8_t eni_index
         uint8_t reason
 
+    ctypedef struct hp_saved:
+        hp_tuple orig
+        hp_tuple reply
+        double last_seen
+
+    enum:
+        HP_RESTORED
+        HP_RS_COUNT
+
     ctypedef struct hp_eni:
         uint8_t has[2]
         uint8_t disabled
@@ -98,6 +107,7 @@ cdef extern from "hp_engine.h":
         uint64_t created
         uint64_t expired
         uint64_t icmp_errors
+        uint64_t restored
         uint64_t drops[22]
         hp_event *ev
         uint32_t ev_mask
@@ -122,6 +132,8 @@ cdef extern from "hp_engine.h":
                                     uint32_t *cursor, double now) nogil
     int hp_engine_delete(hp_engine *e, const hp_tuple *orig, double now) nogil
     uint32_t hp_engine_flush(hp_engine *e, double now) nogil
+    uint32_t hp_engine_snapshot(const hp_engine *e, hp_saved *out, uint32_t max) nogil
+    int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift) nogil
     int hp_translate(hp_engine *e, int dir, uint8_t *pkt, uint32_t len, uint32_t flags,
                      double now, uint8_t *reason) nogil
     uint32_t hp_translate_batch(hp_engine *e, int dir, uint8_t *buf, const uint32_t *offsets,

@@ -19,8 +19,9 @@ from hyperplane._engine cimport *
 from hyperplane.config import EngineConfig, Eni
 from hyperplane.constants import Direction, DropReason, TimeoutClass, Verdict, state_name, PROTO_NAMES
 from hyperplane.reference import (
-    EVENT_KINDS, GONE_REASONS, MAX_EGRESS_RULES, EntryInfo, Event, Result, Tuple5, _check_new_eni,
-    _orig_key, eni_index, parse_egress_rules)
+    EVENT_KINDS, GONE_REASONS, MAX_EGRESS_RULES, RESTORE_OUTCOMES, EntryInfo, Event, Result,
+    Tuple5, _check_new_eni, _orig_key, eni_index, parse_egress_rules, snapshot_blob,
+    snapshot_records)
 
 ENGINE_NAME = "compiled"
 
@@ -32,6 +33,7 @@ TCP_TRANSITIONS = tuple(
 _VERDICTS = [Verdict(i) for i in range(4)]
 _REASONS = [DropReason(i) for i in range(len(DropReason))]
 assert len(DropReason) == HP_R_COUNT, "DropReason and csrc/hp_types.h disagree"
+assert len(RESTORE_OUTCOMES) == HP_RS_COUNT, "RESTORE_OUTCOMES and csrc/hp_engine.h disagree"
 assert MAX_EGRESS_RULES == HP_MAX_SG_RULES, "reference.MAX_EGRESS_RULES and hp_acl.h disagree"
 _TIMEOUT_CLASSES = [int(c) for c in TimeoutClass]
 
@@ -338,6 +340,32 @@ cdef class Engine:
         cdef double tm = self._advance(now)
         return hp_engine_flush(self._e, tm)
 
+    def snapshot(self):
+        """Every connection as a blob for ``restore()`` (see hyperplane.reference.Engine)."""
+        self._check_idle()
+        cdef uint32_t n = self._e.n_entries
+        cdef bytearray body = bytearray(<size_t>n * sizeof(hp_saved))
+        cdef uint32_t k = 0
+        if n:
+            k = hp_engine_snapshot(self._e, <hp_saved *>PyByteArray_AS_STRING(body), n)
+        del body[<size_t>k * sizeof(hp_saved):]
+        return snapshot_blob(body, k)
+
+    def restore(self, blob, now=None, double shift=0.0):
+        """Put back the connections of a ``snapshot()`` (see hyperplane.reference.Engine)."""
+        cdef const uint8_t[::1] rec = snapshot_records(blob)
+        if not math.isfinite(shift):
+            raise ValueError(f"shift {shift!r}: must be a finite number of seconds")
+        self._check_idle()
+        cdef double t = self._advance(now)
+        cdef size_t i, n = rec.shape[0] // sizeof(hp_saved)
+        cdef hp_saved s
+        counts = [0] * HP_RS_COUNT
+        for i in range(n):
+            memcpy(&s, &rec[i * sizeof(hp_saved)], sizeof(hp_saved))  # records may be unaligned
+            counts[hp_engine_restore(self._e, &s, t, shift)] += 1
+        return dict(zip(RESTORE_OUTCOMES, counts))
+
     cdef _event(self, hp_event *v):
         proto = v.tuple[0].proto
         kind = EVENT_KINDS[v.type - 1]
@@ -394,7 +422,7 @@ cdef class Engine:
             "packets_inbound": e.packets[1], "bytes_inbound": e.bytes[1],
             "connections_created": e.created, "connections_expired": e.expired,
             "connections": e.n_entries, "capacity": e.cfg.capacity, "events_lost": e.ev_lost,
-            "icmp_errors_translated": e.icmp_errors,
+            "connections_restored": e.restored, "icmp_errors_translated": e.icmp_errors,
             "drops": {r.label: e.drops[r] for r in _REASONS if r != DropReason.NONE},
         }
 

@@ -129,6 +129,45 @@ GONE_REASONS = ("expired", "deleted")
 #: Drop reasons that produce a "reject" event.
 REJECT_REASONS = ("unsolicited", "security_group", "tcp_not_syn")
 
+# Engine.snapshot()/restore(): a header, then one fixed record per connection, the layout of
+# csrc/hp_engine.h's hp_saved (host byte order: the blob is for this machine's next data path;
+# x86 and arm64 Linux are little-endian). Tuples are hp_tuple's 40 bytes: src, dst (IPv4 in the
+# first 4 of 16), sport, dport, family, proto, 2 zero bytes.
+SNAPSHOT_MAGIC = b"HPCTSNAP"
+SNAPSHOT_VERSION = 1
+_SNAP_HEADER = struct.Struct("<8sIII4x")      # magic, version, record size, count
+_SNAP_RECORD = struct.Struct("<40s40sd2Q2Q2Q2IIHBB")
+_SNAP_TUPLE = struct.Struct("<16s16sHHBB2x")
+#: restore()'s result keys: restored, then why a record was not (checked in this order).
+RESTORE_OUTCOMES = ("restored", "invalid", "eni_mismatch", "expired", "duplicate", "table_full")
+
+
+def snapshot_blob(records, count: int) -> bytes:
+    """A snapshot of count packed records (both engines write it the same way)."""
+    return _SNAP_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, _SNAP_RECORD.size,
+                             count) + bytes(records)
+
+
+def snapshot_records(blob) -> memoryview:
+    """The records part of a snapshot, after checking its header; ValueError says what is
+    wrong with a blob that is not one."""
+    m = memoryview(blob).cast("B")
+    if len(m) < _SNAP_HEADER.size:
+        raise ValueError(f"connection snapshot: {len(m)} bytes, shorter than its "
+                         f"{_SNAP_HEADER.size}-byte header")
+    magic, version, size, count = _SNAP_HEADER.unpack_from(m)
+    if magic != SNAPSHOT_MAGIC:
+        raise ValueError(f"not a connection snapshot (magic {bytes(magic)!r}, expected "
+                         f"{SNAPSHOT_MAGIC!r})")
+    if version != SNAPSHOT_VERSION or size != _SNAP_RECORD.size:
+        raise ValueError(f"connection snapshot version {version} with {size}-byte records: "
+                         f"this engine reads version {SNAPSHOT_VERSION} with "
+                         f"{_SNAP_RECORD.size}-byte records")
+    if len(m) != _SNAP_HEADER.size + count * size:
+        raise ValueError(f"connection snapshot: header says {count} records "
+                         f"({_SNAP_HEADER.size + count * size} bytes), blob has {len(m)} bytes")
+    return m[_SNAP_HEADER.size:]
+
 
 # --------------------------------------------------------------------------------------------
 # Small helpers shared with the tests (and mirrored in csrc/hp_csum.h, csrc/hp_rand.h)
@@ -481,7 +520,7 @@ class Engine:
         self._signals: List[Tuple[str, int, str]] = []
         self._c = dict(packets_outbound=0, bytes_outbound=0, packets_inbound=0,
                        bytes_inbound=0, connections_created=0, connections_expired=0,
-                       icmp_errors_translated=0)
+                       connections_restored=0, icmp_errors_translated=0)
         self._drops = [0] * len(DropReason)
         self._egress: Optional[List[EgressRule]] = None   # None: allow everything
         self._disabled: set = set()     # indexes of ENIs that take no new connections
@@ -915,7 +954,7 @@ class Engine:
         self._pool(eni_index, p.family, p.proto).take(port)
         self._table[reply_key] = (conn, IN)   # reply tuple first: it was the collision check
         self._table[orig_key] = (conn, OUT)
-        self._lru[state][conn.id] = conn
+        self._lru[state][conn] = conn
         self._c["connections_created"] += 1
         if limit:
             self._per_source[src_key] = self._per_source.get(src_key, 0) + 1
@@ -972,9 +1011,9 @@ class Engine:
 
     def _set_state(self, conn: Conn, state: int, now: float) -> None:
         if state != conn.state:
-            del self._lru[conn.state][conn.id]
+            del self._lru[conn.state][conn]
             conn.state = state
-            self._lru[state][conn.id] = conn
+            self._lru[state][conn] = conn
             self._ev_conn(conn, "update", now)
 
     def _account(self, conn: Conn, direction: Direction, nbytes: int, now: float) -> None:
@@ -982,7 +1021,7 @@ class Engine:
             c[2 * direction] += 1
             c[2 * direction + 1] += nbytes
         conn.last_seen = now
-        self._lru[conn.state].move_to_end(conn.id)   # most recently used at the back
+        self._lru[conn.state].move_to_end(conn)   # most recently used at the back
 
     # 6. manip ---------------------------------------------------------------------------------
     def _manip(self, b, off, p: _Parsed, flags: int, src: bool, addr: bytes, port: int) -> None:
@@ -1039,7 +1078,7 @@ class Engine:
 
     def _remove(self, conn: Conn, now: float, why: str) -> None:
         self._ev_conn(conn, "destroy", now, reason=why)
-        del self._lru[conn.state][conn.id]
+        del self._lru[conn.state][conn]
         del self._table[conn.orig_key]
         del self._table[conn.reply_key]
         self._pool(conn.eni_index, conn.family, conn.proto).release(conn.eni_port, now)
@@ -1144,6 +1183,106 @@ class Engine:
         c = [0, 0, 1, p.l3_len] if direction == IN else [1, p.l3_len, 0, 0]
         self._push(Event("reject", now, 0, p.family, PROTO_NAMES[p.proto], orig, None, "", eni,
                          *c, reason=reason.label))
+
+    # ---- snapshot and restore (a restart that loses no connection) ---------------------------
+    def snapshot(self) -> bytes:
+        """Every connection as a blob for ``restore()``: tuples, ENI, port, state, last_seen,
+        counters and id, each timeout class oldest first. The same bytes from both engines."""
+        out = []
+        for cls in TimeoutClass:
+            for conn in self._lru[cls].values():
+                out.append(_SNAP_RECORD.pack(
+                    self._snap_tuple(conn.orig_key), self._snap_tuple(conn.reply_key),
+                    conn.last_seen, conn.counters[0], conn.counters[2], conn.counters[1],
+                    conn.counters[3], conn.reported[1], conn.reported[3],
+                    conn.reported[0] & 0xFFFFFFFF, conn.reported[2] & 0xFFFFFFFF, conn.id + 1, conn.eni_port, conn.eni_index, conn.state))
+        return snapshot_blob(b"".join(out), len(out))
+
+    @staticmethod
+    def _snap_tuple(key: bytes) -> bytes:
+        family, proto, src, dst, sport, dport = struct.unpack("!BB16s16sHH", key)
+        return _SNAP_TUPLE.pack(src, dst, sport, dport, family, proto)
+
+    def restore(self, blob, now: Optional[float] = None, shift: float = 0.0) -> Dict[str, int]:
+        """Put back the connections of a ``snapshot()`` (usually an earlier data path's): each
+        on its ENI (same index, same address) with its port, state, counters, id and timer
+        (``last_seen + shift``, never later than now). No events. Returns how many were restored
+        and, for the rest, why not: invalid (not a record this engine could have written),
+        eni_mismatch, expired (timed out meanwhile), duplicate (a tuple or the port is taken
+        already), table_full. ValueError for a blob that is not a snapshot."""
+        records = snapshot_records(blob)
+        if not math.isfinite(shift):
+            raise ValueError(f"shift {shift!r}: must be a finite number of seconds")
+        now = self._advance(now)
+        out = dict.fromkeys(RESTORE_OUTCOMES, 0)
+        for fields in _SNAP_RECORD.iter_unpack(records):
+            out[RESTORE_OUTCOMES[self._restore_one(fields, now, shift)]] += 1
+        return out
+
+    def _restore_one(self, fields, now: float, shift: float) -> int:
+        (o_raw, r_raw, last_seen, po, pr, bo, br, rbo, rbr, rpo, rpr, cid, port, eni,
+         state) = fields
+        o_src, o_dst, o_sport, o_dport, family, proto = _SNAP_TUPLE.unpack(o_raw)
+        r_src, r_dst, r_sport, r_dport, r_family, r_proto = _SNAP_TUPLE.unpack(r_raw)
+        alen = 4 if family == 4 else 16
+        states = range(TcpState.SYN_SENT, TcpState.CLOSE + 1) if proto == IPPROTO_TCP else \
+            (UdpState.UNREPLIED, UdpState.REPLIED)
+        ok = (family in (4, 6) and proto in (IPPROTO_TCP, IPPROTO_UDP)
+              and (r_family, r_proto) == (family, proto)
+              and o_raw[-2:] == r_raw[-2:] == b"\0\0" and state in states
+              and all(a[alen:] == bytes(16 - alen) for a in (o_src, o_dst, r_dst))
+              and r_src == o_dst and r_sport == o_dport and r_dport == port
+              and self.config.port_min <= port <= self.config.port_max
+              and rbo <= bo and rbr <= br    # flow logs got no more than there was
+              and (po > 0xFFFFFFFF or rpo <= po) and (pr > 0xFFFFFFFF or rpr <= pr)
+              and cid != 0 and math.isfinite(last_seen))
+        if not ok:
+            return 1                                                     # invalid
+        text = self._eni_addr(self._enis[eni], family) if eni < len(self._enis) else None
+        if text is None or addr_bytes(family, text).ljust(16, b"\0") != r_dst:
+            return 2                                                     # eni_mismatch
+        seen = min(last_seen + shift, now)
+        if seen + self._timeouts[state] <= now:
+            return 3                                                     # expired
+        pool = self._pool(eni, family, proto)
+        orig_key = tuple_key(family, proto, o_src, o_dst, o_sport, o_dport)
+        reply_key = tuple_key(family, proto, r_src, r_dst, r_sport, r_dport)
+        if orig_key in self._table or reply_key in self._table or port not in pool.free:
+            return 4                                                     # duplicate
+        limit = self.config.max_connections_per_source
+        src_key = (family, o_src)
+        if len(self._table) // 2 >= self.config.capacity or (
+                limit and src_key not in self._per_source
+                and len(self._per_source) >= MAX_SOURCES):
+            return 5                                                     # table_full
+        conn = Conn(id=cid - 1, family=family, proto=proto, orig_key=orig_key,
+                    reply_key=reply_key, env_addr=o_src[:alen], env_port=o_sport,
+                    eni_index=eni, eni_addr=r_dst[:alen], eni_port=port, state=state,
+                    last_seen=seen)
+        conn.counters = [po, bo, pr, br]
+        conn.reported = [rpo, rbo, rpr, rbr]
+        self._next_id = max(self._next_id, cid)
+        pool.take(port)
+        self._table[reply_key] = (conn, IN)
+        self._table[orig_key] = (conn, OUT)
+        self._lru_insert_sorted(conn)
+        self._c["connections_restored"] += 1
+        if limit:
+            self._per_source[src_key] = self._per_source.get(src_key, 0) + 1
+        return 0
+
+    def _lru_insert_sorted(self, conn: Conn) -> None:
+        """Append, but behind every connection of the class seen later than it (a restored
+        connection may be older than what the table holds): expiry needs the order."""
+        lru = self._lru[conn.state]
+        later = []
+        for other in reversed(lru):
+            if other.last_seen <= conn.last_seen:
+                break
+            later.append(other)
+        lru[conn] = conn
+        for other in reversed(later):
+            lru.move_to_end(other)
 
     def flow_collect(self, now: Optional[float] = None) -> List[Event]:
         """One "flow" event per connection with traffic since the last collection (the delta

@@ -123,6 +123,10 @@ ops = st.one_of(
     st.tuples(st.just("collect")),
     st.tuples(st.just("delete"), st.integers(0, 1 << 16)),
     st.tuples(st.just("flush")),
+    # a restart: snapshot both (same bytes), new engines restore it, the old ones again
+    # (duplicates); shift moves the timers, corrupt flips one byte of a record first
+    st.tuples(st.just("restart"), st.sampled_from([0.0, 0.0, 5.0, -3.0, 400.0]),
+              st.one_of(st.none(), st.none(), st.none(), st.integers(0, 1 << 16))),
     st.tuples(st.just("add_eni")),
     st.tuples(st.just("egress"), st.integers(0, len(EGRESS_SETS) - 1)),
     st.tuples(st.just("enable"), st.integers(0, 2), st.booleans()),
@@ -143,8 +147,11 @@ class Run:
         self.cfg = make_config(**kw)
         self.compiled = compiled_module().Engine(self.cfg, clock=no_clock)
         self.reference = reference.Engine(self.cfg, clock=no_clock)
+        self.events = events
         for e in (self.compiled, self.reference):
             e.enable_events(events)
+        self.egress = None        # the rules set last (a restarted engine gets them too)
+        self.disabled = set()     # ENIs retired
         self.now = 0.0
         self.known = []     # (family, proto, host, hport, eni address, eni port)
         self.sent_out = []  # packets as the NAT sent them into the VPC (ICMP errors embed them)
@@ -324,17 +331,21 @@ class Run:
                       r.delete("udp", ("198.19.0.20", 1, "198.18.1.10", 2), now=self.now), i, op)
         elif kind == "flush":
             self.same("flush()", c.flush(now=self.now), r.flush(now=self.now), i, op)
+        elif kind == "restart":
+            self.restart(i, op)
         elif kind == "add_eni":
             if ENI_C not in c.enis:
                 c.add_eni(ENI_C)
                 r.add_eni(ENI_C)
         elif kind == "egress":
-            c.set_egress_rules(EGRESS_SETS[op[1]])
-            r.set_egress_rules(EGRESS_SETS[op[1]])
+            self.egress = EGRESS_SETS[op[1]]
+            c.set_egress_rules(self.egress)
+            r.set_egress_rules(self.egress)
         elif kind == "enable":
             k = op[1] % len(c.enis)
             c.set_eni_enabled(k, op[2])
             r.set_eni_enabled(k, op[2])
+            (self.disabled.discard if op[2] else self.disabled.add)(k)
         elif kind == "burst":
             _, family, proto, env_i, base, n = op
             for k in range(n):
@@ -355,6 +366,38 @@ class Run:
         else:
             self.batch(i, op)
         self.same("take_signals()", c.take_signals(), r.take_signals(), i, op)
+
+    def restart(self, i, op):
+        """Both engines' snapshots are the same bytes; fresh engines with the same ENIs, rules
+        and retired ENIs restore it (maybe corrupted) alike, and the old ones find every record
+        taken (or expired)."""
+        _, shift, corrupt = op
+        c, r = self.compiled, self.reference
+        blob = c.snapshot()
+        self.same("snapshot()", blob, r.snapshot(), i, op)
+        self.same("take_events() before restart", c.take_events(), r.take_events(), i, op)
+        blob = bytearray(blob)
+        if corrupt is not None and len(blob) > 24:
+            blob[24 + corrupt % (len(blob) - 24)] ^= 1 << (corrupt % 8)
+        self.same("restore() into the old engines", c.restore(blob, now=self.now, shift=shift),
+                  r.restore(blob, now=self.now, shift=shift), i, op)
+        fresh = []
+        for mod in (compiled_module(), reference):
+            e = mod.Engine(self.cfg, clock=no_clock)
+            if ENI_C in c.enis:
+                e.add_eni(ENI_C)
+            e.set_egress_rules(self.egress)
+            for k in self.disabled:
+                e.set_eni_enabled(k, False)
+            e.enable_events(self.events)
+            fresh.append(e)
+        got = [e.restore(blob, now=self.now, shift=shift) for e in fresh]
+        self.same("restore()", got[0], got[1], i, op)
+        if corrupt is None:   # every record is back, or was overdue already
+            saved = (len(blob) - 24) // 152
+            assert got[1]["restored"] + got[1]["expired"] == saved, (got[1], saved)
+        self.compiled, self.reference = fresh
+        self.compare_state(i, op)
 
     def fresh(self, i, op):
         """Open a flow for an ICMP op (and answer it for an outbound error); the op, now about
