@@ -74,8 +74,9 @@ def test_counters_per_direction(make_engine):
     c = eng.counters()
     labels = {r.label for r in DropReason if r != DropReason.NONE}
     assert set(c) == {"packets_outbound", "bytes_outbound", "packets_inbound", "bytes_inbound",
-                      "connections_created", "connections_expired", "connections", "capacity",
-                      "events_lost", "icmp_errors_translated", "drops"}
+                      "connections_created", "connections_expired", "connections_restored",
+                      "connections", "capacity", "events_lost", "icmp_errors_translated",
+                      "drops"}
     assert set(c["drops"]) == labels
     assert c == dict(packets_outbound=0, bytes_outbound=0, packets_inbound=0, bytes_inbound=0,
                      connections_created=0, connections_expired=0, connections=0,
