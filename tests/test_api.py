@@ -79,8 +79,8 @@ def test_counters_per_direction(make_engine):
                       "drops"}
     assert set(c["drops"]) == labels
     assert c == dict(packets_outbound=0, bytes_outbound=0, packets_inbound=0, bytes_inbound=0,
-                     connections_created=0, connections_expired=0, connections=0,
-                     capacity=1_000_000, events_lost=0, icmp_errors_translated=0,
+                     connections_created=0, connections_expired=0, connections_restored=0,
+                     connections=0, capacity=1_000_000, events_lost=0, icmp_errors_translated=0,
                      drops={k: 0 for k in labels})
     o1 = udp(4, E4, H4, 40001, 9000, payload=b"a" * 10)
     o2 = tcp(6, E6, H6, 40002, 443, flags="S", payload=b"b" * 3)
