@@ -95,8 +95,8 @@ def test_counters_per_direction(make_engine):
     drops = c.pop("drops")
     assert c == dict(packets_outbound=3, bytes_outbound=2 * len(o1) + len(o2),
                      packets_inbound=1, bytes_inbound=len(i1), connections_created=2,
-                     connections_expired=0, connections=2, capacity=1_000_000, events_lost=0,
-                     icmp_errors_translated=0)
+                     connections_expired=0, connections_restored=0, connections=2,
+                     capacity=1_000_000, events_lost=0, icmp_errors_translated=0)
     assert {k: v for k, v in drops.items() if v} == {"unsolicited": 1, "tcp_not_syn": 1}
     assert eng.expire(now=353.0) == 2            # SYN_SENT 120 s, replied UDP 350 s
     c = eng.counters()
