@@ -5,6 +5,7 @@
     hyperplane lab up [CONFIG] [--name NAME]     build a lab and start its data path
     hyperplane lab status [--name NAME] [--json]
     hyperplane lab exec NODE [--name NAME] -- CMD...
+    hyperplane lab restart [--name NAME]        a new data path that keeps the open connections
     hyperplane lab down [--name NAME]
     hyperplane lab list
     hyperplane function list|update|invoke ...   the lab's functions (VpcConfig, state)
@@ -27,6 +28,7 @@ Exit status: 0 success; 1 the operation failed (traffic did not pass, the data p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -151,15 +153,7 @@ def lab_up(config_path: Optional[str], name: str, out=sys.stdout,
         cfg_copy = os.path.join(ldir, "lab.toml")
         with open(cfg_copy, "w", encoding="utf-8") as f:
             f.write(text)
-        logf = open(os.path.join(ldir, "datapath.log"), "ab")
-        with logf:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "hyperplane", "run", cfg_copy, "--name", name,
-                 "--control", control_path(name)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True)
-        state["pid"] = proc.pid
-        lab.save_state(name, state)
+        proc = start_datapath(name, state)
         wait_ready(name, proc)
         if wait_active:
             wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
@@ -184,6 +178,86 @@ def lab_up(config_path: Optional[str], name: str, out=sys.stdout,
             e.add_note(outcome)
         raise
     return state
+
+
+def start_datapath(name: str, state: Dict[str, Any], restore: bool = True) -> subprocess.Popen:
+    """Start the lab's data path in the background (``hyperplane run`` on the lab's copy of its
+    config, logging to datapath.log) and record its pid in the lab's state."""
+    from hyperplane import lab
+
+    ldir = lab.lab_dir(name)
+    with open(os.path.join(ldir, "datapath.log"), "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hyperplane", "run", os.path.join(ldir, "lab.toml"),
+             "--name", name, "--control", control_path(name)]
+            + ([] if restore else ["--no-restore"]),
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True)
+    state["pid"] = proc.pid
+    try:
+        lab.save_state(name, state)
+    except BaseException:
+        _stop_child(proc)
+        raise
+    return proc
+
+
+def lab_restart(name: str, restore: bool = True) -> Dict[str, Any]:
+    """Stop the lab's data path (it saves its connection tables and control-plane state as
+    it stops) and start a new one on the same namespaces, links and TAPs, which restores them
+    (``restore=False``: starts afresh, the open connections break). Waits until it answers
+    and no function is Pending. Returns what was stopped, saved and restored."""
+    from hyperplane import lab, netns
+
+    state, plan = load_lab(name)
+    _need_privilege()
+    missing = [ns for ns in plan.namespaces() if not netns.exists(ns)]
+    if missing:
+        raise CliError(f"lab {name!r} is incomplete: namespace(s) {', '.join(missing)} are "
+                       f"gone; `{PROG} lab down --name {name}` and `lab up` again",
+                       EXIT_NOT_FOUND)
+    try:   # (a recorded pid that is no longer this lab's data path is left alone)
+        stopped = lab.stop_datapath(name, state)
+    except (lab.LabError, OSError) as e:
+        raise CliError(f"lab restart {name!r}: stopping the data path failed: {e}") from None
+    proc = start_datapath(name, state, restore=restore)
+    try:
+        wait_ready(name, proc)
+        wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
+    except BaseException as e:
+        _stop_child(proc)
+        with contextlib.suppress(Exception):
+            state["pid"] = None
+            lab.save_state(name, state)
+        if isinstance(e, CliError):
+            raise CliError(f"lab restart {name!r}: {e}\nthe lab's namespaces are still there: "
+                           f"`{PROG} lab restart --name {name}` again, or `lab down`",
+                           e.code) from None
+        raise
+    return {"name": name, **stopped, "pid": proc.pid,
+            "restore": ask(name, "counters")["restore"]}
+
+
+def print_restart(rep: Dict[str, Any], out=sys.stdout) -> None:
+    name = rep["name"]
+    if rep["stopped_pid"]:
+        saved = rep.get("saved") or {}
+        how = ("it saved its state as it stopped" if saved.get("final")
+               and saved.get("pid") == rep["stopped_pid"] else
+               "it did not save at stop (killed?): the last periodic save is what is left")
+        print(f"lab {name}: data path pid {rep['stopped_pid']} stopped; {how}", file=out)
+    else:
+        print(f"lab {name}: no data path was running", file=out)
+    r = rep["restore"]
+    if r.get("restored_from"):
+        print(f"new data path pid {rep['pid']}: restored {r['restored']} connection(s) from "
+              f"{r['restored_from']} (expired {r['expired']}, ENI mismatch "
+              f"{r['eni_mismatch']}, duplicate {r['duplicate']}, table full {r['table_full']}, "
+              f"invalid {r['invalid']}; down for {r['down_for']:.1f} s)", file=out)
+    else:
+        why = r.get("ignored") or "no state file"
+        print(f"new data path pid {rep['pid']}: started afresh ({why}); the connections "
+              "that were open are gone", file=out)
 
 
 def wait_ready(name: str, proc: subprocess.Popen) -> None:
@@ -348,6 +422,15 @@ def cmd_lab_up(args) -> int:
     return EXIT_OK
 
 
+def cmd_lab_restart(args) -> int:
+    rep = lab_restart(args.name, restore=not args.no_restore)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print_restart(rep)
+    return EXIT_OK
+
+
 def cmd_lab_status(args) -> int:
     st = status_dict(args.name)
     if args.json:
@@ -443,7 +526,7 @@ def cmd_run(args) -> int:
         raise CliError("the data path needs the compiled engine: "
                        f"{hp.ENGINE_FALLBACK_REASON}; rebuild with `pip install -e .`")
     try:
-        return daemon.run_plan(plan, args.control)
+        return daemon.run_plan(plan, args.control, restore=not args.no_restore)
     except OSError as e:
         raise CliError(f"data path: {e}") from None
 
@@ -640,6 +723,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("cmd", nargs="*", metavar="-- CMD", help="the command and its arguments, "
                    "after `--` (everything after the first `--` is the command's)")
     q.set_defaults(func=cmd_lab_exec)
+    q = named(labsub.add_parser(
+        "restart", help="stop the data path (it saves its connection table) and start a new "
+                        "one that restores it: open connections keep their ENI port and go on"))
+    q.add_argument("--no-restore", action="store_true", help="start the new data path afresh "
+                   "(the open connections break), e.g. to compare")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_lab_restart)
     q = named(labsub.add_parser("down", help="stop the data path and remove the lab "
                                              "(idempotent)"))
     q.set_defaults(func=cmd_lab_down)
@@ -685,6 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="lab TOML")
     p.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
     p.add_argument("--control", default=None, help="control socket path (default: none)")
+    p.add_argument("--no-restore", action="store_true", help="do not restore the connection "
+                   "table the lab's previous data path saved (conntrack.state)")
     p.set_defaults(func=cmd_run)
 
     from hyperplane.walk import WALK_HELP

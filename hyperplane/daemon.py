@@ -25,6 +25,18 @@ SO_PEERCRED uid is checked. Clients are served without blocking the loop, and a 
 request (not UTF-8, not JSON, not an object, an unknown command or argument, a wrong type, a
 line over CONTROL_LINE_MAX, nothing at all) is answered ``{"ok": false, "error": "..."}``.
 
+Restart without loss: the daemon saves its state to ``<lab dir>/conntrack.state`` (mode 0600,
+written atomically: temp file, fsync, rename) when it stops and every SAVE_INTERVAL seconds from
+the tick, and a new daemon of the same lab and plan restores it before it forwards a packet:
+the lab clock's offset, per ENI key the engine's ENIs in their order and its connection table
+(``Engine.snapshot``/``Engine.restore``: tuples, ENI port, state, timer, counters), the NAT
+gateways' tables, and the control plane's state (hyperplane.vpc: which functions are Active on
+which ENIs, scale-out ENIs). A TCP stream that was open keeps its ENI port and goes on. On the
+same boot (``/proc/sys/kernel/random/boot_id``) the downtime counts as idle time, as it would
+for the kernel's conntrack; after a reboot the saved ages are kept. A state file of another
+lab, another plan or a bad one is ignored with the reason in the log and in ``counters``
+(``restore``); the lab then starts afresh.
+
 Every engine records its connection events (NEW/UPDATE/DESTROY, and REJECT for refused packets)
 in a bounded C ring (hyperplane.reference.Event); each tick the loop drains the rings into the
 event subscribers and the flow-log writer (hyperplane.flowlogs), which at the end of each
@@ -32,12 +44,14 @@ aggregation interval also collects the per-connection traffic deltas from the en
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -91,6 +105,15 @@ REJECTS_PER_TICK = 1000
 #: for it are counted as lost instead of queued.
 SUBSCRIBER_BACKLOG = 8 << 20
 EVENT_KINDS = ("new", "update", "destroy", "reject")
+#: Seconds between two saves of the connection tables while the data path runs (from the tick,
+#: never per packet), so a daemon that is killed rather than stopped loses at most this much.
+SAVE_INTERVAL = 10.0
+#: ...and at least this many times as long as the last save took (60,000 connections take
+#: about 0.3 s to save; the loop forwards nothing meanwhile).
+SAVE_SHARE = 20
+STATE_FORMAT = "hyperplane-conntrack-state"
+STATE_VERSION = 1
+RESTORE_COUNTS = ("restored", "expired", "eni_mismatch", "duplicate", "table_full", "invalid")
 
 
 def event_json(ev, timeouts: Optional[List[float]] = None) -> Dict[str, Any]:
@@ -142,12 +165,13 @@ class _KeyGroup:
     connection table, one ENI address per scale-out ENI), a group in the DataPath, and the key's
     link into the subnet, which answers for every live ENI address of the key."""
 
-    def __init__(self, key: Key, engine, group: int, link: int, ifname: str):
+    def __init__(self, key: Key, engine, group: int, link: int, ifname: str, mac: str = ""):
         self.key = key
         self.engine = engine
         self.group = group
         self.link = link
         self.ifname = ifname
+        self.mac = mac
         self.index: Dict[str, int] = {}      # ENI id -> index in the engine
         self.addresses: Dict[str, List[str]] = {}  # ENI id -> addresses the link answers for
 
@@ -158,7 +182,12 @@ class Daemon:
     away and which key each environment uses. The daemon is its ``effects``: it turns those
     decisions into DataPath and Engine calls."""
 
-    def __init__(self, plan, control_path: Optional[str], initial_active: bool = False):
+    def __init__(self, plan, control_path: Optional[str], initial_active: bool = False, *,
+                 state_file: Optional[str] = "", restore: bool = True,
+                 save_interval: float = SAVE_INTERVAL):
+        """``state_file``: where the state is saved and restored from ("": the lab
+        directory's ``conntrack.state`` when that directory exists; None: nowhere).
+        ``restore=False`` starts afresh even when a matching state file exists."""
         from hyperplane._engine import DataPath
         from hyperplane.vpc import ControlPlane
 
@@ -184,10 +213,25 @@ class Daemon:
         self._macs = {e.mac for e in plan.enis}
         lc = plan.lifecycle
         self.port_min = 65536 - lc.ports_per_eni
+        self.state_file = default_state_file(plan.name) if state_file == "" else state_file
+        self.save_interval = save_interval
+        self._next_save = time.monotonic() + save_interval
+        self.saves = {"saved": 0, "failed": 0, "last_error": None, "last_connections": 0,
+                      "last_seconds": None}
+        self.restore_report: Dict[str, Any] = {"state_file": self.state_file,
+                                               "restored_from": None, "ignored": None}
+        saved = None
+        if self.state_file and not restore:
+            self.restore_report["ignored"] = "restore switched off (--no-restore)"
+            log.info("restore: switched off; starting afresh")
+        elif self.state_file:
+            saved = self._read_saved()
 
         for eni in plan.enis:
             key = (eni.subnet, tuple(sorted(eni.security_groups)))
             self._add_key(key, eni.node_ifname, eni.mac, first=eni)
+        if saved is not None:
+            saved = self._restore_keys(saved)
         default_group = next(iter(self.keys.values())).group if self.keys else None
         for env in plan.envs:
             if default_group is None:
@@ -214,7 +258,18 @@ class Daemon:
             self.dp.set_link_state(li, "pending" if fn.subnet_ids else "detached")
         for nat in plan.nat_gateways:
             self._add_nat_gateway(nat)
-        self.cp = ControlPlane(plan, self, self.now(), initial_active=initial_active)
+        cp_state = None
+        if saved is not None:
+            cp_state = self._restore_tables(saved)
+        if cp_state is not None:
+            try:
+                self.cp = ControlPlane(plan, self, self.now(), restored=cp_state,
+                                       shift=self.restore_report["shift"])
+            except ValueError as e:   # checked before any effect: start afresh
+                self._restore_failed(f"control plane: {e}")
+                cp_state = None
+        if cp_state is None:
+            self.cp = ControlPlane(plan, self, self.now(), initial_active=initial_active)
         self._open_flowlogs()
 
     # ---- building blocks ----------------------------------------------------------------------
@@ -257,7 +312,7 @@ class Daemon:
         self.dp.set_subnet(li, s.cidr, s.router4)
         if s.ipv6_cidr:
             self.dp.set_subnet(li, s.ipv6_cidr, s.router6)
-        kg = _KeyGroup(key, engine, g, li, ifname)
+        kg = _KeyGroup(key, engine, g, li, ifname, mac)
         kg.index[seed.id] = 0
         self.keys[key] = kg
         return kg
@@ -353,6 +408,12 @@ class Daemon:
         self.cp.tick(self.now(), env_packets=env_packets, env_blocked=env_blocked, pools=pools,
                      exhausted=exhausted)
         self.pump_events()
+        if self.state_file and time.monotonic() >= self._next_save:
+            self.save_state(final=False)
+            # a save holds the loop (about 5 us a connection): never more than 1/SAVE_SHARE
+            # of the time, however big the tables grow
+            took = self.saves["last_seconds"] or 0.0
+            self._next_save = time.monotonic() + max(self.save_interval, SAVE_SHARE * took)
 
     # ---- events and flow logs -----------------------------------------------------------------
     def engines(self) -> List[Tuple[Any, Optional[str]]]:
@@ -482,6 +543,154 @@ class Daemon:
             engine.expire(now=now)
         self.tick()
         return now
+
+    # ---- restart without loss ----------------------------------------------------------------
+    def state_doc(self, final: bool) -> Dict[str, Any]:
+        """The state file's content (JSON-ready): see the module docstring. Connection tables
+        are the engines' snapshot blobs, base64, each with its SHA-256."""
+        keys = []
+        for kg in self.keys.values():
+            keys.append({"key": [kg.key[0], list(kg.key[1])], "ifname": kg.ifname,
+                         "mac": kg.mac, "enis": [_eni_json(e) for e in kg.engine.enis],
+                         **_table_json(kg.engine)})
+        nats = [{"id": nid, "enis": [_eni_json(x) for x in e.enis], **_table_json(e)}
+                for nid, e in self.natgw.items()]
+        return {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "lab": self.plan.name,
+            "config_hash": plan_hash(self.plan), "final": final, "pid": os.getpid(),
+            "saved_wall": time.time(), "saved_monotonic": time.monotonic(),
+            "saved_now": self.now(), "offset": self.offset, "boot_id": boot_id(),
+            "keys": keys, "nat_gateways": nats, "control_plane": self.cp.save(),
+        }
+
+    def save_state(self, final: bool = False) -> bool:
+        """Write the state file atomically (mode 0600). Never raises: a failed save is logged
+        and counted (``saves.failed``), and the data path goes on."""
+        t0 = time.monotonic()
+        try:
+            doc = self.state_doc(final)
+            write_state_file(self.state_file, doc)
+        except Exception as e:
+            self.saves["failed"] += 1
+            self.saves["last_error"] = f"{type(e).__name__}: {e}"
+            log.error("saving the state to %s failed: %s", self.state_file, e)
+            return False
+        n = sum(k["connections"] for k in doc["keys"] + doc["nat_gateways"])
+        self.saves["saved"] += 1
+        self.saves["last_connections"] = n
+        self.saves["last_seconds"] = round(time.monotonic() - t0, 6)
+        if final:
+            log.info("state saved to %s: %d connection(s)", self.state_file, n)
+        return True
+
+    def _ignore(self, why: str) -> None:
+        self.restore_report["ignored"] = why
+        log.warning("restore: %s is ignored: %s; starting afresh", self.state_file, why)
+
+    def _read_saved(self) -> Optional[Dict[str, Any]]:
+        """The saved state if there is a usable one for this lab and plan (checked: format,
+        version, lab, plan hash, the blobs' SHA-256), else None with the reason logged."""
+        try:
+            doc = read_state_file(self.state_file)
+        except FileNotFoundError:
+            log.info("restore: no state file %s; starting afresh", self.state_file)
+            return None
+        except (OSError, ValueError) as e:
+            self._ignore(str(e))
+            return None
+        try:
+            check_state_doc(doc, self.plan)
+        except ValueError as e:
+            self._ignore(str(e))
+            return None
+        same_boot = doc["boot_id"] == boot_id()
+        self.offset = float(doc["offset"])
+        self.dp.set_clock_offset(self.offset)
+        # same boot: the clock ran on while we were down (that time is idle time, as for the
+        # kernel's conntrack); another boot: the saved ages are kept
+        shift = 0.0 if same_boot else self.now() - float(doc["saved_now"])
+        self.restore_report.update(
+            restored_from=self.state_file, final=bool(doc["final"]), same_boot=same_boot,
+            shift=shift, saved_pid=doc["pid"], down_for=max(0.0, time.time() - doc["saved_wall"]),
+            **dict.fromkeys(RESTORE_COUNTS, 0))
+        return doc
+
+    def _restore_failed(self, why: str) -> None:
+        """A check that passed the file but failed while applying it: drop whatever was
+        restored so far and start afresh."""
+        for e, _ in self.engines():
+            e.flush()
+        self.restore_report.update(dict.fromkeys(RESTORE_COUNTS, 0))
+        self.restore_report["restored_from"] = None
+        self._ignore(why)
+
+    def _restore_keys(self, doc: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The saved ENI keys: a key the plan does not have (a function update's) gets its
+        link and engine back under the saved name and MAC, and every engine gets its ENIs in
+        the saved order (index i of the saved table = index i here, as restore needs), all
+        closed to new connections until the control plane opens them."""
+        from hyperplane import lab
+
+        try:
+            for i, k in enumerate(doc["keys"]):
+                key = (k["key"][0], tuple(sorted(k["key"][1])))
+                first = k["enis"][0]
+                kg = self.keys.get(key)
+                if kg is None:
+                    if key[0] not in {s.id for s in self.plan.subnets}:
+                        raise ValueError(f"keys[{i}]: subnet {key[0]!r} is not in the plan")
+                    self._macs.add(k["mac"])
+                    lab.add_eni_link(self.plan, key[0], k["ifname"], k["mac"])
+                    seed = Eni(first["id"], ipv4=first["ipv4"], ipv6=first["ipv6"])
+                    kg = self._add_key(key, k["ifname"], k["mac"], eni=seed)
+                have = kg.engine.enis
+                for j, x in enumerate(k["enis"]):
+                    if j < len(have):
+                        if (have[j].id, have[j].ipv4, have[j].ipv6) != \
+                                (x["id"], x["ipv4"], x["ipv6"]):
+                            raise ValueError(f"keys[{i}].enis[{j}]: {x['id']} is not this "
+                                             f"lab's ENI {have[j].id}")
+                        continue
+                    kg.engine.add_eni(Eni(x["id"], ipv4=x["ipv4"], ipv6=x["ipv6"]))
+                    kg.engine.set_eni_enabled(j, False)
+                    kg.index[x["id"]] = j
+        except Exception as e:   # noqa: BLE001 - whatever it was, the lab must still start
+            self._restore_failed(f"ENI keys: {type(e).__name__}: {e}")
+            return None
+        return doc
+
+    def _restore_tables(self, doc: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """Every saved connection table into its engine (same ENIs, same ports, timers moved
+        by the shift); the control plane's saved state, or None when restoring failed."""
+        import base64
+
+        now, shift = self.now(), self.restore_report["shift"]
+        pairs = [(self.keys[(k["key"][0], tuple(sorted(k["key"][1])))].engine, k,
+                  k["enis"][0]["id"]) for k in doc["keys"]]   # a key's table: its first ENI
+        for n in doc["nat_gateways"]:
+            if n["id"] not in self.natgw:
+                self._restore_failed(f"NAT gateway {n['id']} is not in the plan")
+                return None
+            pairs.append((self.natgw[n["id"]], n, n["id"]))
+        per_table = []
+        try:
+            for engine, k, what in pairs:
+                got = engine.restore(base64.b64decode(k["blob"]), now, shift)
+                per_table.append({"table": what, **{c: int(got.get(c, 0))
+                                                    for c in RESTORE_COUNTS}})
+                for c in RESTORE_COUNTS:
+                    self.restore_report[c] += int(got.get(c, 0))
+        except (ValueError, TypeError, AttributeError) as e:
+            self._restore_failed(f"connection table: {e}")
+            return None
+        r = self.restore_report
+        r["tables"] = per_table
+        log.info("restore: %d connection(s) restored from %s (saved %s, down %.1f s, %s "
+                 "boot; expired %d, ENI mismatch %d, duplicate %d, table full %d, invalid %d)",
+                 r["restored"], self.state_file, "at shutdown" if r["final"] else "periodically",
+                 r["down_for"], "same" if r["same_boot"] else "another", r["expired"],
+                 r["eni_mismatch"], r["duplicate"], r["table_full"], r["invalid"])
+        return doc["control_plane"]
 
     # ---- control socket ---------------------------------------------------------------------
     def open_control(self) -> None:
@@ -704,6 +913,8 @@ class Daemon:
             out["flow_logs"] = self.flowlogs.stats()
         out["control_plane"] = dict(self.cp.counters)
         out["clock"] = {"now": self.now(), "offset": self.offset}
+        out["restore"] = dict(self.restore_report)
+        out["saves"] = dict(self.saves)
         return out
 
     def conntrack(self, spec=None) -> List[Dict[str, Any]]:
@@ -790,6 +1001,8 @@ class Daemon:
                                     final=True)
         except Exception:   # never keep the data path from closing
             log.exception("flow logs: the last interval was not written")
+        if self.state_file:   # the connections as they stand now that nothing moves any more
+            self.save_state(final=True)
         for sub in self._subs:
             sub.conn.close()
         self._subs = []
@@ -812,13 +1025,193 @@ class Daemon:
         self._wake_r = self._wake_w = -1
 
 
-def run_plan(plan, control_path: Optional[str], initial_active: bool = False) -> int:
-    """Enter the node namespace and run the data path until SIGINT/SIGTERM or a stop request."""
+def run_plan(plan, control_path: Optional[str], initial_active: bool = False,
+             restore: bool = True) -> int:
+    """Enter the node namespace and run the data path until SIGINT/SIGTERM or a stop request
+    (restoring the lab's saved state first unless ``restore`` is false)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     netns.enter(plan.node_ns)
-    d = Daemon(plan, control_path, initial_active=initial_active)
+    d = Daemon(plan, control_path, initial_active=initial_active, restore=restore)
     return d.run()
+
+
+# ---- the state file ----------------------------------------------------------------------------
+def default_state_file(name: str) -> Optional[str]:
+    """``<lab dir>/conntrack.state`` when the lab's directory exists (a lab built with ``lab
+    up``), else None: a data path run on its own saves nothing."""
+    from hyperplane import lab
+
+    d = lab.lab_dir(name)
+    return lab.conntrack_state_path(name) if os.path.isdir(d) else None
+
+
+def plan_hash(plan) -> str:
+    """SHA-256 of the plan (its JSON, keys sorted): a state file is restored only into the
+    data path of the very plan that saved it."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def _eni_json(e) -> Dict[str, Any]:
+    return {"id": e.id, "ipv4": e.ipv4, "ipv6": e.ipv6}
+
+
+def _table_json(engine) -> Dict[str, Any]:
+    """An engine's connection table for the state file: its snapshot (base64), the
+    snapshot's SHA-256 and how many connections it holds."""
+    import base64
+    import hashlib
+
+    blob = engine.snapshot()
+    return {"blob": base64.b64encode(blob).decode(), "sha256": hashlib.sha256(blob).hexdigest(),
+            "connections": int(engine.counters()["connections"])}
+
+
+def write_state_file(path: str, doc: Dict[str, Any]) -> None:
+    """Write ``doc`` as JSON to ``path`` atomically: a temp file created mode 0600 beside it,
+    fsync, rename over ``path``, fsync of the directory. A reader sees the old file or the
+    new one, never half of one; a crash leaves at worst a stray temp file."""
+    data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+#: A state file larger than this is refused unread (a 1M-connection table is about 200 MB).
+STATE_FILE_MAX = 1 << 30
+
+
+def read_state_file(path: str) -> Dict[str, Any]:
+    """The state file as a dict. FileNotFoundError when there is none; ValueError with the
+    reason when it cannot be one (not a regular file, not ours, too big, not JSON)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            raise ValueError(f"owned by uid {st.st_uid} with mode "
+                             f"{stat.S_IMODE(st.st_mode):04o}: only root may write it")
+        if st.st_size > STATE_FILE_MAX:
+            raise ValueError(f"{st.st_size} bytes, more than {STATE_FILE_MAX}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"not a state file: not JSON ({e}), e.g. cut short") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a state file: not a JSON object")
+    return doc
+
+
+def _is_num(v: Any) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_table(t: Any, where: str) -> None:
+    import base64
+    import binascii
+    import hashlib
+
+    if not isinstance(t, dict):
+        raise ValueError(f"{where}: expected an object")
+    enis = t.get("enis")
+    if not isinstance(enis, list) or not enis or not all(
+            isinstance(x, dict) and isinstance(x.get("id"), str)
+            and all(x.get(a) is None or isinstance(x.get(a), str) for a in ("ipv4", "ipv6"))
+            for x in enis):
+        raise ValueError(f"{where}.enis: expected a non-empty list of {{id, ipv4, ipv6}}")
+    if not isinstance(t.get("blob"), str) or not isinstance(t.get("sha256"), str):
+        raise ValueError(f"{where}: no connection table (blob, sha256)")
+    try:
+        blob = base64.b64decode(t["blob"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where}.blob: not base64") from None
+    if hashlib.sha256(blob).hexdigest() != t["sha256"]:
+        raise ValueError(f"{where}.blob: its SHA-256 does not match: the file is corrupt")
+    if not isinstance(t.get("connections"), int):
+        raise ValueError(f"{where}.connections: expected a count")
+
+
+def check_state_doc(doc: Dict[str, Any], plan) -> None:
+    """ValueError saying why ``doc`` cannot be restored into ``plan``'s data path (another
+    format or version, another lab, another plan, a field missing or of the wrong type, a
+    table whose SHA-256 does not match)."""
+    if doc.get("format") != STATE_FORMAT:
+        raise ValueError(f"not a state file (format {doc.get('format')!r}, not "
+                         f"{STATE_FORMAT!r})")
+    if doc.get("version") != STATE_VERSION:
+        raise ValueError(f"state file version {doc.get('version')!r}; this data path reads "
+                         f"version {STATE_VERSION} only")
+    if doc.get("lab") != plan.name:
+        raise ValueError(f"it belongs to lab {doc.get('lab')!r}, not {plan.name!r}")
+    if doc.get("config_hash") != plan_hash(plan):
+        raise ValueError("it was saved by a data path with another lab plan (the lab's "
+                         "config changed): its connections may not fit this one")
+    for f in ("saved_wall", "saved_monotonic", "saved_now", "offset"):
+        if not _is_num(doc.get(f)):
+            raise ValueError(f"{f}: expected a number, not {doc.get(f)!r}")
+    if not 0 <= doc["offset"] <= 10 * 365 * 86400:
+        raise ValueError(f"offset: the lab clock's offset {doc['offset']!r} is not 0 s to ten "
+                         "years (what `hyperplane clock advance` allows)")
+    if not isinstance(doc.get("boot_id"), str) or not isinstance(doc.get("final"), bool) or \
+            not isinstance(doc.get("pid"), int):
+        raise ValueError("boot_id, final, pid: missing or of the wrong type")
+    for f in ("keys", "nat_gateways"):
+        if not isinstance(doc.get(f), list):
+            raise ValueError(f"{f}: expected a list")
+    for i, k in enumerate(doc["keys"]):
+        _check_table(k, f"keys[{i}]")
+        key = k.get("key")
+        if not (isinstance(key, list) and len(key) == 2 and isinstance(key[0], str)
+                and isinstance(key[1], list) and all(isinstance(g, str) for g in key[1])):
+            raise ValueError(f"keys[{i}].key: expected [subnet, [security groups]]")
+        if not isinstance(k.get("ifname"), str) or not isinstance(k.get("mac"), str):
+            raise ValueError(f"keys[{i}]: ifname and mac must be strings")
+    for i, n in enumerate(doc["nat_gateways"]):
+        _check_table(n, f"nat_gateways[{i}]")
+        if not isinstance(n.get("id"), str):
+            raise ValueError(f"nat_gateways[{i}].id: expected a string")
+    if not isinstance(doc.get("control_plane"), dict):
+        raise ValueError("control_plane: expected an object")
 
 
 def _command(req: Any) -> str:

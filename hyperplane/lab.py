@@ -30,9 +30,12 @@ route tables as kernel routing tables chosen per subnet bridge by ``ip rule``, a
 as an nftables table ``inet hyperplane`` on the forward hook, so they apply exactly to traffic
 the VPC router carries across a subnet's edge.
 
-State lives in ``run_dir()/NAME/state.json``. Every namespace name is written there *before* the
-namespace is created, so a half-built lab (a crash, a failed step) can always be torn down, and
-teardown only ever removes namespaces listed there. The state file is claimed before anything
+State lives in ``run_dir()/NAME/state.json``; the data path saves its connection tables
+beside it in ``conntrack.state`` (see hyperplane.daemon), which ``hyperplane lab restart``
+(:func:`stop_datapath`, then a new data path) restores and teardown removes with the
+directory. Every namespace name is written to ``state.json`` *before* the namespace is
+created, so a half-built lab (a crash, a failed step) can always be torn down, and teardown
+only ever removes namespaces listed there. The state file is claimed before anything
 is built (a second ``lab up`` of the same name is refused, touching nothing), and a failed build
 is rolled back (:func:`rollback`) to exactly what that run created. The lab's directory must
 belong to root and be writable by nobody else (:func:`check_lab_dir`): root's CLI trusts the
@@ -67,7 +70,8 @@ from .labconfig import (EnvPlan, HostPlan, NaclPlan, NatGatewayPlan, Plan, Route
 __all__ = ["LabError", "run_dir", "lab_dir", "state_path", "load_state", "save_state",
            "list_labs", "build", "rollback", "check_lab_dir", "teardown", "sysctl",
            "lab_namespaces", "nacl_ruleset", "apply_nacls", "nacl_counters", "add_eni_link",
-           "remove_eni_link", "fabric_status", "NFT_TABLE"]
+           "remove_eni_link", "fabric_status", "NFT_TABLE", "stop_datapath",
+           "saved_summary", "conntrack_state_path", "CONNTRACK_STATE"]
 
 #: ifaddrmsg flag: skip Duplicate Address Detection, so the address is usable at once (DAD
 #: would hold a new IPv6 address "tentative" for about a second).
@@ -1075,6 +1079,50 @@ def _quietly(fn, *args, **kwargs) -> None:
         fn(*args, **kwargs)
     except Exception:
         pass
+
+
+# ---- restart ------------------------------------------------------------------------------------
+#: The data path's saved connection tables and control-plane state (hyperplane.daemon), in the
+#: lab's directory: removed with it by teardown.
+CONNTRACK_STATE = "conntrack.state"
+
+
+def conntrack_state_path(name: str) -> str:
+    return os.path.join(lab_dir(name), CONNTRACK_STATE)
+
+
+def saved_summary(name: str) -> Optional[Dict[str, Any]]:
+    """What the lab's state file holds (who saved it, when, whether at shutdown, how many
+    connections), without the tables; None when there is none, ``{"error": ...}`` when it
+    cannot be read."""
+    from hyperplane import daemon
+
+    path = conntrack_state_path(name)
+    try:
+        doc = daemon.read_state_file(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return {"path": path, "error": str(e)}
+    tables = [t for f in ("keys", "nat_gateways") for t in doc.get(f) or []
+              if isinstance(t, dict)]
+    return {"path": path, "pid": doc.get("pid"), "final": doc.get("final"),
+            "saved_wall": doc.get("saved_wall"),
+            "connections": sum(t.get("connections") or 0 for t in tables
+                               if isinstance(t.get("connections"), int))}
+
+
+def stop_datapath(name: str, state: Dict[str, Any]) -> Dict[str, Any]:
+    """Stop the lab's data path by the pid its state file records (SIGTERM: it saves its
+    connection tables on the way out; SIGKILL after STOP_TIMEOUT) and record that none runs.
+    The namespaces, links and persistent TAPs stay, ready for a new data path. Returns
+    ``stopped_pid`` (None when none was running) and ``saved`` (:func:`saved_summary`
+    afterwards: ``final`` is true when the stopped process wrote it as it exited)."""
+    pid = state.get("pid")
+    stopped = _stop_process(pid, name)
+    state["pid"] = None
+    save_state(name, state)
+    return {"stopped_pid": stopped, "saved": saved_summary(name)}
 
 
 def teardown(name: str) -> Dict[str, Any]:
