@@ -75,6 +75,23 @@ typedef struct {
 } hp_src;
 #define HP_MAX_SOURCES 65536 /* distinct sources with connections, when limited */
 
+/* Fragmented datagrams whose first fragment passed (later fragments carry no ports: they are
+ * translated by the datagram's tracker, as VPP's shallow virtual reassembly does, without
+ * reassembling). Bounded like the kernel's defragmentation: HP_FRAG_MAX datagrams, each for
+ * ipfrag_time / ip6frag_time at most. Open addressing, backward-shift deletion. */
+#define HP_FRAG_MAX 1024
+#define HP_FRAG_SLOTS 2048
+#define HP_FRAG_TIMEOUT4 30.0
+#define HP_FRAG_TIMEOUT6 60.0
+typedef struct {
+    hp_tuple key;      /* src, dst, family, proto (IPv4; 0 for IPv6), sport:dport = the 32-bit
+                          identification, pad[0] = direction */
+    uint32_t conn, conn_id; /* the connection (slot and id: the slot may be reused) */
+    uint32_t next;     /* the fragments seen so far cover [0, next) without a gap */
+    double expires;
+    uint8_t used;
+} hp_frag;
+
 typedef struct {
     hp_config cfg;
     uint64_t k0, k1;  /* SipHash key, from the seed */
@@ -102,6 +119,9 @@ typedef struct {
     uint64_t packets[2], bytes[2], created, expired;
     uint64_t icmp_errors; /* ICMP errors translated (both directions); not in packets[] */
     uint64_t restored;    /* connections put back by hp_engine_restore */
+    uint64_t fragments;   /* fragments translated (first and later), in packets[] too */
+    hp_frag *frag;        /* HP_FRAG_SLOTS, allocated with the first fragment */
+    uint32_t n_frag;
     uint32_t last_id;     /* the highest connection id handed out or restored */
     uint64_t drops[HP_R_COUNT];
 } hp_engine;

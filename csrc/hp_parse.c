@@ -10,23 +10,55 @@
 #include "hp_csum.h"
 
 /* IPv6 extension headers we walk (RFC 8200 4.1): hop-by-hop, routing, destination options,
- * authentication header. A fragment header (44) is reported as a fragment. */
+ * authentication header, fragment (44). */
 static inline int is_ext_header(uint8_t nh)
 {
     return nh == 0 || nh == 43 || nh == 60 || nh == 51 || nh == 44;
 }
 
+#define WALK_LATER_FRAGMENT (-1) /* walk_ext stopped at a later fragment's Fragment header */
+
 /* Walk IPv6 extension headers from offset *l4 (next header *proto) to the transport header,
- * at most HP_MAX_EXT_HEADERS of them, never past end. */
-static int walk_ext(const uint8_t *b, uint32_t end, uint8_t *proto, uint32_t *l4)
+ * at most HP_MAX_EXT_HEADERS of them, never past end.
+ *
+ * A Fragment header (RFC 8200 4.5): with fr (the outer packet) its fields go to fr. An atomic
+ * fragment (offset 0, M 0; RFC 6946) is a whole packet and the walk goes on; so it does for a
+ * first fragment (offset 0, M 1), whose transport header follows; a later fragment (offset > 0)
+ * ends the walk at WALK_LATER_FRAGMENT, *proto its Fragment header's next header and *l4 past it.
+ * Without fr (a packet embedded in an ICMP error) a first fragment is walked through too (it has
+ * the ports) and a later one is HP_R_FRAGMENT. */
+static int walk_ext(const uint8_t *b, uint32_t end, uint8_t *proto, uint32_t *l4, hp_parsed *fr)
 {
     for (int i = 0; i <= HP_MAX_EXT_HEADERS; i++) {
         if (!is_ext_header(*proto))
             return HP_R_NONE;
-        if (*proto == 44)
-            return HP_R_FRAGMENT;
-        if (*l4 + 2 > end)
+        if (*l4 + (*proto == 44 ? 8 : 2) > end)
             return HP_R_TRUNCATED;
+        if (*proto == 44) {
+            uint32_t at = *l4, off = hp_get16(b + at + 2) & 0xFFF8, more = b[at + 3] & 1;
+            uint32_t len = end - (at + 8);
+            *proto = b[at];
+            *l4 = at + 8;
+            if (!off && !more)
+                continue; /* an atomic fragment: a whole packet */
+            if (!fr) {    /* embedded: a first fragment has the ports, a later one has not */
+                if (off)
+                    return HP_R_FRAGMENT;
+                continue;
+            }
+            if (fr->frag) /* a second Fragment header */
+                return HP_R_BAD_FRAGMENT;
+            if ((more && (len & 7)) || off + len > 65535)
+                return HP_R_BAD_FRAGMENT; /* RFC 8200 4.5: a multiple of 8; at most 64 KiB */
+            fr->frag = off ? HP_FRAG_LATER : HP_FRAG_FIRST;
+            fr->frag_more = (uint8_t)more;
+            fr->frag_id = (uint32_t)hp_get16(b + at + 4) << 16 | hp_get16(b + at + 6);
+            fr->frag_off = off;
+            fr->frag_len = len;
+            if (off)
+                return WALK_LATER_FRAGMENT;
+            continue;
+        }
         uint32_t hlen = *proto == 51 ? ((uint32_t)b[*l4 + 1] + 2) * 4
                                      : ((uint32_t)b[*l4 + 1] + 1) * 8;
         *proto = b[*l4];
@@ -102,7 +134,7 @@ static int parse_inner(const uint8_t *b, uint32_t at, uint32_t end, int family, 
             return HP_R_BAD_ICMP;
         proto = b[at + 6];
         l4 = at + 40;
-        if (walk_ext(b, end, &proto, &l4) != HP_R_NONE) /* fragments included */
+        if (walk_ext(b, end, &proto, &l4, NULL) != HP_R_NONE) /* a later fragment included */
             return HP_R_BAD_ICMP;
         memcpy(t->src, b + at + 8, 16);
         memcpy(t->dst, b + at + 24, 16);
@@ -141,6 +173,22 @@ static int parse_icmp(const uint8_t *b, uint32_t l4, uint32_t end, uint32_t flag
     return parse_inner(b, l4 + 8, end, out->t.family, out);
 }
 
+/* A later fragment: addresses, protocol and fragment fields only (no ports: they are in the
+ * first fragment). Fragments of anything but TCP and UDP are unsupported like the rest; an IPv6
+ * one may start inside an extension header of the fragmentable part. */
+static int later_fragment(uint8_t proto, uint32_t l4, uint32_t end, hp_parsed *out)
+{
+    if (proto == HP_IPPROTO_ICMP || proto == HP_IPPROTO_ICMPV6 ||
+        (proto != HP_IPPROTO_TCP && proto != HP_IPPROTO_UDP &&
+         !(out->t.family == 6 && is_ext_header(proto))))
+        return HP_R_UNSUPPORTED_PROTOCOL;
+    out->t.proto = proto;
+    out->l4 = l4;
+    out->end = end;
+    out->tcp_flags = 0;
+    return HP_R_NONE;
+}
+
 int hp_parse(const uint8_t *b, uint32_t n, uint32_t flags, hp_parsed *out)
 {
     uint32_t l4, end;
@@ -150,6 +198,7 @@ int hp_parse(const uint8_t *b, uint32_t n, uint32_t flags, hp_parsed *out)
         return HP_R_TRUNCATED;
     memset(&out->t, 0, sizeof out->t);
     out->icmp = HP_ICMP_NO;
+    out->frag = HP_FRAG_NO;
     switch (b[0] >> 4) {
     case 4: {
         if (n < 20)
@@ -166,8 +215,6 @@ int hp_parse(const uint8_t *b, uint32_t n, uint32_t flags, hp_parsed *out)
             return HP_R_TRUNCATED;
         if (!hp_ip_header_sum_ok(b, ihl))
             return HP_R_BAD_IP_CHECKSUM; /* RFC 1812 5.2.2: a router verifies it */
-        if (hp_get16(b + 6) & 0x3FFF)    /* MF set or a non-zero fragment offset */
-            return HP_R_FRAGMENT;
         proto = b[9];
         l4 = ihl;
         end = total;
@@ -175,6 +222,21 @@ int hp_parse(const uint8_t *b, uint32_t n, uint32_t flags, hp_parsed *out)
         memcpy(out->t.dst, b + 16, 4);
         out->t.family = 4;
         out->l3_len = total;
+        uint32_t fw = hp_get16(b + 6);
+        if (fw & 0x3FFF) { /* MF set or a non-zero fragment offset (RFC 791) */
+            uint32_t off = (fw & 0x1FFF) * 8, len = total - ihl, more = (fw >> 13) & 1;
+            if ((more && (len & 7)) || off + len + ihl > 65535)
+                return HP_R_BAD_FRAGMENT;
+            if (proto == HP_IPPROTO_TCP && off == 8)
+                return HP_R_BAD_FRAGMENT; /* RFC 1858 3.2: rewrites the TCP flags */
+            out->frag = off ? HP_FRAG_LATER : HP_FRAG_FIRST;
+            out->frag_more = (uint8_t)more;
+            out->frag_id = hp_get16(b + 4);
+            out->frag_off = off;
+            out->frag_len = len;
+            if (off)
+                return later_fragment(proto, l4, end, out);
+        }
         break;
     }
     case 6: {
@@ -186,40 +248,47 @@ int hp_parse(const uint8_t *b, uint32_t n, uint32_t flags, hp_parsed *out)
         end = 40 + plen;
         proto = b[6];
         l4 = 40;
-        int r = walk_ext(b, end, &proto, &l4);
-        if (r)
-            return r;
         memcpy(out->t.src, b + 8, 16);
         memcpy(out->t.dst, b + 24, 16);
         out->t.family = 6;
         out->l3_len = 40 + plen;
+        int r = walk_ext(b, end, &proto, &l4, out);
+        if (r == WALK_LATER_FRAGMENT)
+            return later_fragment(proto, l4, end, out);
+        if (r == HP_R_TRUNCATED && out->frag)
+            return HP_R_BAD_FRAGMENT; /* RFC 7112: the whole header chain in the first one */
+        if (r)
+            return r;
         break;
     }
     default:
         return HP_R_BAD_IP_VERSION;
     }
 
+    int first = out->frag == HP_FRAG_FIRST;
     if (proto == (out->t.family == 4 ? HP_IPPROTO_ICMP : HP_IPPROTO_ICMPV6))
-        return parse_icmp(b, l4, end, flags, proto, out);
+        return first ? HP_R_UNSUPPORTED_PROTOCOL : parse_icmp(b, l4, end, flags, proto, out);
     if (proto != HP_IPPROTO_TCP && proto != HP_IPPROTO_UDP)
         return HP_R_UNSUPPORTED_PROTOCOL;
+    /* A first fragment must hold the whole transport header (RFC 1858's tiny fragments); its
+     * length fields describe the whole datagram, which goes on in later fragments. */
     uint32_t l4_len = end - l4;
     if (proto == HP_IPPROTO_TCP) {
         if (l4_len < 20)
-            return HP_R_TRUNCATED;
+            return first ? HP_R_BAD_FRAGMENT : HP_R_TRUNCATED;
         uint32_t doff = (uint32_t)(b[l4 + 12] >> 4) * 4;
         if (doff < 20)
             return HP_R_BAD_L4_HEADER;
         if (doff > l4_len)
-            return HP_R_TRUNCATED;
+            return first ? HP_R_BAD_FRAGMENT : HP_R_TRUNCATED;
         out->tcp_flags = b[l4 + 13];
     } else {
         if (l4_len < 8)
-            return HP_R_TRUNCATED;
+            return first ? HP_R_BAD_FRAGMENT : HP_R_TRUNCATED;
         uint32_t ulen = hp_get16(b + l4 + 4);
         if (ulen < 8)
             return HP_R_BAD_L4_HEADER;
-        if (ulen > l4_len)
+        if (ulen > l4_len && !first)
             return HP_R_TRUNCATED;
         if (out->t.family == 6 && !(flags & HP_FLAG_CSUM_PARTIAL) && b[l4 + 6] == 0 &&
             b[l4 + 7] == 0)

@@ -4,6 +4,11 @@
 
 #include "hp_types.h"
 
+/* Is the packet a fragment (hp_parsed.frag)? A first fragment (offset 0, more to come) carries
+ * the transport header and parses like a whole packet; a later one has only addresses, the
+ * protocol and the fragment fields. */
+enum { HP_FRAG_NO = 0, HP_FRAG_FIRST = 1, HP_FRAG_LATER = 2 };
+
 /* What kind of ICMP message a packet is (hp_parsed.icmp). */
 enum { HP_ICMP_NO = 0, HP_ICMP_QUERY = 1, HP_ICMP_ERROR = 2 };
 
@@ -18,6 +23,12 @@ typedef struct {
     uint32_t inner_ip;  /* offset of its IP header */
     uint32_t inner_l4;  /* offset of its TCP/UDP header (at least 8 bytes of it are present) */
     uint32_t end;       /* end of the outer IP packet: the embedded packet stops here */
+    /* fragments only */
+    uint8_t frag;       /* HP_FRAG_* */
+    uint8_t frag_more;  /* more fragments follow (IPv4 MF, IPv6 M) */
+    uint32_t frag_id;   /* IPv4 identification (16 bits) or IPv6 fragment identification */
+    uint32_t frag_off;  /* where its data goes in the datagram's fragmentable part (bytes) */
+    uint32_t frag_len;  /* how many bytes of it this fragment carries */
 } hp_parsed;
 
 /* Parse n bytes at b. Returns HP_R_NONE and fills *out, or the drop reason. */

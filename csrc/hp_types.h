@@ -20,7 +20,7 @@ enum hp_reason {
     HP_R_BAD_IP_VERSION = 2,
     HP_R_BAD_IP_HEADER = 3,
     HP_R_BAD_IP_CHECKSUM = 4,
-    HP_R_FRAGMENT = 5,
+    HP_R_FRAGMENT = 5, /* a later fragment of no datagram whose first fragment passed */
     HP_R_UNSUPPORTED_PROTOCOL = 6,
     HP_R_EXT_HEADER_CHAIN = 7,
     HP_R_BAD_L4_HEADER = 8,
@@ -37,7 +37,9 @@ enum hp_reason {
     HP_R_BAD_ICMP = 19,  /* an ICMP error whose checksum or embedded packet is unusable */
     HP_R_ICMP_UNRELATED = 20, /* an environment's ICMP error about no tracked connection */
     HP_R_SOURCE_LIMIT = 21, /* the source (one environment) holds its maximum of connections */
-    HP_R_COUNT = 22
+    HP_R_FRAGMENT_TABLE_FULL = 22, /* a first fragment when HP_FRAG_MAX datagrams are tracked */
+    HP_R_BAD_FRAGMENT = 23, /* tiny first fragment, overlap at offset 8, bad length, too far */
+    HP_R_COUNT = 24
 };
 
 /* ct_state: TCP states 1..8, UDP states 9..10. The state number is also the timeout class. */

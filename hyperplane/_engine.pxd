@@ -108,7 +108,8 @@ cdef extern from "hp_engine.h":
         uint64_t expired
         uint64_t icmp_errors
         uint64_t restored
-        uint64_t drops[22]
+        uint64_t fragments
+        uint64_t drops[24]
         hp_event *ev
         uint32_t ev_mask
         uint32_t ev_head

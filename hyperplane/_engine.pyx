@@ -423,6 +423,7 @@ cdef class Engine:
             "connections_created": e.created, "connections_expired": e.expired,
             "connections": e.n_entries, "capacity": e.cfg.capacity, "events_lost": e.ev_lost,
             "connections_restored": e.restored, "icmp_errors_translated": e.icmp_errors,
+            "fragments_translated": e.fragments,
             "drops": {r.label: e.drops[r] for r in _REASONS if r != DropReason.NONE},
         }
 

@@ -36,7 +36,10 @@ class DropReason(enum.IntEnum):
     BAD_IP_VERSION = 2        #: first nibble is neither 4 nor 6
     BAD_IP_HEADER = 3         #: IPv4 IHL < 5 or total length < header length
     BAD_IP_CHECKSUM = 4       #: IPv4 header checksum does not verify (RFC 1812 5.2.2)
-    FRAGMENT = 5              #: IPv4 MF/offset or IPv6 fragment header (not handled yet)
+    #: a later fragment (offset > 0) of no datagram whose first fragment passed in that
+    #: direction: it came before its first (nothing is held back for reordering), its first was
+    #: refused (unsolicited, ...), its tracker timed out, or its connection is gone
+    FRAGMENT = 5
     #: transport is neither TCP nor UDP (incl. ESP, no-next-header), or an ICMP message that is
     #: not an error (echo, ...) sent by an environment: Lambda supports only TCP and UDP
     UNSUPPORTED_PROTOCOL = 6
@@ -71,6 +74,13 @@ class DropReason(enum.IntEnum):
     #: ``max_connections_per_source`` connections: one environment's SYN flood or connection
     #: leak cannot take every port and table slot from the others sharing the ENI
     SOURCE_LIMIT = 21
+    #: a first fragment when 1024 datagrams are being tracked already (none timed out)
+    FRAGMENT_TABLE_FULL = 22
+    #: a fragment no honest sender makes: a first fragment without the whole transport header
+    #: (RFC 1858's tiny fragment; for IPv6 also without the whole header chain, RFC 7112), an
+    #: IPv4 TCP fragment at offset 8 (RFC 1858's overlap), a non-last fragment whose length is no
+    #: multiple of 8, a fragment past 65,535 bytes of datagram
+    BAD_FRAGMENT = 23
 
     @property
     def label(self) -> str:

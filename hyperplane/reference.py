@@ -413,22 +413,61 @@ def eni_index(enis: List[Eni], which) -> int:
     return which
 
 
-def _walk_ext(b, end: int, proto: int, l4: int):
+class _Frag(NamedTuple):
+    """A fragment's fields (RFC 791 / RFC 8200 4.5)."""
+
+    first: bool      # offset 0 (it carries the transport header); else a later fragment
+    more: bool       # more fragments follow
+    ident: int       # identification: 16 bits (IPv4) or 32 (IPv6)
+    offset: int      # where its data goes in the datagram's fragmentable part (bytes)
+    length: int      # how many bytes of it this fragment carries
+
+
+#: _walk_ext's answer for a later fragment: (LATER, next header, offset past the header, _Frag)
+LATER = "later"
+
+
+def _walk_ext(b, end: int, proto: int, l4: int, outer: bool = False):
     """Walk IPv6 extension headers (RFC 8200 4.1: hop-by-hop, routing, destination options,
-    authentication header) from offset ``l4`` to the transport header, bounded; returns
-    (protocol, offset) or the DropReason. A fragment header is reported as a fragment."""
+    authentication header, fragment) from offset ``l4`` to the transport header, bounded;
+    returns (protocol, offset, _Frag or None) or the DropReason.
+
+    A Fragment header: an atomic fragment (offset 0, M 0; RFC 6946) is a whole packet and the
+    walk goes on, so it does for a first fragment (offset 0, M 1), whose transport header
+    follows; a later fragment ends the walk: (LATER, its next header, offset past it, _Frag).
+    Not ``outer`` (a packet embedded in an ICMP error), a later fragment is R.FRAGMENT and a
+    first fragment is walked through (it has the ports)."""
+    frag = None
     for _ in range(MAX_EXT_HEADERS + 1):
         if proto not in (0, 43, 60, 51, 44):
-            return proto, l4
+            return proto, l4, frag
+        if l4 + (8 if proto == 44 else 2) > end:
+            return R.TRUNCATED if frag is None else R.BAD_FRAGMENT   # RFC 7112: whole chain
         if proto == 44:
-            return R.FRAGMENT
-        if l4 + 2 > end:
-            return R.TRUNCATED
+            at = l4
+            offset, more = ((b[at + 2] << 8) | b[at + 3]) & 0xFFF8, b[at + 3] & 1
+            length = end - (at + 8)
+            proto, l4 = b[at], at + 8
+            if not offset and not more:
+                continue                                  # an atomic fragment
+            if not outer:
+                if offset:
+                    return R.FRAGMENT
+                continue
+            if frag is not None:                          # a second Fragment header
+                return R.BAD_FRAGMENT
+            if (more and length & 7) or offset + length > 65535:
+                return R.BAD_FRAGMENT     # RFC 8200 4.5: a multiple of 8; at most 64 KiB
+            frag = _Frag(not offset, bool(more), int.from_bytes(b[at + 4:at + 8], "big"),
+                         offset, length)
+            if offset:
+                return LATER, proto, l4, frag
+            continue
         hlen = (b[l4 + 1] + 2) * 4 if proto == 51 else (b[l4 + 1] + 1) * 8
         proto = b[l4]
         l4 += hlen
         if l4 > end:
-            return R.TRUNCATED
+            return R.TRUNCATED if frag is None else R.BAD_FRAGMENT   # RFC 7112: whole chain
     return R.EXT_HEADER_CHAIN
 
 
@@ -454,9 +493,9 @@ def _parse_embedded(b, at: int, end: int, family: int) -> Optional["_Embedded"]:
         if avail < 40:
             return None
         walk = _walk_ext(b, end, b[at + 6], at + 40)
-        if isinstance(walk, DropReason):   # fragments included
+        if isinstance(walk, DropReason):   # a later fragment included
             return None
-        proto, l4 = walk
+        proto, l4, _ = walk
         src, dst = bytes(b[at + 8:at + 24]), bytes(b[at + 24:at + 40])
     if proto not in (IPPROTO_TCP, IPPROTO_UDP) or l4 + 8 > end:
         return None
@@ -479,6 +518,21 @@ class _Embedded(NamedTuple):
 #: _Parsed.icmp
 ICMP_NO, ICMP_QUERY, ICMP_ERROR = 0, 1, 2
 
+FRAG_MAX = 1024           # fragmented datagrams tracked at once (csrc: HP_FRAG_MAX)
+FRAG_TIMEOUT_V4 = 30.0    # the kernel's ipfrag_time
+FRAG_TIMEOUT_V6 = 60.0    # the kernel's ip6frag_time
+
+
+class _Tracker:
+    """A fragmented datagram whose first fragment passed."""
+
+    __slots__ = ("conn", "next", "expires")
+
+    def __init__(self, conn, next_: int, expires: float):
+        self.conn = conn
+        self.next = next_          # the fragments seen cover [0, next) without a gap
+        self.expires = expires
+
 
 class _Parsed(NamedTuple):
     family: int
@@ -493,6 +547,7 @@ class _Parsed(NamedTuple):
     icmp: int = ICMP_NO                  # ICMP_QUERY: any ICMP message that is not an error
     inner: Optional[_Embedded] = None    # ICMP_ERROR: the packet the error is about
     end: int = 0                         # ICMP: offset of the end of the IP packet
+    frag: Optional[_Frag] = None         # a fragment: its fields (later ones: no ports)
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,7 +575,8 @@ class Engine:
         self._signals: List[Tuple[str, int, str]] = []
         self._c = dict(packets_outbound=0, bytes_outbound=0, packets_inbound=0,
                        bytes_inbound=0, connections_created=0, connections_expired=0,
-                       connections_restored=0, icmp_errors_translated=0)
+                       connections_restored=0, icmp_errors_translated=0,
+                       fragments_translated=0)
         self._drops = [0] * len(DropReason)
         self._egress: Optional[List[EgressRule]] = None   # None: allow everything
         self._disabled: set = set()     # indexes of ENIs that take no new connections
@@ -531,6 +587,8 @@ class Engine:
         self._reject_limit = self._rejects = 0
         self._eni_c: List[List[int]] = []   # per ENI: packets/bytes outbound, inbound
         self._per_source: Dict[Tuple[int, bytes], int] = {}   # (family, source) -> connections
+        # fragmented datagrams whose first fragment passed: key -> _Tracker (see _fragment)
+        self._frags: Dict[tuple, "_Tracker"] = {}
         for eni in config.enis:
             self._add_eni_unchecked(eni)
 
@@ -666,6 +724,13 @@ class Engine:
             return self._drop(R.TTL_EXPIRED if p.family == 4 else R.HOP_LIMIT_EXPIRED)
         if p.icmp:
             return self._icmp(direction, buf, off, p, flags, now)
+        if p.frag is not None:
+            fkey = (direction, p.family, p.proto if p.family == 4 else 0, p.src, p.dst,
+                    p.frag.ident)
+            if not p.frag.first:
+                return self._fragment(direction, buf, off, p, fkey, now)
+            if not self._frag_room(fkey, now):
+                return self._drop(R.FRAGMENT_TABLE_FULL)
 
         key = tuple_key(p.family, p.proto, p.src, p.dst, p.sport, p.dport)
         hit = self._table.get(key)
@@ -700,13 +765,79 @@ class Engine:
             self._account(conn, IN, p.l3_len, now)
             self._c["packets_inbound"] += 1
             self._c["bytes_inbound"] += p.l3_len
+        if p.frag is not None:        # a first fragment passed: track its datagram
+            self._frags[fkey] = _Tracker(
+                conn, p.frag.length, now + (FRAG_TIMEOUT_V4 if p.family == 4 else FRAG_TIMEOUT_V6))
+            self._c["fragments_translated"] += 1
         return verdict, R.NONE
+
+    # fragments -----------------------------------------------------------------------------------
+    # A fragmented datagram's first fragment carries the ports: it is tracked and translated
+    # like a whole packet (the incremental L4 checksum update is right for the whole datagram,
+    # whose checksum it carries). Later fragments carry none: the tracker made when the first
+    # passed holds the connection, and they get its address rewrite (source outbound,
+    # destination inbound) and nothing else, as VPP's shallow virtual reassembly does. A later
+    # fragment with no tracker is dropped, so no fragment gets past the unsolicited-inbound
+    # rule; none is held back waiting for its first (senders emit the first fragment first).
+    # Bounded like the kernel's defragmentation: FRAG_MAX datagrams, for ipfrag_time (30 s)
+    # or ip6frag_time (60 s) at most.
+    def _frag_find(self, fkey, now: float) -> Optional["_Tracker"]:
+        t = self._frags.get(fkey)
+        if t is not None and t.expires <= now:     # timed out: gone
+            del self._frags[fkey]
+            return None
+        return t
+
+    def _frag_room(self, fkey, now: float) -> bool:
+        if len(self._frags) < FRAG_MAX or self._frag_find(fkey, now) is not None:
+            return True
+        for k in [k for k, t in self._frags.items() if t.expires <= now]:
+            del self._frags[k]
+        return len(self._frags) < FRAG_MAX
+
+    def _fragment(self, direction, buf, off, p: _Parsed, fkey, now) -> Tuple[int, int]:
+        t = self._frag_find(fkey, now)
+        if t is None:
+            return self._drop(R.FRAGMENT)
+        conn = t.conn
+        if self._table.get(conn.orig_key) != (conn, OUT):   # the connection is gone
+            del self._frags[fkey]
+            return self._drop(R.FRAGMENT)
+        # Forget the datagram once its bytes went through in order up to the last fragment;
+        # after a gap (reordered, lost or duplicated fragments) it stays until it times out, so
+        # that no fragment of it is refused for a miscount.
+        if p.frag.offset == t.next:
+            t.next += p.frag.length
+            if not p.frag.more:
+                del self._frags[fkey]
+        src = direction == OUT
+        addr = conn.eni_addr if src else conn.env_addr
+        a_off = off + ((12 if src else 16) if p.family == 4 else (8 if src else 24))
+        alen = len(addr)
+        if p.family == 4:
+            ttl_old = bytes(buf[off + 8:off + 10])
+            ttl_new = bytes([ttl_old[0] - 1, ttl_old[1]])
+            hc = (buf[off + 10] << 8) | buf[off + 11]
+            hc = csum_update_full(hc, csum_delta(bytes(buf[a_off:a_off + alen]) + ttl_old,
+                                                 addr + ttl_new))
+            buf[off + 8] = ttl_new[0]
+            buf[off + 10:off + 12] = hc.to_bytes(2, "big")
+        else:
+            buf[off + 7] -= 1
+        buf[a_off:a_off + alen] = addr
+        self._account(conn, direction, p.l3_len, now)
+        name = "outbound" if src else "inbound"
+        self._c["packets_" + name] += 1
+        self._c["bytes_" + name] += p.l3_len
+        self._c["fragments_translated"] += 1
+        return (Verdict.ESTABLISHED if src else Verdict.REPLY), R.NONE
 
     # 1. parse ----------------------------------------------------------------------------------
     def _parse(self, b, off, n, flags):
         if n < 1:
             return R.TRUNCATED
         version = b[off] >> 4
+        frag = None
         if version == 4:
             if n < 20:
                 return R.TRUNCATED
@@ -722,12 +853,19 @@ class Engine:
                 return R.TRUNCATED
             if not ip_header_sum_ok(bytes(b[off:off + ihl])):
                 return R.BAD_IP_CHECKSUM
-            frag = (b[off + 6] << 8) | b[off + 7]
-            if frag & 0x3FFF:          # MF set or a non-zero fragment offset
-                return R.FRAGMENT
             proto, l4, end = b[off + 9], off + ihl, off + total
             src, dst = bytes(b[off + 12:off + 16]), bytes(b[off + 16:off + 20])
             family, l3_len = 4, total
+            fw = (b[off + 6] << 8) | b[off + 7]
+            if fw & 0x3FFF:            # MF set or a non-zero fragment offset (RFC 791)
+                offset, length, more = (fw & 0x1FFF) * 8, total - ihl, bool(fw & 0x2000)
+                if (more and length & 7) or offset + length + ihl > 65535:
+                    return R.BAD_FRAGMENT
+                if proto == IPPROTO_TCP and offset == 8:
+                    return R.BAD_FRAGMENT   # RFC 1858 3.2: it would rewrite the TCP flags
+                frag = _Frag(not offset, more, (b[off + 4] << 8) | b[off + 5], offset, length)
+                if offset:
+                    return self._later_fragment(family, proto, l3_len, l4 - off, src, dst, frag)
         elif version == 6:
             if n < 40:
                 return R.TRUNCATED
@@ -736,35 +874,44 @@ class Engine:
                 return R.TRUNCATED
             end = off + 40 + plen
             proto, l4 = b[off + 6], off + 40
-            walk = _walk_ext(b, end, proto, l4)
-            if isinstance(walk, DropReason):
-                return walk
-            proto, l4 = walk
             src, dst = bytes(b[off + 8:off + 24]), bytes(b[off + 24:off + 40])
             family, l3_len = 6, 40 + plen
+            walk = _walk_ext(b, end, proto, l4, outer=True)
+            if isinstance(walk, DropReason):
+                return walk
+            if walk[0] == LATER:
+                _, proto, l4, frag = walk
+                return self._later_fragment(family, proto, l3_len, l4 - off, src, dst, frag)
+            proto, l4, frag = walk
         else:
             return R.BAD_IP_VERSION
+        first = frag is not None
         if proto == (IPPROTO_ICMP if family == 4 else IPPROTO_ICMPV6):
+            if first:
+                return R.UNSUPPORTED_PROTOCOL
             return self._parse_icmp(b, off, family, proto, l3_len, l4, end, src, dst, flags)
         if proto not in (IPPROTO_TCP, IPPROTO_UDP):
             return R.UNSUPPORTED_PROTOCOL
+        # A first fragment must hold the whole transport header (RFC 1858's tiny fragments);
+        # its length fields describe the whole datagram, which goes on in later fragments.
+        short = R.BAD_FRAGMENT if first else R.TRUNCATED
         l4_len = end - l4
         if proto == IPPROTO_TCP:
             if l4_len < 20:
-                return R.TRUNCATED
+                return short
             doff = (b[l4 + 12] >> 4) * 4
             if doff < 20:
                 return R.BAD_L4_HEADER
             if doff > l4_len:
-                return R.TRUNCATED
+                return short
             tcp_flags = b[l4 + 13]
         else:
             if l4_len < 8:
-                return R.TRUNCATED
+                return short
             ulen = (b[l4 + 4] << 8) | b[l4 + 5]
             if ulen < 8:
                 return R.BAD_L4_HEADER
-            if ulen > l4_len:
+            if ulen > l4_len and not first:
                 return R.TRUNCATED
             if family == 6 and not flags & FLAG_CSUM_PARTIAL and b[l4 + 6] == b[l4 + 7] == 0:
                 return R.BAD_L4_HEADER     # RFC 8200 8.1: IPv6 UDP must carry a checksum
@@ -772,7 +919,19 @@ class Engine:
         sport = (b[l4] << 8) | b[l4 + 1]
         dport = (b[l4 + 2] << 8) | b[l4 + 3]
         return _Parsed(family, proto, l3_len, l4 - off, src.ljust(16, b"\0"),
-                       dst.ljust(16, b"\0"), sport, dport, tcp_flags)
+                       dst.ljust(16, b"\0"), sport, dport, tcp_flags, frag=frag)
+
+    @staticmethod
+    def _later_fragment(family, proto, l3_len, l4, src, dst, frag):
+        """A later fragment: addresses, protocol and fragment fields (its ports are in the
+        first). Fragments of anything but TCP and UDP are unsupported like the rest; an IPv6 one
+        may start inside an extension header of the fragmentable part."""
+        if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) or (
+                proto not in (IPPROTO_TCP, IPPROTO_UDP)
+                and not (family == 6 and proto in (0, 43, 60, 51, 44))):
+            return R.UNSUPPORTED_PROTOCOL
+        return _Parsed(family, proto, l3_len, l4, src.ljust(16, b"\0"), dst.ljust(16, b"\0"),
+                       0, 0, 0, frag=frag)
 
     def _parse_icmp(self, b, off, family, proto, l3_len, l4, end, src, dst, flags):
         """ICMP (RFC 792, RFC 4443 section 3). An error carries the start of the packet that
@@ -965,6 +1124,7 @@ class Engine:
         """First enabled ENI (in scale-out order) with a free port whose reply tuple is
         unused."""
         had_family = had_free = False
+        orig_key = tuple_key(p.family, p.proto, p.src, p.dst, p.sport, p.dport)
         for i, eni in enumerate(self._enis):
             text = self._eni_addr(eni, p.family)
             if text is None or i in self._disabled:
@@ -979,7 +1139,8 @@ class Engine:
                 # The reply tuple: the VPC host answering the ENI's address and port.
                 reply_key = tuple_key(p.family, p.proto, p.dst, raw.ljust(16, b"\0"),
                                       p.dport, port)
-                if reply_key not in self._table:
+                # unused, and not the orig tuple itself (a packet from ENI:port to ENI:port)
+                if reply_key not in self._table and reply_key != orig_key:
                     return i, raw, port, reply_key
         if not had_family:
             return R.NO_ENI_ADDRESS
@@ -1231,7 +1392,7 @@ class Engine:
               and (r_family, r_proto) == (family, proto)
               and o_raw[-2:] == r_raw[-2:] == b"\0\0" and state in states
               and all(a[alen:] == bytes(16 - alen) for a in (o_src, o_dst, r_dst))
-              and r_src == o_dst and r_sport == o_dport and r_dport == port
+              and r_src == o_dst and r_sport == o_dport and r_dport == port and o_raw != r_raw
               and self.config.port_min <= port <= self.config.port_max
               and rbo <= bo and rbr <= br    # flow logs got no more than there was
               and (po > 0xFFFFFFFF or rpo <= po) and (pr > 0xFFFFFFFF or rpr <= pr)

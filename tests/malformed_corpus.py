@@ -12,8 +12,12 @@ table :func:`markdown_table` prints (a test keeps the two equal):
 
     python3 tests/malformed_corpus.py      # print the table for docs/robustness.md
 
-ICMP and fragments are left out on purpose: their handling is being reworked (issue 7: ICMP
-error translation, fragment tracking) and has its own tests.
+Fragments are in as single packets: a later fragment alone (no first fragment of its datagram
+passed, so it is a `fragment` drop in both directions) and fragments no honest sender makes
+(`bad_fragment`: RFC 1858's tiny first fragment and offset-8 overlap, RFC 7112's cut header
+chain, a length that is no multiple of 8, a datagram past 65,535 bytes). Whole fragmented
+datagrams, their trackers and the table limit are tests/test_fragments.py's; ICMP errors are
+left out here, tests/test_icmp.py has them.
 """
 from __future__ import annotations
 
@@ -26,8 +30,10 @@ from typing import Callable, List, NamedTuple, Union
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from scapy.compat import raw  # noqa: E402
-from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop  # noqa: E402
+from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: E402
+from scapy.layers.inet6 import (  # noqa: E402
+    IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
+)
 from scapy.packet import Raw  # noqa: E402
 
 from hp_testlib import ENI_A, ENV, HOST  # noqa: E402
@@ -207,6 +213,50 @@ def version(v: int):
     return make
 
 
+FRAG_ID = 0x4A7B
+
+
+def frag(family: int, proto: str, offset: int, more: bool, take: Union[slice, bytes]):
+    """A builder: one fragment (IPv4 MF/offset, or an IPv6 Fragment header) of a TCP/UDP
+    datagram with 200 bytes of payload (checksum over the whole), carrying ``take`` (a slice
+    of the transport segment, or the bytes themselves) at ``offset``."""
+    def make(direction, port):
+        whole = (tcp_pkt if proto == "tcp" else udp_pkt)(family, direction, port,
+                                                          payload=b"\x66" * 200)
+        seg = whole[20:] if family == 4 else whole[40:]
+        data = seg[take] if isinstance(take, slice) else take
+        nh = 6 if proto == "tcp" else 17
+        if family == 4:
+            p = ip_layer(4, direction, id=FRAG_ID, proto=nh, flags="MF" if more else 0,
+                         frag=offset // 8)
+        else:
+            p = ip_layer(6, direction) / IPv6ExtHdrFragment(nh=nh, offset=offset // 8,
+                                                            m=int(more), id=FRAG_ID)
+        return raw(p / Raw(data)) if data else raw(p)
+    return make
+
+
+def frag6_chain_cut(direction, port):
+    """First fragment (M set) holding a Destination Options header and no transport header:
+    the UDP header comes in the next fragment (RFC 7112 forbids that)."""
+    return raw(ip_layer(6, direction) / IPv6ExtHdrFragment(nh=60, offset=0, m=1, id=FRAG_ID)
+               / IPv6ExtHdrDestOpt(nh=17))
+
+
+def frag6_twice(direction, port):
+    """Two Fragment headers, both offset 0 with M set, then UDP."""
+    sp, dp = ports(direction, port)
+    return raw(ip_layer(6, direction) / IPv6ExtHdrFragment(offset=0, m=1, id=FRAG_ID)
+               / IPv6ExtHdrFragment(offset=0, m=1, id=FRAG_ID + 1) / UDP(sport=sp, dport=dp)
+               / Raw(b"\x77" * 16))
+
+
+def icmp_first_fragment(direction, port):
+    """The first fragment of an ICMP echo request (16 of its 208 bytes)."""
+    whole = raw(ICMP(type=8, id=port) / Raw(b"\x55" * 200))
+    return raw(ip_layer(4, direction, id=FRAG_ID, proto=1, flags="MF") / Raw(whole[:16]))
+
+
 # ---- the corpus ---------------------------------------------------------------------------------
 NEW, REPLY = Verdict.NEW, Verdict.REPLY
 
@@ -324,6 +374,43 @@ CASES: List[Case] = [
     Case("udp6_no_checksum", "IPv6 UDP checksum 0", 6, "udp", bad_csum(
         lambda d, p, **kw: udp_pkt(6, d, p, **kw), 0), R.BAD_L4_HEADER, R.BAD_L4_HEADER,
          "RFC 8200 8.1: mandatory over IPv6"),
+    # fragments (one packet each: nothing of the datagram passed before it)
+    Case("ipv4_later_fragment_alone", "IPv4 UDP fragment at offset 104, its first never seen",
+         4, "udp", frag(4, "udp", 104, False, slice(104, None)), R.FRAGMENT, R.FRAGMENT,
+         "no first fragment passed, so no tracked datagram: nothing waits for reordering"),
+    Case("ipv6_later_fragment_alone", "IPv6 TCP fragment at offset 24, its first never seen",
+         6, "tcp", frag(6, "tcp", 24, False, slice(24, None)), R.FRAGMENT, R.FRAGMENT),
+    Case("ipv4_tiny_first_fragment", "IPv4 first fragment with 8 bytes of a TCP header", 4,
+         "tcp", frag(4, "tcp", 0, True, slice(0, 8)), R.BAD_FRAGMENT, R.BAD_FRAGMENT,
+         "RFC 1858 tiny fragment: the first must hold the whole transport header"),
+    Case("ipv6_tiny_first_fragment", "IPv6 first fragment with 16 bytes of a TCP header", 6,
+         "tcp", frag(6, "tcp", 0, True, slice(0, 16)), R.BAD_FRAGMENT, R.BAD_FRAGMENT),
+    Case("ipv4_udp_first_fragment_empty", "IPv4 first fragment (MF set) with no data", 4,
+         "udp", frag(4, "udp", 0, True, b""), R.BAD_FRAGMENT, R.BAD_FRAGMENT),
+    Case("ipv6_first_fragment_chain_cut", "IPv6 first fragment: Destination Options, no UDP",
+         6, "udp", frag6_chain_cut, R.BAD_FRAGMENT, R.BAD_FRAGMENT,
+         "RFC 7112: the whole header chain in the first fragment"),
+    Case("ipv6_two_fragment_headers", "IPv6 with two Fragment headers", 6, "udp", frag6_twice,
+         R.BAD_FRAGMENT, R.BAD_FRAGMENT),
+    Case("ipv4_tcp_fragment_offset_8", "IPv4 TCP fragment at offset 8", 4, "tcp",
+         frag(4, "tcp", 8, False, slice(8, None)), R.BAD_FRAGMENT, R.BAD_FRAGMENT,
+         "RFC 1858 overlap: it would rewrite the TCP flags of a header that passed"),
+    Case("ipv4_fragment_not_multiple_of_8", "IPv4 first fragment (MF set) of 13 bytes", 4,
+         "udp", frag(4, "udp", 0, True, slice(0, 13)), R.BAD_FRAGMENT, R.BAD_FRAGMENT,
+         "every fragment but the last carries a multiple of 8 bytes"),
+    Case("ipv6_fragment_not_multiple_of_8", "IPv6 fragment (M set) of 13 bytes at offset 16",
+         6, "udp", frag(6, "udp", 16, True, slice(16, 29)), R.BAD_FRAGMENT, R.BAD_FRAGMENT),
+    Case("ipv4_fragment_past_65535", "IPv4 fragment at offset 65520 with 24 bytes", 4, "udp",
+         frag(4, "udp", 65520, False, b"\x01" * 24), R.BAD_FRAGMENT, R.BAD_FRAGMENT,
+         "no datagram is longer than 65,535 bytes"),
+    Case("ipv6_fragment_past_65535", "IPv6 fragment at offset 65520 with 24 bytes", 6, "udp",
+         frag(6, "udp", 65520, False, b"\x01" * 24), R.BAD_FRAGMENT, R.BAD_FRAGMENT),
+    Case("ipv4_icmp_first_fragment", "IPv4 first fragment of an ICMP echo request", 4, "udp",
+         icmp_first_fragment, R.UNSUPPORTED_PROTOCOL, R.UNSUPPORTED_PROTOCOL,
+         "only TCP and UDP datagrams are tracked in fragments"),
+    Case("ipv4_gre_later_fragment", "IPv4 GRE fragment at offset 800", 4, "udp",
+         lambda d, p: raw(ip_layer(4, d, id=FRAG_ID, proto=47, frag=100) / Raw(b"\0" * 8)),
+         R.UNSUPPORTED_PROTOCOL, R.UNSUPPORTED_PROTOCOL),
     # sizes
     Case("ipv4_65535", "IPv4 packet of 65535 bytes", 4, "udp", big_udp(4, 65535), NEW, REPLY),
     Case("ipv6_65575", "IPv6 packet of 40 + 65535 bytes", 6, "udp", big_udp(6, 65575), NEW,

@@ -76,11 +76,12 @@ def test_counters_per_direction(make_engine):
     assert set(c) == {"packets_outbound", "bytes_outbound", "packets_inbound", "bytes_inbound",
                       "connections_created", "connections_expired", "connections_restored",
                       "connections", "capacity", "events_lost", "icmp_errors_translated",
-                      "drops"}
+                      "fragments_translated", "drops"}
     assert set(c["drops"]) == labels
     assert c == dict(packets_outbound=0, bytes_outbound=0, packets_inbound=0, bytes_inbound=0,
                      connections_created=0, connections_expired=0, connections_restored=0,
                      connections=0, capacity=1_000_000, events_lost=0, icmp_errors_translated=0,
+                     fragments_translated=0,
                      drops={k: 0 for k in labels})
     o1 = udp(4, E4, H4, 40001, 9000, payload=b"a" * 10)
     o2 = tcp(6, E6, H6, 40002, 443, flags="S", payload=b"b" * 3)
@@ -96,7 +97,8 @@ def test_counters_per_direction(make_engine):
     assert c == dict(packets_outbound=3, bytes_outbound=2 * len(o1) + len(o2),
                      packets_inbound=1, bytes_inbound=len(i1), connections_created=2,
                      connections_expired=0, connections_restored=0, connections=2,
-                     capacity=1_000_000, events_lost=0, icmp_errors_translated=0)
+                     capacity=1_000_000, events_lost=0, icmp_errors_translated=0,
+                     fragments_translated=0)
     assert {k: v for k, v in drops.items() if v} == {"unsolicited": 1, "tcp_not_syn": 1}
     assert eng.expire(now=353.0) == 2            # SYN_SENT 120 s, replied UDP 350 s
     c = eng.counters()

@@ -110,7 +110,16 @@ icmp_ops = st.tuples(
     st.integers(0, 6), st.sampled_from([None] * 6 + [8, 18, 20, 7, 0]), ttls,
     st.sampled_from([False, False, False, True]), corruptions,
     st.sampled_from([0, 0, 0, 1, 2]))
+#: ("frag", out_op or in_op, size, piece, order, ident): that packet with a payload of ``size``
+#: bytes, cut into fragments of ``piece`` bytes (12: not a multiple of 8, so refused), sent in
+#: ``order`` (skip_first: without its first; late_first: the first last; dup: each twice)
+frag_ops = st.tuples(
+    st.just("frag"), st.one_of(out_ops, out_ops, in_ops), st.sampled_from([9, 100, 700, 3000]),
+    st.sampled_from([8, 16, 24, 512, 1400, 12]),
+    st.sampled_from(["keep"] * 4 + ["reverse", "skip_first", "dup", "late_first"]),
+    st.integers(0, (1 << 32) - 1))
 ops = st.one_of(
+    frag_ops, frag_ops, frag_ops,
     out_ops, out_ops, out_ops, out_ops, in_ops, in_ops, in_ops, icmp_ops, icmp_ops, icmp_ops,
     icmp_ops, icmp_ops,
     st.tuples(st.just("time"), st.sampled_from([0.0, 0.25, 1.0, 2.0, 3.5, 7.0, 31.0, 61.0, 121.0,
@@ -135,6 +144,40 @@ ops = st.one_of(
     st.tuples(st.just("batch"), st.lists(st.one_of(in_ops, icmp_ops.filter(
         lambda o: o[0] == "icmp_in")), min_size=1, max_size=8)),
 )
+
+
+def split(pkt: bytes, piece: int, ident: int):
+    """IPv4/IPv6 fragments of pkt carrying ``piece`` bytes each (the last fewer); for IPv6 the
+    Fragment header goes right after the fixed header (any extension headers are in the
+    fragmentable part). One piece that holds everything is no fragment (IPv6: atomic)."""
+    out = []
+    if pkt[0] >> 4 == 4:
+        ihl = (pkt[0] & 15) * 4
+        body = pkt[ihl:(pkt[2] << 8) | pkt[3]]
+        for o in range(0, len(body), piece):
+            chunk = body[o:o + piece]
+            h = bytearray(pkt[:ihl])
+            h[2:4] = (ihl + len(chunk)).to_bytes(2, "big")
+            h[4:6] = (ident & 0xFFFF).to_bytes(2, "big")
+            h[6:8] = ((0x2000 if o + piece < len(body) else 0) | (o // 8)).to_bytes(2, "big")
+            h[10:12] = b"\0\0"
+            acc = sum(int.from_bytes(h[k:k + 2], "big") for k in range(0, ihl, 2))
+            while acc >> 16:
+                acc = (acc & 0xFFFF) + (acc >> 16)
+            h[10:12] = (~acc & 0xFFFF).to_bytes(2, "big")
+            out.append(bytes(h) + chunk)
+    else:
+        body = pkt[40:40 + ((pkt[4] << 8) | pkt[5])]
+        for o in range(0, len(body), piece):
+            chunk = body[o:o + piece]
+            h = bytearray(pkt[:40])
+            h[4:6] = (8 + len(chunk)).to_bytes(2, "big")
+            h[6] = 44
+            more = 1 if o + piece < len(body) else 0
+            fh = bytes([pkt[6], 0]) + (((o // 8) << 3) | more).to_bytes(2, "big") + \
+                ident.to_bytes(4, "big")
+            out.append(bytes(h) + fh + chunk)
+    return out
 
 
 class Run:
@@ -231,7 +274,7 @@ class Run:
          corrupt) = op
         hdrs = [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()] if ext and family == 6 else []
         fl = flags if isinstance(flags, str) else int(flags)
-        payload = bytes(range(plen))
+        payload = bytes(k & 0xFF for k in range(plen))
         if kind == "out":
             src, dst, sport = ENV[family][a % 3], HOST[family][host_i], b
             if a == 3:
@@ -333,6 +376,8 @@ class Run:
             self.same("flush()", c.flush(now=self.now), r.flush(now=self.now), i, op)
         elif kind == "restart":
             self.restart(i, op)
+        elif kind == "frag":
+            self.fragments(i, op)
         elif kind == "add_eni":
             if ENI_C not in c.enis:
                 c.add_eni(ENI_C)
@@ -366,6 +411,25 @@ class Run:
         else:
             self.batch(i, op)
         self.same("take_signals()", c.take_signals(), r.take_signals(), i, op)
+
+    def fragments(self, i, op):
+        _, inner, size, piece, order, ident = op
+        inner = inner[:8] + (size,) + inner[9:12] + (None,)   # clean, with that payload
+        pkt, _, _ = self.packet(inner)
+        pieces = split(pkt, piece, ident)
+        if order == "reverse":
+            pieces.reverse()
+        elif order == "skip_first":
+            pieces = pieces[1:]
+        elif order == "dup":
+            pieces = [p for p in pieces for _ in (0, 1)]
+        elif order == "late_first":
+            pieces = pieces[1:] + pieces[:1]
+        fn = "outbound" if inner[0] == "out" else "inbound"
+        for p in pieces:
+            rc = getattr(self.compiled, fn)(p, now=self.now)
+            rr = getattr(self.reference, fn)(p, now=self.now)
+            self.same("results (fragment)", tuple(rc), tuple(rr), i, op, p)
 
     def restart(self, i, op):
         """Both engines' snapshots are the same bytes; fresh engines with the same ENIs, rules

@@ -19,7 +19,6 @@ from scapy.layers.inet6 import (
     ICMPv6ParamProblem, ICMPv6TimeExceeded, IPerror6, IPv6, IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
 )
-from scapy.layers.inet import UDP
 from scapy.packet import Raw
 
 from hp_testlib import (
@@ -403,8 +402,9 @@ def _malformed():
     ihl4 = bytearray(u4)
     ihl4[0] = 0x44
     later_frag = raw(IP(src=ENI_A.ipv4, dst=HOST[4][0], frag=100, proto=17) / Raw(b"\0" * 8))
-    frag6 = raw(IPv6(src=ENI_A.ipv6, dst=HOST[6][0]) / IPv6ExtHdrFragment(offset=0, m=1)
-                / UDP(sport=40002, dport=9000))
+    # a later IPv6 fragment: no ports (an error about a first fragment is translated)
+    frag6 = raw(IPv6(src=ENI_A.ipv6, dst=HOST[6][0]) / IPv6ExtHdrFragment(offset=3, m=1, nh=17)
+                / Raw(b"\0" * 8))
     return {
         "bad_icmp_checksum": (bytes(bad_sum), R.BAD_ICMP),
         "bad_icmpv6_checksum": (bytes(bad_sum6), R.BAD_ICMP),
@@ -415,7 +415,7 @@ def _malformed():
         "embedded_other_family": (e4(u6), R.BAD_ICMP),
         "embedded_v4_in_icmpv6": (e6(u4), R.BAD_ICMP),
         "embedded_later_fragment": (e4(later_frag), R.BAD_ICMP),
-        "embedded_v6_fragment": (e6(frag6), R.BAD_ICMP),
+        "embedded_v6_later_fragment": (e6(frag6), R.BAD_ICMP),
         "error_about_an_error": (e4(raw(IP(src=ENI_A.ipv4, dst=HOST[4][0]) / ICMP(type=3)
                                         / Raw(u4))), R.BAD_ICMP),
         "error_about_icmpv6": (e6(raw(IPv6(src=ENI_A.ipv6, dst=HOST[6][0])

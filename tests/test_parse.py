@@ -6,7 +6,7 @@ import struct
 
 import pytest
 from scapy.compat import raw
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption
+from scapy.layers.inet import ICMP, IP, TCP, IPOption
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
 )
@@ -85,15 +85,16 @@ DROP_CASES = {
     "ipv4_bad_header_checksum": (edit(tcp4(), 10, b"\x12\x34", fix_csum=False),
                                  R.BAD_IP_CHECKSUM),
     "ipv4_header_bit_flip": (edit(tcp4(), 15, b"\x0b", fix_csum=False), R.BAD_IP_CHECKSUM),
+    # fragments (tests/test_fragments.py has the rest): a non-last fragment of 20 bytes (not a
+    # multiple of 8), a later fragment of no datagram seen
     "ipv4_more_fragments": (raw(IP(src=E4, dst=H4, flags="MF") / TCP(sport=1, dport=443)),
-                            R.FRAGMENT),
+                            R.BAD_FRAGMENT),
     "ipv4_fragment_offset": (raw(IP(src=E4, dst=H4, frag=10) / TCP(sport=1, dport=443)),
                              R.FRAGMENT),
     "ipv6_fragment_header": (raw(IPv6(src=E6, dst=H6) / IPv6ExtHdrFragment(m=1)
-                                 / TCP(sport=1, dport=443)), R.FRAGMENT),
-    "ipv6_atomic_fragment_after_hbh": (raw(IPv6(src=E6, dst=H6) / IPv6ExtHdrHopByHop()
-                                           / IPv6ExtHdrFragment() / UDP(sport=1, dport=9000)),
-                                       R.FRAGMENT),
+                                 / TCP(sport=1, dport=443)), R.BAD_FRAGMENT),
+    "ipv6_later_fragment": (raw(IPv6(src=E6, dst=H6) / IPv6ExtHdrFragment(offset=3, nh=17)
+                                / Raw(b"x" * 16)), R.FRAGMENT),
     # ICMP echo: an environment may not send it (Lambda: TCP and UDP only); from the VPC it is
     # unsolicited (see INBOUND_REASON; ICMP errors are tests/test_icmp.py's)
     "ipv4_icmp": (raw(IP(src=E4, dst=H4) / ICMP()), R.UNSUPPORTED_PROTOCOL),
