@@ -20,9 +20,16 @@
  *        event (index byte >> 1), or of the last packet translated, both real and made-up.
  *   7    ENI on/off: 1 byte; bit 0 the ENI, bit 1 enabled.
  *
+ * Fragments (docs/robustness.md "Fragments"): a passed first fragment is checked like a whole
+ * packet but for its L4 checksum, which covers the whole datagram (its sum over the fragment
+ * must stay as it was, RFC 1624) and a UDP length that may run past it; a passed later one may
+ * change only the address, TTL / hop limit and IPv4 header checksum, and must be of a datagram
+ * whose first fragment passed in the same direction in this input, and get the same address.
+ *
  * fuzz/make_corpus.py writes the seed inputs in this format. On a broken invariant the
  * harness calls __builtin_trap(): libFuzzer saves the input as crash-<sha1>.
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +40,7 @@
 #define PORT_MIN 40000
 #define PORT_MAX 40015
 #define N_REMEMBER 8
+#define N_FRAGS 32 /* fragmented datagrams remembered per input (more: the check stands down) */
 
 #define CHECK(cond)                                                                        \
     do {                                                                                   \
@@ -46,6 +54,15 @@ static const uint8_t ENI6[2][16] = {
     {0x20, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x11},
 };
 
+/* A fragmented datagram whose first fragment passed: its key (hp_engine.c frag_key) and the
+ * address its first fragment was given, which every later fragment of it must get too. */
+typedef struct {
+    int dir, family, proto;
+    uint32_t id;
+    uint8_t src[16], dst[16];
+    uint8_t to[16];
+} frag_seen;
+
 typedef struct {
     hp_engine *e;
     double now;
@@ -54,6 +71,9 @@ typedef struct {
     unsigned n_remembered;
     hp_tuple last;
     hp_event ev[64];
+    frag_seen frags[N_FRAGS];
+    unsigned n_frags;
+    int frags_lost; /* more datagrams than N_FRAGS: a later fragment may be of one not kept */
 } fuzz_state;
 
 /* ---- an independent reading of the packet (not hp_parse: the oracle must not share bugs) -- */
@@ -76,14 +96,24 @@ static uint32_t fold(uint32_t x)
     return x;
 }
 
+enum { FRAG_NO = 0, FRAG_FIRST = 1, FRAG_LATER = 2 };
+
 typedef struct {
     int family, proto;
     uint32_t l4, end; /* transport header offset, end of the IP packet */
+    int frag;         /* FRAG_NO (an IPv6 atomic fragment too: a whole packet), FIRST, LATER */
+    uint32_t frag_id; /* IPv4 identification, IPv6 Fragment header identification */
 } shape;
 
-/* Where the transport header is, for a packet the engine accepted (so lengths are sane). */
+/* Where the transport header is, for a packet the engine accepted (so lengths are sane).
+ * A fragment (IPv4 MF or offset; an IPv6 Fragment header but an atomic one, RFC 6946) must
+ * be one the engine's policy lets through (docs/robustness.md "Fragments"): fragment data a
+ * multiple of 8 bytes unless it is the last, the datagram within 64 KiB, no IPv4 TCP fragment
+ * at offset 8 (RFC 1858), one non-atomic Fragment header. For a later fragment, proto and l4
+ * are what follows its IP header (IPv4) or Fragment header (IPv6). */
 static int read_shape(const uint8_t *b, uint32_t n, shape *s)
 {
+    memset(s, 0, sizeof *s);
     if (n < 1)
         return -1;
     if (b[0] >> 4 == 4) {
@@ -93,6 +123,18 @@ static int read_shape(const uint8_t *b, uint32_t n, shape *s)
         s->l4 = (uint32_t)(b[0] & 15) * 4;
         s->end = get16(b + 2);
         s->proto = b[9];
+        if (s->l4 < 20 || s->end > n || s->l4 > s->end)
+            return -1;
+        uint32_t fw = get16(b + 6), off = (fw & 0x1FFF) * 8, more = (fw >> 13) & 1;
+        if (off || more) {
+            uint32_t len = s->end - s->l4;
+            if ((more && len % 8) || off + len + s->l4 > 65535)
+                return -1;
+            if (s->proto == HP_IPPROTO_TCP && off == 8)
+                return -1;
+            s->frag = off ? FRAG_LATER : FRAG_FIRST;
+            s->frag_id = get16(b + 4);
+        }
     } else if (b[0] >> 4 == 6) {
         if (n < 40)
             return -1;
@@ -100,11 +142,36 @@ static int read_shape(const uint8_t *b, uint32_t n, shape *s)
         s->l4 = 40;
         s->end = 40 + get16(b + 4);
         s->proto = b[6];
-        while ((s->proto == 0 || s->proto == 43 || s->proto == 60 || s->proto == 51) &&
-               s->l4 + 2 <= s->end) {
-            uint32_t h = s->proto == 51 ? (b[s->l4 + 1] + 2u) * 4 : (b[s->l4 + 1] + 1u) * 8;
-            s->proto = b[s->l4];
-            s->l4 += h;
+        if (s->end > n)
+            return -1;
+        for (;;) { /* each step moves l4 on by 8 bytes at least */
+            if (s->proto == 44) {
+                uint32_t at = s->l4;
+                if (at + 8 > s->end)
+                    return -1;
+                uint32_t off = get16(b + at + 2) & 0xFFF8, more = b[at + 3] & 1;
+                s->proto = b[at];
+                s->l4 = at + 8;
+                if (!off && !more)
+                    continue; /* atomic: a whole packet */
+                uint32_t len = s->end - s->l4;
+                if (s->frag || (more && len % 8) || off + len > 65535)
+                    return -1;
+                s->frag = off ? FRAG_LATER : FRAG_FIRST;
+                s->frag_id = get16(b + at + 4) << 16 | get16(b + at + 6);
+                if (off)
+                    break;
+            } else if (s->proto == 0 || s->proto == 43 || s->proto == 60 || s->proto == 51) {
+                if (s->l4 + 2 > s->end)
+                    return -1;
+                uint32_t h = s->proto == 51 ? (b[s->l4 + 1] + 2u) * 4 : (b[s->l4 + 1] + 1u) * 8;
+                s->proto = b[s->l4];
+                s->l4 += h;
+                if (s->l4 > s->end)
+                    return -1;
+            } else {
+                break;
+            }
         }
     } else {
         return -1;
@@ -128,6 +195,14 @@ static int l4_sum_ok(const uint8_t *b, const shape *s)
     if (s->family == 4 && s->proto == HP_IPPROTO_UDP && get16(b + coff) == 0)
         return -1;
     return fold(sum_bytes(b + s->l4, s->end - s->l4, pseudo_sum(b, s))) == 0xFFFF;
+}
+
+/* The one's-complement sum of the transport bytes and pseudo-header, mod 0xFFFF (so 0 ==
+ * 0xFFFF). On a first fragment the checksum covers the whole datagram and cannot be verified,
+ * but an incremental update (RFC 1624) of address and port keeps this sum as it was. */
+static uint32_t l4_residual(const uint8_t *b, const shape *s)
+{
+    return fold(sum_bytes(b + s->l4, s->end - s->l4, pseudo_sum(b, s))) % 0xFFFF;
 }
 
 /* Partial: the field holds the folded, uncomplemented pseudo-header sum (0 == 0xFFFF). */
@@ -196,7 +271,28 @@ static void check_manip(const uint8_t *in, const uint8_t *out, uint32_t n, int d
         __builtin_trap(); /* the engine accepted something whose lengths do not hold */
     if (s.family == 4)
         CHECK(fold(sum_bytes(out, (uint32_t)(out[0] & 15) * 4, 0)) == 0xFFFF);
+    int v4 = s.family == 4;
+    uint32_t alen = v4 ? 4 : 16;
+    uint32_t a = v4 ? (dir == HP_DIR_ORIG ? 12 : 16) : (dir == HP_DIR_ORIG ? 8 : 24);
+    uint32_t ttl = v4 ? 8 : 7;
+    if (s.frag == FRAG_LATER) {
+        /* a later fragment of TCP or UDP (IPv6: its fragmentable part may start with an
+         * extension header); no ports in it: only the address, TTL / hop limit and IPv4
+         * header checksum change, everything after them is the datagram's middle */
+        CHECK(s.proto == HP_IPPROTO_TCP || s.proto == HP_IPPROTO_UDP ||
+              (!v4 && (s.proto == 0 || s.proto == 43 || s.proto == 60 || s.proto == 51 ||
+                       s.proto == 44)));
+        for (uint32_t i = 0; i < n; i++) {
+            int may = (i >= a && i < a + alen) || i == ttl || (v4 && (i == 10 || i == 11));
+            if (!may)
+                CHECK(in[i] == out[i]);
+        }
+        CHECK(out[ttl] == (uint8_t)(in[ttl] - 1));
+        CHECK(is_eni_addr(dir == HP_DIR_ORIG ? out + a : in + a, s.family));
+        return;
+    }
     if (s.proto == 1 || s.proto == 58) {
+        CHECK(s.frag == FRAG_NO); /* a fragmented ICMP message is not translated */
         /* an ICMP error translated back (RFC 5508): its rewritten embedded packet and its
          * ICMP checksum must still add up (ICMPv6 sums a pseudo-header, ICMPv4 does not) */
         CHECK(out[s.family == 4 ? 8 : 7] == (uint8_t)(in[s.family == 4 ? 8 : 7] - 1));
@@ -211,12 +307,17 @@ static void check_manip(const uint8_t *in, const uint8_t *out, uint32_t n, int d
     }
     if (s.proto != HP_IPPROTO_TCP && s.proto != HP_IPPROTO_UDP)
         __builtin_trap(); /* the engine passed a protocol it does not translate */
-    int v4 = s.family == 4;
-    uint32_t alen = v4 ? 4 : 16;
-    uint32_t a = v4 ? (dir == HP_DIR_ORIG ? 12 : 16) : (dir == HP_DIR_ORIG ? 8 : 24);
+    /* the whole transport header is there; a first fragment's UDP length is the datagram's */
+    uint32_t l4_len = s.end - s.l4;
+    if (s.proto == HP_IPPROTO_TCP) {
+        CHECK(l4_len >= 20);
+        CHECK(in[s.l4 + 12] >> 4 >= 5 && (uint32_t)(in[s.l4 + 12] >> 4) * 4 <= l4_len);
+    } else {
+        CHECK(l4_len >= 8 && get16(in + s.l4 + 4) >= 8);
+        CHECK(s.frag == FRAG_FIRST || get16(in + s.l4 + 4) <= l4_len);
+    }
     uint32_t port = s.l4 + (dir == HP_DIR_ORIG ? 0 : 2);
     uint32_t csum = s.l4 + (s.proto == HP_IPPROTO_UDP ? 6 : 16);
-    uint32_t ttl = v4 ? 8 : 7;
     /* only the rewritten address, port, TTL and checksums change; padding after the IP
      * packet and the payload are carried as they were */
     for (uint32_t i = 0; i < n; i++) {
@@ -232,7 +333,15 @@ static void check_manip(const uint8_t *in, const uint8_t *out, uint32_t n, int d
     } else {
         CHECK(is_eni_addr(in + a, s.family));
     }
-    if (flags & HP_FLAG_CSUM_PARTIAL) {
+    if (s.frag == FRAG_FIRST) {
+        if (flags & HP_FLAG_CSUM_PARTIAL) /* the field moved by the pseudo-header's change */
+            CHECK((get16(out + csum) + fold(pseudo_sum(in, &s))) % 0xFFFF ==
+                  (get16(in + csum) + fold(pseudo_sum(out, &s))) % 0xFFFF);
+        else if (v4 && s.proto == HP_IPPROTO_UDP && get16(in + csum) == 0)
+            CHECK(get16(out + csum) == 0);
+        else
+            CHECK(l4_residual(in, &s) == l4_residual(out, &s));
+    } else if (flags & HP_FLAG_CSUM_PARTIAL) {
         if (partial_ok(in, &s))
             CHECK(partial_ok(out, &s));
     } else {
@@ -249,6 +358,42 @@ static void check_manip(const uint8_t *in, const uint8_t *out, uint32_t n, int d
 static uint64_t passed(const hp_engine *e)
 {
     return e->packets[0] + e->packets[1] + e->icmp_errors;
+}
+
+/* A first fragment passed (to: the address it was given), or a later one (it must be of a
+ * datagram whose first fragment passed in the same direction, and get the same address). */
+static void frag_passed(fuzz_state *st, const uint8_t *in, const uint8_t *out, int dir,
+                        const shape *s)
+{
+    int v4 = s->family == 4;
+    uint32_t alen = v4 ? 4 : 16, so = v4 ? 12 : 8, d = v4 ? 16 : 24;
+    uint32_t a = dir == HP_DIR_ORIG ? so : d; /* the rewritten one */
+    frag_seen k;
+    memset(&k, 0, sizeof k);
+    k.dir = dir;
+    k.family = s->family;
+    k.proto = v4 ? s->proto : 0; /* RFC 791 keys on it, RFC 8200 does not */
+    k.id = s->frag_id;
+    memcpy(k.src, in + so, alen);
+    memcpy(k.dst, in + d, alen);
+    frag_seen *f = NULL;
+    for (unsigned i = 0; i < st->n_frags && !f; i++)
+        if (memcmp(&st->frags[i], &k, offsetof(frag_seen, to)) == 0)
+            f = &st->frags[i];
+    if (s->frag == FRAG_FIRST) {
+        if (!f && st->n_frags < N_FRAGS)
+            f = &st->frags[st->n_frags++];
+        if (!f) {
+            st->frags_lost = 1;
+            return;
+        }
+        memcpy(k.to, out + a, alen);
+        *f = k;
+    } else if (f) {
+        CHECK(memcmp(out + a, f->to, alen) == 0);
+    } else {
+        CHECK(st->frags_lost); /* no first fragment of it passed this way */
+    }
 }
 
 static void remember(fuzz_state *st, const hp_tuple *t)
@@ -297,7 +442,7 @@ static void op_translate(fuzz_state *st, const uint8_t **p, const uint8_t *end)
     *p += len;
 
     hp_engine *e = st->e;
-    uint64_t passed_before = passed(e);
+    uint64_t passed_before = passed(e), fragments_before = e->fragments;
     hp_engine_advance(e, st->now);
     uint8_t reason = 0xEE;
     int v = hp_translate(e, dir, buf, len, flags, st->now, &reason);
@@ -307,14 +452,19 @@ static void op_translate(fuzz_state *st, const uint8_t **p, const uint8_t *end)
         CHECK(reason > HP_R_NONE && reason < HP_R_COUNT);
         CHECK(memcmp(in, buf, len) == 0); /* a dropped packet is left as it came */
         CHECK(passed(e) == passed_before);
+        CHECK(e->fragments == fragments_before);
     } else {
         CHECK(reason == HP_R_NONE);
         CHECK(dir == HP_DIR_ORIG ? v != HP_REPLY : v == HP_REPLY);
         CHECK(passed(e) == passed_before + 1);
         check_manip(in, buf, len, dir, flags);
-        /* remember a tuple of the packet as it came, for a later delete */
         shape s;
-        if (read_shape(in, len, &s) == 0 && s.l4 + 4 <= len) {
+        CHECK(read_shape(in, len, &s) == 0);
+        CHECK(e->fragments == fragments_before + (s.frag != FRAG_NO));
+        if (s.frag != FRAG_NO)
+            frag_passed(st, in, buf, dir, &s);
+        /* remember a tuple of the packet as it came, for a later delete */
+        if (s.frag != FRAG_LATER && s.l4 + 4 <= len) {
             memset(&st->last, 0, sizeof st->last);
             memcpy(st->last.src, in + (s.family == 4 ? 12 : 8), s.family == 4 ? 4 : 16);
             memcpy(st->last.dst, in + (s.family == 4 ? 16 : 24), s.family == 4 ? 4 : 16);

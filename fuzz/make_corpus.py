@@ -165,6 +165,73 @@ def icmp_error(family: int, kind: str) -> bytes:
     return opener + tr(err, reply=True) + tr(ttl_err, reply=True) + collect()
 
 
+def datagram(family: int, src: str, dst: str, l4) -> bytes:
+    """The transport bytes of a whole datagram, its checksum computed over all of them."""
+    return raw(ip(family, src, dst) / l4)[20 if family == 4 else 40:]
+
+
+def frag(family: int, src: str, dst: str, nh: int, data: bytes, off: int, more: bool,
+         ident: int, **kw):
+    """One fragment: data at byte offset off of the datagram's fragmentable part (IPv4: MF
+    and the offset in the IP header; IPv6: a Fragment header whose next header is nh)."""
+    if family == 4:
+        return IP(src=src, dst=dst, proto=nh, id=ident, frag=off // 8,
+                  flags="MF" if more else 0, **kw) / Raw(data)
+    return (IPv6(src=src, dst=dst, **kw)
+            / IPv6ExtHdrFragment(nh=nh, offset=off // 8, m=int(more), id=ident) / Raw(data))
+
+
+def fragmented(family: int, src: str, dst: str, l4, ident: int, cuts=(24, 48)) -> List:
+    """A datagram in fragments, cut at the byte offsets cuts (multiples of 8), first first."""
+    d = datagram(family, src, dst, l4)
+    nh = 6 if l4.haslayer(TCP) else 17
+    edges = [0] + [c for c in cuts if c < len(d)] + [len(d)]
+    return [frag(family, src, dst, nh, d[a:b], a, b < len(d), ident)
+            for a, b in zip(edges, edges[1:])]
+
+
+def frag_udp(family: int) -> bytes:
+    """A fragmented UDP query out, a fragmented answer back (same id both ways: the keys
+    differ by direction and addresses)."""
+    out = fragmented(family, env(family), host(family),
+                     UDP(sport=SPORT, dport=53) / Raw(b"q" * 64), 0x1234)
+    back = fragmented(family, host(family), eni(family),
+                      UDP(sport=53, dport=SPORT) / Raw(b"a" * 64), 0x1234)
+    return b"".join([tr(p) for p in out] + [tr(p, reply=True) for p in back] + [collect()])
+
+
+def frag_tcp(family: int) -> bytes:
+    """A TCP connection opened whole, then a data segment fragmented each way."""
+    out = fragmented(family, env(family), host(family),
+                     TCP(sport=SPORT, dport=443, flags="PA", seq=1001, ack=5001)
+                     / Raw(b"G" * 40), 77)
+    back = fragmented(family, host(family), eni(family),
+                      TCP(sport=443, dport=SPORT, flags="PA", seq=5001, ack=1041)
+                      / Raw(b"H" * 40), 78)
+    return b"".join([tr(tcp_out(family, "S")), tr(tcp_in(family, "SA"), reply=True),
+                     tr(tcp_out(family, "A", seq=1001, ack=5001))]
+                    + [tr(p) for p in out] + [tr(p, reply=True) for p in back] + [collect()])
+
+
+def frag_edges(family: int) -> bytes:
+    """Later fragments of no passed first one (both ways), a tiny TCP first fragment (its
+    header cut at 16 bytes) and its rest, fragments out of order and duplicated (after a gap
+    the tracker stays), then one after the tracker timed out."""
+    udp = UDP(sport=SPORT, dport=53) / Raw(b"r" * 48)
+    first, second, third = fragmented(family, env(family), host(family), udp, 9)
+    tcp = datagram(family, env(family), host(family),
+                   TCP(sport=SPORT, dport=443, flags="S") / Raw(b"s" * 16))
+    in_later = fragmented(family, host(family), eni(family),
+                          UDP(sport=53, dport=SPORT) / Raw(b"t" * 40), 10, cuts=(24,))[1]
+    return b"".join([
+        tr(second), tr(in_later, reply=True),
+        tr(frag(family, env(family), host(family), 6, tcp[:16], 0, True, 11)),
+        tr(frag(family, env(family), host(family), 6, tcp[16:], 16, False, 11)),
+        tr(first), tr(third), tr(second), tr(third),
+        advance(70), tr(third), collect(),
+    ])
+
+
 def many_flows(family: int, proto: str, n: int) -> bytes:
     """n new connections from distinct source ports: fills the port pools and the table."""
     ops = []
@@ -233,6 +300,27 @@ def translate_seeds() -> Dict[str, bytes]:
                       + tr(IP(src=ENV4, dst=HOST4, frag=5) / Raw(b"b" * 16))
                       + tr(IPv6(src=ENV6, dst=HOST6) / IPv6ExtHdrFragment(m=1, id=7)
                            / UDP(sport=SPORT, dport=53) / Raw(b"c" * 32)))
+    for f in (4, 6):
+        s[f"frag{f}_udp"] = frag_udp(f)
+        s[f"frag{f}_tcp"] = frag_tcp(f)
+        s[f"frag{f}_edges"] = frag_edges(f)
+    s["frag4_udp_no_checksum"] = b"".join(
+        tr(p) for p in fragmented(4, ENV4, HOST4, UDP(sport=SPORT, dport=53, chksum=0)
+                                  / Raw(b"n" * 40), 5))
+    s["frag4_partial"] = (tr(fragmented(4, ENV4, HOST4, UDP(sport=SPORT, dport=53)
+                                        / Raw(b"p" * 40), 6)[0], partial=True)
+                          + tr(fragmented(4, ENV4, HOST4, UDP(sport=SPORT, dport=53)
+                                          / Raw(b"p" * 40), 6)[1], partial=True))
+    s["frag6_atomic"] = (tr(IPv6(src=ENV6, dst=HOST6) / IPv6ExtHdrFragment(m=0, offset=0, id=3)
+                            / UDP(sport=SPORT, dport=53) / Raw(b"whole"))
+                         + tr(IPv6(src=HOST6, dst=ENI6) / IPv6ExtHdrFragment(m=0, offset=0, id=4)
+                              / UDP(sport=53, dport=SPORT) / Raw(b"whole"), reply=True))
+    # IPv6: the fragmentable part starts with a destination options header, so the later
+    # fragment's Fragment header names that (60), not UDP
+    d6 = raw(IPv6(src=ENV6, dst=HOST6) / IPv6ExtHdrDestOpt() / UDP(sport=SPORT, dport=53)
+             / Raw(b"o" * 40))[40:]
+    s["frag6_ext_in_fragmentable"] = (tr(frag(6, ENV6, HOST6, 60, d6[:32], 0, True, 21))
+                                      + tr(frag(6, ENV6, HOST6, 60, d6[32:], 32, False, 21)))
     s["ipv4_options"] = tr(IP(src=ENV4, dst=HOST4, options=b"\x01\x01\x01\x00")
                            / TCP(sport=SPORT, dport=443, flags="S"))
     s["tcp_options"] = tr(IP(src=ENV4, dst=HOST4) / TCP(sport=SPORT, dport=443, flags="S",
@@ -311,6 +399,13 @@ def frame_seeds() -> Dict[str, bytes]:
         + fr(to_gw / IP(src="198.19.0.77", dst=F_HOST4) / UDP())
         + fr(to_gw / IP(src=F_ENV4, dst=F_GW4) / UDP())
         + fr(raw(arp_gw)[:30]) + fr(raw(ns)[:60], on_eni=True),
+        "fragments_udp4": fr(arp_gw) + b"".join(
+            fr(to_gw / p) for p in fragmented(4, F_ENV4, F_HOST4, UDP(sport=40001, dport=53)
+                                              / Raw(b"f" * 40), 31))
+        + fr(arp_reply, on_eni=True) + b"".join(
+            fr(to_eni / p, on_eni=True)
+            for p in fragmented(4, F_HOST4, F_ENI4, UDP(sport=53, dport=40001)
+                                / Raw(b"g" * 40), 32)) + tick(2),
         "partial_checksum": fr(udp4, csum=True) + fr(arp_reply, on_eni=True)
         + fr(udp4_back, on_eni=True, csum=True),
     }

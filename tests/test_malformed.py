@@ -157,7 +157,8 @@ def test_every_reason_a_parser_can_give_is_in_the_corpus():
     parse_reasons = {DropReason.TRUNCATED, DropReason.BAD_IP_VERSION, DropReason.BAD_IP_HEADER,
                      DropReason.BAD_IP_CHECKSUM, DropReason.UNSUPPORTED_PROTOCOL,
                      DropReason.EXT_HEADER_CHAIN, DropReason.BAD_L4_HEADER,
-                     DropReason.TTL_EXPIRED, DropReason.HOP_LIMIT_EXPIRED}
+                     DropReason.TTL_EXPIRED, DropReason.HOP_LIMIT_EXPIRED,
+                     DropReason.FRAGMENT, DropReason.BAD_FRAGMENT}
     seen = {c.expect_out for c in CASES} | {c.expect_in for c in CASES}
     assert parse_reasons <= seen, parse_reasons - seen
     assert HOST  # the corpus sends to the benchmark-range hosts of hp_testlib
