@@ -491,6 +491,36 @@ uint32_t hp_engine_flow_collect(hp_engine *e, hp_event *out, uint32_t max, uint3
     return k;
 }
 
+/* A connection into a free slot: both tuples in the hash table (the reply tuple first: it was
+ * the collision check), its port taken, its source counted; the caller links it into its LRU
+ * list and sets its id. */
+static uint32_t conn_insert(hp_engine *e, const hp_tuple *orig, const hp_tuple *reply,
+                            unsigned eni, int state, double last_seen, hp_pool *pool)
+{
+    uint32_t idx;
+    if (e->free_head) {
+        idx = e->free_head;
+        e->free_head = e->entries[idx].lru_next;
+    } else {
+        idx = ++e->hw;
+    }
+    hp_entry *x = &e->entries[idx];
+    memset(x, 0, sizeof *x);
+    x->tuple[HP_DIR_ORIG] = *orig;
+    x->tuple[HP_DIR_REPLY] = *reply;
+    x->eni_index = (uint8_t)eni;
+    x->eni_port = reply->dport;
+    x->state = (uint8_t)state;
+    x->last_seen = last_seen;
+    hp_pool_take(pool, reply->dport);
+    hash_insert(e, idx, HP_DIR_REPLY);
+    hash_insert(e, idx, HP_DIR_ORIG);
+    e->n_entries++;
+    if (e->src)
+        src_find(e, orig, 1)->count++;
+    return idx;
+}
+
 /* ---- snapshot and restore --------------------------------------------------------------- */
 
 uint32_t hp_engine_snapshot(const hp_engine *e, hp_saved *out, uint32_t max)
@@ -578,21 +608,8 @@ int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
     if (e->src && !src_find(e, &s->orig, 0) && e->n_src >= HP_MAX_SOURCES)
         return HP_RS_TABLE_FULL; /* no room to count another source */
 
-    uint32_t idx;
-    if (e->free_head) {
-        idx = e->free_head;
-        e->free_head = e->entries[idx].lru_next;
-    } else {
-        idx = ++e->hw;
-    }
+    uint32_t idx = conn_insert(e, &s->orig, &s->reply, s->eni_index, s->state, seen, pool);
     hp_entry *x = &e->entries[idx];
-    memset(x, 0, sizeof *x);
-    x->tuple[HP_DIR_ORIG] = s->orig;
-    x->tuple[HP_DIR_REPLY] = s->reply;
-    x->eni_index = s->eni_index;
-    x->eni_port = s->eni_port;
-    x->state = s->state;
-    x->last_seen = seen;
     for (int d = 0; d < 2; d++) {
         x->packets[d] = s->packets[d];
         x->bytes[d] = s->bytes[d];
@@ -602,14 +619,8 @@ int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
     x->id = s->id;
     if (s->id > e->last_id)
         e->last_id = s->id;
-    hp_pool_take(pool, s->eni_port);
-    hash_insert(e, idx, HP_DIR_REPLY);
-    hash_insert(e, idx, HP_DIR_ORIG);
     lru_insert_sorted(e, idx);
-    e->n_entries++;
     e->restored++;
-    if (e->src)
-        src_find(e, &s->orig, 1)->count++;
     return HP_RESTORED;
 }
 
@@ -684,30 +695,10 @@ static int new_conn(hp_engine *e, const hp_parsed *p, double now, uint32_t *out_
     return HP_R_PORT_EXHAUSTED;
 
 found:;
-    uint32_t idx;
-    if (e->free_head) {
-        idx = e->free_head;
-        e->free_head = e->entries[idx].lru_next;
-    } else {
-        idx = ++e->hw;
-    }
-    hp_entry *x = &e->entries[idx];
-    memset(x, 0, sizeof *x);
-    x->tuple[HP_DIR_ORIG] = p->t;
-    x->tuple[HP_DIR_REPLY] = reply;
-    x->eni_index = (uint8_t)eni;
-    x->eni_port = reply.dport;
-    x->state = (uint8_t)state;
-    x->last_seen = now;
-    hp_pool_take(pool, reply.dport);
-    hash_insert(e, idx, HP_DIR_REPLY); /* reply tuple first: it was the collision check */
-    hash_insert(e, idx, HP_DIR_ORIG);
+    uint32_t idx = conn_insert(e, &p->t, &reply, eni, state, now, pool);
     lru_append(e, idx);
-    e->n_entries++;
     e->created++;
-    x->id = ++e->last_id;
-    if (e->src)
-        src_find(e, &p->t, 1)->count++;
+    e->entries[idx].id = ++e->last_id;
     ev_conn(e, idx, HP_EV_NEW, 0, now);
     *out_idx = idx;
     return HP_R_NONE;

@@ -142,6 +142,12 @@ _SNAP_TUPLE = struct.Struct("<16s16sHHBB2x")
 RESTORE_OUTCOMES = ("restored", "invalid", "eni_mismatch", "expired", "duplicate", "table_full")
 
 
+def _not_collected(c: List[int], r: List[int]) -> List[int]:
+    """Traffic since the last flow collection: packets modulo 2^32 (the C core keeps what it
+    handed out in 32 bits: a delta is never 2^32 packets or more), bytes exact."""
+    return [(c[0] - r[0]) & 0xFFFFFFFF, c[1] - r[1], (c[2] - r[2]) & 0xFFFFFFFF, c[3] - r[3]]
+
+
 def snapshot_blob(records, count: int) -> bytes:
     """A snapshot of count packed records (both engines write it the same way)."""
     return _SNAP_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, _SNAP_RECORD.size,
@@ -1321,7 +1327,7 @@ class Engine:
             return
         info = self._info(conn, now)
         c, r = conn.counters, conn.reported
-        d = [c[i] - r[i] for i in range(4)] if kind == "destroy" else [0, 0, 0, 0]
+        d = _not_collected(c, r) if kind == "destroy" else [0, 0, 0, 0]
         self._push(Event(kind, now, conn.id + 1, info.family, info.proto, info.orig, info.reply,
                          info.state, info.eni, *c, *d, reason=reason))
 
@@ -1356,7 +1362,8 @@ class Engine:
                     self._snap_tuple(conn.orig_key), self._snap_tuple(conn.reply_key),
                     conn.last_seen, conn.counters[0], conn.counters[2], conn.counters[1],
                     conn.counters[3], conn.reported[1], conn.reported[3],
-                    conn.reported[0] & 0xFFFFFFFF, conn.reported[2] & 0xFFFFFFFF, conn.id + 1, conn.eni_port, conn.eni_index, conn.state))
+                    conn.reported[0] & 0xFFFFFFFF, conn.reported[2] & 0xFFFFFFFF, conn.id + 1,
+                    conn.eni_port, conn.eni_index, conn.state))
         return snapshot_blob(b"".join(out), len(out))
 
     @staticmethod
@@ -1459,7 +1466,7 @@ class Engine:
                 info = self._info(conn, conn.last_seen)
                 out.append(Event("flow", conn.last_seen, conn.id + 1, info.family, info.proto,
                                  info.orig, info.reply, info.state, info.eni, *c,
-                                 *[c[i] - r[i] for i in range(4)]))
+                                 *_not_collected(c, r)))
                 conn.reported = list(c)
         return out
 
