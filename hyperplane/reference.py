@@ -149,9 +149,9 @@ def _not_collected(c: List[int], r: List[int]) -> List[int]:
 
 
 def snapshot_blob(records, count: int) -> bytes:
-    """A snapshot of count packed records (both engines write it the same way)."""
+    """A snapshot of count packed records, bytes-like (both engines write it the same way)."""
     return _SNAP_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, _SNAP_RECORD.size,
-                             count) + bytes(records)
+                             count) + records
 
 
 def snapshot_records(blob) -> memoryview:

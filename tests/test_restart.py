@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import hp_testlib as tl  # noqa: E402
 import nettraffic as nt  # noqa: E402
 from test_datapath_lab import cli_run, running_lab, wait_until  # noqa: E402
+from test_vpc_lifecycle import Recorder  # noqa: E402  (the control plane's effects, in order)
 
 import hyperplane as hp  # noqa: E402
 from hyperplane import EngineConfig, Eni, cli, daemon, labconfig, netns  # noqa: E402
@@ -51,28 +52,6 @@ HOST4 = PLAN.hosts[0].ipv4.split("/")[0]
 
 
 # ---- unit: the state file -----------------------------------------------------------------------
-class Recorder:
-    """The data path's side of the control plane: every effect, in order."""
-
-    def __init__(self):
-        self.events = []
-
-    def eni_active(self, eni):
-        self.events.append(("active", eni.id))
-
-    def eni_retired(self, eni):
-        self.events.append(("retired", eni.id))
-
-    def eni_deleted(self, eni):
-        self.events.append(("deleted", eni.id))
-
-    def env_state(self, env, state, key):
-        self.events.append(("env", env, state, key))
-
-    def env_ipv6(self, env, allowed):
-        self.events.append(("ipv6", env, allowed))
-
-
 def plan_engine(engine_cls):
     """An engine with the plan's ENI (as the daemon builds a key's engine)."""
     return engine_cls(EngineConfig(enis=[Eni(ENI0.id, ipv4=ENI0.ipv4, ipv6=ENI0.ipv6)],
