@@ -1,0 +1,281 @@
+"""hp-traffic (``hyperplane.traffic``), the C traffic generator of ``hyperplane bench``, on a
+kernel-only topology: two namespaces joined by one veth, nothing in between. Proves the tool
+counts exactly before the benchmark relies on its figures. No timing assertions: rates are only
+printed by the tool, never compared with a threshold here.
+
+    A (hpa0)  198.18.200.1/24  2001:2:0:c8::1/64  <--veth-->  B (hpb0)  198.18.200.2/24  2001:2:0:c8::2/64
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from typing import NamedTuple
+
+import pytest
+
+from hyperplane import netns
+from hyperplane import traffic as tr
+
+PROBLEM = netns.privilege_problem()
+needs_netns = pytest.mark.skipif(PROBLEM is not None, reason=f"network namespaces: {PROBLEM}")
+
+ADDR = {4: ("198.18.200.1", "198.18.200.2"), 6: ("2001:2:0:c8::1", "2001:2:0:c8::2")}
+NOBODY = {4: "198.18.200.3", 6: "2001:2:0:c8::3"}  # on the link, but no host answers
+IF_A, IF_B = "hpa0", "hpb0"
+IFA_F_NODAD = 0x02
+FAMILIES = pytest.mark.parametrize("family", [4, 6], ids=["v4", "v6"])
+
+
+class Topo(NamedTuple):
+    a: str  # namespace names
+    b: str
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    with netns.entered(ns):
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
+
+
+@pytest.fixture(scope="module")
+def topo():
+    if PROBLEM is not None:
+        pytest.skip(f"network namespaces: {PROBLEM}")
+    from pyroute2 import IPRoute
+    from pyroute2 import netns as pnetns
+
+    prefix = f"hpt-{os.getpid()}-{secrets.token_hex(2)}-"
+    a, b = prefix + "a", prefix + "b"
+    created = []
+    try:
+        for name in (a, b):
+            assert not netns.exists(name), f"namespace {name} already exists"
+            pnetns.create(name)
+            created.append(name)
+        for name in (a, b):  # immediately usable IPv6 on links created from now on
+            _sysctl(name, "net.ipv6.conf.default.accept_dad", "0")
+            _sysctl(name, "net.ipv6.conf.default.router_solicitations", "0")
+        with netns.entered(a):
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=IF_A, kind="veth", peer={"ifname": IF_B, "net_ns_fd": b})
+        for name, ifname, side in ((a, IF_A, 0), (b, IF_B, 1)):
+            with netns.entered(name):
+                with IPRoute() as ipr:
+                    ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                    idx = ipr.link_lookup(ifname=ifname)[0]
+                    ipr.addr("add", index=idx, address=ADDR[4][side], prefixlen=24)
+                    ipr.addr("add", index=idx, address=ADDR[6][side], prefixlen=64,
+                             flags=IFA_F_NODAD)
+                    ipr.link("set", index=idx, state="up")
+        yield Topo(a, b)
+    finally:
+        for name in created:
+            pnetns.remove(name)
+
+
+def _in(ns: str, sub: str, **opts) -> list:
+    return tr.in_netns(ns, tr.argv(sub, **opts))
+
+
+# ---- UDP ---------------------------------------------------------------------------------------
+@needs_netns
+@pytest.mark.parametrize("family,size", [(4, 64), (6, 200)], ids=["v4", "v6"])
+def test_paced_udp_arrives_complete(topo, family, size):
+    dst = ADDR[family][1]
+    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=9000, seconds=20,
+                       idle_ms=1000)) as sink:
+        sent = tr.run(_in(topo.a, "udp-send", dst=dst, port=9000, rate=20000, seconds=0.5,
+                          size=size), timeout=30)
+        got = sink.result(timeout=30)
+    assert sent["sent"] == 10000 and sent["errors"] == 0 and sent["target"] == 20000
+    assert got["packets"] == sent["sent"]          # no loss on a direct veth at this rate
+    assert got["bytes"] == got["packets"] * size
+    assert got["rcvbuf_drops"] == 0
+    assert 0 < got["seconds"] and 0 < got["rate"] and 0 < sent["rate"]
+
+
+@needs_netns
+def test_udp_flows_use_distinct_source_ports_and_all_arrive(topo):
+    dst = ADDR[4][1]
+    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=9001, seconds=20)) as sink:
+        sent = tr.run(_in(topo.a, "udp-send", dst=dst, port=9001, rate=4000, seconds=0.25,
+                          flows=4), timeout=30)
+        got = sink.result(timeout=30)
+    assert sent["sent"] == 1000 and sent["flows"] == 4
+    assert got["packets"] == 1000 and got["bytes"] == 64000
+
+
+@needs_netns
+@FAMILIES
+def test_unpaced_udp_sends_more_than_paced(topo, family):
+    dst = ADDR[family][1]
+    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=9002, seconds=20)) as sink:
+        fast = tr.run(_in(topo.a, "udp-send", dst=dst, port=9002, rate=0, seconds=0.5),
+                      timeout=30)
+        got = sink.result(timeout=30)
+    print(f"unpaced IPv{family}: {fast} -> {got}")
+    assert fast["target"] == 0
+    assert fast["sent"] > 10000                    # a 20,000 pps paced run sends 10,000
+    assert fast["errors"] >= 0
+    assert 0 < got["packets"] <= fast["sent"]
+    assert got["packets"] + got["rcvbuf_drops"] <= fast["sent"]
+
+
+@needs_netns
+@FAMILIES
+def test_send_errors_are_counted_not_fatal(topo, family):
+    """Nobody listens: ICMP port unreachable makes the connected socket's next send fail with
+    ECONNREFUSED. Every datagram is either sent or counted as an error, and the run ends 0."""
+    res = tr.run(_in(topo.a, "udp-send", dst=ADDR[family][1], port=9, rate=2000, seconds=0.5),
+                 timeout=30)
+    assert res["errors"] > 0
+    assert res["sent"] + res["errors"] == 1000
+
+
+@needs_netns
+def test_sink_stops_on_sigterm_with_its_counts(topo):
+    with tr.Server(_in(topo.b, "udp-sink", bind="0.0.0.0", port=9003, seconds=60)) as sink:
+        res = sink.stop(timeout=5)
+        assert sink.proc.returncode == 0
+    assert res == {"packets": 0, "bytes": 0, "seconds": 0.0, "rate": 0.0, "rcvbuf_drops": 0}
+
+
+# ---- TCP ---------------------------------------------------------------------------------------
+@needs_netns
+@FAMILIES
+def test_conn_rate_completes_every_connection(topo, family):
+    dst = ADDR[family][1]
+    with tr.Server(_in(topo.b, "tcp-server", bind=dst, port=9100)) as srv:
+        res = tr.run(_in(topo.a, "conn-rate", dst=dst, port=9100, count=2000), timeout=60)
+        counts = srv.stop()
+    print(f"conn-rate IPv{family}: {res}")
+    assert res["completed"] == 2000 and res["failed"] == 0 and res["concurrency"] == 64
+    assert counts["accepted"] == 2000 and counts["bytes"] == 2000   # one byte echoed each
+    assert res["rate"] > 0
+
+
+@needs_netns
+@FAMILIES
+def test_conn_rate_to_a_closed_port_fails_every_attempt(topo, family):
+    res = tr.run(_in(topo.a, "conn-rate", dst=ADDR[family][1], port=9101, count=300,
+                     seconds=10), timeout=30)
+    assert res["failed"] == 300 and res["completed"] == 0 and res["rate"] == 0
+
+
+@needs_netns
+def test_conn_rate_is_bounded_by_seconds_when_nothing_answers(topo):
+    """No host behind the address: connects neither succeed nor get refused quickly. The run
+    ends at --seconds and the unfinished attempts (in flight or never started) count as
+    failed."""
+    res = tr.run(_in(topo.a, "conn-rate", dst=NOBODY[4], port=9102, count=500, concurrency=8,
+                     seconds=1), timeout=20)
+    assert res["completed"] == 0 and res["failed"] == 500
+    assert res["unstarted"] > 0
+
+
+@needs_netns
+@FAMILIES
+def test_rr_latency_percentiles(topo, family):
+    dst = ADDR[family][1]
+    with tr.Server(_in(topo.b, "tcp-server", bind=dst, port=9200)) as srv:
+        res = tr.run(_in(topo.a, "rr", dst=dst, port=9200, count=500, warmup=20), timeout=60)
+        big = tr.run(_in(topo.a, "rr", dst=dst, port=9200, count=20, size=100000, warmup=0),
+                     timeout=60)
+        counts = srv.stop()
+    print(f"rr IPv{family}: {res}")
+    assert res["count"] == 500
+    assert 0 < res["min_us"] <= res["p50_us"] <= res["p90_us"] <= res["p99_us"] <= res["max_us"]
+    assert res["min_us"] <= res["mean_us"] <= res["max_us"]
+    assert big["count"] == 20                    # responses spanning many reads are whole
+    assert counts["accepted"] == 2
+    assert counts["bytes"] == 520 * 64 + 20 * 100000
+
+
+@needs_netns
+def test_server_that_cannot_bind_raises_with_its_stderr(topo):
+    with pytest.raises(tr.TrafficError, match="Cannot assign requested address"):
+        tr.Server(_in(topo.b, "tcp-server", bind=NOBODY[4], port=9300))
+
+
+@needs_netns
+def test_server_is_gone_after_the_with_block(topo):
+    with tr.Server(_in(topo.b, "tcp-server", bind="::", port=9301)) as srv:
+        pid = srv.proc.pid
+    assert srv.proc.returncode == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+# ---- no namespace needed -----------------------------------------------------------------------
+@pytest.mark.parametrize("args,option", [
+    (["udp-send", "--port", "9", "--rate", "1", "--seconds", "1"], "--dst"),
+    (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "lots", "--seconds", "1"],
+     "--rate"),
+    (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "1", "--seconds", "1",
+      "--size", "0"], "--size"),
+    (["udp-send", "--dst", "2001:2::1", "--port", "9", "--rate", "1", "--seconds", "1",
+      "--size", "1453"], "--size"),                 # 1452 is the IPv6 maximum
+    (["udp-sink", "--bind", "localhost", "--port", "9"], "--bind"),   # numeric only
+    (["conn-rate", "--dst", "198.18.200.2", "--port", "9", "--count", "10", "--bogus", "1"],
+     "--bogus"),
+    (["rr", "--dst", "198.18.200.2", "--port", "70000"], "--port"),
+    (["tcp-server", "--bind", "198.18.200.2", "--port", "9", "--cpu", "x"], "--cpu"),
+])
+def test_bad_arguments_exit_2_naming_the_option(args, option):
+    proc = subprocess.run([tr.tool_path()] + args, capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 2, proc.stderr
+    assert option in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_unknown_subcommand_exits_2():
+    proc = subprocess.run([tr.tool_path(), "udp-flood"], capture_output=True, text=True,
+                          timeout=10)
+    assert proc.returncode == 2 and "udp-flood" in proc.stderr
+
+
+def test_argv_and_in_netns():
+    tool = tr.tool_path()
+    assert tr.argv("udp-sink", bind="198.18.200.2", port=9, idle_ms=50, cpu=None) == [
+        tool, "udp-sink", "--bind", "198.18.200.2", "--port", "9", "--idle-ms", "50"]
+    assert tr.in_netns("ns1", ["x", "y"]) == ["ip", "netns", "exec", "ns1", "x", "y"]
+
+
+@needs_netns
+def test_run_kills_a_client_past_its_timeout(topo):
+    with pytest.raises(tr.TrafficError, match="did not finish within"):
+        tr.run(_in(topo.b, "udp-sink", bind=ADDR[4][1], port=9400, seconds=30), timeout=0.5)
+
+
+def test_run_reports_a_failing_client_with_its_stderr():
+    with pytest.raises(tr.TrafficError, match="--size"):
+        tr.run(tr.argv("udp-send", dst="127.0.0.1", port=9, rate=1, seconds=1, size=0),
+               timeout=10)
+
+
+def test_tool_is_built_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    first = tr.tool_path()
+    assert os.path.dirname(first) == str(tmp_path / "tools")
+    assert os.path.basename(first).startswith("hp-traffic-")
+    mtime = os.stat(first).st_mtime_ns
+    assert tr.tool_path() == first
+    assert os.stat(first).st_mtime_ns == mtime      # reused, not rebuilt
+    assert sorted(os.listdir(tmp_path / "tools")) == [os.path.basename(first)]  # no temp left
+
+
+def test_broken_compiler_raises(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "/bin/false")
+    with pytest.raises(tr.TrafficError, match="failed"):
+        tr.tool_path()
+    assert os.listdir(tmp_path / "tools") == []     # no half-built binary left behind
+
+
+def test_missing_compiler_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "hp-no-such-compiler")
+    with pytest.raises(tr.TrafficError, match="apt-get install gcc"):
+        tr.tool_path()
