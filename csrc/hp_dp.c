@@ -15,6 +15,7 @@
 #include "hp_csum.h"
 
 #define WATCH_TAG 0x80000000u
+#define HP_RING_ROUNDS 8 /* rounds of HP_TXQ frames per link per wakeup */
 
 static const struct virtio_net_hdr NO_VNET; /* all zero: complete checksums, no GSO */
 
@@ -791,27 +792,45 @@ static void flush_all(hp_dp *dp)
 static void service(hp_dp *dp, hp_link *l, double now)
 {
     if (l->port.kind == HP_PORT_PACKET) {
-        for (int b = 0; b < HP_RING_BLOCKS; b++) {
-            struct tpacket_block_desc *bd = hp_io_ring_next(&l->port);
-            if (!bd)
-                break;
-            uint32_t num = bd->hdr.bh1.num_pkts;
-            struct tpacket3_hdr *h =
-                (struct tpacket3_hdr *)((uint8_t *)bd + bd->hdr.bh1.offset_to_first_pkt);
-            for (uint32_t k = 0; k < num; k++) {
+        /* Rounds of up to HP_TXQ frames: take them, flush what they produced (the iovecs
+         * point into the frames), give them back. A bounded number of rounds per call keeps
+         * one busy link from starving the others (epoll is level-triggered: it comes back). */
+        for (int round = 0; round < HP_RING_ROUNDS; round++) {
+            uint32_t k = 0;
+            for (; k < HP_TXQ; k++) {
+                struct tpacket2_hdr *h = hp_io_ring_next(&l->port);
+                if (!h)
+                    break;
                 uint8_t *frame = (uint8_t *)h + h->tp_mac;
                 struct virtio_net_hdr vh;
-                memcpy(&vh, frame - HP_VNET_LEN, HP_VNET_LEN); /* PACKET_VNET_HDR puts it here */
-                if (h->tp_snaplen < h->tp_len) {
+                if (h->tp_status & TP_STATUS_COPY) { /* a super-packet: whole on the queue */
+                    if (l->port.nbig == HP_BIG_N) {
+                        flush_all(dp);
+                        l->port.nbig = 0;
+                    }
+                    uint8_t *big;
+                    int r = hp_io_recv_big(&l->port, &big);
+                    if (r < 0) {
+                        l->rx_packets++;
+                        dp->drops[HP_D_RX_TRUNCATED]++;
+                        continue;
+                    }
+                    memcpy(&vh, big, HP_VNET_LEN);
+                    rx_frame(dp, l, &vh, big + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+                } else if (h->tp_snaplen < h->tp_len) {
                     l->rx_packets++;
                     dp->drops[HP_D_RX_TRUNCATED]++;
                 } else {
+                    memcpy(&vh, frame - HP_VNET_LEN, HP_VNET_LEN); /* PACKET_VNET_HDR: here */
                     rx_frame(dp, l, &vh, frame, h->tp_snaplen, now);
                 }
-                h = (struct tpacket3_hdr *)((uint8_t *)h + h->tp_next_offset);
             }
-            flush_all(dp);
+            if (k)
+                flush_all(dp);
+            l->port.nbig = 0;
             hp_io_ring_release(&l->port);
+            if (k < HP_TXQ)
+                break;
         }
     } else {
         for (int b = 0; b < HP_TAP_BATCH; b++) {

@@ -1,4 +1,4 @@
-/* hp_io.c - AF_PACKET (TPACKET_V3) and TAP packet I/O; see hp_io.h. */
+/* hp_io.c - AF_PACKET (TPACKET_V2 ring) and TAP packet I/O; see hp_io.h. */
 #define _GNU_SOURCE
 #include "hp_io.h"
 
@@ -45,23 +45,33 @@ int hp_io_open_packet(hp_port *p, const char *ifname, char *err, size_t errlen)
     if (fd < 0)
         return fail(err, errlen, "socket(AF_PACKET)", ifname);
     p->fd = fd;
-    int v = TPACKET_V3;
+    int v = TPACKET_V2;
     if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0)
-        return fail(err, errlen, "PACKET_VERSION TPACKET_V3", ifname);
+        return fail(err, errlen, "PACKET_VERSION TPACKET_V2", ifname);
     /* Before the ring exists: the kernel refuses PACKET_VNET_HDR once a ring is mapped. */
     v = 1;
     if (setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &v, sizeof v) < 0)
         return fail(err, errlen, "PACKET_VNET_HDR", ifname);
+    /* Packets too big for a ring frame are queued whole on the socket (see hp_io.h). */
+    if (setsockopt(fd, SOL_PACKET, PACKET_COPY_THRESH, &v, sizeof v) < 0)
+        return fail(err, errlen, "PACKET_COPY_THRESH", ifname);
+    int rb = HP_RCVBUF;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rb, sizeof rb) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rb, sizeof rb);
+    p->big = malloc((size_t)HP_BIG_SLOT * HP_BIG_N);
+    if (!p->big) {
+        errno = ENOMEM;
+        return fail(err, errlen, "receive buffers", ifname);
+    }
     /* Without this an ETH_P_ALL socket also receives every frame it sends. */
     if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &v, sizeof v) < 0)
         return fail(err, errlen, "PACKET_IGNORE_OUTGOING", ifname);
-    struct tpacket_req3 req;
+    struct tpacket_req req;
     memset(&req, 0, sizeof req);
     req.tp_block_size = HP_RING_BLOCK;
     req.tp_block_nr = HP_RING_BLOCKS;
-    req.tp_frame_size = 2048; /* V3 packs variable-size frames; this only sizes the count */
-    req.tp_frame_nr = HP_RING_BLOCK / 2048 * HP_RING_BLOCKS;
-    req.tp_retire_blk_tov = HP_RING_TIMEOUT_MS;
+    req.tp_frame_size = HP_RING_FRAME;
+    req.tp_frame_nr = HP_RING_FRAMES;
     if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0)
         return fail(err, errlen, "PACKET_RX_RING", ifname);
     p->ring_len = (size_t)HP_RING_BLOCK * HP_RING_BLOCKS;
@@ -113,38 +123,63 @@ void hp_io_close(hp_port *p)
     if (p->fd >= 0)
         close(p->fd);
     free(p->tapbuf);
+    free(p->big);
     p->ring = NULL;
     p->tapbuf = NULL;
+    p->big = NULL;
     p->fd = -1;
 }
 
 void hp_io_ring_stats(hp_port *p)
 {
-    struct tpacket_stats_v3 st;
+    struct tpacket_stats st;
     socklen_t len = sizeof st;
     if (p->kind != HP_PORT_PACKET || p->fd < 0)
         return;
     if (getsockopt(p->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0) { /* read = reset */
         p->rx_ring_drops += st.tp_drops;
-        p->rx_ring_freezes += st.tp_freeze_q_cnt;
     }
 }
 
-struct tpacket_block_desc *hp_io_ring_next(hp_port *p)
+static struct tpacket2_hdr *frame_at(const hp_port *p, uint32_t i)
 {
-    struct tpacket_block_desc *b =
-        (struct tpacket_block_desc *)(p->ring + (size_t)p->cur_block * HP_RING_BLOCK);
-    if (!(__atomic_load_n(&b->hdr.bh1.block_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
+    return (struct tpacket2_hdr *)(p->ring + (size_t)(i / HP_RING_FPB) * HP_RING_BLOCK +
+                                   (size_t)(i % HP_RING_FPB) * HP_RING_FRAME);
+}
+
+struct tpacket2_hdr *hp_io_ring_next(hp_port *p)
+{
+    if (p->rx_taken == HP_RING_FRAMES) /* a whole lap taken and not given back yet */
         return NULL;
-    return b;
+    struct tpacket2_hdr *h = frame_at(p, p->rx_head);
+    if (!(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
+        return NULL;
+    p->rx_head = p->rx_head + 1 == HP_RING_FRAMES ? 0 : p->rx_head + 1;
+    p->rx_taken++;
+    return h;
+}
+
+int hp_io_recv_big(hp_port *p, uint8_t **buf)
+{
+    uint8_t *b = p->big + (size_t)p->nbig * HP_BIG_SLOT;
+    ssize_t r;
+    do
+        r = recv(p->fd, b, HP_BIG_SLOT, MSG_DONTWAIT | MSG_TRUNC);
+    while (r < 0 && errno == EINTR);
+    if (r < (ssize_t)HP_VNET_LEN || r > (ssize_t)HP_BIG_SLOT)
+        return -1;
+    p->nbig++;
+    *buf = b;
+    return (int)r;
 }
 
 void hp_io_ring_release(hp_port *p)
 {
-    struct tpacket_block_desc *b =
-        (struct tpacket_block_desc *)(p->ring + (size_t)p->cur_block * HP_RING_BLOCK);
-    __atomic_store_n(&b->hdr.bh1.block_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
-    p->cur_block = (p->cur_block + 1) % HP_RING_BLOCKS;
+    uint32_t i = (p->rx_head + HP_RING_FRAMES - p->rx_taken) % HP_RING_FRAMES;
+    for (; p->rx_taken; p->rx_taken--) {
+        __atomic_store_n(&frame_at(p, i)->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        i = i + 1 == HP_RING_FRAMES ? 0 : i + 1;
+    }
 }
 
 void hp_io_send(hp_port *p, const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len)

@@ -17,15 +17,35 @@
 enum hp_port_kind { HP_PORT_PACKET = 1, HP_PORT_TAP = 2 };
 
 #define HP_VNET_LEN ((uint32_t)sizeof(struct virtio_net_hdr)) /* 10 */
-/* Ring geometry. A block must hold a whole 64 KB super-packet (PACKET_IO.md: 32 KiB blocks
- * clamp them and TCP collapses). The kernel hands a block over when it is full or when the
- * retire timeout passes, which is one jiffy at least (4 ms at HZ=250): at a low packet rate
- * every packet can take a block of its own, so the *number* of blocks is how long the loop may
- * be away (a control request, a slow tick) before the kernel drops. 32 x 256 KiB = 8 MiB per
- * link keeps ~128 ms of such trickle, and 8 MiB of bulk. */
+/* Receiving on a veth: a TPACKET_V2 ring of small frames, plus the socket's own queue for
+ * super-packets.
+ *
+ * Why V2 and not V3. TPACKET_V3 packs packets into blocks and hands a block to user space only
+ * when it is full or its retire timer fires -- one jiffy at least, 4 ms at HZ=250. For bulk TCP
+ * that is fine; for everything that waits on a reply (a request/response, a handshake, ACK
+ * clocking at low rates) it adds up to 4 ms per hop: measured through the lab, a 64-byte TCP
+ * request/response took 1,000 us at the median with V3 (the kernel's own NAT: ~25 us). A V2
+ * frame is the user's as soon as the kernel has written it, with a wakeup per packet when the
+ * loop sleeps; under load the loop still takes every ready frame in one pass.
+ *
+ * Why small frames. V2 frames have one size. Frames big enough for a 64 KB GSO super-packet
+ * (PACKET_IO.md: clamping one makes TCP collapse) would give a 16 MiB ring only ~250 slots, and
+ * a burst of small packets (64-byte UDP, ACKs, SYNs) would overflow it while the loop is
+ * preempted. So frames are 2 KiB (an MTU frame fits) and there are 4,096 of them (8 MiB), and a
+ * packet that does not fit takes the kernel's PACKET_COPY_THRESH path: its frame holds the
+ * first bytes with TP_STATUS_COPY set, and the whole packet is queued on the socket (a
+ * reference, not a copy) in the same order, to be read with one recv() per super-packet --
+ * one system call per 64 KB. The ring keeps the order of everything. */
+#define HP_RING_FRAME 2048u
 #define HP_RING_BLOCK (256u << 10)
 #define HP_RING_BLOCKS 32
-#define HP_RING_TIMEOUT_MS 1
+#define HP_RING_FPB (HP_RING_BLOCK / HP_RING_FRAME)
+#define HP_RING_FRAMES (HP_RING_FPB * HP_RING_BLOCKS)
+/* Super-packets taken off the socket queue wait in these buffers until their sends are flushed
+ * (the loop flushes when all are in use). 64 KiB of IP packet + Ethernet + virtio-net header. */
+#define HP_BIG_SLOT (65536u + 512u)
+#define HP_BIG_N 8
+#define HP_RCVBUF (32 << 20) /* the socket queue's bound (the kernel doubles it) */
 #define HP_TAP_SLOT (65536u + 256u)
 #define HP_TAP_BATCH 32
 #define HP_TXQ 64
@@ -40,7 +60,11 @@ typedef struct {
     /* AF_PACKET receive ring */
     uint8_t *ring;
     size_t ring_len;
-    uint32_t cur_block;
+    uint32_t rx_head;  /* the next frame to look at, 0 .. HP_RING_FRAMES-1 */
+    uint32_t rx_taken; /* frames before rx_head taken but not yet given back (sends may point
+                        * into them) */
+    uint8_t *big;      /* HP_BIG_N buffers of HP_BIG_SLOT for super-packets */
+    uint32_t nbig;     /* of them in use (their sends not yet flushed) */
     /* TAP receive slots: HP_TAP_BATCH x (virtio-net header + frame) */
     uint8_t *tapbuf;
     /* transmit batch: iovecs point at frames that stay valid until hp_io_flush */
@@ -48,7 +72,8 @@ typedef struct {
     struct mmsghdr msgs[HP_TXQ];
     uint32_t ntx;
     uint64_t tx_packets, tx_bytes, tx_errors;
-    uint64_t rx_ring_drops, rx_ring_freezes; /* the kernel's PACKET_STATISTICS, accumulated */
+    uint64_t rx_ring_drops; /* the kernel's PACKET_STATISTICS, accumulated */
+    uint64_t rx_ring_freezes; /* TPACKET_V3's queue freezes; always 0 with the V2 ring */
 } hp_port;
 
 /* Open an AF_PACKET socket on ifname (in the caller's network namespace) with a TPACKET_V3 rx
@@ -62,8 +87,15 @@ void hp_io_close(hp_port *p);
  * free) to p->rx_ring_drops. */
 void hp_io_ring_stats(hp_port *p);
 
-/* The next filled ring block, or NULL. Walk it with the tpacket3_hdr chain, then release. */
-struct tpacket_block_desc *hp_io_ring_next(hp_port *p);
+/* Take the whole packet a TP_STATUS_COPY frame stands for off the socket queue into a free big
+ * buffer: returns its length (virtio-net header first) and sets *buf, or -1 when the queue had
+ * nothing (the kernel could not queue it: out of receive buffer) or it did not fit. The caller
+ * flushes and sets nbig = 0 first when all buffers are in use. */
+int hp_io_recv_big(hp_port *p, uint8_t **buf);
+/* The next frame the kernel has filled, or NULL; taking it advances rx_head. Frames stay the
+ * caller's until hp_io_ring_release gives back everything taken so far (after the sends that
+ * point into them were flushed). */
+struct tpacket2_hdr *hp_io_ring_next(hp_port *p);
 void hp_io_ring_release(hp_port *p);
 
 /* Queue a frame (with its header) for sending; flushes first when the batch is full. */
