@@ -1031,9 +1031,27 @@ def run_plan(plan, control_path: Optional[str], initial_active: bool = False,
     (restoring the lab's saved state first unless ``restore`` is false)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    pin_cpus(plan.datapath.cpus)
     netns.enter(plan.node_ns)
     d = Daemon(plan, control_path, initial_active=initial_active, restore=restore)
     return d.run()
+
+
+def pin_cpus(cpus) -> None:
+    """Run this process on ``cpus`` (``[datapath] cpus``); nothing when empty. A CPU this
+    process may not use (offline, outside its cpuset) is a configuration error naming them."""
+    if not cpus:
+        return
+    allowed = os.sched_getaffinity(0)
+    missing = sorted(set(cpus) - allowed)
+    if missing:
+        from hyperplane.labconfig import LabConfigError
+
+        raise LabConfigError("datapath.cpus", f"CPU(s) {missing} are not available here (this "
+                             f"process may use {sorted(allowed)}); pick from those or leave "
+                             "cpus out")
+    os.sched_setaffinity(0, set(cpus))
+    logging.getLogger("hyperplane.daemon").info("data path pinned to CPU(s) %s", sorted(cpus))
 
 
 # ---- the state file ----------------------------------------------------------------------------

@@ -39,6 +39,9 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
 - ``[flow_logs]``: VPC Flow Logs per ENI (default format v2) under the lab's directory
   (:mod:`hyperplane.flowlogs`): ``enabled``, ``interval`` (1..600 s; AWS offers 60 or 600),
   ``account_id``.
+- ``[datapath]``: ``cpus``, the CPUs the data path process runs on (default: wherever the
+  scheduler puts it). On a small machine where the traffic's own endpoints share the CPUs,
+  keeping the data path off the sender's CPU is worth a lot (benchmarks/RESULTS.md).
 
 Every address must lie in the benchmark ranges 198.18.0.0/15 (RFC 2544) and 2001:2::/48
 (RFC 5180): they are reserved for exactly this kind of lab, so a lab can never collide with a
@@ -286,6 +289,7 @@ class LabConfig:
     lifecycle: "LifecyclePlan" = dataclasses.field(default_factory=lambda: LifecyclePlan())
     iam: Optional[Dict[str, Any]] = dataclasses.field(default=None, hash=False)
     flow_logs: "FlowLogsPlan" = dataclasses.field(default_factory=lambda: FlowLogsPlan())
+    datapath: "DatapathPlan" = dataclasses.field(default_factory=lambda: DatapathPlan())
 
     def subnet(self, subnet_id: str) -> Subnet:
         for s in self.subnets:
@@ -498,6 +502,13 @@ class FlowLogsPlan:
 
 
 @dataclasses.dataclass(frozen=True)
+class DatapathPlan:
+    """``[datapath]``: ``cpus`` pins the data path process to these CPUs (sched_setaffinity,
+    checked against the CPUs it may use when it starts); empty: the scheduler decides."""
+    cpus: Tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """Everything a lab named ``name`` consists of. ``prefix`` starts every namespace name, so
     two labs never share a namespace."""
@@ -524,6 +535,7 @@ class Plan:
     #: grammar, see hyperplane.iam); None when the config has no [iam] section (no checks).
     iam: Optional[Dict[str, Any]] = None
     flow_logs: FlowLogsPlan = dataclasses.field(default_factory=FlowLogsPlan)
+    datapath: DatapathPlan = dataclasses.field(default_factory=DatapathPlan)
 
     def namespaces(self) -> List[str]:
         """All namespace names in build order: node, fabric, internet (when there is one),
@@ -644,6 +656,7 @@ class Plan:
             lifecycle=LifecyclePlan(**d.get("lifecycle", {})),
             iam=d.get("iam"),
             flow_logs=FlowLogsPlan(**d.get("flow_logs", {})),
+            datapath=DatapathPlan(cpus=tuple(d.get("datapath", {}).get("cpus", ()))),
         )
 
 
@@ -811,7 +824,7 @@ def _range_overlap(a: IPNet, b: IPNet) -> bool:
 # ---- parsing and validation --------------------------------------------------------------------
 _TOP_LEVEL_KEYS = ["lab", "vpc", "subnets", "functions", "hosts", "security_groups",
                    "network_acls", "route_tables", "internet", "internet_hosts", "nat_gateways",
-                   "lifecycle", "iam", "flow_logs"]
+                   "lifecycle", "iam", "flow_logs", "datapath"]
 
 
 def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
@@ -832,6 +845,7 @@ def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
     ihosts = _parse_internet_hosts(_array_of_tables(doc, "internet_hosts"), internet)
     lifecycle = _parse_lifecycle(doc.get("lifecycle", {}))
     flow_logs = _parse_flow_logs(doc.get("flow_logs", {}), lab)
+    datapath = _parse_datapath(doc.get("datapath", {}))
     if not functions:
         raise LabConfigError("functions", "a lab needs at least one function; add a "
                              "[[functions]] table with name and environments (and a "
@@ -846,7 +860,7 @@ def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
                        security_groups=tuple(sgs), network_acls=tuple(nacls),
                        route_tables=tuple(tables), internet=internet,
                        internet_hosts=tuple(ihosts), nat_gateways=tuple(nats),
-                       lifecycle=lifecycle, iam=iam, flow_logs=flow_logs)
+                       lifecycle=lifecycle, iam=iam, flow_logs=flow_logs, datapath=datapath)
     _check_env_capacity(config)
     _check_internet_overlap(config)
     _allocate(config)  # raises when a subnet or the internet has too few addresses
@@ -1596,6 +1610,21 @@ def _parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
     return FlowLogsPlan(enabled=enabled, interval=interval, account_id=account)
 
 
+def _parse_datapath(t: Any) -> DatapathPlan:
+    """``[datapath]``: the CPUs the data path runs on."""
+    _expect(t, dict, "datapath", "write it as a [datapath] table")
+    _check_keys(t, "datapath", ["cpus"])
+    cpus = t.get("cpus", [])
+    _expect(cpus, list, "datapath.cpus", "write a list of CPU numbers, like cpus = [1]")
+    for i, c in enumerate(cpus):
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 4096:
+            raise LabConfigError(f"datapath.cpus[{i}]", f"{c!r}: write a CPU number from 0 "
+                                 "(see `nproc` or /proc/cpuinfo)")
+    if len(set(cpus)) != len(cpus):
+        raise LabConfigError("datapath.cpus", f"{cpus!r} names a CPU twice; list each once")
+    return DatapathPlan(cpus=tuple(cpus))
+
+
 # ---- IAM (hyperplane.iam evaluates the policies; imported only when a config has [iam]) -------
 def _parse_iam(doc: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     if "iam" not in doc:
@@ -1900,6 +1929,6 @@ def resolve(config: LabConfig, name: str) -> Plan:
                                      table=ROUTE_TABLE_BASE + i)
                       for i, t in enumerate(config.route_tables)],
         nat_gateways=nats, internet=internet, internet_hosts=ihosts, functions=functions,
-        lifecycle=config.lifecycle, flow_logs=config.flow_logs,
+        lifecycle=config.lifecycle, flow_logs=config.flow_logs, datapath=config.datapath,
         # through JSON once, so the plan equals its own round trip (tuples become lists)
         iam=json.loads(json.dumps(config.iam)) if config.iam is not None else None)

@@ -1354,3 +1354,55 @@ def test_iam_policy_error_names_the_field():
         parse(doc)
     assert info.value.field.startswith("iam.identity_policies[0].Statement[0]")
     assert "Effect" in str(info.value)
+
+
+# ---- [datapath] --------------------------------------------------------------------------------
+def test_datapath_cpus_default_is_unpinned_and_round_trips():
+    plan = lc.resolve(parse(base_doc()), "dp")
+    assert plan.datapath.cpus == ()
+    doc = base_doc()
+    doc["datapath"] = {"cpus": [1, 0]}
+    plan = lc.resolve(parse(doc), "dp")
+    assert plan.datapath.cpus == (1, 0)
+    assert lc.Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+@pytest.mark.parametrize("value, field, word", [
+    ({"cpus": "1"}, "datapath.cpus", "list"),
+    ({"cpus": [-1]}, "datapath.cpus[0]", "CPU number"),
+    ({"cpus": [0, True]}, "datapath.cpus[1]", "CPU number"),
+    ({"cpus": [1, 1]}, "datapath.cpus", "twice"),
+    ({"cpu": [1]}, "datapath.cpu", ""),
+])
+def test_datapath_bad_cpus_name_the_field(value, field, word):
+    doc = base_doc()
+    doc["datapath"] = value
+    refused(doc, field, word)
+
+
+def test_pin_cpus_refuses_a_cpu_this_process_may_not_use():
+    import os
+
+    from hyperplane import daemon
+
+    missing = max(os.sched_getaffinity(0)) + 1
+    before = os.sched_getaffinity(0)
+    with pytest.raises(LabConfigError) as e:
+        daemon.pin_cpus((missing,))
+    assert e.value.field == "datapath.cpus" and str(missing) in str(e.value)
+    assert os.sched_getaffinity(0) == before     # refused before anything changed
+    daemon.pin_cpus(())                           # empty: nothing happens
+    assert os.sched_getaffinity(0) == before
+
+
+def test_pin_cpus_pins_the_process():
+    import subprocess
+    import sys
+
+    cpu = min(__import__("os").sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c",
+                          "import os; from hyperplane import daemon; "
+                          f"daemon.pin_cpus(({cpu},)); print(sorted(os.sched_getaffinity(0)))"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"[{cpu}]"
