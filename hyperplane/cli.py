@@ -20,6 +20,7 @@
     hyperplane run CONFIG [--name NAME]          the data path in the foreground
     hyperplane walk                              packets through the engine in memory (no root)
     hyperplane engine                            which engine is in use, and why
+    hyperplane bench [--quick] [--json F] [--plot F]   hyperplane vs. the kernel's NAT (root)
 
 Exit status: 0 success; 1 the operation failed (traffic did not pass, the data path died);
 2 usage or configuration error; 3 no such lab, node or namespace; 4 not enough privilege
@@ -527,6 +528,8 @@ def cmd_run(args) -> int:
                        f"{hp.ENGINE_FALLBACK_REASON}; rebuild with `pip install -e .`")
     try:
         return daemon.run_plan(plan, args.control, restore=not args.no_restore)
+    except labconfig.LabConfigError as e:
+        raise _config_error(e) from None
     except OSError as e:
         raise CliError(f"data path: {e}") from None
 
@@ -785,6 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_walk)
     p = sub.add_parser("engine", help="print which engine is in use, and why")
     p.set_defaults(func=cmd_engine)
+    from hyperplane import bench
+    bench.register(sub)
 
     # Observability: each module adds its own commands (conntrack list|events|flush; stats,
     # metrics, top; flowlogs; capture).
