@@ -36,9 +36,11 @@ enum hp_port_kind { HP_PORT_PACKET = 1, HP_PORT_TAP = 2 };
  * first bytes with TP_STATUS_COPY set, and the whole packet is queued on the socket (a
  * reference, not a copy) in the same order, to be read with one recv() per super-packet --
  * one system call per 64 KB. The ring keeps the order of everything. */
+#ifndef HP_RING_FRAME /* -D overrides are for experiments (benchmarks/RESULTS.md) */
 #define HP_RING_FRAME 2048u
 #define HP_RING_BLOCK (256u << 10)
 #define HP_RING_BLOCKS 32
+#endif
 #define HP_RING_FPB (HP_RING_BLOCK / HP_RING_FRAME)
 #define HP_RING_FRAMES (HP_RING_FPB * HP_RING_BLOCKS)
 /* Super-packets taken off the socket queue wait in these buffers until their sends are flushed

@@ -157,6 +157,10 @@ class Settings:
         if getattr(args, "loss_tolerance", None) is not None:
             s.loss_tolerance = float(args.loss_tolerance)
         s.pin = not getattr(args, "no_pin", False)
+        if s.pin and not {CLIENT_CPU, SERVER_CPU} <= os.sched_getaffinity(0):
+            _progress(f"pinning needs CPUs {CLIENT_CPU} and {SERVER_CPU}; this process may use "
+                      f"{sorted(os.sched_getaffinity(0))}: running unpinned (as --no-pin)")
+            s.pin = False
         s.keep = bool(getattr(args, "keep", False))
         s.validate()
         return s
@@ -1021,7 +1025,7 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         if pin:
             # the same topology, with the data path kept off the sender's CPU
             os.makedirs(lab.run_dir(), mode=0o755, exist_ok=True)
-            hpath = os.path.join(lab.run_dir(), f"{names['hyperplane']}.bench.toml")
+            hpath = pinned_config_path(names["hyperplane"])
             with open(path) as src, open(hpath, "w") as dst:
                 dst.write(src.read() + f"\n[datapath]\ncpus = [{SERVER_CPU}]\n")
             cfg = labconfig.load(hpath)
@@ -1030,9 +1034,6 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
             state = cli.lab_up(hpath, names["hyperplane"], wait_active=True)
         except cli.CliError as e:
             raise BenchError(str(e)) from None
-        finally:
-            if hpath != path:   # lab up keeps its own copy (lab.toml in the lab's directory)
-                os.unlink(hpath)
         created.append(names["hyperplane"])
         modes["hyperplane"] = Mode("hyperplane", names["hyperplane"], hplan, pin)
         modes["hyperplane"].pid = state.get("pid")
@@ -1042,14 +1043,25 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         lab.sysctl(m.env.netns, "net.ipv4.ip_local_port_range", "1024 65535")
 
 
+def pinned_config_path(name: str) -> str:
+    """The hyperplane lab's config with ``[datapath] cpus`` added: it lives as long as the lab
+    (``lab list`` names it), and goes with it in :func:`teardown_labs`."""
+    from . import lab
+
+    return os.path.join(lab.run_dir(), f"{name}.bench.toml")
+
+
 def teardown_labs(names: Sequence[str]) -> List[str]:
-    """Tear the labs down (each independently); returns error messages."""
+    """Tear the labs down (each independently), with the config files this run wrote for
+    them; returns error messages."""
     from . import lab
 
     errors = []
     for name in names:
         try:
             lab.teardown(name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pinned_config_path(name))
         except Exception as e:
             errors.append(f"lab {name}: {e}")
     return errors
@@ -1135,8 +1147,10 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
                     "iperf3": "taskset -c CPU" if settings.pin and tools.get("taskset")
                     else "unpinned",
                     "hp_traffic": "--cpu CPU" if settings.pin else "--cpu -1 (unpinned)",
-                    "datapath": "unpinned (the kernel's NAT runs in softirq wherever the "
-                                "packets are)"},
+                    "datapath_cpu": SERVER_CPU if settings.pin else None,
+                    "datapath": (f"[datapath] cpus = [{SERVER_CPU}] (off the sender's CPU, "
+                                 "where the kernel's NAT runs in the sender's softirq)"
+                                 if settings.pin else "unpinned")},
         "overload_offered_pps": getattr(runner, "overload_offered", None),
         "idle_datapath_cpu_share": (max(idle) if idle else None),
         "wall_seconds": round(wall, 1)})

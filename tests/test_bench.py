@@ -252,6 +252,16 @@ def test_settings_quick_defaults_and_overrides():
         bench.Settings(conn_count=60_000).validate()
 
 
+def test_pinning_falls_back_to_unpinned_without_cpus_0_and_1(monkeypatch, capsys):
+    ns = types.SimpleNamespace(quick=True, tests="conn", seconds=None, repeats=None,
+                               loss_tolerance=None, no_pin=False, keep=False)
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert bench.Settings.from_args(ns).pin is True
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0})
+    assert bench.Settings.from_args(ns).pin is False
+    assert "running unpinned" in capsys.readouterr().err
+
+
 # ---- the report ------------------------------------------------------------------------------
 MACHINE = {"cpu": "Test CPU", "nproc": 2, "kernel": "6.1", "python": "3.11",
            "hyperplane": "0.1.0", "engine": "compiled", "hostname": "h", "date": "2026-01-01"}
@@ -354,6 +364,7 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
             (m, t) for m in bench.MODES for t in tests + ["udp64-overload"]}
         assert doc["settings"]["repeats"] == 1 and doc["settings"]["quick"] is True
         assert doc["pinning"]["client_cpu"] == 0 and doc["pinning"]["server_cpu"] == 1
+        assert doc["pinning"]["datapath_cpu"] == 1
         assert "ratio h/k" in out and "udp64-overload" in out
         assert ppath.read_bytes()[:8] == PNG_MAGIC
     finally:
@@ -374,6 +385,7 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
     assert not (macs & root), f"links of the bench labs in the root namespace: {macs & root}"
     assert not (run_dir / names["hyperplane"]).exists()
     assert not (run_dir / names["kernel"]).exists()
+    assert not (run_dir / f"{names['hyperplane']}.bench.toml").exists()   # the pinned config
 
 
 @pytest.mark.skipif(_problem is not None, reason=f"bench interrupt: {_problem}")
