@@ -787,8 +787,9 @@ static void flush_all(hp_dp *dp)
             hp_io_flush(&dp->links[i]->port);
 }
 
-/* Take what one link has received: whole ring blocks, or a batch of TAP reads. Sends are
- * flushed before a block goes back to the kernel, since their iovecs point into it. */
+/* Take what one link has received: rounds of ring frames (and the super-packets they stand
+ * for), or a batch of TAP reads. Sends are flushed before frames and buffers are reused, since
+ * their iovecs point into them. */
 static void service(hp_dp *dp, hp_link *l, double now)
 {
     if (l->port.kind == HP_PORT_PACKET) {

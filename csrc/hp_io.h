@@ -1,9 +1,10 @@
-/* hp_io.h - packet I/O on one link: an AF_PACKET socket with a TPACKET_V3 receive ring on a
- * veth, or the file descriptor of a TAP device. Every packet carries a virtio-net header both
- * ways (PACKET_VNET_HDR / IFF_VNET_HDR), so 64 KB TSO super-packets and CHECKSUM_PARTIAL
- * packets pass whole: received with their gso_type/gso_size/csum_start/csum_offset, rewritten
- * once, sent on with the same header. See shared/PACKET_IO.md for the measurements behind each
- * choice (ring block size, IGNORE_OUTGOING, why not recvmmsg or AF_XDP).
+/* hp_io.h - packet I/O on one link: an AF_PACKET socket with a TPACKET_V2 receive ring (and
+ * its socket queue for super-packets) on a veth, or the file descriptor of a TAP device. Every
+ * packet carries a virtio-net header both ways (PACKET_VNET_HDR / IFF_VNET_HDR), so 64 KB TSO
+ * super-packets and CHECKSUM_PARTIAL packets pass whole: received with their gso_type/gso_size/
+ * csum_start/csum_offset, rewritten once, sent on with the same header. See shared/PACKET_IO.md
+ * for the measurements behind each choice (IGNORE_OUTGOING, why not recvmmsg or AF_XDP) and
+ * below for why this ring is V2 where PACKET_IO.md's throwaway forwarder used V3.
  */
 #ifndef HP_IO_H
 #define HP_IO_H
