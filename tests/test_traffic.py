@@ -7,6 +7,7 @@ printed by the tool, never compared with a threshold here.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -104,6 +105,60 @@ def test_udp_flows_use_distinct_source_ports_and_all_arrive(topo):
         got = sink.result(timeout=30)
     assert sent["sent"] == 1000 and sent["flows"] == 4
     assert got["packets"] == 1000 and got["bytes"] == 64000
+
+
+@needs_netns
+def test_one_dst_port_is_the_default_and_counts_exactly(topo):
+    dst = ADDR[4][1]
+    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=9004, seconds=20)) as sink:
+        sent = tr.run(_in(topo.a, "udp-send", dst=dst, port=9004, rate=4000, seconds=0.25,
+                          dst_ports=1), timeout=30)
+        got = sink.result(timeout=30)
+    assert sent["sent"] == 1000 and sent["errors"] == 0 and sent["dst_ports"] == 1
+    assert got["packets"] == 1000 and got["bytes"] == 64000
+
+
+@needs_netns
+@FAMILIES
+def test_dst_ports_spread_packets_over_consecutive_ports(topo, family):
+    """--dst-ports 8: packet i goes to port + i % 8, so each of 8 sinks bound on the 8 ports
+    gets exactly its eighth (a sink that got everything, or nothing, would fail)."""
+    dst, base, n = ADDR[family][1], 9500, 8
+    with contextlib.ExitStack() as stack:
+        sinks = [stack.enter_context(tr.Server(_in(topo.b, "udp-sink", bind=dst, port=base + i,
+                                                   seconds=20, idle_ms=1000)))
+                 for i in range(n)]
+        sent = tr.run(_in(topo.a, "udp-send", dst=dst, port=base, rate=8000, seconds=0.5,
+                          dst_ports=n), timeout=30)
+        got = [s.result(timeout=30) for s in sinks]
+    assert sent["sent"] == 4000 and sent["errors"] == 0 and sent["dst_ports"] == n
+    assert [g["packets"] for g in got] == [500] * n
+    assert [g["bytes"] for g in got] == [500 * 64] * n
+
+
+@needs_netns
+def test_dst_ports_to_closed_ports_count_no_errors(topo):
+    """With several destination ports the socket is unconnected, so the ICMP port unreachable
+    replies fail no send (a connected socket's next send gets ECONNREFUSED: see
+    test_send_errors_are_counted_not_fatal): every datagram counts as sent."""
+    res = tr.run(_in(topo.a, "udp-send", dst=ADDR[4][1], port=9600, rate=2000, seconds=0.5,
+                     dst_ports=100), timeout=30)
+    assert res["sent"] == 1000 and res["errors"] == 0 and res["dst_ports"] == 100
+
+
+@needs_netns
+@FAMILIES
+def test_src_port_binds_the_source_port(topo, family):
+    dst = ADDR[family][1]
+    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=9005, seconds=20)) as sink:
+        first = tr.run(_in(topo.a, "udp-send", dst=dst, port=9005, rate=2000, seconds=0.1,
+                           src_port=40123), timeout=30)
+        again = tr.run(_in(topo.a, "udp-send", dst=dst, port=9005, rate=2000, seconds=0.1,
+                           src_port=40123, dst_ports=3), timeout=30)   # the port is free again
+        got = sink.result(timeout=30)
+    assert first["src_port"] == 40123 and again["src_port"] == 40123
+    assert first["sent"] == 200 and again["sent"] == 200
+    assert got["packets"] == 200 + 67      # packets 0, 3, ..., 198 of the second run
 
 
 @needs_netns
@@ -216,6 +271,14 @@ def test_server_is_gone_after_the_with_block(topo):
       "--size", "0"], "--size"),
     (["udp-send", "--dst", "2001:2::1", "--port", "9", "--rate", "1", "--seconds", "1",
       "--size", "1453"], "--size"),                 # 1452 is the IPv6 maximum
+    (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "1", "--seconds", "1",
+      "--dst-ports", "0"], "--dst-ports"),
+    (["udp-send", "--dst", "198.18.200.2", "--port", "65000", "--rate", "1", "--seconds", "1",
+      "--dst-ports", "1000"], "--dst-ports"),       # 65000 + 999 is past 65535
+    (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "1", "--seconds", "1",
+      "--src-port", "70000"], "--src-port"),
+    (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "1", "--seconds", "1",
+      "--src-port", "65535", "--flows", "2"], "--src-port"),
     (["udp-sink", "--bind", "localhost", "--port", "9"], "--bind"),   # numeric only
     (["conn-rate", "--dst", "198.18.200.2", "--port", "9", "--count", "10", "--bogus", "1"],
      "--bogus"),

@@ -7,6 +7,7 @@
  *
  *   hp-traffic udp-sink   --bind ADDR --port P [--seconds 30] [--idle-ms 500]
  *   hp-traffic udp-send   --dst ADDR --port P --rate PPS --seconds S [--size 64] [--flows 1]
+ *                         [--dst-ports 1] [--src-port 0]
  *   hp-traffic tcp-server --bind ADDR --port P [--backlog 4096]
  *   hp-traffic conn-rate  --dst ADDR --port P --count N [--concurrency 64] [--seconds 30]
  *   hp-traffic rr         --dst ADDR --port P [--count 10000] [--size 64] [--warmup 100]
@@ -378,7 +379,7 @@ static int cmd_udp_sink(int argc, char **argv)
 static int cmd_udp_send(int argc, char **argv)
 {
     static const char *const allowed[] = {"dst", "port", "rate", "seconds", "size", "flows",
-                                          "cpu", NULL};
+                                          "dst-ports", "src-port", "cpu", NULL};
     struct opts o = {allowed, {0}};
     parse_opts(&o, argc, argv);
     int port = (int)opt_int(&o, "port", 1, 65535, NULL);
@@ -389,6 +390,18 @@ static int cmd_udp_send(int argc, char **argv)
     int max_size = a.family == AF_INET6 ? 1452 : 1472;
     int size = (int)opt_int(&o, "size", 1, max_size, "64");
     int nflows = (int)opt_int(&o, "flows", 1, 4096, "1");
+    /* --dst-ports N: packet i goes to port + i % N, so one run creates N distinct flows per
+     * source socket (how `benchmarks/e2e_scaling.py` fills a NAT's table) */
+    int ndports = (int)opt_int(&o, "dst-ports", 1, 65535, "1");
+    if (port + ndports - 1 > 65535)
+        usage_error("option --dst-ports: %d ports from --port %d end past 65535; use at most %d",
+                    ndports, port, 65536 - port);
+    /* --src-port P: flow f sends from port P + f (0: the kernel picks), so a second run with
+     * the same options refreshes the same flows instead of creating new ones */
+    int src_port = (int)opt_int(&o, "src-port", 0, 65535, "0");
+    if (src_port && src_port + nflows - 1 > 65535)
+        usage_error("option --src-port: %d flows from port %d end past 65535; use at most %d",
+                    nflows, src_port, 65536 - nflows);
     apply_cpu(&o);
     install_signals(0);
     raise_nofile();
@@ -397,14 +410,27 @@ static int cmd_udp_send(int argc, char **argv)
     int *fds = calloc((size_t)nflows, sizeof *fds);
     if (!fds)
         sys_error("calloc");
-    for (int f = 0; f < nflows; f++) { /* connected: each has its own source port */
+    for (int f = 0; f < nflows; f++) { /* each has its own source port */
         fds[f] = socket(a.family, SOCK_DGRAM, 0);
         if (fds[f] < 0)
             sys_error("socket (flow %d)", f);
         int sndbuf = 4 << 20;
         if (setsockopt(fds[f], SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) < 0)
             setsockopt(fds[f], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-        if (connect(fds[f], (struct sockaddr *)&a.ss, a.len) < 0)
+        if (src_port) {
+            struct sockaddr_storage la;
+            memset(&la, 0, sizeof la);
+            la.ss_family = (sa_family_t)a.family;
+            if (a.family == AF_INET6)
+                ((struct sockaddr_in6 *)&la)->sin6_port = htons((uint16_t)(src_port + f));
+            else
+                ((struct sockaddr_in *)&la)->sin_port = htons((uint16_t)(src_port + f));
+            if (bind(fds[f], (struct sockaddr *)&la, a.len) < 0)
+                sys_error("bind --src-port %d (flow %d)", src_port + f, f);
+        }
+        /* one destination port: connected (an ICMP error fails the next send, counted);
+         * several: unconnected, each message names its destination (msg_name) */
+        if (ndports == 1 && connect(fds[f], (struct sockaddr *)&a.ss, a.len) < 0)
             sys_error("connect --dst %s --port %d", opt_str(&o, "dst", NULL), port);
     }
     char *payload = malloc((size_t)size);
@@ -414,10 +440,16 @@ static int cmd_udp_send(int argc, char **argv)
         payload[i] = (char)('a' + i % 26);
     struct iovec iov = {payload, (size_t)size};
     struct mmsghdr msgs[TX_BATCH];
+    struct sockaddr_storage names[TX_BATCH]; /* --dst-ports > 1: each message's destination */
     memset(msgs, 0, sizeof msgs);
     for (int i = 0; i < TX_BATCH; i++) {
         msgs[i].msg_hdr.msg_iov = &iov;
         msgs[i].msg_hdr.msg_iovlen = 1;
+        if (ndports > 1) {
+            names[i] = a.ss;
+            msgs[i].msg_hdr.msg_name = &names[i];
+            msgs[i].msg_hdr.msg_namelen = a.len;
+        }
     }
 
     /* Paced: packet i is due at start + i/rate (an absolute schedule, so waking late never
@@ -462,6 +494,18 @@ static int cmd_udp_send(int argc, char **argv)
             }
             want = due - pos > TX_BATCH ? TX_BATCH : (int)(due - pos);
         }
+        if (ndports > 1) { /* packet pos + i goes to port + (pos + i) % ndports */
+            int d = (int)(pos % ndports);
+            for (int i = 0; i < want; i++) {
+                uint16_t p = htons((uint16_t)(port + d));
+                if (a.family == AF_INET6)
+                    ((struct sockaddr_in6 *)&names[i])->sin6_port = p;
+                else
+                    ((struct sockaddr_in *)&names[i])->sin_port = p;
+                if (++d == ndports)
+                    d = 0;
+            }
+        }
         int n = sendmmsg(fds[flow], msgs, (unsigned)want, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
@@ -479,9 +523,16 @@ static int cmd_udp_send(int argc, char **argv)
             flow = 0;
     }
     double secs = (double)(now_ns() - start) * 1e-9;
+    struct sockaddr_storage la; /* the first flow's source port, as bound (0: never sent) */
+    socklen_t lal = sizeof la;
+    int lport = 0;
+    if (getsockname(fds[0], (struct sockaddr *)&la, &lal) == 0)
+        lport = ntohs(la.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&la)->sin6_port
+                                               : ((struct sockaddr_in *)&la)->sin_port);
     printf("{\"sent\":%lld,\"errors\":%lld,\"seconds\":%.6f,\"rate\":%.1f,\"target\":%.15g,"
-           "\"size\":%d,\"flows\":%d}\n",
-           sent, errors, secs, secs > 0 ? (double)sent / secs : 0.0, rate, size, nflows);
+           "\"size\":%d,\"flows\":%d,\"dst_ports\":%d,\"src_port\":%d}\n",
+           sent, errors, secs, secs > 0 ? (double)sent / secs : 0.0, rate, size, nflows, ndports,
+           lport);
     fflush(stdout);
     for (int f = 0; f < nflows; f++)
         close(fds[f]);
@@ -876,7 +927,9 @@ static const char usage[] =
     "usage: hp-traffic SUBCOMMAND [--option VALUE ...]\n"
     "  udp-sink   --bind ADDR --port P [--seconds 30] [--idle-ms 500]\n"
     "  udp-send   --dst ADDR --port P --rate PPS --seconds S [--size 64] [--flows 1]\n"
-    "             (--rate 0: as fast as possible)\n"
+    "             [--dst-ports 1] [--src-port 0]\n"
+    "             (--rate 0: as fast as possible; --dst-ports N: packet i goes to port\n"
+    "             P + i mod N; --src-port S: flow f sends from port S + f, 0: any)\n"
     "  tcp-server --bind ADDR --port P [--backlog 4096]\n"
     "  conn-rate  --dst ADDR --port P --count N [--concurrency 64] [--seconds 30]\n"
     "  rr         --dst ADDR --port P [--count 10000] [--size 64] [--warmup 100]\n"
