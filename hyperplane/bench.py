@@ -1021,17 +1021,17 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         modes["kernel"] = Mode("kernel", names["kernel"], kplan, pin)
         kernel_nat(kplan)
         _progress(f"building lab {names['hyperplane']} (hyperplane data path)")
-        hpath = path
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        source = path
         if pin:
             # the same topology, with the data path kept off the sender's CPU
-            os.makedirs(lab.run_dir(), mode=0o755, exist_ok=True)
-            hpath = pinned_config_path(names["hyperplane"])
-            with open(path) as src, open(hpath, "w") as dst:
-                dst.write(src.read() + f"\n[datapath]\ncpus = [{SERVER_CPU}]\n")
-            cfg = labconfig.load(hpath)
+            text += f"\n[datapath]\ncpus = [{SERVER_CPU}]\n"
+            source = f"{path} + [datapath] cpus = [{SERVER_CPU}]"
+            cfg = labconfig.loads(text, source=source)
         hplan = labconfig.resolve(cfg, names["hyperplane"])
         try:
-            state = cli.lab_up(hpath, names["hyperplane"], wait_active=True)
+            state = cli.lab_up(source, names["hyperplane"], wait_active=True, config_text=text)
         except cli.CliError as e:
             raise BenchError(str(e)) from None
         created.append(names["hyperplane"])
@@ -1043,25 +1043,14 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         lab.sysctl(m.env.netns, "net.ipv4.ip_local_port_range", "1024 65535")
 
 
-def pinned_config_path(name: str) -> str:
-    """The hyperplane lab's config with ``[datapath] cpus`` added: it lives as long as the lab
-    (``lab list`` names it), and goes with it in :func:`teardown_labs`."""
-    from . import lab
-
-    return os.path.join(lab.run_dir(), f"{name}.bench.toml")
-
-
 def teardown_labs(names: Sequence[str]) -> List[str]:
-    """Tear the labs down (each independently), with the config files this run wrote for
-    them; returns error messages."""
+    """Tear the labs down (each independently); returns error messages."""
     from . import lab
 
     errors = []
     for name in names:
         try:
             lab.teardown(name)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(pinned_config_path(name))
         except Exception as e:
             errors.append(f"lab {name}: {e}")
     return errors

@@ -120,16 +120,20 @@ def ask(name: str, cmd: str, timeout: float = 5.0) -> Dict[str, Any]:
 
 
 def lab_up(config_path: Optional[str], name: str, out=sys.stdout,
-           wait_active: bool = True) -> Dict[str, Any]:
+           wait_active: bool = True, config_text: Optional[str] = None) -> Dict[str, Any]:
     """Build the lab, start its data path in the background, wait until it answers and (with
     ``wait_active``) until no function is Pending any more: its ENIs take the lifecycle's
     creation delay to become available, as in AWS, where a new VPC function is Pending until
-    then (`aws lambda wait function-active`)."""
+    then (`aws lambda wait function-active`). ``config_text``: the config itself (a program's
+    variant of a file; ``config_path`` then only names where it came from)."""
     from hyperplane import lab, labconfig
 
     try:
         labconfig.validate_lab_name(name)
-        if config_path:
+        if config_text is not None:
+            text = config_text
+            cfg = labconfig.loads(text, source=config_path or "<text>")
+        elif config_path:
             try:
                 with open(config_path, encoding="utf-8") as f:
                     text = f.read()
@@ -144,8 +148,10 @@ def lab_up(config_path: Optional[str], name: str, out=sys.stdout,
     _need_privilege()
     try:
         # Refuses an existing lab of that name touching nothing; rolls its own failures back.
-        state = lab.build(plan, config_source=os.path.abspath(config_path) if config_path
-                          else "<embedded default>")
+        source = os.path.abspath(config_path) if config_path else "<embedded default>"
+        if config_text is not None:
+            source = config_path or "<text>"
+        state = lab.build(plan, config_source=source)
     except lab.LabError as e:
         raise CliError(str(e)) from None
     ldir = lab.lab_dir(name)
