@@ -3,6 +3,7 @@
 #include "hp_dp.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <linux/if_packet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,10 @@
 
 #define WATCH_TAG 0x80000000u
 #define HP_RING_ROUNDS 8 /* rounds of HP_TXQ frames per link per wakeup */
+#ifndef HP_SPIN_S
+#define HP_SPIN_S 30e-6     /* keep looking this long after the last packet (see spin) */
+#endif
+#define HP_SPIN_MAX_S 500e-6 /* and no longer than this before the next epoll_wait */
 
 static const struct virtio_net_hdr NO_VNET; /* all zero: complete checksums, no GSO */
 
@@ -790,8 +795,9 @@ static void flush_all(hp_dp *dp)
 /* Take what one link has received: rounds of ring frames (and the super-packets they stand
  * for), or a batch of TAP reads. Sends are flushed before frames and buffers are reused, since
  * their iovecs point into them. */
-static void service(hp_dp *dp, hp_link *l, double now)
+static uint32_t service(hp_dp *dp, hp_link *l, double now)
 {
+    uint32_t got = 0;
     if (l->port.kind == HP_PORT_PACKET) {
         /* Rounds of up to HP_TXQ frames: take them, flush what they produced (the iovecs
          * point into the frames), give them back. A bounded number of rounds per call keeps
@@ -830,6 +836,7 @@ static void service(hp_dp *dp, hp_link *l, double now)
                 flush_all(dp);
             l->port.nbig = 0;
             hp_io_ring_release(&l->port);
+            got += k;
             if (k < HP_TXQ)
                 break;
         }
@@ -847,8 +854,35 @@ static void service(hp_dp *dp, hp_link *l, double now)
             struct virtio_net_hdr vh;
             memcpy(&vh, slot, HP_VNET_LEN);
             rx_frame(dp, l, &vh, slot + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+            got++;
         }
         flush_all(dp);
+    }
+    return got;
+}
+
+/* After a pass that moved packets, look at the rings a little longer before sleeping: traffic
+ * that keeps coming is taken without a wakeup per packet (the sender's side of a wakeup is an
+ * IPI and a scheduler call, ours a context switch, at every packet of a paced stream). The
+ * look is a read of the next frame's status; between looks the CPU is offered to anything else
+ * runnable (sched_yield), so a server sharing the CPU is not held up. It ends after HP_SPIN_S
+ * without a packet, or after HP_SPIN_MAX_S in all, so the control socket, TAP links and the
+ * timers are served at that pace at the least. */
+static void spin(hp_dp *dp, double now)
+{
+    double quiet_until = now + HP_SPIN_S, stop = now + HP_SPIN_MAX_S;
+    while (now < quiet_until && now < stop && now < dp->next_tick) {
+        uint32_t got = 0;
+        for (unsigned i = 0; i < dp->n_links; i++) {
+            hp_link *l = dp->links[i];
+            if (!l->down && l->port.kind == HP_PORT_PACKET && hp_io_ring_ready(&l->port))
+                got += service(dp, l, now);
+        }
+        now = hp_dp_clock(dp);
+        if (got)
+            quiet_until = now + HP_SPIN_S;
+        else
+            sched_yield();
     }
 }
 
@@ -888,6 +922,7 @@ int hp_dp_poll(hp_dp *dp, int timeout_ms)
             return errno == EINTR ? HP_POLL_INTR : -1;
         now = hp_dp_clock(dp);
         int ready = 0;
+        uint32_t got = 0;
         for (int i = 0; i < n; i++) {
             uint32_t u = ev[i].data.u32;
             if (u & WATCH_TAG)
@@ -895,10 +930,12 @@ int hp_dp_poll(hp_dp *dp, int timeout_ms)
             else if (ev[i].events & (EPOLLERR | EPOLLHUP))
                 ready |= link_error(dp, dp->links[u]);
             else
-                service(dp, dp->links[u], now);
+                got += service(dp, dp->links[u], now);
         }
         if (ready)
             return ready;
+        if (got)
+            spin(dp, hp_dp_clock(dp));
         if (hp_dp_clock(dp) >= deadline)
             return 0;
     }

@@ -173,6 +173,13 @@ int hp_io_recv_big(hp_port *p, uint8_t **buf)
     return (int)r;
 }
 
+int hp_io_ring_ready(const hp_port *p)
+{
+    return p->rx_taken < HP_RING_FRAMES &&
+           (__atomic_load_n(&frame_at(p, p->rx_head)->tp_status, __ATOMIC_ACQUIRE) &
+            TP_STATUS_USER);
+}
+
 void hp_io_ring_release(hp_port *p)
 {
     uint32_t i = (p->rx_head + HP_RING_FRAMES - p->rx_taken) % HP_RING_FRAMES;

@@ -99,6 +99,8 @@ int hp_io_recv_big(hp_port *p, uint8_t **buf);
  * caller's until hp_io_ring_release gives back everything taken so far (after the sends that
  * point into them were flushed). */
 struct tpacket2_hdr *hp_io_ring_next(hp_port *p);
+/* Whether hp_io_ring_next would return a frame (a look, nothing taken). */
+int hp_io_ring_ready(const hp_port *p);
 void hp_io_ring_release(hp_port *p);
 
 /* Queue a frame (with its header) for sending; flushes first when the batch is full. */
