@@ -569,6 +569,8 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
                       soft_wrap=True)
     for v in doc["verdicts"]:
         value = "-" if v["value"] is None else f"{v['value']:.2f}"
+        if v["value"] is not None and not v["meets"] and value == f"{v['target']:.2f}":
+            value = f"{v['value']:.4f}"   # a miss that would print as the target itself
         word = "meets" if v["meets"] else "misses"
         console.print(escape(f"{word}: {v['name']} = {value} (target >= {v['target']:.2f})"),
                       soft_wrap=True)

@@ -302,6 +302,16 @@ def test_print_table_shows_medians_spreads_ratios_and_verdicts():
     assert "meets: TCP throughput IPv4" in text
 
 
+def test_a_miss_never_prints_as_the_target():
+    doc = fake_doc()
+    doc["verdicts"] = [{"name": "connection rate (hyperplane/kernel)", "value": 0.9981,
+                        "target": 1.0, "kind": "ratio", "meets": False}]
+    out = io.StringIO()
+    bench.print_table(doc, out)
+    assert "misses: connection rate (hyperplane/kernel) = 0.9981 (target >= 1.00)" in \
+        out.getvalue()
+
+
 def test_plot_writes_a_png(tmp_path):
     # matplotlib is in the test extras; without it this fails with the install hint
     path = tmp_path / "bench.png"
