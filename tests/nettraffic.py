@@ -42,6 +42,7 @@ __all__ = [
     "UdpEchoServer", "Datagram", "udp_roundtrip",
     "Sniffer", "Frame", "inject", "mac_of", "ifindex_of",
     "payload", "sha256", "bpf_l4",
+    "PAIR_ADDR", "PAIR_IF", "veth_pair",
 ]
 
 Addr = Tuple[str, int]
@@ -1055,3 +1056,56 @@ def csum_error_counters(netns: Optional[str]) -> dict:
         if len(parts) == 2 and parts[0] in want6:
             out[parts[0]] = int(parts[1])
     return out
+
+
+# ---- a kernel-only topology for testing tools ---------------------------------------------------
+#: ``veth_pair``'s addresses, A's then B's, per family; and its interface names (A's, B's).
+PAIR_ADDR = {4: ("198.18.200.1", "198.18.200.2"), 6: ("2001:2:0:c8::1", "2001:2:0:c8::2")}
+PAIR_IF = ("hpa0", "hpb0")
+_IFA_F_NODAD = 0x02
+
+
+def _sysctl(ns: str, key: str, value: str) -> None:
+    """Write a net sysctl of namespace ``ns`` (/proc/sys/net follows the writer's namespace)."""
+    with _netns.entered(ns):
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
+
+
+@contextlib.contextmanager
+def veth_pair(prefix: str):
+    """Two new namespaces ``prefix + "a"`` and ``prefix + "b"`` joined by one veth (``PAIR_IF``)
+    with ``PAIR_ADDR`` (IPv6 without DAD, usable at once): yields (a, b, mac_a, mac_b). Both
+    namespaces are removed on exit; one that exists already is refused, never reused."""
+    from pyroute2 import IPRoute
+    from pyroute2 import netns as pnetns
+
+    a, b = prefix + "a", prefix + "b"
+    created = []
+    try:
+        for name in (a, b):
+            assert not _netns.exists(name), f"namespace {name} already exists"
+            pnetns.create(name)
+            created.append(name)
+        for name in (a, b):  # quiet, immediately usable IPv6 on links created from now on
+            _sysctl(name, "net.ipv6.conf.default.accept_dad", "0")
+            _sysctl(name, "net.ipv6.conf.default.router_solicitations", "0")
+        macs = {}
+        with _netns.entered(a):
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=PAIR_IF[0], kind="veth",
+                         peer={"ifname": PAIR_IF[1], "net_ns_fd": b})
+        for name, ifname, side in ((a, PAIR_IF[0], 0), (b, PAIR_IF[1], 1)):
+            with _netns.entered(name):
+                with IPRoute() as ipr:
+                    ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                    idx = ipr.link_lookup(ifname=ifname)[0]
+                    ipr.addr("add", index=idx, address=PAIR_ADDR[4][side], prefixlen=24)
+                    ipr.addr("add", index=idx, address=PAIR_ADDR[6][side], prefixlen=64,
+                             flags=_IFA_F_NODAD)
+                    ipr.link("set", index=idx, state="up")
+                    macs[name] = ipr.get_links(idx)[0].get("IFLA_ADDRESS")
+        yield a, b, macs[a], macs[b]
+    finally:
+        for name in created:
+            pnetns.remove(name)

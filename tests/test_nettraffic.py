@@ -20,10 +20,9 @@ import nettraffic as nt
 PROBLEM = netns.privilege_problem()
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"network namespaces: {PROBLEM}")
 
-ADDR = {4: ("198.18.200.1", "198.18.200.2"), 6: ("2001:2:0:c8::1", "2001:2:0:c8::2")}
+ADDR = nt.PAIR_ADDR
 PREFIX = {4: 24, 6: 64}
-IF_A, IF_B = "hpa0", "hpb0"
-IFA_F_NODAD = 0x02
+IF_A, IF_B = nt.PAIR_IF
 MB = 1 << 20
 
 
@@ -34,47 +33,10 @@ class Topo(NamedTuple):
     mac_b: str
 
 
-def _sysctl(ns: str, key: str, value: str) -> None:
-    """Write a net sysctl of namespace ``ns`` (/proc/sys/net follows the writer's namespace)."""
-    with netns.entered(ns):
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-            f.write(value)
-
-
 @pytest.fixture(scope="module")
 def topo():
-    from pyroute2 import IPRoute
-    from pyroute2 import netns as pnetns
-
-    prefix = f"hpt-{secrets.token_hex(3)}-"
-    a, b = prefix + "a", prefix + "b"
-    created = []
-    try:
-        for name in (a, b):
-            assert not netns.exists(name), f"namespace {name} already exists"
-            pnetns.create(name)
-            created.append(name)
-        for name in (a, b):  # quiet, immediately usable IPv6 on links created from now on
-            _sysctl(name, "net.ipv6.conf.default.accept_dad", "0")
-            _sysctl(name, "net.ipv6.conf.default.router_solicitations", "0")
-        macs = {}
-        with netns.entered(a):
-            with IPRoute() as ipr:
-                ipr.link("add", ifname=IF_A, kind="veth", peer={"ifname": IF_B, "net_ns_fd": b})
-        for name, ifname, side in ((a, IF_A, 0), (b, IF_B, 1)):
-            with netns.entered(name):
-                with IPRoute() as ipr:
-                    ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-                    idx = ipr.link_lookup(ifname=ifname)[0]
-                    ipr.addr("add", index=idx, address=ADDR[4][side], prefixlen=24)
-                    ipr.addr("add", index=idx, address=ADDR[6][side], prefixlen=64,
-                             flags=IFA_F_NODAD)
-                    ipr.link("set", index=idx, state="up")
-                    macs[name] = ipr.get_links(idx)[0].get("IFLA_ADDRESS")
-        yield Topo(a, b, macs[a], macs[b])
-    finally:
-        for name in created:
-            pnetns.remove(name)
+    with nt.veth_pair(f"hpt-{secrets.token_hex(3)}-") as (a, b, mac_a, mac_b):
+        yield Topo(a, b, mac_a, mac_b)
 
 
 def _fd_count() -> int:

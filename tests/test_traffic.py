@@ -18,13 +18,13 @@ import pytest
 from hyperplane import netns
 from hyperplane import traffic as tr
 
+import nettraffic as nt
+
 PROBLEM = netns.privilege_problem()
 needs_netns = pytest.mark.skipif(PROBLEM is not None, reason=f"network namespaces: {PROBLEM}")
 
-ADDR = {4: ("198.18.200.1", "198.18.200.2"), 6: ("2001:2:0:c8::1", "2001:2:0:c8::2")}
+ADDR = nt.PAIR_ADDR
 NOBODY = {4: "198.18.200.3", 6: "2001:2:0:c8::3"}  # on the link, but no host answers
-IF_A, IF_B = "hpa0", "hpb0"
-IFA_F_NODAD = 0x02
 FAMILIES = pytest.mark.parametrize("family", [4, 6], ids=["v4", "v6"])
 
 
@@ -33,46 +33,12 @@ class Topo(NamedTuple):
     b: str
 
 
-def _sysctl(ns: str, key: str, value: str) -> None:
-    with netns.entered(ns):
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-            f.write(value)
-
-
 @pytest.fixture(scope="module")
 def topo():
     if PROBLEM is not None:
         pytest.skip(f"network namespaces: {PROBLEM}")
-    from pyroute2 import IPRoute
-    from pyroute2 import netns as pnetns
-
-    prefix = f"hpt-{os.getpid()}-{secrets.token_hex(2)}-"
-    a, b = prefix + "a", prefix + "b"
-    created = []
-    try:
-        for name in (a, b):
-            assert not netns.exists(name), f"namespace {name} already exists"
-            pnetns.create(name)
-            created.append(name)
-        for name in (a, b):  # immediately usable IPv6 on links created from now on
-            _sysctl(name, "net.ipv6.conf.default.accept_dad", "0")
-            _sysctl(name, "net.ipv6.conf.default.router_solicitations", "0")
-        with netns.entered(a):
-            with IPRoute() as ipr:
-                ipr.link("add", ifname=IF_A, kind="veth", peer={"ifname": IF_B, "net_ns_fd": b})
-        for name, ifname, side in ((a, IF_A, 0), (b, IF_B, 1)):
-            with netns.entered(name):
-                with IPRoute() as ipr:
-                    ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-                    idx = ipr.link_lookup(ifname=ifname)[0]
-                    ipr.addr("add", index=idx, address=ADDR[4][side], prefixlen=24)
-                    ipr.addr("add", index=idx, address=ADDR[6][side], prefixlen=64,
-                             flags=IFA_F_NODAD)
-                    ipr.link("set", index=idx, state="up")
+    with nt.veth_pair(f"hpt-{os.getpid()}-{secrets.token_hex(2)}-") as (a, b, _, _):
         yield Topo(a, b)
-    finally:
-        for name in created:
-            pnetns.remove(name)
 
 
 def _in(ns: str, sub: str, **opts) -> list:
