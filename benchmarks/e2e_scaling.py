@@ -146,23 +146,6 @@ def summarize(figures: Dict[int, Dict[str, Dict[str, List[float]]]],
     return out
 
 
-def _fmt(v: Optional[float], unit: str) -> str:
-    if v is None:
-        return "-"
-    if unit == "%":
-        return f"{v:.2f}"
-    return bench._fmt(v, unit)
-
-
-def _cell(side: Dict[str, Any], unit: str) -> str:
-    """median [min-max] (just the median for one value)."""
-    if side["median"] is None:
-        return "-"
-    if len(side["values"]) == 1:
-        return _fmt(side["median"], unit)
-    return f"{_fmt(side['median'], unit)} [{_fmt(side['min'], unit)}-{_fmt(side['max'], unit)}]"
-
-
 def print_table(doc: Dict[str, Any], out=None) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -184,7 +167,7 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
         t.add_row(escape(f"{n:,}"), "table size", "entries",
                   *(escape(_reached(tab.get(mode, {}))) for mode in bench.MODES), "", "", "")
         for metric, row in doc["summary"][str(n)].items():
-            cells = [_cell(row[mode], row["unit"]) for mode in bench.MODES]
+            cells = [bench._cell(row[mode], row["unit"]) for mode in bench.MODES]
             ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
             rel = ["-" if row[mode]["vs_first_size"] is None
                    else f"{row[mode]['vs_first_size']:.2f}" for mode in bench.MODES]

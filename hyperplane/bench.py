@@ -514,7 +514,7 @@ def report_json(settings: Settings, trials: List[Dict[str, Any]],
 def _fmt(value: Optional[float], unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "Gbit/s":
+    if unit in ("Gbit/s", "%"):
         return f"{value:.2f}"
     if unit == "us":
         return f"{value:.1f}"
