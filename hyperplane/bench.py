@@ -489,6 +489,36 @@ def machine() -> Dict[str, Any]:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+def cpu_times() -> Tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds elapsed), from /proc/stat's ``cpu``
+    line: busy = everything but idle and iowait, summed over CPUs."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])          # user nice system idle iowait irq softirq steal
+    return (total - fields[3] - fields[4]) / hz, total / hz
+
+
+def cpu_cost(trials: List[Dict[str, Any]]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per TCP test and mode, the median CPU seconds the whole machine spent per GB moved
+    (``cpu_s_per_gbyte`` of the trials), and the hyperplane/kernel ratio: what the throughput
+    ratios do not show when a mode is held back by something else than CPU."""
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for test in TESTS:
+        if not test.startswith("tcp"):
+            continue
+        row: Dict[str, Optional[float]] = {}
+        for mode in MODES:
+            vals = [t["raw"].get("cpu_s_per_gbyte") for t in trials
+                    if t["mode"] == mode and t["test"] == test]
+            row[mode] = median([v for v in vals if v is not None])
+        if row["hyperplane"] is None and row["kernel"] is None:
+            continue
+        row["ratio"] = _ratio(row["hyperplane"], row["kernel"])
+        out[test] = row
+    return out
+
+
 def report_json(settings: Settings, trials: List[Dict[str, Any]],
                 figures: Dict[str, Dict[str, List[float]]], *,
                 machine_info: Optional[Dict[str, Any]] = None,
@@ -506,6 +536,7 @@ def report_json(settings: Settings, trials: List[Dict[str, Any]],
         "ratios": {m: row["ratio"] for m, row in summary.items()},
         "overload_fraction": fractions,
         "verdicts": verdicts(summary, fractions["hyperplane"]),
+        "cpu_cost": cpu_cost(trials),
     }
     doc.update(extra or {})
     return doc
@@ -523,6 +554,10 @@ def _fmt(value: Optional[float], unit: str) -> str:
     if abs(value) >= 1e4:
         return f"{value / 1e3:.0f}k"
     return f"{value:.0f}"
+
+
+def _num(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _cell(side: Dict[str, Any], unit: str) -> str:
@@ -573,6 +608,13 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
             value = f"{v['value']:.4f}"   # a miss that would print as the target itself
         word = "meets" if v["meets"] else "misses"
         console.print(escape(f"{word}: {v['name']} = {value} (target >= {v['target']:.2f})"),
+                      soft_wrap=True)
+    cost = doc.get("cpu_cost") or {}
+    if cost:
+        console.print("CPU cost, whole machine (CPU seconds per GB moved, median; lower is "
+                      "better): " + "; ".join(
+                          f"{test} {_num(r['hyperplane'])} vs {_num(r['kernel'])} "
+                          f"(x{_num(r['ratio'])})" for test, r in cost.items()),
                       soft_wrap=True)
 
 
@@ -735,8 +777,10 @@ def _iperf3(mode: Mode, family: int, streams: int, seconds: float, port: int,
                             "-t", f"{seconds:g}", "-P", str(streams), "-J",
                             "--connect-timeout", "3000"])
         try:
+            before = cpu_times()
             proc = subprocess.run(argv, capture_output=True, text=True,
                                   timeout=seconds + timeout_extra)
+            after = cpu_times()
         except subprocess.TimeoutExpired:
             raise BenchError(f"iperf3 -c {addr} did not finish within "
                              f"{seconds + timeout_extra:.0f} s") from None
@@ -750,8 +794,13 @@ def _iperf3(mode: Mode, family: int, streams: int, seconds: float, port: int,
                              f"{why}")
         rx = doc["end"]["sum_received"]
         tx = doc["end"].get("sum_sent", {})
+        busy, wall = after[0] - before[0], after[1] - before[1]
         return {"gbps": rx["bits_per_second"] / 1e9, "bytes": rx.get("bytes"),
-                "seconds": rx.get("seconds"), "retransmits": tx.get("retransmits")}
+                "seconds": rx.get("seconds"), "retransmits": tx.get("retransmits"),
+                # the whole machine's CPU time over the client's run (both endpoints and the
+                # NAT, which is the point: what a byte costs end to end, in either mode)
+                "cpu_busy": busy / wall if wall > 0 else None,
+                "cpu_s_per_gbyte": busy / (rx["bytes"] / 1e9) if rx.get("bytes") else None}
     finally:
         _stop(server)
 

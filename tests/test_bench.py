@@ -302,6 +302,33 @@ def test_print_table_shows_medians_spreads_ratios_and_verdicts():
     assert "meets: TCP throughput IPv4" in text
 
 
+def test_cpu_cost_is_the_median_cpu_seconds_per_gbyte_per_mode():
+    trials = [{"mode": m, "test": "tcp4-4", "repeat": i,
+               "figures": {"tcp4-4": 10.0}, "raw": {"cpu_s_per_gbyte": v}}
+              for m, vals in (("hyperplane", [0.20, 0.10, 0.12]), ("kernel", [0.05, 0.06, 0.07]))
+              for i, v in enumerate(vals)]
+    trials.append({"mode": "kernel", "test": "udp64", "repeat": 0, "figures": {}, "raw": {}})
+    cost = bench.cpu_cost(trials)
+    assert list(cost) == ["tcp4-4"]                    # TCP tests with figures only
+    assert cost["tcp4-4"]["hyperplane"] == pytest.approx(0.12)
+    assert cost["tcp4-4"]["kernel"] == pytest.approx(0.06)
+    assert cost["tcp4-4"]["ratio"] == pytest.approx(2.0)
+    doc = fake_doc()
+    doc["cpu_cost"] = cost
+    out = io.StringIO()
+    bench.print_table(doc, out)
+    assert "tcp4-4 0.12 vs 0.06 (x2.00)" in out.getvalue()
+
+
+def test_cpu_times_counts_busy_time():
+    busy0, total0 = bench.cpu_times()
+    deadline = time.monotonic() + 0.2
+    while time.monotonic() < deadline:   # keep one CPU busy for a moment
+        pass
+    busy1, total1 = bench.cpu_times()
+    assert 0 < busy1 - busy0 <= total1 - total0
+
+
 def test_a_miss_never_prints_as_the_target():
     doc = fake_doc()
     doc["verdicts"] = [{"name": "connection rate (hyperplane/kernel)", "value": 0.9981,
@@ -375,6 +402,8 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
         assert doc["settings"]["repeats"] == 1 and doc["settings"]["quick"] is True
         assert doc["pinning"]["client_cpu"] == 0 and doc["pinning"]["server_cpu"] == 1
         assert doc["pinning"]["datapath_cpu"] == 1
+        for test in ("tcp4-1", "tcp6-1"):   # the whole machine's CPU per GB, both modes
+            assert doc["cpu_cost"][test]["hyperplane"] > 0 and doc["cpu_cost"][test]["kernel"] > 0
         assert "ratio h/k" in out and "udp64-overload" in out
         assert ppath.read_bytes()[:8] == PNG_MAGIC
     finally:
