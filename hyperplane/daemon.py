@@ -1066,10 +1066,14 @@ def default_state_file(name: str) -> Optional[str]:
 
 def plan_hash(plan) -> str:
     """SHA-256 of the plan (its JSON, keys sorted): a state file is restored only into the
-    data path of the very plan that saved it."""
+    data path of the very plan that saved it. ``[datapath]`` (which CPUs the process runs on)
+    is left out: it changes nothing in the tables, so moving the data path to another CPU
+    keeps its connections, and a file saved before the section existed still matches."""
     import hashlib
 
-    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+    d = plan.to_dict()
+    d.pop("datapath", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 def boot_id() -> str:

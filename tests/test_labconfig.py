@@ -1406,3 +1406,16 @@ def test_pin_cpus_pins_the_process():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"[{cpu}]"
+
+
+def test_datapath_cpus_do_not_change_the_plan_hash_of_a_saved_state():
+    from hyperplane import daemon
+
+    doc = base_doc()
+    plain = lc.resolve(parse(doc), "dp")
+    doc["datapath"] = {"cpus": [0]}
+    pinned = lc.resolve(parse(doc), "dp")
+    assert plain != pinned
+    assert daemon.plan_hash(plain) == daemon.plan_hash(pinned)   # restore across a CPU move
+    doc["flow_logs"] = {"enabled": False}
+    assert daemon.plan_hash(lc.resolve(parse(doc), "dp")) != daemon.plan_hash(plain)
