@@ -43,3 +43,14 @@ def make_engine(engine_cls):
         return engine_cls(make_config(**overrides), clock=clock)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory of the test module's own (``HYPERPLANE_RUN_DIR``, inherited by the
+    subprocesses a lab starts), for the lab tests: every lab and its state live under it. A
+    module with other needs (a function-scoped one, a root-only one) defines its own."""
+    d = tmp_path_factory.mktemp("labs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYPERPLANE_RUN_DIR", str(d))
+        yield d

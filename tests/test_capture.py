@@ -82,14 +82,6 @@ def test_pcap_roundtrip_and_pairing(tmp_path):
 
 # ---- the lab ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("labs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERPLANE_RUN_DIR", str(d))
-        yield d
-
-
-@pytest.fixture(scope="module")
 def clab(run_dir):
     assert capture.shutil.which("tcpdump"), "tcpdump is not installed (.ci/run installs it)"
     with running_lab() as lab:

@@ -326,14 +326,6 @@ def tup(src, sport, dst, dport, **counters) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("labs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERPLANE_RUN_DIR", str(d))
-        yield d
-
-
-@pytest.fixture(scope="module")
 def ctlab(run_dir):
     assert hp.ENGINE == "compiled", \
         f"the data path needs the compiled engine: {hp.ENGINE_FALLBACK_REASON}"

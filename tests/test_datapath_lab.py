@@ -43,8 +43,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
 
 _problem = netns.privilege_problem()
-pytestmark = pytest.mark.skipif(_problem is not None,
-                                reason=f"data-path lab tests: {_problem}")
+pytestmark = [pytest.mark.skipif(_problem is not None,
+                                 reason=f"data-path lab tests: {_problem}"),
+              pytest.mark.usefixtures("run_dir")]   # every lab of this module lives under it
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB10 = 10_000_000
@@ -183,15 +184,6 @@ def scapy_l3(family: int, src: str, dst: str):
 
 
 # ---- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def run_dir(tmp_path_factory):
-    """Every lab of this module lives under its own run dir (inherited by subprocesses)."""
-    d = tmp_path_factory.mktemp("labs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERPLANE_RUN_DIR", str(d))
-        yield d
-
-
 @pytest.fixture(scope="module")
 def dlab(run_dir) -> Iterator[Lab]:
     """The module's default lab (one for most tests)."""

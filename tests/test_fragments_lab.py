@@ -51,14 +51,6 @@ MTU = 1500
 
 # ---- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fraglabs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERPLANE_RUN_DIR", str(d))
-        yield d
-
-
-@pytest.fixture(scope="module")
 def flab(run_dir) -> Iterator[Lab]:
     assert hp.ENGINE == "compiled", \
         f"the data path needs the compiled engine: {hp.ENGINE_FALLBACK_REASON}"

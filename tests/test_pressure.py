@@ -143,14 +143,6 @@ def running_lab(config_text: Optional[str] = None, tmp=None) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("labs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERPLANE_RUN_DIR", str(d))
-        yield d
-
-
-@pytest.fixture(scope="module")
 def dlab(run_dir) -> Iterator[Lab]:
     """The embedded default lab: fn-a-0 (TAP), fn-b-0 (veth), one ENI 198.18.1.4 /
     2001:2:0:1::4, a server 198.18.1.5 / 2001:2:0:1::5."""

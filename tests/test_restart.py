@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import types
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
 
@@ -242,14 +242,6 @@ def test_another_boot_keeps_the_ages():
 
 
 # ---- lab: a live stream across `hyperplane lab restart` -----------------------------------------
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Iterator[str]:
-    d = tmp_path_factory.mktemp("labs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERPLANE_RUN_DIR", str(d))
-        yield str(d)
-
-
 @pytest.fixture(scope="module")
 def rlab(run_dir):
     if _problem is not None:

@@ -373,14 +373,6 @@ from test_datapath_lab import wait_until  # noqa: E402  (the lab kit's poller)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("labs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HYPERPLANE_RUN_DIR", str(d))
-        yield d
-
-
-@pytest.fixture(scope="module")
 def slab(run_dir) -> Iterator[dict]:
     """The embedded default lab with known traffic through it: returns the lab name, plan,
     the flow's tuple, and `stats --json` before and after."""
