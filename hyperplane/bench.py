@@ -282,10 +282,9 @@ def kernel_nat(plan: Plan) -> Dict[str, Any]:
 
     kp = kernel_plan(plan)
     ns = kp["namespace"]
+    for key, value in kp["sysctls"]:
+        lab.sysctl(ns, key, value)
     with netns.entered(ns):
-        for key, value in kp["sysctls"]:
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                f.write(str(value))
         ipr = IPRoute()   # bound to the namespace it was opened in
     try:
         for ifname, cidr in kp["addresses"]:
@@ -301,22 +300,11 @@ def kernel_nat(plan: Plan) -> Dict[str, Any]:
                       **({"family": socket.AF_INET6} if ":" in dst else {}))
     finally:
         ipr.close()
-    _nft(ns, ["-f", "-"], kp["nft"])
+    try:
+        lab.nft(ns, ["-f", "-"], kp["nft"])
+    except lab.LabError as e:
+        raise BenchError(f"kernel mode: {e}") from None
     return kp
-
-
-def _nft(ns: str, args: List[str], stdin: Optional[str] = None) -> str:
-    from . import netns
-
-    exe = shutil.which("nft")
-    if exe is None:
-        raise BenchError("kernel mode needs the nft command; apt-get install nftables")
-    with netns.entered(ns):   # the child starts in this thread's namespace
-        proc = subprocess.run([exe, *args], input=stdin, capture_output=True, text=True,
-                              timeout=30)
-    if proc.returncode != 0:
-        raise BenchError(f"`nft {' '.join(args)}` in {ns} failed: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 # ---- pure logic: loss, the loss-free search, medians, ratios, verdicts ------------------------
@@ -695,20 +683,6 @@ def _listening(ns: str, port: int, proto: str = "tcp") -> bool:
     return False
 
 
-def _stop(proc: Optional[subprocess.Popen], timeout: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL, a process this run started (by its Popen, i.e. its pid)."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
-
-
 class Mode:
     """One of the two labs, and how to run the tests' commands in it."""
 
@@ -802,7 +776,9 @@ def _iperf3(mode: Mode, family: int, streams: int, seconds: float, port: int,
                 "cpu_busy": busy / wall if wall > 0 else None,
                 "cpu_s_per_gbyte": busy / (rx["bytes"] / 1e9) if rx.get("bytes") else None}
     finally:
-        _stop(server)
+        from . import cli
+
+        cli._stop_child(server, timeout=3.0)
 
 
 class Runner:

@@ -286,15 +286,17 @@ def wait_ready(name: str, proc: subprocess.Popen) -> None:
             time.sleep(0.05)
 
 
-def _stop_child(proc: subprocess.Popen) -> None:
-    """Stop a data path this process started (SIGTERM, then SIGKILL) and reap it."""
+def _stop_child(proc: subprocess.Popen, timeout: Optional[float] = None) -> None:
+    """Stop a process this process started -- a data path, a bench's iperf3 server -- by its
+    Popen (SIGTERM, then SIGKILL after ``timeout`` s, default the lab's STOP_TIMEOUT) and
+    reap it."""
     from hyperplane import lab
 
     if proc.poll() is not None:
         return
     try:
         proc.terminate()
-        proc.wait(timeout=lab.STOP_TIMEOUT)
+        proc.wait(timeout=lab.STOP_TIMEOUT if timeout is None else timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

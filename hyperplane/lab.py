@@ -650,12 +650,13 @@ def nacl_ruleset(plan: Plan) -> Dict[str, Any]:
     return {"nftables": cmds}
 
 
-def _nft(ns: str, args: List[str], stdin: Optional[str] = None) -> str:
+def nft(ns: str, args: List[str], stdin: Optional[str] = None) -> str:
     """Run ``nft ARGS`` in namespace ``ns``: the child is forked by a thread that is inside
-    ``ns``, and a child starts in its parent thread's namespace."""
+    ``ns``, and a child starts in its parent thread's namespace (network ACLs; the kernel mode
+    of ``hyperplane bench``)."""
     exe = shutil.which("nft")
     if exe is None:
-        raise LabError("network ACLs need the nft command from nftables; install it "
+        raise LabError("this needs the nft command from nftables; install it "
                        "(Debian/Ubuntu: apt-get install nftables)")
     with netns.entered(ns):
         proc = subprocess.run([exe, *args], input=stdin, capture_output=True, text=True,
@@ -668,7 +669,7 @@ def _nft(ns: str, args: List[str], stdin: Optional[str] = None) -> str:
 def apply_nacls(plan: Plan) -> None:
     """Load :func:`nacl_ruleset` into the fabric in one transaction. Safe to call again on a
     running lab (new rules replace the old ones atomically; every counter starts at zero)."""
-    _nft(plan.fabric_ns, ["-j", "-f", "-"], json.dumps(nacl_ruleset(plan)))
+    nft(plan.fabric_ns, ["-j", "-f", "-"], json.dumps(nacl_ruleset(plan)))
 
 
 def nacl_counters(plan: Plan) -> List[Dict[str, Any]]:
@@ -678,7 +679,7 @@ def nacl_counters(plan: Plan) -> List[Dict[str, Any]]:
     IP packet lengths (the forward hook sees no Ethernet header). Empty when there is no ACL."""
     if not plan.nacls:
         return []
-    doc = json.loads(_nft(plan.fabric_ns, ["-j", "list", "counters", "table", "inet",
+    doc = json.loads(nft(plan.fabric_ns, ["-j", "list", "counters", "table", "inet",
                                           NFT_TABLE]))
     found = {c["counter"]["name"]: c["counter"] for c in doc.get("nftables", [])
              if "counter" in c}
