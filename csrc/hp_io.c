@@ -147,13 +147,19 @@ static struct tpacket2_hdr *frame_at(const hp_port *p, uint32_t i)
                                    (size_t)(i % HP_RING_FPB) * HP_RING_FRAME);
 }
 
+int hp_io_ring_ready(const hp_port *p)
+{
+    /* not a whole lap taken and not given back yet, and the kernel has filled the next one */
+    return p->rx_taken < HP_RING_FRAMES &&
+           (__atomic_load_n(&frame_at(p, p->rx_head)->tp_status, __ATOMIC_ACQUIRE) &
+            TP_STATUS_USER);
+}
+
 struct tpacket2_hdr *hp_io_ring_next(hp_port *p)
 {
-    if (p->rx_taken == HP_RING_FRAMES) /* a whole lap taken and not given back yet */
+    if (!hp_io_ring_ready(p))
         return NULL;
     struct tpacket2_hdr *h = frame_at(p, p->rx_head);
-    if (!(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
-        return NULL;
     p->rx_head = p->rx_head + 1 == HP_RING_FRAMES ? 0 : p->rx_head + 1;
     p->rx_taken++;
     return h;
@@ -171,13 +177,6 @@ int hp_io_recv_big(hp_port *p, uint8_t **buf)
     p->nbig++;
     *buf = b;
     return (int)r;
-}
-
-int hp_io_ring_ready(const hp_port *p)
-{
-    return p->rx_taken < HP_RING_FRAMES &&
-           (__atomic_load_n(&frame_at(p, p->rx_head)->tp_status, __ATOMIC_ACQUIRE) &
-            TP_STATUS_USER);
 }
 
 void hp_io_ring_release(hp_port *p)
