@@ -41,6 +41,35 @@ class TrafficError(RuntimeError):
 
 
 # ---- building -----------------------------------------------------------------------------------
+#: hp-traffic's cache under the run directory. A lab's directory is ``run_dir()/NAME`` and a lab
+#: name starts with a letter or digit, so a dot-name can never be a lab's (``tools`` was).
+CACHE = ".tools"
+#: Binaries of other sources or flags older than this are removed when a new one is built.
+PRUNE_AFTER_S = 24 * 3600
+
+
+def _tidy(cache: str, keep: str) -> None:
+    """Remove hp-traffic binaries of other builds that nobody has used for a day, and the cache
+    directory of earlier versions (``run_dir()/tools``) when it holds nothing but those, so a
+    lab may be named ``tools``. Never fails the build: this is housekeeping."""
+    now = time.time()
+    try:
+        for name in os.listdir(cache):
+            path = os.path.join(cache, name)
+            if (name.startswith("hp-traffic-") and path != keep
+                    and now - os.stat(path).st_mtime > PRUNE_AFTER_S):
+                os.unlink(path)
+    except OSError:
+        pass
+    legacy = os.path.join(os.path.dirname(cache), "tools")
+    try:
+        names = os.listdir(legacy)
+        if all(n.startswith(("hp-traffic-", ".hp-traffic-")) for n in names):
+            shutil.rmtree(legacy)
+    except OSError:
+        pass
+
+
 def tool_path() -> str:
     """The path of a compiled hp-traffic, building it if this source and these flags have not
     been built yet. Built into a temporary name and renamed into place, so concurrent callers
@@ -48,7 +77,7 @@ def tool_path() -> str:
     cc = os.environ.get("CC") or "cc"
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join([cc] + CFLAGS).encode()).hexdigest()[:12]
-    cache = os.path.join(lab.run_dir(), "tools")
+    cache = os.path.join(lab.run_dir(), CACHE)
     path = os.path.join(cache, f"hp-traffic-{digest}")
     if os.access(path, os.X_OK):
         return path
@@ -72,6 +101,7 @@ def tool_path() -> str:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _tidy(cache, path)
     return path
 
 

@@ -424,7 +424,7 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
     assert not (macs & root), f"links of the bench labs in the root namespace: {macs & root}"
     assert not (run_dir / names["hyperplane"]).exists()
     assert not (run_dir / names["kernel"]).exists()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["tools"]   # hp-traffic's cache only
+    assert sorted(p.name for p in run_dir.iterdir()) == [".tools"]  # hp-traffic's cache only
 
 
 @pytest.mark.skipif(_problem is not None, reason=f"bench interrupt: {_problem}")

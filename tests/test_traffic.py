@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import subprocess
+import time
 from typing import NamedTuple
 
 import pytest
@@ -287,12 +288,43 @@ def test_tool_is_built_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path))
     monkeypatch.delenv("CC", raising=False)
     first = tr.tool_path()
-    assert os.path.dirname(first) == str(tmp_path / "tools")
+    assert os.path.dirname(first) == str(tmp_path / ".tools")
     assert os.path.basename(first).startswith("hp-traffic-")
     mtime = os.stat(first).st_mtime_ns
     assert tr.tool_path() == first
     assert os.stat(first).st_mtime_ns == mtime      # reused, not rebuilt
-    assert sorted(os.listdir(tmp_path / "tools")) == [os.path.basename(first)]  # no temp left
+    assert sorted(os.listdir(tmp_path / ".tools")) == [os.path.basename(first)]  # no temp left
+
+
+def test_the_cache_is_no_lab_name_and_old_builds_are_tidied(tmp_path, monkeypatch):
+    from hyperplane.labconfig import LabConfigError, validate_lab_name
+
+    with pytest.raises(LabConfigError):             # no lab can ever own the cache's directory
+        validate_lab_name(tr.CACHE)
+    monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    legacy = tmp_path / "tools"                     # the cache of earlier versions
+    legacy.mkdir()
+    (legacy / "hp-traffic-0123456789ab").write_bytes(b"old")
+    cache = tmp_path / tr.CACHE
+    cache.mkdir()
+    stale, recent = cache / "hp-traffic-aaaaaaaaaaaa", cache / "hp-traffic-bbbbbbbbbbbb"
+    for p in (stale, recent):
+        p.write_bytes(b"other build")
+    day_ago = time.time() - tr.PRUNE_AFTER_S - 60
+    os.utime(stale, (day_ago, day_ago))
+    path = tr.tool_path()
+    assert not legacy.exists()                      # a lab may be named "tools" now
+    assert sorted(os.listdir(cache)) == sorted([os.path.basename(path), recent.name])
+
+
+def test_a_lab_directory_named_tools_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "state.json").write_text("{}")   # a lab called "tools"
+    tr.tool_path()
+    assert (tmp_path / "tools" / "state.json").exists()
 
 
 def test_broken_compiler_raises(tmp_path, monkeypatch):
@@ -300,7 +332,7 @@ def test_broken_compiler_raises(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "/bin/false")
     with pytest.raises(tr.TrafficError, match="failed"):
         tr.tool_path()
-    assert os.listdir(tmp_path / "tools") == []     # no half-built binary left behind
+    assert os.listdir(tmp_path / ".tools") == []    # no half-built binary left behind
 
 
 def test_missing_compiler_says_what_to_install(tmp_path, monkeypatch):
