@@ -43,6 +43,10 @@ JSON schema of ``stats --json`` (``"schema": 1``; counts are integers, percentag
     links[] {name, role, kind, ifname, up, state, rx {packets, bytes, ring_drops},
              tx {packets, bytes, errors}, blocked}
     events {subscribers, sent, lost}, flow_logs {...} or null, control_plane {...}
+    state {file (null: nothing is saved), restored (connections put back at start, or null),
+           ignored (why a state file was not used, or null), down_for, final, expired,
+           eni_mismatch, duplicate, table_full, invalid,
+           saves {saved, failed, last_error, last_connections, last_seconds}}
 
 Every drop reason is present in JSON (zero or not); the text view hides the zero ones.
 
@@ -194,7 +198,52 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
         "events": {k: int(ev.get(k, 0)) for k in ("subscribers", "sent", "lost")},
         "flow_logs": c.get("flow_logs"),
         "control_plane": dict(c.get("control_plane", {})),
+        "state": _state(c),
     }
+
+
+def _state(c: Dict[str, Any]) -> Dict[str, Any]:
+    """The daemon's ``restore`` report and ``saves`` counters (hyperplane.daemon: restart
+    without loss) in a fixed shape: what came back at start and how saving goes."""
+    r, sv = c.get("restore") or {}, c.get("saves") or {}
+    restored = r.get("restored_from") is not None and "restored" in r
+    out = {"file": r.get("state_file"), "restored": int(r["restored"]) if restored else None,
+           "ignored": r.get("ignored"), "down_for": r.get("down_for") if restored else None,
+           "final": r.get("final") if restored else None}
+    for k in ("expired", "eni_mismatch", "duplicate", "table_full", "invalid"):
+        out[k] = int(r.get(k, 0)) if restored else 0
+    out["saves"] = {"saved": int(sv.get("saved", 0)), "failed": int(sv.get("failed", 0)),
+                    "last_error": sv.get("last_error"),
+                    "last_connections": int(sv.get("last_connections", 0)),
+                    "last_seconds": sv.get("last_seconds")}
+    return out
+
+
+def _state_rows(st: Dict[str, Any]) -> List[List[str]]:
+    if not st["file"]:
+        return [["file", "none: a data path run on its own saves nothing"]]
+    if st["restored"] is not None:
+        refused = ", ".join(f"{k.replace('_', ' ')} {st[k]}" for k in
+                            ("expired", "eni_mismatch", "duplicate", "table_full", "invalid")
+                            if st[k])
+        start = (f"restored {st['restored']} connection(s), saved "
+                 f"{'at shutdown' if st['final'] else 'periodically'}, down "
+                 f"{float(st['down_for'] or 0):.1f} s" + (f"; refused: {refused}" if refused
+                                                          else ""))
+    elif st["ignored"]:
+        start = f"started afresh: {st['ignored']}"
+    else:
+        start = "started afresh (no saved state)"
+    sv = st["saves"]
+    saves = f"{sv['saved']} saved, {sv['failed']} failed"
+    if sv["saved"]:
+        took = sv["last_seconds"]
+        saves += (f"; last: {sv['last_connections']} connection(s)"
+                  + (f" in {float(took) * 1000:.1f} ms" if took is not None else ""))
+    rows = [["file", st["file"]], ["at start", start], ["saves", saves]]
+    if sv["last_error"]:
+        rows.append(["last save error", str(sv["last_error"])])
+    return rows
 
 
 def _pool(p: Dict[str, Any], key: Optional[str], nat: Optional[str]) -> Dict[str, Any]:
@@ -319,6 +368,8 @@ def sections(s: Dict[str, Any]) -> List[Section]:
                        [[str(ev["subscribers"]), str(ev["sent"]), str(ev["lost"])]]))
     if s.get("flow_logs") is not None:
         out.append(Section("flow logs", ["STAT", "VALUE"], _flow_logs_rows(s["flow_logs"])))
+    if "state" in s:
+        out.append(Section("saved state", ["STAT", "VALUE"], _state_rows(s["state"])))
     return out
 
 

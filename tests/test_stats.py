@@ -168,6 +168,57 @@ def test_text_view_is_greppable():
     assert "DOWN" in text     # fn-a-0's interface is gone
 
 
+def _state_section(s: dict) -> Dict[str, str]:
+    text = stats.render_plain(stats.sections(s), stats.stats_head(s))
+    rows = text.split("SAVED STATE\n")[1].split("\n\n")[0].splitlines()[1:]
+    cells = [ln.strip().split("  ", 1) for ln in rows]   # columns are 2+ spaces apart
+    return {k.strip(): v.strip() for k, v in cells}
+
+
+def test_saved_state_when_nothing_is_saved():
+    s = stats.summarize(counters())          # a data path run on its own: no restore, no saves
+    assert s["state"]["file"] is None and s["state"]["restored"] is None
+    assert s["state"]["saves"] == {"saved": 0, "failed": 0, "last_error": None,
+                                   "last_connections": 0, "last_seconds": None}
+    assert _state_section(s) == {"file": "none: a data path run on its own saves nothing"}
+
+
+def test_saved_state_restored_and_saving():
+    c = counters()
+    c["restore"] = {"state_file": "/run/hyperplane/l/conntrack.state",
+                    "restored_from": "/run/hyperplane/l/conntrack.state", "ignored": None,
+                    "shift": 0.0, "restored": 1200, "final": True, "down_for": 0.64,
+                    "same_boot": True, "expired": 3, "eni_mismatch": 0, "duplicate": 0,
+                    "table_full": 0, "invalid": 1, "tables": []}
+    c["saves"] = {"saved": 4, "failed": 1, "last_error": "OSError: [Errno 28] No space left",
+                  "last_connections": 1180, "last_seconds": 0.0123}
+    s = stats.summarize(c)
+    st = s["state"]
+    assert (st["restored"], st["final"], st["down_for"], st["expired"], st["invalid"]) == \
+        (1200, True, 0.64, 3, 1)
+    assert st["saves"]["saved"] == 4 and st["saves"]["failed"] == 1
+    rows = _state_section(s)
+    assert rows["file"] == "/run/hyperplane/l/conntrack.state"
+    assert rows["at start"] == ("restored 1200 connection(s), saved at shutdown, down 0.6 s; "
+                                "refused: expired 3, invalid 1")
+    assert rows["saves"] == "4 saved, 1 failed; last: 1180 connection(s) in 12.3 ms"
+    assert rows["last save error"] == "OSError: [Errno 28] No space left"
+    json.dumps(s)                            # the JSON view carries it as is
+
+
+def test_saved_state_ignored_file_says_why():
+    c = counters()
+    c["restore"] = {"state_file": "/x/conntrack.state", "restored_from": None,
+                    "ignored": "saved by another lab plan (config hash differs)"}
+    c["saves"] = {"saved": 0, "failed": 0, "last_error": None, "last_connections": 0,
+                  "last_seconds": None}
+    s = stats.summarize(c)
+    assert s["state"]["restored"] is None and s["state"]["expired"] == 0
+    rows = _state_section(s)
+    assert rows["at start"] == "started afresh: saved by another lab plan (config hash differs)"
+    assert rows["saves"] == "0 saved, 0 failed"
+
+
 # ---- rates and top flows ---------------------------------------------------------------------------
 def test_rates_between_two_snapshots():
     a = stats.summarize(counters(now=100.0, scale=1))
@@ -447,6 +498,8 @@ def test_stats_json_counts_the_traffic_sent(slab):
     assert _udp_pool(a, slab["eni"])["used"] >= 1
     (k,) = a["keys"]
     assert k["connections"] >= 1 and k["capacity"] > 0
+    assert a["state"]["file"].endswith("/conntrack.state")   # a lab's data path saves
+    assert a["state"]["saves"]["failed"] == 0
 
 
 @needs_lab
