@@ -109,6 +109,86 @@ def test_state_file_round_trip_restores_every_connection(saved, engine_cls):
     assert len(rows(fresh, 20.0)) == 2
 
 
+def saving_daemon(engine, cp, state_file):
+    """Just enough of a Daemon for its save methods: one key (this engine), this control
+    plane, the state file."""
+    kg = types.SimpleNamespace(key=KEY0, ifname=ENI0.node_ifname, mac=ENI0.mac, engine=engine)
+    d = types.SimpleNamespace(keys={KEY0: kg}, natgw={}, plan=PLAN, now=lambda: 12.0,
+                              offset=0.0, cp=cp, state_file=state_file, _save_thread=None,
+                              saves={"saved": 0, "failed": 0, "last_error": None,
+                                     "last_connections": 0, "last_seconds": None,
+                                     "last_loop_seconds": None})
+    for name in ("save_state", "save_in_background", "_join_save", "_write_parts", "_saved"):
+        setattr(d, name, types.MethodType(getattr(daemon.Daemon, name), d))
+    return d
+
+
+@pytest.fixture
+def held_writer(monkeypatch):
+    """write_state_file made to wait until the test lets it go: (started, release)."""
+    started, release = threading.Event(), threading.Event()
+    real = daemon.write_state_file
+
+    def write(path, doc):
+        started.set()
+        assert release.wait(30), "the test never released the writer"
+        real(path, doc)
+
+    monkeypatch.setattr(daemon, "write_state_file", write)
+    return started, release
+
+
+def test_periodic_save_writes_in_a_thread_of_its_own(engine_cls, tmp_path, held_writer):
+    started, release = held_writer
+    engine = with_connections(plan_engine(engine_cls))
+    cp = ControlPlane(PLAN, Recorder(), 0.0, initial_active=True)
+    path = str(tmp_path / "conntrack.state")
+    d = saving_daemon(engine, cp, path)
+    assert d.save_in_background() is True
+    assert started.wait(10)
+    # the loop goes on while the file is written: the engine takes a new connection, and a
+    # second save is not started on top of the first
+    engine.outbound(tl.udp(4, ENV4, HOST4, 40003, 53, payload=b"x"), now=12.0)
+    assert d.save_in_background() is False
+    assert not os.path.exists(path) and d.saves["saved"] == 0
+    release.set()
+    d._join_save()
+    assert d.saves["saved"] == 1 and d.saves["failed"] == 0
+    assert d.saves["last_connections"] == 2 and d.saves["last_loop_seconds"] is not None
+    doc = daemon.read_state_file(path)
+    daemon.check_state_doc(doc, PLAN)
+    assert doc["final"] is False
+    fresh = plan_engine(engine_cls)           # the tables as they were when the save began
+    got = fresh.restore(base64.b64decode(doc["keys"][0]["blob"]), 20.0, 0.0)
+    assert got["restored"] == 2, got
+    assert d.save_in_background() is True     # the next one may start
+    d._join_save()
+    assert d.saves["saved"] == 2 and d.saves["last_connections"] == 3
+
+
+def test_final_save_waits_for_the_periodic_one(engine_cls, tmp_path, held_writer):
+    started, release = held_writer
+    engine = with_connections(plan_engine(engine_cls))
+    d = saving_daemon(engine, ControlPlane(PLAN, Recorder(), 0.0, initial_active=True),
+                      str(tmp_path / "conntrack.state"))
+    assert d.save_in_background()
+    assert started.wait(10)
+    threading.Timer(0.2, release.set).start()
+    assert d.save_state(final=True) is True   # joins the periodic save, then writes its own
+    assert d.saves["saved"] == 2
+    assert daemon.read_state_file(d.state_file)["final"] is True
+
+
+def test_a_failed_background_save_is_counted_not_raised(engine_cls, tmp_path):
+    engine = with_connections(plan_engine(engine_cls))
+    d = saving_daemon(engine, ControlPlane(PLAN, Recorder(), 0.0, initial_active=True),
+                      str(tmp_path / "no-such-dir" / "conntrack.state"))
+    assert d.save_in_background()
+    d._join_save()
+    assert d.saves["saved"] == 0 and d.saves["failed"] == 1
+    assert "FileNotFoundError" in d.saves["last_error"]
+
+
 def test_state_file_is_written_atomically_and_root_only(saved, tmp_path):
     path, engine, doc = saved
     st = os.stat(path)
