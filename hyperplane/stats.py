@@ -46,7 +46,8 @@ JSON schema of ``stats --json`` (``"schema": 1``; counts are integers, percentag
     state {file (null: nothing is saved), restored (connections put back at start, or null),
            ignored (why a state file was not used, or null), down_for, final, expired,
            eni_mismatch, duplicate, table_full, invalid,
-           saves {saved, failed, last_error, last_connections, last_seconds}}
+           saves {saved, failed, last_error, last_connections, last_seconds,
+                  last_loop_seconds (how long the save held the forwarding loop)}}
 
 Every drop reason is present in JSON (zero or not); the text view hides the zero ones.
 
@@ -215,7 +216,8 @@ def _state(c: Dict[str, Any]) -> Dict[str, Any]:
     out["saves"] = {"saved": int(sv.get("saved", 0)), "failed": int(sv.get("failed", 0)),
                     "last_error": sv.get("last_error"),
                     "last_connections": int(sv.get("last_connections", 0)),
-                    "last_seconds": sv.get("last_seconds")}
+                    "last_seconds": sv.get("last_seconds"),
+                    "last_loop_seconds": sv.get("last_loop_seconds")}
     return out
 
 
@@ -238,8 +240,10 @@ def _state_rows(st: Dict[str, Any]) -> List[List[str]]:
     saves = f"{sv['saved']} saved, {sv['failed']} failed"
     if sv["saved"]:
         took = sv["last_seconds"]
+        held = sv["last_loop_seconds"]
         saves += (f"; last: {sv['last_connections']} connection(s)"
-                  + (f" in {float(took) * 1000:.1f} ms" if took is not None else ""))
+                  + (f" in {float(took) * 1000:.1f} ms" if took is not None else "")
+                  + (f" (the loop held {float(held) * 1000:.1f} ms)" if held is not None else ""))
     rows = [["file", st["file"]], ["at start", start], ["saves", saves]]
     if sv["last_error"]:
         rows.append(["last save error", str(sv["last_error"])])

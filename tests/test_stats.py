@@ -179,7 +179,8 @@ def test_saved_state_when_nothing_is_saved():
     s = stats.summarize(counters())          # a data path run on its own: no restore, no saves
     assert s["state"]["file"] is None and s["state"]["restored"] is None
     assert s["state"]["saves"] == {"saved": 0, "failed": 0, "last_error": None,
-                                   "last_connections": 0, "last_seconds": None}
+                                   "last_connections": 0, "last_seconds": None,
+                                   "last_loop_seconds": None}
     assert _state_section(s) == {"file": "none: a data path run on its own saves nothing"}
 
 
@@ -191,7 +192,7 @@ def test_saved_state_restored_and_saving():
                     "same_boot": True, "expired": 3, "eni_mismatch": 0, "duplicate": 0,
                     "table_full": 0, "invalid": 1, "tables": []}
     c["saves"] = {"saved": 4, "failed": 1, "last_error": "OSError: [Errno 28] No space left",
-                  "last_connections": 1180, "last_seconds": 0.0123}
+                  "last_connections": 1180, "last_seconds": 0.0123, "last_loop_seconds": 0.0004}
     s = stats.summarize(c)
     st = s["state"]
     assert (st["restored"], st["final"], st["down_for"], st["expired"], st["invalid"]) == \
@@ -201,7 +202,8 @@ def test_saved_state_restored_and_saving():
     assert rows["file"] == "/run/hyperplane/l/conntrack.state"
     assert rows["at start"] == ("restored 1200 connection(s), saved at shutdown, down 0.6 s; "
                                 "refused: expired 3, invalid 1")
-    assert rows["saves"] == "4 saved, 1 failed; last: 1180 connection(s) in 12.3 ms"
+    assert rows["saves"] == ("4 saved, 1 failed; last: 1180 connection(s) in 12.3 ms (the loop "
+                             "held 0.4 ms)")
     assert rows["last save error"] == "OSError: [Errno 28] No space left"
     json.dumps(s)                            # the JSON view carries it as is
 
