@@ -108,7 +108,8 @@ int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname,
         return -1;
     }
     int rc = kind == HP_PORT_TAP ? hp_io_attach_tap(&l->port, tap_fd, err, errlen)
-                                 : hp_io_open_packet(&l->port, ifname, err, errlen);
+                                 : hp_io_open_packet(&l->port, ifname, dp->ring_frames, err,
+                                                     errlen);
     if (rc < 0) {
         hp_io_close(&l->port);
         free(l);

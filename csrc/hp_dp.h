@@ -112,6 +112,7 @@ typedef struct {
     uint64_t forwarded[2]; /* [0] environment -> VPC, [1] VPC -> environment */
     uint64_t rst_sent;
     double clock_offset; /* the data path's now = CLOCK_MONOTONIC + this (a lab clock) */
+    uint32_t ring_frames; /* of every veth link's receive ring opened from now on; 0: default */
 } hp_dp;
 
 hp_dp *hp_dp_new(void);

@@ -33,9 +33,19 @@ static void port_init(hp_port *p, int kind)
     p->fd = -1;
 }
 
-int hp_io_open_packet(hp_port *p, const char *ifname, char *err, size_t errlen)
+int hp_io_open_packet(hp_port *p, const char *ifname, uint32_t ring_frames, char *err,
+                      size_t errlen)
 {
     port_init(p, HP_PORT_PACKET);
+    if (!ring_frames)
+        ring_frames = HP_RING_FRAMES_DEFAULT;
+    if (ring_frames < HP_RING_FRAMES_MIN || ring_frames > HP_RING_FRAMES_MAX ||
+        ring_frames % HP_RING_FPB) {
+        snprintf(err, errlen, "ring of %u frames on %s: use a multiple of %u from %u to %u",
+                 ring_frames, ifname, HP_RING_FPB, HP_RING_FRAMES_MIN, HP_RING_FRAMES_MAX);
+        return -1;
+    }
+    p->ring_frames = ring_frames;
     unsigned idx = if_nametoindex(ifname);
     if (!idx)
         return fail(err, errlen, "no such interface", ifname);
@@ -69,12 +79,12 @@ int hp_io_open_packet(hp_port *p, const char *ifname, char *err, size_t errlen)
     struct tpacket_req req;
     memset(&req, 0, sizeof req);
     req.tp_block_size = HP_RING_BLOCK;
-    req.tp_block_nr = HP_RING_BLOCKS;
+    req.tp_block_nr = ring_frames / HP_RING_FPB;
     req.tp_frame_size = HP_RING_FRAME;
-    req.tp_frame_nr = HP_RING_FRAMES;
+    req.tp_frame_nr = ring_frames;
     if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0)
         return fail(err, errlen, "PACKET_RX_RING", ifname);
-    p->ring_len = (size_t)HP_RING_BLOCK * HP_RING_BLOCKS;
+    p->ring_len = (size_t)HP_RING_BLOCK * (ring_frames / HP_RING_FPB);
     p->ring = mmap(NULL, p->ring_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
     if (p->ring == MAP_FAILED) {
         p->ring = NULL;
@@ -150,7 +160,7 @@ static struct tpacket2_hdr *frame_at(const hp_port *p, uint32_t i)
 int hp_io_ring_ready(const hp_port *p)
 {
     /* not a whole lap taken and not given back yet, and the kernel has filled the next one */
-    return p->rx_taken < HP_RING_FRAMES &&
+    return p->rx_taken < p->ring_frames &&
            (__atomic_load_n(&frame_at(p, p->rx_head)->tp_status, __ATOMIC_ACQUIRE) &
             TP_STATUS_USER);
 }
@@ -160,7 +170,7 @@ struct tpacket2_hdr *hp_io_ring_next(hp_port *p)
     if (!hp_io_ring_ready(p))
         return NULL;
     struct tpacket2_hdr *h = frame_at(p, p->rx_head);
-    p->rx_head = p->rx_head + 1 == HP_RING_FRAMES ? 0 : p->rx_head + 1;
+    p->rx_head = p->rx_head + 1 == p->ring_frames ? 0 : p->rx_head + 1;
     p->rx_taken++;
     return h;
 }
@@ -181,10 +191,10 @@ int hp_io_recv_big(hp_port *p, uint8_t **buf)
 
 void hp_io_ring_release(hp_port *p)
 {
-    uint32_t i = (p->rx_head + HP_RING_FRAMES - p->rx_taken) % HP_RING_FRAMES;
+    uint32_t i = (p->rx_head + p->ring_frames - p->rx_taken) % p->ring_frames;
     for (; p->rx_taken; p->rx_taken--) {
         __atomic_store_n(&frame_at(p, i)->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
-        i = i + 1 == HP_RING_FRAMES ? 0 : i + 1;
+        i = i + 1 == p->ring_frames ? 0 : i + 1;
     }
 }
 

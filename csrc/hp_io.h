@@ -40,10 +40,13 @@ enum hp_port_kind { HP_PORT_PACKET = 1, HP_PORT_TAP = 2 };
 #ifndef HP_RING_FRAME /* -D overrides are for experiments (benchmarks/RESULTS.md) */
 #define HP_RING_FRAME 2048u
 #define HP_RING_BLOCK (256u << 10)
-#define HP_RING_BLOCKS 32
 #endif
 #define HP_RING_FPB (HP_RING_BLOCK / HP_RING_FRAME)
-#define HP_RING_FRAMES (HP_RING_FPB * HP_RING_BLOCKS)
+/* Frames per ring: a lab's [datapath] ring_frames, a multiple of HP_RING_FPB. How long a
+ * stall of the loop a link absorbs: 4,096 frames are 23 ms of 64-byte packets at 175 kpps. */
+#define HP_RING_FRAMES_DEFAULT 4096u
+#define HP_RING_FRAMES_MIN 1024u
+#define HP_RING_FRAMES_MAX 65536u
 /* Super-packets taken off the socket queue wait in these buffers until their sends are flushed
  * (the loop flushes when all are in use). 64 KiB of IP packet + Ethernet + virtio-net header. */
 #define HP_BIG_SLOT (65536u + 512u)
@@ -63,7 +66,8 @@ typedef struct {
     /* AF_PACKET receive ring */
     uint8_t *ring;
     size_t ring_len;
-    uint32_t rx_head;  /* the next frame to look at, 0 .. HP_RING_FRAMES-1 */
+    uint32_t ring_frames; /* frames in the ring */
+    uint32_t rx_head;  /* the next frame to look at, 0 .. ring_frames-1 */
     uint32_t rx_taken; /* frames before rx_head taken but not yet given back (sends may point
                         * into them) */
     uint8_t *big;      /* HP_BIG_N buffers of HP_BIG_SLOT for super-packets */
@@ -79,9 +83,11 @@ typedef struct {
     uint64_t rx_ring_freezes; /* TPACKET_V3's queue freezes; always 0 with the V2 ring */
 } hp_port;
 
-/* Open an AF_PACKET socket on ifname (in the caller's network namespace) with a TPACKET_V3 rx
- * ring and virtio-net headers. Returns 0, or -1 with a message in err. */
-int hp_io_open_packet(hp_port *p, const char *ifname, char *err, size_t errlen);
+/* Open an AF_PACKET socket on ifname (in the caller's network namespace) with a TPACKET_V2 rx
+ * ring of ring_frames frames (0: HP_RING_FRAMES_DEFAULT) and virtio-net headers. Returns 0, or
+ * -1 with a message in err. */
+int hp_io_open_packet(hp_port *p, const char *ifname, uint32_t ring_frames, char *err,
+                      size_t errlen);
 /* Take over an open TAP fd (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR): non-blocking, 10-byte header,
  * offloads TUN_F_CSUM|TSO4|TSO6 so the environment's kernel hands us super-packets. */
 int hp_io_attach_tap(hp_port *p, int fd, char *err, size_t errlen);

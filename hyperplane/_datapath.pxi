@@ -101,6 +101,18 @@ cdef class DataPath:
             hp_dp_free(self._dp)
             self._dp = NULL
 
+    @property
+    def ring_frames(self):
+        """Frames in the receive ring of each veth link opened from now on (0: the default,
+        4,096 of 2 KiB). Set it before adding links; add_link refuses a bad value."""
+        return self._get().ring_frames
+
+    @ring_frames.setter
+    def ring_frames(self, n):
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 2 ** 32:
+            raise ValueError(f"ring_frames {n!r}: a number of frames is expected")
+        self._get().ring_frames = n
+
     def add_group(self, Engine engine):
         cdef int g = hp_dp_add_group(self._get(), engine._e)
         if g < 0:
@@ -263,6 +275,7 @@ cdef class DataPath:
             links.append(dict(d, rx_packets=l.rx_packets, rx_bytes=l.rx_bytes,
                               rx_ring_drops=l.port.rx_ring_drops,
                               rx_ring_freezes=l.port.rx_ring_freezes,
+                              ring_frames=l.port.ring_frames,
                               tx_packets=l.port.tx_packets, tx_bytes=l.port.tx_bytes,
                               tx_errors=l.port.tx_errors, arp_in=l.arp_in, arp_out=l.arp_out,
                               nd_in=l.nd_in, nd_out=l.nd_out, neighbours=l.neigh.n,

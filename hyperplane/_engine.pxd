@@ -156,6 +156,7 @@ cdef extern from "hp_dp.h":
     ctypedef struct hp_port:
         int kind
         int fd
+        uint32_t ring_frames
         uint64_t tx_packets
         uint64_t tx_bytes
         uint64_t tx_errors
@@ -193,6 +194,7 @@ cdef extern from "hp_dp.h":
         int inside_link
         uint8_t rst_unknown_tcp
     ctypedef struct hp_dp:
+        uint32_t ring_frames
         unsigned n_links
         unsigned n_groups
         hp_group groups[64]

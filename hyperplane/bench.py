@@ -38,7 +38,8 @@ rebuilding the extension) hits both modes alike:
 
 The generators are iperf3 and ``hp-traffic`` (``hyperplane/tools/hp_traffic.c``, driven through
 :mod:`hyperplane.traffic`): Python would be the bottleneck. Client-side tools run on CPU 0 and
-server-side tools on CPU 1 in both modes (``--no-pin``: unpinned). The data path is pinned to
+server-side tools on CPU 1 in both modes (``--no-pin``: unpinned). The data path's veth rings
+are 16,384 frames deep (``[datapath] ring_frames``, :data:`RING_FRAMES`). It is pinned to
 the server's CPU (``[datapath] cpus = [1]``), away from the sender: the kernel's forwarding
 runs in the sender's own system call (veth), so it is always on the sender's CPU, and a
 scheduler that moves the data path onto that CPU too halves its throughput (measured:
@@ -114,6 +115,11 @@ CONN_DRAIN = 10.0 + 2.0 + 1.0
 #: Server ports: every trial gets the next one (see _next_port).
 PORT_BASE = 20000
 CLIENT_CPU, SERVER_CPU = 0, 1
+#: hyperplane mode's [datapath] ring_frames: 16,384 frames of 2 KiB per veth link (32 MiB,
+#: 94 ms of 64-byte packets at 175 kpps) instead of the default 4,096. With the default, 7 of
+#: 10 three-second trials at 175 kpps lost 0.5-6.6 % to ring overflow while the loop shared its
+#: CPU with the UDP sink; with 16,384, none of 6 did (benchmarks/RESULTS.md).
+RING_FRAMES = 16384
 
 
 class BenchError(RuntimeError):
@@ -694,6 +700,7 @@ class Mode:
         self.pin = pin
         self.taskset = shutil.which("taskset") if pin else None
         self.pid: Optional[int] = None   # the data path's (hyperplane mode)
+        self.rings: Dict[str, int] = {}   # veth link -> its ring's frames, as the daemon says
         self.last_conn = -1e9            # monotonic end of the last conn trial
 
     def _ns(self, ns: str, argv: List[str], cpu: Optional[int]) -> List[str]:
@@ -1050,12 +1057,11 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         _progress(f"building lab {names['hyperplane']} (hyperplane data path)")
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        source = path
-        if pin:
-            # the same topology, with the data path kept off the sender's CPU
-            text += f"\n[datapath]\ncpus = [{SERVER_CPU}]\n"
-            source = f"{path} + [datapath] cpus = [{SERVER_CPU}]"
-            cfg = labconfig.loads(text, source=source)
+        # the same topology, with a deeper ring and the data path kept off the sender's CPU
+        datapath = f"ring_frames = {RING_FRAMES}\n" + (f"cpus = [{SERVER_CPU}]\n" if pin else "")
+        text += "\n[datapath]\n" + datapath
+        source = f"{path} + [datapath] " + datapath.strip().replace("\n", ", ")
+        cfg = labconfig.loads(text, source=source)
         hplan = labconfig.resolve(cfg, names["hyperplane"])
         try:
             state = cli.lab_up(source, names["hyperplane"], wait_active=True, config_text=text)
@@ -1064,6 +1070,11 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         created.append(names["hyperplane"])
         modes["hyperplane"] = Mode("hyperplane", names["hyperplane"], hplan, pin)
         modes["hyperplane"].pid = state.get("pid")
+        from .stats import fetch_counters
+
+        modes["hyperplane"].rings = {x["name"]: x["ring_frames"] for x in
+                                     fetch_counters(names["hyperplane"])["links"]
+                                     if x.get("kind") == "veth"}
     for m in modes.values():
         # Both modes alike: the client may use 64,000 source ports, so even a 50,000-connection
         # conn trial never reuses a 4-tuple (Linux's default range holds 28,232).
@@ -1166,7 +1177,9 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
                     "datapath_cpu": SERVER_CPU if settings.pin else None,
                     "datapath": (f"[datapath] cpus = [{SERVER_CPU}] (off the sender's CPU, "
                                  "where the kernel's NAT runs in the sender's softirq)"
-                                 if settings.pin else "unpinned")},
+                                 if settings.pin else "unpinned"),
+                    "ring_frames": (modes["hyperplane"].rings if "hyperplane" in modes
+                                    else {})},
         "overload_offered_pps": getattr(runner, "overload_offered", None),
         "idle_datapath_cpu_share": (max(idle) if idle else None),
         "wall_seconds": round(wall, 1)})

@@ -198,6 +198,7 @@ class Daemon:
         self.started = time.time()
         self.offset = 0.0  # the lab clock runs ahead of the monotonic clock by this much
         self.dp = DataPath()
+        self.dp.ring_frames = plan.datapath.ring_frames   # before any link is added
         self.keys: Dict[Key, _KeyGroup] = {}
         self.env_links: Dict[str, int] = {}
         self.natgw: Dict[str, Any] = {}

@@ -42,6 +42,7 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
 - ``[datapath]``: ``cpus``, the CPUs the data path process runs on (default: wherever the
   scheduler puts it). On a small machine where the traffic's own endpoints share the CPUs,
   keeping the data path off the sender's CPU is worth a lot (benchmarks/RESULTS.md).
+  ``ring_frames``: frames (2 KiB each) in every veth link's receive ring, default 4096.
 
 Every address must lie in the benchmark ranges 198.18.0.0/15 (RFC 2544) and 2001:2::/48
 (RFC 5180): they are reserved for exactly this kind of lab, so a lab can never collide with a
@@ -504,8 +505,12 @@ class FlowLogsPlan:
 @dataclasses.dataclass(frozen=True)
 class DatapathPlan:
     """``[datapath]``: ``cpus`` pins the data path process to these CPUs (sched_setaffinity,
-    checked against the CPUs it may use when it starts); empty: the scheduler decides."""
+    checked against the CPUs it may use when it starts); empty: the scheduler decides.
+    ``ring_frames``: the depth of each veth link's receive ring, which is how long a stall of
+    the loop a link absorbs without dropping (like ``ethtool -G`` on a NIC)."""
     cpus: Tuple[int, ...] = ()
+    #: frames in each veth link's receive ring (2 KiB each); 0: the default, 4,096 (8 MiB)
+    ring_frames: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -656,7 +661,8 @@ class Plan:
             lifecycle=LifecyclePlan(**d.get("lifecycle", {})),
             iam=d.get("iam"),
             flow_logs=FlowLogsPlan(**d.get("flow_logs", {})),
-            datapath=DatapathPlan(cpus=tuple(d.get("datapath", {}).get("cpus", ()))),
+            datapath=DatapathPlan(cpus=tuple(d.get("datapath", {}).get("cpus", ())),
+                                  ring_frames=int(d.get("datapath", {}).get("ring_frames", 0))),
         )
 
 
@@ -1610,10 +1616,15 @@ def _parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
     return FlowLogsPlan(enabled=enabled, interval=interval, account_id=account)
 
 
+#: [datapath] ring_frames: frames per block of the receive ring (csrc/hp_io.h HP_RING_FPB) and
+#: the bounds the C side accepts.
+RING_FRAMES_STEP, RING_FRAMES_MIN, RING_FRAMES_MAX = 128, 1024, 65536
+
+
 def _parse_datapath(t: Any) -> DatapathPlan:
-    """``[datapath]``: the CPUs the data path runs on."""
+    """``[datapath]``: the CPUs the data path runs on, and its rings' depth."""
     _expect(t, dict, "datapath", "write it as a [datapath] table")
-    _check_keys(t, "datapath", ["cpus"])
+    _check_keys(t, "datapath", ["cpus", "ring_frames"])
     cpus = t.get("cpus", [])
     _expect(cpus, list, "datapath.cpus", "write a list of CPU numbers, like cpus = [1]")
     for i, c in enumerate(cpus):
@@ -1622,7 +1633,14 @@ def _parse_datapath(t: Any) -> DatapathPlan:
                                  "(see `nproc` or /proc/cpuinfo)")
     if len(set(cpus)) != len(cpus):
         raise LabConfigError("datapath.cpus", f"{cpus!r} names a CPU twice; list each once")
-    return DatapathPlan(cpus=tuple(cpus))
+    frames = t.get("ring_frames", 0)
+    if isinstance(frames, bool) or not isinstance(frames, int) or (frames and (
+            not RING_FRAMES_MIN <= frames <= RING_FRAMES_MAX or frames % RING_FRAMES_STEP)):
+        raise LabConfigError("datapath.ring_frames",
+                             f"{frames!r}: write a multiple of {RING_FRAMES_STEP} from "
+                             f"{RING_FRAMES_MIN} to {RING_FRAMES_MAX} (frames of 2 KiB per veth "
+                             "link; the default is 4096), or leave it out")
+    return DatapathPlan(cpus=tuple(cpus), ring_frames=frames)
 
 
 # ---- IAM (hyperplane.iam evaluates the policies; imported only when a config has [iam]) -------

@@ -440,3 +440,68 @@ def test_a_deleted_tap_stops_being_polled(scratch_ns):
     finally:
         if dp is not None:
             dp.close()
+
+
+@pytest.mark.parametrize("frames", [1024, 4096])
+def test_ring_depth_is_how_many_frames_wait_for_the_loop(scratch_ns, frames):
+    """[datapath] ring_frames: while the loop does not run, a link holds exactly that many
+    frames; the rest are counted as ring drops, and the loop then takes every one it held."""
+    from pyroute2 import IPRoute
+    from hyperplane._engine import DataPath, Engine
+    from hyperplane.config import EngineConfig, Eni
+
+    sent = 3000
+    dp = s = None
+    try:
+        with netns.entered(scratch_ns):
+            with open("/proc/sys/net/ipv6/conf/all/disable_ipv6", "w") as f:
+                f.write("1")
+            with IPRoute() as ipr:
+                ipr.link("add", ifname="env0", kind="veth", peer="envp", address=GW_MAC)
+                for n in ("env0", "envp"):
+                    ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
+            dp = DataPath()
+            dp.ring_frames = frames
+            g = dp.add_group(Engine(EngineConfig(enis=[Eni("eni-0123456789abcdef0",
+                                                           ipv4=ENI4)])))
+            link = dp.add_link("env", g, name="env0", mac=GW_MAC, ifname="env0")
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            s.bind(("envp", ETH_P_ALL))
+        frame = bytes.fromhex(GW_MAC.replace(":", "") + ENV_MAC.replace(":", "")) + \
+            b"\x88\xb5" + bytes(50)                      # local experimental EtherType
+        for _ in range(sent):
+            s.send(frame)
+        (c,) = dp.counters()["links"]
+        assert c["ring_frames"] == frames
+        held = min(sent, frames)
+        assert c["rx_ring_drops"] == sent - held
+        for _ in range(20):
+            dp.poll(5)
+        (c,) = dp.counters()["links"]
+        assert c["rx_packets"] == held and link == 0
+        assert dp.counters()["drops"]["not_ip"] == held  # each one looked at, none lost after
+    finally:
+        if dp is not None:
+            dp.close()
+        if s is not None:
+            s.close()
+
+
+@pytest.mark.parametrize("frames", [1000, 512, 131072])
+def test_a_ring_depth_the_kernel_cannot_have_is_refused(scratch_ns, frames):
+    from pyroute2 import IPRoute
+    from hyperplane._engine import DataPath, Engine
+    from hyperplane.config import EngineConfig, Eni
+
+    dp = DataPath()
+    try:
+        with netns.entered(scratch_ns):
+            with IPRoute() as ipr:
+                ipr.link("add", ifname="env0", kind="veth", peer="envp")
+            dp.ring_frames = frames
+            g = dp.add_group(Engine(EngineConfig(enis=[Eni("eni-0123456789abcdef0",
+                                                           ipv4=ENI4)])))
+            with pytest.raises(OSError, match="multiple of 128 from 1024 to 65536"):
+                dp.add_link("env", g, name="env0", mac=GW_MAC, ifname="env0")
+    finally:
+        dp.close()

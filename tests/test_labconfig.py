@@ -1380,6 +1380,22 @@ def test_datapath_bad_cpus_name_the_field(value, field, word):
     refused(doc, field, word)
 
 
+def test_datapath_ring_frames_default_and_round_trip():
+    assert lc.resolve(parse(base_doc()), "dp").datapath.ring_frames == 0   # 0: the C default
+    doc = base_doc()
+    doc["datapath"] = {"ring_frames": 16384}
+    plan = lc.resolve(parse(doc), "dp")
+    assert plan.datapath.ring_frames == 16384
+    assert lc.Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+@pytest.mark.parametrize("value", [1000, 512, 65664, 131072, "4096", True, -128])
+def test_datapath_bad_ring_frames_name_the_field_and_the_fix(value):
+    doc = base_doc()
+    doc["datapath"] = {"ring_frames": value}
+    refused(doc, "datapath.ring_frames", "multiple of 128 from 1024 to 65536")
+
+
 def test_pin_cpus_refuses_a_cpu_this_process_may_not_use():
     import os
 
