@@ -27,7 +27,8 @@ line over CONTROL_LINE_MAX, nothing at all) is answered ``{"ok": false, "error":
 
 Restart without loss: the daemon saves its state to ``<lab dir>/conntrack.state`` (mode 0600,
 written atomically: temp file, fsync, rename) when it stops and every SAVE_INTERVAL seconds from
-the tick (written by a thread of its own, so the loop forwards meanwhile), and a new daemon of the same lab and plan restores it before it forwards a packet:
+the tick (written by a thread of its own, so the loop forwards meanwhile), and a new daemon of
+the same lab and plan restores it before it forwards a packet:
 the lab clock's offset, per ENI key the engine's ENIs in their order and its connection table
 (``Engine.snapshot``/``Engine.restore``: tuples, ENI port, state, timer, counters), the NAT
 gateways' tables, and the control plane's state (hyperplane.vpc: which functions are Active on
@@ -414,7 +415,7 @@ class Daemon:
         self.pump_events()
         if self.state_file and time.monotonic() >= self._next_save and \
                 self.save_in_background():
-            # the snapshots hold the loop (about 1 us a connection) and the writer thread
+            # the snapshots hold the loop (about 0.3 us a connection) and the writer thread
             # takes the GIL now and then: never more than 1/SAVE_SHARE of the time, however
             # big the tables grow
             took = self.saves["last_seconds"] or 0.0
@@ -584,7 +585,6 @@ class Daemon:
             self._saved(None, t0, 0.0, e)
             return False
         held = time.monotonic() - t0
-        self.saves["last_loop_seconds"] = round(held, 6)
         self._save_thread = threading.Thread(target=self._write_parts, args=(parts, t0, held),
                                              name="hyperplane-save", daemon=True)
         self._save_thread.start()

@@ -180,11 +180,20 @@ def sysctl(ns: str, key: str, value: Any = None) -> str:
             return f.read().strip()
 
 
-def _set_sysctls(ns: str, items: List[Tuple[str, Any]]) -> None:
+def _set_sysctls(ns: str, items: List[Tuple[str, Any]],
+                 if_present: bool = False) -> List[str]:
+    """Write ``items`` inside ``ns``; with ``if_present``, keys that do not exist there (they
+    come with a module that is not loaded) are skipped. Returns the keys written."""
+    done = []
     with netns.entered(ns):
         for key, value in items:
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            path = "/proc/sys/" + key.replace(".", "/")
+            if if_present and not os.path.exists(path):
+                continue
+            with open(path, "w") as f:
                 f.write(str(value))
+            done.append(key)
+    return done
 
 
 #: br_netfilter, when something on the machine has loaded it, runs every frame a bridge switches
@@ -198,20 +207,6 @@ BRIDGE_NF_SYSCTLS = [
     ("net.bridge.bridge-nf-call-ip6tables", 0),
     ("net.bridge.bridge-nf-call-arptables", 0),
 ]
-
-
-def _set_sysctls_present(ns: str, items: List[Tuple[str, Any]]) -> List[str]:
-    """Like _set_sysctls for keys that exist only with some module loaded: the absent ones are
-    skipped. Returns the keys written."""
-    done = []
-    with netns.entered(ns):
-        for key, value in items:
-            path = "/proc/sys/" + key.replace(".", "/")
-            if os.path.exists(path):
-                with open(path, "w") as f:
-                    f.write(str(value))
-                done.append(key)
-    return done
 
 
 def _lo_up(ns: str) -> None:
@@ -295,7 +290,7 @@ def _setup_node(plan: Plan) -> None:
 
 def _setup_fabric(plan: Plan) -> None:
     _set_sysctls(plan.fabric_ns, FABRIC_SYSCTLS)
-    _set_sysctls_present(plan.fabric_ns, BRIDGE_NF_SYSCTLS)
+    _set_sysctls(plan.fabric_ns, BRIDGE_NF_SYSCTLS, if_present=True)
     _lo_up(plan.fabric_ns)
 
 
@@ -410,7 +405,7 @@ INTERNET_SYSCTLS = [
 def _setup_internet(plan: Plan) -> None:
     assert plan.internet is not None
     _set_sysctls(plan.internet.netns, INTERNET_SYSCTLS)
-    _set_sysctls_present(plan.internet.netns, BRIDGE_NF_SYSCTLS)
+    _set_sysctls(plan.internet.netns, BRIDGE_NF_SYSCTLS, if_present=True)
     _lo_up(plan.internet.netns)
 
 

@@ -64,7 +64,7 @@ def _tidy(cache: str, keep: str) -> None:
     legacy = os.path.join(os.path.dirname(cache), "tools")
     try:
         names = os.listdir(legacy)
-        if all(n.startswith(("hp-traffic-", ".hp-traffic-")) for n in names):
+        if names and all(n.startswith(("hp-traffic-", ".hp-traffic-")) for n in names):
             shutil.rmtree(legacy)
     except OSError:
         pass

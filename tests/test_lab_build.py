@@ -199,8 +199,8 @@ def test_bridges_do_not_call_netfilter(built):
 
 
 def test_optional_sysctls_are_skipped_when_absent(built):
-    got = lab._set_sysctls_present(built.fabric_ns, [("net.ipv4.ip_forward", 1),
-                                                     ("net.bridge.hp-no-such-key", 0)])
+    got = lab._set_sysctls(built.fabric_ns, [("net.ipv4.ip_forward", 1),
+                                             ("net.bridge.hp-no-such-key", 0)], if_present=True)
     assert got == ["net.ipv4.ip_forward"]
     assert lab.sysctl(built.fabric_ns, "net.ipv4.ip_forward") == "1"
 
