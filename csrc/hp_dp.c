@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <signal.h>
 #include <linux/if_packet.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,40 @@
 #include <unistd.h>
 
 #include "hp_csum.h"
+
+#include <linux/futex.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+
+/* Counted from both threads when the inbound worker runs (hp_dp_start_inbound). */
+#define COUNT_DROP(dp, r) __atomic_fetch_add(&(dp)->drops[r], 1, __ATOMIC_RELAXED)
+
+/* With the inbound worker, a link's neighbour table, transmit batch and ARP/NDP state are
+ * shared by both threads (one receives on the link, the other sends on it), and an engine by
+ * both directions: each has a mutex, taken only when the worker runs. Nothing takes two. */
+static void lock_link(const hp_dp *dp, hp_link *l)
+{
+    if (dp->mt)
+        pthread_mutex_lock(&l->lock);
+}
+
+static void unlock_link(const hp_dp *dp, hp_link *l)
+{
+    if (dp->mt)
+        pthread_mutex_unlock(&l->lock);
+}
+
+static void lock_group(const hp_dp *dp, hp_group *g)
+{
+    if (dp->mt)
+        pthread_mutex_lock(&g->lock);
+}
+
+static void unlock_group(const hp_dp *dp, hp_group *g)
+{
+    if (dp->mt)
+        pthread_mutex_unlock(&g->lock);
+}
 
 #define WATCH_TAG 0x80000000u
 #define HP_RING_ROUNDS 8 /* rounds of HP_TXQ frames per link per wakeup */
@@ -41,6 +76,7 @@ hp_dp *hp_dp_new(void)
         free(dp);
         return NULL;
     }
+    dp->in_epfd = dp->in_wake = -1;
     return dp;
 }
 
@@ -53,10 +89,14 @@ static void free_queue(hp_qpkt *q)
     }
 }
 
+static void stop_inbound(hp_dp *dp);
+static int link_epfd(const hp_dp *dp, const hp_link *l);
+
 void hp_dp_free(hp_dp *dp)
 {
     if (!dp)
         return;
+    stop_inbound(dp); /* first: it services links */
     for (unsigned i = 0; i < dp->n_links; i++) {
         hp_link *l = dp->links[i];
         for (unsigned s = 0; s < HP_NEIGH_SLOTS; s++)
@@ -73,6 +113,7 @@ int hp_dp_add_group(hp_dp *dp, hp_engine *e)
     if (dp->n_groups >= HP_DP_MAX_GROUPS)
         return -1;
     dp->groups[dp->n_groups].engine = e;
+    pthread_mutex_init(&dp->groups[dp->n_groups].lock, NULL);
     dp->groups[dp->n_groups].eni_link = -1;
     dp->groups[dp->n_groups].inside_link = -1;
     return (int)dp->n_groups++;
@@ -118,8 +159,9 @@ int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname,
     l->role = role;
     l->group = group;
     memcpy(l->mac, mac, 6);
+    pthread_mutex_init(&l->lock, NULL);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = dp->n_links};
-    if (epoll_ctl(dp->epfd, EPOLL_CTL_ADD, l->port.fd, &ev) < 0) {
+    if (epoll_ctl(link_epfd(dp, l), EPOLL_CTL_ADD, l->port.fd, &ev) < 0) {
         snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
         hp_io_close(&l->port);
         free(l);
@@ -376,8 +418,9 @@ static void learn(hp_link *l, int family, const uint8_t *addr, const uint8_t *ma
     }
 }
 
-static void transmit(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop,
-                     const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len, double now)
+static void transmit_locked(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop,
+                            const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len,
+                            double now)
 {
     hp_neigh *n = hp_neigh_find(&out->neigh, family, nexthop);
     if (n && n->state != HP_NUD_INCOMPLETE) {
@@ -393,7 +436,7 @@ static void transmit(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop
     if (!n) {
         n = hp_neigh_get(&out->neigh, family, nexthop);
         if (!n) {
-            dp->drops[HP_D_NEIGH_TABLE_FULL]++;
+            COUNT_DROP(dp, HP_D_NEIGH_TABLE_FULL);
             return;
         }
         probe(out, n, now);
@@ -402,10 +445,18 @@ static void transmit(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop
     int r = hp_neigh_enqueue(&out->neigh, n, vh, frame, len, &dropped);
     if (dropped) {
         free(dropped);
-        dp->drops[HP_D_NEIGH_QUEUE_FULL]++;
+        COUNT_DROP(dp, HP_D_NEIGH_QUEUE_FULL);
     }
     if (r < 0)
-        dp->drops[HP_D_NEIGH_QUEUE_FULL]++;
+        COUNT_DROP(dp, HP_D_NEIGH_QUEUE_FULL);
+}
+
+static void transmit(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop,
+                     const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len, double now)
+{
+    lock_link(dp, out);
+    transmit_locked(dp, out, family, nexthop, vh, frame, len, now);
+    unlock_link(dp, out);
 }
 
 void hp_dp_tick(hp_dp *dp, double now)
@@ -414,6 +465,7 @@ void hp_dp_tick(hp_dp *dp, double now)
         hp_link *l = dp->links[li];
         if (!l->neigh.n)
             continue;
+        lock_link(dp, l);
         for (unsigned i = 0; i < HP_NEIGH_SLOTS;) {
             hp_neigh *n = &l->neigh.slot[i];
             int remove = 0;
@@ -443,13 +495,17 @@ void hp_dp_tick(hp_dp *dp, double now)
             hp_qpkt *q;
             hp_neigh_remove(&l->neigh, n, &q);
             for (hp_qpkt *p = q; p; p = p->next)
-                dp->drops[HP_D_NEIGH_FAILED]++;
+                COUNT_DROP(dp, HP_D_NEIGH_FAILED);
             free_queue(q);
             /* backward shift may have moved a later entry into slot i: look at it again */
         }
+        unlock_link(dp, l);
     }
-    for (unsigned g = 0; g < dp->n_groups; g++)
+    for (unsigned g = 0; g < dp->n_groups; g++) {
+        lock_group(dp, &dp->groups[g]);
         hp_engine_advance(dp->groups[g].engine, now);
+        unlock_group(dp, &dp->groups[g]);
+    }
 }
 
 /* ---- ARP and NDP for the addresses we own ---------------------------------------------------- */
@@ -457,7 +513,7 @@ static void arp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, dou
 {
     l->arp_in++;
     if (len < 42) {
-        dp->drops[HP_D_RUNT]++;
+        COUNT_DROP(dp, HP_D_RUNT);
         return;
     }
     const uint8_t *a = f + 14;
@@ -514,7 +570,7 @@ static void ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, dou
         return; /* Router Solicitation/Advertisement, Redirect: we are not that kind of router */
     if (plen < 24 || 40 + plen > len - 14 || ip[7] != 255 || hp_icmp6_csum(ip, plen) != 0 ||
         ip[41] != 0) {
-        dp->drops[HP_D_BAD_NDP]++; /* RFC 4861 sections 7.1.1, 7.1.2: silently discard */
+        COUNT_DROP(dp, HP_D_BAD_NDP); /* RFC 4861 sections 7.1.1, 7.1.2: silently discard */
         return;
     }
     const uint8_t *m = ip + 40, *src = ip + 8, *target = m + 8, *mac;
@@ -522,7 +578,7 @@ static void ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, dou
     int from_unspec = memcmp(src, unspec, 16) == 0;
     if (m[0] == 135) { /* Neighbor Solicitation */
         if (nd_option(m + 24, plen - 24, 1, &mac) < 0) {
-            dp->drops[HP_D_BAD_NDP]++;
+            COUNT_DROP(dp, HP_D_BAD_NDP);
             return;
         }
         if (!is_own(l, 6, target))
@@ -545,7 +601,7 @@ static void ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, dou
         l->nd_out++;
     } else if (m[0] == 136) { /* Neighbor Advertisement */
         if (nd_option(m + 24, plen - 24, 2, &mac) < 0) {
-            dp->drops[HP_D_BAD_NDP]++;
+            COUNT_DROP(dp, HP_D_BAD_NDP);
             return;
         }
         hp_neigh *n = hp_neigh_find(&l->neigh, 6, target);
@@ -637,8 +693,10 @@ static void send_rst(hp_dp *dp, hp_link *l, const uint8_t *f, const uint8_t *ip,
     /* pseudo-header (RFC 9293 3.1, RFC 8200 8.1): addresses, protocol, TCP length */
     uint32_t s = sum16(p.t.src, alen) + sum16(p.t.dst, alen) + HP_IPPROTO_TCP + 20 + sum16(t, 20);
     hp_put16(t + 16, ~hp_fold(s) & 0xFFFF);
+    lock_link(dp, l);
     hp_io_send_now(&l->port, &NO_VNET, out, 14 + iplen + 20);
-    dp->rst_sent++;
+    unlock_link(dp, l);
+    __atomic_fetch_add(&dp->rst_sent, 1, __ATOMIC_RELAXED);
 }
 
 /* ---- forwarding ------------------------------------------------------------------------------ */
@@ -669,12 +727,12 @@ static void outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
          * NDP were answered before this, so the environment's neighbour cache stays sane. */
         if (l->state != HP_LINK_ACTIVE) {
             l->blocked++;
-            dp->drops[STATE_DROP[l->state]]++;
+            COUNT_DROP(dp, STATE_DROP[l->state]);
             return;
         }
         /* Lambda: IPv6 outbound only with Ipv6AllowedForDualStack */
         if (family == 6 && l->no_ipv6) {
-            dp->drops[HP_D_IPV6_NOT_ALLOWED]++;
+            COUNT_DROP(dp, HP_D_IPV6_NOT_ALLOWED);
             return;
         }
     }
@@ -686,25 +744,28 @@ static void outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
         if (l->role == HP_ROLE_ENV &&
             (family == 4 ? !l->has_env4 || memcmp(src, l->env4, 4) != 0
                          : !l->has_env6 || memcmp(src, l->env6, 16) != 0)) {
-            dp->drops[HP_D_SPOOFED_SOURCE]++;
+            COUNT_DROP(dp, HP_D_SPOOFED_SOURCE);
             return;
         }
         /* the data path has no local stack: nothing is addressed to it (a NAT gateway's
          * public address included) */
         if (is_own(l, family, dst) ||
             (l->role == HP_ROLE_INSIDE && out && is_own(out, family, dst))) {
-            dp->drops[HP_D_LOCAL_DESTINATION]++;
+            COUNT_DROP(dp, HP_D_LOCAL_DESTINATION);
             return;
         }
     }
     if (!out || !(family == 4 ? out->has_net4 : out->has_net6)) {
-        dp->drops[HP_D_NO_ROUTE]++;
+        COUNT_DROP(dp, HP_D_NO_ROUTE);
         return;
     }
     uint8_t reason;
     uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
-    if (hp_translate(g->engine, HP_DIR_ORIG, ip, n, flags, now, &reason) == HP_DROP) {
-        dp->drops[HP_D_ENGINE]++;
+    lock_group(dp, g);
+    int verdict = hp_translate(g->engine, HP_DIR_ORIG, ip, n, flags, now, &reason);
+    unlock_group(dp, g);
+    if (verdict == HP_DROP) {
+        COUNT_DROP(dp, HP_D_ENGINE);
         if (reason == HP_R_TCP_NOT_SYN && g->rst_unknown_tcp)
             send_rst(dp, l, f, ip, n, flags);
         return;
@@ -724,11 +785,14 @@ static void inbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint
     hp_group *g = &dp->groups[l->group];
     hp_link *inside = hp_dp_link(dp, g->inside_link);
     if (inside && !(family == 4 ? inside->has_net4 : inside->has_net6)) {
-        dp->drops[HP_D_NO_ROUTE]++;
+        COUNT_DROP(dp, HP_D_NO_ROUTE);
         return;
     }
-    if (hp_translate(g->engine, HP_DIR_REPLY, ip, len - 14, flags, now, &reason) != HP_REPLY) {
-        dp->drops[HP_D_ENGINE]++; /* unsolicited and the rest: the engine counted the reason */
+    lock_group(dp, g);
+    int verdict = hp_translate(g->engine, HP_DIR_REPLY, ip, len - 14, flags, now, &reason);
+    unlock_group(dp, g);
+    if (verdict != HP_REPLY) {
+        COUNT_DROP(dp, HP_D_ENGINE); /* unsolicited and the rest: the engine counted the reason */
         return;
     }
     const uint8_t *dst = family == 4 ? ip + 16 : ip + 24;
@@ -739,7 +803,7 @@ static void inbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint
     }
     int li = env_lookup(dp, family, dst);
     if (li < 0) {
-        dp->drops[HP_D_NO_ENVIRONMENT]++;
+        COUNT_DROP(dp, HP_D_NO_ENVIRONMENT);
         return;
     }
     dp->forwarded[1]++;
@@ -752,32 +816,36 @@ static void rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
     l->rx_packets++;
     l->rx_bytes += len;
     if (len < 14) {
-        dp->drops[HP_D_RUNT]++;
+        COUNT_DROP(dp, HP_D_RUNT);
         return;
     }
     int mcast = f[0] & 1;
     if (!mcast && memcmp(f, l->mac, 6) != 0) {
-        dp->drops[HP_D_NOT_OUR_MAC]++;
+        COUNT_DROP(dp, HP_D_NOT_OUR_MAC);
         return;
     }
     uint32_t type = hp_get16(f + 12);
     if (type == 0x0806) {
+        lock_link(dp, l);
         arp_input(dp, l, f, len, now);
+        unlock_link(dp, l);
         return;
     }
     int family = type == 0x0800 ? 4 : type == 0x86DD ? 6 : 0;
     if (!family || len < 15 || f[14] >> 4 != family) {
-        dp->drops[HP_D_NOT_IP]++;
+        COUNT_DROP(dp, HP_D_NOT_IP);
         return;
     }
     /* NDP: ICMPv6 types 133-137 straight after the IPv6 header (RFC 4861 forbids nothing
      * else, but no neighbour of ours sends extension headers before it). */
     if (family == 6 && len >= 14 + 40 + 4 && f[14 + 6] == 58 && f[54] >= 133 && f[54] <= 137) {
+        lock_link(dp, l);
         ndp_input(dp, l, f, len, now);
+        unlock_link(dp, l);
         return;
     }
     if (mcast) {
-        dp->drops[HP_D_MULTICAST]++;
+        COUNT_DROP(dp, HP_D_MULTICAST);
         return;
     }
     if (l->role == HP_ROLE_ENI)
@@ -786,11 +854,21 @@ static void rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
         outbound(dp, l, vh, f, len, family, now);
 }
 
-static void flush_all(hp_dp *dp)
+/* Send what the links have queued. With the inbound worker, each thread flushes the links
+ * it sends on (the worker: environment and inside links; the loop: ENI links), under their
+ * locks; the batches point only into the caller's own frames. */
+static void flush_all(hp_dp *dp, int worker)
 {
-    for (unsigned i = 0; i < dp->n_links; i++)
-        if (dp->links[i]->port.ntx)
-            hp_io_flush(&dp->links[i]->port);
+    for (unsigned i = 0; i < dp->n_links; i++) {
+        hp_link *l = dp->links[i];
+        if (dp->mt && (l->role == HP_ROLE_ENI) == worker)
+            continue;
+        if (!__atomic_load_n(&l->port.ntx, __ATOMIC_RELAXED))
+            continue;
+        lock_link(dp, l);
+        hp_io_flush(&l->port);
+        unlock_link(dp, l);
+    }
 }
 
 /* Take what one link has received: rounds of ring frames (and the super-packets they stand
@@ -799,6 +877,7 @@ static void flush_all(hp_dp *dp)
 static uint32_t service(hp_dp *dp, hp_link *l, double now)
 {
     uint32_t got = 0;
+    int worker = dp->mt && l->role == HP_ROLE_ENI; /* which thread this is */
     if (l->port.kind == HP_PORT_PACKET) {
         /* Rounds of up to HP_TXQ frames: take them, flush what they produced (the iovecs
          * point into the frames), give them back. A bounded number of rounds per call keeps
@@ -813,28 +892,28 @@ static uint32_t service(hp_dp *dp, hp_link *l, double now)
                 struct virtio_net_hdr vh;
                 if (h->tp_status & TP_STATUS_COPY) { /* a super-packet: whole on the queue */
                     if (l->port.nbig == HP_BIG_N) {
-                        flush_all(dp);
+                        flush_all(dp, worker);
                         l->port.nbig = 0;
                     }
                     uint8_t *big;
                     int r = hp_io_recv_big(&l->port, &big);
                     if (r < 0) {
                         l->rx_packets++;
-                        dp->drops[HP_D_RX_TRUNCATED]++;
+                        COUNT_DROP(dp, HP_D_RX_TRUNCATED);
                         continue;
                     }
                     memcpy(&vh, big, HP_VNET_LEN);
                     rx_frame(dp, l, &vh, big + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
                 } else if (h->tp_snaplen < h->tp_len) {
                     l->rx_packets++;
-                    dp->drops[HP_D_RX_TRUNCATED]++;
+                    COUNT_DROP(dp, HP_D_RX_TRUNCATED);
                 } else {
                     memcpy(&vh, frame - HP_VNET_LEN, HP_VNET_LEN); /* PACKET_VNET_HDR: here */
                     rx_frame(dp, l, &vh, frame, h->tp_snaplen, now);
                 }
             }
             if (k)
-                flush_all(dp);
+                flush_all(dp, worker);
             l->port.nbig = 0;
             hp_io_ring_release(&l->port);
             got += k;
@@ -849,7 +928,7 @@ static uint32_t service(hp_dp *dp, hp_link *l, double now)
                 break; /* EAGAIN: drained */
             if ((uint32_t)r < HP_VNET_LEN) {
                 l->rx_packets++;
-                dp->drops[HP_D_RUNT]++;
+                COUNT_DROP(dp, HP_D_RUNT);
                 continue;
             }
             struct virtio_net_hdr vh;
@@ -857,7 +936,7 @@ static uint32_t service(hp_dp *dp, hp_link *l, double now)
             rx_frame(dp, l, &vh, slot + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
             got++;
         }
-        flush_all(dp);
+        flush_all(dp, worker);
     }
     return got;
 }
@@ -869,13 +948,17 @@ static uint32_t service(hp_dp *dp, hp_link *l, double now)
  * runnable (sched_yield), so a server sharing the CPU is not held up. It ends after HP_SPIN_S
  * without a packet, or after HP_SPIN_MAX_S in all, so the control socket, TAP links and the
  * timers are served at that pace at the least. */
-static void spin(hp_dp *dp, double now)
+static void spin(hp_dp *dp, double now, int worker)
 {
     double quiet_until = now + HP_SPIN_S, stop = now + HP_SPIN_MAX_S;
-    while (now < quiet_until && now < stop && now < dp->next_tick) {
+    /* the loop stops at its next tick; the worker when hp_dp_poll parks it */
+    while (now < quiet_until && now < stop &&
+           (worker ? __atomic_load_n(&dp->in_run, __ATOMIC_SEQ_CST) : now < dp->next_tick)) {
         uint32_t got = 0;
         for (unsigned i = 0; i < dp->n_links; i++) {
             hp_link *l = dp->links[i];
+            if (dp->mt && (l->role == HP_ROLE_ENI) != worker)
+                continue;
             if (!l->down && l->port.kind == HP_PORT_PACKET && hp_io_ring_ready(&l->port))
                 got += service(dp, l, now);
         }
@@ -885,6 +968,12 @@ static void spin(hp_dp *dp, double now)
         else
             sched_yield();
     }
+}
+
+/* The epoll set a link is in: the worker's for ENI links while it runs. */
+static int link_epfd(const hp_dp *dp, const hp_link *l)
+{
+    return dp->mt && l->role == HP_ROLE_ENI ? dp->in_epfd : dp->epfd;
 }
 
 /* The interface went away (its namespace was deleted, the TAP was removed): the socket reports
@@ -897,14 +986,168 @@ static int link_error(hp_dp *dp, hp_link *l)
         getsockopt(l->port.fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err != ENETDOWN &&
         err != ENODEV && err != ENXIO && err != 0)
         return 0; /* a transient error, now cleared */
-    epoll_ctl(dp->epfd, EPOLL_CTL_DEL, l->port.fd, NULL);
+    epoll_ctl(link_epfd(dp, l), EPOLL_CTL_DEL, l->port.fd, NULL);
     l->down = 1;
     return HP_POLL_LINK_DOWN;
 }
 
-/* Every time here is the data path's clock (hp_dp_clock): CLOCK_MONOTONIC plus the lab's
- * offset, so moving the clock forward runs the timers and the engines' expiry at once. */
-int hp_dp_poll(hp_dp *dp, int timeout_ms)
+/* ---- the inbound worker ---------------------------------------------------------------------
+ * See hp_dp.h. The worker runs only while the loop's thread is inside hp_dp_poll (Python,
+ * which reads and changes tables and links between polls, never runs beside it): hp_dp_poll
+ * sets in_run and wakes it, and before returning clears in_run, kicks it out of epoll_wait
+ * and waits until it says it is parked. */
+static void futex_wait(uint32_t *word, uint32_t expected)
+{
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+
+static void futex_wake(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static void *inbound_worker(void *arg)
+{
+    hp_dp *dp = arg;
+    struct epoll_event ev[64];
+    for (;;) {
+        if (!__atomic_load_n(&dp->in_run, __ATOMIC_SEQ_CST)) {
+            if (__atomic_load_n(&dp->in_stop, __ATOMIC_SEQ_CST))
+                return NULL;
+            __atomic_store_n(&dp->in_parked, 1, __ATOMIC_SEQ_CST);
+            futex_wait(&dp->in_run, 0);
+            continue;
+        }
+        __atomic_store_n(&dp->in_parked, 0, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&dp->in_run, __ATOMIC_SEQ_CST))
+            continue; /* parked again before doing anything */
+        int n = epoll_wait(dp->in_epfd, ev, 64, 1000);
+        double now = hp_dp_clock(dp);
+        uint32_t got = 0;
+        for (int i = 0; i < n; i++) {
+            uint32_t u = ev[i].data.u32;
+            if (u == WATCH_TAG) { /* the kick: drain it, look at in_run again */
+                uint64_t v;
+                if (read(dp->in_wake, &v, sizeof v) < 0) {
+                }
+            } else if (ev[i].events & (EPOLLERR | EPOLLHUP)) {
+                if (link_error(dp, dp->links[u]))
+                    __atomic_store_n(&dp->in_links_down, 1, __ATOMIC_SEQ_CST);
+            } else {
+                got += service(dp, dp->links[u], now);
+            }
+        }
+        if (got && __atomic_load_n(&dp->in_run, __ATOMIC_SEQ_CST))
+            spin(dp, hp_dp_clock(dp), 1);
+    }
+}
+
+static void in_unpark(hp_dp *dp)
+{
+    if (!dp->mt)
+        return;
+    __atomic_store_n(&dp->in_run, 1, __ATOMIC_SEQ_CST);
+    futex_wake(&dp->in_run);
+}
+
+static void in_park(hp_dp *dp)
+{
+    if (!dp->mt)
+        return;
+    __atomic_store_n(&dp->in_run, 0, __ATOMIC_SEQ_CST);
+    uint64_t one = 1;
+    if (write(dp->in_wake, &one, sizeof one) < 0) {
+    }
+    while (!__atomic_load_n(&dp->in_parked, __ATOMIC_SEQ_CST))
+        sched_yield();
+}
+
+int hp_dp_start_inbound(hp_dp *dp, const int *cpus, int n, char *err, size_t errlen)
+{
+    if (dp->mt) {
+        snprintf(err, errlen, "the inbound worker is running already");
+        return -1;
+    }
+    dp->in_epfd = epoll_create1(EPOLL_CLOEXEC);
+    dp->in_wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    struct epoll_event kick = {.events = EPOLLIN, .data.u32 = WATCH_TAG};
+    if (dp->in_epfd < 0 || dp->in_wake < 0 ||
+        epoll_ctl(dp->in_epfd, EPOLL_CTL_ADD, dp->in_wake, &kick) < 0) {
+        snprintf(err, errlen, "inbound worker: %s", strerror(errno));
+        goto fail;
+    }
+    for (unsigned i = 0; i < dp->n_links; i++) { /* the ENI links move to the worker */
+        hp_link *l = dp->links[i];
+        if (l->role != HP_ROLE_ENI || l->down)
+            continue;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
+        epoll_ctl(dp->epfd, EPOLL_CTL_DEL, l->port.fd, NULL);
+        if (epoll_ctl(dp->in_epfd, EPOLL_CTL_ADD, l->port.fd, &ev) < 0) {
+            snprintf(err, errlen, "inbound worker: epoll_ctl: %s", strerror(errno));
+            epoll_ctl(dp->epfd, EPOLL_CTL_ADD, l->port.fd, &ev);
+            goto fail;
+        }
+    }
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    if (n > 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        for (int i = 0; i < n; i++)
+            if (cpus[i] >= 0 && cpus[i] < CPU_SETSIZE)
+                CPU_SET(cpus[i], &set);
+        pthread_attr_setaffinity_np(&attr, sizeof set, &set);
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* signals are the loop's (Python's) */
+    dp->in_parked = 0;
+    dp->in_run = 0;
+    dp->mt = 1;
+    int rc = pthread_create(&dp->in_thread, &attr, inbound_worker, dp);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        dp->mt = 0;
+        snprintf(err, errlen, "inbound worker: %s", strerror(rc));
+        for (unsigned i = 0; i < dp->n_links; i++) {
+            hp_link *l = dp->links[i];
+            struct epoll_event ev = {.events = EPOLLIN, .data.u32 = i};
+            if (l->role == HP_ROLE_ENI && !l->down)
+                epoll_ctl(dp->epfd, EPOLL_CTL_ADD, l->port.fd, &ev);
+        }
+        goto fail;
+    }
+    while (!__atomic_load_n(&dp->in_parked, __ATOMIC_SEQ_CST))
+        sched_yield(); /* parked until the first hp_dp_poll */
+    return 0;
+fail:
+    if (dp->in_epfd >= 0)
+        close(dp->in_epfd);
+    if (dp->in_wake >= 0)
+        close(dp->in_wake);
+    dp->in_epfd = dp->in_wake = -1;
+    return -1;
+}
+
+static void stop_inbound(hp_dp *dp)
+{
+    if (!dp->mt)
+        return;
+    __atomic_store_n(&dp->in_stop, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&dp->in_run, 0, __ATOMIC_SEQ_CST);
+    futex_wake(&dp->in_run);
+    uint64_t one = 1;
+    if (write(dp->in_wake, &one, sizeof one) < 0) {
+    }
+    pthread_join(dp->in_thread, NULL);
+    dp->mt = 0;
+    close(dp->in_epfd);
+    close(dp->in_wake);
+    dp->in_epfd = dp->in_wake = -1;
+}
+
+static int poll_loop(hp_dp *dp, int timeout_ms)
 {
     struct epoll_event ev[64];
     double deadline = hp_dp_clock(dp) + timeout_ms / 1000.0;
@@ -933,11 +1176,23 @@ int hp_dp_poll(hp_dp *dp, int timeout_ms)
             else
                 got += service(dp, dp->links[u], now);
         }
+        if (dp->mt && __atomic_exchange_n(&dp->in_links_down, 0, __ATOMIC_SEQ_CST))
+            ready |= HP_POLL_LINK_DOWN;
         if (ready)
             return ready;
         if (got)
-            spin(dp, hp_dp_clock(dp));
+            spin(dp, hp_dp_clock(dp), 0);
         if (hp_dp_clock(dp) >= deadline)
             return 0;
     }
+}
+
+/* Every time here is the data path's clock (hp_dp_clock): CLOCK_MONOTONIC plus the lab's
+ * offset, so moving the clock forward runs the timers and the engines' expiry at once. */
+int hp_dp_poll(hp_dp *dp, int timeout_ms)
+{
+    in_unpark(dp);
+    int r = poll_loop(dp, timeout_ms);
+    in_park(dp);
+    return r;
 }

@@ -18,12 +18,18 @@
  * links and on "watched" fds of the caller (control socket, signal wakeup pipe) and returns to
  * the caller only when one of those is readable, a signal interrupted it, or the time is up:
  * no Python runs per packet.
+ *
+ * Those are the two columns above: with the inbound worker (hp_dp_start_inbound, [datapath]
+ * inbound_cpus) the right-hand one, everything received on ENI links, runs in a second thread
+ * while hp_dp_poll runs. The engines and each link's neighbours and transmit batch are then
+ * shared, under a mutex each; the drop counters are atomic.
  */
 #ifndef HP_DP_H
 #define HP_DP_H
 
 #include "hp_engine.h"
 #include "hp_io.h"
+#include <pthread.h>
 #include "hp_neigh.h"
 
 #define HP_DP_MAX_LINKS 256
@@ -88,6 +94,7 @@ typedef struct {
     uint8_t down; /* the interface is gone; no longer polled */
     uint64_t rx_packets, rx_bytes, arp_in, arp_out, nd_in, nd_out;
     uint64_t blocked; /* env link: IP packets dropped because the function is not Active */
+    pthread_mutex_t lock; /* with the inbound worker: neighbours, transmit batch, ARP/NDP */
 } hp_link;
 
 typedef struct {
@@ -95,6 +102,7 @@ typedef struct {
     int eni_link;    /* -1 until added */
     int inside_link; /* a NAT gateway's private side; -1: replies go to environment links */
     uint8_t rst_unknown_tcp; /* answer a TCP segment of no connection with a RST */
+    pthread_mutex_t lock; /* with the inbound worker: the engine, used by both directions */
 } hp_group;
 
 typedef struct {
@@ -113,6 +121,14 @@ typedef struct {
     uint64_t rst_sent;
     double clock_offset; /* the data path's now = CLOCK_MONOTONIC + this (a lab clock) */
     uint32_t ring_frames; /* of every veth link's receive ring opened from now on; 0: default */
+    /* The inbound worker (hp_dp_start_inbound): mt is set while it exists. */
+    int mt;
+    int in_epfd, in_wake;   /* its epoll set (the ENI links) and the eventfd that kicks it */
+    pthread_t in_thread;
+    uint32_t in_run;        /* futex word: 1 while hp_dp_poll runs */
+    uint32_t in_parked;     /* it touches nothing until in_run is set again */
+    uint32_t in_links_down; /* it found an ENI link gone: hp_dp_poll reports it */
+    int in_stop;
 } hp_dp;
 
 hp_dp *hp_dp_new(void);
@@ -138,6 +154,14 @@ int hp_dp_set_clock_offset(hp_dp *dp, double offset);
 double hp_dp_clock(const hp_dp *dp); /* hp_dp_now() + the offset */
 int hp_dp_watch(hp_dp *dp, int fd);
 hp_link *hp_dp_link(hp_dp *dp, int link);
+/* The inbound worker: a second thread, on cpus[0..n) (n = 0: any CPU), that receives on the
+ * ENI links and does the VPC -> environment direction (REPLY translation, sends to the
+ * environment and inside links), while hp_dp_poll's thread does the environment -> VPC one.
+ * Why: on a veth a send runs the receiver's stack on the sender's CPU, so one thread put both
+ * directions' receivers on one CPU; two threads put each direction's receiver where the
+ * kernel's own NAT puts it. It runs only inside hp_dp_poll. -1 with err set when it could
+ * not start or runs already. */
+int hp_dp_start_inbound(hp_dp *dp, const int *cpus, int n, char *err, size_t errlen);
 
 #define HP_POLL_INTR (-2)
 #define HP_POLL_LINK_DOWN (1 << 30)

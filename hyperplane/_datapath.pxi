@@ -113,6 +113,22 @@ cdef class DataPath:
             raise ValueError(f"ring_frames {n!r}: a number of frames is expected")
         self._get().ring_frames = n
 
+    def start_inbound_worker(self, cpus=()):
+        """Start the inbound worker (csrc/hp_dp.h hp_dp_start_inbound): a thread on ``cpus``
+        (empty: any CPU) that receives on the ENI links and does the VPC -> environment
+        direction while ``poll`` runs. Once per data path."""
+        cdef char err[256]
+        cdef int c[64]
+        cpus = list(cpus)
+        if len(cpus) > 64:
+            raise ValueError("at most 64 CPUs for the inbound worker")
+        for i, cpu in enumerate(cpus):
+            if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < 1024:
+                raise ValueError(f"CPU {cpu!r}: a CPU number from 0 is expected")
+            c[i] = cpu
+        if hp_dp_start_inbound(self._get(), c, len(cpus), err, sizeof(err)) < 0:
+            raise OSError(err.decode(errors="replace"))
+
     def add_group(self, Engine engine):
         cdef int g = hp_dp_add_group(self._get(), engine._e)
         if g < 0:

@@ -220,6 +220,7 @@ cdef extern from "hp_dp.h":
     double hp_dp_clock(const hp_dp *dp) nogil
     int hp_dp_watch(hp_dp *dp, int fd) nogil
     hp_link *hp_dp_link(hp_dp *dp, int link) nogil
+    int hp_dp_start_inbound(hp_dp *dp, const int *cpus, int n, char *err, size_t errlen) nogil
     int hp_dp_poll(hp_dp *dp, int timeout_ms) nogil
     void hp_dp_tick(hp_dp *dp, double now) nogil
     double hp_dp_now() nogil

@@ -39,11 +39,14 @@ rebuilding the extension) hits both modes alike:
 The generators are iperf3 and ``hp-traffic`` (``hyperplane/tools/hp_traffic.c``, driven through
 :mod:`hyperplane.traffic`): Python would be the bottleneck. Client-side tools run on CPU 0 and
 server-side tools on CPU 1 in both modes (``--no-pin``: unpinned). The data path's veth rings
-are 16,384 frames deep (``[datapath] ring_frames``, :data:`RING_FRAMES`). It is pinned to
-the server's CPU (``[datapath] cpus = [1]``), away from the sender: the kernel's forwarding
+are 16,384 frames deep (``[datapath] ring_frames``, :data:`RING_FRAMES`). Its loop is pinned
+to the server's CPU (``[datapath] cpus = [1]``), away from the sender: the kernel's forwarding
 runs in the sender's own system call (veth), so it is always on the sender's CPU, and a
 scheduler that moves the data path onto that CPU too halves its throughput (measured:
-benchmarks/RESULTS.md). ``--no-pin`` leaves it to the scheduler as well.
+benchmarks/RESULTS.md). Its inbound worker (``inbound_cpus = [0]``) does the VPC ->
+environment direction on the client's CPU: a send on a veth runs the receiver's stack, so the
+environment's receive path then runs beside the environment (connections +17 %). ``--no-pin``
+leaves all of it to the scheduler.
 
 The medians, spreads, ratios, the loss-free search and the verdicts are plain functions without
 I/O (:func:`summarize`, :func:`find_loss_free`, :func:`verdicts`, ...), unit-tested with fake
@@ -1057,8 +1060,10 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         _progress(f"building lab {names['hyperplane']} (hyperplane data path)")
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        # the same topology, with a deeper ring and the data path kept off the sender's CPU
-        datapath = f"ring_frames = {RING_FRAMES}\n" + (f"cpus = [{SERVER_CPU}]\n" if pin else "")
+        # the same topology, with a deeper ring, the data path's loop off the sender's CPU and
+        # its inbound worker on it
+        datapath = f"ring_frames = {RING_FRAMES}\n" + (
+            f"cpus = [{SERVER_CPU}]\ninbound_cpus = [{CLIENT_CPU}]\n" if pin else "")
         text += "\n[datapath]\n" + datapath
         source = f"{path} + [datapath] " + datapath.strip().replace("\n", ", ")
         cfg = labconfig.loads(text, source=source)
@@ -1176,7 +1181,9 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
                     "hp_traffic": "--cpu CPU" if settings.pin else "--cpu -1 (unpinned)",
                     "datapath_cpu": SERVER_CPU if settings.pin else None,
                     "datapath": (f"[datapath] cpus = [{SERVER_CPU}] (off the sender's CPU, "
-                                 "where the kernel's NAT runs in the sender's softirq)"
+                                 "where the kernel's NAT runs in the sender's softirq), "
+                                 f"inbound_cpus = [{CLIENT_CPU}] (the VPC -> environment "
+                                 "direction, whose sends carry the environment's receive path)"
                                  if settings.pin else "unpinned"),
                     "ring_frames": (modes["hyperplane"].rings if "hyperplane" in modes
                                     else {})},

@@ -200,6 +200,9 @@ class Daemon:
         self.offset = 0.0  # the lab clock runs ahead of the monotonic clock by this much
         self.dp = DataPath()
         self.dp.ring_frames = plan.datapath.ring_frames   # before any link is added
+        if plan.datapath.inbound_cpus:
+            self.dp.start_inbound_worker(plan.datapath.inbound_cpus)
+            log.info("inbound worker on CPU(s) %s", sorted(plan.datapath.inbound_cpus))
         self.keys: Dict[Key, _KeyGroup] = {}
         self.env_links: Dict[str, int] = {}
         self.natgw: Dict[str, Any] = {}
@@ -1070,25 +1073,28 @@ def run_plan(plan, control_path: Optional[str], initial_active: bool = False,
     (restoring the lab's saved state first unless ``restore`` is false)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    pin_cpus(plan.datapath.cpus)
+    pin_cpus(plan.datapath.cpus, plan.datapath.inbound_cpus)
     netns.enter(plan.node_ns)
     d = Daemon(plan, control_path, initial_active=initial_active, restore=restore)
     return d.run()
 
 
-def pin_cpus(cpus) -> None:
+def pin_cpus(cpus, inbound_cpus=()) -> None:
     """Run this process on ``cpus`` (``[datapath] cpus``); nothing when empty. A CPU this
-    process may not use (offline, outside its cpuset) is a configuration error naming them."""
+    process may not use (offline, outside its cpuset) is a configuration error naming them;
+    ``inbound_cpus`` (the inbound worker's, started later) is checked here too, before pinning
+    narrows what this process may use."""
+    allowed = os.sched_getaffinity(0)
+    for field, want in (("datapath.cpus", cpus), ("datapath.inbound_cpus", inbound_cpus)):
+        missing = sorted(set(want) - allowed)
+        if missing:
+            from hyperplane.labconfig import LabConfigError
+
+            raise LabConfigError(field, f"CPU(s) {missing} are not available here (this "
+                                 f"process may use {sorted(allowed)}); pick from those or "
+                                 f"leave {field.split('.')[1]} out")
     if not cpus:
         return
-    allowed = os.sched_getaffinity(0)
-    missing = sorted(set(cpus) - allowed)
-    if missing:
-        from hyperplane.labconfig import LabConfigError
-
-        raise LabConfigError("datapath.cpus", f"CPU(s) {missing} are not available here (this "
-                             f"process may use {sorted(allowed)}); pick from those or leave "
-                             "cpus out")
     os.sched_setaffinity(0, set(cpus))
     logging.getLogger("hyperplane.daemon").info("data path pinned to CPU(s) %s", sorted(cpus))
 

@@ -43,6 +43,8 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
   scheduler puts it). On a small machine where the traffic's own endpoints share the CPUs,
   keeping the data path off the sender's CPU is worth a lot (benchmarks/RESULTS.md).
   ``ring_frames``: frames (2 KiB each) in every veth link's receive ring, default 4096.
+  ``inbound_cpus``: run the VPC -> environment direction in a second thread on these CPUs
+  (csrc/hp_dp.h ``hp_dp_start_inbound``); default: one thread does both.
 
 Every address must lie in the benchmark ranges 198.18.0.0/15 (RFC 2544) and 2001:2::/48
 (RFC 5180): they are reserved for exactly this kind of lab, so a lab can never collide with a
@@ -507,10 +509,14 @@ class DatapathPlan:
     """``[datapath]``: ``cpus`` pins the data path process to these CPUs (sched_setaffinity,
     checked against the CPUs it may use when it starts); empty: the scheduler decides.
     ``ring_frames``: the depth of each veth link's receive ring, which is how long a stall of
-    the loop a link absorbs without dropping (like ``ethtool -G`` on a NIC)."""
+    the loop a link absorbs without dropping (like ``ethtool -G`` on a NIC).
+    ``inbound_cpus``: when set, an inbound worker thread on these CPUs receives on the ENI
+    links and does the VPC -> environment direction."""
     cpus: Tuple[int, ...] = ()
     #: frames in each veth link's receive ring (2 KiB each); 0: the default, 4,096 (8 MiB)
     ring_frames: int = 0
+    #: when set, the VPC -> environment direction runs in a thread of its own on these CPUs
+    inbound_cpus: Tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -661,8 +667,10 @@ class Plan:
             lifecycle=LifecyclePlan(**d.get("lifecycle", {})),
             iam=d.get("iam"),
             flow_logs=FlowLogsPlan(**d.get("flow_logs", {})),
-            datapath=DatapathPlan(cpus=tuple(d.get("datapath", {}).get("cpus", ())),
-                                  ring_frames=int(d.get("datapath", {}).get("ring_frames", 0))),
+            datapath=DatapathPlan(
+                cpus=tuple(d.get("datapath", {}).get("cpus", ())),
+                ring_frames=int(d.get("datapath", {}).get("ring_frames", 0)),
+                inbound_cpus=tuple(d.get("datapath", {}).get("inbound_cpus", ()))),
         )
 
 
@@ -1621,18 +1629,24 @@ def _parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
 RING_FRAMES_STEP, RING_FRAMES_MIN, RING_FRAMES_MAX = 128, 1024, 65536
 
 
-def _parse_datapath(t: Any) -> DatapathPlan:
-    """``[datapath]``: the CPUs the data path runs on, and its rings' depth."""
-    _expect(t, dict, "datapath", "write it as a [datapath] table")
-    _check_keys(t, "datapath", ["cpus", "ring_frames"])
-    cpus = t.get("cpus", [])
-    _expect(cpus, list, "datapath.cpus", "write a list of CPU numbers, like cpus = [1]")
+def _parse_cpu_list(t: Dict[str, Any], key: str) -> Tuple[int, ...]:
+    field = f"datapath.{key}"
+    cpus = t.get(key, [])
+    _expect(cpus, list, field, f"write a list of CPU numbers, like {key} = [1]")
     for i, c in enumerate(cpus):
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 4096:
-            raise LabConfigError(f"datapath.cpus[{i}]", f"{c!r}: write a CPU number from 0 "
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 1024:
+            raise LabConfigError(f"{field}[{i}]", f"{c!r}: write a CPU number from 0 "
                                  "(see `nproc` or /proc/cpuinfo)")
     if len(set(cpus)) != len(cpus):
-        raise LabConfigError("datapath.cpus", f"{cpus!r} names a CPU twice; list each once")
+        raise LabConfigError(field, f"{cpus!r} names a CPU twice; list each once")
+    return tuple(cpus)
+
+
+def _parse_datapath(t: Any) -> DatapathPlan:
+    """``[datapath]``: the CPUs the data path runs on, its inbound worker's, and its rings'
+    depth."""
+    _expect(t, dict, "datapath", "write it as a [datapath] table")
+    _check_keys(t, "datapath", ["cpus", "ring_frames", "inbound_cpus"])
     frames = t.get("ring_frames", 0)
     if isinstance(frames, bool) or not isinstance(frames, int) or (frames and (
             not RING_FRAMES_MIN <= frames <= RING_FRAMES_MAX or frames % RING_FRAMES_STEP)):
@@ -1640,7 +1654,8 @@ def _parse_datapath(t: Any) -> DatapathPlan:
                              f"{frames!r}: write a multiple of {RING_FRAMES_STEP} from "
                              f"{RING_FRAMES_MIN} to {RING_FRAMES_MAX} (frames of 2 KiB per veth "
                              "link; the default is 4096), or leave it out")
-    return DatapathPlan(cpus=tuple(cpus), ring_frames=frames)
+    return DatapathPlan(cpus=_parse_cpu_list(t, "cpus"), ring_frames=frames,
+                        inbound_cpus=_parse_cpu_list(t, "inbound_cpus"))
 
 
 # ---- IAM (hyperplane.iam evaluates the policies; imported only when a config has [iam]) -------

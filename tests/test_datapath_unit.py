@@ -7,7 +7,8 @@ No lab and no daemon: one namespace holding two veth pairs,
 
 The test writes frames into envp/enip with AF_PACKET, runs ``DataPath.poll`` for a few
 milliseconds in its own thread, and reads what came out, decoding with scapy (which also checks
-every checksum). Everything is deterministic and single-threaded.
+every checksum). Every rig test runs twice: with one thread, and with the ENI link served by
+the inbound worker thread (``DataPath.start_inbound_worker``), which runs only inside ``poll``.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class Frames:
 
 
 class Rig(Frames):
-    def __init__(self, ns: str):
+    def __init__(self, ns: str, inbound_worker: bool = False):
         from hyperplane._engine import DataPath, Engine
         from hyperplane.config import EngineConfig, Eni
 
@@ -74,6 +75,8 @@ class Rig(Frames):
         self.engine = Engine(EngineConfig(enis=[Eni("eni-0123456789abcdef0", ipv4=ENI4,
                                                     ipv6=ENI6)], seed=7))
         self.dp = DataPath()
+        if inbound_worker:   # every test again with the ENI link served by a thread of its own
+            self.dp.start_inbound_worker()
         g = self.dp.add_group(self.engine)
         with netns.entered(ns):
             self.eni = self.dp.add_link("eni", g, name="eni0", mac=ENI_MAC, ifname="eni0")
@@ -116,8 +119,8 @@ def scratch_ns():
         pnetns.remove(ns)
 
 
-@pytest.fixture
-def rig(scratch_ns):
+@pytest.fixture(params=[False, True], ids=["one-thread", "inbound-worker"])
+def rig(scratch_ns, request):
     from pyroute2 import IPRoute
 
     ns = scratch_ns
@@ -133,7 +136,7 @@ def rig(scratch_ns):
                     ipr.link("add", ifname=a, kind="veth", peer=b, address=mac)
                     for n in (a, b):
                         ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
-        r = Rig(ns)
+        r = Rig(ns, inbound_worker=request.param)
         yield r
     finally:
         if r is not None:

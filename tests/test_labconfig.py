@@ -1396,6 +1396,32 @@ def test_datapath_bad_ring_frames_name_the_field_and_the_fix(value):
     refused(doc, "datapath.ring_frames", "multiple of 128 from 1024 to 65536")
 
 
+def test_datapath_inbound_cpus_round_trip_and_errors():
+    assert lc.resolve(parse(base_doc()), "dp").datapath.inbound_cpus == ()   # no worker
+    doc = base_doc()
+    doc["datapath"] = {"cpus": [1], "inbound_cpus": [0]}
+    plan = lc.resolve(parse(doc), "dp")
+    assert plan.datapath.inbound_cpus == (0,)
+    assert lc.Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    doc["datapath"] = {"inbound_cpus": [0, 0]}
+    refused(doc, "datapath.inbound_cpus", "twice")
+    doc["datapath"] = {"inbound_cpus": ["0"]}
+    refused(doc, "datapath.inbound_cpus[0]", "CPU number")
+
+
+def test_pin_cpus_checks_the_inbound_workers_cpus_before_pinning():
+    import os
+
+    from hyperplane import daemon
+
+    missing = max(os.sched_getaffinity(0)) + 1
+    before = os.sched_getaffinity(0)
+    with pytest.raises(LabConfigError) as e:
+        daemon.pin_cpus((min(before),), (missing,))
+    assert e.value.field == "datapath.inbound_cpus" and str(missing) in str(e.value)
+    assert os.sched_getaffinity(0) == before     # refused before anything changed
+
+
 def test_pin_cpus_refuses_a_cpu_this_process_may_not_use():
     import os
 
