@@ -122,7 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             hp_link *l = dp->links[c & 4 ? eni : env];
             hp_engine_advance(e, now);
             rx_frame(dp, l, &vh, f, len, now);
-            flush_all(dp); /* queued sends point into f: out before it is freed */
+            flush_all(dp, 0); /* queued sends point into f: out before it is freed */
             free(f);
         }
         CHECK(e->n_entries <= e->cfg.capacity);

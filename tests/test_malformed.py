@@ -176,9 +176,10 @@ from test_datapath_unit import rig, scratch_ns  # noqa: E402,F401  (fixtures, us
 
 
 @pytest.fixture
-def dp_rig(request):
-    """The data-path rig of tests/test_datapath_unit.py, in its own namespace."""
-    return request.getfixturevalue("rig")
+def dp_rig(rig):
+    """The data-path rig of tests/test_datapath_unit.py, in its own namespace (one thread, and
+    with the inbound worker)."""
+    return rig
 
 
 @pytest.mark.skipif(netns.privilege_problem() is not None,
