@@ -26,28 +26,16 @@
 /* With the inbound worker, a link's neighbour table, transmit batch and ARP/NDP state are
  * shared by both threads (one receives on the link, the other sends on it), and an engine by
  * both directions: each has a mutex, taken only when the worker runs. Nothing takes two. */
-static void lock_link(const hp_dp *dp, hp_link *l)
+static void lock(const hp_dp *dp, pthread_mutex_t *m)
 {
     if (dp->mt)
-        pthread_mutex_lock(&l->lock);
+        pthread_mutex_lock(m);
 }
 
-static void unlock_link(const hp_dp *dp, hp_link *l)
+static void unlock(const hp_dp *dp, pthread_mutex_t *m)
 {
     if (dp->mt)
-        pthread_mutex_unlock(&l->lock);
-}
-
-static void lock_group(const hp_dp *dp, hp_group *g)
-{
-    if (dp->mt)
-        pthread_mutex_lock(&g->lock);
-}
-
-static void unlock_group(const hp_dp *dp, hp_group *g)
-{
-    if (dp->mt)
-        pthread_mutex_unlock(&g->lock);
+        pthread_mutex_unlock(m);
 }
 
 #define WATCH_TAG 0x80000000u
@@ -454,9 +442,9 @@ static void transmit_locked(hp_dp *dp, hp_link *out, int family, const uint8_t *
 static void transmit(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop,
                      const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len, double now)
 {
-    lock_link(dp, out);
+    lock(dp, &out->lock);
     transmit_locked(dp, out, family, nexthop, vh, frame, len, now);
-    unlock_link(dp, out);
+    unlock(dp, &out->lock);
 }
 
 void hp_dp_tick(hp_dp *dp, double now)
@@ -465,7 +453,7 @@ void hp_dp_tick(hp_dp *dp, double now)
         hp_link *l = dp->links[li];
         if (!l->neigh.n)
             continue;
-        lock_link(dp, l);
+        lock(dp, &l->lock);
         for (unsigned i = 0; i < HP_NEIGH_SLOTS;) {
             hp_neigh *n = &l->neigh.slot[i];
             int remove = 0;
@@ -499,12 +487,12 @@ void hp_dp_tick(hp_dp *dp, double now)
             free_queue(q);
             /* backward shift may have moved a later entry into slot i: look at it again */
         }
-        unlock_link(dp, l);
+        unlock(dp, &l->lock);
     }
     for (unsigned g = 0; g < dp->n_groups; g++) {
-        lock_group(dp, &dp->groups[g]);
+        lock(dp, &dp->groups[g].lock);
         hp_engine_advance(dp->groups[g].engine, now);
-        unlock_group(dp, &dp->groups[g]);
+        unlock(dp, &dp->groups[g].lock);
     }
 }
 
@@ -693,9 +681,9 @@ static void send_rst(hp_dp *dp, hp_link *l, const uint8_t *f, const uint8_t *ip,
     /* pseudo-header (RFC 9293 3.1, RFC 8200 8.1): addresses, protocol, TCP length */
     uint32_t s = sum16(p.t.src, alen) + sum16(p.t.dst, alen) + HP_IPPROTO_TCP + 20 + sum16(t, 20);
     hp_put16(t + 16, ~hp_fold(s) & 0xFFFF);
-    lock_link(dp, l);
+    lock(dp, &l->lock);
     hp_io_send_now(&l->port, &NO_VNET, out, 14 + iplen + 20);
-    unlock_link(dp, l);
+    unlock(dp, &l->lock);
     __atomic_fetch_add(&dp->rst_sent, 1, __ATOMIC_RELAXED);
 }
 
@@ -761,9 +749,9 @@ static void outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
     }
     uint8_t reason;
     uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
-    lock_group(dp, g);
+    lock(dp, &g->lock);
     int verdict = hp_translate(g->engine, HP_DIR_ORIG, ip, n, flags, now, &reason);
-    unlock_group(dp, g);
+    unlock(dp, &g->lock);
     if (verdict == HP_DROP) {
         COUNT_DROP(dp, HP_D_ENGINE);
         if (reason == HP_R_TCP_NOT_SYN && g->rst_unknown_tcp)
@@ -788,9 +776,9 @@ static void inbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint
         COUNT_DROP(dp, HP_D_NO_ROUTE);
         return;
     }
-    lock_group(dp, g);
+    lock(dp, &g->lock);
     int verdict = hp_translate(g->engine, HP_DIR_REPLY, ip, len - 14, flags, now, &reason);
-    unlock_group(dp, g);
+    unlock(dp, &g->lock);
     if (verdict != HP_REPLY) {
         COUNT_DROP(dp, HP_D_ENGINE); /* unsolicited and the rest: the engine counted the reason */
         return;
@@ -826,9 +814,9 @@ static void rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
     }
     uint32_t type = hp_get16(f + 12);
     if (type == 0x0806) {
-        lock_link(dp, l);
+        lock(dp, &l->lock);
         arp_input(dp, l, f, len, now);
-        unlock_link(dp, l);
+        unlock(dp, &l->lock);
         return;
     }
     int family = type == 0x0800 ? 4 : type == 0x86DD ? 6 : 0;
@@ -839,9 +827,9 @@ static void rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
     /* NDP: ICMPv6 types 133-137 straight after the IPv6 header (RFC 4861 forbids nothing
      * else, but no neighbour of ours sends extension headers before it). */
     if (family == 6 && len >= 14 + 40 + 4 && f[14 + 6] == 58 && f[54] >= 133 && f[54] <= 137) {
-        lock_link(dp, l);
+        lock(dp, &l->lock);
         ndp_input(dp, l, f, len, now);
-        unlock_link(dp, l);
+        unlock(dp, &l->lock);
         return;
     }
     if (mcast) {
@@ -865,9 +853,9 @@ static void flush_all(hp_dp *dp, int worker)
             continue;
         if (!__atomic_load_n(&l->port.ntx, __ATOMIC_RELAXED))
             continue;
-        lock_link(dp, l);
+        lock(dp, &l->lock);
         hp_io_flush(&l->port);
-        unlock_link(dp, l);
+        unlock(dp, &l->lock);
     }
 }
 
