@@ -25,7 +25,7 @@
 
 /* With the inbound worker, a link's neighbour table, transmit batch and ARP/NDP state are
  * shared by both threads (one receives on the link, the other sends on it), and an engine by
- * both directions: each has a mutex, taken only when the worker runs. Nothing takes two. */
+ * both directions: each has a mutex, taken only when the worker exists. Nothing takes two. */
 static void lock(const hp_dp *dp, pthread_mutex_t *m)
 {
     if (dp->mt)

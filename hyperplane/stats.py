@@ -203,6 +203,10 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
     }
 
 
+#: What a restore refuses, by reason (hyperplane.daemon.RESTORE_COUNTS after "restored").
+REFUSALS = ("expired", "eni_mismatch", "duplicate", "table_full", "invalid")
+
+
 def _state(c: Dict[str, Any]) -> Dict[str, Any]:
     """The daemon's ``restore`` report and ``saves`` counters (hyperplane.daemon: restart
     without loss) in a fixed shape: what came back at start and how saving goes."""
@@ -211,7 +215,7 @@ def _state(c: Dict[str, Any]) -> Dict[str, Any]:
     out = {"file": r.get("state_file"), "restored": int(r["restored"]) if restored else None,
            "ignored": r.get("ignored"), "down_for": r.get("down_for") if restored else None,
            "final": r.get("final") if restored else None}
-    for k in ("expired", "eni_mismatch", "duplicate", "table_full", "invalid"):
+    for k in REFUSALS:
         out[k] = int(r.get(k, 0)) if restored else 0
     out["saves"] = {"saved": int(sv.get("saved", 0)), "failed": int(sv.get("failed", 0)),
                     "last_error": sv.get("last_error"),
@@ -225,9 +229,7 @@ def _state_rows(st: Dict[str, Any]) -> List[List[str]]:
     if not st["file"]:
         return [["file", "none: a data path run on its own saves nothing"]]
     if st["restored"] is not None:
-        refused = ", ".join(f"{k.replace('_', ' ')} {st[k]}" for k in
-                            ("expired", "eni_mismatch", "duplicate", "table_full", "invalid")
-                            if st[k])
+        refused = ", ".join(f"{k.replace('_', ' ')} {st[k]}" for k in REFUSALS if st[k])
         start = (f"restored {st['restored']} connection(s), saved "
                  f"{'at shutdown' if st['final'] else 'periodically'}, down "
                  f"{float(st['down_for'] or 0):.1f} s" + (f"; refused: {refused}" if refused

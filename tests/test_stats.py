@@ -175,6 +175,12 @@ def _state_section(s: dict) -> Dict[str, str]:
     return {k.strip(): v.strip() for k, v in cells}
 
 
+def test_stats_names_every_refusal_the_daemon_counts():
+    from hyperplane import daemon
+
+    assert stats.REFUSALS == daemon.RESTORE_COUNTS[1:]
+
+
 def test_saved_state_when_nothing_is_saved():
     s = stats.summarize(counters())          # a data path run on its own: no restore, no saves
     assert s["state"]["file"] is None and s["state"]["restored"] is None

@@ -63,24 +63,25 @@ def test_paced_udp_arrives_complete(topo, family, size):
     assert 0 < got["seconds"] and 0 < got["rate"] and 0 < sent["rate"]
 
 
+def _quarter_second_at_4k(topo, port: int, **send_opts):
+    """1,000 datagrams of 64 bytes from a to b (0.25 s at 4,000/s): (sender's, sink's) result."""
+    dst = ADDR[4][1]
+    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=port, seconds=20)) as sink:
+        sent = tr.run(_in(topo.a, "udp-send", dst=dst, port=port, rate=4000, seconds=0.25,
+                          **send_opts), timeout=30)
+        return sent, sink.result(timeout=30)
+
+
 @needs_netns
 def test_udp_flows_use_distinct_source_ports_and_all_arrive(topo):
-    dst = ADDR[4][1]
-    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=9001, seconds=20)) as sink:
-        sent = tr.run(_in(topo.a, "udp-send", dst=dst, port=9001, rate=4000, seconds=0.25,
-                          flows=4), timeout=30)
-        got = sink.result(timeout=30)
+    sent, got = _quarter_second_at_4k(topo, 9001, flows=4)
     assert sent["sent"] == 1000 and sent["flows"] == 4
     assert got["packets"] == 1000 and got["bytes"] == 64000
 
 
 @needs_netns
 def test_one_dst_port_is_the_default_and_counts_exactly(topo):
-    dst = ADDR[4][1]
-    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=9004, seconds=20)) as sink:
-        sent = tr.run(_in(topo.a, "udp-send", dst=dst, port=9004, rate=4000, seconds=0.25,
-                          dst_ports=1), timeout=30)
-        got = sink.result(timeout=30)
+    sent, got = _quarter_second_at_4k(topo, 9004, dst_ports=1)
     assert sent["sent"] == 1000 and sent["errors"] == 0 and sent["dst_ports"] == 1
     assert got["packets"] == 1000 and got["bytes"] == 64000
 
