@@ -205,6 +205,7 @@ class Daemon:
             log.info("inbound worker on CPU(s) %s", sorted(plan.datapath.inbound_cpus))
         self.keys: Dict[Key, _KeyGroup] = {}
         self.env_links: Dict[str, int] = {}
+        self.kernel_stack: Dict[int, str] = {}   # veth link -> "bypassed" or why not
         self.natgw: Dict[str, Any] = {}
         self.stop_reason: Optional[str] = None
         self._ctl: Optional[socket.socket] = None
@@ -252,8 +253,7 @@ class Daemon:
                     fd = netns.open_tap(env.ifname)
                 li = self.dp.add_link("env", g, name=env.name, mac=env.gw_mac, tap_fd=fd)
             else:
-                li = self.dp.add_link("env", g, name=env.name, mac=env.gw_mac,
-                                      ifname=env.node_ifname)
+                li = self._add_veth_link("env", g, env.name, env.gw_mac, env.node_ifname)
             for a in (env.gw4, env.gw6):
                 if a:
                     self.dp.add_address(li, a)
@@ -285,6 +285,22 @@ class Daemon:
         """The lab clock: monotonic time plus what `hyperplane clock advance` added."""
         return time.monotonic() + self.offset
 
+    def _add_veth_link(self, role: str, group: int, name: str, mac: str, ifname: str) -> int:
+        """A data path link on the node namespace's veth ``ifname``, with the kernel's IP
+        stack kept off it (hyperplane.steal): the node answers nothing, so what its stack would
+        do with the frames is work thrown away on the sender's CPU. Where that cannot be done
+        the link works as before, and its counters say why (``kernel_stack``)."""
+        from hyperplane import steal
+
+        li = self.dp.add_link(role, group, name=name, mac=mac, ifname=ifname)
+        try:
+            steal.steal(ifname)
+            self.kernel_stack[li] = "bypassed"
+        except steal.StealError as e:
+            self.kernel_stack[li] = f"sees every frame: {e}"
+            log.warning("link %s: the kernel's IP stack still sees its frames: %s", name, e)
+        return li
+
     def _key_of_eni(self, eni_id: str) -> Optional[Key]:
         for e in self.plan.enis:
             if e.id == eni_id:
@@ -315,7 +331,7 @@ class Daemon:
         rules = self.plan.sg_rules(list(key[1]))
         engine.set_egress_rules([(r.cidr, r.protocol, r.from_port, r.to_port) for r in rules])
         g = self.dp.add_group(engine)
-        li = self.dp.add_link("eni", g, name=ifname, mac=mac, ifname=ifname)
+        li = self._add_veth_link("eni", g, ifname, mac, ifname)
         s = self.plan.subnet(key[0])
         self.dp.set_subnet(li, s.cidr, s.router4)
         if s.ipv6_cidr:
@@ -343,12 +359,12 @@ class Daemon:
         engine.enable_events(EVENT_RING)
         self._event_options(engine)
         g = self.dp.add_group(engine)
-        out = self.dp.add_link("eni", g, name=nat.outside_ifname, mac=nat.outside_mac,
-                               ifname=nat.outside_ifname)
+        out = self._add_veth_link("eni", g, nat.outside_ifname, nat.outside_mac,
+                                  nat.outside_ifname)
         self.dp.add_address(out, nat.public_ipv4)
         self.dp.set_subnet(out, nat.internet_cidr, nat.internet_router4)
-        inside = self.dp.add_link("inside", g, name=nat.inside_ifname, mac=nat.inside_mac,
-                                  ifname=nat.inside_ifname)
+        inside = self._add_veth_link("inside", g, nat.inside_ifname, nat.inside_mac,
+                                     nat.inside_ifname)
         self.dp.add_address(inside, nat.private_ipv4)
         self.dp.set_subnet(inside, nat.prefix4, nat.router4)
         self.dp.set_group_options(g, rst_unknown_tcp=True)
@@ -940,6 +956,8 @@ class Daemon:
 
     def counters(self) -> Dict[str, Any]:
         out = self.dp.counters()
+        for i, link in enumerate(out["links"]):
+            link["kernel_stack"] = self.kernel_stack.get(i, "not on this link (a TAP)")
         out["enis"] = [{"id": kg.engine.enis[0].id, "key": [kg.key[0], list(kg.key[1])],
                         "eni_ids": list(kg.index), "live_eni_ids": list(kg.addresses),
                         **kg.engine.counters(),

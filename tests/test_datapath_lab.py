@@ -668,6 +668,44 @@ def test_node_namespace_kernel_has_no_addresses_and_does_not_forward(dlab):
             assert f.read().strip() == "0"
 
 
+def _ip_in_receives(ns: str) -> int:
+    """The IPv4 stack's ``Ip: InReceives`` in namespace ``ns``."""
+    with netns.entered(ns):
+        with open("/proc/thread-self/net/snmp") as f:
+            head, values = [line.split() for line in f if line.startswith("Ip:")][:2]
+    return int(values[head.index("InReceives")])
+
+
+def test_node_namespace_ip_stack_never_sees_the_data_paths_frames(dlab, servers):
+    """hyperplane.steal: the node's veth links drop what they receive at tc ingress, after the
+    data path's packet socket took its copy, so the node's own IP stack (which would build and
+    free a route entry per packet for nothing) counts no packet, while the NAT carries 10 MB."""
+    from hyperplane import steal
+
+    links = {x["ifname"]: x for x in dlab.counters()["links"]}
+    veths = [dlab.eni.node_ifname] + [e.node_ifname for e in dlab.plan.envs
+                                      if e.attach == "veth"]
+    for ifname in veths:
+        assert links[ifname]["kernel_stack"] == "bypassed", links[ifname]
+    tap = [x for x in links.values() if x["kind"] == "tap"]
+    assert tap and all(x["kernel_stack"] == "not on this link (a TAP)" for x in tap)
+    with netns.entered(dlab.plan.node_ns):
+        ipr = IPRoute()
+    with ipr:
+        assert all(steal.stolen(ifname, ipr) for ifname in veths)
+        with pytest.raises(steal.StealError, match="no link 'hp-no-such-link'"):
+            steal.steal("hp-no-such-link", ipr)
+
+    before = _ip_in_receives(dlab.plan.node_ns)
+    env = dlab.env("fn-b-0")
+    srv = servers.tcp[4]
+    data = nt.payload(MB10, seed=7)
+    digest, _ = nt.tcp_send(env.netns, srv.addr, srv.port, data, timeout=30)
+    assert digest == nt.sha256(data)
+    assert _ip_in_receives(dlab.plan.node_ns) == before, \
+        "the node namespace's IP stack received frames the data path carried"
+
+
 # ---- 9. two labs side by side --------------------------------------------------------------------
 def test_two_labs_side_by_side_and_one_goes_down(dlab, servers, run_dir):
     with running_lab() as other:
