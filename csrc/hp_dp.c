@@ -261,13 +261,12 @@ static uint32_t env_hash(int family, const uint8_t *a)
 
 static int env_lookup(const hp_dp *dp, int family, const uint8_t *addr)
 {
-    unsigned alen = family == 4 ? 4 : 16;
     uint32_t i = env_hash(family, addr);
     for (unsigned k = 0; k < HP_DP_ENV_SLOTS; k++, i = (i + 1) & (HP_DP_ENV_SLOTS - 1)) {
         int v = dp->env_slot[i];
         if (!v)
             return -1;
-        if ((v & 1) == (family == 6) && memcmp(dp->env_key[i], addr, alen) == 0)
+        if ((v & 1) == (family == 6) && hp_eq_addr(family, dp->env_key[i], addr))
             return (v >> 1) - 1;
     }
     return -1;
@@ -334,11 +333,11 @@ static int is_own(const hp_link *l, int family, const uint8_t *a)
 {
     if (family == 4) {
         for (uint32_t i = 0; i < l->n_own4; i++)
-            if (memcmp(l->own4[i], a, 4) == 0)
+            if (hp_eq4(l->own4[i], a))
                 return 1;
     } else {
         for (uint32_t i = 0; i < l->n_own6; i++)
-            if (memcmp(l->own6[i], a, 16) == 0)
+            if (hp_eq16(l->own6[i], a))
                 return 1;
     }
     return 0;
@@ -399,7 +398,7 @@ static void learn(hp_link *l, int family, const uint8_t *addr, const uint8_t *ma
         n->deadline = now + HP_NEIGH_GC;
     } else if (n->state == HP_NUD_INCOMPLETE) {
         resolved(l, n, mac, now);
-    } else if (memcmp(n->mac, mac, 6) != 0) {
+    } else if (!hp_eq_mac(n->mac, mac)) {
         memcpy(n->mac, mac, 6);
         n->state = HP_NUD_STALE;
         n->deadline = now + HP_NEIGH_GC;
@@ -730,8 +729,8 @@ static void outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
     if (n >= (family == 4 ? 20u : 40u)) {
         const uint8_t *src = ip + (family == 4 ? 12 : 8), *dst = ip + (family == 4 ? 16 : 24);
         if (l->role == HP_ROLE_ENV &&
-            (family == 4 ? !l->has_env4 || memcmp(src, l->env4, 4) != 0
-                         : !l->has_env6 || memcmp(src, l->env6, 16) != 0)) {
+            (family == 4 ? !l->has_env4 || !hp_eq4(src, l->env4)
+                         : !l->has_env6 || !hp_eq16(src, l->env6))) {
             COUNT_DROP(dp, HP_D_SPOOFED_SOURCE);
             return;
         }
@@ -808,7 +807,7 @@ static void rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uin
         return;
     }
     int mcast = f[0] & 1;
-    if (!mcast && memcmp(f, l->mac, 6) != 0) {
+    if (!mcast && !hp_eq_mac(f, l->mac)) {
         COUNT_DROP(dp, HP_D_NOT_OUR_MAC);
         return;
     }

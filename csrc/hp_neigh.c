@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "hp_csum.h"
+#include "hp_types.h"
 
 /* ---- the table: open addressing with linear probing, backward-shift deletion ---------------- */
 static uint32_t neigh_hash(int family, const uint8_t *a)
@@ -19,7 +20,7 @@ static uint32_t neigh_hash(int family, const uint8_t *a)
 
 static int neigh_match(const hp_neigh *n, int family, const uint8_t *addr)
 {
-    return n->family == family && memcmp(n->addr, addr, family == 4 ? 4 : 16) == 0;
+    return n->family == family && hp_eq_addr(family, n->addr, addr);
 }
 
 hp_neigh *hp_neigh_find(hp_neigh_table *t, int family, const uint8_t *addr)

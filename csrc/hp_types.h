@@ -9,6 +9,44 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+/* Equality of addresses without a call. memcmp with a length chosen by family, and even with
+ * a constant 4, 6 or 16, stayed a call into libc here: at 64-byte rates that call was the data
+ * path's largest user-space cost (3.7 % of its CPU, above hp_translate). memcpy into integers
+ * of a constant size compiles to plain loads. */
+static inline int hp_eq4(const void *a, const void *b)
+{
+    uint32_t x, y;
+    memcpy(&x, a, 4);
+    memcpy(&y, b, 4);
+    return x == y;
+}
+
+static inline int hp_eq16(const void *a, const void *b)
+{
+    uint64_t x[2], y[2];
+    memcpy(x, a, 16);
+    memcpy(y, b, 16);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1])) == 0;
+}
+
+/* an address of `family` (4: four bytes, else sixteen) */
+static inline int hp_eq_addr(int family, const void *a, const void *b)
+{
+    return family == 4 ? hp_eq4(a, b) : hp_eq16(a, b);
+}
+
+static inline int hp_eq_mac(const void *a, const void *b)
+{
+    uint32_t x, y;
+    uint16_t p, q;
+    memcpy(&x, a, 4);
+    memcpy(&y, b, 4);
+    memcpy(&p, (const uint8_t *)a + 4, 2);
+    memcpy(&q, (const uint8_t *)b + 4, 2);
+    return x == y && p == q;
+}
 
 enum hp_dir { HP_DIR_ORIG = 0, HP_DIR_REPLY = 1 };  /* = Direction.OUTBOUND / INBOUND */
 
