@@ -32,14 +32,15 @@ FAMILIES = pytest.mark.parametrize("family", [4, 6], ids=["v4", "v6"])
 class Topo(NamedTuple):
     a: str  # namespace names
     b: str
+    mac_b: str  # B's end of the veth
 
 
 @pytest.fixture(scope="module")
 def topo():
     if PROBLEM is not None:
         pytest.skip(f"network namespaces: {PROBLEM}")
-    with nt.veth_pair(f"hpt-{os.getpid()}-{secrets.token_hex(2)}-") as (a, b, _, _):
-        yield Topo(a, b)
+    with nt.veth_pair(f"hpt-{os.getpid()}-{secrets.token_hex(2)}-") as (a, b, _, mac_b):
+        yield Topo(a, b, mac_b)
 
 
 def _in(ns: str, sub: str, **opts) -> list:
@@ -112,6 +113,50 @@ def test_dst_ports_to_closed_ports_count_no_errors(topo):
     res = tr.run(_in(topo.a, "udp-send", dst=ADDR[4][1], port=9600, rate=2000, seconds=0.5,
                      dst_ports=100), timeout=30)
     assert res["sent"] == 1000 and res["errors"] == 0 and res["dst_ports"] == 100
+
+
+@needs_netns
+@pytest.mark.parametrize("family,size", [(4, 64), (6, 200), (4, 1472), (6, 1452)],
+                         ids=["v4", "v6", "v4-largest", "v6-largest"])
+def test_link_frames_arrive_complete_with_checksums_the_receiver_accepts(topo, family, size):
+    """--link: prebuilt Ethernet frames on a packet socket. They come with no checksum offload
+    (CHECKSUM_NONE), so B's kernel verifies the IP header and UDP checksums of every one: a
+    wrong checksum, length or address would be dropped there and the count would not match."""
+    dst = ADDR[family][1]
+    before = nt.csum_error_counters(topo.b)
+    with tr.Server(_in(topo.b, "udp-sink", bind=dst, port=9010, seconds=20,
+                       idle_ms=1000)) as sink:
+        sent = tr.run(_in(topo.a, "udp-send", dst=dst, port=9010, rate=8000, seconds=0.25,
+                          size=size, flows=3, link=nt.PAIR_IF[0], next_hop_mac=topo.mac_b),
+                      timeout=30)
+        got = sink.result(timeout=30)
+    assert sent["frames"] is True and sent["flows"] == 3
+    assert sent["sent"] == 2000 and sent["errors"] == 0
+    assert got["packets"] == 2000 and got["bytes"] == 2000 * size
+    assert nt.csum_error_counters(topo.b) == before
+
+
+@needs_netns
+def test_link_frames_carry_each_flows_source_port(topo):
+    """Each flow's frame leaves from the port its UDP socket holds: with --src-port 41000 and
+    2 flows, B sees exactly the peers (A, 41000) and (A, 41001), 100 datagrams each."""
+    import socket
+
+    dst = ADDR[4][1]
+    with netns.entered(topo.b):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.bind((dst, 9011))
+        sock.settimeout(5)
+        res = tr.run(_in(topo.a, "udp-send", dst=dst, port=9011, rate=2000, seconds=0.1,
+                         flows=2, src_port=41000, link=nt.PAIR_IF[0],
+                         next_hop_mac=topo.mac_b), timeout=30)
+        peers: dict = {}
+        for _ in range(res["sent"]):
+            _, peer = sock.recvfrom(2048)
+            peers[peer] = peers.get(peer, 0) + 1
+    assert res["frames"] is True and res["src_port"] == 41000 and res["sent"] == 200
+    assert peers == {(ADDR[4][0], 41000): 100, (ADDR[4][0], 41001): 100}
 
 
 @needs_netns
@@ -248,6 +293,12 @@ def test_server_is_gone_after_the_with_block(topo):
     (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "1", "--seconds", "1",
       "--src-port", "65535", "--flows", "2"], "--src-port"),
     (["udp-sink", "--bind", "localhost", "--port", "9"], "--bind"),   # numeric only
+    (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "1", "--seconds", "1",
+      "--link", "eth0"], "--next-hop-mac"),         # the two go together
+    (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "1", "--seconds", "1",
+      "--link", "eth0", "--next-hop-mac", "02:00:00:00:00"], "--next-hop-mac"),
+    (["udp-send", "--dst", "198.18.200.2", "--port", "9", "--rate", "1", "--seconds", "1",
+      "--link", "eth0", "--next-hop-mac", "02:00:00:00:00:01", "--dst-ports", "2"], "--link"),
     (["conn-rate", "--dst", "198.18.200.2", "--port", "9", "--count", "10", "--bogus", "1"],
      "--bogus"),
     (["rr", "--dst", "198.18.200.2", "--port", "70000"], "--port"),

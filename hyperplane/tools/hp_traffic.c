@@ -7,7 +7,7 @@
  *
  *   hp-traffic udp-sink   --bind ADDR --port P [--seconds 30] [--idle-ms 500]
  *   hp-traffic udp-send   --dst ADDR --port P --rate PPS --seconds S [--size 64] [--flows 1]
- *                         [--dst-ports 1] [--src-port 0]
+ *                         [--dst-ports 1] [--src-port 0] [--link IF --next-hop-mac MAC]
  *   hp-traffic tcp-server --bind ADDR --port P [--backlog 4096]
  *   hp-traffic conn-rate  --dst ADDR --port P --count N [--concurrency 64] [--seconds 30]
  *   hp-traffic rr         --dst ADDR --port P [--count 10000] [--size 64] [--warmup 100]
@@ -23,6 +23,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -35,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -372,6 +376,96 @@ static int cmd_udp_sink(int argc, char **argv)
 }
 
 /* ---- udp-send ---------------------------------------------------------------------------------- */
+/* ---- udp-send --link: whole Ethernet frames on a packet socket ------------------------------- */
+/* A UDP socket's send path (route, neighbour, IP output) costs more than half of what a 64-byte
+ * datagram costs its sender; on a veth the receiver's work lands on the sender's CPU as well.
+ * With --link the datagrams are built once, checksums and all, and sent as whole frames on a
+ * packet socket: the same bytes on the wire, at a fraction of the sender's cost, so the
+ * generator can offer more than the forwarder under test can take. */
+static uint32_t csum_add(uint32_t sum, const void *data, size_t len)
+{
+    const uint8_t *b = data;
+    for (size_t i = 0; i + 1 < len; i += 2)
+        sum += (uint32_t)(b[i] << 8 | b[i + 1]);
+    if (len & 1)
+        sum += (uint32_t)(b[len - 1] << 8);
+    return sum;
+}
+
+static uint16_t csum_fold(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+static void parse_mac(const char *s, uint8_t mac[6])
+{
+    unsigned v[6];
+    char tail;
+    if (sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+               &tail) != 6)
+        usage_error("option --next-hop-mac: '%s' is not a MAC address (aa:bb:cc:dd:ee:ff)", s);
+    for (int i = 0; i < 6; i++)
+        mac[i] = (uint8_t)v[i];
+}
+
+/* The frame a connected UDP socket `fd` would send to `dst`: Ethernet (src = the link's MAC,
+ * dst = the next hop's), IPv4 (DF, TTL 64, header checksum) or IPv6 (hop limit 64), UDP with
+ * its checksum (mandatory over IPv6). Returns the frame's length. */
+static size_t build_frame(uint8_t *out, int fd, const struct addr *dst, const uint8_t src_mac[6],
+                          const uint8_t dst_mac[6], const char *payload, int size)
+{
+    struct sockaddr_storage la;
+    socklen_t lal = sizeof la;
+    if (getsockname(fd, (struct sockaddr *)&la, &lal) < 0)
+        sys_error("getsockname");
+    memcpy(out, dst_mac, 6);
+    memcpy(out + 6, src_mac, 6);
+    uint8_t *ip = out + 14, *udp;
+    uint16_t ulen = (uint16_t)(8 + size), sport, dport;
+    uint32_t sum;
+    if (dst->family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const void *)&la, *d6 = (const void *)&dst->ss;
+        out[12] = 0x86, out[13] = 0xdd;
+        memset(ip, 0, 40);
+        ip[0] = 0x60;
+        ip[4] = (uint8_t)(ulen >> 8), ip[5] = (uint8_t)ulen;
+        ip[6] = IPPROTO_UDP, ip[7] = 64;
+        memcpy(ip + 8, &s6->sin6_addr, 16);
+        memcpy(ip + 24, &d6->sin6_addr, 16);
+        udp = ip + 40;
+        sport = s6->sin6_port, dport = d6->sin6_port;
+        sum = csum_add(0, ip + 8, 32) + ulen + IPPROTO_UDP;
+    } else {
+        const struct sockaddr_in *s4 = (const void *)&la, *d4 = (const void *)&dst->ss;
+        uint16_t tot = (uint16_t)(20 + ulen);
+        out[12] = 0x08, out[13] = 0x00;
+        memset(ip, 0, 20);
+        ip[0] = 0x45;
+        ip[2] = (uint8_t)(tot >> 8), ip[3] = (uint8_t)tot;
+        ip[6] = 0x40; /* DF: an atomic datagram, its ID may stay 0 (RFC 6864) */
+        ip[8] = 64, ip[9] = IPPROTO_UDP;
+        memcpy(ip + 12, &s4->sin_addr, 4);
+        memcpy(ip + 16, &d4->sin_addr, 4);
+        uint16_t hc = csum_fold(csum_add(0, ip, 20));
+        ip[10] = (uint8_t)(hc >> 8), ip[11] = (uint8_t)hc;
+        udp = ip + 20;
+        sport = s4->sin_port, dport = d4->sin_port;
+        sum = csum_add(0, ip + 12, 8) + ulen + IPPROTO_UDP;
+    }
+    memcpy(udp, &sport, 2);
+    memcpy(udp + 2, &dport, 2);
+    udp[4] = (uint8_t)(ulen >> 8), udp[5] = (uint8_t)ulen;
+    udp[6] = udp[7] = 0;
+    memcpy(udp + 8, payload, (size_t)size);
+    uint16_t uc = csum_fold(csum_add(sum, udp, ulen));
+    if (uc == 0)
+        uc = 0xffff; /* 0 means "no checksum" */
+    udp[6] = (uint8_t)(uc >> 8), udp[7] = (uint8_t)uc;
+    return (size_t)(udp + 8 + size - out);
+}
+
 #define TX_BATCH 32
 #define BATCH_NS 50000.0 /* a paced batch spans at most ~50 us of the schedule */
 #define SPIN_NS 10000LL /* closer than this to the next due batch: spin rather than sleep */
@@ -379,7 +473,8 @@ static int cmd_udp_sink(int argc, char **argv)
 static int cmd_udp_send(int argc, char **argv)
 {
     static const char *const allowed[] = {"dst", "port", "rate", "seconds", "size", "flows",
-                                          "dst-ports", "src-port", "cpu", NULL};
+                                          "dst-ports", "src-port", "link", "next-hop-mac",
+                                          "cpu", NULL};
     struct opts o = {allowed, {0}};
     parse_opts(&o, argc, argv);
     int port = (int)opt_int(&o, "port", 1, 65535, NULL);
@@ -402,6 +497,14 @@ static int cmd_udp_send(int argc, char **argv)
     if (src_port && src_port + nflows - 1 > 65535)
         usage_error("option --src-port: %d flows from port %d end past 65535; use at most %d",
                     nflows, src_port, 65536 - nflows);
+    /* --link IF --next-hop-mac MAC: whole frames on IF's packet socket (see build_frame) */
+    const char *link = opt_str(&o, "link", "");
+    const char *nh_mac = opt_str(&o, "next-hop-mac", "");
+    if (!*link != !*nh_mac)
+        usage_error("options --link and --next-hop-mac go together (the frames' interface and "
+                    "the MAC of the next hop on it)");
+    if (*link && ndports > 1)
+        usage_error("option --link sends prebuilt frames, one per flow: use --dst-ports 1");
     apply_cpu(&o);
     install_signals(0);
     raise_nofile();
@@ -449,6 +552,51 @@ static int cmd_udp_send(int argc, char **argv)
             names[i] = a.ss;
             msgs[i].msg_hdr.msg_name = &names[i];
             msgs[i].msg_hdr.msg_namelen = a.len;
+        }
+    }
+    /* --link: the UDP sockets above only hold each flow's source port (and learn the source
+     * address); one packet socket sends flow f's frame, frames[f] */
+    int raw = -1;
+    uint8_t *frames = NULL;
+    struct iovec *frame_iov = NULL;
+    size_t frame_len = 0;
+    struct sockaddr_ll sll;
+    if (*link) {
+        uint8_t src_mac[6], dst_mac[6];
+        parse_mac(nh_mac, dst_mac);
+        raw = socket(AF_PACKET, SOCK_RAW, 0); /* protocol 0: this socket receives nothing */
+        if (raw < 0)
+            sys_error("socket(AF_PACKET) for --link %s (needs CAP_NET_RAW)", link);
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof ifr);
+        if (strlen(link) >= sizeof ifr.ifr_name)
+            usage_error("option --link: '%s' is too long for an interface name", link);
+        strcpy(ifr.ifr_name, link);
+        if (ioctl(raw, SIOCGIFHWADDR, &ifr) < 0)
+            sys_error("--link %s: no such interface here (SIOCGIFHWADDR)", link);
+        memcpy(src_mac, ifr.ifr_hwaddr.sa_data, 6);
+        memset(&sll, 0, sizeof sll);
+        sll.sll_family = AF_PACKET;
+        sll.sll_ifindex = (int)if_nametoindex(link);
+        sll.sll_protocol = htons(a.family == AF_INET6 ? ETH_P_IPV6 : ETH_P_IP);
+        int one = 1;
+        setsockopt(raw, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one); /* best effort */
+        int sndbuf = 4 << 20;
+        if (setsockopt(raw, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) < 0)
+            setsockopt(raw, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+        frames = malloc((size_t)nflows * 1514);
+        frame_iov = calloc((size_t)nflows, sizeof *frame_iov);
+        if (!frames || !frame_iov)
+            sys_error("malloc");
+        for (int f = 0; f < nflows; f++) {
+            frame_len = build_frame(frames + (size_t)f * 1514, fds[f], &a, src_mac, dst_mac,
+                                    payload, size);
+            frame_iov[f].iov_base = frames + (size_t)f * 1514;
+            frame_iov[f].iov_len = frame_len;
+        }
+        for (int i = 0; i < TX_BATCH; i++) {
+            msgs[i].msg_hdr.msg_name = &sll;
+            msgs[i].msg_hdr.msg_namelen = sizeof sll;
         }
     }
 
@@ -506,7 +654,10 @@ static int cmd_udp_send(int argc, char **argv)
                     d = 0;
             }
         }
-        int n = sendmmsg(fds[flow], msgs, (unsigned)want, MSG_DONTWAIT);
+        if (raw >= 0)
+            for (int i = 0; i < want; i++)
+                msgs[i].msg_hdr.msg_iov = &frame_iov[flow];
+        int n = sendmmsg(raw >= 0 ? raw : fds[flow], msgs, (unsigned)want, MSG_DONTWAIT);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -530,14 +681,18 @@ static int cmd_udp_send(int argc, char **argv)
         lport = ntohs(la.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&la)->sin6_port
                                                : ((struct sockaddr_in *)&la)->sin_port);
     printf("{\"sent\":%lld,\"errors\":%lld,\"seconds\":%.6f,\"rate\":%.1f,\"target\":%.15g,"
-           "\"size\":%d,\"flows\":%d,\"dst_ports\":%d,\"src_port\":%d}\n",
+           "\"size\":%d,\"flows\":%d,\"dst_ports\":%d,\"src_port\":%d,\"frames\":%s}\n",
            sent, errors, secs, secs > 0 ? (double)sent / secs : 0.0, rate, size, nflows, ndports,
-           lport);
+           lport, raw >= 0 ? "true" : "false");
     fflush(stdout);
     for (int f = 0; f < nflows; f++)
         close(fds[f]);
+    if (raw >= 0)
+        close(raw);
     free(fds);
     free(payload);
+    free(frames);
+    free(frame_iov);
     return 0;
 }
 
