@@ -203,14 +203,21 @@ def test_verdicts_follow_the_issue_done_means():
     fr = bench.overload_fractions(s)
     assert fr["hyperplane"] == pytest.approx(430_000 / 450_000)
     assert fr["kernel"] == pytest.approx(0.5)
-    v = {x["name"].split(" (")[0]: x for x in bench.verdicts(s, fr["hyperplane"])}
+    v = {x["name"].split(" (")[0]: x for x in bench.verdicts(s, fr["hyperplane"], 1.98)}
     assert v["TCP throughput IPv4"]["meets"] is True
     assert v["TCP throughput IPv6"]["meets"] is False          # 9.0 / 10.0
     assert v["TCP throughput IPv6"]["value"] == pytest.approx(0.9)
     assert v["loss-free 64-byte UDP rate"]["meets"] is True
     assert v["connection rate"]["meets"] is False
     assert v["hyperplane under 2x loss-free UDP load"]["meets"] is True
-    assert bench.verdicts(s, 0.89)[-1]["meets"] is False
+    assert bench.verdicts(s, 0.89, 2.0)[-1]["meets"] is False
+    # the fraction is no proof when the sender could not offer twice the loss-free rate
+    short = bench.verdicts(s, 0.99, 1.5)[-1]
+    assert short["meets"] is False and short["load"] == 1.5
+    assert short["why"] == "not shown: the sender offered only 1.50x the loss-free rate, not 2x"
+    assert bench.verdicts(s, 0.99, 2.0 * bench.REACHED)[-1]["meets"] is True
+    unknown = bench.verdicts(s, 0.99)[-1]
+    assert unknown["meets"] is False and "an unknown load" in unknown["why"]
     # only what was measured is judged
     only_tcp = bench.summarize({m: {"tcp4-1": FIGURES[m]["tcp4-1"]} for m in bench.MODES})
     assert [x["name"] for x in bench.verdicts(only_tcp)] == [
@@ -267,10 +274,14 @@ MACHINE = {"cpu": "Test CPU", "nproc": 2, "kernel": "6.1", "python": "3.11",
            "hyperplane": "0.1.0", "engine": "compiled", "hostname": "h", "date": "2026-01-01"}
 
 
-def fake_doc():
+def fake_doc(overload_sent=(700_000.0, 900_000.0, 910_000.0)):
     trials = [{"mode": m, "test": "tcp4-1", "repeat": i, "figures": {"tcp4-1": v},
                "raw": {"gbps": v}} for m in bench.MODES
               for i, v in enumerate(FIGURES[m]["tcp4-1"])]
+    # what hyperplane's overload sender reached (its loss-free median is 450k)
+    trials += [{"mode": "hyperplane", "test": "udp64-overload", "repeat": i,
+                "figures": {"udp64-overload": FIGURES["hyperplane"]["udp64-overload"][i]},
+                "raw": {"target": 900_000, "rate": r}} for i, r in enumerate(overload_sent)]
     return bench.report_json(bench.Settings(), trials, FIGURES, machine_info=MACHINE,
                              extra={"wall_seconds": 1.0})
 
@@ -282,7 +293,8 @@ def test_report_json_shape():
     assert doc["machine"] == MACHINE
     assert doc["settings"]["tests"] == list(bench.TESTS)
     assert doc["settings"]["loss_tolerance"] == 0.001
-    assert len(doc["trials"]) == 6
+    assert len(doc["trials"]) == 9
+    assert doc["overload_load"] == pytest.approx(2.0)   # median 900k sent / 450k loss-free
     assert doc["ratios"]["udp64"] == pytest.approx(1.5)
     assert doc["summary"]["conn"]["kernel"]["values"] == [25_000.0] * 3
     assert {v["name"] for v in doc["verdicts"]} >= {"connection rate (hyperplane/kernel)"}
@@ -300,6 +312,12 @@ def test_print_table_shows_medians_spreads_ratios_and_verdicts():
     assert re.search(r"/ own loss-free +. share +. +0\.96 +. +0\.50 ", text)  # overload
     assert "misses: TCP throughput IPv6 (hyperplane/kernel) = 0.90 (target >= 1.00)" in text
     assert "meets: TCP throughput IPv4" in text
+    assert "meets: hyperplane under 2x loss-free UDP load" in text
+    out = io.StringIO()
+    bench.print_table(fake_doc(overload_sent=(600_000.0,) * 3), out)
+    assert ("misses: hyperplane under 2x loss-free UDP load (share of its loss-free rate "
+            "delivered; no livelock) = 0.96 (target >= 0.90; not shown: the sender offered "
+            "only 1.33x the loss-free rate, not 2x)") in out.getvalue()
 
 
 def test_cpu_cost_is_the_median_cpu_seconds_per_gbyte_per_mode():
