@@ -80,7 +80,6 @@ typedef struct {
     uint32_t ntx;
     uint64_t tx_packets, tx_bytes, tx_errors;
     uint64_t rx_ring_drops; /* the kernel's PACKET_STATISTICS, accumulated */
-    uint64_t rx_ring_freezes; /* TPACKET_V3's queue freezes; always 0 with the V2 ring */
 } hp_port;
 
 /* Open an AF_PACKET socket on ifname (in the caller's network namespace) with a TPACKET_V2 rx

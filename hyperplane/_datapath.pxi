@@ -290,7 +290,6 @@ cdef class DataPath:
             hp_io_ring_stats(&l.port)
             links.append(dict(d, rx_packets=l.rx_packets, rx_bytes=l.rx_bytes,
                               rx_ring_drops=l.port.rx_ring_drops,
-                              rx_ring_freezes=l.port.rx_ring_freezes,
                               ring_frames=l.port.ring_frames,
                               tx_packets=l.port.tx_packets, tx_bytes=l.port.tx_bytes,
                               tx_errors=l.port.tx_errors, arp_in=l.arp_in, arp_out=l.arp_out,

@@ -153,6 +153,9 @@ cdef extern from "hp_dp.h":
         HP_POLL_INTR
         HP_POLL_LINK_DOWN
         HP_NEIGH_SLOTS
+        HP_RING_FRAMES_MIN
+        HP_RING_FRAMES_MAX
+        HP_RING_FPB
     ctypedef struct hp_port:
         int kind
         int fd
@@ -161,7 +164,6 @@ cdef extern from "hp_dp.h":
         uint64_t tx_bytes
         uint64_t tx_errors
         uint64_t rx_ring_drops
-        uint64_t rx_ring_freezes
     void hp_io_ring_stats(hp_port *p) nogil
     ctypedef struct hp_neigh:
         uint8_t addr[16]

@@ -35,6 +35,11 @@ _REASONS = [DropReason(i) for i in range(len(DropReason))]
 assert len(DropReason) == HP_R_COUNT, "DropReason and csrc/hp_types.h disagree"
 assert len(RESTORE_OUTCOMES) == HP_RS_COUNT, "RESTORE_OUTCOMES and csrc/hp_engine.h disagree"
 assert MAX_EGRESS_RULES == HP_MAX_SG_RULES, "reference.MAX_EGRESS_RULES and hp_acl.h disagree"
+# [datapath] ring_frames is checked where the lab file is read, before this extension loads
+from hyperplane import labconfig as _labconfig
+assert (_labconfig.RING_FRAMES_MIN, _labconfig.RING_FRAMES_MAX, _labconfig.RING_FRAMES_STEP) == \
+    (HP_RING_FRAMES_MIN, HP_RING_FRAMES_MAX, HP_RING_FPB), \
+    "labconfig.RING_FRAMES_* and csrc/hp_io.h disagree"
 _TIMEOUT_CLASSES = [int(c) for c in TimeoutClass]
 
 

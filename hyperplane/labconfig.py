@@ -1625,7 +1625,8 @@ def _parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
 
 
 #: [datapath] ring_frames: frames per block of the receive ring (csrc/hp_io.h HP_RING_FPB) and
-#: the bounds the C side accepts.
+#: the bounds the C side accepts (HP_RING_FRAMES_MIN/MAX; the extension asserts at import that
+#: these agree, as it does for its other shared constants).
 RING_FRAMES_STEP, RING_FRAMES_MIN, RING_FRAMES_MAX = 128, 1024, 65536
 
 
