@@ -206,6 +206,7 @@ class Daemon:
         self.keys: Dict[Key, _KeyGroup] = {}
         self.env_links: Dict[str, int] = {}
         self.kernel_stack: Dict[int, str] = {}   # veth link -> "bypassed" or why not
+        self._stolen: List[str] = []               # the ifnames whose filter close() removes
         self.natgw: Dict[str, Any] = {}
         self.stop_reason: Optional[str] = None
         self._ctl: Optional[socket.socket] = None
@@ -296,6 +297,7 @@ class Daemon:
         try:
             steal.steal(ifname)
             self.kernel_stack[li] = "bypassed"
+            self._stolen.append(ifname)
         except steal.StealError as e:
             self.kernel_stack[li] = f"sees every frame: {e}"
             log.warning("link %s: the kernel's IP stack still sees its frames: %s", name, e)
@@ -1079,10 +1081,24 @@ class Daemon:
             except (FileNotFoundError, TypeError):
                 pass
         self.dp.close()
+        self._release_links(self._stolen)
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
+
+    def _release_links(self, ifnames: List[str]) -> None:
+        """The data path stopped: its veth links go back to how the lab built them, so the
+        node's kernel sees their frames again (whoever uses the node namespace next, e.g. a
+        kernel NAT for comparison, must not find them silently dropped)."""
+        from hyperplane import steal
+
+        for ifname in ifnames:
+            try:
+                steal.release(ifname)
+            except Exception as e:   # never keep the data path from stopping
+                log.warning("link %s: the ingress filter stays: %s", ifname, e)
+        self._stolen = []
 
 
 def run_plan(plan, control_path: Optional[str], initial_active: bool = False,

@@ -12,7 +12,8 @@ So the data path drops its veth links' received frames at tc ingress, after the 
 (its own socket has its copy by then) and before the IP stack: a ``clsact`` qdisc with a
 two-instruction eBPF program in direct-action mode that returns TC_ACT_SHOT. This is not the
 kernel doing the NAT: the program looks at nothing and drops everything; every packet the node
-forwards is still the data path's.
+forwards is still the data path's. When the data path stops it takes the filters off again
+(:func:`release`), so the links are as the lab built them.
 
 Loading the program needs CAP_BPF (or CAP_SYS_ADMIN) and a kernel with BPF and cls_bpf; where
 either is missing, :func:`steal` says why and the data path works as before (just with the
@@ -103,6 +104,32 @@ def steal(ifname: str, ipr=None) -> None:
     finally:
         if fd is not None:
             os.close(fd)
+        if own:
+            ipr.close()
+
+
+def release(ifname: str, ipr=None) -> bool:
+    """Take this module's filter off ``ifname`` again (the data path stopping: the link is
+    then as the lab built it). True when there was one to remove; a link that is gone, or a
+    filter someone else removed, is nothing to do."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    own = ipr is None
+    ipr = IPRoute() if own else ipr
+    try:
+        if not stolen(ifname, ipr):
+            return False
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        try:
+            ipr.tc("del-filter", "bpf", idx, handle=FILTER_HANDLE, parent=INGRESS_PARENT,
+                   prio=FILTER_PRIO)
+        except NetlinkError as e:
+            if e.code in (2, 19):   # ENOENT, ENODEV: gone meanwhile
+                return False
+            raise StealError(f"{ifname}: removing the ingress filter failed: {e}") from None
+        return True
+    finally:
         if own:
             ipr.close()
 

@@ -830,9 +830,20 @@ def test_cli_lifecycle(run_dir):
 
 # ---- 11. SIGTERM ---------------------------------------------------------------------------------
 def test_sigterm_stops_the_data_path_cleanly(fresh_lab):
+    from hyperplane import steal
+
     lab = fresh_lab
     pid = lab.pid
     assert cli.pid_alive(pid) and lab.ask("ping")["pid"] == pid
+    veths = [lab.eni.node_ifname] + [e.node_ifname for e in lab.plan.envs if e.attach == "veth"]
+
+    def filtered() -> List[bool]:
+        with netns.entered(lab.plan.node_ns):
+            ipr = IPRoute()
+        with ipr:
+            return [steal.stolen(ifname, ipr) for ifname in veths]
+
+    assert filtered() == [True] * len(veths)
     t0 = time.monotonic()
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not cli.pid_alive(pid), 3.0, f"data path {pid} to exit after SIGTERM")
@@ -845,6 +856,8 @@ def test_sigterm_stops_the_data_path_cleanly(fresh_lab):
     assert "data path stopped (SIGTERM)" in log, log[-2000:]
     assert took < 3.0
     assert not os.path.exists(cli.control_path(lab.name)), "control socket left behind"
+    # the links are as the lab built them: the node's kernel sees their frames again
+    assert filtered() == [False] * len(veths)
     rep = hplab.teardown(lab.name)
     assert sorted(rep["removed_namespaces"]) == sorted(lab.plan.namespaces())
     assert ours(lab.name) == []
