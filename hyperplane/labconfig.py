@@ -44,7 +44,8 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
   keeping the data path off the sender's CPU is worth a lot (benchmarks/RESULTS.md).
   ``ring_frames``: frames (2 KiB each) in every veth link's receive ring, default 4096.
   ``inbound_cpus``: run the VPC -> environment direction in a second thread on these CPUs
-  (csrc/hp_dp.h ``hp_dp_start_inbound``); default: one thread does both.
+  (csrc/hp_dp.h ``hp_dp_start_inbound``), with ``cpus`` keeping the loop off them; default:
+  one thread does both.
 
 Every address must lie in the benchmark ranges 198.18.0.0/15 (RFC 2544) and 2001:2::/48
 (RFC 5180): they are reserved for exactly this kind of lab, so a lab can never collide with a
@@ -1655,8 +1656,16 @@ def _parse_datapath(t: Any) -> DatapathPlan:
                              f"{frames!r}: write a multiple of {RING_FRAMES_STEP} from "
                              f"{RING_FRAMES_MIN} to {RING_FRAMES_MAX} (frames of 2 KiB per veth "
                              "link; the default is 4096), or leave it out")
-    return DatapathPlan(cpus=_parse_cpu_list(t, "cpus"), ring_frames=frames,
-                        inbound_cpus=_parse_cpu_list(t, "inbound_cpus"))
+    cpus, inbound = _parse_cpu_list(t, "cpus"), _parse_cpu_list(t, "inbound_cpus")
+    if inbound and not set(cpus) - set(inbound):
+        # The point of the worker is a CPU of its own; an unpinned loop (or one pinned to the
+        # worker's CPUs) may share that CPU with it, paying for two threads' locks and
+        # wake-ups and gaining nothing.
+        raise LabConfigError("datapath.inbound_cpus",
+                             f"{list(inbound)!r} needs the loop kept off those CPUs: set "
+                             "datapath.cpus to CPUs outside them (like cpus = [1] with "
+                             "inbound_cpus = [0]), or leave inbound_cpus out")
+    return DatapathPlan(cpus=cpus, ring_frames=frames, inbound_cpus=inbound)
 
 
 # ---- IAM (hyperplane.iam evaluates the policies; imported only when a config has [iam]) -------

@@ -1403,8 +1403,15 @@ def test_datapath_inbound_cpus_round_trip_and_errors():
     plan = lc.resolve(parse(doc), "dp")
     assert plan.datapath.inbound_cpus == (0,)
     assert lc.Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
-    doc["datapath"] = {"inbound_cpus": [0, 0]}
+    doc["datapath"] = {"cpus": [1], "inbound_cpus": [0, 0]}
     refused(doc, "datapath.inbound_cpus", "twice")
+    # the worker needs the loop kept off its CPUs: no cpus, or cpus all among inbound_cpus
+    for dp in ({"inbound_cpus": [0]}, {"cpus": [0], "inbound_cpus": [0]},
+               {"cpus": [0], "inbound_cpus": [0, 1]}):
+        doc["datapath"] = dp
+        refused(doc, "datapath.inbound_cpus", "set datapath.cpus to CPUs outside them")
+    doc["datapath"] = {"cpus": [0, 1], "inbound_cpus": [0]}   # the loop may still use CPU 1
+    assert lc.resolve(parse(doc), "dp").datapath.cpus == (0, 1)
     doc["datapath"] = {"inbound_cpus": ["0"]}
     refused(doc, "datapath.inbound_cpus[0]", "CPU number")
 
