@@ -22,12 +22,13 @@ stack's wasted work).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import platform
 import struct
-from typing import Optional
+from typing import Iterator
 
 #: Shown by ``tc filter show dev IF ingress``: who put the filter there.
 FILTER_NAME = "hyperplane-steal"
@@ -47,6 +48,19 @@ _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390
 
 class StealError(Exception):
     """The filter could not be put in place; the message says why."""
+
+
+@contextlib.contextmanager
+def _rtnl(ipr=None) -> Iterator:
+    """``ipr`` (the caller's, left open), or an IPRoute of the calling thread's namespace for
+    the length of the block."""
+    if ipr is not None:
+        yield ipr
+        return
+    from pyroute2 import IPRoute
+
+    with IPRoute() as own:
+        yield own
 
 
 def _libc():
@@ -79,45 +93,36 @@ def load_drop_program() -> int:
 def steal(ifname: str, ipr=None) -> None:
     """Drop what ``ifname`` (a link of the calling thread's namespace) receives, after the
     packet taps. Idempotent: an existing clsact qdisc is kept and the filter replaced."""
-    from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    own = ipr is None
-    ipr = IPRoute() if own else ipr
-    fd: Optional[int] = None
-    try:
+    with _rtnl(ipr) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             raise StealError(f"no link {ifname!r} in this namespace")
         fd = load_drop_program()
         try:
-            ipr.tc("add", "clsact", idx[0])
-        except NetlinkError as e:
-            if e.code != 17:   # EEXIST: a clsact qdisc from an earlier run
-                raise StealError(f"{ifname}: adding a clsact qdisc failed: {e}") from None
-        try:
-            ipr.tc("replace-filter", "bpf", idx[0], handle=FILTER_HANDLE, fd=fd,
-                   name=FILTER_NAME, parent=INGRESS_PARENT, prio=FILTER_PRIO,
-                   direct_action=True)
-        except NetlinkError as e:
-            raise StealError(f"{ifname}: attaching the ingress filter failed: {e}") from None
-    finally:
-        if fd is not None:
+            try:
+                ipr.tc("add", "clsact", idx[0])
+            except NetlinkError as e:
+                if e.code != 17:   # EEXIST: a clsact qdisc from an earlier run
+                    raise StealError(f"{ifname}: adding a clsact qdisc failed: {e}") from None
+            try:
+                ipr.tc("replace-filter", "bpf", idx[0], handle=FILTER_HANDLE, fd=fd,
+                       name=FILTER_NAME, parent=INGRESS_PARENT, prio=FILTER_PRIO,
+                       direct_action=True)
+            except NetlinkError as e:
+                raise StealError(f"{ifname}: attaching the ingress filter failed: {e}") from None
+        finally:
             os.close(fd)
-        if own:
-            ipr.close()
 
 
 def release(ifname: str, ipr=None) -> bool:
     """Take this module's filter off ``ifname`` again (the data path stopping: the link is
     then as the lab built it). True when there was one to remove; a link that is gone, or a
     filter someone else removed, is nothing to do."""
-    from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    own = ipr is None
-    ipr = IPRoute() if own else ipr
-    try:
+    with _rtnl(ipr) as ipr:
         if not stolen(ifname, ipr):
             return False
         idx = ipr.link_lookup(ifname=ifname)[0]
@@ -129,18 +134,11 @@ def release(ifname: str, ipr=None) -> bool:
                 return False
             raise StealError(f"{ifname}: removing the ingress filter failed: {e}") from None
         return True
-    finally:
-        if own:
-            ipr.close()
 
 
 def stolen(ifname: str, ipr=None) -> bool:
     """Whether ``ifname`` carries this module's ingress filter."""
-    from pyroute2 import IPRoute
-
-    own = ipr is None
-    ipr = IPRoute() if own else ipr
-    try:
+    with _rtnl(ipr) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             return False
@@ -150,6 +148,3 @@ def stolen(ifname: str, ipr=None) -> bool:
                     and opts.get_attr("TCA_BPF_NAME") == FILTER_NAME:
                 return True
         return False
-    finally:
-        if own:
-            ipr.close()
