@@ -139,7 +139,9 @@ def test_link_frames_arrive_complete_with_checksums_the_receiver_accepts(topo, f
 @needs_netns
 def test_link_frames_carry_each_flows_source_port(topo):
     """Each flow's frame leaves from the port its UDP socket holds: with --src-port 41000 and
-    2 flows, B sees exactly the peers (A, 41000) and (A, 41001), 100 datagrams each."""
+    2 flows, B sees exactly the peers (A, 41000) and (A, 41001), 200 datagrams in all (flows
+    take turns per send call, and a late wake-up sends several due packets in one call, so the
+    split need not be even)."""
     import socket
 
     dst = ADDR[4][1]
@@ -156,7 +158,8 @@ def test_link_frames_carry_each_flows_source_port(topo):
             _, peer = sock.recvfrom(2048)
             peers[peer] = peers.get(peer, 0) + 1
     assert res["frames"] is True and res["src_port"] == 41000 and res["sent"] == 200
-    assert peers == {(ADDR[4][0], 41000): 100, (ADDR[4][0], 41001): 100}
+    assert set(peers) == {(ADDR[4][0], 41000), (ADDR[4][0], 41001)}
+    assert sum(peers.values()) == 200
 
 
 @needs_netns
