@@ -140,7 +140,7 @@ def summarize(figures: Dict[int, Dict[str, Dict[str, List[float]]]],
                           "vs_first_size": (med / bmed if med is not None and bmed
                                             and unit != "%" else None)}
             row["ratio"] = (None if unit == "%" else
-                            bench._ratio(row["hyperplane"]["median"], row["kernel"]["median"]))
+                            bench.ratio_of(row["hyperplane"]["median"], row["kernel"]["median"]))
             rows[metric] = row
         out[str(n)] = rows
     return out
@@ -167,7 +167,7 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
         t.add_row(escape(f"{n:,}"), "table size", "entries",
                   *(escape(_reached(tab.get(mode, {}))) for mode in bench.MODES), "", "", "")
         for metric, row in doc["summary"][str(n)].items():
-            cells = [bench._cell(row[mode], row["unit"]) for mode in bench.MODES]
+            cells = [bench.cell(row[mode], row["unit"]) for mode in bench.MODES]
             ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
             rel = ["-" if row[mode]["vs_first_size"] is None
                    else f"{row[mode]['vs_first_size']:.2f}" for mode in bench.MODES]
@@ -264,7 +264,7 @@ class Scaling:
         self.t0 = time.monotonic()
 
     def log(self, msg: str) -> None:
-        bench._progress(f"[{time.monotonic() - self.t0:5.0f} s] {msg}")
+        bench.progress(f"[{time.monotonic() - self.t0:5.0f} s] {msg}")
 
     def new_flow_rate(self, n: int) -> float:
         """The fill rate when the fill creates flows: hyperplane also starts a second ENI when
@@ -442,7 +442,7 @@ def main(argv=None) -> int:
         print(f"e2e_scaling: building the labs {problem}", file=sys.stderr)
         return 4
     try:   # iperf3, nft and hp-traffic (built here if needed)
-        tools = bench._check_tools(bench.Settings(tests=["tcp4-1", "udp64", "rr"]))
+        tools = bench.check_tools(bench.Settings(tests=["tcp4-1", "udp64", "rr"]))
     except bench.BenchError as e:
         print(f"e2e_scaling: {e}", file=sys.stderr)
         return 1
@@ -471,10 +471,10 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGTERM, old_term)
         if created:
-            bench._progress(f"tearing down lab(s) {', '.join(created)}")
+            bench.progress(f"tearing down lab(s) {', '.join(created)}")
             errors = bench.teardown_labs(created)
             if errors:
-                bench._progress("teardown problems: " + "; ".join(errors))
+                bench.progress("teardown problems: " + "; ".join(errors))
     if run is None:
         print(f"e2e_scaling: {failure}", file=sys.stderr)
         return 130 if interrupted else 1
@@ -503,7 +503,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2, default=str)
             f.write("\n")
-    bench._progress(f"done in {doc['wall_seconds']:.0f} s")
+    bench.progress(f"done in {doc['wall_seconds']:.0f} s")
     return 130 if interrupted else 1 if failure else 0
 
 

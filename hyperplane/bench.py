@@ -172,7 +172,7 @@ class Settings:
             s.loss_tolerance = float(args.loss_tolerance)
         s.pin = not getattr(args, "no_pin", False)
         if s.pin and not {CLIENT_CPU, SERVER_CPU} <= os.sched_getaffinity(0):
-            _progress(f"pinning needs CPUs {CLIENT_CPU} and {SERVER_CPU}; this process may use "
+            progress(f"pinning needs CPUs {CLIENT_CPU} and {SERVER_CPU}; this process may use "
                       f"{sorted(os.sched_getaffinity(0))}: running unpinned (as --no-pin)")
             s.pin = False
         s.keep = bool(getattr(args, "keep", False))
@@ -407,7 +407,9 @@ def median(values: Sequence[float]) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-def _ratio(h: Optional[float], k: Optional[float]) -> Optional[float]:
+def ratio_of(h: Optional[float], k: Optional[float]) -> Optional[float]:
+    """hyperplane's figure over the kernel's; None when either is missing or the kernel's is 0
+    (also used by benchmarks/e2e_scaling.py)."""
     if h is None or k is None or k == 0:
         return None
     return h / k
@@ -428,7 +430,7 @@ def summarize(figures: Dict[str, Dict[str, List[float]]]) -> Dict[str, Dict[str,
             v = per[m]
             row[m] = {"median": median(v), "min": min(v) if v else None,
                       "max": max(v) if v else None, "values": v}
-        row["ratio"] = _ratio(row["hyperplane"]["median"], row["kernel"]["median"])
+        row["ratio"] = ratio_of(row["hyperplane"]["median"], row["kernel"]["median"])
         out[metric] = row
     return out
 
@@ -482,7 +484,7 @@ def overload_load(trials: List[Dict[str, Any]],
     rates = [t["raw"].get("rate") for t in trials
              if t["mode"] == "hyperplane" and t["test"] == "udp64-overload"]
     base = summary.get("udp64", {}).get("hyperplane", {}).get("median")
-    return _ratio(median([r for r in rates if r is not None]), base)
+    return ratio_of(median([r for r in rates if r is not None]), base)
 
 
 def overload_fractions(summary: Dict[str, Dict[str, Any]]) -> Dict[str, Optional[float]]:
@@ -490,7 +492,7 @@ def overload_fractions(summary: Dict[str, Dict[str, Any]]) -> Dict[str, Optional
     out: Dict[str, Optional[float]] = {m: None for m in MODES}
     if "udp64-overload" in summary and "udp64" in summary:
         for m in MODES:
-            out[m] = _ratio(summary["udp64-overload"][m]["median"], summary["udp64"][m]["median"])
+            out[m] = ratio_of(summary["udp64-overload"][m]["median"], summary["udp64"][m]["median"])
     return out
 
 
@@ -537,7 +539,7 @@ def cpu_cost(trials: List[Dict[str, Any]]) -> Dict[str, Dict[str, Optional[float
             row[mode] = median([v for v in vals if v is not None])
         if row["hyperplane"] is None and row["kernel"] is None:
             continue
-        row["ratio"] = _ratio(row["hyperplane"], row["kernel"])
+        row["ratio"] = ratio_of(row["hyperplane"], row["kernel"])
         out[test] = row
     return out
 
@@ -585,7 +587,8 @@ def _num(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def _cell(side: Dict[str, Any], unit: str) -> str:
+def cell(side: Dict[str, Any], unit: str) -> str:
+    """One mode's summary as a table cell: "median [min-max]" (just the value for one)."""
     if side["median"] is None:
         return "-"
     if len(side["values"]) == 1:
@@ -613,7 +616,7 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
         t.add_column(col, justify=just, no_wrap=True)
     fr = doc.get("overload_fraction") or {}
     for metric, row in doc["summary"].items():
-        cells = [_cell(row[mode], row["unit"]) for mode in MODES]
+        cells = [cell(row[mode], row["unit"]) for mode in MODES]
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
         t.add_row(*(escape(c) for c in (metric, row["unit"], *cells, ratio,
                                         f"{row['better']} is better")))
@@ -697,7 +700,8 @@ def plot(doc: Dict[str, Any], path: str) -> None:
 
 
 # ---- running things in the labs ----------------------------------------------------------------
-def _progress(msg: str) -> None:
+def progress(msg: str) -> None:
+    """A progress line on stderr (the table and --json go to stdout and the file)."""
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
@@ -849,7 +853,7 @@ class Runner:
                             "figures": figures, "raw": raw})
         shown = ", ".join(f"{k} {_fmt(v, METRICS[k][0])} {METRICS[k][0]}"
                           for k, v in figures.items())
-        _progress(f"[{time.monotonic() - self.t0:5.0f} s] {mode:10s} {test:6s} "
+        progress(f"[{time.monotonic() - self.t0:5.0f} s] {mode:10s} {test:6s} "
                   f"repeat {repeat + 1}: {shown}")
 
     def _guard(self, mode: Mode, what: str, fn: Callable[[], Any]) -> Any:
@@ -885,7 +889,7 @@ class Runner:
                 raise BenchError(f"{mode.mode} mode: the server {addr} is not reachable from "
                                  f"the environment over IPv{family} ({e})"
                                  f"{mode.datapath_problem()}") from None
-        _progress(f"[{time.monotonic() - self.t0:5.0f} s] {mode.mode:10s} warm-up done "
+        progress(f"[{time.monotonic() - self.t0:5.0f} s] {mode.mode:10s} warm-up done "
                   "(IPv4 and IPv6 reach the server)")
 
     # ---- tests ------------------------------------------------------------------------------
@@ -934,7 +938,7 @@ class Runner:
                              "at the machine's load")
         self._record(mode.mode, "udp64", repeat, {"udp64": r["rate"]}, r)
         if r["generator_limited"]:
-            _progress(f"  note: nothing was lost, but the sender reached only "
+            progress(f"  note: nothing was lost, but the sender reached only "
                       f"{r['achieved']:.0f} of {r['offered']} packets/s: the receiver pushed "
                       "back (the kernel forwards a veth's packets in the sender's own system "
                       "call, on the sender's CPU); the figure is the rate delivered")
@@ -948,7 +952,7 @@ class Runner:
         r["reached"] = r["rate"] >= REACHED * offered
         self._record(mode.mode, "udp64-overload", repeat, {"udp64-overload": delivered}, r)
         if not r["reached"]:
-            _progress(f"  note: the sender reached {r['rate']:.0f} of {offered} packets/s: "
+            progress(f"  note: the sender reached {r['rate']:.0f} of {offered} packets/s: "
                       "the generator, not the NAT, limited the offered load")
 
     def _conn_gap(self, mode: Mode) -> None:
@@ -961,7 +965,7 @@ class Runner:
         run the other tests fill the gap and this waits for nothing."""
         wait = mode.last_conn + CONN_DRAIN - time.monotonic()
         if wait > 0:
-            _progress(f"  waiting {wait:.0f} s for the previous conn trial's closed entries "
+            progress(f"  waiting {wait:.0f} s for the previous conn trial's closed entries "
                       "to expire")
             time.sleep(wait)
 
@@ -1082,7 +1086,7 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
 
     cfg = bench_config()
     with _config_file() as path:
-        _progress(f"building lab {names['kernel']} (kernel NAT: ip_forward + nftables SNAT)")
+        progress(f"building lab {names['kernel']} (kernel NAT: ip_forward + nftables SNAT)")
         kplan = labconfig.resolve(cfg, names["kernel"])
         try:
             lab.build(kplan, config_source=path)
@@ -1091,7 +1095,7 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         created.append(names["kernel"])
         modes["kernel"] = Mode("kernel", names["kernel"], kplan, pin)
         kernel_nat(kplan)
-        _progress(f"building lab {names['hyperplane']} (hyperplane data path)")
+        progress(f"building lab {names['hyperplane']} (hyperplane data path)")
         with open(path, encoding="utf-8") as f:
             text = f.read()
         # the same topology, with a deeper ring, the data path's loop off the sender's CPU and
@@ -1133,7 +1137,7 @@ def teardown_labs(names: Sequence[str]) -> List[str]:
     return errors
 
 
-def _check_tools(settings: Settings) -> Dict[str, Any]:
+def check_tools(settings: Settings) -> Dict[str, Any]:
     """iperf3 (TCP tests and the warm-up), nft (kernel mode), and the hp-traffic tool (udp64,
     conn, rr; hyperplane.traffic builds it)."""
     if shutil.which("iperf3") is None:
@@ -1170,7 +1174,7 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
         except ImportError:
             raise BenchError("--plot needs matplotlib: pip install 'hyperplane[bench]'") \
                 from None
-    tools = _check_tools(settings)
+    tools = check_tools(settings)
     names = free_lab_names()
     modes: Dict[str, Mode] = {}
     created: List[str] = []
@@ -1196,13 +1200,13 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
             rd = os.environ.get("HYPERPLANE_RUN_DIR")
             how = " and ".join(f"`{f'HYPERPLANE_RUN_DIR={rd} ' if rd else ''}hyperplane lab "
                                f"down --name {n}`" for n in created)
-            _progress(f"--keep: lab(s) {', '.join(created)} left up (state in "
+            progress(f"--keep: lab(s) {', '.join(created)} left up (state in "
                       f"{lab.run_dir()}); remove them with {how}")
         elif created:
-            _progress(f"tearing down lab(s) {', '.join(created)}")
+            progress(f"tearing down lab(s) {', '.join(created)}")
             errors = teardown_labs(created)
             if errors:
-                _progress("teardown problems: " + "; ".join(errors))
+                progress("teardown problems: " + "; ".join(errors))
     wall = time.monotonic() - t0
     idle = runner.idle_datapath_cpu
     doc = report_json(settings, runner.trials, runner.figures, extra={
@@ -1226,7 +1230,7 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
         "wall_seconds": round(wall, 1)})
     print_table(doc, out)
     if idle and max(idle) > 0.05:
-        _progress(f"note: the idle hyperplane data path used up to {max(idle):.0%} of a CPU "
+        progress(f"note: the idle hyperplane data path used up to {max(idle):.0%} of a CPU "
                   "during kernel trials")
     if json_path:
         with open(json_path, "w") as f:
@@ -1234,7 +1238,7 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
             f.write("\n")
     if plot_path:
         plot(doc, plot_path)
-    _progress(f"done in {wall:.0f} s")
+    progress(f"done in {wall:.0f} s")
     return doc
 
 
