@@ -6,7 +6,7 @@ thrown away -- and not a little: for an address it has no route to, IPv4's input
 route entry per packet and frees it through RCU (``ip_route_input_slow``, ``dst_destroy``).
 On a veth that work runs on the *sender's* CPU. Measured on the bench lab with the sender at
 full speed (``hp-traffic udp-send --rate 0``): 64-byte UDP went from ~300 to ~400 kpps per
-sender core once the stack was kept out.
+sender core once the stack was kept out (benchmarks/RESULTS.md).
 
 So the data path drops its veth links' received frames at tc ingress, after the packet taps
 (its own socket has its copy by then) and before the IP stack: a ``clsact`` qdisc with a
