@@ -205,8 +205,8 @@ class Daemon:
             log.info("inbound worker on CPU(s) %s", sorted(plan.datapath.inbound_cpus))
         self.keys: Dict[Key, _KeyGroup] = {}
         self.env_links: Dict[str, int] = {}
-        self.kernel_stack: Dict[int, str] = {}   # veth link -> "bypassed" or why not
-        self._stolen: List[str] = []               # the ifnames whose filter close() removes
+        # veth link -> (its ifname, None when the kernel's stack is kept off it, else why not)
+        self.kernel_stack: Dict[int, Tuple[str, Optional[str]]] = {}
         self.natgw: Dict[str, Any] = {}
         self.stop_reason: Optional[str] = None
         self._ctl: Optional[socket.socket] = None
@@ -296,10 +296,9 @@ class Daemon:
         li = self.dp.add_link(role, group, name=name, mac=mac, ifname=ifname)
         try:
             steal.steal(ifname)
-            self.kernel_stack[li] = "bypassed"
-            self._stolen.append(ifname)
+            self.kernel_stack[li] = (ifname, None)
         except steal.StealError as e:
-            self.kernel_stack[li] = f"sees every frame: {e}"
+            self.kernel_stack[li] = (ifname, str(e))
             log.warning("link %s: the kernel's IP stack still sees its frames: %s", name, e)
         return li
 
@@ -959,7 +958,11 @@ class Daemon:
     def counters(self) -> Dict[str, Any]:
         out = self.dp.counters()
         for i, link in enumerate(out["links"]):
-            link["kernel_stack"] = self.kernel_stack.get(i, "not on this link (a TAP)")
+            if i not in self.kernel_stack:
+                link["kernel_stack"] = "not on this link (a TAP)"
+            else:
+                why = self.kernel_stack[i][1]
+                link["kernel_stack"] = "bypassed" if why is None else f"sees every frame: {why}"
         out["enis"] = [{"id": kg.engine.enis[0].id, "key": [kg.key[0], list(kg.key[1])],
                         "eni_ids": list(kg.index), "live_eni_ids": list(kg.addresses),
                         **kg.engine.counters(),
@@ -1081,24 +1084,26 @@ class Daemon:
             except (FileNotFoundError, TypeError):
                 pass
         self.dp.close()
-        self._release_links(self._stolen)
+        self._release_links()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
 
-    def _release_links(self, ifnames: List[str]) -> None:
+    def _release_links(self) -> None:
         """The data path stopped: its veth links go back to how the lab built them, so the
         node's kernel sees their frames again (whoever uses the node namespace next, e.g. a
         kernel NAT for comparison, must not find them silently dropped)."""
         from hyperplane import steal
 
-        for ifname in ifnames:
+        for ifname, why in self.kernel_stack.values():
+            if why is not None:
+                continue
             try:
                 steal.release(ifname)
             except Exception as e:   # never keep the data path from stopping
                 log.warning("link %s: the ingress filter stays: %s", ifname, e)
-        self._stolen = []
+        self.kernel_stack.clear()
 
 
 def run_plan(plan, control_path: Optional[str], initial_active: bool = False,

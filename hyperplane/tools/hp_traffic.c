@@ -376,12 +376,14 @@ static int cmd_udp_sink(int argc, char **argv)
 }
 
 /* ---- udp-send ---------------------------------------------------------------------------------- */
-/* ---- udp-send --link: whole Ethernet frames on a packet socket ------------------------------- */
+/* --link: whole Ethernet frames on a packet socket. */
 /* A UDP socket's send path (route, neighbour, IP output) costs more than half of what a 64-byte
  * datagram costs its sender; on a veth the receiver's work lands on the sender's CPU as well.
  * With --link the datagrams are built once, checksums and all, and sent as whole frames on a
  * packet socket: the same bytes on the wire, at a fraction of the sender's cost, so the
  * generator can offer more than the forwarder under test can take. */
+#define FRAME_MAX 1514 /* Ethernet header + the largest --size with its IP and UDP headers */
+
 static uint32_t csum_add(uint32_t sum, const void *data, size_t len)
 {
     const uint8_t *b = data;
@@ -559,7 +561,6 @@ static int cmd_udp_send(int argc, char **argv)
     int raw = -1;
     uint8_t *frames = NULL;
     struct iovec *frame_iov = NULL;
-    size_t frame_len = 0;
     struct sockaddr_ll sll;
     if (*link) {
         uint8_t src_mac[6], dst_mac[6];
@@ -584,15 +585,15 @@ static int cmd_udp_send(int argc, char **argv)
         int sndbuf = 4 << 20;
         if (setsockopt(raw, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) < 0)
             setsockopt(raw, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-        frames = malloc((size_t)nflows * 1514);
+        frames = malloc((size_t)nflows * FRAME_MAX);
         frame_iov = calloc((size_t)nflows, sizeof *frame_iov);
         if (!frames || !frame_iov)
             sys_error("malloc");
         for (int f = 0; f < nflows; f++) {
-            frame_len = build_frame(frames + (size_t)f * 1514, fds[f], &a, src_mac, dst_mac,
-                                    payload, size);
-            frame_iov[f].iov_base = frames + (size_t)f * 1514;
-            frame_iov[f].iov_len = frame_len;
+            uint8_t *frame = frames + (size_t)f * FRAME_MAX;
+            frame_iov[f].iov_base = frame;
+            frame_iov[f].iov_len = build_frame(frame, fds[f], &a, src_mac, dst_mac, payload,
+                                               size);
         }
         for (int i = 0; i < TX_BATCH; i++) {
             msgs[i].msg_hdr.msg_name = &sll;
