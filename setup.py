@@ -1,4 +1,4 @@
-"""Builds the compiled engine: csrc/*.c (the C core) + hyperplane/_engine.pyx (bindings).
+"""Builds the compiled engine: csrc/*.c (the C core) + hyperplane/engine/_engine.pyx (bindings).
 
 Editable installs do not rebuild a changed .pyx or .c by themselves; after editing either, run
 ``pip install -e .`` again (or ``python setup.py build_ext --inplace``).
@@ -14,10 +14,11 @@ if os.environ.get("HYPERPLANE_SANITIZE"):
     extra += ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
 
 ext = Extension(
-    "hyperplane._engine",
-    sources=["hyperplane/_engine.pyx"] + sorted(glob.glob("csrc/*.c")),
+    "hyperplane.engine._engine",
+    sources=["hyperplane/engine/_engine.pyx"] + sorted(glob.glob("csrc/*.c")),
     include_dirs=["csrc"],
-    depends=sorted(glob.glob("csrc/*.h")) + ["hyperplane/_engine.pxd", "hyperplane/_datapath.pxi"],
+    depends=sorted(glob.glob("csrc/*.h")) + ["hyperplane/engine/_engine.pxd",
+                                              "hyperplane/engine/_datapath.pxi"],
     extra_compile_args=extra,
 )
 

@@ -16,7 +16,7 @@ with a ``tests/conftest.py`` in the same session, the module name ``conftest`` i
 ``compare.py`` loads this file by path.
 
 Benchmarks run for both engines through the ``engine_cls`` fixture (ids ``compiled`` and
-``reference``); the compiled variant fails loudly when ``hyperplane._engine`` does not import,
+``reference``); the compiled variant fails loudly when ``hyperplane.engine._engine`` does not import,
 it is never skipped (STYLE.md, example 2). No test here asserts a timing.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from hyperplane.config import EngineConfig, Eni
-from hyperplane.constants import Direction, Verdict
-from hyperplane.reference import fold as _fold
+from hyperplane.engine.config import EngineConfig, Eni
+from hyperplane.engine.constants import Direction, Verdict
+from hyperplane.engine.reference import fold as _fold
 
 OUT, IN = Direction.OUTBOUND, Direction.INBOUND
 
@@ -63,9 +63,9 @@ ENGINE_NAMES = ("compiled", "reference")
 def engine_class(name: str):
     """The engine class by name. Raises ImportError when the compiled engine is not built."""
     if name == "compiled":
-        return importlib.import_module("hyperplane._engine").Engine
+        return importlib.import_module("hyperplane.engine._engine").Engine
     if name == "reference":
-        return importlib.import_module("hyperplane.reference").Engine
+        return importlib.import_module("hyperplane.engine.reference").Engine
     raise ValueError(f"engine {name!r}: use 'compiled' or 'reference'")
 
 
@@ -431,7 +431,7 @@ def engine_cls(request):
     try:
         return engine_class(request.param)
     except ImportError as exc:
-        pytest.fail(f"the compiled engine hyperplane._engine does not import ({exc}); build it "
+        pytest.fail(f"the compiled engine hyperplane.engine._engine does not import ({exc}); build it "
                     "with: pip install -e .   (or python setup.py build_ext --inplace)",
                     pytrace=False)
 
@@ -441,7 +441,7 @@ def compiled_cls():
     try:
         return engine_class("compiled")
     except ImportError as exc:
-        pytest.fail(f"the compiled engine hyperplane._engine does not import ({exc}); build it "
+        pytest.fail(f"the compiled engine hyperplane.engine._engine does not import ({exc}); build it "
                     "with: pip install -e .", pytrace=False)
 
 

@@ -1,7 +1,7 @@
 """End-to-end cost vs. the number of tracked connections: hyperplane and the kernel's NAT (issue 6).
 
 ``benchmarks/RESULTS.md`` ("How cost grows") measures the engine alone. This measures the
-whole path: the labs of ``hyperplane bench`` (``hyperplane/bench_lab.toml``, built with
+whole path: the labs of ``hyperplane bench`` (``hyperplane/bench/bench_lab.toml``, built with
 :func:`hyperplane.bench.build_labs`: one lab forwarded by the hyperplane data path pinned to
 CPU 1, one by the kernel, ip_forward + nftables SNAT), and for each table size N the same
 traffic through both while each NAT holds N idle tracked connections:
@@ -69,6 +69,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from hyperplane import bench  # noqa: E402
+from hyperplane.lab import lifecycle
 
 DEFAULT_SIZES = (0, 1000, 10000, 50000)
 #: hyperplane's ENI: 65,000 ports, a 2nd ENI at 80 % (52,000); the fill plus the measurements'
@@ -201,7 +202,7 @@ def hyperplane_table(mode: bench.Mode) -> Dict[str, Any]:
     ``hyperplane conntrack count`` computes it) and how many ENIs its keys have live."""
     from hyperplane import cli
 
-    c = cli._control(mode.name, "counters")
+    c = lifecycle.request(mode.name, "counters")
     keys = c["enis"] + c.get("nat_gateways", [])
     return {"connections": sum(int(k["connections"]) for k in keys),
             "live_enis": sum(len(k.get("live_eni_ids", [])) for k in c["enis"]),
@@ -236,7 +237,7 @@ def icmp_unreach_sent(mode: bench.Mode) -> int:
 
 
 def udp_timeouts(modes: Dict[str, bench.Mode]) -> Dict[str, float]:
-    from hyperplane.config import Timeouts
+    from hyperplane.engine.config import Timeouts
 
     k = float(_proc_in_ns(modes["kernel"].plan.node_ns,
                           "/proc/sys/net/netfilter/nf_conntrack_udp_timeout").strip())
@@ -299,7 +300,7 @@ class Scaling:
     def fill(self, mode: bench.Mode, n: int, rate: float) -> Dict[str, Any]:
         """Send the N fill flows (refreshing those that exist); returns the udp-send results
         and the table read after it. Resends (the same tuples) when the table is short of N."""
-        from hyperplane import traffic
+        from hyperplane.bench import traffic
 
         icmp0 = icmp_unreach_sent(mode)
         seconds = max(0.05, n / rate)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from hp_testlib import ENV, HOST, make_config, tcp  # noqa: E402
 
 from hyperplane import Direction  # noqa: E402
-from hyperplane._engine import Engine  # noqa: E402
+from hyperplane.engine._engine import Engine  # noqa: E402
 
 
 def run(events: bool, rounds: int = 60) -> float:

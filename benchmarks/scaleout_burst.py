@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from hyperplane.lab import lifecycle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -71,7 +72,9 @@ def run_sim(args) -> list:
 
 
 def run_lab(args) -> list:
-    from hyperplane import cli, lab, loadgen
+    from hyperplane import cli
+    from hyperplane import topology as lab
+    from hyperplane.bench import loadgen
 
     rows = []
     for hw in (0.0, args.high_water):
@@ -81,8 +84,8 @@ def run_lab(args) -> list:
             with open(cfg, "w") as f:
                 f.write(LAB.format(delay=args.delay, high_water=hw))
             try:
-                cli.lab_up(cfg, name, out=io.StringIO())
-                _, plan = cli.load_lab(name)
+                lifecycle.lab_up(cfg, name)
+                _, plan = lifecycle.load_lab(name)
                 env, server = plan.envs[0], plan.hosts[0]
                 src, dst = env.ipv4.split("/")[0], server.ipv4.split("/")[0]
                 with loadgen.UdpFlowCounter(server.netns, dst, [9000, 9001]) as srv:
@@ -94,9 +97,9 @@ def run_lab(args) -> list:
                                            args.connections - 1, rate=args.rate, first=1)
                     took = time.monotonic() - t0
                     got = srv.wait_quiet(quiet=0.5)
-                c = cli.ask(name, "counters")
+                c = lifecycle.ask(name, "counters")
                 exhausted = sum(e["drops"]["port_exhausted"] for e in c["enis"])
-                enis = cli.ask(name, "enis")["enis"]
+                enis = lifecycle.ask(name, "enis")["enis"]
                 row = {"mode": "lab", "rate": args.rate, "create_delay": args.delay,
                        "high_water": hw, "sent": args.connections, "arrived": got,
                        "failed": args.connections - got, "port_exhausted": exhausted,

@@ -22,7 +22,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("HYPERPLANE_RUN_DIR", "/tmp/hp-scan-rate")
 from test_pressure import ip_packet, send_raw  # noqa: E402
 
-from hyperplane import daemon, lab  # noqa: E402
+from hyperplane.datapath import daemon  # noqa: E402
+from hyperplane import topology as lab
+from hyperplane import paths
+from hyperplane import control
 
 
 def main() -> None:
@@ -34,8 +37,8 @@ def main() -> None:
     hp = [sys.executable, "-m", "hyperplane"]
     subprocess.run(hp + ["lab", "up", "--name", name], check=True, capture_output=True)
     try:
-        path = os.path.join(lab.lab_dir(name), "control.sock")
-        c0 = daemon.request(path, "counters")
+        path = os.path.join(paths.lab_dir(name), "control.sock")
+        c0 = control.request(path, "counters")
         addr = next(p["address"] for p in c0["enis"][0]["pool"] if p["family"] == 4)
         srv = f"hp-{name}-host-server"
         pkts = [ip_packet("198.18.1.5", addr, "tcp", 7000, 1 + k % 65535)
@@ -45,12 +48,12 @@ def main() -> None:
             return next(x for x in c["links"] if x["role"] == "eni")
 
         for rate in (int(r) for r in a.rates.split(",")):
-            before = daemon.request(path, "counters")
+            before = control.request(path, "counters")
             t = time.monotonic()
             n = send_raw(srv, pkts, addr, rate=rate)
             dt = time.monotonic() - t
             time.sleep(1.0)
-            after = daemon.request(path, "counters")
+            after = control.request(path, "counters")
             unsol = (after["enis"][0]["drops"]["unsolicited"]
                      - before["enis"][0]["drops"]["unsolicited"])
             ring = eni_link(after)["rx_ring_drops"] - eni_link(before)["rx_ring_drops"]

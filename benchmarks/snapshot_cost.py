@@ -3,7 +3,7 @@ blob size for N tracked connections (compiled engine), the medians of a few runs
 
     python3 benchmarks/snapshot_cost.py [--sizes 1000 100000 1000000] [--runs 3]
 
-The daemon's save (hyperplane/daemon.py) adds base64 + JSON + fsync on top of snapshot(), and
+The daemon's save (hyperplane/datapath/daemon.py) adds base64 + JSON + fsync on top of snapshot(), and
 holds the data path's loop meanwhile; restore happens once, before the first packet.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from array import array
 
 from hyperplane import Direction, EngineConfig, Eni
-from hyperplane._engine import Engine
+from hyperplane.engine._engine import Engine
 
 ENIS = [Eni(f"eni-0a1b2c3d4e5f607{i:02x}", ipv4=f"198.18.1.{10 + i}") for i in range(16)]
 

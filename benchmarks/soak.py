@@ -44,6 +44,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from hyperplane import cli, netns  # noqa: E402
+from hyperplane.lab import lifecycle
+from hyperplane import paths
+from hyperplane import control
 
 MiB = 1 << 20
 
@@ -270,7 +273,7 @@ class Soak:
             print(text, file=self.out, flush=True)
 
     def counters(self) -> Dict[str, Any]:
-        r = cli.ask(self.lab, "counters")
+        r = lifecycle.ask(self.lab, "counters")
         if not r.get("ok"):
             raise RuntimeError(f"counters from lab {self.lab}: {r}")
         return r
@@ -282,7 +285,7 @@ class Soak:
                 "expired": sum(e["connections_expired"] for e in c["enis"])}
 
     def run(self) -> Dict[str, Any]:
-        state, plan = cli.load_lab(self.lab)
+        state, plan = lifecycle.load_lab(self.lab)
         pid = state["pid"]
         server = plan.hosts[0]
         addrs = [a for a in (_bare(server.ipv4), _bare(server.ipv6)) if a]
@@ -394,8 +397,8 @@ def _table(c: Dict[str, Any]) -> int:
 
 
 def _clock(lab: str, seconds: float) -> Dict[str, Any]:
-    from hyperplane import daemon
-    return daemon.request(cli.control_path(lab), "clock", advance=seconds)
+    from hyperplane.datapath import daemon
+    return control.request(paths.control_path(lab), "clock", advance=seconds)
 
 
 def _positive(kind, name):
@@ -443,13 +446,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     own = name is None
     if own:
         name = "soak" + secrets.token_hex(3)
-        cli.lab_up(None, name, out=io.StringIO())
+        lifecycle.lab_up(None, name)
     try:
         res = Soak(name, args.duration, args.connections, args.rate, args.interval,
                    args.advance, args.warmup, out=out, quiet=args.json).run()
     finally:
         if own:
-            from hyperplane import lab as hplab
+            from hyperplane import topology as hplab
             hplab.teardown(name)
     if args.json:
         print(json.dumps(res))

@@ -1,7 +1,7 @@
 """One fixture, both engines (the markupsafe / multidict pattern).
 
 ``engine_cls`` is parametrized over the ids ``compiled`` and ``reference``; every engine test
-runs against both. The compiled variant FAILS (never skips) when ``hyperplane._engine`` cannot be
+runs against both. The compiled variant FAILS (never skips) when ``hyperplane.engine._engine`` cannot be
 imported: a missing build must not turn the suite green. ``-k reference`` runs only the
 reference variant.
 

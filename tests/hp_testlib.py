@@ -17,7 +17,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import NoPayload, Raw
 
-from hyperplane import EngineConfig, Eni, reference
+from hyperplane import EngineConfig, Eni
+from hyperplane.engine import reference
 
 # ---- addresses --------------------------------------------------------------------------------
 ENI_A = Eni("eni-0a1b2c3d4e5f60718", ipv4="198.18.1.10", ipv6="2001:2:0:1::10")
@@ -209,16 +210,16 @@ def complete_partial(b: bytes) -> bytes:
 ENGINE_IDS = ("compiled", "reference")
 DEFAULT_SEED = 0x5EED_0001
 
-BUILD_HINT = ("the compiled engine hyperplane._engine is not built ({exc}). Build it with:\n"
+BUILD_HINT = ("the compiled engine hyperplane.engine._engine is not built ({exc}). Build it with:\n"
               "    python3 -m pip install -e .\n"
               "(or python3 setup.py build_ext --inplace). Run only the reference engine with "
               "-k reference.")
 
 
 def compiled_module():
-    """``hyperplane._engine``, or a loud test failure with the build command."""
+    """``hyperplane.engine._engine``, or a loud test failure with the build command."""
     try:
-        import hyperplane._engine as mod
+        import hyperplane.engine._engine as mod
     except ImportError as exc:
         pytest.fail(BUILD_HINT.format(exc=exc), pytrace=False)
     return mod

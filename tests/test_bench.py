@@ -16,6 +16,7 @@ import types
 import pytest
 
 from hyperplane import bench, cli, labconfig, netns
+from hyperplane import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -27,7 +28,7 @@ def bench_plan(name: str = "bench42k") -> labconfig.Plan:
 
 # ---- the bench lab and kernel mode -------------------------------------------------------------
 def test_bench_lab_toml_loads_with_one_veth_env_one_eni_one_server_and_no_flow_logs():
-    cfg = labconfig.load(os.path.join(REPO, "hyperplane", "bench_lab.toml"))
+    cfg = labconfig.load(os.path.join(REPO, "hyperplane", "bench", "bench_lab.toml"))
     plan = labconfig.resolve(cfg, "bench42h")
     assert [(e.name, e.attach, e.node_ifname) for e in plan.envs] == [("fn-0", "veth", "env0")]
     assert [(x.ipv4, x.ipv6, x.node_ifname) for x in plan.enis] == [
@@ -237,7 +238,7 @@ def test_unknown_tests_are_an_error_listing_the_valid_ones(capsys):
                             "tcp6-1, tcp6-4, udp64, conn, rr")
     assert bench.parse_tests("rr, tcp6-1") == ["tcp6-1", "rr"]
     assert bench.parse_tests(None) == list(bench.TESTS)
-    assert cli.main(["bench", "--tests", "nope"]) == cli.EXIT_USAGE
+    assert cli.main(["bench", "--tests", "nope"]) == errors.EXIT_USAGE
     err = capsys.readouterr().err
     assert "unknown test(s) nope" in err and "udp64, conn, rr" in err
 
@@ -380,7 +381,7 @@ _problem = netns.privilege_problem()
 def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypatch):
     from pyroute2 import IPRoute
 
-    from hyperplane import lab as hplab
+    from hyperplane import topology as hplab
 
     jpath, ppath = tmp_path / "bench.json", tmp_path / "bench.png"
     run_dir = tmp_path / "run"
@@ -451,7 +452,7 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
 @pytest.mark.skipif(_problem is not None, reason=f"bench interrupt: {_problem}")
 def test_bench_interrupted_tears_both_labs_down(tmp_path, monkeypatch):
     """Ctrl-C in the middle of a trial: both labs go, the command says it was interrupted."""
-    from hyperplane import lab as hplab
+    from hyperplane import topology as hplab
 
     run_dir = tmp_path / "run"
     env = dict(os.environ, HYPERPLANE_RUN_DIR=str(run_dir),

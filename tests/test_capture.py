@@ -19,7 +19,8 @@ import sys
 
 import pytest
 
-from hyperplane import capture, netns
+from hyperplane import netns
+from hyperplane.observe import capture
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402

@@ -30,7 +30,10 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 
 import hyperplane as hp
-from hyperplane import cli, ctcli, netns
+from hyperplane import cli, netns
+from hyperplane.observe import conntrack as ctcli
+from hyperplane.lab import lifecycle
+from hyperplane import errors
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
@@ -244,7 +247,7 @@ BAD = [
     ("list", ["-o", "xml"], "-o/--output"), ("events", ["-o", "xml,id"], "-o/--output")])
 def test_bad_filter_values_are_usage_errors_naming_the_option(capsys, command, argv, option):
     code, out, err = run_cli(capsys, "conntrack", command, "--name", "nolab", *argv)
-    assert code == cli.EXIT_USAGE
+    assert code == errors.EXIT_USAGE
     assert err.startswith(f"hyperplane: error: {option} ")
     assert "Traceback" not in err and out == ""
 
@@ -374,7 +377,7 @@ class HeldTcp:
 
 
 def entries(lab, **flt) -> List[dict]:
-    return cli._control(lab.name, "conntrack", filter=flt)["entries"]
+    return lifecycle.request(lab.name, "conntrack", filter=flt)["entries"]
 
 
 def settled(lab, pred, what: str) -> List[dict]:

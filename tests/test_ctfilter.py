@@ -1,4 +1,4 @@
-"""hyperplane.ctfilter: the filters of `conntrack list|events|flush`, applied in the data path.
+"""hyperplane.engine.ctfilter: the filters of `conntrack list|events|flush`, applied in the data path.
 
 Each field is checked with an entry (as the daemon's ``conntrack`` command lists it) that it
 must keep and one it must drop; bad values raise FilterError naming the field. Addresses are
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from hyperplane.ctfilter import FIELDS, Filter, FilterError
-from hyperplane.reference import Event, Tuple5
+from hyperplane.engine.ctfilter import FIELDS, Filter, FilterError
+from hyperplane.engine.types import Event, Tuple5
 
 ENI = "eni-0a1b2c3d4e5f60718"
 OTHER_ENI = "eni-0a1b2c3d4e5f60719"

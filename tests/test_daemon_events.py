@@ -8,8 +8,9 @@ import socket
 import pytest
 
 from hp_testlib import ENV, HOST, make_config, no_clock, udp
-from hyperplane import daemon, reference
-from hyperplane.ctfilter import Filter
+from hyperplane.datapath import daemon
+from hyperplane.engine import reference
+from hyperplane.engine.ctfilter import Filter
 
 
 class _Bare(daemon.Daemon):

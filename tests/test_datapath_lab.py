@@ -37,7 +37,12 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 import hyperplane as hp
-from hyperplane import cli, lab as hplab, netns
+from hyperplane import cli, netns
+from hyperplane import topology as hplab
+from hyperplane.lab import lifecycle
+from hyperplane import proc
+from hyperplane import paths
+from hyperplane import control
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
@@ -104,7 +109,7 @@ class Lab:
 
     def __init__(self, name: str):
         self.name = name
-        self.state, self.plan = cli.load_lab(name)
+        self.state, self.plan = lifecycle.load_lab(name)
         self.pid: int = self.state["pid"]
         self.eni = self.plan.enis[0]
         self.server = self.plan.hosts[0]
@@ -114,9 +119,9 @@ class Lab:
         return self.plan.env(name)
 
     def ask(self, cmd: str, **args) -> dict:
-        from hyperplane import daemon
+        from hyperplane.datapath import daemon
 
-        r = daemon.request(cli.control_path(self.name), cmd, **args)
+        r = control.request(paths.control_path(self.name), cmd, **args)
         assert r.get("ok"), f"control request {cmd!r} to lab {self.name}: {r}"
         return r
 
@@ -149,7 +154,7 @@ def running_lab(name: Optional[str] = None, config: Optional[str] = None) -> Ite
     name = name or lab_name()
     pid = None
     try:
-        pid = cli.lab_up(config, name, out=io.StringIO()).get("pid")
+        pid = lifecycle.lab_up(config, name).get("pid")
         yield Lab(name)
     finally:
         destroy(name, pid)
@@ -677,10 +682,10 @@ def _ip_in_receives(ns: str) -> int:
 
 
 def test_node_namespace_ip_stack_never_sees_the_data_paths_frames(dlab, servers):
-    """hyperplane.steal: the node's veth links drop what they receive at tc ingress, after the
+    """hyperplane.datapath.steal: the node's veth links drop what they receive at tc ingress, after the
     data path's packet socket took its copy, so the node's own IP stack (which would build and
     free a route entry per packet for nothing) counts no packet, while the NAT carries 10 MB."""
-    from hyperplane import steal
+    from hyperplane.datapath import steal
 
     links = {x["ifname"]: x for x in dlab.counters()["links"]}
     veths = [dlab.eni.node_ifname] + [e.node_ifname for e in dlab.plan.envs
@@ -752,9 +757,9 @@ def test_two_labs_side_by_side_and_one_goes_down(dlab, servers, run_dir):
         r = cli_run("lab", "down", "--name", other.name)
         assert r.returncode == 0, r.stderr
         assert ours(other.name) == []
-        assert not cli.pid_alive(other.pid)
+        assert not proc.pid_alive(other.pid)
     assert ours(dlab.name) == mine_before and len(mine_before) == 5
-    assert cli.pid_alive(dlab.pid)
+    assert proc.pid_alive(dlab.pid)
     assert dlab.ask("ping")["pid"] == dlab.pid
     data = nt.payload(1_000_000, seed=4)
     for env in dlab.plan.envs:
@@ -800,7 +805,7 @@ def test_cli_lifecycle(run_dir):
         st = json.loads(r.stdout)
         _check_status_shape(st, name)
         pid = st["pid"]
-        assert cli.pid_alive(pid)
+        assert proc.pid_alive(pid)
         r = cli_run("lab", "exec", "fn-b-0", "--name", name, "--", "ip", "-br", "addr")
         assert r.returncode == 0, r.stderr
         assert "198.19.0.6" in r.stdout, r.stdout
@@ -810,7 +815,7 @@ def test_cli_lifecycle(run_dir):
         assert ours(name) == []
         # the data path was the (exited) `lab up` process's child: it must be gone, and in
         # any case not linger as a zombie child of ours
-        wait_until(lambda: not cli.pid_alive(pid), 3.0, f"data path pid {pid} to go")
+        wait_until(lambda: not proc.pid_alive(pid), 3.0, f"data path pid {pid} to go")
         with contextlib.suppress(ChildProcessError):
             assert os.waitpid(pid, os.WNOHANG)[0] == 0, "an unreaped child of ours"
         try:
@@ -819,7 +824,7 @@ def test_cli_lifecycle(run_dir):
             assert int(fields[1]) != os.getpid(), f"pid {pid} is a zombie child of ours"
         except FileNotFoundError:
             pass
-        assert not os.path.exists(hplab.lab_dir(name))
+        assert not os.path.exists(paths.lab_dir(name))
         assert root_links() == links_before
         r = cli_run("lab", "down", "--name", name)
         assert r.returncode == 0, r.stderr
@@ -830,11 +835,11 @@ def test_cli_lifecycle(run_dir):
 
 # ---- 11. SIGTERM ---------------------------------------------------------------------------------
 def test_sigterm_stops_the_data_path_cleanly(fresh_lab):
-    from hyperplane import steal
+    from hyperplane.datapath import steal
 
     lab = fresh_lab
     pid = lab.pid
-    assert cli.pid_alive(pid) and lab.ask("ping")["pid"] == pid
+    assert proc.pid_alive(pid) and lab.ask("ping")["pid"] == pid
     veths = [lab.eni.node_ifname] + [e.node_ifname for e in lab.plan.envs if e.attach == "veth"]
 
     def filtered() -> List[bool]:
@@ -846,16 +851,16 @@ def test_sigterm_stops_the_data_path_cleanly(fresh_lab):
     assert filtered() == [True] * len(veths)
     t0 = time.monotonic()
     os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not cli.pid_alive(pid), 3.0, f"data path {pid} to exit after SIGTERM")
+    wait_until(lambda: not proc.pid_alive(pid), 3.0, f"data path {pid} to exit after SIGTERM")
     took = time.monotonic() - t0
     with contextlib.suppress(ChildProcessError):
         _, status = os.waitpid(pid, 0)  # our child (lab_up ran here): reap it
         assert os.waitstatus_to_exitcode(status) == 0, status
-    with open(os.path.join(hplab.lab_dir(lab.name), "datapath.log")) as f:
+    with open(os.path.join(paths.lab_dir(lab.name), "datapath.log")) as f:
         log = f.read()
     assert "data path stopped (SIGTERM)" in log, log[-2000:]
     assert took < 3.0
-    assert not os.path.exists(cli.control_path(lab.name)), "control socket left behind"
+    assert not os.path.exists(paths.control_path(lab.name)), "control socket left behind"
     # the links are as the lab built them: the node's kernel sees their frames again
     assert filtered() == [False] * len(veths)
     rep = hplab.teardown(lab.name)
@@ -879,7 +884,7 @@ def test_demo_end_to_end(run_dir):
         assert "demo done" in out
         left = ours(name)
         assert not left, f"the demo left namespaces behind: {left}"
-        assert not os.path.exists(hplab.lab_dir(name))
+        assert not os.path.exists(paths.lab_dir(name))
     finally:
         if name:
             destroy(name)

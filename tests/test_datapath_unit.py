@@ -68,8 +68,8 @@ class Frames:
 
 class Rig(Frames):
     def __init__(self, ns: str, inbound_worker: bool = False):
-        from hyperplane._engine import DataPath, Engine
-        from hyperplane.config import EngineConfig, Eni
+        from hyperplane.engine._engine import DataPath, Engine
+        from hyperplane.engine.config import EngineConfig, Eni
 
         self.ns = ns
         self.engine = Engine(EngineConfig(enis=[Eni("eni-0123456789abcdef0", ipv4=ENI4,
@@ -407,7 +407,7 @@ def test_reply_is_translated_back_to_the_environment(rig):
 def test_a_vanished_interface_stops_being_polled(rig, gone):
     """(eni0, with the inbound worker: the worker finds it, the loop reports it.)"""
     from pyroute2 import IPRoute
-    from hyperplane._engine import POLL_LINK_DOWN
+    from hyperplane.engine._engine import POLL_LINK_DOWN
 
     with netns.entered(rig.ns), IPRoute() as ipr:
         ipr.link("del", index=ipr.link_lookup(ifname=gone)[0])
@@ -424,8 +424,8 @@ def test_a_vanished_interface_stops_being_polled(rig, gone):
 def test_a_deleted_tap_stops_being_polled(scratch_ns):
     """A TAP environment link whose device is deleted reports once and is unwatched."""
     from pyroute2 import IPRoute
-    from hyperplane._engine import POLL_LINK_DOWN, DataPath, Engine
-    from hyperplane.config import EngineConfig, Eni
+    from hyperplane.engine._engine import POLL_LINK_DOWN, DataPath, Engine
+    from hyperplane.engine.config import EngineConfig, Eni
 
     ns = scratch_ns
     dp = None
@@ -452,8 +452,8 @@ def test_ring_depth_is_how_many_frames_wait_for_the_loop(scratch_ns, frames):
     """[datapath] ring_frames: while the loop does not run, a link holds exactly that many
     frames; the rest are counted as ring drops, and the loop then takes every one it held."""
     from pyroute2 import IPRoute
-    from hyperplane._engine import DataPath, Engine
-    from hyperplane.config import EngineConfig, Eni
+    from hyperplane.engine._engine import DataPath, Engine
+    from hyperplane.engine.config import EngineConfig, Eni
 
     sent = 3000
     dp = s = None
@@ -495,8 +495,8 @@ def test_ring_depth_is_how_many_frames_wait_for_the_loop(scratch_ns, frames):
 @pytest.mark.parametrize("frames", [1000, 512, 131072])
 def test_a_ring_depth_the_kernel_cannot_have_is_refused(scratch_ns, frames):
     from pyroute2 import IPRoute
-    from hyperplane._engine import DataPath, Engine
-    from hyperplane.config import EngineConfig, Eni
+    from hyperplane.engine._engine import DataPath, Engine
+    from hyperplane.engine.config import EngineConfig, Eni
 
     dp = DataPath()
     try:

@@ -6,22 +6,23 @@ import subprocess
 import sys
 
 from hp_testlib import compiled_module
-from hyperplane import diagram, tcp_states
-from hyperplane.config import Timeouts
-from hyperplane.constants import Direction, TcpState
+from hyperplane.learn import diagram
+from hyperplane.engine import tcp_states
+from hyperplane.engine.config import Timeouts
+from hyperplane.engine.constants import Direction, TcpState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "tcp-states.md")
 
 
 def test_committed_page_is_what_the_generator_prints():
-    out = subprocess.run([sys.executable, "-m", "hyperplane.diagram"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "hyperplane.learn.diagram"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     with open(DOC, encoding="utf-8") as f:
         committed = f.read()
     assert committed == out.stdout, (
-        f"docs/tcp-states.md is out of date with hyperplane/tcp_states.py; regenerate it with "
+        f"docs/tcp-states.md is out of date with hyperplane/engine/tcp_states.py; regenerate it with "
         f"`{diagram.REGENERATE}` and commit the result")
 
 

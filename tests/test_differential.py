@@ -25,7 +25,8 @@ from hp_testlib import (
     ENI_A, ENI_B, ENI_C, ENI_V4_ONLY, ENV, HOST, build, compiled_module, locate_l4, make_config,
     make_partial, no_clock, pseudo_header_sum,
 )
-from hyperplane import FLAG_CSUM_PARTIAL, Direction, Timeouts, Verdict, reference
+from hyperplane import FLAG_CSUM_PARTIAL, Direction, Timeouts, Verdict
+from hyperplane.engine import reference
 
 from scapy.compat import raw
 from scapy.layers.inet import ICMP, IP

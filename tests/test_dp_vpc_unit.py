@@ -53,7 +53,7 @@ class Bench(Frames):
     """A DataPath whose links are veth pairs in one scratch namespace."""
 
     def __init__(self, ns: str):
-        from hyperplane._engine import DataPath
+        from hyperplane.engine._engine import DataPath
 
         self.ns = ns
         self.dp = DataPath()
@@ -61,8 +61,8 @@ class Bench(Frames):
         self.engines = []
 
     def group(self, *enis, **cfg):
-        from hyperplane._engine import Engine
-        from hyperplane.config import EngineConfig
+        from hyperplane.engine._engine import Engine
+        from hyperplane.engine.config import EngineConfig
 
         eng = Engine(EngineConfig(enis=list(enis), seed=7, **cfg))
         self.engines.append(eng)
@@ -135,7 +135,7 @@ ENI_A_ID, ENI_B_ID, NAT_ID = "eni-0123456789abcdef0", "eni-0123456789abcdef1", \
 @pytest.fixture
 def vpc(bench):
     """Group 0 (env0 -> eni0, dual stack), group 1 (eni1 only), neighbours known."""
-    from hyperplane.config import Eni
+    from hyperplane.engine.config import Eni
 
     b = bench
     b.g0, b.eng0 = b.group(Eni(ENI_A_ID, ipv4=ENI4, ipv6=ENI6))
@@ -166,7 +166,7 @@ def vpc(bench):
 @pytest.fixture
 def natgw(bench):
     """A NAT gateway: in0 (inside, private side) -> out0 (public side, the EIP)."""
-    from hyperplane.config import Eni
+    from hyperplane.engine.config import Eni
 
     b = bench
     b.gn, b.engn = b.group(Eni(NAT_ID, ipv4=EIP4))
@@ -244,7 +244,7 @@ def _checksums_ok(frame) -> bool:
 
 # ---- every new reason has a name ----------------------------------------------------------------
 def test_new_drop_reasons_are_named_and_counted(vpc):
-    from hyperplane._engine import DATAPATH_DROP_REASONS, LINK_STATES
+    from hyperplane.engine._engine import DATAPATH_DROP_REASONS, LINK_STATES
 
     new = ("function_pending", "function_inactive", "no_vpc_config", "ipv6_not_allowed")
     assert DATAPATH_DROP_REASONS[-4:] == new
@@ -430,7 +430,7 @@ def test_unsolicited_on_the_public_side_is_dropped(natgw):
 
 
 def test_one_inside_link_per_group_and_inside_needs_a_subnet(bench):
-    from hyperplane.config import Eni
+    from hyperplane.engine.config import Eni
 
     g, _ = bench.group(Eni(NAT_ID, ipv4=EIP4))
     bench.link("inside", g, "in0", IN_MAC)
@@ -445,7 +445,7 @@ def test_one_inside_link_per_group_and_inside_needs_a_subnet(bench):
 
 def test_reply_without_an_inside_route_is_no_route(bench):
     """A NAT gateway's inside link without a subnet of the family cannot deliver replies."""
-    from hyperplane.config import Eni
+    from hyperplane.engine.config import Eni
 
     b = bench
     g, eng = b.group(Eni(NAT_ID, ipv4=EIP4))

@@ -12,9 +12,9 @@ import pytest
 from hp_testlib import compiled_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Make the build look missing: a None entry in sys.modules makes "import hyperplane._engine"
+# Make the build look missing: a None entry in sys.modules makes "import hyperplane.engine._engine"
 # raise ImportError, exactly like an absent extension module.
-HIDE_BUILD = "import sys; sys.modules['hyperplane._engine'] = None; "
+HIDE_BUILD = "import sys; sys.modules['hyperplane.engine._engine'] = None; "
 SHOW = ("import warnings; warnings.simplefilter('always'); import hyperplane; "
         "print(hyperplane.ENGINE, hyperplane.Engine.__module__, "
         "hyperplane.ENGINE_FALLBACK_REASON is None)")
@@ -32,7 +32,7 @@ def run(code, engine=None):
 def test_env_var_forces_reference(value):
     p = run(SHOW, value)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["reference", "hyperplane.reference", "True"]
+    assert p.stdout.split() == ["reference", "hyperplane.engine.reference", "True"]
     assert p.stderr == ""
 
 
@@ -40,7 +40,7 @@ def test_unset_means_compiled():
     compiled_module()   # fails loudly with the build command when not built
     p = run(SHOW)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["compiled", "hyperplane._engine", "True"]
+    assert p.stdout.split() == ["compiled", "hyperplane.engine._engine", "True"]
     assert p.stderr == ""
 
 
@@ -63,7 +63,7 @@ def test_invalid_value_is_an_import_error(value):
 def test_missing_build_falls_back_loudly():
     p = run(HIDE_BUILD + SHOW)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["reference", "hyperplane.reference", "False"]
+    assert p.stdout.split() == ["reference", "hyperplane.engine.reference", "False"]
     assert "compiled engine is NOT built" in p.stderr
     assert "pip install -e ." in p.stderr
     assert "RuntimeWarning" in p.stderr

@@ -34,7 +34,8 @@ from pyroute2 import netns as pr_netns
 sys.path.insert(0, os.path.dirname(__file__))
 
 import nettraffic as nt  # noqa: E402
-from hyperplane import lab, labconfig, netns  # noqa: E402
+from hyperplane import labconfig, netns  # noqa: E402
+from hyperplane import topology as lab
 from hyperplane.labconfig import (  # noqa: E402
     HostPlan, InternetPlan, NaclPlan, NatGatewayPlan, RoutePlan, RouteTablePlan, RulePlan,
     SubnetPlan,

@@ -1,7 +1,7 @@
-"""VPC Flow Logs (hyperplane.flowlogs): exact v2 record lines from hand-made engine events,
+"""VPC Flow Logs (hyperplane.datapath.flowlogs): exact v2 record lines from hand-made engine events,
 the [flow_logs] config section, the `hyperplane flowlogs` command, and one real lab.
 
-The unit tests build hyperplane.reference.Event objects by hand and check every byte of the
+The unit tests build hyperplane.engine.types.Event objects by hand and check every byte of the
 files the writer produces (ACCEPT in both directions, REJECT inbound and refused outbound,
 NODATA, SKIPDATA, the final partial interval, the header once, interval boundaries). The lab
 tests (CAP_NET_ADMIN; skipped otherwise, FAILING when the compiled engine is missing) send a
@@ -22,8 +22,14 @@ from typing import Iterator, List
 import pytest
 
 import hyperplane as hp
-from hyperplane import cli, flowlogs as fl, lab as hplab, labconfig, netns
-from hyperplane.reference import Event, Tuple5
+from hyperplane import cli, labconfig, netns
+from hyperplane.datapath import flowlogs as fl
+from hyperplane.observe.flowlogs import read_records
+from hyperplane import topology as hplab
+from hyperplane.engine.types import Event, Tuple5
+from hyperplane.lab import lifecycle
+from hyperplane import errors
+from hyperplane import paths
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -299,7 +305,7 @@ def fake_lab(tmp_path, monkeypatch):
         c = labconfig.loads(config_with(f"[flow_logs]\nenabled = {str(enabled).lower()}\n"))
         plan = labconfig.resolve(c, name)
         hplab.save_state(name, {"plan": plan.to_dict()}, create=True)
-        return name, os.path.join(hplab.lab_dir(name), "flowlogs")
+        return name, os.path.join(paths.lab_dir(name), "flowlogs")
     return make
 
 
@@ -335,7 +341,7 @@ def test_cli_prints_records_sorted_by_start_with_header_once_and_filters(fake_la
         nodata(B, B + 10, eni=other),
         rec(SRV4, "198.18.1.6", 9000, 61000, 17, 2, 80, "ACCEPT", B + 10, B + 20, eni=other)]
     code, _, err = run_cli(capsys, "--name", name, "--eni", "eni-0000000000000000f")
-    assert code == cli.EXIT_NOT_FOUND and "--eni eni-0000000000000000f" in err and ENI in err
+    assert code == errors.EXIT_NOT_FOUND and "--eni eni-0000000000000000f" in err and ENI in err
 
 
 def test_cli_follow_prints_new_records_until_the_timeout(fake_lab, capsys, monkeypatch):
@@ -361,12 +367,12 @@ def test_cli_follow_prints_new_records_until_the_timeout(fake_lab, capsys, monke
 def test_cli_says_when_flow_logs_are_off_or_the_lab_is_missing(fake_lab, capsys):
     name, _ = fake_lab(enabled=False)
     code, out, err = run_cli(capsys, "--name", name)
-    assert code == cli.EXIT_FAIL and out == "" and "flow logs are off" in err
+    assert code == errors.EXIT_FAIL and out == "" and "flow logs are off" in err
     assert "enabled = false" in err
     code, _, err = run_cli(capsys, "--name", "nosuchlab")
-    assert code == cli.EXIT_NOT_FOUND and "no lab named" in err
+    assert code == errors.EXIT_NOT_FOUND and "no lab named" in err
     code, _, err = run_cli(capsys, "--name", name, "--timeout", "3")
-    assert code == cli.EXIT_USAGE and "--follow" in err
+    assert code == errors.EXIT_USAGE and "--follow" in err
 
 
 # ---- a real lab --------------------------------------------------------------------------------
@@ -420,7 +426,7 @@ def lab_up(tmp_path, text: str) -> Iterator[str]:
     cfg.write_text(text)
     pid = None
     try:
-        pid = cli.lab_up(str(cfg), name, out=io.StringIO()).get("pid")
+        pid = lifecycle.lab_up(str(cfg), name).get("pid")
         yield name
     finally:
         destroy(name, pid)
@@ -440,7 +446,7 @@ def traffic_lab(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HYPERPLANE_RUN_DIR", str(d / "run"))
         with lab_up(d, LAB) as name:
-            _, plan = cli.load_lab(name)
+            _, plan = lifecycle.load_lab(name)
             env, srv = plan.envs[0], plan.hosts[0]
             s4 = _bare(srv.ipv4)
             eni_id = plan.enis[0].id
@@ -472,18 +478,18 @@ def traffic_lab(tmp_path_factory):
             finally:
                 u.close()
             sent_at = time.time()
-            flowdir = os.path.join(hplab.lab_dir(name), "flowlogs")
+            flowdir = os.path.join(paths.lab_dir(name), "flowlogs")
             path = os.path.join(flowdir, f"{eni_id}.log")
 
             def settled():
                 # the traffic's intervals are written, and then two idle ones
-                rs = fl.read_records(flowdir)
+                rs = read_records(flowdir)
                 late = [r for r in rs if r.interface_id == eni_id and r.start > sent_at + 1]
                 return len(late) >= 2 and rs
             wait_until(settled, 15, "two flow-log intervals after the traffic")
             yield dict(name=name, eni=eni_id, eni4=eni4, s4=s4, nat_port=nat_peer[1],
                        denied_sport=denied_sport, unsolicited_sport=unsolicited_sport,
-                       path=path, flowdir=flowdir, counters=cli.ask(name, "counters"))
+                       path=path, flowdir=flowdir, counters=lifecycle.ask(name, "counters"))
 
 
 def _sum(records, **match):
@@ -565,15 +571,15 @@ def test_lab_with_flow_logs_disabled_writes_nothing(tmp_path, monkeypatch, capsy
 
     monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path / "run"))
     with lab_up(tmp_path, LAB_OFF) as name:
-        _, plan = cli.load_lab(name)
+        _, plan = lifecycle.load_lab(name)
         assert plan.flow_logs.enabled is False
         srv = plan.hosts[0]
         with nt.UdpEchoServer(srv.netns, _bare(srv.ipv4), 9000) as echo:
             nt.udp_roundtrip(plan.envs[0].netns, _bare(srv.ipv4), 9000, b"hello")
             assert len(echo.datagrams) >= 1
         time.sleep(2.5)   # more than two intervals of the enabled config
-        flowdir = os.path.join(hplab.lab_dir(name), "flowlogs")
+        flowdir = os.path.join(paths.lab_dir(name), "flowlogs")
         assert not os.path.exists(flowdir)
-        assert "flow_logs" not in cli.ask(name, "counters")
-        assert cli.main(["flowlogs", "--name", name]) == cli.EXIT_FAIL
+        assert "flow_logs" not in lifecycle.ask(name, "counters")
+        assert cli.main(["flowlogs", "--name", name]) == errors.EXIT_FAIL
         assert "flow logs are off" in capsys.readouterr().err

@@ -32,7 +32,15 @@ from hypothesis import strategies as st
 from pyroute2 import netns as pr_netns
 
 import hyperplane as hp
-from hyperplane import cli, daemon, lab as hplab, labconfig, netns
+from hyperplane import cli, labconfig, netns
+from hyperplane.datapath import daemon
+from hyperplane import topology as hplab
+from hyperplane.lab import lifecycle
+from hyperplane import proc
+from hyperplane import paths
+from hyperplane import errors
+from hyperplane.lab import status as lab_status
+from hyperplane import control
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
@@ -66,7 +74,7 @@ def dlab(run_dir) -> Iterator[Lab]:
     name = lab_name()
     pid = None
     try:
-        pid = cli.lab_up(None, name, out=io.StringIO()).get("pid")
+        pid = lifecycle.lab_up(None, name).get("pid")
         yield Lab(name)
     finally:
         destroy(name, pid)
@@ -79,7 +87,7 @@ def udp_echo(dlab) -> Iterator[nt.UdpEchoServer]:
 
 
 def sock_path(lab: Lab) -> str:
-    return cli.control_path(lab.name)
+    return paths.control_path(lab.name)
 
 
 def exchange(path: str, data: bytes, shut_wr: bool = True,
@@ -126,9 +134,9 @@ def assert_refused(reply: Optional[dict], *words: str) -> None:
 
 def assert_alive(lab: Lab) -> None:
     """The data path still answers, and it is the same process."""
-    r = daemon.request(sock_path(lab), "ping")
+    r = control.request(sock_path(lab), "ping")
     assert r["ok"] is True and r["pid"] == lab.pid, r
-    assert cli.pid_alive(lab.pid)
+    assert proc.pid_alive(lab.pid)
 
 
 def udp_through_nat(lab: Lab, srv: nt.UdpEchoServer, tag: bytes) -> None:
@@ -152,7 +160,7 @@ def test_socket_and_directories_are_root_only(dlab, run_dir):
         st_dir = os.stat(d)
         assert st_dir.st_uid == 0, d
         assert not st_dir.st_mode & 0o022, f"{d} is writable by others: {oct(st_dir.st_mode)}"
-    st_state = os.stat(hplab.state_path(dlab.name))
+    st_state = os.stat(paths.state_path(dlab.name))
     assert st_state.st_uid == 0 and not st_state.st_mode & 0o022
 
 
@@ -329,10 +337,10 @@ BAD = [
 
 @pytest.mark.parametrize("data,words", [(d, w) for _, d, w in BAD], ids=[i for i, _, _ in BAD])
 def test_malformed_request_gets_an_error(dlab, data, words):
-    before = daemon.request(sock_path(dlab), "clock")["offset"]
+    before = control.request(sock_path(dlab), "clock")["offset"]
     assert_refused(exchange(sock_path(dlab), data), *words)
     assert_alive(dlab)
-    assert daemon.request(sock_path(dlab), "clock")["offset"] == before, "the clock moved"
+    assert control.request(sock_path(dlab), "clock")["offset"] == before, "the clock moved"
 
 
 def test_valid_requests_still_answered(dlab):
@@ -381,8 +389,8 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                   max_size=4),
     max_leaves=12)
-ARGS = sorted({a for args in daemon.CONTROL_ARGS.values() for a in args} | {"x"})
-SAFE_CMDS = [c for c in daemon.CONTROL_ARGS if c not in ("stop", "clock")]
+ARGS = sorted({a for args in control.CONTROL_ARGS.values() for a in args} | {"x"})
+SAFE_CMDS = [c for c in control.CONTROL_ARGS if c not in ("stop", "clock")]
 
 
 def _harmless_clock(v) -> bool:
@@ -630,8 +638,8 @@ def test_failed_build_rolls_back(run_dir, monkeypatch, tmp_path, stage):
         try:
             for fn, (n, after) in faults.items():
                 monkeypatch.setattr(hplab, fn, _nth_call(getattr(hplab, fn), n, after))
-            with pytest.raises(cli.CliError) as info:
-                cli.lab_up(str(path) if path else None, name, out=io.StringIO())
+            with pytest.raises(errors.HyperplaneError) as info:
+                lifecycle.lab_up(str(path) if path else None, name)
             monkeypatch.undo()
             msg = str(info.value)
             for w in words + ["injected failure", "rolled back", "nothing of lab"]:
@@ -657,8 +665,8 @@ def test_nft_table_existed_before_the_rollback(run_dir, monkeypatch, tmp_path):
 
     monkeypatch.setattr(hplab, "apply_nacls", load_then_fail)
     try:
-        with pytest.raises(cli.CliError, match="rolled back"):
-            cli.lab_up(str(path), name, out=io.StringIO())
+        with pytest.raises(errors.HyperplaneError, match="rolled back"):
+            lifecycle.lab_up(str(path), name)
         assert seen and seen[0] >= 2, "the ACL counters were readable: the table was loaded"
         assert ours(name) == []
     finally:
@@ -674,7 +682,7 @@ def test_interrupted_build_rolls_back(run_dir, monkeypatch):
             monkeypatch.setattr(hplab, "_build_host",
                                 _nth_call(hplab._build_host, 1, True, KeyboardInterrupt()))
             with pytest.raises(KeyboardInterrupt):
-                cli.lab_up(None, name, out=io.StringIO())
+                lifecycle.lab_up(None, name)
             monkeypatch.undo()
             assert_rolled_back(name, run_dir, by, before)
         finally:
@@ -689,8 +697,8 @@ def test_data_path_that_exits_at_once_rolls_back(run_dir, monkeypatch):
     monkeypatch.setenv(hp.ENGINE_ENV, "reference")   # only the child sees it
     with Bystanders(name) as by:
         try:
-            with pytest.raises(cli.CliError) as info:
-                cli.lab_up(None, name, out=io.StringIO())
+            with pytest.raises(errors.HyperplaneError) as info:
+                lifecycle.lab_up(None, name)
             msg = str(info.value)
             assert "the data path exited with status" in msg and "rolled back" in msg, msg
             assert "compiled engine" in msg, "the data path's log tail is in the message"
@@ -710,7 +718,7 @@ def test_failure_after_the_data_path_started_stops_it(run_dir, monkeypatch, wher
         def wait_then_fail(n, proc):
             started.append(proc.pid)
             real_wait(n, proc)           # it really runs and answers
-            raise cli.CliError("injected failure: not ready")
+            raise errors.HyperplaneError("injected failure: not ready")
 
         monkeypatch.setattr(cli, "wait_ready", wait_then_fail)
     elif where == "state-save-after-start":
@@ -725,19 +733,19 @@ def test_failure_after_the_data_path_started_stops_it(run_dir, monkeypatch, wher
         monkeypatch.setattr(hplab, "save_state", save)
     else:
         def functions_fail(n, timeout):
-            started.append(cli.load_lab(n)[0]["pid"])
-            raise cli.CliError("injected failure: functions stay Pending")
+            started.append(lifecycle.load_lab(n)[0]["pid"])
+            raise errors.HyperplaneError("injected failure: functions stay Pending")
 
         monkeypatch.setattr(cli, "wait_functions_active", functions_fail)
     with Bystanders(name) as by:
         try:
-            with pytest.raises(cli.CliError) as info:
-                cli.lab_up(None, name, out=io.StringIO())
+            with pytest.raises(errors.HyperplaneError) as info:
+                lifecycle.lab_up(None, name)
             monkeypatch.undo()
             msg = str(info.value)
             assert "injected failure" in msg and "rolled back" in msg, msg
             assert started, "the data path was started before the failure"
-            assert not cli.pid_alive(started[0]), f"data path pid {started[0]} still runs"
+            assert not proc.pid_alive(started[0]), f"data path pid {started[0]} still runs"
             assert_rolled_back(name, run_dir, by, before)
         finally:
             monkeypatch.undo()
@@ -745,13 +753,13 @@ def test_failure_after_the_data_path_started_stops_it(run_dir, monkeypatch, wher
 
 
 def test_lab_up_of_an_existing_lab_is_refused_and_leaves_it_alone(dlab, udp_echo):
-    state_file = hplab.state_path(dlab.name)
+    state_file = paths.state_path(dlab.name)
     with open(state_file, "rb") as f:
         state_before = f.read()
     namespaces = sorted(ours(dlab.name))
-    with pytest.raises(cli.CliError, match=f"lab '{dlab.name}' already exists; run "
+    with pytest.raises(errors.HyperplaneError, match=f"lab '{dlab.name}' already exists; run "
                                            f"`hyperplane lab down --name {dlab.name}`"):
-        cli.lab_up(None, dlab.name, out=io.StringIO())
+        lifecycle.lab_up(None, dlab.name)
     with open(state_file, "rb") as f:
         assert f.read() == state_before
     assert sorted(ours(dlab.name)) == namespaces
@@ -801,15 +809,15 @@ def test_half_built_lab_goes_down_with_lab_down_twice(run_dir, monkeypatch, capf
         monkeypatch.setattr(hplab, "_build_env", _nth_call(hplab._build_env, 2, True))
         monkeypatch.setattr(hplab, "teardown", lambda n: (_ for _ in ()).throw(
             hplab.LabError("injected rollback failure")))
-        with pytest.raises(cli.CliError) as info:
-            cli.lab_up(None, name, out=io.StringIO())
+        with pytest.raises(errors.HyperplaneError) as info:
+            lifecycle.lab_up(None, name)
         monkeypatch.undo()
         assert "rolling back failed as well" in str(info.value)
         assert f"hyperplane lab down --name {name}" in str(info.value)
         assert ours(name), "the half-built lab is still there"
         capfd.readouterr()
-        assert cli.main(["lab", "status", "--name", name]) == cli.EXIT_FAIL
-        st = cli.status_dict(name)
+        assert cli.main(["lab", "status", "--name", name]) == errors.EXIT_FAIL
+        st = lab_status.status(name)
         assert st["running"] is False and st["pid"] is None
         capfd.readouterr()
         assert cli.main(["lab", "down", "--name", name]) == 0
@@ -830,12 +838,12 @@ def test_damaged_state_file_is_a_clear_error(run_dir, capfd):
         with open(os.path.join(d, "state.json"), "w") as f:
             f.write('{"name": "half')
         for argv in (["lab", "down"], ["lab", "status"]):
-            assert cli.main(argv + ["--name", name]) == cli.EXIT_FAIL
+            assert cli.main(argv + ["--name", name]) == errors.EXIT_FAIL
             err = capfd.readouterr().err
             assert "cannot read" in err and "state.json" in err and "Traceback" not in err, err
         with open(os.path.join(d, "state.json"), "w") as f:
             f.write('{"name": "x", "plan": 5}')
-        assert cli.main(["lab", "status", "--name", name]) == cli.EXIT_FAIL
+        assert cli.main(["lab", "status", "--name", name]) == errors.EXIT_FAIL
         assert "does not describe a lab" in capfd.readouterr().err
         assert cli.main(["lab", "down", "--name", name]) == 0, "nothing recorded: nothing to do"
         assert not os.path.exists(d)

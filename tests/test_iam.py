@@ -1,4 +1,4 @@
-"""IAM checks for VPC settings (hyperplane.iam): the example policies of the Lambda guide's
+"""IAM checks for VPC settings (hyperplane.labconfig.iam): the example policies of the Lambda guide's
 "IAM condition keys for VPC settings" section, each with a request it allows and one it denies;
 IAM's evaluation rules (explicit deny wins, implicit deny, wildcards, condition semantics);
 the execution role's ENI permissions; malformed policies refused with the exact field path.
@@ -12,8 +12,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from hyperplane import iam
-from hyperplane.iam import AccessDenied, IamPolicyError, check_vpc_config, evaluate
+from hyperplane.labconfig import iam
+from hyperplane.labconfig.iam import AccessDenied, IamPolicyError, check_vpc_config, evaluate
 
 ACCOUNT = "123456789012"
 CREATE = "lambda:CreateFunction"

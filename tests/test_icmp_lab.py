@@ -28,7 +28,9 @@ import pytest
 from pyroute2 import netns as pr_netns
 
 import hyperplane as hp
-from hyperplane import cli, lab as hplab, netns
+from hyperplane import cli, netns
+from hyperplane import topology as hplab
+from hyperplane.lab import lifecycle
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
@@ -48,7 +50,7 @@ def bare(addr: str) -> str:
 class Lab:
     def __init__(self, name: str):
         self.name = name
-        _, self.plan = cli.load_lab(name)
+        _, self.plan = lifecycle.load_lab(name)
         self.eni = self.plan.enis[0]
         self.server = self.plan.hosts[0]
         self.env = self.plan.env("fn-a-0")
@@ -57,7 +59,7 @@ class Lab:
         return bare(node.ipv4 if family == 4 else node.ipv6)
 
     def counters(self) -> dict:
-        r = cli.ask(self.name, "counters")
+        r = lifecycle.ask(self.name, "counters")
         assert r.get("ok"), r
         return r
 
@@ -75,7 +77,7 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HYPERPLANE_RUN_DIR", str(tmp_path_factory.mktemp("icmplab")))
         try:
-            pid = cli.lab_up(None, name, out=io.StringIO()).get("pid")
+            pid = lifecycle.lab_up(None, name).get("pid")
             yield Lab(name)
         finally:
             try:

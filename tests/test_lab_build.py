@@ -19,7 +19,8 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
-from hyperplane import lab, labconfig, netns
+from hyperplane import labconfig, netns
+from hyperplane import topology as lab
 
 _problem = netns.privilege_problem()
 pytestmark = pytest.mark.skipif(_problem is not None, reason=_problem or "")

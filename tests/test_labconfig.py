@@ -14,6 +14,7 @@ import pytest
 
 from hyperplane import labconfig as lc
 from hyperplane.labconfig import LabConfigError
+from hyperplane.datapath import statefile
 
 
 def base_doc():
@@ -1419,7 +1420,7 @@ def test_datapath_inbound_cpus_round_trip_and_errors():
 def test_pin_cpus_checks_the_inbound_workers_cpus_before_pinning():
     import os
 
-    from hyperplane import daemon
+    from hyperplane.datapath import daemon
 
     missing = max(os.sched_getaffinity(0)) + 1
     before = os.sched_getaffinity(0)
@@ -1432,7 +1433,7 @@ def test_pin_cpus_checks_the_inbound_workers_cpus_before_pinning():
 def test_pin_cpus_refuses_a_cpu_this_process_may_not_use():
     import os
 
-    from hyperplane import daemon
+    from hyperplane.datapath import daemon
 
     missing = max(os.sched_getaffinity(0)) + 1
     before = os.sched_getaffinity(0)
@@ -1450,7 +1451,7 @@ def test_pin_cpus_pins_the_process():
 
     cpu = min(__import__("os").sched_getaffinity(0))
     out = subprocess.run([sys.executable, "-c",
-                          "import os; from hyperplane import daemon; "
+                          "import os; from hyperplane.datapath import daemon; "
                           f"daemon.pin_cpus(({cpu},)); print(sorted(os.sched_getaffinity(0)))"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -1458,13 +1459,13 @@ def test_pin_cpus_pins_the_process():
 
 
 def test_datapath_cpus_do_not_change_the_plan_hash_of_a_saved_state():
-    from hyperplane import daemon
+    from hyperplane.datapath import daemon
 
     doc = base_doc()
     plain = lc.resolve(parse(doc), "dp")
     doc["datapath"] = {"cpus": [0]}
     pinned = lc.resolve(parse(doc), "dp")
     assert plain != pinned
-    assert daemon.plan_hash(plain) == daemon.plan_hash(pinned)   # restore across a CPU move
+    assert statefile.plan_hash(plain) == statefile.plan_hash(pinned)   # restore across a CPU move
     doc["flow_logs"] = {"enabled": False}
-    assert daemon.plan_hash(lc.resolve(parse(doc), "dp")) != daemon.plan_hash(plain)
+    assert statefile.plan_hash(lc.resolve(parse(doc), "dp")) != statefile.plan_hash(plain)

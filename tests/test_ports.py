@@ -10,8 +10,9 @@ import pytest
 from hp_testlib import (
     ENI_A, ENI_B, ENI_V4_ONLY, ENV, HOST, assert_checksums_valid, build, fields, tcp, udp,
 )
-from hyperplane import DropReason, Verdict, reference
-from hyperplane.config import DEFAULT_PORT_MAX, DEFAULT_PORT_MIN
+from hyperplane import DropReason, Verdict
+from hyperplane.engine import reference
+from hyperplane.engine.config import DEFAULT_PORT_MAX, DEFAULT_PORT_MIN
 
 E4, H4 = ENV[4][0], HOST[4][0]
 SMALL = dict(port_min=40000, port_max=40099)

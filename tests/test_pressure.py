@@ -32,7 +32,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 import hyperplane as hp
-from hyperplane import DropReason, Verdict, loadgen, netns
+from hyperplane import DropReason, Verdict, labconfig, netns
+from hyperplane.bench import loadgen
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
@@ -423,8 +424,7 @@ high_water = 0                     # and no early start of a second ENI
 
 @pytest.fixture(scope="module")
 def small_pool_lab(run_dir, tmp_path_factory) -> Iterator[Lab]:
-    with open(os.path.join(os.path.dirname(hp.__file__), "default_lab.toml")) as f:
-        text = f.read() + EXHAUST_LIFECYCLE
+    text = labconfig.default_text() + EXHAUST_LIFECYCLE
     with running_lab(text, tmp_path_factory.mktemp("cfg")) as lab:
         yield lab
 
@@ -567,8 +567,7 @@ max_connections_per_environment = {PER_ENV}
 
 @pytest.fixture(scope="module")
 def per_env_lab(run_dir, tmp_path_factory) -> Iterator[Lab]:
-    with open(os.path.join(os.path.dirname(hp.__file__), "default_lab.toml")) as f:
-        text = f.read() + PER_ENV_LIFECYCLE
+    text = labconfig.default_text() + PER_ENV_LIFECYCLE
     with running_lab(text, tmp_path_factory.mktemp("cfg")) as lab:
         yield lab
 

@@ -37,9 +37,13 @@ from test_datapath_lab import cli_run, running_lab, wait_until  # noqa: E402
 from test_vpc_lifecycle import Recorder  # noqa: E402  (the control plane's effects, in order)
 
 import hyperplane as hp  # noqa: E402
-from hyperplane import EngineConfig, Eni, cli, daemon, labconfig, netns  # noqa: E402
-from hyperplane import lab as hplab  # noqa: E402
+from hyperplane import EngineConfig, Eni, cli, labconfig, netns  # noqa: E402
+from hyperplane.datapath import daemon
+from hyperplane import topology as hplab  # noqa: E402
 from hyperplane.vpc import ControlPlane  # noqa: E402
+from hyperplane.lab import lifecycle
+from hyperplane import paths
+from hyperplane.datapath import statefile
 
 _problem = netns.privilege_problem()
 needs_root = pytest.mark.skipif(_problem is not None, reason=f"restart lab tests: {_problem}")
@@ -90,15 +94,15 @@ def saved(engine_cls, tmp_path):
     cp = ControlPlane(PLAN, Recorder(), 0.0, initial_active=True)
     doc = state_doc(engine, cp)
     path = str(tmp_path / "conntrack.state")
-    daemon.write_state_file(path, doc)
+    statefile.write_state_file(path, doc)
     return path, engine, doc
 
 
 def test_state_file_round_trip_restores_every_connection(saved, engine_cls):
     path, engine, _ = saved
-    doc = daemon.read_state_file(path)
-    daemon.check_state_doc(doc, PLAN)
-    assert doc["final"] is True and doc["lab"] == "tunit" and doc["boot_id"] == daemon.boot_id()
+    doc = statefile.read_state_file(path)
+    statefile.check_state_doc(doc, PLAN)
+    assert doc["final"] is True and doc["lab"] == "tunit" and doc["boot_id"] == statefile.boot_id()
     (table,) = doc["keys"]
     assert table["connections"] == 2
     assert [x["id"] for x in table["enis"]] == [ENI0.id]
@@ -127,7 +131,7 @@ def saving_daemon(engine, cp, state_file):
 def held_writer(monkeypatch):
     """write_state_file made to wait until the test lets it go: (started, release)."""
     started, release = threading.Event(), threading.Event()
-    real = daemon.write_state_file
+    real = statefile.write_state_file
 
     def write(path, doc):
         started.set()
@@ -155,8 +159,8 @@ def test_periodic_save_writes_in_a_thread_of_its_own(engine_cls, tmp_path, held_
     d._join_save()
     assert d.saves["saved"] == 1 and d.saves["failed"] == 0
     assert d.saves["last_connections"] == 2 and d.saves["last_loop_seconds"] is not None
-    doc = daemon.read_state_file(path)
-    daemon.check_state_doc(doc, PLAN)
+    doc = statefile.read_state_file(path)
+    statefile.check_state_doc(doc, PLAN)
     assert doc["final"] is False
     fresh = plan_engine(engine_cls)           # the tables as they were when the save began
     got = fresh.restore(base64.b64decode(doc["keys"][0]["blob"]), 20.0, 0.0)
@@ -176,7 +180,7 @@ def test_final_save_waits_for_the_periodic_one(engine_cls, tmp_path, held_writer
     threading.Timer(0.2, release.set).start()
     assert d.save_state(final=True) is True   # joins the periodic save, then writes its own
     assert d.saves["saved"] == 2
-    assert daemon.read_state_file(d.state_file)["final"] is True
+    assert statefile.read_state_file(d.state_file)["final"] is True
 
 
 def test_a_failed_background_save_is_counted_not_raised(engine_cls, tmp_path):
@@ -197,11 +201,11 @@ def test_state_file_is_written_atomically_and_root_only(saved, tmp_path):
         f.write("old")
     os.chmod(path, 0o644)
     before = os.stat(path).st_ino
-    daemon.write_state_file(path, doc)
+    statefile.write_state_file(path, doc)
     st = os.stat(path)
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_ino != before
     assert sorted(os.listdir(tmp_path)) == ["conntrack.state"], "a temp file was left"
-    assert daemon.read_state_file(path) == json.loads(json.dumps(doc))
+    assert statefile.read_state_file(path) == json.loads(json.dumps(doc))
 
 
 def _other_plan():
@@ -236,15 +240,15 @@ def test_a_mismatched_or_damaged_state_is_refused_with_its_reason(saved, what):
     doc = json.loads(json.dumps(doc))
     damage, words = REFUSALS[what]
     damage(doc)
-    daemon.write_state_file(path, doc)
+    statefile.write_state_file(path, doc)
     with pytest.raises(ValueError, match=words):
-        daemon.check_state_doc(daemon.read_state_file(path), PLAN)
+        statefile.check_state_doc(statefile.read_state_file(path), PLAN)
 
 
 def test_a_state_saved_by_another_plan_is_refused(saved):
     path, _, _ = saved
     with pytest.raises(ValueError, match="another lab plan"):
-        daemon.check_state_doc(daemon.read_state_file(path), _other_plan())
+        statefile.check_state_doc(statefile.read_state_file(path), _other_plan())
 
 
 @pytest.mark.parametrize("content", [b"", b"{\"format\": \"hyperplane-conn", b"\xff\xfe",
@@ -254,14 +258,14 @@ def test_a_file_that_is_no_state_file_is_refused(tmp_path, content):
     path.write_bytes(content)
     os.chmod(path, 0o600)
     with pytest.raises(ValueError, match="not a state file"):
-        daemon.read_state_file(str(path))
+        statefile.read_state_file(str(path))
 
 
 def test_a_state_file_others_may_write_is_refused(saved):
     path, _, _ = saved
     os.chmod(path, 0o666)
     with pytest.raises(ValueError, match="only root may write it"):
-        daemon.read_state_file(path)
+        statefile.read_state_file(path)
 
 
 def test_a_bad_table_is_a_clear_value_error_from_the_engine(engine_cls):
@@ -476,7 +480,7 @@ def test_tcp_stream_and_udp_flow_survive_lab_restart(rlab):
             assert udp_after["packets_orig"] == sends, (udp_after, sends)
         finally:
             us.close()
-    st = os.stat(hplab.conntrack_state_path(lab.name))
+    st = os.stat(paths.conntrack_state_path(lab.name))
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
     print(f"restart took {rep['took']:.2f} s (CLI, stop to answering); restored "
           f"{r['restored']}; {sent_at_stop} of {SIZE} bytes sent at the restart")
@@ -516,10 +520,10 @@ def test_without_restore_the_same_stream_breaks(rlab):
 @needs_root
 def test_a_corrupt_state_file_is_ignored_and_lab_down_removes_it(run_dir):
     with running_lab() as lab:
-        state, _ = cli.load_lab(lab.name)
-        rep = hplab.stop_datapath(lab.name, state)
+        state, _ = lifecycle.load_lab(lab.name)
+        rep = lifecycle.stop_datapath(lab.name, state)
         assert rep["stopped_pid"] and rep["saved"]["final"] is True
-        path = hplab.conntrack_state_path(lab.name)
+        path = paths.conntrack_state_path(lab.name)
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) // 2)
         r = cli_run("lab", "restart", "--name", lab.name)
@@ -527,7 +531,7 @@ def test_a_corrupt_state_file_is_ignored_and_lab_down_removes_it(run_dir):
         assert "no data path was running" in r.stdout
         assert "started afresh" in r.stdout and "cut short" in r.stdout, r.stdout
         lab.pid = json.loads(cli_run("lab", "status", "--name", lab.name, "--json").stdout)["pid"]
-        assert "is ignored" in open(os.path.join(hplab.lab_dir(lab.name), "datapath.log")).read()
+        assert "is ignored" in open(os.path.join(paths.lab_dir(lab.name), "datapath.log")).read()
         with nt.UdpEchoServer(lab.server.netns, lab.s4) as usrv:
             reply, _ = nt.udp_roundtrip(lab.env("fn-b-0").netns, usrv.addr, usrv.port,
                                         b"after a corrupt state file", timeout=6)
@@ -535,7 +539,7 @@ def test_a_corrupt_state_file_is_ignored_and_lab_down_removes_it(run_dir):
         assert os.path.exists(path)
         r = cli_run("lab", "down", "--name", lab.name)
         assert r.returncode == 0, r.stderr
-        assert not os.path.exists(path) and not os.path.exists(hplab.lab_dir(lab.name))
+        assert not os.path.exists(path) and not os.path.exists(paths.lab_dir(lab.name))
 
 
 # ---- lab: a function moved to a new ENI key, and a NAT gateway, across a restart -------------------

@@ -10,7 +10,7 @@ import pytest
 
 from hp_testlib import ENI_A, ENI_B, ENV, HOST, fields, tcp, udp
 from hyperplane import Timeouts, Verdict
-from hyperplane.config import Eni
+from hyperplane.engine.config import Eni
 
 HEADER = 24     # magic, version, record size, count
 RECORD = 152    # hp_saved

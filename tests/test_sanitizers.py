@@ -69,7 +69,7 @@ def _env(tree: str, preload: bool) -> dict:
 
 
 def test_the_copy_is_instrumented_and_is_what_the_tests_import(sanitized_tree):
-    code = "import hyperplane._engine as m; print(m.__file__)"
+    code = "import hyperplane.engine._engine as m; print(m.__file__)"
     bare = subprocess.run([sys.executable, "-c", code], cwd=sanitized_tree,
                           env=_env(sanitized_tree, preload=False), capture_output=True,
                           text=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from hp_testlib import ENI_A, ENI_B, ENV, HOST, fields, tcp, udp
-from hyperplane import DropReason, Verdict, reference
+from hyperplane import DropReason, Verdict
+from hyperplane.engine import types
 
 E4, H4, H4b = ENV[4][0], HOST[4][0], HOST[4][1]     # 198.19.0.20 and .21
 E6, H6 = ENV[6][0], HOST[6][0]
@@ -120,7 +121,7 @@ def test_rule_bound_is_at_least_aws_300(make_engine):
     assert eng.outbound(tcp(4, E4, H4, 1000, 443), now=1.0).verdict == Verdict.NEW
     with pytest.raises(ValueError, match="at most 512"):
         eng.set_egress_rules(rules + [("198.19.0.0/16", "all", 0, 0)])
-    assert reference.MAX_EGRESS_RULES == 512
+    assert types.MAX_EGRESS_RULES == 512
 
 
 @pytest.mark.parametrize("rules, match", [

@@ -1,7 +1,7 @@
 """`hyperplane stats`, `hyperplane metrics` and `hyperplane top`.
 
-Unit tests feed the pure functions (hyperplane.stats.summarize / metric_families / exposition,
-hyperplane.top.rates / top_flows) a hand-made ``counters`` reply. The lab tests (root) bring up
+Unit tests feed the pure functions (hyperplane.observe.stats.summarize / metric_families / exposition,
+hyperplane.observe.top.rates / top_flows) a hand-made ``counters`` reply. The lab tests (root) bring up
 one embedded default lab, send a known number of UDP datagrams of a known size from fn-a-0 to an
 echo server and a known number of unsolicited datagrams from the server to the ENI address, and
 check that `stats --json`, `metrics --once`, a real HTTP scrape of `metrics --listen` and
@@ -24,7 +24,12 @@ from typing import Dict, Iterator, Optional
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hyperplane import cli, netns, stats, top
+from hyperplane import cli, netns
+from hyperplane.observe import stats
+from hyperplane.observe import top
+from hyperplane.lab import lifecycle
+from hyperplane import errors
+from hyperplane.datapath import statefile
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
@@ -45,7 +50,7 @@ def _pool(eni, address, family, proto, used, size=65000, enabled=True):
 
 
 def counters(now: float = 100.0, scale: int = 1) -> dict:
-    """A counters reply as hyperplane.daemon.Daemon.counters() gives it: one ENI key with two
+    """A counters reply as hyperplane.datapath.daemon.Daemon.counters() gives it: one ENI key with two
     scale-out ENIs (the first one retired: not live any more), one NAT gateway. ``scale``
     multiplies the traffic counters (for rates between two snapshots)."""
     dp_drops = {"runt": 0, "not_our_mac": 0, "multicast": 9, "engine": 7, "no_route": 2,
@@ -176,9 +181,9 @@ def _state_section(s: dict) -> Dict[str, str]:
 
 
 def test_stats_names_every_refusal_the_daemon_counts():
-    from hyperplane import daemon
+    from hyperplane.datapath import daemon
 
-    assert stats.REFUSALS == daemon.RESTORE_COUNTS[1:]
+    assert stats.REFUSALS == statefile.RESTORE_COUNTS[1:]
 
 
 def test_saved_state_when_nothing_is_saved():
@@ -350,7 +355,7 @@ def test_daemon_down_is_up_0_not_an_error():
     assert list(s) == ["hyperplane_up"] and _value(s, "hyperplane_up") == 0
 
     def down():
-        raise cli.CliError("the data path of lab 'lab1' is not running")
+        raise errors.HyperplaneError("the data path of lab 'lab1' is not running")
 
     from prometheus_client import generate_latest
     reg, col = stats.registry_for(down, "lab1")
@@ -382,18 +387,18 @@ def test_listen_elsewhere_refused(text, why):
 
 def test_cli_refuses_non_loopback_and_bad_top_options(capsys):
     assert cli.main(["metrics", "--listen", "0.0.0.0:9469", "--name", "nosuchlab"]) == \
-        cli.EXIT_USAGE
+        errors.EXIT_USAGE
     err = capsys.readouterr().err
     assert "not a loopback address" in err and "Traceback" not in err
-    assert cli.main(["top", "--interval", "0", "--name", "nosuchlab"]) == cli.EXIT_USAGE
+    assert cli.main(["top", "--interval", "0", "--name", "nosuchlab"]) == errors.EXIT_USAGE
     assert "--interval" in capsys.readouterr().err
-    assert cli.main(["top", "--iterations", "0", "--name", "nosuchlab"]) == cli.EXIT_USAGE
+    assert cli.main(["top", "--iterations", "0", "--name", "nosuchlab"]) == errors.EXIT_USAGE
     assert "--iterations" in capsys.readouterr().err
 
 
 def test_http_scrape_while_the_daemon_is_down_is_200_with_up_0():
     def down():
-        raise cli.CliError("the data path of lab 'lab1' is not running")
+        raise errors.HyperplaneError("the data path of lab 'lab1' is not running")
 
     reg, _ = stats.registry_for(down, "lab1")
     srv = stats.serve(reg, "127.0.0.1", 0)
@@ -435,13 +440,13 @@ from test_datapath_lab import wait_until  # noqa: E402  (the lab kit's poller)
 def slab(run_dir) -> Iterator[dict]:
     """The embedded default lab with known traffic through it: returns the lab name, plan,
     the flow's tuple, and `stats --json` before and after."""
-    from hyperplane import lab as hplab
+    from hyperplane import topology as hplab
 
     name = "s" + secrets.token_hex(3)
     pid: Optional[int] = None
     try:
-        pid = cli.lab_up(None, name, out=io.StringIO()).get("pid")
-        _, plan = cli.load_lab(name)
+        pid = lifecycle.lab_up(None, name).get("pid")
+        _, plan = lifecycle.load_lab(name)
         env, server, eni = plan.env("fn-a-0"), plan.hosts[0], plan.enis[0]
         s4 = server.ipv4.split("/")[0]
         before = stats_json(name)
@@ -462,7 +467,7 @@ def slab(run_dir) -> Iterator[dict]:
                 u.sendto(b"x" * PAYLOAD, (eni.ipv4, 9))
 
         def counted():
-            c = cli.ask(name, "counters")
+            c = lifecycle.ask(name, "counters")
             n = sum(e["drops"]["unsolicited"] for e in c["enis"])
             return n >= before["drops"]["engine"]["unsolicited"] + N_UNSOLICITED
         wait_until(counted, 10, "the unsolicited datagrams to be dropped")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hp_testlib import compiled_module
-from hyperplane import Direction, TcpState, tcp_states
-from hyperplane.tcp_states import ACK, FIN, NONE, RST, SYN, SYNACK, flag_class
+from hyperplane import Direction, TcpState
+from hyperplane.engine import tcp_states
+from hyperplane.engine.tcp_states import ACK, FIN, NONE, RST, SYN, SYNACK, flag_class
 
 F, S, R, P, A, U, E, C = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 

@@ -1,4 +1,4 @@
-"""hp-traffic (``hyperplane.traffic``), the C traffic generator of ``hyperplane bench``, on a
+"""hp-traffic (``hyperplane.bench.traffic``), the C traffic generator of ``hyperplane bench``, on a
 kernel-only topology: two namespaces joined by one veth, nothing in between. Proves the tool
 counts exactly before the benchmark relies on its figures. No timing assertions: rates are only
 printed by the tool, never compared with a threshold here.
@@ -17,7 +17,7 @@ from typing import NamedTuple
 import pytest
 
 from hyperplane import netns
-from hyperplane import traffic as tr
+from hyperplane.bench import traffic as tr
 
 import nettraffic as nt
 

@@ -20,7 +20,12 @@ from typing import Dict, Iterator, List
 import pytest
 
 import hyperplane as hp
-from hyperplane import cli, lab as hplab, loadgen, netns
+from hyperplane import cli, netns
+from hyperplane import topology as hplab
+from hyperplane.bench import loadgen
+from hyperplane.lab import lifecycle
+from hyperplane import paths
+from hyperplane import control
 
 sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
@@ -97,14 +102,14 @@ subnet = "subnet-a"
 class VpcLab:
     def __init__(self, name: str):
         self.name = name
-        self.state, self.plan = cli.load_lab(name)
+        self.state, self.plan = lifecycle.load_lab(name)
         self.server = self.plan.hosts[0] if self.plan.hosts else None
         self.s4 = bare(self.server.ipv4) if self.server else None
 
     def ask(self, cmd: str, **args) -> dict:
-        from hyperplane import daemon
+        from hyperplane.datapath import daemon
 
-        r = daemon.request(cli.control_path(self.name), cmd, **args)
+        r = control.request(paths.control_path(self.name), cmd, **args)
         return r
 
     def ok(self, cmd: str, **args) -> dict:
@@ -139,7 +144,7 @@ def vpc_lab(tmp_path, text: str, wait_active: bool = True) -> Iterator[VpcLab]:
     cfg.write_text(text)
     pid = None
     try:
-        pid = cli.lab_up(str(cfg), name, out=io.StringIO(), wait_active=wait_active).get("pid")
+        pid = lifecycle.lab_up(str(cfg), name, wait_active=wait_active).get("pid")
         yield VpcLab(name)
     finally:
         destroy(name, pid)

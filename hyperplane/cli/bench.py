@@ -1,0 +1,41 @@
+"""``hyperplane bench``: hyperplane side by side with the kernel's NAT (hyperplane.bench)."""
+from __future__ import annotations
+
+from hyperplane.bench import TESTS, Settings, run
+from hyperplane.errors import EXIT_OK
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="hyperplane side by side with the kernel's NAT (iperf3 TCP, 64-byte UDP "
+                      "loss-free rate and overload, connection rate, request/response "
+                      "latency): a table of hyperplane/kernel ratios (root)",
+        description="Builds the bench lab twice, once forwarded by hyperplane and once by the "
+                    "kernel (ip_forward + nftables SNAT in the node namespace), runs the same "
+                    "tests on both in ABBA order and prints median [min-max] per mode and the "
+                    "hyperplane/kernel ratios. Exit 0 when it ran (the verdicts are a report), "
+                    "1 when it could not.")
+    p.add_argument("--tests", default=None,
+                   help=f"comma-separated, from {','.join(TESTS)} (default: all)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="seconds per trial (default 5; --quick 1); a udp64 trial lasts at "
+                        "most 2 s (the loss-free search runs about ten)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="repeats per mode, ABBA order (default 3; --quick 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 repeat, 1-second trials, small counts (smoke, first look)")
+    p.add_argument("--json", metavar="FILE", help="write machine, settings, every trial, "
+                                                  "medians, ratios and verdicts as JSON")
+    p.add_argument("--plot", metavar="FILE", help="draw a PNG chart (needs matplotlib)")
+    p.add_argument("--loss-tolerance", type=float, default=None,
+                   help="loss a 'loss-free' UDP trial may have (default 0.001)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not pin clients to CPU 0 and servers to CPU 1")
+    p.add_argument("--keep", action="store_true",
+                   help="leave both labs up afterwards (prints how to remove them)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    run(Settings.from_args(args), json_path=args.json, plot_path=args.plot)
+    return EXIT_OK

@@ -1,0 +1,139 @@
+"""``hyperplane stats``, ``metrics`` and ``top``: a running lab's counters, summed up
+(hyperplane.observe.stats), served to Prometheus, or watched live (hyperplane.observe.top)."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+
+from hyperplane.cli.common import isatty, named
+from hyperplane.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
+from hyperplane.lab import lifecycle
+from hyperplane.lab.api import Lab
+from hyperplane.observe import stats, top
+
+
+def cmd_stats(args) -> int:
+    s = Lab.attach(args.name).stats()
+    if args.json:
+        print(json.dumps(s, indent=2))
+    elif isatty(sys.stdout):
+        from rich.console import Console
+
+        Console().print(stats.render_rich(stats.sections(s), stats.stats_head(s)))
+    else:
+        sys.stdout.write(stats.render_plain(stats.sections(s), stats.stats_head(s)))
+    return EXIT_OK
+
+
+def cmd_metrics(args) -> int:
+    try:
+        host, port = stats.parse_listen(args.listen)
+    except ValueError as e:
+        raise HyperplaneError(str(e), EXIT_USAGE) from None
+    lifecycle.load_lab(args.name)   # a lab that does not exist at all is a usage mistake: say so
+
+    def fetch():
+        return lifecycle.request(args.name, "counters")
+
+    registry, collector = stats.registry_for(fetch, args.name)
+    if args.once:
+        from prometheus_client import generate_latest
+
+        sys.stdout.write(generate_latest(registry).decode())
+        err = collector.last_error
+        if err:   # still printed hyperplane_up 0 (what a scrape would see); say why, fail
+            print(f"{PROG}: error: no counters from lab {args.name!r}: {err}", file=sys.stderr)
+            return EXIT_FAIL
+        return EXIT_OK
+    try:
+        srv = stats.serve(registry, host, port)
+    except OSError as e:
+        raise HyperplaneError(f"--listen {args.listen}: cannot listen: {e.strerror or e}") \
+            from None
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving Prometheus metrics of lab {args.name} on "
+          f"http://{shown}:{srv.server_address[1]}/metrics (Ctrl-C to stop)", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    return EXIT_OK
+
+
+def cmd_top(args) -> int:
+    if not args.interval > 0 or args.interval > 3600:
+        raise HyperplaneError(f"--interval {args.interval:g}: give seconds between refreshes, "
+                              "more than 0 and at most 3600 (e.g. --interval 0.5)", EXIT_USAGE)
+    if args.iterations is not None and args.iterations < 1:
+        raise HyperplaneError(f"--iterations {args.iterations}: give at least 1 (or leave it "
+                              "out to run until Ctrl-C)", EXIT_USAGE)
+
+    def request(cmd, **kw):
+        return lifecycle.request(args.name, cmd, **kw)
+
+    tty = isatty(sys.stdout)
+    prev = top.snapshot(request, args.name)
+    frame = 0
+    live = None
+    try:
+        if tty:
+            from rich.live import Live
+
+            live = Live(auto_refresh=False, screen=False, redirect_stdout=False)
+            live.start()
+        while args.iterations is None or frame < args.iterations:
+            time.sleep(args.interval)
+            cur = top.snapshot(request, args.name)
+            frame += 1
+            head = top.frame_head(args.name, cur, args.interval, frame)
+            secs = top.frame_sections(prev, cur, by=args.sort)
+            if live is not None:
+                live.update(stats.render_rich(secs, head), refresh=True)
+            else:
+                sys.stdout.write(stats.render_plain(secs, "---- " + head))
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            prev = cur
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
+    return EXIT_OK
+
+
+def register(sub) -> None:
+    q = named(sub.add_parser("stats", help="packets and bytes per direction and ENI, drops by "
+                                           "reason, table and port-pool fill (running lab)"))
+    q.add_argument("--json", action="store_true",
+                   help="one JSON document (schema in `pydoc hyperplane.observe.stats`)")
+    q.set_defaults(func=cmd_stats)
+    q = named(sub.add_parser(
+        "metrics", help="serve the lab's counters as Prometheus metrics on a loopback port",
+        description="Serve the lab's counters in the Prometheus text format at /metrics. Each "
+                    "scrape asks the data path for fresh counters; hyperplane_up is 0 when it "
+                    "does not answer. Only this lab's metrics are served (no process_* "
+                    "metrics of the exporter itself)."))
+    q.add_argument("--listen", default=stats.DEFAULT_LISTEN, metavar="ADDR:PORT",
+                   help=f"loopback address and port (default {stats.DEFAULT_LISTEN}; port 0 "
+                        "picks a free one)")
+    q.add_argument("--once", action="store_true",
+                   help="print one exposition to stdout and exit")
+    q.set_defaults(func=cmd_metrics)
+    q = named(sub.add_parser("top", help="a live view of rates, drops, pool fill and the top "
+                                         "flows of a running lab"))
+    q.add_argument("--interval", type=float, default=top.DEFAULT_INTERVAL, metavar="S",
+                   help=f"seconds between refreshes (default {top.DEFAULT_INTERVAL:g})")
+    q.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="stop after N refreshes (default: until Ctrl-C)")
+    q.add_argument("--sort", choices=("bytes", "packets"), default="bytes",
+                   help="order the top flows by bytes or packets moved since the last refresh")
+    q.set_defaults(func=cmd_top)

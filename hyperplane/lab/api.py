@@ -1,0 +1,242 @@
+"""``hyperplane.Lab``: drive a lab from your own Python code.
+
+    import hyperplane
+
+    with hyperplane.Lab.up() as lab:                # the embedded default lab, a unique name
+        lab.exec("server", ["ip", "-br", "addr"])
+        web = lab.popen("server", ["python3", "-m", "http.server", "8080"])
+        lab.exec("fn-a-0", ["curl", "-s", "http://198.18.1.5:8080/"], check=True)
+        print(lab.conntrack(proto="tcp"))           # what `conntrack list --json` prints
+    # the lab is down here, even after an exception or Ctrl-C
+
+    lab = hyperplane.Lab.attach("mylab")            # a lab `hyperplane lab up` started
+
+Every dict and list a method returns is exactly what the matching ``--json`` command prints
+(the command line calls the same functions). Errors are :class:`hyperplane.HyperplaneError`
+with the command line's words. Building a lab needs CAP_NET_ADMIN (root).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import secrets
+import shutil
+import subprocess
+import time
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from hyperplane import control, labconfig, paths, proc
+from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
+from hyperplane.lab import lifecycle, status as lab_status
+from hyperplane.observe import conntrack as ct, stats as ob_stats
+
+#: Seconds a process :meth:`Lab.popen` started gets to exit after SIGTERM when the lab goes down.
+POPEN_STOP_TIMEOUT = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One node of a lab: an execution environment (``env``), a VPC host (``host``), an
+    internet host (``internet``) or the hyperplane node itself (``hyperplane``). ``addresses``
+    carry their prefix length (``198.18.1.5/24``); ``info`` holds the rest of what ``lab
+    status --json`` says of it (function, attach, eni, subnet, interface)."""
+    name: str
+    role: str
+    netns: str
+    addresses: tuple
+    info: Dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    def address(self, family: int = 4) -> Optional[str]:
+        """The node's first IPv4 (``family=4``) or IPv6 (6) address, without its prefix."""
+        for a in self.addresses:
+            bare = a.split("/")[0]
+            if (":" in bare) == (family == 6):
+                return bare
+        return None
+
+
+def unique_name(prefix: str = "lab") -> str:
+    """A lab name no other run picks: ``PREFIX-`` and six hex digits (20 characters at most)."""
+    return f"{prefix[:13]}-{secrets.token_hex(3)}"
+
+
+class Lab:
+    """A lab in network namespaces with its data path. Make one with :meth:`up` (and take it
+    down by leaving its ``with`` block, or with :meth:`down`) or reach a running one with
+    :meth:`attach`."""
+
+    def __init__(self, name: str, *, owned: bool = False):
+        self.name = name
+        self._owned = owned
+        self._children: List[subprocess.Popen] = []
+        state, self.plan = lifecycle.load_lab(name)
+        self.nodes: Dict[str, Node] = {
+            n["name"]: Node(n["name"], n["role"], n["netns"], tuple(n["addresses"]),
+                            {k: v for k, v in n.items()
+                             if k not in ("name", "role", "netns", "addresses")})
+            for n in lab_status.nodes(self.plan)}
+        self._ns = lab_status.namespaces_by_node(self.plan)
+
+    # ---- making and finding labs -----------------------------------------------------------
+    @classmethod
+    def up(cls, config: Optional[str] = None, name: Optional[str] = None, *,
+           config_text: Optional[str] = None, wait_active: bool = True) -> "Lab":
+        """Build a lab and start its data path: ``config`` is a lab TOML file, ``config_text``
+        the TOML itself, neither the embedded default lab. ``name`` defaults to a unique one.
+        Returns once the data path answers and (``wait_active``) no function is Pending. A
+        failure leaves nothing behind. Use it in a ``with`` block to take it down at the end."""
+        name = name or unique_name()
+        lifecycle.lab_up(config, name, wait_active=wait_active, config_text=config_text)
+        try:
+            return cls(name, owned=True)
+        except BaseException:
+            lifecycle.lab_down(name)
+            raise
+
+    @classmethod
+    def attach(cls, name: str) -> "Lab":
+        """The running lab ``name`` (HyperplaneError, exit status 3, when there is none).
+        Leaving a ``with`` block of an attached lab takes it down too."""
+        return cls(name)
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def __repr__(self) -> str:
+        return f"<hyperplane.Lab {self.name!r}: {len(self.nodes)} nodes>"
+
+    # ---- processes in the lab's namespaces ---------------------------------------------------
+    def netns(self, node: str) -> str:
+        """The namespace of ``node`` (also ``node``/``hyperplane`` for the hyperplane node,
+        ``vpc`` for the fabric, ``internet``)."""
+        ns = self._ns.get(node)
+        if ns is None:
+            raise HyperplaneError(f"no node {node!r} in lab {self.name!r}; nodes: "
+                                  + ", ".join(sorted(self._ns)), EXIT_NOT_FOUND)
+        return ns
+
+    def _argv(self, node: str, argv: Sequence[str]) -> List[str]:
+        if isinstance(argv, (str, bytes)) or not argv:
+            raise HyperplaneError(f"exec/popen on {node!r}: give the command as a non-empty "
+                                  "list of arguments, e.g. ['ip', 'addr']", EXIT_USAGE)
+        ip = shutil.which("ip")
+        if ip is None:
+            raise HyperplaneError("running a command in a lab node needs `ip` (iproute2): "
+                                  "apt-get install iproute2")
+        return [ip, "netns", "exec", self.netns(node), *map(str, argv)]
+
+    def exec(self, node: str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+        """Run ``argv`` in ``node``'s namespace and wait for it (``subprocess.run`` with your
+        keyword arguments: ``capture_output=True, text=True, check=True, timeout=...``)."""
+        return subprocess.run(self._argv(node, argv), **kwargs)
+
+    def popen(self, node: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        """Start ``argv`` in ``node``'s namespace (``subprocess.Popen`` with your keyword
+        arguments). The lab stops it by its pid when it goes down, if it still runs."""
+        p = subprocess.Popen(self._argv(node, argv), **kwargs)
+        self._children.append(p)
+        return p
+
+    # ---- what the lab says ---------------------------------------------------------------------
+    def status(self) -> Dict[str, Any]:
+        """``hyperplane lab status --json``."""
+        return lab_status.status(self.name)
+
+    def stats(self) -> Dict[str, Any]:
+        """``hyperplane stats --json``."""
+        return ob_stats.summarize(lifecycle.request(self.name, "counters"), self.name)
+
+    def counters(self) -> Dict[str, Any]:
+        """The data path's raw counters (what ``stats`` sums up)."""
+        return lifecycle.request(self.name, "counters")
+
+    def conntrack(self, **filters) -> List[Dict[str, Any]]:
+        """``hyperplane conntrack list --json`` with conntrack's filters as keywords:
+        ``proto``, ``family``, ``orig_src``, ``orig_dst``, ``reply_src``, ``reply_dst``,
+        ``sport``, ``dport``, ``state``, ``eni``."""
+        return ct.list_entries(self._request, ct.spec_of(filters))
+
+    def conntrack_flush(self, **filters) -> int:
+        """``hyperplane conntrack flush``: delete the matching connections; how many."""
+        return ct.flush(self._request, ct.spec_of(filters))
+
+    def enis(self) -> List[Dict[str, Any]]:
+        """``hyperplane eni list --json``."""
+        return lifecycle.request(self.name, "enis")["enis"]
+
+    def functions(self) -> List[Dict[str, Any]]:
+        """``hyperplane function list --json``."""
+        return lifecycle.request(self.name, "functions")["functions"]
+
+    def events(self, kinds: Sequence[str] = ("new", "update", "destroy"),
+               timeout: Optional[float] = None, **filters) -> Iterator[Dict[str, Any]]:
+        """Connection events as they happen, each the dict ``conntrack events --json``
+        prints (``kind`` new/update/destroy/reject, or ``lost`` with a ``count``). Stops after
+        ``timeout`` seconds (None: when you stop iterating). Subscribes at the first
+        ``next()``: start iterating before making the traffic whose events you want."""
+        lifecycle.check_running(self.name)
+        spec = ct.spec_of(filters)
+        unknown = sorted(set(kinds) - set(ct.EVENT_KINDS))
+        if unknown:
+            raise HyperplaneError(f"events: unknown kind(s) {', '.join(unknown)}; kinds are "
+                                  f"{', '.join(ct.EVENT_KINDS)}", EXIT_USAGE)
+        try:
+            sock = control.subscribe(paths.control_path(self.name), spec, list(kinds))
+        except (OSError, ValueError) as e:
+            if isinstance(e, HyperplaneError):
+                raise
+            raise HyperplaneError(f"the data path of lab {self.name!r} does not answer "
+                                  f"({e})") from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with contextlib.closing(sock):
+            for line in ct.event_lines(sock, deadline):
+                yield json.loads(line)
+
+    # ---- changing the lab ------------------------------------------------------------------------
+    def advance_clock(self, seconds: float) -> Dict[str, Any]:
+        """Move the lab clock forward (lifecycle timers, connection timeouts): ``now`` and
+        ``offset``, as ``hyperplane clock --advance`` prints them."""
+        r = lifecycle.request(self.name, "clock", advance=float(seconds))
+        return {"now": r["now"], "offset": r["offset"]}
+
+    def update_function(self, function: str, *, subnet_ids: Optional[Sequence[str]] = None,
+                        security_group_ids: Optional[Sequence[str]] = None,
+                        ipv6: Optional[bool] = None, wait: bool = False) -> Dict[str, Any]:
+        """UpdateFunctionConfiguration(VpcConfig=...), as ``hyperplane function update``."""
+        f = lifecycle.request(self.name, "function_update", name=function,
+                              subnet_ids=None if subnet_ids is None else list(subnet_ids),
+                              security_group_ids=None if security_group_ids is None
+                              else list(security_group_ids), ipv6=ipv6)["function"]
+        if wait:
+            fns = lifecycle.wait_functions_active(
+                self.name, self.plan.lifecycle.eni_create_delay + lifecycle.READY_TIMEOUT)
+            f = next(x for x in fns if x["name"] == function)
+        return f
+
+    def invoke(self, function: str) -> Dict[str, Any]:
+        """Invoke a function, as ``hyperplane function invoke`` (fails while Pending/Inactive)."""
+        return lifecycle.request(self.name, "invoke", name=function)["result"]
+
+    def restart(self, restore: bool = True) -> Dict[str, Any]:
+        """``hyperplane lab restart --json``: a new data path that keeps the open connections
+        (``restore=False``: starts afresh)."""
+        return lifecycle.lab_restart(self.name, restore=restore)
+
+    def down(self) -> Optional[Dict[str, Any]]:
+        """Stop what :meth:`popen` started and the data path, remove every namespace and
+        file of the lab. Idempotent."""
+        for p in self._children:
+            proc.stop_child(p, timeout=POPEN_STOP_TIMEOUT)
+        self._children.clear()
+        return lifecycle.lab_down(self.name)
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _request(self, cmd: str, **args) -> Dict[str, Any]:
+        return lifecycle.request(self.name, cmd, **args)
+
+
+__all__ = ["Lab", "Node", "unique_name", "labconfig"]

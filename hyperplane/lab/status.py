@@ -1,0 +1,123 @@
+"""What ``hyperplane lab status --json`` prints: a lab's nodes, ENIs, fabric, NAT gateways and,
+while its data path runs, its counters, functions and live ENIs."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List
+
+from hyperplane import labconfig, paths, proc, topology
+from hyperplane.errors import HyperplaneError
+from hyperplane.lab.lifecycle import ask, load_lab
+
+
+def nodes(plan: labconfig.Plan) -> List[Dict[str, Any]]:
+    """Every node of the lab: name, role (hyperplane, env, host, internet), netns, addresses
+    (with their prefix length) and the role's own fields."""
+    out: List[Dict[str, Any]] = [{
+        "name": "hyperplane", "role": "hyperplane", "netns": plan.node_ns,
+        # the node's kernel holds no address: these are the ones the data path answers for
+        "addresses": [a for e in plan.enis for a in (
+            f"{e.ipv4}/{e.prefix4.split('/')[1]}",
+            f"{e.ipv6}/{e.prefix6.split('/')[1]}" if e.ipv6 else None) if a]
+        + [a for v in plan.envs for a in (
+            f"{v.gw4}/{v.ipv4.split('/')[1]}" if v.gw4 else None,
+            f"{v.gw6}/{v.ipv6.split('/')[1]}" if v.gw6 else None) if a],
+    }]
+    for v in plan.envs:
+        out.append({"name": v.name, "role": "env", "netns": v.netns, "function": v.function,
+                    "attach": v.attach, "eni": v.eni, "interface": v.ifname,
+                    "addresses": [a for a in (v.ipv4, v.ipv6) if a]})
+    for h in plan.hosts:
+        out.append({"name": h.name, "role": "host", "netns": h.netns, "subnet": h.subnet,
+                    "interface": h.ifname, "addresses": [a for a in (h.ipv4, h.ipv6) if a]})
+    for h in plan.internet_hosts:
+        out.append({"name": h.name, "role": "internet", "netns": h.netns,
+                    "interface": h.ifname, "addresses": [a for a in (h.ipv4, h.ipv6) if a]})
+    return out
+
+
+def namespaces_by_node(plan: labconfig.Plan) -> Dict[str, str]:
+    """Node name -> namespace, for ``lab exec``: every node, plus ``node`` (the hyperplane
+    node), ``vpc`` (the fabric) and ``internet`` (when the lab has one)."""
+    names = {"hyperplane": plan.node_ns, "node": plan.node_ns, "vpc": plan.fabric_ns}
+    names.update({v.name: v.netns for v in plan.envs})
+    names.update({h.name: h.netns for h in plan.hosts})
+    names.update({h.name: h.netns for h in plan.internet_hosts})
+    if plan.internet is not None:
+        names["internet"] = plan.internet.netns
+    return names
+
+
+def status(name: str) -> Dict[str, Any]:
+    """The ``lab status --json`` document of lab ``name``."""
+    state, plan = load_lab(name)
+    pid = state.get("pid")
+    running = proc.pid_alive(pid)
+    out = {
+        "name": plan.name, "pid": pid, "running": running,
+        "config": state.get("config_source"), "dir": paths.lab_dir(name),
+        "nodes": nodes(plan),
+        "enis": [{"id": e.id, "subnet": e.subnet, "security_groups": list(e.security_groups),
+                  "mac": e.mac, "addresses": [a for a in (e.ipv4, e.ipv6) if a]}
+                 for e in plan.enis],
+        "fabric": {"netns": plan.fabric_ns,
+                   "subnets": [{"id": s.id, "cidr": s.cidr, "ipv6_cidr": s.ipv6_cidr,
+                                "router": [a for a in (s.router4, s.router6) if a]}
+                               for s in plan.subnets]},
+        "nat_gateways": [{"id": n.id, "subnet": n.subnet, "private_ipv4": n.private_ipv4,
+                          "public_ipv4": n.public_ipv4, "idle_timeout": n.idle_timeout}
+                         for n in plan.nat_gateways],
+    }
+    if running:
+        try:
+            c = ask(name, "counters", timeout=2.0)
+            out["counters"] = {k: c[k] for k in ("forwarded_outbound", "forwarded_inbound",
+                                                 "drops")}
+            out["counters"]["drops"] = {k: v for k, v in c["drops"].items() if v}
+            for e, ce in zip(out["enis"], c["enis"]):
+                e["connections"] = ce["connections"]
+                e["pool"] = {f"{p['family']}/{p['proto']}": p["used"] for p in ce["pool"]}
+                e["drops"] = {k: v for k, v in ce["drops"].items() if v}
+            out["control_plane"] = c.get("control_plane", {})
+            out["functions"] = ask(name, "functions", timeout=2.0)["functions"]
+            out["live_enis"] = ask(name, "enis", timeout=2.0)["enis"]
+        except HyperplaneError as e:
+            out["running"] = False
+            out["error"] = str(e)
+    if plan.nacls:
+        try:
+            out["nacl_counters"] = topology.nacl_counters(plan)
+        except Exception as e:  # the fabric is read with nft; report, do not fail status
+            out["nacl_counters_error"] = str(e)
+    return out
+
+
+def print_status(st: Dict[str, Any], out=None) -> None:
+    out = out or sys.stdout
+    p = lambda s="": print(s, file=out)  # noqa: E731
+    run = f"running, pid {st['pid']}" if st["running"] else "NOT running"
+    p(f"lab {st['name']}: data path {run}; config {st['config']}")
+    p(f"  {'node':<14} {'role':<10} {'netns':<28} addresses")
+    for n in st["nodes"]:
+        extra = f" ({n['attach']})" if n.get("attach") else ""
+        p(f"  {n['name'] + extra:<14} {n['role']:<10} {n['netns']:<28} "
+          + " ".join(n["addresses"]))
+    for e in st["enis"]:
+        p(f"  ENI {e['id']} in {e['subnet']} ({', '.join(e['security_groups'])}): "
+          + " ".join(e["addresses"])
+          + (f"  connections={e['connections']}" if "connections" in e else ""))
+    for f in st.get("functions", []):
+        p(f"  function {f['name']}: {f['state']}"
+          + (f" ({f['state_reason_code']})" if f.get("state_reason_code") else "")
+          + f", ENIs {', '.join(f.get('enis', [])) or '-'}")
+    for n in st.get("nat_gateways", []):
+        p(f"  NAT gateway {n['id']} in {n['subnet']}: {n['private_ipv4']} -> "
+          f"{n['public_ipv4']} (idle timeout {n['idle_timeout']:g} s)")
+    denied = [r for r in st.get("nacl_counters", []) if r["action"] == "deny" and r["packets"]]
+    for r in denied:
+        p(f"  NACL {r['acl']} {r['direction']} rule {r['rule']} denied {r['packets']} packet(s)")
+    c = st.get("counters")
+    if c:
+        drops = " ".join(f"{k}={v}" for k, v in c["drops"].items()) or "none"
+        p(f"  forwarded: outbound={c['forwarded_outbound']} inbound={c['forwarded_inbound']}"
+          f"  data-path drops: {drops}")

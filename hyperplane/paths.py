@@ -1,0 +1,73 @@
+"""Where a lab keeps its files, and the rule for lab names.
+
+A lab named NAME lives in ``<run dir>/NAME/``; the run directory is ``$HYPERPLANE_RUN_DIR`` or
+``/run/hyperplane`` (a tmpfs, so state disappears on reboot together with the namespaces it
+describes). Inside:
+
+- ``state.json``: what the lab builder made (namespaces, the plan, the data path's pid);
+- ``lab.toml``: the lab's copy of its config, which the data path reads;
+- ``datapath.log``: the data path's log;
+- ``control.sock``: the data path's control socket (hyperplane.control speaks to it);
+- ``conntrack.state``: the connection tables the data path saved, for ``lab restart``;
+- ``flowlogs/``, ``captures/``: VPC Flow Log files and pcaps.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from hyperplane.errors import LabConfigError
+
+DEFAULT_RUN_DIR = "/run/hyperplane"
+STATE_FILE = "state.json"
+CONFIG_COPY = "lab.toml"
+DATAPATH_LOG = "datapath.log"
+CONTROL_SOCKET = "control.sock"
+#: The data path's saved connection tables and control-plane state, removed with the lab.
+CONNTRACK_STATE = "conntrack.state"
+FLOW_LOGS_DIR = "flowlogs"
+CAPTURES_DIR = "captures"
+
+_LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
+
+
+def validate_lab_name(name: str) -> str:
+    """Lab names become part of namespace names (``hp-NAME-node``) and of a directory name, so
+    they are short, lower-case and free of path characters."""
+    if not isinstance(name, str) or not _LAB_NAME.match(name):
+        raise LabConfigError("name", f"invalid lab name {name!r}: use 1-20 characters from a-z, "
+                             "0-9 and '-', starting with a letter or digit (e.g. 'demo')")
+    return name
+
+
+def run_dir() -> str:
+    """Where labs keep their state: ``$HYPERPLANE_RUN_DIR`` or ``/run/hyperplane``."""
+    return os.environ.get("HYPERPLANE_RUN_DIR") or DEFAULT_RUN_DIR
+
+
+def lab_dir(name: str) -> str:
+    return os.path.join(run_dir(), validate_lab_name(name))
+
+
+def state_path(name: str) -> str:
+    return os.path.join(lab_dir(name), STATE_FILE)
+
+
+def config_copy_path(name: str) -> str:
+    return os.path.join(lab_dir(name), CONFIG_COPY)
+
+
+def log_path(name: str) -> str:
+    return os.path.join(lab_dir(name), DATAPATH_LOG)
+
+
+def control_path(name: str) -> str:
+    return os.path.join(lab_dir(name), CONTROL_SOCKET)
+
+
+def conntrack_state_path(name: str) -> str:
+    return os.path.join(lab_dir(name), CONNTRACK_STATE)
+
+
+def flow_logs_dir(name: str) -> str:
+    return os.path.join(lab_dir(name), FLOW_LOGS_DIR)

@@ -1,0 +1,118 @@
+"""Processes this package starts and stops: a lab's data path, a bench's servers.
+
+The rule everywhere: stop only a process we started, by its pid, and only after checking it is
+still what we started (a pid can be reused once its process is gone); never by name.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Any, List, Optional
+
+#: Seconds a data path gets to save its tables and exit after SIGTERM before SIGKILL.
+STOP_TIMEOUT = 5.0
+
+
+def pid_alive(pid: Optional[int]) -> bool:
+    """Whether ``pid`` names a running process (a zombie is not running)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_child(proc: subprocess.Popen, timeout: Optional[float] = None) -> None:
+    """Stop a process this process started -- a data path, a bench's iperf3 server -- by its
+    Popen (SIGTERM, then SIGKILL after ``timeout`` s, default STOP_TIMEOUT) and reap it."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        proc.wait(timeout=STOP_TIMEOUT if timeout is None else timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: str, n: int = 20) -> str:
+    """The last ``n`` lines of a log file, for error messages ("(no log)" when unreadable)."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def cmdline(pid: int) -> Optional[List[str]]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def is_lab_process(pid: int, name: str) -> bool:
+    """Only a process that is evidently lab ``name``'s data path may be signalled: its command
+    line mentions hyperplane and carries the lab name as an argument (``NAME`` or
+    ``--opt=NAME``). A recycled pid belonging to something else is never touched."""
+    argv = cmdline(pid)
+    if not argv:
+        return False
+    if not any("hyperplane" in a for a in argv):
+        return False
+    return any(a == name or a.endswith("=" + name) for a in argv)
+
+
+def _gone(pid: int) -> bool:
+    try:  # reap it if it is our child (tests), otherwise it would linger as a zombie
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def stop_lab_process(pid: Any, name: str) -> Optional[int]:
+    """Stop lab ``name``'s data path by the pid its state file records: SIGTERM, wait up to
+    STOP_TIMEOUT s, then SIGKILL. Returns the pid if it was stopped; None when ``pid`` is not
+    (or no longer) that lab's data path."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+        return None
+    if not is_lab_process(pid, name):
+        return None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return pid
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return pid
+    for _ in range(100):
+        if _gone(pid):
+            break
+        time.sleep(0.02)
+    return pid
