@@ -351,6 +351,26 @@ def test_tool_is_built_once_and_cached(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / ".tools")) == [os.path.basename(first)]  # no temp left
 
 
+def test_editing_any_source_file_or_the_header_rebuilds(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("CC", raising=False)
+    assert {s.suffix for s in tr.SOURCES} == {".c", ".h"}
+    src = tmp_path / "tools"
+    src.mkdir()
+    copies = []
+    for s in tr.SOURCES:
+        (src / s.name).write_bytes(s.read_bytes())
+        copies.append(src / s.name)
+    monkeypatch.setattr(tr, "SOURCES", tuple(copies))
+    seen = {tr.tool_path()}
+    for name in ("hp_traffic.h", "hp_traffic_udp.c"):   # the header is hashed, not compiled
+        with open(src / name, "a") as f:
+            f.write("/* edited */\n")
+        path = tr.tool_path()
+        assert path not in seen
+        seen.add(path)
+
+
 def test_the_cache_is_no_lab_name_and_old_builds_are_tidied(tmp_path, monkeypatch):
     from hyperplane.labconfig import LabConfigError, validate_lab_name
 

@@ -39,7 +39,7 @@ rebuilding the extension) hits both modes alike:
 - ``rr``: request/response round trips of 64 bytes on one TCP connection: p50 and p99
   microseconds (lower is better).
 
-The generators are iperf3 and ``hp-traffic`` (``hyperplane/bench/tools/hp_traffic.c``, driven through
+The generators are iperf3 and ``hp-traffic`` (``hyperplane/bench/tools/hp_traffic_*.c``, driven through
 :mod:`hyperplane.bench.traffic`): Python would be the bottleneck. Client-side tools run on CPU 0 and
 server-side tools on CPU 1 in both modes (``--no-pin``: unpinned). The data path's veth rings
 are 16,384 frames deep (``[datapath] ring_frames``, :data:`RING_FRAMES`). Its loop is pinned

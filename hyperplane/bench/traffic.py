@@ -2,8 +2,9 @@
 
 The benchmark compares hyperplane's NAT with the kernel's; the generators must not be the
 bottleneck, and Python cannot send a million 64-byte datagrams a second. So the per-packet work
-is done by ``tools/hp_traffic.c`` (sendmmsg/recvmmsg, epoll), compiled on first use into the run
-directory and cached by a hash of its source and flags. This module builds it, composes command
+is done in C (sendmmsg/recvmmsg, epoll) by ``tools/hp_traffic_*.c`` and their header
+``tools/hp_traffic.h``, compiled on first use into the run directory and cached there by a hash
+of those files, the compiler and its flags. This module builds it, composes command
 lines (optionally inside a network namespace) and runs servers and clients with bounded waits:
 every process started here is stopped (by its own pid) before control leaves, and every result
 is the tool's one JSON line as a dict.
@@ -28,9 +29,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from hyperplane import paths
 
-__all__ = ["TrafficError", "tool_path", "argv", "in_netns", "Server", "run", "SOURCE", "CFLAGS"]
+__all__ = ["TrafficError", "tool_path", "argv", "in_netns", "Server", "run", "SOURCES", "CFLAGS"]
 
-SOURCE = Path(__file__).parent / "tools" / "hp_traffic.c"
+#: hp-traffic's C files and its header, sorted by name: each ``.c`` is compiled and every one of
+#: them is in the build's hash, so editing any file (the header too) builds a new binary.
+_TOOLS = Path(__file__).parent / "tools"
+SOURCES = tuple(sorted(_TOOLS.glob("hp_traffic*.[ch]")))
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
 READY_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
@@ -70,13 +74,26 @@ def _tidy(cache: str, keep: str) -> None:
         pass
 
 
+def _digest(cc: str) -> str:
+    """The build's cache key: each of SOURCES (its name, length and bytes, in order), then the
+    compiler and the flags."""
+    h = hashlib.sha256()
+    for src in SOURCES:
+        data = src.read_bytes()
+        h.update(f"{src.name}\0{len(data)}\0".encode() + data)
+    h.update(" ".join([cc] + CFLAGS).encode())
+    return h.hexdigest()[:12]
+
+
 def tool_path() -> str:
-    """The path of a compiled hp-traffic, building it if this source and these flags have not
+    """The path of a compiled hp-traffic, building it if these sources and these flags have not
     been built yet. Built into a temporary name and renamed into place, so concurrent callers
     (parallel tests, two benches) never see or run a half-written binary."""
     cc = os.environ.get("CC") or "cc"
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join([cc] + CFLAGS).encode()).hexdigest()[:12]
+    if not any(s.suffix == ".c" for s in SOURCES):
+        raise TrafficError(f"hp-traffic's C sources (hp_traffic_*.c) are missing from "
+                           f"{_TOOLS}: reinstall hyperplane")
+    digest = _digest(cc)
     cache = os.path.join(paths.run_dir(), CACHE)
     path = os.path.join(cache, f"hp-traffic-{digest}")
     if os.access(path, os.X_OK):
@@ -89,8 +106,9 @@ def tool_path() -> str:
     os.close(fd)
     try:
         try:
-            proc = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True,
-                                  text=True, timeout=120)
+            proc = subprocess.run([cc, *CFLAGS, "-o", tmp,
+                                   *(str(s) for s in SOURCES if s.suffix == ".c")],
+                                  capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise TrafficError(f"building hp-traffic with {cc}: {e}") from None
         if proc.returncode != 0:
