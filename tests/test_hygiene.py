@@ -713,14 +713,14 @@ def test_failure_after_the_data_path_started_stops_it(run_dir, monkeypatch, wher
     before = root_links()
     started: List[int] = []
     if where == "ready-wait":
-        real_wait = cli.wait_ready
+        real_wait = lifecycle.wait_ready
 
         def wait_then_fail(n, proc):
             started.append(proc.pid)
             real_wait(n, proc)           # it really runs and answers
             raise errors.HyperplaneError("injected failure: not ready")
 
-        monkeypatch.setattr(cli, "wait_ready", wait_then_fail)
+        monkeypatch.setattr(lifecycle, "wait_ready", wait_then_fail)
     elif where == "state-save-after-start":
         real_save = hplab.save_state
 
@@ -736,7 +736,7 @@ def test_failure_after_the_data_path_started_stops_it(run_dir, monkeypatch, wher
             started.append(lifecycle.load_lab(n)[0]["pid"])
             raise errors.HyperplaneError("injected failure: functions stay Pending")
 
-        monkeypatch.setattr(cli, "wait_functions_active", functions_fail)
+        monkeypatch.setattr(lifecycle, "wait_functions_active", functions_fail)
     with Bystanders(name) as by:
         try:
             with pytest.raises(errors.HyperplaneError) as info:

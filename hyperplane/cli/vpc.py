@@ -56,7 +56,7 @@ def cmd_function_update(args) -> int:
     _show(lab.update_function(args.function, subnet_ids=subnets, security_group_ids=sgs,
                               ipv6=args.ipv6))
     if args.wait:
-        _show(lab.update_function(args.function, wait=True))
+        _show(lab.wait_function(args.function))
     return EXIT_OK
 
 

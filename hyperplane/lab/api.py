@@ -26,7 +26,7 @@ import subprocess
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from hyperplane import control, labconfig, paths, proc
+from hyperplane import control, paths, proc
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import lifecycle, status as lab_status
 from hyperplane.observe import conntrack as ct, stats as ob_stats
@@ -66,9 +66,8 @@ class Lab:
     down by leaving its ``with`` block, or with :meth:`down`) or reach a running one with
     :meth:`attach`."""
 
-    def __init__(self, name: str, *, owned: bool = False):
+    def __init__(self, name: str):
         self.name = name
-        self._owned = owned
         self._children: List[subprocess.Popen] = []
         state, self.plan = lifecycle.load_lab(name)
         self.nodes: Dict[str, Node] = {
@@ -89,7 +88,7 @@ class Lab:
         name = name or unique_name()
         lifecycle.lab_up(config, name, wait_active=wait_active, config_text=config_text)
         try:
-            return cls(name, owned=True)
+            return cls(name)
         except BaseException:
             lifecycle.lab_down(name)
             raise
@@ -206,16 +205,20 @@ class Lab:
     def update_function(self, function: str, *, subnet_ids: Optional[Sequence[str]] = None,
                         security_group_ids: Optional[Sequence[str]] = None,
                         ipv6: Optional[bool] = None, wait: bool = False) -> Dict[str, Any]:
-        """UpdateFunctionConfiguration(VpcConfig=...), as ``hyperplane function update``."""
+        """UpdateFunctionConfiguration(VpcConfig=...), as ``hyperplane function update``: the
+        function as it is right after the call (``wait``: once the update has completed)."""
         f = lifecycle.request(self.name, "function_update", name=function,
                               subnet_ids=None if subnet_ids is None else list(subnet_ids),
                               security_group_ids=None if security_group_ids is None
                               else list(security_group_ids), ipv6=ipv6)["function"]
-        if wait:
-            fns = lifecycle.wait_functions_active(
-                self.name, self.plan.lifecycle.eni_create_delay + lifecycle.READY_TIMEOUT)
-            f = next(x for x in fns if x["name"] == function)
-        return f
+        return self.wait_function(function) if wait else f
+
+    def wait_function(self, function: str) -> Dict[str, Any]:
+        """Wait until no function is Pending and no update is in progress (the ENIs' creation
+        delay, as ``aws lambda wait function-updated``); the function then."""
+        fns = lifecycle.wait_functions_active(
+            self.name, self.plan.lifecycle.eni_create_delay + lifecycle.READY_TIMEOUT)
+        return next(x for x in fns if x["name"] == function)
 
     def invoke(self, function: str) -> Dict[str, Any]:
         """Invoke a function, as ``hyperplane function invoke`` (fails while Pending/Inactive)."""
@@ -239,4 +242,4 @@ class Lab:
         return lifecycle.request(self.name, cmd, **args)
 
 
-__all__ = ["Lab", "Node", "unique_name", "labconfig"]
+__all__ = ["Lab", "Node", "unique_name"]
