@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import nettraffic as nt  # noqa: E402
 from hyperplane import labconfig, netns  # noqa: E402
 from hyperplane import topology as lab
+from hyperplane.topology import builder  # noqa: E402
 from hyperplane.labconfig import (  # noqa: E402
     HostPlan, InternetPlan, NaclPlan, NatGatewayPlan, RoutePlan, RouteTablePlan, RulePlan,
     SubnetPlan,
@@ -623,7 +624,7 @@ def test_failed_fabric_step_rolls_back(run_dir, monkeypatch):
     def broken(plan, rt):
         raise OSError("injected failure")
 
-    monkeypatch.setattr(lab, "_build_route_table", broken)
+    monkeypatch.setattr(builder, "build_route_table", broken)
     plan = fabric_plan(lab_name(), [ACL_A])
     try:
         with pytest.raises(lab.LabError, match="route table rtb-private.*injected failure"):

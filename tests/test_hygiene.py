@@ -35,6 +35,7 @@ import hyperplane as hp
 from hyperplane import cli, labconfig, netns
 from hyperplane.datapath import daemon
 from hyperplane import topology as hplab
+from hyperplane.topology import builder, nodes
 from hyperplane.lab import lifecycle
 from hyperplane import proc
 from hyperplane import paths
@@ -614,14 +615,17 @@ def _nth_call(real, n: int, after: bool = True, exc: BaseException = None):
 
 
 STAGES = {
-    # stage: (config or None, {lab.py function: (nth call, fail after it ran)}, words)
-    "third-namespace": (None, {"_create_namespace": (3, True)}, ["create namespace"]),
-    "first-namespace": (None, {"_create_namespace": (1, False)}, ["create namespace"]),
-    "eni-veth": (None, {"_add_node_veth": (1, True)}, ["ENI eni-"]),
-    "tap-environment": (None, {"_build_env": (1, True)}, ["environment fn-a-0"]),
-    "veth-environment": (None, {"_build_env": (2, True)}, ["environment fn-b-0"]),
-    "second-bridge-port": (None, {"_join_bridge": (2, True)}, ["host server"]),
-    "nft-table": (NACL_LAB, {"apply_nacls": (1, True)}, ["network ACLs"]),
+    # stage: (config or None, {(topology module, function): (nth call, fail after it ran)},
+    #         words). A function is replaced where its caller looks it up: the build steps in
+    #         builder, the link helpers build_eni and build_host call in nodes.
+    "third-namespace": (None, {(builder, "create_namespace"): (3, True)}, ["create namespace"]),
+    "first-namespace": (None, {(builder, "create_namespace"): (1, False)},
+                        ["create namespace"]),
+    "eni-veth": (None, {(nodes, "add_node_veth"): (1, True)}, ["ENI eni-"]),
+    "tap-environment": (None, {(builder, "build_env"): (1, True)}, ["environment fn-a-0"]),
+    "veth-environment": (None, {(builder, "build_env"): (2, True)}, ["environment fn-b-0"]),
+    "second-bridge-port": (None, {(nodes, "join_bridge"): (2, True)}, ["host server"]),
+    "nft-table": (NACL_LAB, {(builder, "apply_nacls"): (1, True)}, ["network ACLs"]),
 }
 
 
@@ -636,8 +640,8 @@ def test_failed_build_rolls_back(run_dir, monkeypatch, tmp_path, stage):
     before = root_links()
     with Bystanders(name) as by:
         try:
-            for fn, (n, after) in faults.items():
-                monkeypatch.setattr(hplab, fn, _nth_call(getattr(hplab, fn), n, after))
+            for (module, fn), (n, after) in faults.items():
+                monkeypatch.setattr(module, fn, _nth_call(getattr(module, fn), n, after))
             with pytest.raises(errors.HyperplaneError) as info:
                 lifecycle.lab_up(str(path) if path else None, name)
             monkeypatch.undo()
@@ -656,14 +660,14 @@ def test_nft_table_existed_before_the_rollback(run_dir, monkeypatch, tmp_path):
     path.write_text(NACL_LAB)
     name = lab_name()
     seen = []
-    real = hplab.apply_nacls
+    real = builder.apply_nacls
 
     def load_then_fail(plan):
         real(plan)
         seen.append(len(hplab.nacl_counters(plan)))
         raise OSError("injected failure after nft")
 
-    monkeypatch.setattr(hplab, "apply_nacls", load_then_fail)
+    monkeypatch.setattr(builder, "apply_nacls", load_then_fail)
     try:
         with pytest.raises(errors.HyperplaneError, match="rolled back"):
             lifecycle.lab_up(str(path), name)
@@ -679,8 +683,8 @@ def test_interrupted_build_rolls_back(run_dir, monkeypatch):
     before = root_links()
     with Bystanders(name) as by:
         try:
-            monkeypatch.setattr(hplab, "_build_host",
-                                _nth_call(hplab._build_host, 1, True, KeyboardInterrupt()))
+            monkeypatch.setattr(builder, "build_host",
+                                _nth_call(builder.build_host, 1, True, KeyboardInterrupt()))
             with pytest.raises(KeyboardInterrupt):
                 lifecycle.lab_up(None, name)
             monkeypatch.undo()
@@ -806,8 +810,8 @@ def test_half_built_lab_goes_down_with_lab_down_twice(run_dir, monkeypatch, capf
     reports it without a traceback and `lab down` removes it, and is idempotent."""
     name = lab_name()
     try:
-        monkeypatch.setattr(hplab, "_build_env", _nth_call(hplab._build_env, 2, True))
-        monkeypatch.setattr(hplab, "teardown", lambda n: (_ for _ in ()).throw(
+        monkeypatch.setattr(builder, "build_env", _nth_call(builder.build_env, 2, True))
+        monkeypatch.setattr(builder, "teardown", lambda n: (_ for _ in ()).throw(
             hplab.LabError("injected rollback failure")))
         with pytest.raises(errors.HyperplaneError) as info:
             lifecycle.lab_up(None, name)

@@ -21,6 +21,7 @@ from pyroute2 import netns as pr_netns
 
 from hyperplane import labconfig, netns
 from hyperplane import topology as lab
+from hyperplane.topology import builder
 
 _problem = netns.privilege_problem()
 pytestmark = pytest.mark.skipif(_problem is not None, reason=_problem or "")
@@ -200,8 +201,8 @@ def test_bridges_do_not_call_netfilter(built):
 
 
 def test_optional_sysctls_are_skipped_when_absent(built):
-    got = lab._set_sysctls(built.fabric_ns, [("net.ipv4.ip_forward", 1),
-                                             ("net.bridge.hp-no-such-key", 0)], if_present=True)
+    got = lab.set_sysctls(built.fabric_ns, [("net.ipv4.ip_forward", 1),
+                                            ("net.bridge.hp-no-such-key", 0)], if_present=True)
     assert got == ["net.ipv4.ip_forward"]
     assert lab.sysctl(built.fabric_ns, "net.ipv4.ip_forward") == "1"
 
@@ -370,7 +371,7 @@ def test_failed_build_leaves_nothing_behind(run_dir, monkeypatch, make_lab):
     def broken(plan, host):
         raise OSError("injected failure")
 
-    monkeypatch.setattr(lab, "_build_host", broken)
+    monkeypatch.setattr(builder, "build_host", broken)
     name = lab_name()
     make_lab.names.append(name)
     plan = labconfig.resolve(labconfig.default(), name)
@@ -385,7 +386,7 @@ def test_failed_build_leaves_nothing_behind(run_dir, monkeypatch, make_lab):
 
 def test_failed_build_midway_through_links(run_dir, monkeypatch, make_lab):
     calls = []
-    real = lab._build_env
+    real = builder.build_env
 
     def fails_on_second(plan, env):
         calls.append(env.name)
@@ -393,7 +394,7 @@ def test_failed_build_midway_through_links(run_dir, monkeypatch, make_lab):
             raise RuntimeError("second environment breaks")
         real(plan, env)
 
-    monkeypatch.setattr(lab, "_build_env", fails_on_second)
+    monkeypatch.setattr(builder, "build_env", fails_on_second)
     name = lab_name()
     make_lab.names.append(name)
     with pytest.raises(lab.LabError, match="environment fn-b-0"):
@@ -459,7 +460,7 @@ def test_namespace_appearing_mid_build_is_never_removed(run_dir, monkeypatch, ma
     plan = labconfig.resolve(labconfig.default(), name)
     squatter = plan.hosts[0].netns
     real_exists = netns.exists
-    blind = {"left": 2}  # hide it from the up-front check and from _create_namespace's check
+    blind = {"left": 2}  # hide it from the up-front check and from create_namespace's check
 
     def exists(ns):
         if ns == squatter and blind["left"]:
