@@ -1,0 +1,115 @@
+"""Parsing the settings that shape the running lab rather than its network:
+``[lifecycle]`` (ENI delays and scale-out), ``[flow_logs]`` and ``[datapath]`` (CPUs, rings).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+from hyperplane.engine.constants import RING_FRAMES_MAX, RING_FRAMES_MIN, RING_FRAMES_STEP
+from hyperplane.errors import LabConfigError
+from hyperplane.labconfig.model import (FLOW_LOGS_INTERVAL, FLOW_LOGS_INTERVAL_RANGE,
+                                        LIFECYCLE_PROFILES, DatapathPlan, FlowLogsPlan,
+                                        LabSettings, LifecyclePlan)
+from hyperplane.labconfig.parse_common import ACCOUNT_ID, check_keys, expect
+
+
+def parse_lifecycle(t: Any) -> LifecyclePlan:
+    """``[lifecycle]``: a profile's three delays, each overridable, and the scale-out knobs."""
+    expect(t, dict, "lifecycle", "write it as a [lifecycle] table")
+    check_keys(t, "lifecycle", ["profile", "eni_create_delay", "inactive_after",
+                                "eni_delete_delay", "ports_per_eni", "high_water",
+                                "max_enis_per_key", "max_connections_per_environment"])
+    profile = expect(t.get("profile", "lab"), str, "lifecycle.profile", 'write "lab" or "aws"')
+    if profile not in LIFECYCLE_PROFILES:
+        raise LabConfigError("lifecycle.profile", f"{profile!r} is not a profile; write \"lab\" "
+                             "(short delays) or \"aws\" (the documented ones)")
+    delays = {}
+    for key, default in zip(("eni_create_delay", "inactive_after", "eni_delete_delay"),
+                            LIFECYCLE_PROFILES[profile]):
+        v = t.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise LabConfigError(f"lifecycle.{key}", f"{v!r}: write a number of seconds > 0 "
+                                 f"(profile {profile!r} uses {default:g})")
+        delays[key] = float(v)
+    ports = expect(t.get("ports_per_eni", 65000), int, "lifecycle.ports_per_eni",
+                   "write an integer 1..65000")
+    if not 1 <= ports <= 65000:
+        raise LabConfigError("lifecycle.ports_per_eni", f"{ports}: use 1..65000 (an AWS ENI "
+                             "carries up to 65,000 connections; fewer shows scale-out sooner)")
+    hw = t.get("high_water", 0.8)
+    if isinstance(hw, bool) or not isinstance(hw, (int, float)) or \
+            not (hw == 0 or 0.5 <= hw <= 0.99):
+        raise LabConfigError("lifecycle.high_water", f"{hw!r}: write 0 (off: scale out only "
+                             "when every ENI of a key is full, as AWS does) or a fill level "
+                             "from 0.5 to 0.99 at which the next ENI is started early")
+    cap = expect(t.get("max_enis_per_key", 8), int, "lifecycle.max_enis_per_key",
+                 "write an integer 1..64")
+    if not 1 <= cap <= 64:
+        raise LabConfigError("lifecycle.max_enis_per_key", f"{cap}: use 1..64")
+    per_env = expect(t.get("max_connections_per_environment", 0), int,
+                     "lifecycle.max_connections_per_environment",
+                     "write an integer >= 0 (0: no limit)")
+    if not 0 <= per_env <= 1_000_000:
+        raise LabConfigError("lifecycle.max_connections_per_environment",
+                             f"{per_env}: use 0 (no limit) to 1000000")
+    return LifecyclePlan(profile=profile, ports_per_eni=ports, high_water=float(hw),
+                         max_enis_per_key=cap, max_connections_per_environment=per_env,
+                         **delays)
+
+
+def parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
+    """``[flow_logs]``: on/off, the aggregation interval, the account id of the records."""
+    expect(t, dict, "flow_logs", "write it as a [flow_logs] table")
+    check_keys(t, "flow_logs", ["enabled", "interval", "account_id"])
+    enabled = expect(t.get("enabled", True), bool, "flow_logs.enabled", "write true or false")
+    lo, hi = FLOW_LOGS_INTERVAL_RANGE
+    interval = t.get("interval", FLOW_LOGS_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int) or \
+            not lo <= interval <= hi:
+        raise LabConfigError("flow_logs.interval", f"{interval!r}: write a whole number of "
+                             f"seconds from {lo} to {hi} (AWS offers 60 or 600; a lab may use "
+                             "less to see records sooner)")
+    account = t.get("account_id", lab.account_id)
+    expect(account, str, "flow_logs.account_id", 'write the 12 digits quoted, like '
+           '"123456789012" (leave it out to use [lab] account_id)')
+    if not ACCOUNT_ID.match(account):
+        raise LabConfigError("flow_logs.account_id", f"{account!r} is not an AWS account id; "
+                             'write exactly 12 digits, like "123456789012"')
+    return FlowLogsPlan(enabled=enabled, interval=interval, account_id=account)
+
+
+def _parse_cpu_list(t: Dict[str, Any], key: str) -> Tuple[int, ...]:
+    field = f"datapath.{key}"
+    cpus = t.get(key, [])
+    expect(cpus, list, field, f"write a list of CPU numbers, like {key} = [1]")
+    for i, c in enumerate(cpus):
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 1024:
+            raise LabConfigError(f"{field}[{i}]", f"{c!r}: write a CPU number from 0 "
+                                 "(see `nproc` or /proc/cpuinfo)")
+    if len(set(cpus)) != len(cpus):
+        raise LabConfigError(field, f"{cpus!r} names a CPU twice; list each once")
+    return tuple(cpus)
+
+
+def parse_datapath(t: Any) -> DatapathPlan:
+    """``[datapath]``: the CPUs the data path runs on, its inbound worker's, and its rings'
+    depth."""
+    expect(t, dict, "datapath", "write it as a [datapath] table")
+    check_keys(t, "datapath", ["cpus", "ring_frames", "inbound_cpus"])
+    frames = t.get("ring_frames", 0)
+    if isinstance(frames, bool) or not isinstance(frames, int) or (frames and (
+            not RING_FRAMES_MIN <= frames <= RING_FRAMES_MAX or frames % RING_FRAMES_STEP)):
+        raise LabConfigError("datapath.ring_frames",
+                             f"{frames!r}: write a multiple of {RING_FRAMES_STEP} from "
+                             f"{RING_FRAMES_MIN} to {RING_FRAMES_MAX} (frames of 2 KiB per veth "
+                             "link; the default is 4096), or leave it out")
+    cpus, inbound = _parse_cpu_list(t, "cpus"), _parse_cpu_list(t, "inbound_cpus")
+    if inbound and not set(cpus) - set(inbound):
+        # The point of the worker is a CPU of its own; an unpinned loop (or one pinned to the
+        # worker's CPUs) may share that CPU with it, paying for two threads' locks and
+        # wake-ups and gaining nothing.
+        raise LabConfigError("datapath.inbound_cpus",
+                             f"{list(inbound)!r} needs the loop kept off those CPUs: set "
+                             "datapath.cpus to CPUs outside them (like cpus = [1] with "
+                             "inbound_cpus = [0]), or leave inbound_cpus out")
+    return DatapathPlan(cpus=cpus, ring_frames=frames, inbound_cpus=inbound)

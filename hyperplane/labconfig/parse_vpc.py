@@ -1,0 +1,174 @@
+"""Parsing ``[lab]``, ``[vpc]``, ``[[subnets]]`` and ``[[hosts]]``: the VPC's blocks, its
+subnets and the machines in them, and whether the environments fit in ``lab.env_cidr``.
+"""
+from __future__ import annotations
+
+from typing import Any, List
+
+from hyperplane.errors import LabConfigError
+from hyperplane.labconfig.addressing import digest, reserved
+from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DEFAULT_ENV_CIDR,
+                                        DEFAULT_ENV_IPV6_CIDR, RESERVED_AT_START,
+                                        SUBNET_V4_PREFIX, VPC_V4_PREFIX, Host, IPNet, LabConfig,
+                                        LabSettings, Subnet, Vpc)
+from hyperplane.labconfig.parse_common import (ACCOUNT_ID, SUBNET_ID, VPC_ID, address, aws_id,
+                                               check_keys, expect, network, range_overlap,
+                                               unique_name)
+
+
+def parse_lab(t: Any) -> LabSettings:
+    expect(t, dict, "lab", "write it as a [lab] table")
+    check_keys(t, "lab", ["env_cidr", "env_ipv6_cidr", "account_id"])
+    account = t.get("account_id", DEFAULT_ACCOUNT_ID)
+    expect(account, str, "lab.account_id", 'write the 12 digits quoted, like "123456789012" '
+           "(an account id may start with 0)")
+    if not ACCOUNT_ID.match(account):
+        raise LabConfigError("lab.account_id", f"{account!r} is not an AWS account id; write "
+                             'exactly 12 digits, like "123456789012"')
+    env4 = network(t.get("env_cidr", DEFAULT_ENV_CIDR), "lab.env_cidr", 4)
+    env6 = network(t.get("env_ipv6_cidr", DEFAULT_ENV_IPV6_CIDR), "lab.env_ipv6_cidr", 6)
+    if env4.prefixlen > 30:
+        raise LabConfigError("lab.env_cidr", f"{env4} is smaller than one /30; every execution "
+                             "environment needs a /30, use a prefix of /30 or shorter")
+    if env6.prefixlen > 64:
+        raise LabConfigError("lab.env_ipv6_cidr", f"{env6} is smaller than one /64; every "
+                             "execution environment needs a /64, use a prefix of /64 or shorter")
+    return LabSettings(env_cidr=env4, env_ipv6_cidr=env6, account_id=account)
+
+
+def parse_vpc(t: Any) -> Vpc:
+    expect(t, dict, "vpc", "write it as a [vpc] table")
+    check_keys(t, "vpc", ["id", "cidr", "ipv6_cidr"], required=["cidr"])
+    cidr = network(t["cidr"], "vpc.cidr", 4)
+    lo, hi = VPC_V4_PREFIX
+    if not lo <= cidr.prefixlen <= hi:
+        raise LabConfigError("vpc.cidr", f"{cidr}: an AWS VPC's IPv4 block is between /{lo} "
+                             f"and /{hi}; pick a prefix length in that range")
+    ipv6 = None
+    if "ipv6_cidr" in t:
+        ipv6 = network(t["ipv6_cidr"], "vpc.ipv6_cidr", 6)
+        if ipv6.prefixlen > 64:
+            raise LabConfigError("vpc.ipv6_cidr", f"{ipv6} cannot hold a /64 subnet; AWS gives "
+                                 "a VPC a /56, use a prefix of /64 or shorter")
+    if "id" in t:
+        vpc_id = aws_id(t["id"], "vpc.id", VPC_ID, "vpc", "a VPC")
+    else:  # derived from the blocks, so IAM conditions on lambda:VpcIds see a stable id
+        vpc_id = "vpc-" + digest("vpc", str(cidr), str(ipv6 or "")).hex()[:17]
+    return Vpc(cidr=cidr, ipv6_cidr=ipv6, id=vpc_id)
+
+
+def parse_subnets(tables, vpc: Vpc, lab: LabSettings) -> List[Subnet]:
+    subnets: List[Subnet] = []
+    for i, t in enumerate(tables):
+        f = f"subnets[{i}]"
+        check_keys(t, f, ["id", "cidr", "ipv6_cidr"], required=["id", "cidr"])
+        sid = expect(t["id"], str, f"{f}.id", 'like "subnet-a"')
+        if not SUBNET_ID.match(sid):
+            raise LabConfigError(f"{f}.id", f"{sid!r} is not a subnet id; write 'subnet-' "
+                                 "followed by lower-case letters, digits or '-' (subnet-a)")
+        for other in subnets:
+            if other.id == sid:
+                raise LabConfigError(f"{f}.id", f"duplicate subnet id {sid!r}; every subnet "
+                                     "needs its own id")
+        cidr = network(t["cidr"], f"{f}.cidr", 4)
+        lo, hi = SUBNET_V4_PREFIX
+        if not lo <= cidr.prefixlen <= hi:
+            raise LabConfigError(f"{f}.cidr", f"{cidr}: AWS subnets are between /{lo} and "
+                                 f"/{hi}; pick a prefix length in that range")
+        if not cidr.subnet_of(vpc.cidr):
+            raise LabConfigError(f"{f}.cidr", f"{cidr} is not inside vpc.cidr {vpc.cidr}; a "
+                                 "subnet must be carved out of its VPC's block")
+        if range_overlap(cidr, lab.env_cidr):
+            raise LabConfigError(f"{f}.cidr", f"{cidr} overlaps lab.env_cidr "
+                                 f"{lab.env_cidr} (the execution environments' links); move "
+                                 "the subnet or set [lab] env_cidr to another range")
+        ipv6 = None
+        if "ipv6_cidr" in t:
+            ipv6 = network(t["ipv6_cidr"], f"{f}.ipv6_cidr", 6)
+            if vpc.ipv6_cidr is None:
+                raise LabConfigError(f"{f}.ipv6_cidr", "the VPC has no IPv6 block; add "
+                                     "ipv6_cidr under [vpc] (e.g. \"2001:2::/56\") or remove "
+                                     "this subnet's ipv6_cidr")
+            if ipv6.prefixlen != 64:
+                raise LabConfigError(f"{f}.ipv6_cidr", f"{ipv6}: an AWS subnet's IPv6 block is "
+                                     "always a /64; use a /64 of vpc.ipv6_cidr")
+            if not ipv6.subnet_of(vpc.ipv6_cidr):
+                raise LabConfigError(f"{f}.ipv6_cidr", f"{ipv6} is not inside vpc.ipv6_cidr "
+                                     f"{vpc.ipv6_cidr}; use a /64 of the VPC's IPv6 block")
+            if range_overlap(ipv6, lab.env_ipv6_cidr):
+                raise LabConfigError(f"{f}.ipv6_cidr", f"{ipv6} overlaps lab.env_ipv6_cidr "
+                                     f"{lab.env_ipv6_cidr}; move the subnet or set [lab] "
+                                     "env_ipv6_cidr to another range")
+        for j, other in enumerate(subnets):
+            if cidr.overlaps(other.cidr):
+                raise LabConfigError(f"{f}.cidr", f"{cidr} overlaps subnets[{j}] "
+                                     f"({other.id}, {other.cidr}); subnets of a VPC must not "
+                                     "overlap")
+            if ipv6 is not None and other.ipv6_cidr is not None and ipv6 == other.ipv6_cidr:
+                raise LabConfigError(f"{f}.ipv6_cidr", f"{ipv6} is already used by subnets[{j}] "
+                                     f"({other.id}); give each subnet its own /64")
+        subnets.append(Subnet(id=sid, cidr=cidr, ipv6_cidr=ipv6))
+    return subnets
+
+
+def parse_hosts(tables, subnets: List[Subnet]) -> List[Host]:
+    by_id = {s.id: s for s in subnets}
+    known_ids = ", ".join(by_id) or "(none defined)"
+    hosts: List[Host] = []
+    for i, t in enumerate(tables):
+        f = f"hosts[{i}]"
+        check_keys(t, f, ["name", "subnet", "ipv4", "ipv6"], required=["name", "subnet"])
+        name = unique_name(t["name"], f"{f}.name", "host", "server", [h.name for h in hosts])
+        sid = expect(t["subnet"], str, f"{f}.subnet", 'like "subnet-a"')
+        if sid not in by_id:
+            raise LabConfigError(f"{f}.subnet", f"subnet {sid!r} is not defined; define it "
+                                 f"under [[subnets]] or use one of: {known_ids}")
+        subnet = by_id[sid]
+        ipv4 = ipv6 = None
+        if "ipv4" in t:
+            ipv4 = address(t["ipv4"], f"{f}.ipv4", 4)
+            _check_fixed(ipv4, subnet.cidr, sid, f"{f}.ipv4", [(j, h.ipv4) for j, h in
+                                                                enumerate(hosts)])
+        if "ipv6" in t:
+            if not subnet.dual_stack:
+                raise LabConfigError(f"{f}.ipv6", f"subnet {sid!r} has no IPv6 block; remove "
+                                     "ipv6 or give the subnet an ipv6_cidr")
+            ipv6 = address(t["ipv6"], f"{f}.ipv6", 6)
+            _check_fixed(ipv6, subnet.ipv6_cidr, sid, f"{f}.ipv6", [(j, h.ipv6) for j, h in
+                                                                     enumerate(hosts)])
+        hosts.append(Host(name=name, subnet=sid, ipv4=ipv4, ipv6=ipv6))
+    return hosts
+
+
+def _check_fixed(addr, net: IPNet, sid: str, field: str, taken) -> None:
+    if addr not in net:
+        raise LabConfigError(field, f"{addr} is outside its subnet {sid} ({net}); pick an "
+                             "address inside it or leave the field out to get one assigned")
+    if reserved(net, addr):
+        first = net.network_address + RESERVED_AT_START
+        raise LabConfigError(field, f"{addr} is reserved: AWS reserves the first four and the "
+                             f"last address of every subnet; use {first} or later (and not "
+                             f"{net.broadcast_address})")
+    for j, other in taken:
+        if other == addr:
+            raise LabConfigError(field, f"{addr} is already hosts[{j}]'s address; give each "
+                                 "host its own address or leave the field out")
+
+
+def check_env_capacity(config: LabConfig) -> None:
+    count = sum(len(fn.environments) for fn in config.functions)
+    env4 = config.lab.env_cidr
+    fits4 = 2 ** (30 - env4.prefixlen)
+    if count > fits4:
+        raise LabConfigError("lab.env_cidr", f"{env4} holds {fits4} execution environments "
+                             f"(one /30 each) but the functions have {count}; use a shorter "
+                             "prefix or fewer environments")
+    if config.vpc.ipv6_cidr is None:
+        return  # no IPv6 anywhere: the environments get no /64
+    env6 = config.lab.env_ipv6_cidr
+    fits6 = 2 ** (64 - env6.prefixlen)
+    if count > fits6:
+        raise LabConfigError("lab.env_ipv6_cidr", f"{env6} holds {fits6} execution "
+                             f"environments (one /64 each) but the functions have {count} (in a "
+                             "VPC with IPv6 every environment gets a /64, whether or not its "
+                             "function allows IPv6 yet); use a shorter prefix")
