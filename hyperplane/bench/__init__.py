@@ -783,18 +783,19 @@ def _iperf3(mode: Mode, family: int, streams: int, seconds: float, port: int,
                             "--connect-timeout", "3000"])
         try:
             before = cpu_times()
-            proc = subprocess.run(argv, capture_output=True, text=True,
-                                  timeout=seconds + timeout_extra)
+            client = subprocess.run(argv, capture_output=True, text=True,
+                                    timeout=seconds + timeout_extra)
             after = cpu_times()
         except subprocess.TimeoutExpired:
             raise BenchError(f"iperf3 -c {addr} did not finish within "
                              f"{seconds + timeout_extra:.0f} s") from None
         try:
-            doc = json.loads(proc.stdout)
+            doc = json.loads(client.stdout)
         except ValueError:
             doc = {}
-        if proc.returncode != 0 or "error" in doc or "end" not in doc:
-            why = doc.get("error") or proc.stderr.strip() or f"exit status {proc.returncode}"
+        if client.returncode != 0 or "error" in doc or "end" not in doc:
+            why = (doc.get("error") or client.stderr.strip()
+                   or f"exit status {client.returncode}")
             raise BenchError(f"iperf3 -c {addr} (IPv{family}, {streams} stream(s)) failed: "
                              f"{why}")
         rx = doc["end"]["sum_received"]
