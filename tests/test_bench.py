@@ -17,6 +17,7 @@ import pytest
 
 from hyperplane import bench, cli, labconfig, netns
 from hyperplane import errors
+from hyperplane.bench import settings as bench_settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -263,9 +264,9 @@ def test_settings_quick_defaults_and_overrides():
 def test_pinning_falls_back_to_unpinned_without_cpus_0_and_1(monkeypatch, capsys):
     ns = types.SimpleNamespace(quick=True, tests="conn", seconds=None, repeats=None,
                                loss_tolerance=None, no_pin=False, keep=False)
-    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(bench_settings.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert bench.Settings.from_args(ns).pin is True
-    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(bench_settings.os, "sched_getaffinity", lambda pid: {0})
     assert bench.Settings.from_args(ns).pin is False
     assert "running unpinned" in capsys.readouterr().err
 
