@@ -7,7 +7,7 @@ Brings up its own default lab (a unique name), sends ``--packets`` SYNs to ports
 ENI's IPv4 address from the server namespace at each rate (tests/test_pressure.py's paced
 IPPROTO_RAW sender), and prints what the data path counted: the eni link's rx ring drops
 (frames lost before the engine saw them), ``unsolicited`` drops (every SYN should be one) and
-events lost (REJECT events past daemon.REJECTS_PER_TICK: the flow-log interval says SKIPDATA).
+events lost (REJECT events past events.REJECTS_PER_TICK: the flow-log interval says SKIPDATA).
 The lab is taken down at the end, also on failure.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ blob size for N tracked connections (compiled engine), the medians of a few runs
 
     python3 benchmarks/snapshot_cost.py [--sizes 1000 100000 1000000] [--runs 3]
 
-The daemon's save (hyperplane/datapath/daemon.py) adds base64 + JSON + fsync on top of snapshot(), and
+The daemon's save (hyperplane/datapath/restore.py) adds base64 + JSON + fsync on top of snapshot(), and
 holds the data path's loop meanwhile; restore happens once, before the first packet.
 """
 from __future__ import annotations

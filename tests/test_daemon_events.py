@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from hp_testlib import ENV, HOST, make_config, no_clock, udp
-from hyperplane.datapath import daemon
+from hyperplane.datapath import daemon, events
 from hyperplane.engine import reference
 from hyperplane.engine.ctfilter import Filter
 
@@ -34,7 +34,7 @@ def _engine_with_events(n):
 def _reader(sub_filter=None, kinds=("new",)):
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    return daemon._Subscriber(ours, Filter(sub_filter), list(kinds)), theirs
+    return events.Subscriber(ours, Filter(sub_filter), list(kinds)), theirs
 
 
 def _lines(sock):
@@ -70,7 +70,7 @@ def test_a_loss_alone_is_still_reported():
 
 
 def test_a_reader_that_does_not_read_gets_a_lost_count_not_unbounded_memory(monkeypatch):
-    monkeypatch.setattr(daemon, "SUBSCRIBER_BACKLOG", 64)
+    monkeypatch.setattr(events, "SUBSCRIBER_BACKLOG", 64)
     d = _Bare()
     eng, evs = _engine_with_events(2)
     sub, client = _reader()

@@ -178,7 +178,7 @@ SCAN = [  # (family, protocol, destination ports of the ENI)
     (6, "udp", range(1, 3001)),
 ]
 #: Scan rate (packets/s). Refused packets become REJECT events only up to
-#: daemon.REJECTS_PER_TICK a tick, so a fast scan no longer stalls the loop (it used to overflow
+#: events.REJECTS_PER_TICK a tick, so a fast scan no longer stalls the loop (it used to overflow
 #: the eni link's rx ring above ~35,000/s with flow logs on: benchmarks/RESULTS.md, "Pressure
 #: and soak"); 10,000/s keeps the sender itself far from its limits on 2 cores, so every
 #: packet sent is one the engine judged.

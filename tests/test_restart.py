@@ -38,7 +38,7 @@ from test_vpc_lifecycle import Recorder  # noqa: E402  (the control plane's effe
 
 import hyperplane as hp  # noqa: E402
 from hyperplane import EngineConfig, Eni, cli, labconfig, netns  # noqa: E402
-from hyperplane.datapath import daemon
+from hyperplane.datapath import daemon, restore
 from hyperplane import topology as hplab  # noqa: E402
 from hyperplane.vpc import ControlPlane  # noqa: E402
 from hyperplane.lab import lifecycle
@@ -138,7 +138,7 @@ def held_writer(monkeypatch):
         assert release.wait(30), "the test never released the writer"
         real(path, doc)
 
-    monkeypatch.setattr(daemon, "write_state_file", write)
+    monkeypatch.setattr(restore, "write_state_file", write)
     return started, release
 
 

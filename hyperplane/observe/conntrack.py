@@ -139,7 +139,7 @@ def timestamp_prefix(t: float) -> str:
 def format_event(d: Dict[str, Any], timestamp: Any = False, extended: bool = False,
                  show_id: bool = False) -> str:
     """One ``conntrack events`` line from an event as the daemon sends it
-    (hyperplane.datapath.daemon.event_json). ``timestamp``: False for none, True for now, or a Unix
+    (hyperplane.datapath.events.event_json). ``timestamp``: False for none, True for now, or a Unix
     time to print (conntrack prints the time it received the event, not the packet's)."""
     kind = d["kind"]
     parts = [f"{'[' + kind.upper() + ']':>9}"] + _proto(d, extended)

@@ -207,7 +207,7 @@ REFUSALS = ("expired", "eni_mismatch", "duplicate", "table_full", "invalid")
 
 
 def _state(c: Dict[str, Any]) -> Dict[str, Any]:
-    """The daemon's ``restore`` report and ``saves`` counters (hyperplane.datapath.daemon: restart
+    """The daemon's ``restore`` report and ``saves`` counters (hyperplane.datapath.restore: restart
     without loss) in a fixed shape: what came back at start and how saving goes."""
     r, sv = c.get("restore") or {}, c.get("saves") or {}
     restored = r.get("restored_from") is not None and "restored" in r
