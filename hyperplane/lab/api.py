@@ -157,11 +157,11 @@ class Lab:
         """``hyperplane conntrack list --json`` with conntrack's filters as keywords:
         ``proto``, ``family``, ``orig_src``, ``orig_dst``, ``reply_src``, ``reply_dst``,
         ``sport``, ``dport``, ``state``, ``eni``."""
-        return ct.list_entries(self._request, ct.spec_of(filters))
+        return ct.list_entries(self.request, ct.spec_of(filters))
 
     def conntrack_flush(self, **filters) -> int:
         """``hyperplane conntrack flush``: delete the matching connections; how many."""
-        return ct.flush(self._request, ct.spec_of(filters))
+        return ct.flush(self.request, ct.spec_of(filters))
 
     def enis(self) -> List[Dict[str, Any]]:
         """``hyperplane eni list --json``."""
@@ -237,8 +237,17 @@ class Lab:
         self._children.clear()
         return lifecycle.lab_down(self.name)
 
-    # ---- internals -----------------------------------------------------------------------------
-    def _request(self, cmd: str, **args) -> Dict[str, Any]:
+    # ---- the data path ---------------------------------------------------------------------------
+    @property
+    def pid(self) -> Optional[int]:
+        """The data path's process id (None while none runs)."""
+        state, _ = lifecycle.load_lab(self.name)
+        pid = state.get("pid")
+        return pid if proc.pid_alive(pid) else None
+
+    def request(self, cmd: str, **args) -> Dict[str, Any]:
+        """One request on the data path's control socket (hyperplane.control lists the
+        commands), the reply as a dict; a refusal is a HyperplaneError with its words."""
         return lifecycle.request(self.name, cmd, **args)
 
 
