@@ -48,6 +48,11 @@ static inline int hp_eq_mac(const void *a, const void *b)
     return x == y && p == q;
 }
 
+/* A function one C file calls in another, but nothing outside the C core: declared with this in
+ * an internal header (hp_engine_internal.h, hp_dp_internal.h), it is not exported from the
+ * extension module, so those calls go straight to it instead of through the PLT. */
+#define HP_HIDDEN __attribute__((visibility("hidden")))
+
 enum hp_dir { HP_DIR_ORIG = 0, HP_DIR_REPLY = 1 };  /* = Direction.OUTBOUND / INBOUND */
 
 enum hp_verdict { HP_DROP = 0, HP_NEW = 1, HP_ESTABLISHED = 2, HP_REPLY = 3 };
