@@ -1,4 +1,4 @@
-# The data path bindings (csrc/hp_dp.c), included into _engine.pyx so that a DataPath can
+# The data path bindings (csrc/hp_dp*.c), included into _engine.pyx so that a DataPath can
 # drive the C engines of Engine objects directly. Python sets the data path up and asks it for
 # counters; hp_dp_poll moves every packet in C with the GIL released.
 from libc.errno cimport errno
