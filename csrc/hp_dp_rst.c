@@ -5,13 +5,9 @@
 #include <string.h>
 
 #include "hp_csum.h"
+#include "hp_tcp.h"
 
 /* ---- TCP reset for a segment of no connection ---------------------------------------------- */
-#define TH_FIN 0x01
-#define TH_SYN 0x02
-#define TH_RST 0x04
-#define TH_ACK 0x10
-
 static uint32_t sum16(const uint8_t *p, uint32_t len) /* len even */
 {
     uint32_t s = 0;
@@ -35,17 +31,17 @@ void hp_send_rst(hp_dp *dp, hp_link *l, const uint8_t *f, const uint8_t *ip, uin
         return;
     const uint8_t *th = ip + p.l4;
     uint8_t fl = th[13];
-    if (fl & TH_RST)
+    if (fl & HP_TH_RST)
         return;
     uint32_t doff = (uint32_t)(th[12] >> 4) * 4;
-    uint32_t seg_len = p.l3_len - p.l4 - doff + !!(fl & TH_SYN) + !!(fl & TH_FIN);
+    uint32_t seg_len = p.l3_len - p.l4 - doff + !!(fl & HP_TH_SYN) + !!(fl & HP_TH_FIN);
     uint32_t seq = 0, ack = 0;
-    uint8_t rfl = TH_RST;
-    if (fl & TH_ACK) {
+    uint8_t rfl = HP_TH_RST;
+    if (fl & HP_TH_ACK) {
         seq = (uint32_t)hp_get16(th + 8) << 16 | hp_get16(th + 10);
     } else {
         ack = ((uint32_t)hp_get16(th + 4) << 16 | hp_get16(th + 6)) + seg_len;
-        rfl |= TH_ACK;
+        rfl |= HP_TH_ACK;
     }
 
     int v4 = p.t.family == 4;

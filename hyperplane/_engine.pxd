@@ -21,7 +21,11 @@ cdef extern from "hp_ports.h":
         uint32_t n_free
 
 cdef extern from "hp_tcp.h":
-    const signed char hp_tcp_transitions[2][6][9]
+    enum:
+        HP_TCP_N_FLAGCLASSES
+        HP_TCP_N_STATES
+    const signed char hp_tcp_transitions[2][HP_TCP_N_FLAGCLASSES][HP_TCP_N_STATES]
+    int hp_tcp_flag_class(uint8_t flags)
 
 cdef extern from "hp_acl.h":
     enum:

@@ -18,6 +18,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from hyperplane._engine cimport *
 from hyperplane.config import EngineConfig, Eni
 from hyperplane.constants import Direction, DropReason, TimeoutClass, Verdict, state_name, PROTO_NAMES
+from hyperplane import tcp_states as _tcp_states
 from hyperplane.reference import (
     EVENT_KINDS, GONE_REASONS, MAX_EGRESS_RULES, RESTORE_OUTCOMES, EntryInfo, Event, Result,
     Tuple5, _check_new_eni, _orig_key, eni_index, parse_egress_rules, snapshot_blob,
@@ -27,8 +28,24 @@ ENGINE_NAME = "compiled"
 
 #: The TCP transition grid compiled into the C core (compare with tcp_states.TRANSITIONS).
 TCP_TRANSITIONS = tuple(
-    tuple(tuple(int(hp_tcp_transitions[d][f][s]) for s in range(9)) for f in range(6))
+    tuple(tuple(int(hp_tcp_transitions[d][f][s]) for s in range(HP_TCP_N_STATES))
+          for f in range(HP_TCP_N_FLAGCLASSES))
     for d in range(2))
+
+
+def _check_tcp_flag_classes():
+    """The grid's rows are flag classes: the reference engine's classifier (tcp_states, with
+    its own flag bits and row order) must put every flags byte in the row the C core's
+    (hp_tcp.h) does. Raises AssertionError at the first byte where they differ."""
+    for f in range(256):
+        py, c = _tcp_states.flag_class(f), hp_tcp_flag_class(f)
+        if py != c:
+            raise AssertionError(
+                f"TCP flags 0x{f:02x}: hyperplane/tcp_states.py's flag_class gives row {py}, "
+                f"csrc/hp_tcp.c's hp_tcp_flag_class row {c}")
+
+
+_check_tcp_flag_classes()
 
 _VERDICTS = [Verdict(i) for i in range(4)]
 _REASONS = [DropReason(i) for i in range(len(DropReason))]
