@@ -156,7 +156,7 @@ static int new_conn(hp_engine *e, const hp_parsed *p, double now, uint32_t *out_
     /* Security groups are stateful: the rules are consulted here, for a new connection in
      * the orig direction, and never for its later packets or its replies. */
     if (!hp_sg_allows(&e->sg, &p->t))
-        return HP_R_SG_DENIED;
+        return HP_R_SECURITY_GROUP;
     if (e->n_entries >= e->cfg.capacity)
         return HP_R_TABLE_FULL;
     /* One environment may hold at most max_per_src connections (a SYN flood or a leak in one
@@ -320,7 +320,7 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
         if (!node) {
             r = new_conn(e, &p, now, &idx);
             if (r) {
-                if (r == HP_R_SG_DENIED || r == HP_R_TCP_NOT_SYN)
+                if (r == HP_R_SECURITY_GROUP || r == HP_R_TCP_NOT_SYN)
                     hp_ev_reject(e, &p.t, HP_DIR_ORIG, p.l3_len, r, now);
                 return drop(e, r, reason);
             }

@@ -1,10 +1,16 @@
 # Declarations of the C core (csrc/) used by _engine.pyx.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+cdef extern from "hp_drop_reasons.h":
+    enum:
+        HP_R_COUNT
+        HP_D_COUNT
+    const char *hp_reason_names[]
+    const char *hp_dp_reason_names[]
+
 cdef extern from "hp_types.h":
     enum:
         HP_N_CLASSES
-        HP_R_COUNT
         HP_MAX_ENIS
         HP_DROP
     ctypedef struct hp_tuple:
@@ -153,7 +159,6 @@ cdef extern from "hp_dp.h":
         HP_LINK_N_STATES
         HP_PORT_PACKET
         HP_PORT_TAP
-        HP_D_COUNT
         HP_POLL_INTR
         HP_POLL_LINK_DOWN
         HP_NEIGH_SLOTS

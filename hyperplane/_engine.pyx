@@ -47,9 +47,32 @@ def _check_tcp_flag_classes():
 
 _check_tcp_flag_classes()
 
+#: The engine's drop reasons by number, named as the C core names them (csrc/hp_drop_reasons.h).
+DROP_REASON_NAMES = tuple(hp_reason_names[i].decode() for i in range(HP_R_COUNT))
+
+
+def _check_drop_reasons():
+    """DropReason (hyperplane/constants.py, the reference engine's) must be the C list: the
+    same numbers, each with the same name. Raises AssertionError at the first number where they
+    differ: with the two out of step, a counter would carry another reason's name."""
+    for i, name in enumerate(DROP_REASON_NAMES):
+        try:
+            r = DropReason(i)
+        except ValueError:
+            raise AssertionError(f"drop reason {i} is {name!r} in csrc/hp_drop_reasons.h, but "
+                                 f"hyperplane/constants.py's DropReason has no {i}") from None
+        if r.label != name:
+            raise AssertionError(f"drop reason {i} is {name!r} in csrc/hp_drop_reasons.h, but "
+                                 f"DropReason.{r.name} ({r.label!r}) in hyperplane/constants.py")
+    for r in DropReason:
+        if not 0 <= r.value < HP_R_COUNT:
+            raise AssertionError(f"DropReason.{r.name} = {r.value} in hyperplane/constants.py "
+                                 f"is not in csrc/hp_drop_reasons.h (0 to {HP_R_COUNT - 1})")
+
+
+_check_drop_reasons()
 _VERDICTS = [Verdict(i) for i in range(4)]
-_REASONS = [DropReason(i) for i in range(len(DropReason))]
-assert len(DropReason) == HP_R_COUNT, "DropReason and csrc/hp_types.h disagree"
+_REASONS = [DropReason(i) for i in range(HP_R_COUNT)]
 assert len(RESTORE_OUTCOMES) == HP_RS_COUNT, "RESTORE_OUTCOMES and csrc/hp_engine.h disagree"
 assert MAX_EGRESS_RULES == HP_MAX_SG_RULES, "reference.MAX_EGRESS_RULES and hp_acl.h disagree"
 # [datapath] ring_frames is checked where the lab file is read, before this extension loads
