@@ -1,6 +1,6 @@
 /* hp_acl.c - security-group egress rule matching (see hp_acl.h). Runs once per new
  * connection, never per packet of an existing one: a linear walk is enough. hp_prefix_match
- * also picks each forwarded packet's next hop (hp_dp.c). */
+ * also picks each forwarded packet's next hop (next_hop in hp_dp_internal.h). */
 #include "hp_acl.h"
 
 #include <string.h>

@@ -52,28 +52,8 @@ enum hp_link_state {
     HP_LINK_N_STATES
 };
 
-/* Drops the data path counts itself (the engine counts its own by hp_reason). */
-enum hp_dp_reason {
-    HP_D_RUNT = 0,          /* shorter than an Ethernet header */
-    HP_D_NOT_OUR_MAC,       /* unicast to another MAC */
-    HP_D_NOT_IP,            /* an EtherType we do not route (VLAN tags, ...) */
-    HP_D_MULTICAST,         /* IP multicast/broadcast that is not ARP/NDP (MLD, mDNS, ...) */
-    HP_D_SPOOFED_SOURCE,    /* an environment's packet with a source that is not its own */
-    HP_D_LOCAL_DESTINATION, /* addressed to the data path itself: it has no local stack */
-    HP_D_ENGINE,            /* the engine dropped it; its own counter says why */
-    HP_D_NO_ENVIRONMENT,    /* a reply for an address no environment link has */
-    HP_D_NO_ROUTE,          /* no address of that family on the way out */
-    HP_D_NEIGH_FAILED,      /* the next hop never answered ARP/NDP */
-    HP_D_NEIGH_QUEUE_FULL,  /* too many packets waiting for one next hop (oldest dropped) */
-    HP_D_NEIGH_TABLE_FULL,  /* no room for another neighbour */
-    HP_D_BAD_NDP,           /* NDP with hop limit != 255, bad checksum or length */
-    HP_D_RX_TRUNCATED,      /* the ring slot held less than the frame */
-    HP_D_FUNCTION_PENDING,  /* from an environment whose function is Pending */
-    HP_D_FUNCTION_INACTIVE, /* from an environment whose function is Inactive */
-    HP_D_NO_VPC_CONFIG,     /* from an environment whose function has no VpcConfig */
-    HP_D_IPV6_NOT_ALLOWED,  /* IPv6 without Ipv6AllowedForDualStack */
-    HP_D_COUNT
-};
+/* Drops the data path counts itself (the engine counts its own by hp_reason): enum
+ * hp_dp_reason (HP_D_RUNT ... HP_D_COUNT) and its labels are in hp_drop_reasons.h. */
 
 typedef struct {
     int role, group;

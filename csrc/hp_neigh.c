@@ -79,6 +79,15 @@ void hp_neigh_remove(hp_neigh_table *t, hp_neigh *n, hp_qpkt **queue)
     t->n--;
 }
 
+void hp_neigh_free_queue(hp_qpkt *q)
+{
+    while (q) {
+        hp_qpkt *next = q->next;
+        free(q);
+        q = next;
+    }
+}
+
 int hp_neigh_enqueue(hp_neigh_table *t, hp_neigh *n, const struct virtio_net_hdr *vh,
                      const uint8_t *frame, uint32_t len, hp_qpkt **dropped)
 {

@@ -1,5 +1,5 @@
 /* hp_neigh.h - the neighbour cache (ARP for IPv4, NDP for IPv6) of one link, and the frames
- * that ask and answer. No I/O: the data path (hp_dp.c) sends what these functions build.
+ * that ask and answer. No I/O: the data path (hp_neigh_io.c) sends what these functions build.
  *
  * The data path owns its addresses: the kernel of the node namespace holds none, so nothing
  * but this code answers "who has 198.18.1.4?" (RFC 826) or a Neighbor Solicitation for
@@ -63,6 +63,8 @@ hp_neigh *hp_neigh_find(hp_neigh_table *t, int family, const uint8_t *addr);
 hp_neigh *hp_neigh_get(hp_neigh_table *t, int family, const uint8_t *addr);
 /* Remove an entry; its waiting packets are handed back through *queue (caller frees them). */
 void hp_neigh_remove(hp_neigh_table *t, hp_neigh *n, hp_qpkt **queue);
+/* Free a list of waiting packets (what hp_neigh_remove hands back). */
+void hp_neigh_free_queue(hp_qpkt *q);
 /* Queue a copy of a frame on n; the oldest waiting packet is dropped (returned) when full.
  * Returns 0 queued, 1 queued after dropping one (*dropped set), -1 out of room/memory. */
 int hp_neigh_enqueue(hp_neigh_table *t, hp_neigh *n, const struct virtio_net_hdr *vh,

@@ -1,6 +1,6 @@
 /* hp_tcp.c - TCP connection-tracking state machine as a grid [direction][flag class][state].
  *
- * Read hyperplane/tcp_states.py for the theory of operation and the reasons per cell; this is
+ * Read hyperplane/engine/tcp_states.py for the theory of operation and the reasons per cell; this is
  * the same grid for the compiled engine (tests/test_tcp_table.py compares them cell by cell).
  * Cells: a next state, IGN (pass, keep state) or INV (drop as tcp_invalid).
  */
@@ -8,24 +8,28 @@
 
 #include "hp_types.h"
 
-enum { SYN, SYNACK, FIN, ACK, RST, NONE };
-#define TH_FIN 0x01
-#define TH_SYN 0x02
-#define TH_RST 0x04
-#define TH_ACK 0x10
+_Static_assert(HP_TCP_N_STATES == HP_S_CLOSE + 1, "the grid has a column per TCP state");
+
+/* the grid's rows, short */
+#define SYN HP_TCP_CLASS_SYN
+#define SYNACK HP_TCP_CLASS_SYNACK
+#define FIN HP_TCP_CLASS_FIN
+#define ACK HP_TCP_CLASS_ACK
+#define RST HP_TCP_CLASS_RST
+#define NONE HP_TCP_CLASS_NONE
 
 int hp_tcp_flag_class(uint8_t f)
 {
-    if (f & TH_RST)
+    if (f & HP_TH_RST)
         return RST;
-    if (f & TH_SYN) {
-        if (f & TH_FIN)
+    if (f & HP_TH_SYN) {
+        if (f & HP_TH_FIN)
             return NONE; /* SYN+FIN is nonsense (RFC 9293 3.10.7.4) */
-        return (f & TH_ACK) ? SYNACK : SYN;
+        return (f & HP_TH_ACK) ? SYNACK : SYN;
     }
-    if (f & TH_FIN)
+    if (f & HP_TH_FIN)
         return FIN;
-    if (f & TH_ACK)
+    if (f & HP_TH_ACK)
         return ACK;
     return NONE;
 }

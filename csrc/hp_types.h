@@ -1,6 +1,6 @@
 /* hp_types.h - names shared by every part of the C core.
  *
- * The numbers match hyperplane/constants.py (the Python side checks them at import).
+ * The numbers match hyperplane/engine/constants.py (the Python side checks them at import).
  * Words follow the kernel's conntrack: a connection has an *orig* tuple (as the execution
  * environment sent it) and a *reply* tuple (as the VPC answers it); "manip" is the rewrite.
  */
@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "hp_drop_reasons.h"
 
 /* Equality of addresses without a call. memcmp with a length chosen by family, and even with
  * a constant 4, 6 or 16, stayed a call into libc here: at 64-byte rates that call was the data
@@ -48,37 +50,16 @@ static inline int hp_eq_mac(const void *a, const void *b)
     return x == y && p == q;
 }
 
+/* A function one C file calls in another, but nothing outside the C core: declared with this in
+ * an internal header (hp_engine_internal.h, hp_dp_internal.h), it is not exported from the
+ * extension module, so those calls go straight to it instead of through the PLT. */
+#define HP_HIDDEN __attribute__((visibility("hidden")))
+
 enum hp_dir { HP_DIR_ORIG = 0, HP_DIR_REPLY = 1 };  /* = Direction.OUTBOUND / INBOUND */
 
 enum hp_verdict { HP_DROP = 0, HP_NEW = 1, HP_ESTABLISHED = 2, HP_REPLY = 3 };
 
-enum hp_reason {
-    HP_R_NONE = 0,
-    HP_R_TRUNCATED = 1,
-    HP_R_BAD_IP_VERSION = 2,
-    HP_R_BAD_IP_HEADER = 3,
-    HP_R_BAD_IP_CHECKSUM = 4,
-    HP_R_FRAGMENT = 5, /* a later fragment of no datagram whose first fragment passed */
-    HP_R_UNSUPPORTED_PROTOCOL = 6,
-    HP_R_EXT_HEADER_CHAIN = 7,
-    HP_R_BAD_L4_HEADER = 8,
-    HP_R_TTL_EXPIRED = 9,
-    HP_R_HOP_LIMIT_EXPIRED = 10,
-    HP_R_UNSOLICITED = 11,
-    HP_R_TCP_NOT_SYN = 12,
-    HP_R_TCP_INVALID = 13,
-    HP_R_PORT_EXHAUSTED = 14,
-    HP_R_TABLE_FULL = 15,
-    HP_R_NO_ENI_ADDRESS = 16,
-    HP_R_TUPLE_COLLISION = 17,
-    HP_R_SG_DENIED = 18, /* no security-group egress rule allows the new connection */
-    HP_R_BAD_ICMP = 19,  /* an ICMP error whose checksum or embedded packet is unusable */
-    HP_R_ICMP_UNRELATED = 20, /* an environment's ICMP error about no tracked connection */
-    HP_R_SOURCE_LIMIT = 21, /* the source (one environment) holds its maximum of connections */
-    HP_R_FRAGMENT_TABLE_FULL = 22, /* a first fragment when HP_FRAG_MAX datagrams are tracked */
-    HP_R_BAD_FRAGMENT = 23, /* tiny first fragment, overlap at offset 8, bad length, too far */
-    HP_R_COUNT = 24
-};
+/* enum hp_reason (HP_R_NONE ... HP_R_COUNT) and its labels: hp_drop_reasons.h */
 
 /* ct_state: TCP states 1..8, UDP states 9..10. The state number is also the timeout class. */
 enum hp_state {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the libFuzzer targets into OUTDIR (default: fuzz/out):
-#   fuzz_translate  the engine: parse, conntrack, NAT manip (csrc/ without the I/O files)
+#   fuzz_translate  the engine: parse, conntrack, NAT manip (csrc/ without the data path)
 #   fuzz_frame      the data path's frame input: Ethernet, ARP, NDP, then the engine
 # with AddressSanitizer and UndefinedBehaviorSanitizer, every UB report fatal.
 #
@@ -43,15 +43,14 @@ out="${1:-$here/out}"
 mkdir -p "$out"
 cc=$(find_cc) || { echo "no clang found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 1; }
 
-# The engine: every csrc file except the I/O, the data path loop and the neighbour cache (so a
-# new engine file is picked up without editing this script).
+# The engine: every csrc file except the I/O (hp_io.c), the data path (hp_dp*.c) and the
+# neighbour cache (hp_neigh*.c), so a new engine file is picked up without editing this script.
 engine=()
+dp=()
 for f in "$src"/*.c; do
-    case "$(basename "$f")" in hp_io.c|hp_dp.c|hp_neigh.c) ;; *) engine+=("$f") ;; esac
+    case "$(basename "$f")" in hp_io.c|hp_dp*.c|hp_neigh*.c) dp+=("$f") ;; *) engine+=("$f") ;; esac
 done
 "$cc" "${flags[@]}" "$here/fuzz_translate.c" "${engine[@]}" -lm -o "$out/fuzz_translate"
-# fuzz_frame includes hp_dp.c itself (to reach its static frame input function).
-dp=()
-for f in "${engine[@]}" "$src/hp_io.c" "$src/hp_neigh.c"; do dp+=("$f"); done
-"$cc" "${flags[@]}" "$here/fuzz_frame.c" "${dp[@]}" -lm -o "$out/fuzz_frame"
+# fuzz_frame: everything (it calls the data path's frame input, declared in hp_dp_internal.h).
+"$cc" "${flags[@]}" "$here/fuzz_frame.c" "${engine[@]}" "${dp[@]}" -lm -o "$out/fuzz_frame"
 echo "built $out/fuzz_translate $out/fuzz_frame with $cc"

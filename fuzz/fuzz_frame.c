@@ -1,9 +1,11 @@
-/* fuzz_frame.c - libFuzzer target: the data path's frame input (csrc/hp_dp.c rx_frame):
- * Ethernet, ARP and NDP for the addresses it owns, anti-spoofing, the TCP reset for segments
- * of no connection, the engine, and the neighbour queue a translated packet waits in.
+/* fuzz_frame.c - libFuzzer target: the data path's frame input (hp_rx_frame in
+ * csrc/hp_dp_poll.c): Ethernet, ARP and NDP for the addresses it owns, anti-spoofing, the TCP
+ * reset for segments of no connection, the engine, and the neighbour queue a translated packet
+ * waits in.
  *
- * No sockets and no namespace: hp_dp.c is included here so its static rx_frame can be called,
- * and each link's transmit side writes into /dev/null (what was sent is not looked at; that
+ * No sockets and no namespace: hp_rx_frame and hp_flush_all are declared in
+ * csrc/hp_dp_internal.h and called here directly, and each link's transmit side writes into
+ * /dev/null (what was sent is not looked at; that
  * the data path builds and queues it without a memory error is). The rig matches
  * tests/test_datapath_unit.py: an environment link (gateway 198.19.0.1 / 2001:2:0:f000::1,
  * environment .2 / ::2) and an ENI link (198.18.1.4 / 2001:2:0:1::4 in 198.18.1.0/24 and
@@ -15,10 +17,12 @@
  *               virtio NEEDS_CSUM when bit 3 is set; bits 4-7: time step in 1/8 s.
  *   c % 4 == 3  a tick: 1 byte, seconds to move on (neighbour timers, probes, expiry).
  */
-#define _GNU_SOURCE /* struct mmsghdr, as hp_dp.c is normally compiled */
+#define _GNU_SOURCE /* struct mmsghdr, as the data path's files are compiled */
 #include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "hp_dp.c"
+#include "hp_dp_internal.h"
 
 #define CHECK(cond)                                                                        \
     do {                                                                                   \
@@ -121,8 +125,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
             hp_link *l = dp->links[c & 4 ? eni : env];
             hp_engine_advance(e, now);
-            rx_frame(dp, l, &vh, f, len, now);
-            flush_all(dp, 0); /* queued sends point into f: out before it is freed */
+            hp_rx_frame(dp, l, &vh, f, len, now);
+            hp_flush_all(dp, 0); /* queued sends point into f: out before it is freed */
             free(f);
         }
         CHECK(e->n_entries <= e->cfg.capacity);

@@ -54,7 +54,7 @@ static const uint8_t ENI6[2][16] = {
     {0x20, 0x01, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x11},
 };
 
-/* A fragmented datagram whose first fragment passed: its key (hp_engine.c frag_key) and the
+/* A fragmented datagram whose first fragment passed: its key (hp_frag.c hp_frag_key) and the
  * address its first fragment was given, which every later fragment of it must get too. */
 typedef struct {
     int dir, family, proto;

@@ -419,7 +419,7 @@ def test_unsolicited_inbound_never_reaches_an_environment(dlab, servers):
     protocol, or the wrong server address), and ones addressed to the environments' own
     addresses. None may reach an environment.
 
-    Counting, from csrc/hp_dp.c: every frame sent to the ENI's MAC that is unicast IP (not
+    Counting, from csrc/hp_dp_poll.c: every frame sent to the ENI's MAC that is unicast IP (not
     NDP) goes to the engine in the reply direction (``inbound``), whatever its destination IP;
     a frame matching no reply tuple is counted ``unsolicited`` by the engine. So frames to the
     environments' addresses *through the ENI's MAC* count as unsolicited as well; the same

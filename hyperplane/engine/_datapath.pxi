@@ -1,4 +1,4 @@
-# The data path bindings (csrc/hp_dp.c), included into _engine.pyx so that a DataPath can
+# The data path bindings (csrc/hp_dp*.c), included into _engine.pyx so that a DataPath can
 # drive the C engines of Engine objects directly. Python sets the data path up and asks it for
 # counters; hp_dp_poll moves every packet in C with the GIL released.
 from libc.errno cimport errno
@@ -7,13 +7,9 @@ import ipaddress
 import math as _math
 import os as _os
 
-#: Data-path drop reasons, in csrc/hp_dp.h order (the engine's own are DropReason).
-DATAPATH_DROP_REASONS = (
-    "runt", "not_our_mac", "not_ip", "multicast", "spoofed_source", "local_destination",
-    "engine", "no_environment", "no_route", "neigh_failed", "neigh_queue_full",
-    "neigh_table_full", "bad_ndp", "rx_truncated", "function_pending", "function_inactive",
-    "no_vpc_config", "ipv6_not_allowed")
-assert len(DATAPATH_DROP_REASONS) == HP_D_COUNT, "DATAPATH_DROP_REASONS and hp_dp.h disagree"
+#: Data-path drop reasons by number, named as the C core names them (csrc/hp_drop_reasons.h;
+#: the engine's own are DropReason).
+DATAPATH_DROP_REASONS = tuple(hp_dp_reason_names[i].decode() for i in range(HP_D_COUNT))
 NEIGH_STATES = ("free", "incomplete", "reachable", "stale", "probe")
 #: An environment link's function state (csrc/hp_dp.h enum hp_link_state order). Only an
 #: "active" link's IP packets are forwarded; the others are dropped as function_pending,

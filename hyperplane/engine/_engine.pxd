@@ -1,10 +1,16 @@
 # Declarations of the C core (csrc/) used by _engine.pyx.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+cdef extern from "hp_drop_reasons.h":
+    enum:
+        HP_R_COUNT
+        HP_D_COUNT
+    const char *hp_reason_names[]
+    const char *hp_dp_reason_names[]
+
 cdef extern from "hp_types.h":
     enum:
         HP_N_CLASSES
-        HP_R_COUNT
         HP_MAX_ENIS
         HP_DROP
     ctypedef struct hp_tuple:
@@ -21,7 +27,11 @@ cdef extern from "hp_ports.h":
         uint32_t n_free
 
 cdef extern from "hp_tcp.h":
-    const signed char hp_tcp_transitions[2][6][9]
+    enum:
+        HP_TCP_N_FLAGCLASSES
+        HP_TCP_N_STATES
+    const signed char hp_tcp_transitions[2][HP_TCP_N_FLAGCLASSES][HP_TCP_N_STATES]
+    int hp_tcp_flag_class(uint8_t flags)
 
 cdef extern from "hp_acl.h":
     enum:
@@ -149,7 +159,6 @@ cdef extern from "hp_dp.h":
         HP_LINK_N_STATES
         HP_PORT_PACKET
         HP_PORT_TAP
-        HP_D_COUNT
         HP_POLL_INTR
         HP_POLL_LINK_DOWN
         HP_NEIGH_SLOTS

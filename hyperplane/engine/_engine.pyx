@@ -20,6 +20,7 @@ from hyperplane.engine.config import EngineConfig, Eni
 from hyperplane.engine.constants import (
     PROTO_NAMES, RING_FRAMES_MAX, RING_FRAMES_MIN, RING_FRAMES_STEP, Direction, DropReason,
     TimeoutClass, Verdict, state_name)
+from hyperplane.engine import tcp_states as _tcp_states
 from hyperplane.engine.types import (
     EVENT_KINDS, GONE_REASONS, MAX_EGRESS_RULES, RESTORE_OUTCOMES, EntryInfo, Event, Result,
     Tuple5, check_new_eni, eni_index, orig_key, parse_egress_rules, snapshot_blob,
@@ -29,12 +30,51 @@ ENGINE_NAME = "compiled"
 
 #: The TCP transition grid compiled into the C core (compare with tcp_states.TRANSITIONS).
 TCP_TRANSITIONS = tuple(
-    tuple(tuple(int(hp_tcp_transitions[d][f][s]) for s in range(9)) for f in range(6))
+    tuple(tuple(int(hp_tcp_transitions[d][f][s]) for s in range(HP_TCP_N_STATES))
+          for f in range(HP_TCP_N_FLAGCLASSES))
     for d in range(2))
 
+
+def _check_tcp_flag_classes():
+    """The grid's rows are flag classes: the reference engine's classifier (tcp_states, with
+    its own flag bits and row order) must put every flags byte in the row the C core's
+    (hp_tcp.h) does. Raises AssertionError at the first byte where they differ."""
+    for f in range(256):
+        py, c = _tcp_states.flag_class(f), hp_tcp_flag_class(f)
+        if py != c:
+            raise AssertionError(
+                f"TCP flags 0x{f:02x}: hyperplane/engine/tcp_states.py's flag_class gives row {py}, "
+                f"csrc/hp_tcp.c's hp_tcp_flag_class row {c}")
+
+
+_check_tcp_flag_classes()
+
+#: The engine's drop reasons by number, named as the C core names them (csrc/hp_drop_reasons.h).
+DROP_REASON_NAMES = tuple(hp_reason_names[i].decode() for i in range(HP_R_COUNT))
+
+
+def _check_drop_reasons():
+    """DropReason (hyperplane/engine/constants.py, the reference engine's) must be the C list: the
+    same numbers, each with the same name. Raises AssertionError at the first number where they
+    differ: with the two out of step, a counter would carry another reason's name."""
+    for i, name in enumerate(DROP_REASON_NAMES):
+        try:
+            r = DropReason(i)
+        except ValueError:
+            raise AssertionError(f"drop reason {i} is {name!r} in csrc/hp_drop_reasons.h, but "
+                                 f"hyperplane/engine/constants.py's DropReason has no {i}") from None
+        if r.label != name:
+            raise AssertionError(f"drop reason {i} is {name!r} in csrc/hp_drop_reasons.h, but "
+                                 f"DropReason.{r.name} ({r.label!r}) in hyperplane/engine/constants.py")
+    for r in DropReason:
+        if not 0 <= r.value < HP_R_COUNT:
+            raise AssertionError(f"DropReason.{r.name} = {r.value} in hyperplane/engine/constants.py "
+                                 f"is not in csrc/hp_drop_reasons.h (0 to {HP_R_COUNT - 1})")
+
+
+_check_drop_reasons()
 _VERDICTS = [Verdict(i) for i in range(4)]
-_REASONS = [DropReason(i) for i in range(len(DropReason))]
-assert len(DropReason) == HP_R_COUNT, "DropReason and csrc/hp_types.h disagree"
+_REASONS = [DropReason(i) for i in range(HP_R_COUNT)]
 assert len(RESTORE_OUTCOMES) == HP_RS_COUNT, "RESTORE_OUTCOMES and csrc/hp_engine.h disagree"
 assert MAX_EGRESS_RULES == HP_MAX_SG_RULES, "types.MAX_EGRESS_RULES and hp_acl.h disagree"
 # [datapath] ring_frames is checked where the lab file is read, before this extension loads

@@ -1,7 +1,8 @@
 """Names shared by both engines: verdicts, directions, drop reasons, TCP states.
 
-The numeric values are part of the engine ABI: ``csrc/hp_types.h`` uses the same numbers,
-and ``tests/test_constants.py`` checks that the compiled module agrees with this file.
+The numeric values are part of the engine ABI: ``csrc/hp_types.h`` uses the same numbers, and
+the drop reasons are ``csrc/hp_drop_reasons.h``'s list, which the compiled module checks
+against ``DropReason`` name by name when it is imported.
 Words follow the kernel's conntrack (``orig``/``reply``, ``ct_state``) so that a learner can
 move on to netfilter without relearning vocabulary.
 """

@@ -1,0 +1,253 @@
+/* hp_dp_poll.c - the data path loop: wait (epoll), take what the links received, hand each
+ * frame to ARP/NDP or its direction, flush, look a little longer (spin), run the timers.
+ */
+#define _GNU_SOURCE
+#include "hp_dp_internal.h"
+
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "hp_csum.h"
+
+#define HP_RING_ROUNDS 8 /* rounds of HP_TXQ frames per link per wakeup */
+#ifndef HP_SPIN_S
+#define HP_SPIN_S 30e-6     /* keep looking this long after the last packet (see spin) */
+#endif
+#define HP_SPIN_MAX_S 500e-6 /* and no longer than this before the next epoll_wait */
+
+/* One frame received on link l: Ethernet checks, then ARP/NDP or its direction. */
+void hp_rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
+                 uint32_t len, double now)
+{
+    l->rx_packets++;
+    l->rx_bytes += len;
+    if (len < 14) {
+        COUNT_DROP(dp, HP_D_RUNT);
+        return;
+    }
+    int mcast = f[0] & 1;
+    if (!mcast && !hp_eq_mac(f, l->mac)) {
+        COUNT_DROP(dp, HP_D_NOT_OUR_MAC);
+        return;
+    }
+    uint32_t type = hp_get16(f + 12);
+    if (type == 0x0806) {
+        lock(dp, &l->lock);
+        hp_arp_input(dp, l, f, len, now);
+        unlock(dp, &l->lock);
+        return;
+    }
+    int family = type == 0x0800 ? 4 : type == 0x86DD ? 6 : 0;
+    if (!family || len < 15 || f[14] >> 4 != family) {
+        COUNT_DROP(dp, HP_D_NOT_IP);
+        return;
+    }
+    /* NDP: ICMPv6 types 133-137 straight after the IPv6 header (RFC 4861 forbids nothing
+     * else, but no neighbour of ours sends extension headers before it). */
+    if (family == 6 && len >= 14 + 40 + 4 && f[14 + 6] == 58 && f[54] >= 133 && f[54] <= 137) {
+        lock(dp, &l->lock);
+        hp_ndp_input(dp, l, f, len, now);
+        unlock(dp, &l->lock);
+        return;
+    }
+    if (mcast) {
+        COUNT_DROP(dp, HP_D_MULTICAST);
+        return;
+    }
+    if (l->role == HP_ROLE_ENI)
+        hp_inbound(dp, l, vh, f, len, family, now);
+    else
+        hp_outbound(dp, l, vh, f, len, family, now);
+}
+
+/* Send what the links have queued. With the inbound worker, each thread flushes the links
+ * it sends on (the worker: environment and inside links; the loop: ENI links), under their
+ * locks; the batches point only into the caller's own frames. */
+void hp_flush_all(hp_dp *dp, int worker)
+{
+    for (unsigned i = 0; i < dp->n_links; i++) {
+        hp_link *l = dp->links[i];
+        if (dp->mt && (l->role == HP_ROLE_ENI) == worker)
+            continue;
+        if (!__atomic_load_n(&l->port.ntx, __ATOMIC_RELAXED))
+            continue;
+        lock(dp, &l->lock);
+        hp_io_flush(&l->port);
+        unlock(dp, &l->lock);
+    }
+}
+
+/* Take what one link has received: rounds of ring frames (and the super-packets they stand
+ * for), or a batch of TAP reads. Sends are flushed before frames and buffers are reused, since
+ * their iovecs point into them. */
+uint32_t hp_service(hp_dp *dp, hp_link *l, double now)
+{
+    uint32_t got = 0;
+    int worker = dp->mt && l->role == HP_ROLE_ENI; /* which thread this is */
+    if (l->port.kind == HP_PORT_PACKET) {
+        /* Rounds of up to HP_TXQ frames: take them, flush what they produced (the iovecs
+         * point into the frames), give them back. A bounded number of rounds per call keeps
+         * one busy link from starving the others (epoll is level-triggered: it comes back). */
+        for (int round = 0; round < HP_RING_ROUNDS; round++) {
+            uint32_t k = 0;
+            for (; k < HP_TXQ; k++) {
+                struct tpacket2_hdr *h = hp_io_ring_next(&l->port);
+                if (!h)
+                    break;
+                uint8_t *frame = (uint8_t *)h + h->tp_mac;
+                struct virtio_net_hdr vh;
+                if (h->tp_status & TP_STATUS_COPY) { /* a super-packet: whole on the queue */
+                    if (l->port.nbig == HP_BIG_N) {
+                        hp_flush_all(dp, worker);
+                        l->port.nbig = 0;
+                    }
+                    uint8_t *big;
+                    int r = hp_io_recv_big(&l->port, &big);
+                    if (r < 0) {
+                        l->rx_packets++;
+                        COUNT_DROP(dp, HP_D_RX_TRUNCATED);
+                        continue;
+                    }
+                    memcpy(&vh, big, HP_VNET_LEN);
+                    hp_rx_frame(dp, l, &vh, big + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+                } else if (h->tp_snaplen < h->tp_len) {
+                    l->rx_packets++;
+                    COUNT_DROP(dp, HP_D_RX_TRUNCATED);
+                } else {
+                    memcpy(&vh, frame - HP_VNET_LEN, HP_VNET_LEN); /* PACKET_VNET_HDR: here */
+                    hp_rx_frame(dp, l, &vh, frame, h->tp_snaplen, now);
+                }
+            }
+            if (k)
+                hp_flush_all(dp, worker);
+            l->port.nbig = 0;
+            hp_io_ring_release(&l->port);
+            got += k;
+            if (k < HP_TXQ)
+                break;
+        }
+    } else {
+        for (int b = 0; b < HP_TAP_BATCH; b++) {
+            uint8_t *slot = l->port.tapbuf + (size_t)b * HP_TAP_SLOT;
+            ssize_t r = read(l->port.fd, slot, HP_TAP_SLOT);
+            if (r < 0)
+                break; /* EAGAIN: drained */
+            if ((uint32_t)r < HP_VNET_LEN) {
+                l->rx_packets++;
+                COUNT_DROP(dp, HP_D_RUNT);
+                continue;
+            }
+            struct virtio_net_hdr vh;
+            memcpy(&vh, slot, HP_VNET_LEN);
+            hp_rx_frame(dp, l, &vh, slot + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+            got++;
+        }
+        hp_flush_all(dp, worker);
+    }
+    return got;
+}
+
+/* After a pass that moved packets, look at the rings a little longer before sleeping: traffic
+ * that keeps coming is taken without a wakeup per packet (the sender's side of a wakeup is an
+ * IPI and a scheduler call, ours a context switch, at every packet of a paced stream). The
+ * look is a read of the next frame's status; between looks the CPU is offered to anything else
+ * runnable (sched_yield), so a server sharing the CPU is not held up. It ends after HP_SPIN_S
+ * without a packet, or after HP_SPIN_MAX_S in all, so the control socket, TAP links and the
+ * timers are served at that pace at the least. */
+void hp_spin(hp_dp *dp, double now, int worker)
+{
+    double quiet_until = now + HP_SPIN_S, stop = now + HP_SPIN_MAX_S;
+    /* the loop stops at its next tick; the worker when hp_dp_poll parks it */
+    while (now < quiet_until && now < stop &&
+           (worker ? __atomic_load_n(&dp->in_run, __ATOMIC_SEQ_CST) : now < dp->next_tick)) {
+        uint32_t got = 0;
+        for (unsigned i = 0; i < dp->n_links; i++) {
+            hp_link *l = dp->links[i];
+            if (dp->mt && (l->role == HP_ROLE_ENI) != worker)
+                continue;
+            if (!l->down && l->port.kind == HP_PORT_PACKET && hp_io_ring_ready(&l->port))
+                got += hp_service(dp, l, now);
+        }
+        now = hp_dp_clock(dp);
+        if (got)
+            quiet_until = now + HP_SPIN_S;
+        else
+            sched_yield();
+    }
+}
+
+/* The epoll set a link is in: the worker's for ENI links while it runs. */
+int hp_link_epfd(const hp_dp *dp, const hp_link *l)
+{
+    return dp->mt && l->role == HP_ROLE_ENI ? dp->in_epfd : dp->epfd;
+}
+
+/* The interface went away (its namespace was deleted, the TAP was removed): the socket reports
+ * an error forever after. Stop watching it, so the loop does not spin, and tell the caller. */
+int hp_link_error(hp_dp *dp, hp_link *l)
+{
+    int err = 0;
+    socklen_t elen = sizeof err;
+    if (l->port.kind == HP_PORT_PACKET &&
+        getsockopt(l->port.fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err != ENETDOWN &&
+        err != ENODEV && err != ENXIO && err != 0)
+        return 0; /* a transient error, now cleared */
+    epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_DEL, l->port.fd, NULL);
+    l->down = 1;
+    return HP_POLL_LINK_DOWN;
+}
+
+static int poll_loop(hp_dp *dp, int timeout_ms)
+{
+    struct epoll_event ev[64];
+    double deadline = hp_dp_clock(dp) + timeout_ms / 1000.0;
+    for (;;) {
+        double now = hp_dp_clock(dp);
+        if (now >= dp->next_tick) {
+            hp_dp_tick(dp, now);
+            dp->next_tick = now + HP_DP_TICK;
+        }
+        double wait = deadline - now;
+        if (dp->next_tick - now < wait)
+            wait = dp->next_tick - now;
+        int ms = wait <= 0 ? 0 : (int)(wait * 1000.0) + 1;
+        int n = epoll_wait(dp->epfd, ev, 64, ms);
+        if (n < 0)
+            return errno == EINTR ? HP_POLL_INTR : -1;
+        now = hp_dp_clock(dp);
+        int ready = 0;
+        uint32_t got = 0;
+        for (int i = 0; i < n; i++) {
+            uint32_t u = ev[i].data.u32;
+            if (u & WATCH_TAG)
+                ready |= 1 << (u & 0xff);
+            else if (ev[i].events & (EPOLLERR | EPOLLHUP))
+                ready |= hp_link_error(dp, dp->links[u]);
+            else
+                got += hp_service(dp, dp->links[u], now);
+        }
+        if (dp->mt && __atomic_exchange_n(&dp->in_links_down, 0, __ATOMIC_SEQ_CST))
+            ready |= HP_POLL_LINK_DOWN;
+        if (ready)
+            return ready;
+        if (got)
+            hp_spin(dp, hp_dp_clock(dp), 0);
+        if (hp_dp_clock(dp) >= deadline)
+            return 0;
+    }
+}
+
+/* Every time here is the data path's clock (hp_dp_clock): CLOCK_MONOTONIC plus the lab's
+ * offset, so moving the clock forward runs the timers and the engines' expiry at once. */
+int hp_dp_poll(hp_dp *dp, int timeout_ms)
+{
+    hp_in_unpark(dp);
+    int r = poll_loop(dp, timeout_ms);
+    hp_in_park(dp);
+    return r;
+}
