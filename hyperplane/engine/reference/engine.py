@@ -299,13 +299,9 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
                     env_port=p.sport, eni_index=eni_index, eni_addr=eni_raw, eni_port=port,
                     state=state, last_seen=now)
         self._next_id += 1
-        self._pool(eni_index, p.family, p.proto).take(port)
-        self._table[reply_key] = (conn, IN)   # reply tuple first: it was the collision check
-        self._table[orig_key] = (conn, OUT)
+        self._conn_insert(conn, self._pool(eni_index, p.family, p.proto), src_key)
         self._lru[state][conn] = conn
         self._c["connections_created"] += 1
-        if limit:
-            self._per_source[src_key] = self._per_source.get(src_key, 0) + 1
         self._ev_conn(conn, "new", now)
         return conn
 

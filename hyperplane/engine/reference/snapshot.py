@@ -9,7 +9,7 @@ import struct
 from typing import Dict, Optional
 
 from hyperplane.engine.constants import (
-    IPPROTO_TCP, IPPROTO_UDP, Direction, TcpState, TimeoutClass, UdpState,
+    IPPROTO_TCP, IPPROTO_UDP, TcpState, TimeoutClass, UdpState,
 )
 from hyperplane.engine.reference.parse import addr_bytes
 from hyperplane.engine.reference.table import MAX_SOURCES, Conn
@@ -17,14 +17,12 @@ from hyperplane.engine.types import (
     RESTORE_OUTCOMES, SNAP_RECORD, SNAP_TUPLE, snapshot_blob, snapshot_records, tuple_key,
 )
 
-OUT, IN = Direction.OUTBOUND, Direction.INBOUND
-
 
 class SnapshotMixin:
     """The Engine's snapshot and restore (a mixin of
     :class:`~hyperplane.engine.reference.engine.Engine`). A restored connection goes into the
-    table (``self._table``, ``self._lru`` in its place by last_seen, ``self._per_source``)
-    with the port taken from the engine's ``_pool``."""
+    table as a new one does (``_conn_insert``), and into its LRU list in its place by
+    last_seen."""
 
     def snapshot(self) -> bytes:
         """Every connection as a blob for ``restore()``: tuples, ENI, port, state, last_seen,
@@ -104,11 +102,7 @@ class SnapshotMixin:
         conn.counters = [po, bo, pr, br]
         conn.reported = [rpo, rbo, rpr, rbr]
         self._next_id = max(self._next_id, cid)
-        pool.take(port)
-        self._table[reply_key] = (conn, IN)
-        self._table[orig_key] = (conn, OUT)
+        self._conn_insert(conn, pool, src_key)
         self._lru_insert_sorted(conn)
         self._c["connections_restored"] += 1
-        if limit:
-            self._per_source[src_key] = self._per_source.get(src_key, 0) + 1
         return 0

@@ -1,6 +1,7 @@
 """The connection table: :class:`Conn`, one tracked connection, and the Engine's methods that
-take the time, expire, remove and delete connections (in csrc/hp_engine.c: hp_engine_advance,
-conn_remove, lru_insert_sorted, hp_engine_delete, hp_engine_flush).
+insert connections, take the time, expire, remove and delete them (in csrc/hp_engine.c:
+conn_insert, hp_engine_advance, conn_remove, lru_insert_sorted, hp_engine_delete,
+hp_engine_flush).
 
 One dict, ``self._table``, holds every connection twice: under the key of its orig tuple and
 under the key of its reply tuple (``tuple_key`` / ``orig_key`` in hyperplane.engine.types,
@@ -17,7 +18,7 @@ from hyperplane.engine.types import Tuple5, orig_key
 
 MAX_SOURCES = 65536       # distinct sources counted when max_connections_per_source is set
 
-OUT = Direction.OUTBOUND
+OUT, IN = Direction.OUTBOUND, Direction.INBOUND
 
 
 class Conn:
@@ -39,6 +40,16 @@ class TableMixin:
     :class:`~hyperplane.engine.reference.engine.Engine`). State: ``self._table``,
     ``self._lru``, ``self._per_source`` and the clock (``self._last_now``); ``_remove`` calls
     the engine's ``_ev_conn`` and ``_pool``, as conn_remove does in C."""
+
+    def _conn_insert(self, conn: Conn, pool, src_key) -> None:
+        """A new or restored connection into the table: both tuples (the reply tuple first: it
+        was the collision check), its port taken from ``pool``, its source counted. The caller
+        links it into its LRU list and counts it (created or restored)."""
+        pool.take(conn.eni_port)
+        self._table[conn.reply_key] = (conn, IN)
+        self._table[conn.orig_key] = (conn, OUT)
+        if self.config.max_connections_per_source:
+            self._per_source[src_key] = self._per_source.get(src_key, 0) + 1
 
     def _advance(self, now: Optional[float]) -> float:
         """Take the time (never backwards) and expire what is due."""
