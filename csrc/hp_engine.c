@@ -2,7 +2,7 @@
  * translate path; the table, events, snapshot, ICMP errors and fragments have a file each
  * (hp_engine_internal.h lists them).
  *
- * Follow along in hyperplane/reference.py: same steps, same order, same results.
+ * Follow along in hyperplane/engine/reference/engine.py: same steps, same order, same results.
  */
 #include "hp_engine_internal.h"
 

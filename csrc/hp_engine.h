@@ -1,7 +1,8 @@
 /* hp_engine.h - the connection-tracking V2N source-NAT engine: bytes in, verdict out.
  *
  * No I/O, no Python. One engine is used by one thread at a time. The reference for every
- * behaviour is hyperplane/reference.py; the functions below follow its structure.
+ * behaviour is hyperplane/engine/reference/ (a module per part of this engine, named after
+ * the C it mirrors); the functions below follow its structure.
  */
 #ifndef HP_ENGINE_H
 #define HP_ENGINE_H
@@ -175,7 +176,7 @@ typedef struct {
 _Static_assert(sizeof(hp_saved) == 152, "hp_saved must be 152 bytes, no padding");
 
 /* Why a record was not restored (hp_engine_restore's result; 0 = restored). Checked in this
- * order, the same in hyperplane/reference.py. */
+ * order, the same in hyperplane/engine/reference/snapshot.py. */
 enum {
     HP_RESTORED = 0,
     HP_RS_INVALID = 1,      /* not a connection this engine could have made (family, proto,

@@ -1,6 +1,7 @@
 /* hp_engine_internal.h - what the engine's files share, and nothing outside them includes.
  *
- * The engine is one concern per file, each named after a part of hyperplane/reference.py:
+ * The engine is one concern per file, as the reference engine is (hyperplane/engine/reference/:
+ * engine.py, table.py, events.py, snapshot.py, icmp.py, frag.py, beside parse, ports, csum):
  *   hp_engine.c    engine life and the translate path (hp_translate: follow along there)
  *   hp_table.c     the connection table: hash chains, LRU lists, counts per source, expiry
  *   hp_events.c    the event ring (conntrack -E) and flow-log collection

@@ -1,7 +1,7 @@
 /* hp_parse.c - from raw bytes to a tuple, or to a named drop reason.
  *
- * Order of checks is part of the spec (hyperplane/reference.py, Engine._parse): the same bad
- * packet gets the same reason from both engines.
+ * Order of checks is part of the spec (hyperplane/engine/reference/parse.py, parse_packet): the
+ * same bad packet gets the same reason from both engines.
  */
 #include "hp_parse.h"
 

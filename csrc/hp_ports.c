@@ -1,4 +1,5 @@
-/* hp_ports.c - port allocation (see hp_ports.h; reference: PortPool in reference.py). */
+/* hp_ports.c - port allocation (see hp_ports.h; reference: PortPool in
+ * hyperplane/engine/reference/ports.py). */
 #include "hp_ports.h"
 
 #include <math.h>

@@ -32,7 +32,7 @@ def run(code, engine=None):
 def test_env_var_forces_reference(value):
     p = run(SHOW, value)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["reference", "hyperplane.engine.reference", "True"]
+    assert p.stdout.split() == ["reference", "hyperplane.engine.reference.engine", "True"]
     assert p.stderr == ""
 
 
@@ -63,7 +63,7 @@ def test_invalid_value_is_an_import_error(value):
 def test_missing_build_falls_back_loudly():
     p = run(HIDE_BUILD + SHOW)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ["reference", "hyperplane.engine.reference", "False"]
+    assert p.stdout.split() == ["reference", "hyperplane.engine.reference.engine", "False"]
     assert "compiled engine is NOT built" in p.stderr
     assert "pip install -e ." in p.stderr
     assert "RuntimeWarning" in p.stderr
