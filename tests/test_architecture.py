@@ -116,7 +116,8 @@ def imports_of(name: str, path: Path, known: Set[str], package: str) -> Set[str]
         for m in _CYTHON_IMPORT.finditer(text):
             target = m.group(1) or m.group(3)
             if target == package or target.startswith(package + "."):
-                names = [] if m.group(3) else [x.strip(" ()") for x in m.group(2).split(",")]
+                names = [] if m.group(3) else [x.strip(" ()").split(" as ")[0].strip()
+                                               for x in m.group(2).split(",")]
                 out |= _resolve(target, [n for n in names if n and n != "*"], known)
     out.discard(base)
     return out
@@ -231,6 +232,8 @@ def bad_package(tmp_path) -> Path:
     (pkg / "cli" / "__init__.py").write_text("")
     (pkg / "cli" / "main.py").write_text("from pkg.high import x\n")
     (pkg / "big.py").write_text("x = 1\n" * 801)
+    (pkg / "high" / "_fast.pyx").write_text("from pkg.low cimport *\n"
+                                             "from pkg.low import a as a_alias, b\n")
     return tmp_path
 
 
@@ -238,6 +241,7 @@ def test_the_checker_finds_a_cycle_an_upward_import_and_a_cli_import(bad_package
     graph = import_graph(bad_package, "pkg")
     assert graph["pkg.low.a"] == {"pkg.low.b"}          # the import inside a function counts
     assert graph["pkg.low.b"] == {"pkg.low.a", "pkg.high.x"}
+    assert graph["pkg.high._fast"] == {"pkg.low", "pkg.low.a", "pkg.low.b"}   # Cython, aliased
     assert cycles(graph) == [["pkg.cli.main", "pkg.high.x"], ["pkg.low.a", "pkg.low.b"]]
     layers = [("pkg.low",), ("pkg.high",), ("pkg.cli",), ("pkg",)]
     bad = layer_violations(graph, layers, shared=set(), cli="pkg.cli", cli_importers=("pkg.cli",))
