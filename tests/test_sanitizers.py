@@ -47,7 +47,7 @@ def sanitized_tree(tmp_path_factory):
     dst = str(tmp_path_factory.mktemp("sanitized"))
     tar = subprocess.run(
         f"tar -C {ROOT} --exclude=./.git --exclude=./build --exclude=./fuzz/out "
-        f"--exclude='./hyperplane/_engine*.so' --exclude='*/__pycache__' "
+        f"--exclude='*.so' --exclude='*/__pycache__' "
         f"--exclude=./.hypothesis -cf - . | tar -C {dst} -xf -",
         shell=True, capture_output=True, text=True)
     assert tar.returncode == 0, tar.stderr
