@@ -1,29 +1,27 @@
 """The data path in a real lab: kernel sockets in network namespaces, real frames, real NAT.
 
-Needs CAP_NET_ADMIN/CAP_SYS_ADMIN and /dev/net/tun (root); the module is skipped otherwise.
-It FAILS (never skips) when the compiled engine is not built: the data path needs it, and a
-missing build must not turn CI green.
+Needs CAP_NET_ADMIN/CAP_SYS_ADMIN and /dev/net/tun (root); the lab tests are skipped otherwise
+(the pytest plugin's fixtures say which capability is missing). They FAIL (never skip) when
+the compiled engine is not built: the data path needs it, and a missing build must not turn
+CI green.
 
-Every lab gets a random name (``t`` + 6 hex digits) and ``HYPERPLANE_RUN_DIR`` points at a
-pytest tmp dir, so no other lab on the machine is ever touched; fixtures tear every lab down in
-finalizers (and remove any namespace ``hp-NAME-*`` of a lab *this file* named that is still
-left). Only the benchmark ranges 198.18.0.0/15 and 2001:2::/48 are used. ICMP errors are translated
-(tests/test_icmp_lab.py) but echo is not (Lambda has no ICMP), so nothing here pings.
+The labs are the plugin's: uniquely named, under the session's ``HYPERPLANE_RUN_DIR``, so no
+other lab on the machine is ever touched, and always taken down (with any namespace
+``hp-NAME-*`` they left). Only the benchmark ranges 198.18.0.0/15 and 2001:2::/48 are used.
+ICMP errors are translated (test_icmp_lab.py) but echo is not (Lambda has no ICMP), so nothing
+here pings.
 
-One module-scoped lab (the embedded default lab: fn-a-0 on a TAP device, fn-b-0 on a veth
-pair, one shared ENI 198.18.1.4 / 2001:2:0:1::4, a server 198.18.1.5 / 2001:2:0:1::5) serves
-most tests; tests that change a lab (ethtool offloads, a second lab, SIGTERM, the CLI
-lifecycle, the demo) get their own.
+One module-scoped lab (the root conftest's ``dlab``, the embedded default lab: fn-a-0 on a TAP
+device, fn-b-0 on a veth pair, one shared ENI 198.18.1.4 / 2001:2:0:1::4, a server 198.18.1.5
+/ 2001:2:0:1::5) serves most tests; tests that change a lab (ethtool offloads, a second lab)
+get their own (``own_lab``). The lab's lifecycle through the CLI and SIGTERM are
+lab/test_lifecycle.py's, the demo learn/test_demo.py's.
 """
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
-import os
-import re
 import secrets
-import signal
 import socket
 import subprocess
 import threading
@@ -34,16 +32,10 @@ import pytest
 from pyroute2 import IPRoute
 
 import hyperplane as hp
-from hyperplane import netns, paths, proc
+from hyperplane import netns, proc
 from hyperplane import topology as hplab
 from kit import traffic as nt, wire
-from kit.labs import (
-    LabView, Servers, cli_run, created, destroy, eni_drop, env_addr, lab_name, ours, root_links,
-    wait_until,
-)
-
-_problem = netns.privilege_problem()
-pytestmark = pytest.mark.skipif(_problem is not None, reason=f"data-path lab tests: {_problem}")
+from kit.labs import LabView, Servers, cli_run, created, eni_drop, env_addr, ours, wait_until
 
 MB10 = 10_000_000
 PORT_MIN, PORT_MAX = 536, 65535
@@ -611,125 +603,3 @@ def test_two_labs_side_by_side_and_one_goes_down(dlab, servers, own_lab):
         d, _ = nt.tcp_send(env.netns, servers.tcp[4].addr, servers.tcp[4].port, data)
         assert d == nt.sha256(data)
     assert all(link["up"] for link in dlab.counters()["links"])
-
-
-# ---- 10. the CLI lifecycle -----------------------------------------------------------------------
-def _check_status_shape(st: dict, name: str) -> None:
-    assert st["name"] == name
-    assert isinstance(st["pid"], int) and st["pid"] > 1
-    assert st["running"] is True
-    assert isinstance(st["nodes"], list) and st["nodes"]
-    for n in st["nodes"]:
-        assert {"name", "role", "netns", "addresses"} <= set(n), n
-        assert n["role"] in ("env", "hyperplane", "host"), n
-        assert n["netns"].startswith(f"hp-{name}-"), n
-        assert isinstance(n["addresses"], list)
-        for a in n["addresses"]:
-            ipaddress.ip_interface(a)
-    roles = sorted(n["role"] for n in st["nodes"])
-    assert roles == ["env", "env", "host", "hyperplane"], roles
-    assert isinstance(st["enis"], list) and len(st["enis"]) == 1
-    for e in st["enis"]:
-        assert {"id", "subnet", "addresses"} <= set(e), e
-        assert e["id"].startswith("eni-")
-        assert sorted(e["addresses"]) == sorted(["198.18.1.4", "2001:2:0:1::4"])
-    envs = {n["name"]: n for n in st["nodes"] if n["role"] == "env"}
-    assert envs["fn-b-0"]["addresses"][0] == "198.19.0.6/30"
-
-
-def test_cli_lifecycle(run_dir):
-    name = lab_name()
-    links_before = root_links()
-    pid = None
-    try:
-        r = cli_run("lab", "up", "--name", name)
-        assert r.returncode == 0, f"lab up: {r.returncode}\n{r.stdout}\n{r.stderr}"
-        assert len(ours(name)) == 5
-        r = cli_run("lab", "status", "--name", name, "--json")
-        assert r.returncode == 0, r.stderr
-        st = json.loads(r.stdout)
-        _check_status_shape(st, name)
-        pid = st["pid"]
-        assert proc.pid_alive(pid)
-        r = cli_run("lab", "exec", "fn-b-0", "--name", name, "--", "ip", "-br", "addr")
-        assert r.returncode == 0, r.stderr
-        assert "198.19.0.6" in r.stdout, r.stdout
-        r = cli_run("lab", "down", "--name", name)
-        assert r.returncode == 0, r.stderr
-        assert f"lab {name} down" in r.stdout
-        assert ours(name) == []
-        # the data path was the (exited) `lab up` process's child: it must be gone, and in
-        # any case not linger as a zombie child of ours
-        wait_until(lambda: not proc.pid_alive(pid), 3.0, f"data path pid {pid} to go")
-        with contextlib.suppress(ChildProcessError):
-            assert os.waitpid(pid, os.WNOHANG)[0] == 0, "an unreaped child of ours"
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            assert int(fields[1]) != os.getpid(), f"pid {pid} is a zombie child of ours"
-        except FileNotFoundError:
-            pass
-        assert not os.path.exists(paths.lab_dir(name))
-        assert root_links() == links_before
-        r = cli_run("lab", "down", "--name", name)
-        assert r.returncode == 0, r.stderr
-        assert "nothing to do" in r.stdout
-    finally:
-        destroy(name)
-
-
-# ---- 11. SIGTERM ---------------------------------------------------------------------------------
-def test_sigterm_stops_the_data_path_cleanly(own_lab):
-    from hyperplane.datapath import steal
-
-    lab = own_lab()
-    pid = lab.pid
-    assert proc.pid_alive(pid) and lab.ask("ping")["pid"] == pid
-    veths = [lab.eni.node_ifname] + [e.node_ifname for e in lab.plan.envs if e.attach == "veth"]
-
-    def filtered() -> List[bool]:
-        with netns.entered(lab.plan.node_ns):
-            ipr = IPRoute()
-        with ipr:
-            return [steal.stolen(ifname, ipr) for ifname in veths]
-
-    assert filtered() == [True] * len(veths)
-    t0 = time.monotonic()
-    os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not proc.pid_alive(pid), 3.0, f"data path {pid} to exit after SIGTERM")
-    took = time.monotonic() - t0
-    with contextlib.suppress(ChildProcessError):
-        _, status = os.waitpid(pid, 0)  # our child (lab_up ran here): reap it
-        assert os.waitstatus_to_exitcode(status) == 0, status
-    with open(os.path.join(paths.lab_dir(lab.name), "datapath.log")) as f:
-        log = f.read()
-    assert "data path stopped (SIGTERM)" in log, log[-2000:]
-    assert took < 3.0
-    assert not os.path.exists(paths.control_path(lab.name)), "control socket left behind"
-    # the links are as the lab built them: the node's kernel sees their frames again
-    assert filtered() == [False] * len(veths)
-    rep = hplab.teardown(lab.name)
-    assert sorted(rep["removed_namespaces"]) == sorted(lab.plan.namespaces())
-    assert ours(lab.name) == []
-
-
-# ---- 12. the demo --------------------------------------------------------------------------------
-def test_demo_end_to_end(run_dir):
-    r = cli_run("demo", timeout=120)
-    out = r.stdout
-    m = re.search(r"lab up --name (demo-[0-9a-f]+)", out)
-    name = m.group(1) if m else None
-    try:
-        assert r.returncode == 0, f"demo exit {r.returncode}\n{out}\n{r.stderr}"
-        assert name, out
-        assert out.count("sha256 matches") == 4, out
-        assert out.count("echo received") == 4, out
-        assert "ESTABLISHED" in out
-        assert "unsolicited" in out
-        assert "demo done" in out
-        left = ours(name)
-        assert not left, f"the demo left namespaces behind: {left}"
-        assert not os.path.exists(paths.lab_dir(name))
-    finally:
-        if name:
-            destroy(name)

@@ -1,4 +1,4 @@
-"""IP fragments through the data path, in a real lab (tests/test_fragments.py has the engine's
+"""IP fragments through the data path, in a real lab (engine/test_fragments*.py have the engine's
 byte-level checks; docs/robustness.md "Fragments" the policy).
 
 * Big datagrams: from each environment (fn-a-0 on a TAP, fn-b-0 on a veth) a UDP datagram of

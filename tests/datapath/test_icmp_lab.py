@@ -1,4 +1,4 @@
-"""ICMP errors through the data path, in a real lab (RFC 5508; tests/test_icmp.py has the
+"""ICMP errors through the data path, in a real lab (RFC 5508; engine/test_icmp.py has the
 engine's field-by-field checks).
 
 * "Port unreachable": a UDP socket in fn-a-0 connect()ed to a closed port of the server gets

@@ -323,7 +323,7 @@ def rlab(dlab):
 
 
 class PacedSender(threading.Thread):
-    """The client side of nettraffic's TCP protocol (8-byte length, the bytes, then the
+    """The client side of kit.traffic's TCP protocol (8-byte length, the bytes, then the
     server's SHA-256), sending at about ``rate`` bytes/s from namespace ``ns`` so that the
     transfer spans a restart. ``op_timeout`` bounds every socket call."""
 

@@ -85,7 +85,7 @@ DROP_CASES = {
     "ipv4_bad_header_checksum": (edit(tcp4(), 10, b"\x12\x34", fix_csum=False),
                                  R.BAD_IP_CHECKSUM),
     "ipv4_header_bit_flip": (edit(tcp4(), 15, b"\x0b", fix_csum=False), R.BAD_IP_CHECKSUM),
-    # fragments (tests/test_fragments.py has the rest): a non-last fragment of 20 bytes (not a
+    # fragments (test_fragments*.py have the rest): a non-last fragment of 20 bytes (not a
     # multiple of 8), a later fragment of no datagram seen
     "ipv4_more_fragments": (raw(IP(src=E4, dst=H4, flags="MF") / TCP(sport=1, dport=443)),
                             R.BAD_FRAGMENT),
@@ -96,7 +96,7 @@ DROP_CASES = {
     "ipv6_later_fragment": (raw(IPv6(src=E6, dst=H6) / IPv6ExtHdrFragment(offset=3, nh=17)
                                 / Raw(b"x" * 16)), R.FRAGMENT),
     # ICMP echo: an environment may not send it (Lambda: TCP and UDP only); from the VPC it is
-    # unsolicited (see INBOUND_REASON; ICMP errors are tests/test_icmp.py's)
+    # unsolicited (see INBOUND_REASON; ICMP errors are test_icmp.py's)
     "ipv4_icmp": (raw(IP(src=E4, dst=H4) / ICMP()), R.UNSUPPORTED_PROTOCOL),
     "ipv4_gre": (raw(IP(src=E4, dst=H4, proto=47) / Raw(b"\0" * 8)), R.UNSUPPORTED_PROTOCOL),
     "ipv4_esp": (raw(IP(src=E4, dst=H4, proto=50) / Raw(b"\0" * 16)), R.UNSUPPORTED_PROTOCOL),

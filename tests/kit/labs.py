@@ -24,7 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 import hyperplane
-from hyperplane import control, netns, paths
+from hyperplane import control, netns, paths, proc
 from hyperplane import topology
 from hyperplane.labconfig import bare
 from kit import REPO, traffic, wire
@@ -33,7 +33,8 @@ from kit import REPO, traffic, wire
 CMD_TIMEOUT = 60.0
 
 __all__ = ["LabView", "Servers", "NATGW", "bare", "wait_until", "env_addr", "eni_drop",
-           "created", "env_sniffers", "cli_run", "lab_name", "ours", "destroy", "root_links"]
+           "created", "env_sniffers", "cli_run", "assert_alive", "udp_through_nat", "lab_name",
+           "ours", "destroy", "root_links"]
 
 #: A VPC whose private subnet (fn-a's) routes to the internet through a NAT gateway in the
 #: public subnet; one internet host, "web". The NAT gateway's idle timeout is 2 s.
@@ -106,6 +107,8 @@ class LabView:
         self.s6 = bare(self.server.ipv6) if self.server else None
 
     def __getattr__(self, name: str):
+        if name == "lab":        # not set yet: no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.lab, name)
 
     def __enter__(self) -> "LabView":
@@ -220,6 +223,25 @@ def cli_run(*args: str, timeout: float = CMD_TIMEOUT) -> subprocess.CompletedPro
     return subprocess.run([sys.executable, "-m", "hyperplane", *args], cwd=REPO,
                           env=dict(os.environ), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def assert_alive(lab: LabView) -> None:
+    """The data path still answers, and it is the same process."""
+    r = control.request(paths.control_path(lab.name), "ping")
+    assert r["ok"] is True and r["pid"] == lab.pid, r
+    assert proc.pid_alive(lab.pid)
+
+
+def udp_through_nat(lab: LabView, srv: traffic.UdpEchoServer, tag: bytes) -> None:
+    """A UDP round trip from the veth environment through the NAT to the server and back; the
+    server must have seen it from the ENI's address."""
+    env = lab.env("fn-b-0")
+    payload = b"hygiene-" + tag + b"-" + secrets.token_hex(4).encode()
+    reply, _ = traffic.udp_roundtrip(env.netns, srv.addr, srv.port, payload, timeout=6,
+                                     retries=3)
+    assert reply == payload
+    seen = [d.peer for d in srv.datagrams if d.data == payload]
+    assert seen and seen[0][0] == lab.eni.ipv4, f"server saw {seen}"
 
 
 # ---- labs brought up by hand ---------------------------------------------------------------------

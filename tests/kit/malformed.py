@@ -7,7 +7,7 @@ with the packet and not "unsolicited"). ``expect_out`` / ``expect_in`` are a Dro
 Verdict for a packet the engine translates (the policy in docs/robustness.md says why: the
 engine does not parse TCP options and does not verify TCP/UDP checksums, it carries them).
 
-tests/test_malformed.py runs every case through both engines; docs/robustness.md holds the
+tests/engine/test_malformed.py runs every case through both engines; docs/robustness.md holds the
 table :func:`markdown_table` prints (a test keeps the two equal):
 
     python3 tests/kit/malformed.py      # print the table for docs/robustness.md
@@ -16,8 +16,8 @@ Fragments are in as single packets: a later fragment alone (no first fragment of
 passed, so it is a `fragment` drop in both directions) and fragments no honest sender makes
 (`bad_fragment`: RFC 1858's tiny first fragment and offset-8 overlap, RFC 7112's cut header
 chain, a length that is no multiple of 8, a datagram past 65,535 bytes). Whole fragmented
-datagrams, their trackers and the table limit are tests/test_fragments.py's; ICMP errors are
-left out here, tests/test_icmp.py has them.
+datagrams, their trackers and the table limit are tests/engine/test_fragments*.py's; ICMP errors
+are left out here, tests/engine/test_icmp.py has them.
 """
 from __future__ import annotations
 
