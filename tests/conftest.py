@@ -67,7 +67,7 @@ def make_engine(engine_cls):
     return make
 
 
-# ---- labs ------------------------------------------------------------------------------------------
+# ---- labs ----------------------------------------------------------------------------------------
 def _compiled() -> None:
     assert hp.ENGINE == "compiled", \
         f"the data path needs the compiled engine: {hp.ENGINE_FALLBACK_REASON}"

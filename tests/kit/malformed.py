@@ -27,17 +27,15 @@ import struct
 import sys
 from typing import Callable, List, NamedTuple, Union
 
+from scapy.compat import raw
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.packet import Raw
+
+from hyperplane import DropReason, Verdict
+
 if not __package__:   # run as a script (the command above): kit is a package in tests/
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from scapy.compat import raw  # noqa: E402
-from scapy.layers.inet import ICMP, IP, TCP, UDP  # noqa: E402
-from scapy.layers.inet6 import (  # noqa: E402
-    IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
-)
-from scapy.packet import Raw  # noqa: E402
-
-from hyperplane import DropReason, Verdict  # noqa: E402
 from kit.frames import ENI_A, ENV, HOST  # noqa: E402
 
 R = DropReason

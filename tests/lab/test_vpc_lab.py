@@ -3,8 +3,9 @@ lifecycle under a moved lab clock, security groups, network ACLs and a NAT gatew
 
 Needs CAP_NET_ADMIN (root); skipped otherwise, and FAILS when the compiled engine is missing.
 Every test has a lab of its own (the root conftest's ``own_lab``, from the pytest plugin, which
-names it uniquely and takes it down). Only the benchmark ranges 198.18.0.0/15 and 2001:2::/48 are used. What the server saw
-(the source address of what arrived) is the proof of which ENI carried a connection.
+names it uniquely and takes it down). Only the benchmark ranges 198.18.0.0/15 and 2001:2::/48
+are used. What the server saw (the source address of what arrived) is the proof of which ENI
+carried a connection.
 """
 from __future__ import annotations
 

@@ -210,8 +210,6 @@ def test_pin_cpus_pins_the_process():
 
 
 def test_datapath_cpus_do_not_change_the_plan_hash_of_a_saved_state():
-    from hyperplane.datapath import daemon
-
     doc = base_doc()
     plain = lc.resolve(parse(doc), "dp")
     doc["datapath"] = {"cpus": [0]}

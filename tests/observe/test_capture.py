@@ -1,12 +1,13 @@
 """``hyperplane capture``: the pcap files hold each packet before and after NAT.
 
 The lab tests need CAP_NET_ADMIN (root) and tcpdump; they run one module-scoped default lab
-(the root conftest's ``dlab``, from the pytest plugin, which takes it down at the end). Each test starts the capture
-as a subprocess, waits for its --ready-file (every tcpdump is listening), sends its own
-traffic, and reads both pcap files back with scapy: the environment side must carry the
-environment's addresses, the ENI side the address the server saw (the ENI's), with the same
-destination, payload, IPv4 id and TCP sequence numbers, and a TTL one lower after the data
-path. The pairing logic is also checked without a lab on packets built with scapy.
+(the root conftest's ``dlab``, from the pytest plugin, which takes it down at the end). Each
+test starts the capture as a subprocess, waits for its --ready-file (every tcpdump is
+listening), sends its own traffic, and reads both pcap files back with scapy: the environment
+side must carry the environment's addresses, the ENI side the address the server saw (the
+ENI's), with the same destination, payload, IPv4 id and TCP sequence numbers, and a TTL one
+lower after the data path. The pairing logic is also checked without a lab on packets built
+with scapy.
 """
 from __future__ import annotations
 
