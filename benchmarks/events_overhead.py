@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from hp_testlib import ENV, HOST, make_config, tcp  # noqa: E402
+from kit.frames import ENV, HOST, make_config, tcp  # noqa: E402
 
 from hyperplane import Direction  # noqa: E402
 from hyperplane.engine._engine import Engine  # noqa: E402

@@ -4,7 +4,7 @@
     python3 benchmarks/scan_rate.py [--packets 40000] [--rates 50000,150000]   (root)
 
 Brings up its own default lab (a unique name), sends ``--packets`` SYNs to ports 1.. of the
-ENI's IPv4 address from the server namespace at each rate (tests/test_pressure.py's paced
+ENI's IPv4 address from the server namespace at each rate (tests/kit/wire.py's paced
 IPPROTO_RAW sender), and prints what the data path counted: the eni link's rx ring drops
 (frames lost before the engine saw them), ``unsolicited`` drops (every SYN should be one) and
 events lost (REJECT events past events.REJECTS_PER_TICK: the flow-log interval says SKIPDATA).
@@ -20,12 +20,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 os.environ.setdefault("HYPERPLANE_RUN_DIR", "/tmp/hp-scan-rate")
-from test_pressure import ip_packet, send_raw  # noqa: E402
+from kit.wire import ip_packet, send_raw  # noqa: E402
 
-from hyperplane.datapath import daemon  # noqa: E402
-from hyperplane import topology as lab
-from hyperplane import paths
-from hyperplane import control
+from hyperplane import control, paths  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 /* hp_tcp.c - TCP connection-tracking state machine as a grid [direction][flag class][state].
  *
  * Read hyperplane/engine/tcp_states.py for the theory of operation and the reasons per cell; this is
- * the same grid for the compiled engine (tests/test_tcp_table.py compares them cell by cell).
+ * the same grid for the compiled engine (tests/engine/test_tcp_table.py compares them cell by cell).
  * Cells: a next state, IGN (pass, keep state) or INV (drop as tcp_invalid).
  */
 #include "hp_tcp.h"

@@ -12,7 +12,7 @@
 # bookworm: apt-get install clang-14 libclang-rt-14-dev (the runtime carries libFuzzer).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-src="${HYPERPLANE_CSRC:-$here/../csrc}"  # another copy of csrc/ (tests/test_fuzz.py: a mutant)
+src="${HYPERPLANE_CSRC:-$here/../csrc}"  # another copy of csrc/ (tests/engine/test_fuzz.py: a mutant)
 
 find_cc() {
     if [ -n "${CC:-}" ]; then echo "$CC"; return; fi

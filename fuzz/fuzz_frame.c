@@ -7,7 +7,7 @@
  * csrc/hp_dp_internal.h and called here directly, and each link's transmit side writes into
  * /dev/null (what was sent is not looked at; that
  * the data path builds and queues it without a memory error is). The rig matches
- * tests/test_datapath_unit.py: an environment link (gateway 198.19.0.1 / 2001:2:0:f000::1,
+ * tests/kit/rig.py: an environment link (gateway 198.19.0.1 / 2001:2:0:f000::1,
  * environment .2 / ::2) and an ENI link (198.18.1.4 / 2001:2:0:1::4 in 198.18.1.0/24 and
  * 2001:2:0:1::/64, routers .1 / ::1), one engine, RSTs for unknown TCP on.
  *

@@ -22,7 +22,7 @@ Differences from the kernel, on purpose:
   RFC 9293 3.5 figure 8) goes straight to SYN_RECV.
 
 ``csrc/hp_tcp.c`` holds the same grid for the compiled engine, and
-``tests/test_tcp_table.py`` checks the compiled grid equals this one cell by cell.
+``tests/engine/test_tcp_table.py`` checks the compiled grid equals this one cell by cell.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@
         b = hyperplane_lab_factory(config="lab.toml")      # or config_text="...TOML..."
 
 * ``hyperplane_lab``: the embedded default lab, up for one test and always down afterwards;
-* ``hyperplane_lab_factory(config=None, config_text=None, name=None)``: makes labs, every one
-  of which is taken down when the test ends, pass or fail;
+* ``hyperplane_lab_factory(config=None, config_text=None, name=None, wait_active=True)``:
+  makes labs, every one of which is taken down when the test ends, pass or fail
+  (``wait_active=False``: returns before the functions' ENIs exist, while they are Pending);
 * ``hyperplane_module_lab_factory``: the same, but its labs live until the last test of the
   module has run (a lab takes a few seconds to build: share one among a module's tests).
 
@@ -40,9 +41,9 @@ class LabFactory:
         self.labs: List[Lab] = []
 
     def __call__(self, config: Optional[str] = None, config_text: Optional[str] = None,
-                 name: Optional[str] = None) -> Lab:
+                 name: Optional[str] = None, wait_active: bool = True) -> Lab:
         lab = Lab.up(None if config is None else str(config), name or unique_name(NAME_PREFIX),
-                     config_text=config_text)
+                     config_text=config_text, wait_active=wait_active)
         self.labs.append(lab)
         return lab
 
@@ -85,9 +86,10 @@ def _factory() -> Iterator[Callable[..., Lab]]:
 
 @pytest.fixture
 def hyperplane_lab_factory() -> Iterator[Callable[..., Lab]]:
-    """``factory(config=None, config_text=None, name=None) -> hyperplane.Lab``: each call
-    brings a lab up (the embedded default lab unless a config file or TOML text is given); all
-    of them go down when the test ends."""
+    """``factory(config=None, config_text=None, name=None, wait_active=True) ->
+    hyperplane.Lab``: each call brings a lab up (the embedded default lab unless a config file
+    or TOML text is given; ``wait_active`` as for ``Lab.up``); all of them go down when the
+    test ends."""
     yield from _factory()
 
 

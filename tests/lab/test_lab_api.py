@@ -1,7 +1,7 @@
-"""hyperplane.Lab, the public API: up/attach, nodes, exec/popen, the --json documents through
-the same code path as the command line, events, the clock, restart, and down on every way out
-of a ``with`` block. Labs come from the plugin's fixtures or from ``Lab.up`` itself (that is
-what is tested); every one goes down inside the test."""
+"""hyperplane.Lab on real labs: nodes, exec/popen, the --json documents through the same code
+path as the command line, events, the clock, restart, and down on every way out of a ``with``
+block. Labs come from the plugin's fixtures or from ``Lab.up`` itself (that is what is tested);
+every one goes down inside the test. (What needs no lab is in tests/test_public_api.py.)"""
 from __future__ import annotations
 
 import json
@@ -16,10 +16,7 @@ import pytest
 
 import hyperplane
 from hyperplane import errors, netns, paths, proc, topology
-from hyperplane.lab.api import Lab, unique_name
-
-_problem = netns.privilege_problem()
-needs_root = pytest.mark.skipif(_problem is not None, reason=f"a lab {_problem}")
+from hyperplane.lab.api import Lab
 
 SERVER4 = "198.18.1.5"
 
@@ -44,47 +41,12 @@ def shape(v):
     return type(v).__name__ if v is not None else "null"
 
 
-# ---- without a lab ----------------------------------------------------------------------------
-def test_import_hyperplane_does_not_load_the_lab_layers():
-    code = ("import sys, hyperplane; assert 'pyroute2' not in sys.modules, 'pyroute2'; "
-            "assert 'hyperplane.lab.api' not in sys.modules; "
-            "assert hyperplane.Lab.__module__ == 'hyperplane.lab.api'; print('ok')")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
-
-
-def test_attach_to_no_such_lab_is_not_found_with_the_command_line_words():
-    name = unique_name("nolab")
-    with pytest.raises(hyperplane.HyperplaneError) as info:
-        Lab.attach(name)
-    assert info.value.code == errors.EXIT_NOT_FOUND
-    assert str(info.value) == (f"no lab named {name!r}; start one with `hyperplane lab up "
-                               f"--name {name}`")
-
-
-def test_a_bad_config_is_a_configuration_error_and_builds_nothing():
-    name = unique_name("bad")
-    with pytest.raises(hyperplane.HyperplaneError) as info:
-        Lab.up(config_text='[vpc]\ncidr = "10.0.0.0/16"\n', name=name)
-    assert info.value.code == errors.EXIT_USAGE
-    assert str(info.value).startswith("configuration: vpc.cidr: "), str(info.value)
-    assert topology.load_state(name) is None and not namespaces_of(name)
-
-
-def test_unique_names_are_valid_lab_names_and_differ():
-    names = {unique_name() for _ in range(50)}
-    assert len(names) == 50
-    for n in names:
-        assert paths.validate_lab_name(n) == n
-
-
 # ---- one lab for the module ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab(hyperplane_module_lab_factory) -> Lab:
     return hyperplane_module_lab_factory()
 
 
-@needs_root
 def test_nodes_carry_role_namespace_and_addresses(lab):
     assert {"hyperplane", "fn-a-0", "fn-b-0", "server"} <= set(lab.nodes)
     server = lab.nodes["server"]
@@ -95,7 +57,6 @@ def test_nodes_carry_role_namespace_and_addresses(lab):
     assert lab.pid and proc.pid_alive(lab.pid)
 
 
-@needs_root
 def test_exec_runs_in_the_node_namespace_and_unknown_nodes_are_not_found(lab):
     r = lab.exec("server", ["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
                  capture_output=True, text=True, check=True)
@@ -108,7 +69,6 @@ def test_exec_runs_in_the_node_namespace_and_unknown_nodes_are_not_found(lab):
     assert info.value.code == errors.EXIT_USAGE
 
 
-@needs_root
 def test_http_through_the_eni_shows_in_conntrack_and_stats(lab):
     eni4 = lab.enis()[0]["ipv4"]
     web = lab.popen("server", [sys.executable, "-m", "http.server", "8080", "--bind", SERVER4],
@@ -131,7 +91,6 @@ def test_http_through_the_eni_shows_in_conntrack_and_stats(lab):
     assert web.poll() is None                       # still serving until the lab goes down
 
 
-@needs_root
 def test_the_dicts_are_what_the_json_commands_print(lab, monkeypatch):
     monkeypatch.setenv("HYPERPLANE_RUN_DIR", paths.run_dir())   # the CLI sees this lab
     assert lab.enis() == cli_json("eni", "list", "--name", lab.name)
@@ -148,7 +107,6 @@ def test_the_dicts_are_what_the_json_commands_print(lab, monkeypatch):
         [(e["orig"], e["reply"]) for e in ct]
 
 
-@needs_root
 def test_events_arrive_for_new_connections(lab):
     eni4 = lab.enis()[0]["ipv4"]
     send = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
@@ -167,7 +125,6 @@ def test_events_arrive_for_new_connections(lab):
     assert ev["orig"]["dport"] == 9999 and ev["reply"]["dst"] == eni4
 
 
-@needs_root
 def test_unknown_event_kinds_and_filters_are_usage_errors(lab):
     with pytest.raises(hyperplane.HyperplaneError) as info:
         next(lab.events(kinds=("born",)))
@@ -177,7 +134,6 @@ def test_unknown_event_kinds_and_filters_are_usage_errors(lab):
     assert info.value.code == errors.EXIT_USAGE and "colour" in str(info.value)
 
 
-@needs_root
 def test_advance_clock_moves_the_lab_clock(lab):
     before = lab.advance_clock(0)
     after = lab.advance_clock(90)
@@ -186,7 +142,6 @@ def test_advance_clock_moves_the_lab_clock(lab):
 
 
 # ---- labs of a test's own ---------------------------------------------------------------------
-@needs_root
 def test_with_block_takes_the_lab_down_and_stops_what_popen_started():
     with Lab.up() as lab:
         name = lab.name
@@ -202,7 +157,6 @@ def attach_sees(name: str) -> bool:
     return Lab.attach(name).name == name
 
 
-@needs_root
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_leaving_by_an_exception_takes_the_lab_down(exc):
     name = None
@@ -213,7 +167,6 @@ def test_leaving_by_an_exception_takes_the_lab_down(exc):
     assert name and not namespaces_of(name) and topology.load_state(name) is None
 
 
-@needs_root
 def test_restart_keeps_an_open_tcp_connection(hyperplane_lab):
     lab = hyperplane_lab
     with netns.entered(lab.netns("server")):
