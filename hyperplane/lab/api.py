@@ -69,7 +69,7 @@ class Lab:
     def __init__(self, name: str):
         self.name = name
         self._children: List[subprocess.Popen] = []
-        state, self.plan = lifecycle.load_lab(name)
+        _, self.plan = lifecycle.load_lab(name)
         self.nodes: Dict[str, Node] = {
             n["name"]: Node(n["name"], n["role"], n["netns"], tuple(n["addresses"]),
                             {k: v for k, v in n.items()
@@ -95,8 +95,8 @@ class Lab:
 
     @classmethod
     def attach(cls, name: str) -> "Lab":
-        """The running lab ``name`` (HyperplaneError, exit status 3, when there is none).
-        Leaving a ``with`` block of an attached lab takes it down too."""
+        """The lab ``name`` that is up on this machine (HyperplaneError, exit status 3, when
+        there is none). Leaving a ``with`` block of an attached lab takes it down too."""
         return cls(name)
 
     def __enter__(self) -> "Lab":
