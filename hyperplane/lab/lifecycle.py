@@ -37,10 +37,7 @@ def need_privilege() -> None:
 # ---- reading a lab ------------------------------------------------------------------------------
 def load_lab(name: str) -> Tuple[Dict[str, Any], labconfig.Plan]:
     """(state, plan) of a lab that exists, else HyperplaneError (exit status 3)."""
-    try:
-        state = topology.load_state(name)
-    except LabError as e:
-        raise HyperplaneError(str(e)) from None
+    state = topology.load_state(name)      # LabError (a HyperplaneError) when unreadable
     if state is None:
         raise HyperplaneError(f"no lab named {name!r}; start one with `{PROG} lab up --name "
                               f"{name}`", EXIT_NOT_FOUND)
@@ -131,11 +128,8 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
     everything this call built, Ctrl-C included."""
     text, source, plan = read_config(config_path, name, config_text)
     need_privilege()
-    try:
-        # Refuses an existing lab of that name touching nothing; rolls its own failures back.
-        state = topology.build(plan, config_source=source)
-    except LabError as e:
-        raise HyperplaneError(str(e)) from None
+    # Refuses an existing lab of that name touching nothing; rolls its own failures back.
+    state = topology.build(plan, config_source=source)
     child: Optional[subprocess.Popen] = None
     try:
         with open(paths.config_copy_path(name), "w", encoding="utf-8") as f:
@@ -313,11 +307,8 @@ def lab_down(name: str) -> Optional[Dict[str, Any]]:
         paths.validate_lab_name(name)
     except LabConfigError as e:
         raise config_error(e) from None
-    try:
-        if topology.load_state(name) is None:
-            return None
-    except LabError as e:
-        raise HyperplaneError(str(e)) from None
+    if topology.load_state(name) is None:
+        return None
     need_privilege()
     try:
         return topology.teardown(name)
