@@ -85,8 +85,7 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
             raise BenchError(str(e)) from None
         created.append(names["hyperplane"])
         modes["hyperplane"] = Mode("hyperplane", names["hyperplane"], hplan, pin)
-        # the data path's pid, as lab up recorded it in the lab's state
-        modes["hyperplane"].pid = (topology.load_state(names["hyperplane"]) or {}).get("pid")
+        modes["hyperplane"].pid = hlab.pid
         modes["hyperplane"].rings = {x["name"]: x["ring_frames"] for x in
                                      hlab.counters()["links"]
                                      if x.get("kind") == "veth"}

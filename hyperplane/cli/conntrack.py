@@ -4,15 +4,15 @@ conntrack-tools shows the kernel's (the formats and filters are hyperplane.obser
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
 import textwrap
 import threading
 
-from hyperplane import control, paths
 from hyperplane.cli.common import command_group, named
-from hyperplane.errors import EXIT_FAIL, EXIT_OK, PROG, HyperplaneError
+from hyperplane.errors import EXIT_FAIL, EXIT_OK, PROG
 from hyperplane.lab import lifecycle
 from hyperplane.observe.conntrack import (
     EVENT_OUTPUTS, LIST_OUTPUTS, PREFIX, EventPrinter, StreamEnded, UsageError, count,
@@ -20,7 +20,8 @@ from hyperplane.observe.conntrack import (
 
 
 def _request(name: str):
-    return lambda cmd, **args: lifecycle.request(name, cmd, **args)
+    """Lab ``name``'s control requests, as the observe functions take them."""
+    return functools.partial(lifecycle.request, name)
 
 
 def cmd_list(args) -> int:
@@ -64,12 +65,7 @@ def cmd_events(args) -> int:
         raise UsageError(f"--count {args.count}: must be 1 or more")
     if args.timeout is not None and not 0 < args.timeout <= 10 * 365 * 86400:
         raise UsageError(f"--timeout {args.timeout}: must be a number of seconds > 0")
-    lifecycle.check_running(args.name)
-    try:
-        sock = control.subscribe(paths.control_path(args.name), spec, kinds)
-    except (OSError, ValueError) as e:
-        raise HyperplaneError(f"the data path of lab {args.name!r} does not answer "
-                              f"({e})") from None
+    sock = lifecycle.subscribe(args.name, spec, kinds)
     printer = EventPrinter(sys.stdout, sys.stderr, outputs, as_json=args.json)
     status, why = EXIT_OK, None
     # Ctrl-C and SIGTERM end the stream quietly, as they end conntrack -E (which installs its

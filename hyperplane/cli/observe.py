@@ -2,6 +2,7 @@
 (hyperplane.observe.stats), served to Prometheus, or watched live (hyperplane.observe.top)."""
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -35,10 +36,8 @@ def cmd_metrics(args) -> int:
         raise HyperplaneError(str(e), EXIT_USAGE) from None
     lifecycle.load_lab(args.name)   # a lab that does not exist at all is a usage mistake: say so
 
-    def fetch():
-        return lifecycle.request(args.name, "counters")
-
-    registry, collector = stats.registry_for(fetch, args.name)
+    registry, collector = stats.registry_for(
+        functools.partial(lifecycle.request, args.name, "counters"), args.name)
     if args.once:
         from prometheus_client import generate_latest
 
@@ -76,9 +75,7 @@ def cmd_top(args) -> int:
         raise HyperplaneError(f"--iterations {args.iterations}: give at least 1 (or leave it "
                               "out to run until Ctrl-C)", EXIT_USAGE)
 
-    def request(cmd, **kw):
-        return lifecycle.request(args.name, cmd, **kw)
-
+    request = functools.partial(lifecycle.request, args.name)
     tty = isatty(sys.stdout)
     prev = top.snapshot(request, args.name)
     frame = 0

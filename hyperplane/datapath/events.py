@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Any, Dict, List, Optional
 
+from hyperplane import paths
 from hyperplane.datapath import flowlogs
 from hyperplane.engine.constants import TcpState, UdpState
 from hyperplane.engine.ctfilter import Filter
@@ -73,7 +74,7 @@ class EventPump:
         if cfg is None or not getattr(cfg, "enabled", True) or not self.control_path:
             return
         self.flowlogs = flowlogs.FlowLogs(
-            os.path.join(os.path.dirname(self.control_path), "flowlogs"),
+            os.path.join(os.path.dirname(self.control_path), paths.FLOW_LOGS_DIR),
             interval=cfg.interval, account_id=cfg.account_id, start=self.wall())
         self._event_options()
 

@@ -26,7 +26,7 @@ import subprocess
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from hyperplane import control, paths, proc
+from hyperplane import proc
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import lifecycle, status as lab_status
 from hyperplane.observe import conntrack as ct, stats as ob_stats
@@ -147,11 +147,11 @@ class Lab:
 
     def stats(self) -> Dict[str, Any]:
         """``hyperplane stats --json``."""
-        return ob_stats.summarize(lifecycle.request(self.name, "counters"), self.name)
+        return ob_stats.summarize(self.request("counters"), self.name)
 
     def counters(self) -> Dict[str, Any]:
         """The data path's raw counters (what ``stats`` sums up)."""
-        return lifecycle.request(self.name, "counters")
+        return self.request("counters")
 
     def conntrack(self, **filters) -> List[Dict[str, Any]]:
         """``hyperplane conntrack list --json`` with conntrack's filters as keywords:
@@ -165,11 +165,11 @@ class Lab:
 
     def enis(self) -> List[Dict[str, Any]]:
         """``hyperplane eni list --json``."""
-        return lifecycle.request(self.name, "enis")["enis"]
+        return self.request("enis")["enis"]
 
     def functions(self) -> List[Dict[str, Any]]:
         """``hyperplane function list --json``."""
-        return lifecycle.request(self.name, "functions")["functions"]
+        return self.request("functions")["functions"]
 
     def events(self, kinds: Sequence[str] = ("new", "update", "destroy"),
                timeout: Optional[float] = None, **filters) -> Iterator[Dict[str, Any]]:
@@ -177,19 +177,12 @@ class Lab:
         prints (``kind`` new/update/destroy/reject, or ``lost`` with a ``count``). Stops after
         ``timeout`` seconds (None: when you stop iterating). Subscribes at the first
         ``next()``: start iterating before making the traffic whose events you want."""
-        lifecycle.check_running(self.name)
         spec = ct.spec_of(filters)
         unknown = sorted(set(kinds) - set(ct.EVENT_KINDS))
         if unknown:
             raise HyperplaneError(f"events: unknown kind(s) {', '.join(unknown)}; kinds are "
                                   f"{', '.join(ct.EVENT_KINDS)}", EXIT_USAGE)
-        try:
-            sock = control.subscribe(paths.control_path(self.name), spec, list(kinds))
-        except (OSError, ValueError) as e:
-            if isinstance(e, HyperplaneError):
-                raise
-            raise HyperplaneError(f"the data path of lab {self.name!r} does not answer "
-                                  f"({e})") from None
+        sock = lifecycle.subscribe(self.name, spec, list(kinds))
         deadline = None if timeout is None else time.monotonic() + timeout
         with contextlib.closing(sock):
             for line in ct.event_lines(sock, deadline):
@@ -199,7 +192,7 @@ class Lab:
     def advance_clock(self, seconds: float) -> Dict[str, Any]:
         """Move the lab clock forward (lifecycle timers, connection timeouts): ``now`` and
         ``offset``, as ``hyperplane clock --advance`` prints them."""
-        r = lifecycle.request(self.name, "clock", advance=float(seconds))
+        r = self.request("clock", advance=float(seconds))
         return {"now": r["now"], "offset": r["offset"]}
 
     def update_function(self, function: str, *, subnet_ids: Optional[Sequence[str]] = None,
@@ -207,7 +200,7 @@ class Lab:
                         ipv6: Optional[bool] = None, wait: bool = False) -> Dict[str, Any]:
         """UpdateFunctionConfiguration(VpcConfig=...), as ``hyperplane function update``: the
         function as it is right after the call (``wait``: once the update has completed)."""
-        f = lifecycle.request(self.name, "function_update", name=function,
+        f = self.request("function_update", name=function,
                               subnet_ids=None if subnet_ids is None else list(subnet_ids),
                               security_group_ids=None if security_group_ids is None
                               else list(security_group_ids), ipv6=ipv6)["function"]
@@ -222,7 +215,7 @@ class Lab:
 
     def invoke(self, function: str) -> Dict[str, Any]:
         """Invoke a function, as ``hyperplane function invoke`` (fails while Pending/Inactive)."""
-        return lifecycle.request(self.name, "invoke", name=function)["result"]
+        return self.request("invoke", name=function)["result"]
 
     def restart(self, restore: bool = True) -> Dict[str, Any]:
         """``hyperplane lab restart --json``: a new data path that keeps the open connections

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +80,17 @@ def request(name: str, cmd: str, /, **args) -> Dict[str, Any]:
         raise HyperplaneError(r.get("error", "refused"),
                               EXIT_USAGE if r.get("code") else EXIT_FAIL)
     return r
+
+
+def subscribe(name: str, spec: Dict[str, Any], kinds: List[str]) -> socket.socket:
+    """A connection to lab ``name``'s data path subscribed to connection events (``kinds``,
+    filter ``spec``), positioned at the first event line; HyperplaneError when the lab is not
+    running or its data path does not answer, or (exit status 2) refuses the filter."""
+    check_running(name)
+    try:
+        return control.subscribe(paths.control_path(name), spec, kinds)
+    except (OSError, ValueError) as e:
+        raise HyperplaneError(f"the data path of lab {name!r} does not answer ({e})") from None
 
 
 def list_labs() -> List[Dict[str, Any]]:

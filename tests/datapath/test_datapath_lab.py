@@ -35,7 +35,8 @@ import hyperplane as hp
 from hyperplane import netns, proc
 from hyperplane import topology as hplab
 from kit import traffic as nt, wire
-from kit.labs import LabView, Servers, cli_run, created, eni_drop, env_addr, ours, wait_until
+from kit.labs import (LabView, Servers, cli_run, created, eni_drop, env_addr, finish_held, ours,
+                      wait_until)
 
 MB10 = 10_000_000
 PORT_MIN, PORT_MAX = 536, 65535
@@ -385,14 +386,7 @@ def test_unsolicited_inbound_never_reaches_an_environment(dlab, servers):
             assert created(c1) == created(c0), "an inbound frame created a connection"
 
             # the live connections were not disturbed: finish them
-            for s, data in held:
-                s.sendall(nt.HEADER.pack(len(data))[4:] + data)
-                got = b""
-                while len(got) < 32:
-                    chunk = s.recv(32 - len(got))
-                    assert chunk, "a live connection was closed"
-                    got += chunk
-                assert got == nt.sha256(data)
+            finish_held(held)
         finally:
             for s, _ in held:
                 s.close()

@@ -36,7 +36,8 @@ from hyperplane import DropReason, Verdict, labconfig, netns
 from hyperplane.bench import loadgen
 from kit import REPO, traffic as nt
 from kit.frames import ENV, HOST, tcp, udp
-from kit.labs import LabView, created, eni_drop, env_addr, env_sniffers, wait_until
+from kit.labs import (LabView, created, eni_drop, env_addr, env_sniffers, finish_held,
+                      wait_until)
 from kit.wire import ip_packet, send_raw
 
 MARKER = b"hp-pressure-" + secrets.token_hex(4).encode()
@@ -237,14 +238,7 @@ def test_a_live_nat_port_lets_in_only_its_exact_reply_tuple(dlab):
             ring = link(c1, dlab.eni.node_ifname)["rx_ring_drops"] - \
                 link(c0, dlab.eni.node_ifname)["rx_ring_drops"]
             assert ring == 0, ring
-            for s, data in held:   # the live TCP connections were not disturbed
-                s.sendall(nt.HEADER.pack(len(data))[4:] + data)
-                got = b""
-                while len(got) < 32:
-                    chunk = s.recv(32 - len(got))
-                    assert chunk, "a live connection was closed"
-                    got += chunk
-                assert got == nt.sha256(data)
+            finish_held(held)   # the live TCP connections were not disturbed
         finally:
             for s, _ in held:
                 s.close()

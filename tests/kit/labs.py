@@ -34,7 +34,7 @@ CMD_TIMEOUT = 60.0
 
 __all__ = ["LabView", "Servers", "NATGW", "bare", "wait_until", "env_addr", "eni_drop",
            "created", "env_sniffers", "cli_run", "assert_alive", "udp_through_nat", "lab_name",
-           "ours", "destroy", "root_links"]
+           "ours", "destroy", "root_links", "finish_held"]
 
 #: A VPC whose private subnet (fn-a's) routes to the internet through a NAT gateway in the
 #: public subnet; one internet host, "web". The NAT gateway's idle timeout is 2 s.
@@ -273,3 +273,17 @@ def root_links() -> Set[str]:
     """The names of the links in the caller's namespace."""
     with IPRoute() as ipr:
         return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def finish_held(held) -> None:
+    """Finish the transfers ``held`` holds open, ``(socket, data)`` each, whose first 4 of the
+    8 header bytes were sent to a ``traffic.TcpServer``: send the rest and the data, and check
+    the server's SHA-256 of it (the connection must have lived through whatever came between)."""
+    for s, data in held:
+        s.sendall(traffic.HEADER.pack(len(data))[4:] + data)
+        got = b""
+        while len(got) < traffic.DIGEST_LEN:
+            chunk = s.recv(traffic.DIGEST_LEN - len(got))
+            assert chunk, "a live connection was closed"
+            got += chunk
+        assert got == traffic.sha256(data)

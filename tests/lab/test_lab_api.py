@@ -147,14 +147,10 @@ def test_with_block_takes_the_lab_down_and_stops_what_popen_started():
         name = lab.name
         assert namespaces_of(name)
         sleeper = lab.popen("server", ["sleep", "300"])
-        assert attach_sees(name)
+        assert Lab.attach(name).name == name
     assert not namespaces_of(name)
     assert topology.load_state(name) is None
     assert sleeper.poll() is not None               # stopped by its pid, and reaped
-
-
-def attach_sees(name: str) -> bool:
-    return Lab.attach(name).name == name
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
