@@ -41,7 +41,8 @@
     X(ICMP_UNRELATED, "icmp_unrelated")             /* an environment's ICMP error, unrelated */   \
     X(SOURCE_LIMIT, "source_limit")                 /* its source holds max_per_src already */     \
     X(FRAGMENT_TABLE_FULL, "fragment_table_full")   /* a first fragment, HP_FRAG_MAX tracked */    \
-    X(BAD_FRAGMENT, "bad_fragment")                 /* tiny, overlap at 8, bad length, too far */
+    X(BAD_FRAGMENT, "bad_fragment")                 /* tiny, overlap at 8, bad length, too far */  \
+    X(TCP_OUT_OF_WINDOW, "tcp_out_of_window")       /* seq/ack outside the tracked window */
 
 #define HP_DP_DROP_REASONS(X)                                                                      \
     X(RUNT, "runt")                           /* shorter than an Ethernet header */                \

@@ -143,7 +143,8 @@ hp_pool *hp_get_pool(hp_engine *e, unsigned i, int family, int proto)
 
 /* ---- new connection --------------------------------------------------------------------- */
 
-static int new_conn(hp_engine *e, const hp_parsed *p, double now, uint32_t *out_idx)
+static int new_conn(hp_engine *e, const uint8_t *b, const hp_parsed *p, double now,
+                    uint32_t *out_idx)
 {
     int state, family = p->t.family, proto = p->t.proto;
     if (proto == HP_IPPROTO_TCP) {
@@ -213,6 +214,8 @@ static int new_conn(hp_engine *e, const hp_parsed *p, double now, uint32_t *out_
 
 found:;
     uint32_t idx = hp_conn_insert(e, &p->t, &reply, eni, state, now, pool);
+    if (proto == HP_IPPROTO_TCP) /* the opener's side of the window, from its SYN */
+        hp_tcp_win_open(e->entries[idx].win, b, p);
     lru_append(e, idx);
     e->created++;
     e->entries[idx].id = ++e->last_id;
@@ -233,17 +236,30 @@ static void set_state(hp_engine *e, uint32_t idx, int state, double now)
     hp_ev_conn(e, idx, HP_EV_UPDATE, 0, now);
 }
 
-/* Apply the transition; returns the verdict (HP_DROP for an invalid TCP transition). */
-static int update_state(hp_engine *e, uint32_t idx, int dir, uint8_t tcp_flags, double now)
+/* The grid's transition, after the window's say (hp_tcp_window.c): the verdict, or HP_DROP
+ * with *why (tcp_out_of_window, tcp_invalid); *refresh 0 when the window passed the segment
+ * without changing anything (the timer is not refreshed). */
+static int update_state(hp_engine *e, uint32_t idx, int dir, const uint8_t *b,
+                        const hp_parsed *p, double now, int *why, int *refresh)
 {
     hp_entry *x = &e->entries[idx];
     int verdict = dir == HP_DIR_ORIG ? HP_ESTABLISHED : HP_REPLY;
     if (x->tuple[0].proto == HP_IPPROTO_TCP) {
-        int nxt = hp_tcp_next(dir, tcp_flags, x->state);
-        if (nxt == HP_TCP_INV)
+        int state = x->state;
+        int nxt = hp_tcp_next(dir, p->tcp_flags, state);
+        switch (hp_tcp_track(x->win, dir, state, nxt, b, p)) {
+        case HP_WIN_OUT:
+            *why = HP_R_TCP_OUT_OF_WINDOW;
             return HP_DROP;
+        case HP_WIN_INVALID:
+            *why = HP_R_TCP_INVALID;
+            return HP_DROP;
+        case HP_WIN_PASS:
+            *refresh = 0;
+            return verdict;
+        }
         if (nxt >= 0) {
-            if (nxt == HP_S_SYN_SENT && x->state != HP_S_SYN_SENT)
+            if (nxt == HP_S_SYN_SENT && state != HP_S_SYN_SENT)
                 verdict = HP_NEW; /* TIME_WAIT/CLOSE re-opened by a new SYN */
             set_state(e, idx, nxt, now);
         }
@@ -298,7 +314,7 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
 {
     hp_parsed p;
     uint32_t idx, node;
-    int r = hp_parse(b, n, flags, &p), verdict;
+    int r = hp_parse(b, n, flags, &p), verdict, why = HP_R_NONE, refresh = 1;
     if (r)
         return drop(e, r, reason);
     /* A router must not forward a packet whose TTL would reach 0 (RFC 1812 5.3.1). */
@@ -318,7 +334,7 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
     node = lookup(e, &p.t);
     if (dir == HP_DIR_ORIG) {
         if (!node) {
-            r = new_conn(e, &p, now, &idx);
+            r = new_conn(e, b, &p, now, &idx);
             if (r) {
                 if (r == HP_R_SECURITY_GROUP || r == HP_R_TCP_NOT_SYN)
                     hp_ev_reject(e, &p.t, HP_DIR_ORIG, p.l3_len, r, now);
@@ -329,9 +345,9 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
             if (node & 1) /* the packet looks like a reply of another connection */
                 return drop(e, HP_R_TUPLE_COLLISION, reason);
             idx = node >> 1;
-            verdict = update_state(e, idx, HP_DIR_ORIG, p.tcp_flags, now);
+            verdict = update_state(e, idx, HP_DIR_ORIG, b, &p, now, &why, &refresh);
             if (verdict == HP_DROP)
-                return drop(e, HP_R_TCP_INVALID, reason);
+                return drop(e, why, reason);
         }
         hp_entry *x = &e->entries[idx];
         manip(b, &p, flags, 1, e->enis[x->eni_index].addr[FAM(p.t.family)], x->eni_port);
@@ -341,13 +357,13 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
             return drop(e, HP_R_UNSOLICITED, reason);
         }
         idx = node >> 1;
-        verdict = update_state(e, idx, HP_DIR_REPLY, p.tcp_flags, now);
+        verdict = update_state(e, idx, HP_DIR_REPLY, b, &p, now, &why, &refresh);
         if (verdict == HP_DROP)
-            return drop(e, HP_R_TCP_INVALID, reason);
+            return drop(e, why, reason);
         hp_entry *x = &e->entries[idx];
         manip(b, &p, flags, 0, x->tuple[HP_DIR_ORIG].src, x->tuple[HP_DIR_ORIG].sport);
     }
-    account(e, idx, dir, p.l3_len, now);
+    account(e, idx, dir, p.l3_len, now, refresh);
     if (p.frag == HP_FRAG_FIRST) {
         hp_frag_track(e, &fk, &p, idx, now);
         e->fragments++;

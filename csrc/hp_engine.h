@@ -12,6 +12,26 @@
 #include "hp_ports.h"
 #include "hp_types.h"
 
+/* One direction of a TCP connection's sequence window (hp_tcp_window.c; the fields of the
+ * kernel's ip_ct_tcp_state, explained in hyperplane/engine/reference/window.py). */
+typedef struct {
+    uint32_t end;    /* highest SEG.SEQ + SEG.LEN it has sent */
+    uint32_t maxend; /* highest ACK + window the other side announced: its right edge */
+    uint32_t maxwin; /* largest window it announced (scaled), at least 1 once seen */
+    uint32_t maxack; /* highest ACK it sent (with HP_TCPF_MAXACK_SET) */
+    uint8_t scale;   /* its window-scale shift (0 unless both SYNs had the option) */
+    uint8_t flags;   /* HP_TCPF_* */
+    uint8_t pad[2];  /* always zero */
+} hp_tcp_win;
+
+_Static_assert(sizeof(hp_tcp_win) == 20, "hp_tcp_win must be 20 bytes, no padding holes");
+
+#define HP_TCPF_WSCALE 0x01     /* its SYN carried the window-scale option */
+#define HP_TCPF_SACK_PERM 0x02  /* its SYN carried SACK-permitted */
+#define HP_TCPF_MAXACK_SET 0x04 /* it has sent an ACK: maxack is meaningful */
+#define HP_TCPF_RESYNC 0x08     /* restored: may be learned again from its next segment */
+#define HP_TCPF_ALL 0x0F
+
 /* One connection. Both tuples sit in one hash table as two nodes; a node id is
  * (entry index << 1 | direction), 0 ends a chain (entry 0 is never used). */
 typedef struct {
@@ -26,6 +46,7 @@ typedef struct {
     uint8_t eni_index;
     uint8_t state;               /* enum hp_state; 0 = slot free */
     uint32_t id;                 /* connections created before it + 1 (conntrack's id=) */
+    hp_tcp_win win[2];           /* TCP: [HP_DIR_ORIG], [HP_DIR_REPLY] sequence windows */
 } hp_entry;
 
 /* What happened to a connection, as conntrack -E reports it (plus REJECT, for flow logs: an
@@ -158,10 +179,11 @@ uint32_t hp_engine_flush(hp_engine *e, double now);
 
 /* ---- snapshot and restore (a restart without losing connections) --------------------------
  *
- * One connection as hp_engine_snapshot writes it and hp_engine_restore reads it: 152 bytes,
+ * One connection as hp_engine_snapshot writes it and hp_engine_restore reads it: 192 bytes,
  * no padding, host byte order (the file is for the same machine's next data path). The reply
  * tuple is redundant (reply.dst is ENI eni_index's address, reply.dport eni_port): it lets
- * restore refuse a record whose ENI is not the one it was made on. */
+ * restore refuse a record whose ENI is not the one it was made on. Version 2 of the snapshot
+ * (hyperplane/engine/types.py SNAPSHOT_VERSION) added the TCP windows. */
 typedef struct {
     hp_tuple orig, reply;
     double last_seen;                /* engine time of the last packet */
@@ -171,9 +193,10 @@ typedef struct {
     uint32_t id;
     uint16_t eni_port;
     uint8_t eni_index, state;
+    hp_tcp_win win[2];               /* TCP windows (zero for UDP) */
 } hp_saved;
 
-_Static_assert(sizeof(hp_saved) == 152, "hp_saved must be 152 bytes, no padding");
+_Static_assert(sizeof(hp_saved) == 192, "hp_saved must be 192 bytes, no padding");
 
 /* Why a record was not restored (hp_engine_restore's result; 0 = restored). Checked in this
  * order, the same in hyperplane/engine/reference/snapshot.py. */

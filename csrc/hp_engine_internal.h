@@ -8,6 +8,7 @@
  *   hp_snapshot.c  snapshot and restore
  *   hp_icmp.c      ICMP errors about a tracked connection (RFC 5508)
  *   hp_frag.c      fragments after the first
+ *   hp_tcp_window.c  TCP sequence-window tracking
  * A function one file calls in another gets the hp_ prefix and is declared here, HP_HIDDEN
  * (not exported from the extension module). What the established-flow path runs for every
  * packet (lookup, account, the LRU moves, drop) stays static inline, here, as it was in the
@@ -67,16 +68,20 @@ static inline void lru_append(hp_engine *e, uint32_t idx)
     e->lru_tail[x->state] = idx;
 }
 
-/* Counting a packet of connection idx (hp_engine.c, hp_frag.c). */
-static inline void account(hp_engine *e, uint32_t idx, int dir, uint32_t nbytes, double now)
+/* Counting a packet of connection idx (hp_engine.c, hp_frag.c); refresh 0: a segment the
+ * window passed without changing anything keeps the timer as it was. */
+static inline void account(hp_engine *e, uint32_t idx, int dir, uint32_t nbytes, double now,
+                           int refresh)
 {
     hp_entry *x = &e->entries[idx];
     x->packets[dir]++;
     x->bytes[dir] += nbytes;
-    x->last_seen = now;
-    if (e->lru_tail[x->state] != idx) { /* most recently used at the back */
-        lru_unlink(e, idx);
-        lru_append(e, idx);
+    if (refresh) {
+        x->last_seen = now;
+        if (e->lru_tail[x->state] != idx) { /* most recently used at the back */
+            lru_unlink(e, idx);
+            lru_append(e, idx);
+        }
     }
     e->packets[dir]++;
     e->bytes[dir] += nbytes;
@@ -102,6 +107,14 @@ HP_HIDDEN hp_src *hp_src_find(hp_engine *e, const hp_tuple *t, int insert);
 
 /* hp_engine.c: ENI i's port pool for family and proto, built on first use; NULL: no memory */
 HP_HIDDEN hp_pool *hp_get_pool(hp_engine *e, unsigned i, int family, int proto);
+
+/* hp_tcp_window.c: the window of a new connection from its SYN; the window's say on a segment
+ * of a tracked one (nxt: the grid's cell), changing w only for HP_WIN_ACCEPT (and an overrun's
+ * end). */
+enum { HP_WIN_ACCEPT = 0, HP_WIN_PASS = 1, HP_WIN_OUT = 2, HP_WIN_INVALID = 3 };
+HP_HIDDEN void hp_tcp_win_open(hp_tcp_win w[2], const uint8_t *b, const hp_parsed *p);
+HP_HIDDEN int hp_tcp_track(hp_tcp_win w[2], int dir, int state, int nxt, const uint8_t *b,
+                           const hp_parsed *p);
 
 /* hp_events.c */
 HP_HIDDEN void hp_ev_conn(hp_engine *e, uint32_t idx, int type, int reason, double now);

@@ -152,7 +152,7 @@ int hp_frag_translate(hp_engine *e, int dir, uint8_t *b, const hp_parsed *p, dou
         b[7]--;
     }
     memcpy(a, addr, alen);
-    account(e, idx, dir, p->l3_len, now);
+    account(e, idx, dir, p->l3_len, now, 1);
     e->fragments++;
     *reason = HP_R_NONE;
     return dir == HP_DIR_ORIG ? HP_ESTABLISHED : HP_REPLY;

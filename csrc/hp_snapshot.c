@@ -27,6 +27,8 @@ uint32_t hp_engine_snapshot(const hp_engine *e, hp_saved *out, uint32_t max)
             s->eni_port = x->eni_port;
             s->eni_index = x->eni_index;
             s->state = x->state;
+            s->win[0] = x->win[0];
+            s->win[1] = x->win[1];
         }
     return k;
 }
@@ -61,12 +63,21 @@ static int saved_ok(const hp_engine *e, const hp_saved *s)
         return 0;
     if (s->eni_port < e->cfg.port_min || s->eni_port > e->cfg.port_max)
         return 0;
-    for (int d = 0; d < 2; d++) /* flow logs cannot have been handed more than there was */
+    for (int d = 0; d < 2; d++) { /* flow logs cannot have been handed more than there was */
         if (s->rep_bytes[d] > s->bytes[d] ||
             (s->packets[d] <= UINT32_MAX && s->rep_packets[d] > s->packets[d]))
             return 0;
+        const hp_tcp_win *w = &s->win[d]; /* windows: TCP only, known flags, scale <= 14 */
+        if (w->pad[0] || w->pad[1] || w->scale > 14 || (w->flags & ~HP_TCPF_ALL) ||
+            (!tcp && (w->end || w->maxend || w->maxwin || w->maxack || w->scale || w->flags)))
+            return 0;
+    }
+    if (tcp && s->win[0].maxwin == 0)
+        return 0; /* the opener's SYN set its side: a TCP record always has it */
     return s->id != 0 && isfinite(s->last_seen);
 }
+
+static inline int tcp_restored(const hp_saved *s) { return s->orig.proto == HP_IPPROTO_TCP; }
 
 int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
 {
@@ -100,6 +111,16 @@ int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
         x->rep_packets[d] = s->rep_packets[d];
     }
     x->id = s->id;
+    if (tcp_restored(s)) {
+        /* The ends may have moved on while no data path ran (and a periodic state file can be
+         * seconds old): each side may be learned again from its next segment (RESYNC,
+         * hyperplane/engine/reference/window.py). */
+        for (int d = 0; d < 2; d++) {
+            x->win[d] = s->win[d];
+            if (x->win[d].maxwin)
+                x->win[d].flags |= HP_TCPF_RESYNC;
+        }
+    }
     if (s->id > e->last_id)
         e->last_id = s->id;
     hp_lru_insert_sorted(e, idx);

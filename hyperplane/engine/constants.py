@@ -82,6 +82,11 @@ class DropReason(enum.IntEnum):
     #: IPv4 TCP fragment at offset 8 (RFC 1858's overlap), a non-last fragment whose length is no
     #: multiple of 8, a fragment past 65,535 bytes of datagram
     BAD_FRAGMENT = 23
+    #: a TCP segment of a tracked connection whose sequence or acknowledgment number is
+    #: outside the window its two ends have announced (a blind injection, a segment of an old
+    #: incarnation of the tuple): it changes neither the state nor the timer
+    #: (hyperplane/engine/reference/window.py)
+    TCP_OUT_OF_WINDOW = 24
 
     @property
     def label(self) -> str:

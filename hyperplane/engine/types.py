@@ -88,12 +88,15 @@ REJECT_REASONS = ("unsolicited", "security_group", "tcp_not_syn")
 # Engine.snapshot()/restore(): a header, then one fixed record per connection, the layout of
 # csrc/hp_engine.h's hp_saved (host byte order: the blob is for this machine's next data path;
 # x86 and arm64 Linux are little-endian). Tuples are hp_tuple's 40 bytes: src, dst (IPv4 in the
-# first 4 of 16), sport, dport, family, proto, 2 zero bytes.
+# first 4 of 16), sport, dport, family, proto, 2 zero bytes. Version 2 added each side's TCP
+# window (hp_tcp_win: end, maxend, maxwin, maxack, scale, flags, 2 zero bytes); a version 1
+# blob is refused with a message that says so, never read as version 2.
 SNAPSHOT_MAGIC = b"HPCTSNAP"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 SNAP_HEADER = struct.Struct("<8sIII4x")      # magic, version, record size, count
-SNAP_RECORD = struct.Struct("<40s40sd2Q2Q2Q2IIHBB")
+SNAP_RECORD = struct.Struct("<40s40sd2Q2Q2Q2IIHBB20s20s")
 SNAP_TUPLE = struct.Struct("<16s16sHHBB2x")
+SNAP_WIN = struct.Struct("<IIIIBB2s")
 #: restore()'s result keys: restored, then why a record was not (checked in this order).
 RESTORE_OUTCOMES = ("restored", "invalid", "eni_mismatch", "expired", "duplicate", "table_full")
 
@@ -118,9 +121,12 @@ def snapshot_records(blob) -> memoryview:
         raise ValueError(f"not a connection snapshot (magic {bytes(magic)!r}, expected "
                          f"{SNAPSHOT_MAGIC!r})")
     if version != SNAPSHOT_VERSION or size != SNAP_RECORD.size:
+        why = (" (version 2 added the TCP sequence windows: a snapshot of an older "
+               "hyperplane cannot be restored; its connections start anew)"
+               if version < SNAPSHOT_VERSION else "")
         raise ValueError(f"connection snapshot version {version} with {size}-byte records: "
                          f"this engine reads version {SNAPSHOT_VERSION} with "
-                         f"{SNAP_RECORD.size}-byte records")
+                         f"{SNAP_RECORD.size}-byte records{why}")
     if len(m) != SNAP_HEADER.size + count * size:
         raise ValueError(f"connection snapshot: header says {count} records "
                          f"({SNAP_HEADER.size + count * size} bytes), blob has {len(m)} bytes")

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 
 from hyperplane import FLAG_CSUM_PARTIAL, Direction, Timeouts, Verdict
 from hyperplane.engine import reference
+from hyperplane.engine.types import SNAP_HEADER, SNAP_RECORD
 from kit.frames import (
     ENI_A, ENI_B, ENI_C, ENI_V4_ONLY, ENV, HOST, build, compiled_module, locate_l4, make_config,
     make_partial, no_clock, pseudo_header_sum,
@@ -459,7 +460,7 @@ class Run:
         got = [e.restore(blob, now=self.now, shift=shift) for e in fresh]
         self.same("restore()", got[0], got[1], i, op)
         if corrupt is None:   # every record is back, or was overdue already
-            saved = (len(blob) - 24) // 152
+            saved = (len(blob) - SNAP_HEADER.size) // SNAP_RECORD.size
             assert got[1]["restored"] + got[1]["expired"] == saved, (got[1], saved)
         self.compiled, self.reference = fresh
         self.compare_state(i, op)

@@ -13,7 +13,9 @@ from hyperplane.engine.config import Eni
 from kit.frames import ENI_A, ENI_B, ENV, HOST, fields, tcp, udp
 
 HEADER = 24     # magic, version, record size, count
-RECORD = 152    # hp_saved
+RECORD = 192    # hp_saved (version 2: with the TCP windows)
+VERSION = 2
+WIN = (152, 172)  # each side's hp_tcp_win: end, maxend, maxwin, maxack (u32), scale, flags, pad
 
 
 def _open(eng, family=4, sport=40000, now=1.0):
@@ -157,7 +159,7 @@ def _records(blob):
 
 
 def _blob(records):
-    return struct.pack("<8sIII4x", b"HPCTSNAP", 1, RECORD, len(records)) + \
+    return struct.pack("<8sIII4x", b"HPCTSNAP", VERSION, RECORD, len(records)) + \
         b"".join(bytes(r["raw"]) for r in records)
 
 
@@ -170,13 +172,23 @@ def _blob(records):
     (40 + 32, 1, "reply tuple's source port is not the orig destination port"),
     (144, 0, "id 0"),
     (8, 0xFF, "an IPv4 address with bytes past the 4th"),
+    (WIN[0] + 16, 15, "window scale 15 (RFC 7323: at most 14)"),
+    (WIN[1] + 17, 0x10, "an unknown window flag"),
+    (WIN[1] + 18, 1, "window padding not zero"),
+    ("no_orig_window", 0, "a TCP record without the opener's window"),
+    ("udp_window", 1, "a UDP record with a window"),
 ])
 def test_records_no_engine_could_have_written_are_invalid(make_engine, offset, value, why):
     old = make_engine()
     _open(old)
-    rec = [r for r in _records(old.snapshot()) if r["proto"] == 6]
+    rec = [r for r in _records(old.snapshot()) if r["proto"] == (17 if offset == "udp_window"
+                                                                  else 6)]
     if offset == 144:
         rec[0]["raw"][144:148] = bytes(4)
+    elif offset == "no_orig_window":
+        rec[0]["raw"][WIN[0] + 8:WIN[0] + 12] = bytes(4)    # maxwin 0
+    elif offset == "udp_window":
+        rec[0]["raw"][WIN[0]] = value
     else:
         rec[0]["raw"][offset] = value
     assert make_engine().restore(_blob(rec), now=2.0) == _outcome(invalid=1), why
@@ -192,9 +204,13 @@ def test_a_record_whose_port_is_outside_the_range_is_invalid(make_engine):
 @pytest.mark.parametrize("blob, words", [
     (b"", "shorter than its 24-byte header"),
     (b"NOTASNAP" + bytes(16), "not a connection snapshot"),
-    (struct.pack("<8sIII4x", b"HPCTSNAP", 2, RECORD, 0), "version 2"),
-    (struct.pack("<8sIII4x", b"HPCTSNAP", 1, 100, 0), "100-byte records"),
-    (struct.pack("<8sIII4x", b"HPCTSNAP", 1, RECORD, 3) + bytes(RECORD), "header says 3"),
+    (struct.pack("<8sIII4x", b"HPCTSNAP", 3, RECORD, 0), "version 3"),
+    # a snapshot of the hyperplane before window tracking: refused, never misread
+    (struct.pack("<8sIII4x", b"HPCTSNAP", 1, 152, 1) + bytes(152),
+     "version 1 with 152-byte records.*added the TCP sequence windows"),
+    (struct.pack("<8sIII4x", b"HPCTSNAP", VERSION, 100, 0), "100-byte records"),
+    (struct.pack("<8sIII4x", b"HPCTSNAP", VERSION, RECORD, 3) + bytes(RECORD),
+     "header says 3"),
 ])
 def test_a_blob_that_is_no_snapshot_is_refused_with_the_reason(make_engine, blob, words):
     eng = make_engine()
@@ -205,5 +221,5 @@ def test_a_blob_that_is_no_snapshot_is_refused_with_the_reason(make_engine, blob
 
 def test_an_empty_table_snapshots_to_a_header(make_engine):
     blob = make_engine().snapshot()
-    assert blob == struct.pack("<8sIII4x", b"HPCTSNAP", 1, RECORD, 0)
+    assert blob == struct.pack("<8sIII4x", b"HPCTSNAP", VERSION, RECORD, 0)
     assert make_engine().restore(blob, now=1.0) == _outcome()

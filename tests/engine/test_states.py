@@ -18,7 +18,13 @@ V = Verdict
 
 
 class Flow:
-    """One environment flow through an engine; ``out``/``inn`` send a packet each way."""
+    """One environment flow through an engine; ``out``/``inn`` send a packet each way. TCP
+    segments carry the sequence numbers a real pair of ends would: each side's next sequence
+    number advances by its data, SYN and FIN; a repeated SYN or FIN is a retransmission (its
+    first sequence number again); ACK acknowledges all the other side has sent; an RST before
+    the other side has sent anything carries seq 0 (RFC 9293 3.10.7.1)."""
+
+    ISN = (1000, 700000)    # the environment's and the VPC host's initial sequence numbers
 
     def __init__(self, eng, family=4, proto="tcp", sport=40001):
         self.eng, self.family, self.proto = eng, family, proto
@@ -26,11 +32,40 @@ class Flow:
         self.eni = eni_addr(ENI_A, family)
         self.sport, self.eni_port = sport, None
         self.now = 0.0
+        self.nxt = [None, None]     # next sequence number per side (None: no SYN sent)
+        self.fin_seq = [None, None]
+
+    def _numbers(self, d, flags, payload):
+        """seq and ack for a segment from side d (0: environment, 1: VPC host)."""
+        if "S" in flags and "R" not in flags:
+            # the first SYN, or a retransmission (it may carry more data than the first)
+            self.nxt[d] = max(self.nxt[d] or 0, self.ISN[d] + 1 + len(payload))
+            seq = self.ISN[d]
+        elif "F" in flags and self.fin_seq[d] is not None:
+            seq = self.fin_seq[d]               # a retransmitted FIN
+        elif self.nxt[d] is None:
+            seq = 0
+        else:
+            seq = self.nxt[d]
+            self.nxt[d] += len(payload)
+            if "F" in flags:
+                self.fin_seq[d] = seq + len(payload)
+                self.nxt[d] += 1
+        other = self.nxt[1 - d]
+        ack = other if "A" in flags and other is not None else 0
+        return seq & 0xFFFFFFFF, ack & 0xFFFFFFFF
+
+    def _build(self, d, flags, payload, src, dst, sport, dport):
+        kw = {}
+        if self.proto == "tcp":
+            kw["seq"], kw["ack"] = self._numbers(d, flags, payload)
+        return build(self.family, self.proto, src, dst, sport, dport, flags=flags,
+                     payload=payload, **kw)
 
     def out(self, flags="", payload=b"", dt=1.0):
         self.now += dt
-        res = self.eng.outbound(build(self.family, self.proto, self.env, self.host, self.sport,
-                                      443, flags=flags, payload=payload), now=self.now)
+        res = self.eng.outbound(self._build(0, flags, payload, self.env, self.host, self.sport,
+                                            443), now=self.now)
         if res.packet is not None:
             assert_checksums_valid(res.packet)
             self.eni_port = fields(res.packet).sport
@@ -38,8 +73,8 @@ class Flow:
 
     def inn(self, flags="", payload=b"", dt=1.0):
         self.now += dt
-        res = self.eng.inbound(build(self.family, self.proto, self.host, self.eni, 443,
-                                     self.eni_port, flags=flags, payload=payload), now=self.now)
+        res = self.eng.inbound(self._build(1, flags, payload, self.host, self.eni, 443,
+                                           self.eni_port), now=self.now)
         if res.packet is not None:
             assert_checksums_valid(res.packet)
             assert fields(res.packet).dport == self.sport
@@ -51,13 +86,18 @@ class Flow:
 
 
 def _walk(flow, steps):
-    for i, (direction, flags, verdict, state) in enumerate(steps):
+    """Each step: direction, flags, the verdict, the state after it, and optionally
+    "kept": the segment passed without refreshing the timer (it changed nothing: an ACK from a
+    side that has sent no SYN, window.py)."""
+    for i, (direction, flags, verdict, state, *kept) in enumerate(steps):
+        before = flow.entry().timeout if kept else None
         res = (flow.out if direction == "out" else flow.inn)(flags, payload=b"d" * i)
         assert res.verdict == verdict, (i, direction, flags, res)
         assert res.reason == DropReason.NONE
         e = flow.entry()
         assert e.state == state, (i, direction, flags)
-        assert e.timeout == pytest.approx(STATE_TIMEOUT[state]), (i, state)
+        want = before - 1.0 if kept else STATE_TIMEOUT[state]     # each step is 1 s later
+        assert e.timeout == pytest.approx(want), (i, state)
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -114,12 +154,12 @@ def test_tcp_ignored_packets_pass_and_keep_state(make_engine):
     _walk(flow, [
         ("out", "S", V.NEW, "SYN_SENT"),
         ("out", "S", V.ESTABLISHED, "SYN_SENT"),      # retransmitted SYN
-        ("in", "A", V.REPLY, "SYN_SENT"),             # ACK before SYNACK: ignored
+        ("in", "A", V.REPLY, "SYN_SENT", "kept"),     # ACK before SYNACK: ignored
         ("in", "SA", V.REPLY, "SYN_RECV"),
         ("in", "SA", V.REPLY, "SYN_RECV"),            # retransmitted SYNACK
         ("out", "A", V.ESTABLISHED, "ESTABLISHED"),
         ("in", "SA", V.REPLY, "ESTABLISHED"),         # SYNACK again (our ACK was lost)
-        ("out", "S", V.ESTABLISHED, "ESTABLISHED"),   # stray SYN
+        ("out", "S", V.ESTABLISHED, "ESTABLISHED", "kept"),   # stray SYN: passes as is
     ])
 
 
@@ -143,8 +183,10 @@ def test_tcp_rst_closes(make_engine, setup, rst_dir):
     e = flow.entry()
     assert e.state == "CLOSE"
     assert e.timeout == pytest.approx(T.tcp_close)
-    # CLOSE: a late RST passes, a new SYN on the same tuple reopens it
-    _walk(flow, [("in", "R", V.REPLY, "CLOSE"), ("out", "S", V.NEW, "SYN_SENT")])
+    # CLOSE: a late RST passes (with an ACK of what we sent: in SYN_SENT the VPC side has no
+    # window yet, and only an acknowledgment of our SYN shows it is of this connection), a new
+    # SYN on the same tuple reopens it
+    _walk(flow, [("in", "RA", V.REPLY, "CLOSE"), ("out", "S", V.NEW, "SYN_SENT")])
 
 
 @pytest.mark.parametrize("flags", ["A", "PA", "F", "FA", "R", "RA", "SA", "", "SF", "U"])
@@ -164,7 +206,7 @@ def test_new_tcp_connection_must_start_with_syn(make_engine, flags, family):
     ([("out", "S")], ("out", "A")),             # opener cannot ACK before the SYNACK
     ([("out", "S")], ("out", "SA")),            # opener cannot send SYNACK
     ([("out", "S")], ("out", "FA")),            # nothing to close yet
-    ([("out", "S")], ("in", "F")),
+    ([("out", "S")], ("in", "FA")),             # acknowledges our SYN, but FIN before SYN
     ([("out", "S")], ("out", "")),              # no flags
     ([("out", "S"), ("in", "SA"), ("out", "A")], ("in", "S")),   # VPC opening on our mapping
     ([("out", "S"), ("in", "SA"), ("out", "A")], ("out", "")),

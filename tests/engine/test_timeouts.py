@@ -96,7 +96,7 @@ def test_traffic_in_either_direction_refreshes_the_one_timer(make_engine):
     ("CLOSE_WAIT", ["S", "<SA", "A", "FA", "<A"], 60.0),
     ("LAST_ACK", ["S", "<SA", "A", "FA", "<FA"], 30.0),
     ("TIME_WAIT", ["S", "<SA", "A", "FA", "<FA", "A"], 120.0),
-    ("CLOSE", ["S", "<R"], 10.0),
+    ("CLOSE", ["S", "<RA"], 10.0),     # the VPC host refuses: RST|ACK acknowledging the SYN
     ("UNREPLIED", ["udp"], 30.0),
 ])
 def test_per_state_default_timeouts(make_engine, state, steps, timeout):
@@ -107,7 +107,9 @@ def test_per_state_default_timeouts(make_engine, state, steps, timeout):
         if s == "udp":
             r = eng.outbound(udp(4, E4, H4, 40001, 9000), now=t)
         elif s.startswith("<"):
-            r = eng.inbound(tcp(4, H4, A4, 443, 40001, flags=s[1:]), now=t)
+            # the environment's SYN is seq 1000: the host acknowledges 1001 (RFC 9293 3.4)
+            r = eng.inbound(tcp(4, H4, A4, 443, 40001, flags=s[1:],
+                                ack=1001 if "A" in s else 0), now=t)
         else:
             r = eng.outbound(tcp(4, E4, H4, 40001, 443, flags=s), now=t)
         assert r.verdict != Verdict.DROP, (s, r)

@@ -46,6 +46,7 @@ from hyperplane.engine.reference.icmp import IcmpMixin
 from hyperplane.engine.reference.parse import Parsed, addr_bytes, addr_text, parse_packet
 from hyperplane.engine.reference.ports import PortPool, port_permutation
 from hyperplane.engine.reference.snapshot import SnapshotMixin
+from hyperplane.engine.reference import window
 from hyperplane.engine.reference.table import MAX_SOURCES, Conn, TableMixin
 from hyperplane.engine.types import (
     EVENT_KINDS, EgressRule, EntryInfo, Result, Tuple5, check_new_eni, eni_index,
@@ -58,6 +59,7 @@ MAX_PENDING_SIGNALS = 64  # signals kept until take_signals()
 
 OUT, IN = Direction.OUTBOUND, Direction.INBOUND
 R = DropReason
+PASSED = -1   # _update_state: the window passed the segment without changing anything
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
         hit = self._table.get(key)
         if direction == OUT:
             if hit is None:
-                res = self._new_conn(p, key, now)
+                res = self._new_conn(p, key, now, buf, off)
                 if isinstance(res, DropReason):
                     if res in (R.SECURITY_GROUP, R.TCP_NOT_SYN):
                         self._ev_reject(p, OUT, res, now)
@@ -243,11 +245,11 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
                 conn, d = hit
                 if d != OUT:      # the packet looks like a reply of another connection
                     return self._drop(R.TUPLE_COLLISION)
-                verdict = self._update_state(conn, OUT, p.tcp_flags, now)
+                verdict, why = self._update_state(conn, OUT, buf, off, p, now)
                 if verdict == Verdict.DROP:
-                    return self._drop(R.TCP_INVALID)
+                    return self._drop(why)
             self._manip(buf, off, p, flags, src=True, addr=conn.eni_addr, port=conn.eni_port)
-            self._account(conn, OUT, p.l3_len, now)
+            self._account(conn, OUT, p.l3_len, now, refresh=verdict != PASSED)
             self._c["packets_outbound"] += 1
             self._c["bytes_outbound"] += p.l3_len
         else:
@@ -255,24 +257,28 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
                 self._ev_reject(p, IN, R.UNSOLICITED, now)
                 return self._drop(R.UNSOLICITED)
             conn = hit[0]
-            verdict = self._update_state(conn, IN, p.tcp_flags, now)
+            verdict, why = self._update_state(conn, IN, buf, off, p, now)
             if verdict == Verdict.DROP:
-                return self._drop(R.TCP_INVALID)
+                return self._drop(why)
             self._manip(buf, off, p, flags, src=False, addr=conn.env_addr, port=conn.env_port)
-            self._account(conn, IN, p.l3_len, now)
+            self._account(conn, IN, p.l3_len, now, refresh=verdict != PASSED)
             self._c["packets_inbound"] += 1
             self._c["bytes_inbound"] += p.l3_len
         if p.frag is not None:        # a first fragment passed: track its datagram
             self._frag_track(fkey, p, conn, now)
             self._c["fragments_translated"] += 1
+        if verdict == PASSED:         # passed by the window without changing anything
+            verdict = Verdict.ESTABLISHED if direction == OUT else Verdict.REPLY
         return verdict, R.NONE
 
     # 4. new connection -----------------------------------------------------------------------
-    def _new_conn(self, p: Parsed, orig_key: bytes, now: float):
+    def _new_conn(self, p: Parsed, orig_key: bytes, now: float, buf=None, off: int = 0):
+        seg = None
         if p.proto == IPPROTO_TCP:
             state = tcp_states.next_state(OUT, p.tcp_flags, TcpState.NONE)
             if state < 0:
                 return R.TCP_NOT_SYN    # no mid-stream pick-up: connections start with SYN
+            seg = window.read_segment(buf, off, p.l4, p.l3_len, p.frag is not None)
         else:
             state = UdpState.UNREPLIED
         # Security groups are stateful: the rules are consulted here, for a new connection in
@@ -297,7 +303,9 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
         conn = Conn(id=self._next_id, family=p.family, proto=p.proto, orig_key=orig_key,
                     reply_key=reply_key, env_addr=p.src[:4] if p.family == 4 else p.src,
                     env_port=p.sport, eni_index=eni_index, eni_addr=eni_raw, eni_port=port,
-                    state=state, last_seen=now)
+                    state=state, last_seen=now, win=window.new_window())
+        if p.proto == IPPROTO_TCP:    # the opener's side of the window, from its SYN
+            window.init_side(conn.win[0], conn.win[1], seg, negotiate=False)
         self._next_id += 1
         self._conn_insert(conn, self._pool(eni_index, p.family, p.proto), src_key)
         self._lru[state][conn] = conn
@@ -339,21 +347,30 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
         return R.PORT_EXHAUSTED
 
     # 5. state ---------------------------------------------------------------------------------
-    def _update_state(self, conn: Conn, direction: Direction, tcp_flags: int,
-                      now: float) -> int:
-        """Apply the transition; returns the verdict (DROP for an invalid TCP transition)."""
+    def _update_state(self, conn: Conn, direction: Direction, buf, off: int, p: Parsed,
+                      now: float) -> Tuple[int, int]:
+        """The grid's transition, after the window's say (window.py): (verdict, reason).
+        The verdict is DROP (with tcp_out_of_window or tcp_invalid), PASSED (forward, nothing
+        changed, the timer not refreshed) or the packet's verdict."""
         verdict = Verdict.ESTABLISHED if direction == OUT else Verdict.REPLY
         if conn.proto == IPPROTO_TCP:
-            nxt = tcp_states.next_state(direction, tcp_flags, TcpState(conn.state))
-            if nxt == tcp_states.INV:
-                return Verdict.DROP
+            state = conn.state
+            nxt = tcp_states.next_state(direction, p.tcp_flags, TcpState(state))
+            seg = window.read_segment(buf, off, p.l4, p.l3_len, p.frag is not None)
+            w = window.track(conn.win, direction, state, nxt, seg)
+            if w == window.OUT:
+                return Verdict.DROP, R.TCP_OUT_OF_WINDOW
+            if w == window.INVALID:
+                return Verdict.DROP, R.TCP_INVALID
+            if w == window.PASS:
+                return PASSED, R.NONE
             if nxt >= 0:
-                if nxt == TcpState.SYN_SENT and conn.state != TcpState.SYN_SENT:
+                if nxt == TcpState.SYN_SENT and state != TcpState.SYN_SENT:
                     verdict = Verdict.NEW      # TIME_WAIT/CLOSE re-opened by a new SYN
                 self._set_state(conn, nxt, now)
         elif direction == IN and conn.state == UdpState.UNREPLIED:
             self._set_state(conn, UdpState.REPLIED, now)
-        return verdict
+        return verdict, R.NONE
 
     def _set_state(self, conn: Conn, state: int, now: float) -> None:
         if state != conn.state:
@@ -362,12 +379,14 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
             self._lru[state][conn] = conn
             self._ev_conn(conn, "update", now)
 
-    def _account(self, conn: Conn, direction: Direction, nbytes: int, now: float) -> None:
+    def _account(self, conn: Conn, direction: Direction, nbytes: int, now: float,
+                 refresh: bool = True) -> None:
         for c in (conn.counters, self._eni_c[conn.eni_index]):
             c[2 * direction] += 1
             c[2 * direction + 1] += nbytes
-        conn.last_seen = now
-        self._lru[conn.state].move_to_end(conn)   # most recently used at the back
+        if refresh:                   # a segment the window PASSed keeps the timer as it was
+            conn.last_seen = now
+            self._lru[conn.state].move_to_end(conn)   # most recently used at the back
 
     # 6. manip ---------------------------------------------------------------------------------
     def _manip(self, b, off, p: Parsed, flags: int, src: bool, addr: bytes, port: int) -> None:

@@ -11,10 +11,12 @@ from typing import Dict, Optional
 from hyperplane.engine.constants import (
     IPPROTO_TCP, IPPROTO_UDP, TcpState, TimeoutClass, UdpState,
 )
+from hyperplane.engine.reference import window
 from hyperplane.engine.reference.parse import addr_bytes
 from hyperplane.engine.reference.table import MAX_SOURCES, Conn
 from hyperplane.engine.types import (
-    RESTORE_OUTCOMES, SNAP_RECORD, SNAP_TUPLE, snapshot_blob, snapshot_records, tuple_key,
+    RESTORE_OUTCOMES, SNAP_RECORD, SNAP_TUPLE, SNAP_WIN, snapshot_blob, snapshot_records,
+    tuple_key,
 )
 
 
@@ -35,7 +37,8 @@ class SnapshotMixin:
                     conn.last_seen, conn.counters[0], conn.counters[2], conn.counters[1],
                     conn.counters[3], conn.reported[1], conn.reported[3],
                     conn.reported[0] & 0xFFFFFFFF, conn.reported[2] & 0xFFFFFFFF, conn.id + 1,
-                    conn.eni_port, conn.eni_index, conn.state))
+                    conn.eni_port, conn.eni_index, conn.state,
+                    *(SNAP_WIN.pack(*side.fields(), b"\0\0") for side in conn.win)))
         return snapshot_blob(b"".join(out), len(out))
 
     @staticmethod
@@ -61,7 +64,8 @@ class SnapshotMixin:
 
     def _restore_one(self, fields, now: float, shift: float) -> int:
         (o_raw, r_raw, last_seen, po, pr, bo, br, rbo, rbr, rpo, rpr, cid, port, eni,
-         state) = fields
+         state, w_orig, w_reply) = fields
+        wins = [SNAP_WIN.unpack(w) for w in (w_orig, w_reply)]
         o_src, o_dst, o_sport, o_dport, family, proto = SNAP_TUPLE.unpack(o_raw)
         r_src, r_dst, r_sport, r_dport, r_family, r_proto = SNAP_TUPLE.unpack(r_raw)
         alen = 4 if family == 4 else 16
@@ -75,7 +79,13 @@ class SnapshotMixin:
               and self.config.port_min <= port <= self.config.port_max
               and rbo <= bo and rbr <= br    # flow logs got no more than there was
               and (po > 0xFFFFFFFF or rpo <= po) and (pr > 0xFFFFFFFF or rpr <= pr)
-              and cid != 0 and math.isfinite(last_seen))
+              and cid != 0 and math.isfinite(last_seen)
+              # windows: TCP only, known flags, scale <= 14; the opener's side always set
+              and all(pad == b"\0\0" and scale <= window.MAX_WSCALE
+                      and not flags & ~window.F_ALL
+                      and (proto == IPPROTO_TCP or not any((e, me, mw, ma, scale, flags)))
+                      for e, me, mw, ma, scale, flags, pad in wins)
+              and (proto != IPPROTO_TCP or wins[0][2] != 0))
         if not ok:
             return 1                                                     # invalid
         text = self._eni_addr(self._enis[eni], family) if eni < len(self._enis) else None
@@ -98,9 +108,13 @@ class SnapshotMixin:
         conn = Conn(id=cid - 1, family=family, proto=proto, orig_key=orig_key,
                     reply_key=reply_key, env_addr=o_src[:alen], env_port=o_sport,
                     eni_index=eni, eni_addr=r_dst[:alen], eni_port=port, state=state,
-                    last_seen=seen)
+                    last_seen=seen, win=None)
         conn.counters = [po, bo, pr, br]
         conn.reported = [rpo, rbo, rpr, rbr]
+        # The ends may have moved on while no data path ran (and a periodic state file can be
+        # seconds old): each side may be learned again from its next segment (window.py).
+        conn.win = [window.Side(*w[:5], w[5] | (window.F_RESYNC if w[2] else 0))
+                    for w in wins]
         self._next_id = max(self._next_id, cid)
         self._conn_insert(conn, pool, src_key)
         self._lru_insert_sorted(conn)

@@ -22,11 +22,13 @@ OUT, IN = Direction.OUTBOUND, Direction.INBOUND
 
 
 class Conn:
-    """One tracked connection: both tuples, the ct state and the counters."""
+    """One tracked connection: both tuples, the ct state, the counters and (TCP) the sequence
+    windows of both sides (``win``: [orig, reply] :class:`~hyperplane.engine.reference.window.
+    Side`)."""
 
     __slots__ = ("id", "family", "proto", "orig_key", "reply_key", "env_addr", "env_port",
                  "eni_index", "eni_addr", "eni_port", "state", "last_seen", "counters",
-                 "reported")
+                 "reported", "win")
 
     def __init__(self, **kw):
         for k, v in kw.items():
