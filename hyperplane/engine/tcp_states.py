@@ -21,6 +21,13 @@ Differences from the kernel, on purpose:
 * No SYN_SENT2 state: a simultaneous open (a SYN from the VPC while ours is outstanding,
   RFC 9293 3.5 figure 8) goes straight to SYN_RECV.
 
+Sequence numbers are not this grid's business: before a segment of a tracked connection
+reaches it, ``hyperplane/engine/reference/window.py`` (``csrc/hp_tcp_window.c``) checks that
+the segment lies in the window the two ends have announced, as the kernel's ``tcp_in_window``
+does. A segment outside is dropped as ``tcp_out_of_window`` whatever its flags; one in the
+window whose flags this grid refuses is ``tcp_invalid``. So a forged RST or FIN from the VPC
+side with a guessed tuple but a wrong sequence number never reaches these cells.
+
 ``csrc/hp_tcp.c`` holds the same grid for the compiled engine, and
 ``tests/engine/test_tcp_table.py`` checks the compiled grid equals this one cell by cell.
 """
@@ -101,8 +108,8 @@ TRANSITIONS = (
         #       opener answer it with RST); SYN_RECV -> ESTABLISHED in a simultaneous open;
         #       FIN_WAIT -> CLOSE_WAIT, LAST_ACK -> TIME_WAIT as above.
         (INV, IGN, sES, sES, sCW, sCW, sTW, sTW, sCL),
-        # RST:  closes in every state (RFC 9293 3.10.7; RFC 5961 blind-RST checks are a
-        #       sequence-window matter this table does not track).
+        # RST:  closes in every state (RFC 9293 3.10.7), once window.py has found it in the
+        #       window and exact (RFC 5961 3.2; an inexact one passes without reaching here).
         (INV, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL),
         # NONE: never valid.
         (INV, INV, INV, INV, INV, INV, INV, INV, INV),

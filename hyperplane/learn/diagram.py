@@ -193,6 +193,10 @@ in the direction the connection was opened, from the execution environment to th
 keeps the state (a retransmission); a cell with no edge drops the packet as `tcp_invalid`. A
 new connection must start with an orig SYN: anything else for an unknown flow is dropped as
 `tcp_not_syn`, and a reply for an unknown flow as `unsolicited`, before the grid is consulted.
+A segment of a tracked connection reaches the grid only if its sequence and acknowledgment
+numbers are in the window its two ends announced: far outside, it is dropped as
+`tcp_out_of_window` whatever its flags, so a forged RST or FIN moves no edge here
+([window.py](../hyperplane/engine/reference/window.py)).
 Each state shows its idle timeout (the `Timeouts` defaults; established TCP gets the 350 s
 AWS documents for NAT gateway connections): a connection idle that long is removed and its
 port returns to the pool. See [learn-conntrack.md](learn-conntrack.md) for the tour.

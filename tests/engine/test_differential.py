@@ -13,6 +13,9 @@ ICMP: errors of every type from the VPC about packets the NAT really sent, and f
 environments about replies they really received, embedded whole or cut short (also too short),
 random ones about nothing, ones whose outer addresses do not fit, errors about ICMP or about
 the other family, echo messages, partial checksums, corrupted and truncated errors.
+TCP sequence windows: segments with sequence and acknowledgment numbers near the defaults, far
+off and across the wrap, SYN options (window scale, SACK-permitted) and SACK blocks; the
+snapshots (which carry each side's window) are compared at every check.
 """
 from __future__ import annotations
 
@@ -80,20 +83,36 @@ ttls = st.sampled_from([64] * 10 + [2, 1])
 #: sent outbound (the tuple is another connection's reply)
 sources = st.sampled_from([0, 0, 0, 0, 1, 1, 2, 3, 4])
 
+#: TCP sequence numbers (window tracking, hyperplane/engine/reference/window.py): None for the
+#: defaults (seq 1000, ack 0, window 8192), else (seq, ack, window, options): numbers near the
+#: ones the defaults make (a SYN at 1000 ends at 1001), far off and across the 2^32 wrap, the
+#: window-scale and SACK-permitted options of SYNs and SACK blocks
+SEQS = [1000, 1001, 1008, 1041, 999, 0, 1 << 31, 0xFFFFFFFF, 5000, 70000]
+numbers = st.one_of(
+    st.none(), st.none(), st.none(),
+    st.tuples(st.one_of(st.sampled_from(SEQS), st.integers(0, 0xFFFFFFFF)),
+              st.one_of(st.sampled_from(SEQS), st.integers(0, 0xFFFFFFFF)),
+              st.sampled_from([8192, 0, 1, 65535, 300]),
+              st.sampled_from([(), (("WScale", 7),), (("WScale", 14), ("SAckOK", b"")),
+                               (("WScale", 15),), (("SAckOK", b""),),
+                               (("SAck", (1001, 1041)),), (("SAck", (0, 0xFFFFFFFF)),),
+                               (("NOP", None), ("Timestamp", (1, 2)))])))
+
 #: ("out", family, proto, source, sport, host_i, dport, flags, payload_len, ttl, ext, partial,
-#:  corrupt)
+#:  corrupt, numbers)
 out_ops = st.tuples(
     st.just("out"), st.sampled_from([4, 4, 6]), st.sampled_from(["tcp", "udp"]),
     sources, st.sampled_from(SPORTS), st.integers(0, 1), st.sampled_from(DPORTS),
     tcp_flags, st.sampled_from([0, 0, 1, 7, 40]), ttls,
-    st.booleans(), st.sampled_from([False, False, False, True]), corruptions)
+    st.booleans(), st.sampled_from([False, False, False, True]), corruptions, numbers)
 #: ("in", family, proto, pick, known, host_i, dport, flags, payload_len, ttl, ext, partial,
-#:  corrupt): with known, aimed at the mapping number pick of those outbound packets got
+#:  corrupt, numbers): with known, aimed at the mapping number pick of those outbound packets
+#: got
 in_ops = st.tuples(
     st.just("in"), st.sampled_from([4, 4, 6]), st.sampled_from(["tcp", "udp"]),
     st.integers(0, 1 << 16), st.sampled_from([True, True, True, False]), st.integers(0, 1),
     st.sampled_from(DPORTS), tcp_flags, st.sampled_from([0, 0, 3, 40]), ttls,
-    st.booleans(), st.sampled_from([False, False, False, True]), corruptions)
+    st.booleans(), st.sampled_from([False, False, False, True]), corruptions, numbers)
 #: ICMP (type, code) by family: the errors, a PMTU one among them, and echo (not an error)
 ICMP_KINDS = {4: [(3, 3), (3, 4), (11, 0), (12, 0), (3, 1), (8, 0), (0, 0)],
               6: [(1, 4), (2, 0), (3, 0), (4, 0), (1, 3), (128, 0), (129, 0)]}
@@ -273,7 +292,10 @@ class Run:
         if op[0].startswith("icmp"):
             return self.icmp_packet(op)
         (kind, family, proto, a, b, host_i, dport, flags, plen, ttl, ext, partial,
-         corrupt) = op
+         corrupt) = op[:13]
+        num = op[13] if len(op) > 13 else None
+        tk = {} if num is None or proto != "tcp" else dict(
+            seq=num[0], ack=num[1], window=num[2], options=num[3])
         hdrs = [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt()] if ext and family == 6 else []
         fl = flags if isinstance(flags, str) else int(flags)
         payload = bytes(k & 0xFF for k in range(plen))
@@ -286,7 +308,7 @@ class Run:
                 family, proto, src, sport, dst, dport = self.known[b % len(self.known)]
                 hdrs = hdrs if family == 6 else []
             pkt = build(family, proto, src, dst, sport, dport, flags=fl, ttl=ttl,
-                        payload=payload, ext=hdrs)
+                        payload=payload, ext=hdrs, **tk)
         else:
             if b and self.known:
                 family, proto, host, hport, eaddr, eport = self.known[a % len(self.known)]
@@ -296,7 +318,7 @@ class Run:
                 host, hport = HOST[family][host_i], dport
                 eaddr, eport = self.eni_addr(a, family), self.pool_port(a)
             pkt = build(family, proto, host, eaddr, hport, eport, flags=fl, ttl=ttl,
-                        payload=payload, ext=hdrs)
+                        payload=payload, ext=hdrs, **tk)
         if partial:
             pkt = make_partial(pkt)
         pkt = self.corrupt(pkt, corrupt)
@@ -350,6 +372,8 @@ class Run:
         self.same("enis", c.enis, r.enis, step, op)
         self.same("take_events()", c.take_events(), r.take_events(), step, op)
         self.same("eni_counters()", c.eni_counters(), r.eni_counters(), step, op)
+        # the snapshot carries what entries() does not show: each side's TCP window
+        self.same("snapshot()", c.snapshot(), r.snapshot(), step, op)
 
     # ---- steps -----------------------------------------------------------------------------
     def step(self, i, op):
@@ -416,7 +440,7 @@ class Run:
 
     def fragments(self, i, op):
         _, inner, size, piece, order, ident = op
-        inner = inner[:8] + (size,) + inner[9:12] + (None,)   # clean, with that payload
+        inner = inner[:8] + (size,) + inner[9:12] + (None,) + inner[13:]  # clean, sized
         pkt, _, _ = self.packet(inner)
         pieces = split(pkt, piece, ident)
         if order == "reverse":

@@ -42,9 +42,11 @@ def eni_addr(eni: Eni, family: int) -> str:
 # ---- building -----------------------------------------------------------------------------------
 def build(family: int, proto: str, src: str, dst: str, sport: int, dport: int, *,
           flags: str = "S", ttl: int = 64, payload: bytes = b"", chksum: Optional[int] = None,
-          ext: Iterable = (), seq: int = 1000, ack: int = 0) -> bytes:
+          ext: Iterable = (), seq: int = 1000, ack: int = 0, window: int = 8192,
+          options: Iterable = ()) -> bytes:
     """One IPv4/IPv6 + TCP/UDP packet as bytes. ``ext``: scapy IPv6 extension headers placed
-    between the IPv6 header and the transport header. ``chksum`` forces the L4 checksum field."""
+    between the IPv6 header and the transport header. ``chksum`` forces the L4 checksum field.
+    TCP: ``seq``, ``ack``, ``window`` and ``options`` (scapy's, e.g. [("WScale", 7)])."""
     if family == 4:
         pkt = IP(src=src, dst=dst, ttl=ttl)
     else:
@@ -53,7 +55,8 @@ def build(family: int, proto: str, src: str, dst: str, sport: int, dport: int, *
             pkt = pkt / h
     kw = {} if chksum is None else {"chksum": chksum}
     if proto == "tcp":
-        l4 = TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, **kw)
+        l4 = TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, window=window,
+                 options=list(options), **kw)
     else:
         l4 = UDP(sport=sport, dport=dport, **kw)
     pkt = pkt / l4
