@@ -99,6 +99,7 @@ typedef struct {
     uint64_t drops[HP_D_COUNT];
     uint64_t forwarded[2]; /* [0] environment -> VPC, [1] VPC -> environment */
     uint64_t rst_sent;
+    uint64_t rst_withheld_fragment; /* no RST: a first fragment without ACK (hp_dp_rst.c) */
     double clock_offset; /* the data path's now = CLOCK_MONOTONIC + this (a lab clock) */
     uint32_t ring_frames; /* of every veth link's receive ring opened from now on; 0: default */
     /* The inbound worker (hp_dp_start_inbound): mt is set while it exists. */

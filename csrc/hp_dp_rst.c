@@ -22,17 +22,35 @@ static uint32_t sum16(const uint8_t *p, uint32_t len) /* len even */
  * connection that does not exist): if the segment carries ACK, the RST takes its sequence
  * number from SEG.ACK; otherwise seq = 0, ACK set, ack = SEG.SEQ + SEG.LEN (SYN and FIN count
  * one each). Never a RST for a RST. Sent straight back to the frame's source MAC on the link it
- * came from, addresses and ports swapped, complete checksums, TTL / hop limit 64. */
+ * came from, addresses and ports swapped, complete checksums, TTL / hop limit 64.
+ *
+ * A first IP fragment (IPv4 MF, IPv6 M; this data path does not reassemble) holds only the start
+ * of its segment: SEG.LEN is the whole segment's length, which is in later fragments, so the
+ * ack = SEG.SEQ + SEG.LEN of a segment without ACK cannot be computed. A RST whose ack counts
+ * only the first fragment would acknowledge data nobody received, so none is sent: the fragment
+ * is counted in rst_withheld_fragment (it is still the engine's tcp_not_syn drop). This is a
+ * deliberate gap in RFC 9293 3.10.7.1's "causes a RST to be sent": only a segment without ACK
+ * (and, being tcp_not_syn, without SYN) meets it, which no TCP sends on a connection (RFC 9293
+ * 3.10.7.4, fifth: a synchronized endpoint drops a segment without ACK), so what is withheld
+ * is an answer to a FIN or NULL scan. With ACK set the RST is <SEQ=SEG.ACK><CTL=RST>, which
+ * needs no length: a first fragment with ACK gets its RST. A later fragment carries no TCP
+ * header (it is dropped as `fragment`, never tcp_not_syn); it is refused here all the same. */
 void hp_send_rst(hp_dp *dp, hp_link *l, const uint8_t *f, const uint8_t *ip, uint32_t n,
                  uint32_t flags)
 {
     hp_parsed p;
     if (hp_parse(ip, n, flags, &p) != HP_R_NONE || p.t.proto != HP_IPPROTO_TCP)
         return;
+    if (p.frag == HP_FRAG_LATER)
+        return;
     const uint8_t *th = ip + p.l4;
     uint8_t fl = th[13];
     if (fl & HP_TH_RST)
         return;
+    if (!(fl & HP_TH_ACK) && p.frag == HP_FRAG_FIRST) {
+        __atomic_fetch_add(&dp->rst_withheld_fragment, 1, __ATOMIC_RELAXED);
+        return;
+    }
     uint32_t doff = (uint32_t)(th[12] >> 4) * 4;
     uint32_t seg_len = p.l3_len - p.l4 - doff + !!(fl & HP_TH_SYN) + !!(fl & HP_TH_FIN);
     uint32_t seq = 0, ack = 0;

@@ -215,7 +215,9 @@ cdef class DataPath:
     def set_group_options(self, group, *, bint rst_unknown_tcp=False):
         """``rst_unknown_tcp``: a TCP segment from an env or inside link of the group that
         matches no connection and is no SYN (the engine's tcp_not_syn) is answered with a RST,
-        as an AWS NAT gateway answers a packet of a timed-out connection."""
+        as an AWS NAT gateway answers a packet of a timed-out connection. A first IP fragment
+        without ACK gets none (its RST's ack would need the whole segment's length, RFC 9293
+        3.10.7.1): counted as ``rst_withheld_fragment``."""
         self._group(group)
         hp_dp_set_group_options(self._get(), group, rst_unknown_tcp)
 
@@ -294,7 +296,7 @@ cdef class DataPath:
                               ipv6_allowed=not l.no_ipv6))
         return {
             "forwarded_outbound": dp.forwarded[0], "forwarded_inbound": dp.forwarded[1],
-            "rst_sent": dp.rst_sent,
+            "rst_sent": dp.rst_sent, "rst_withheld_fragment": dp.rst_withheld_fragment,
             "drops": {DATAPATH_DROP_REASONS[i]: dp.drops[i] for i in range(HP_D_COUNT)},
             "links": links,
         }

@@ -212,6 +212,7 @@ cdef extern from "hp_dp.h":
         uint64_t drops[18]
         uint64_t forwarded[2]
         uint64_t rst_sent
+        uint64_t rst_withheld_fragment
         double clock_offset
     hp_dp *hp_dp_new() nogil
     void hp_dp_free(hp_dp *dp) nogil

@@ -31,7 +31,8 @@ JSON schema of ``stats --json`` (``"schema": 1``; counts are integers, percentag
 
     lab, clock {now, offset}
     totals {forwarded_packets {outbound, inbound}, packets {...}, bytes {...}, connections,
-            capacity, connections_created, connections_expired, dropped, rst_sent}
+            capacity, connections_created, connections_expired, dropped, rst_sent,
+            rst_withheld_fragment (a first fragment without ACK: no RST, hp_dp_rst.c)}
     enis[]  {id, key, nat_gateway, live, packets {outbound, inbound}, bytes {...}}
     keys[]  {key, subnet, security_groups[], eni_ids[], live_eni_ids[], connections, capacity,
              percent, connections_created, connections_expired, packets {...}, bytes {...},
@@ -67,7 +68,8 @@ data path). It listens on loopback only: the endpoint has no authentication. Fam
     hyperplane_port_pool_used{eni,address,family,proto} (+ hyperplane_port_pool_size)
     hyperplane_link_packets_total / _bytes_total{link,role,direction=rx|tx}
     hyperplane_link_rx_ring_drops_total, _tx_errors_total, hyperplane_link_up {link,role}
-    hyperplane_rst_sent_total, hyperplane_events_subscribers, hyperplane_events_sent_total,
+    hyperplane_rst_sent_total, hyperplane_rst_withheld_fragment_total,
+    hyperplane_events_subscribers, hyperplane_events_sent_total,
     hyperplane_events_lost_total, hyperplane_control_plane_<counter>_total,
     hyperplane_flow_logs_<stat>[_total], hyperplane_lab_clock_seconds (+ _offset_seconds)
 """
@@ -181,6 +183,7 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
         "dropped": sum(v for k, v in dp_drops.items() if k != DATAPATH_ENGINE_REASON)
         + sum(engine_drops.values()),
         "rst_sent": int(c.get("rst_sent", 0)),
+        "rst_withheld_fragment": int(c.get("rst_withheld_fragment", 0)),
     }
     ev = c.get("events", {})
     return {
@@ -438,6 +441,9 @@ def metric_families(c: Optional[Dict[str, Any]], lab: Optional[str] = None) -> L
             dr.add_metric(["datapath", r], n)
     counter("hyperplane_rst_sent", "TCP RSTs a NAT gateway sent for unknown connections") \
         .add_metric([], s["totals"]["rst_sent"])
+    counter("hyperplane_rst_withheld_fragment", "first IP fragments without ACK left without "
+            "a RST (its ack would need the whole segment's length)") \
+        .add_metric([], s["totals"]["rst_withheld_fragment"])
     conn = gauge("hyperplane_connections", "connections in an ENI key's table", ["key"])
     cap = gauge("hyperplane_connections_capacity", "capacity of an ENI key's table", ["key"])
     # not "connections_created": OpenMetrics reserves the _created suffix (counter timestamps)

@@ -521,6 +521,79 @@ def test_timed_out_connection_gets_a_rst(natgw):
                mac_to=PRIV_MAC, mac_from=IN_MAC)
 
 
+def _first_fragment(smac, dmac, src, dst, flags, *, seq, ack, payload, ident=0x4242):
+    """The first fragment of a TCP segment cut by scapy (IPv4 MF / IPv6 M set): its TCP header
+    and its first 36 payload bytes; the rest would come in later fragments."""
+    sc = scapy()
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+
+    seg = sc.TCP(sport=41000, dport=443, flags=flags, seq=seq, ack=ack, window=512) / payload
+    if ":" in src:
+        frags = fragment6(sc.IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(id=ident) / seg,
+                          40 + 8 + 20 + 40)
+    else:
+        frags = sc.fragment(sc.IP(src=src, dst=dst, id=ident) / seg, fragsize=20 + 40)
+    assert len(frags) > 1
+    return sc.Ether(src=smac, dst=dmac) / frags[0], sc.Ether(src=smac, dst=dmac) / frags[1]
+
+
+# flags, SEG.ACK; the segment's 300 payload bytes go on past its first fragment
+FIRST_FRAGMENT_CASES = [("F", 0), ("", 0), ("PA", 5000), ("FA", 0xFFFFFFFF)]
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["v4", "v6"])
+@pytest.mark.parametrize("flags, ack", FIRST_FRAGMENT_CASES)
+def test_a_first_fragment_gets_a_rst_only_when_its_length_is_not_needed(request, family,
+                                                                        flags, ack):
+    """RFC 9293 3.10.7.1: with ACK the RST is <SEQ=SEG.ACK><CTL=RST> and needs no length; without
+    ACK its ack is SEG.SEQ + SEG.LEN, and a first fragment does not hold SEG.LEN (the rest of
+    the segment is in later fragments, not reassembled here). Before the fix the RST acked
+    SEG.SEQ + the first fragment's bytes: data the sender's peer never saw. No RST then; the
+    fragment is counted as rst_withheld_fragment and is still the engine's tcp_not_syn."""
+    b = request.getfixturevalue("natgw" if family == 4 else "vpc")
+    if family == 4:   # the NAT gateway's inside link
+        link, eng, grp, src, dst, smac, dmac = "in0", b.engn, b.gn, PRIV4, NET_HOST, PRIV_MAC, \
+            IN_MAC
+    else:             # an environment's link
+        link, eng, grp, src, dst, smac, dmac = "env0", b.eng0, b.g0, ENV6, HOST6, ENV_MAC, GW_MAC
+    b.dp.set_group_options(grp, rst_unknown_tcp=True)
+    first, later = _first_fragment(smac, dmac, src, dst, flags, seq=1000, ack=ack,
+                                   payload=bytes(range(256)) + b"z" * 44)
+    out = b.exchange(link, first)
+    assert eng.counters()["drops"]["tcp_not_syn"] == 1
+    c = b.dp.counters()
+    if "A" in flags:
+        (rst,) = _of(out[link], "TCP")
+        _check_rst(rst, src=dst, dst=src, sport=443, dport=41000, want=("R", ack, 0),
+                   mac_to=smac, mac_from=dmac)
+        assert (c["rst_sent"], c["rst_withheld_fragment"]) == (1, 0)
+    else:
+        assert _of(out[link], "TCP") == []
+        assert (c["rst_sent"], c["rst_withheld_fragment"]) == (0, 1)
+    # its later fragment: no datagram remembered (the first was refused), so `fragment`, and no
+    # RST for it either way (it has no TCP header)
+    out = b.exchange(link, later)
+    assert all(_of(frames, "TCP") == [] for frames in out.values()), "nothing went on"
+    assert eng.counters()["drops"]["fragment"] == 1
+    assert b.dp.counters()["rst_sent"] == c["rst_sent"]
+
+
+def test_a_whole_segment_in_an_atomic_fragment_gets_its_rst(vpc):
+    """An IPv6 atomic fragment (offset 0, M clear; RFC 6946) is a whole segment: SEG.LEN is
+    known, so the RST without ACK is sent with ack = SEG.SEQ + SEG.LEN (+1 for the FIN)."""
+    sc = scapy()
+    from scapy.layers.inet6 import IPv6ExtHdrFragment
+
+    vpc.dp.set_group_options(vpc.g0, rst_unknown_tcp=True)
+    seg = sc.Ether(src=ENV_MAC, dst=GW_MAC) / sc.IPv6(src=ENV6, dst=HOST6) / \
+        IPv6ExtHdrFragment(id=7, m=0, offset=0) / \
+        sc.TCP(sport=41000, dport=443, flags="F", seq=1000, window=512) / (b"q" * 100)
+    (rst,) = _of(vpc.exchange("env0", seg)["env0"], "TCP")
+    _check_rst(rst, src=HOST6, dst=ENV6, sport=443, dport=41000, want=("RA", 0, 1000 + 100 + 1),
+               mac_to=ENV_MAC, mac_from=GW_MAC)
+    assert vpc.dp.counters()["rst_withheld_fragment"] == 0
+
+
 # ---- the lab clock ------------------------------------------------------------------------------
 def test_clock_offset_moves_expiry_forward(vpc):
     vpc.exchange("env0", _udp(ENV_MAC, GW_MAC, ENV4, HOST4, 40001, 53))

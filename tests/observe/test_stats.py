@@ -51,6 +51,7 @@ def counters(now: float = 100.0, scale: int = 1) -> dict:
     return {
         "ok": True,
         "forwarded_outbound": 110 * scale, "forwarded_inbound": 95 * scale, "rst_sent": 1,
+        "rst_withheld_fragment": 3,
         "drops": dp_drops,
         "links": [
             dict(name="eni0", role="eni", kind="veth", ifname="eni0", rx_packets=120 * scale,
@@ -107,7 +108,7 @@ def test_totals_sum_every_table_and_keep_the_data_path_forwarding_apart():
     assert (t["connections_created"], t["connections_expired"]) == (43, 11)
     # the data path's "engine" bucket (7) is the engines' reasons (5+1+1): counted once
     assert t["dropped"] == 9 + 2 + (5 + 1 + 1)
-    assert t["rst_sent"] == 1
+    assert t["rst_sent"] == 1 and t["rst_withheld_fragment"] == 3
     json.dumps(s)   # one JSON document
 
 
@@ -317,6 +318,7 @@ def test_exposition_names_labels_and_values():
     assert _value(s, "hyperplane_bytes_total", direction="inbound", eni=ENI_B) == 5120
     assert _value(s, "hyperplane_packets_total", direction="inbound", eni=ENI_NAT) == 5
     assert _value(s, "hyperplane_forwarded_packets_total", direction="outbound") == 110
+    assert _value(s, "hyperplane_rst_withheld_fragment_total") == 3
     assert _value(s, "hyperplane_drops_total", layer="engine", reason="unsolicited") == 6
     assert _value(s, "hyperplane_drops_total", layer="engine", reason="fragment") == 0
     assert _value(s, "hyperplane_drops_total", layer="datapath", reason="no_route") == 2
