@@ -223,6 +223,13 @@ def run_walk(out=sys.stdout) -> int:
     d.send(OUT, c2s("A", s=seq + 1 + len(q), a=sseq + 1 + len(r)), "ACK of the answer",
            Verdict.ESTABLISHED)
     d.table("after the handshake and data")
+    d.say("-- the sequence window: the engine knows what each side has sent and acknowledged")
+    nxt = sseq + 1 + len(r)          # what the environment expects from the server next
+    d.send(IN, s2c("R", s=nxt + 123_456_789), "a host in the VPC forges an RST on this "
+           "tuple, guessing the sequence number", Verdict.DROP)
+    d.send(IN, s2c("R", s=nxt + 1000), "an RST inside the window but not the exact number: "
+           "passed, the connection stays (the environment answers with a challenge ACK, "
+           "RFC 5961)", Verdict.REPLY)
 
     d.section("2. TCP close: FIN from the environment, then from the server")
     s1, s2 = seq + 1 + len(q), sseq + 1 + len(r)

@@ -46,6 +46,10 @@ def test_walk(engine):
         rf"^tcp +6 \d+ ESTABLISHED src=198\.18\.0\.5 dst=198\.18\.2\.20 sport=\d+ dport=5432 "
         rf"packets=\d+ bytes=\d+ src=198\.18\.2\.20 dst={re.escape(ENI_ADDR)} sport=5432 "
         rf"dport=\d+ packets=\d+ bytes=\d+ \[ASSURED\]", out, re.M), out
+    # a forged RST with a guessed sequence number is dropped; an inexact one in the window
+    # passes and leaves the connection ESTABLISHED (RFC 5961)
+    assert "DROP reason=tcp_out_of_window" in out
+    assert re.search(r"RST inside the window.*\n.*\n.*-> REPLY, ct_state ESTABLISHED", out)
     # an unsolicited inbound packet is dropped, and counted
     assert "DROP reason=unsolicited" in out
     assert re.search(r"drops: .*unsolicited=\d+", out)
