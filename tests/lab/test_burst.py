@@ -73,6 +73,9 @@ def test_burst_of_70000_new_flows_from_two_environments_loses_none(own_lab):
 
     total = sum(s["sent"] for s in sent)
     rate = total / max(s["seconds"] for s in sent)
+    print(f"burst: {total} new flows at {rate:.0f}/s, {got['flows']} arrived "
+          f"({total - got['flows']} lost), by ENI {got['by_source']}, receiver buffer "
+          f"overflows {got['rcvbuf_errors']}")
     assert total == FLOWS, sent
     assert rate >= RATE, f"the senders reached {rate:.0f} new flows/s, not {RATE:.0f}"
     assert c["flow_logs"]["intervals"] > fl0["intervals"], \
@@ -92,3 +95,9 @@ def test_burst_of_70000_new_flows_from_two_environments_loses_none(own_lab):
     assert len(got["by_source"]) == 2 and set(got["by_source"]) <= set(eni4), got
     assert c["control_plane"]["scale_out_early"] == 1
     assert not drops and not engine_drops
+    # lab status lists both ENIs that carried the burst, live, with their packets
+    st = lab.status()
+    carried = {a: e for e in st["enis"] for a in e["addresses"] if e["packets"]["outbound"]}
+    assert set(got["by_source"]) <= set(carried), st["enis"]
+    for addr, n in got["by_source"].items():
+        assert carried[addr]["live"] and carried[addr]["packets"]["outbound"] == n
