@@ -129,6 +129,7 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 TAP_FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+SIOCSIFTXQLEN = 0x8943
 
 
 def open_tap(ifname: str, persist: Optional[bool] = None) -> int:
@@ -147,3 +148,14 @@ def open_tap(ifname: str, persist: Optional[bool] = None) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def set_tx_queue_len(ifname: str, frames: int) -> None:
+    """``ip link set IFNAME txqueuelen FRAMES`` in the calling thread's namespace. On a TAP it
+    is how many packets wait for the reader (the kernel's tun drops the rest, counted as the
+    device's TX drops): 500 by default."""
+    import fcntl
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), SIOCSIFTXQLEN, struct.pack("16si20x", ifname.encode(), frames))

@@ -38,9 +38,18 @@ def print_restart(rep: Dict[str, Any], out=None) -> None:
               "that were open are gone", file=out)
 
 
+def reclaim_note(lifecycle) -> str:
+    """The line ``lab up`` prints about Lambda's idle reclaim, which surprised a new user."""
+    return (f"note: an ENI whose functions are idle for {lifecycle.inactive_after:g} s "
+            "([lifecycle] inactive_after) is reclaimed; the next packet or invocation fails, "
+            f"and {lifecycle.eni_create_delay:g} s later a new ENI is up at a new address "
+            "(`lab status` shows when each ENI would go)")
+
+
 def cmd_lab_up(args) -> int:
-    Lab.up(args.config, args.name, wait_active=not args.no_wait)
+    lab = Lab.up(args.config, args.name, wait_active=not args.no_wait)
     print_status(status(args.name))
+    print(reclaim_note(lab.plan.lifecycle))
     print(f"\nrun commands in it with `{PROG} lab exec NODE --name {args.name} -- CMD`; "
           f"stop it with `{PROG} lab down --name {args.name}`")
     return EXIT_OK

@@ -164,6 +164,7 @@ cdef extern from "hp_dp.h":
         HP_NEIGH_SLOTS
         HP_RING_FRAMES_MIN
         HP_RING_FRAMES_MAX
+        HP_RING_FRAMES_DEFAULT
         HP_RING_FPB
     ctypedef struct hp_port:
         int kind

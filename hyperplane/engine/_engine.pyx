@@ -18,7 +18,8 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from hyperplane.engine._engine cimport *
 from hyperplane.engine.config import EngineConfig, Eni
 from hyperplane.engine.constants import (
-    PROTO_NAMES, RING_FRAMES_MAX, RING_FRAMES_MIN, RING_FRAMES_STEP, Direction, DropReason,
+    PROTO_NAMES, RING_FRAMES_DEFAULT, RING_FRAMES_MAX, RING_FRAMES_MIN, RING_FRAMES_STEP,
+    Direction, DropReason,
     TimeoutClass, Verdict, state_name)
 from hyperplane.engine import tcp_states as _tcp_states
 from hyperplane.engine.types import (
@@ -78,8 +79,8 @@ _REASONS = [DropReason(i) for i in range(HP_R_COUNT)]
 assert len(RESTORE_OUTCOMES) == HP_RS_COUNT, "RESTORE_OUTCOMES and csrc/hp_engine.h disagree"
 assert MAX_EGRESS_RULES == HP_MAX_SG_RULES, "types.MAX_EGRESS_RULES and hp_acl.h disagree"
 # [datapath] ring_frames is checked where the lab file is read, before this extension loads
-assert (RING_FRAMES_MIN, RING_FRAMES_MAX, RING_FRAMES_STEP) == \
-    (HP_RING_FRAMES_MIN, HP_RING_FRAMES_MAX, HP_RING_FPB), \
+assert (RING_FRAMES_MIN, RING_FRAMES_MAX, RING_FRAMES_STEP, RING_FRAMES_DEFAULT) == \
+    (HP_RING_FRAMES_MIN, HP_RING_FRAMES_MAX, HP_RING_FPB, HP_RING_FRAMES_DEFAULT), \
     "constants.RING_FRAMES_* and csrc/hp_io.h disagree"
 _TIMEOUT_CLASSES = [int(c) for c in TimeoutClass]
 
@@ -101,6 +102,7 @@ cdef class Engine:
     cdef hp_engine *_e
     cdef bint _busy
     cdef list _enis
+    cdef uint32_t _fc_cursor   # where a flow_collect(limit=...) round goes on (0: none open)
     cdef readonly object config
     cdef public object clock
 
@@ -344,25 +346,42 @@ cdef class Engine:
         k, lim = _event_options(kinds, reject_limit, self._e.ev_kinds, self._e.ev_reject_limit)
         hp_engine_event_options(self._e, k, lim)
 
-    def flow_collect(self, now=None):
+    def flow_collect(self, now=None, limit=None):
         """One "flow" event per connection with traffic since the last collection (the delta
         fields), marking it collected. Takes the time first, so what expires now ends in a
-        "destroy" event carrying its uncollected traffic instead."""
+        "destroy" event carrying its uncollected traffic instead. ``limit``: at most that many
+        events, going on from where the previous limited call stopped (a round, which
+        ``flow_collect_done`` says has visited every connection); a connection made during a
+        round is collected in it or in the next one, never twice."""
         self._check_idle()
+        cdef uint32_t n, chunk = 4096, cap = 0
+        if limit is not None:
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise ValueError(f"limit {limit!r}: a whole number of events, at least 1")
+            cap = <uint32_t>min(limit, 1 << 24)
+            chunk = min(chunk, cap)
+        else:
+            self._fc_cursor = 0
         self._advance(now)
-        cdef uint32_t cursor = 0, n, chunk = 4096
         cdef hp_event *buf = <hp_event *>calloc(chunk, sizeof(hp_event))
         if buf == NULL:
             raise MemoryError("flow records")
         out = []
         try:
             while True:
-                n = hp_engine_flow_collect(self._e, buf, chunk, &cursor, 0.0)
+                if cap:
+                    chunk = min(chunk, cap - <uint32_t>len(out))
+                n = hp_engine_flow_collect(self._e, buf, chunk, &self._fc_cursor, 0.0)
                 out.extend(self._event(&buf[i]) for i in range(n))
-                if cursor == 0:
+                if self._fc_cursor == 0 or (cap and <uint32_t>len(out) >= cap):
                     return out
         finally:
             free(buf)
+
+    @property
+    def flow_collect_done(self):
+        """No ``flow_collect(limit=...)`` round is half-way (it visited every connection)."""
+        return self._fc_cursor == 0
 
     def delete(self, str proto, orig, now=None):
         """Delete the connection whose orig tuple is ``orig`` (a "destroy" event, reason

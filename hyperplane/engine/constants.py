@@ -152,7 +152,8 @@ def state_name(proto: int, state: int) -> str:
     return UdpState(state).name
 
 
-#: [datapath] ring_frames: frames per block of the receive ring (csrc/hp_io.h HP_RING_FPB) and
-#: the bounds the C side accepts (HP_RING_FRAMES_MIN/MAX; the extension asserts at import that
-#: these agree, as it does for its other shared constants).
+#: [datapath] ring_frames: frames per block of the receive ring (csrc/hp_io.h HP_RING_FPB), the
+#: bounds the C side accepts (HP_RING_FRAMES_MIN/MAX) and its default (HP_RING_FRAMES_DEFAULT;
+#: the extension asserts at import that these agree, as it does for its other shared constants).
 RING_FRAMES_STEP, RING_FRAMES_MIN, RING_FRAMES_MAX = 128, 1024, 65536
+RING_FRAMES_DEFAULT = 4096

@@ -3,7 +3,7 @@ while its data path runs, its counters, functions and live ENIs."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from hyperplane import labconfig, paths, proc, topology
 from hyperplane.errors import HyperplaneError
@@ -48,6 +48,48 @@ def namespaces_by_node(plan: labconfig.Plan) -> Dict[str, str]:
     return names
 
 
+def enis(plan: labconfig.Plan, listed: List[Dict[str, Any]], counters: Dict[str, Any],
+         now: float) -> List[Dict[str, Any]]:
+    """Every ENI the data path has had (``listed``: the control plane's ``enis`` at lab-clock
+    ``now``), live or not: its ``state`` (pending, available, in-use, deleting, deleted) and
+    ``live`` (takes or carries connections: not deleting or deleted), addresses (a deleted
+    ENI's are the ones it had), the packets it carried and the ports it holds, and for an
+    in-use one ``reclaim_in``: seconds until Lambda's idle reclaim takes it if its functions
+    stay idle (None: not while a function is Pending or updating). ``connections`` and
+    ``drops`` are its key's engine's, which all the ENIs of a key share."""
+    macs = {e.id: e.mac for e in plan.enis}
+    per_eni: Dict[str, Dict[str, Any]] = {}
+    for kc in counters.get("enis", []):
+        for row in kc.get("eni_counters", []):
+            per_eni[row["eni"]] = {
+                "key": kc, "packets": {"outbound": row["packets_outbound"],
+                                       "inbound": row["packets_inbound"]},
+                "bytes": {"outbound": row["bytes_outbound"], "inbound": row["bytes_inbound"]},
+                "pool": {f"{p['family']}/{p['proto']}": p["used"] for p in kc["pool"]
+                         if p["eni"] == row["eni"]}}
+    out = []
+    for e in listed:
+        c = per_eni.get(e["id"], {})
+        kc = c.get("key", {})
+        reclaim = e.get("reclaim_at")
+        out.append({
+            "id": e["id"], "subnet": e["subnet"], "security_groups": e["security_groups"],
+            "mac": macs.get(e["id"]), "addresses": [a for a in (e["ipv4"], e["ipv6"]) if a],
+            "state": e["state"], "live": e["state"] not in ("deleting", "deleted"),
+            "retired": e["retired"], "reason": e["reason"],
+            "created_at": e["created_at"], "ready_at": e["ready_at"],
+            "deleted_at": e["deleted_at"], "delete_at": e["delete_at"],
+            "reclaim_at": reclaim,
+            "reclaim_in": None if reclaim is None else round(max(0.0, reclaim - now), 1),
+            "functions": e["functions"],
+            "packets": c.get("packets", {"outbound": 0, "inbound": 0}),
+            "bytes": c.get("bytes", {"outbound": 0, "inbound": 0}),
+            "pool": c.get("pool", {}),
+            "connections": kc.get("connections", 0),
+            "drops": {k: v for k, v in kc.get("drops", {}).items() if v}})
+    return out
+
+
 def status(name: str) -> Dict[str, Any]:
     """The ``lab status --json`` document of lab ``name``."""
     state, plan = load_lab(name)
@@ -57,9 +99,14 @@ def status(name: str) -> Dict[str, Any]:
         "name": plan.name, "pid": pid, "running": running,
         "config": state.get("config_source"), "dir": paths.lab_dir(name),
         "nodes": nodes(plan),
+        # without a data path, the plan's ENIs; with one, every ENI it ever had (enis())
         "enis": [{"id": e.id, "subnet": e.subnet, "security_groups": list(e.security_groups),
-                  "mac": e.mac, "addresses": [a for a in (e.ipv4, e.ipv6) if a]}
+                  "mac": e.mac, "addresses": [a for a in (e.ipv4, e.ipv6) if a],
+                  "state": None, "live": None}
                  for e in plan.enis],
+        "lifecycle": {"inactive_after": plan.lifecycle.inactive_after,
+                      "eni_create_delay": plan.lifecycle.eni_create_delay,
+                      "eni_delete_delay": plan.lifecycle.eni_delete_delay},
         "fabric": {"netns": plan.fabric_ns,
                    "subnets": [{"id": s.id, "cidr": s.cidr, "ipv6_cidr": s.ipv6_cidr,
                                 "router": [a for a in (s.router4, s.router6) if a]}
@@ -74,13 +121,12 @@ def status(name: str) -> Dict[str, Any]:
             out["counters"] = {k: c[k] for k in ("forwarded_outbound", "forwarded_inbound",
                                                  "drops")}
             out["counters"]["drops"] = {k: v for k, v in c["drops"].items() if v}
-            for e, ce in zip(out["enis"], c["enis"]):
-                e["connections"] = ce["connections"]
-                e["pool"] = {f"{p['family']}/{p['proto']}": p["used"] for p in ce["pool"]}
-                e["drops"] = {k: v for k, v in ce["drops"].items() if v}
             out["control_plane"] = c.get("control_plane", {})
             out["functions"] = ask(name, "functions", timeout=2.0)["functions"]
-            out["live_enis"] = ask(name, "enis", timeout=2.0)["enis"]
+            listed = ask(name, "enis", timeout=2.0)
+            out["enis"] = enis(plan, listed["enis"], c, listed["now"])
+            out["now"] = listed["now"]   # the lab clock the ENIs' times are on
+            out["live_enis"] = [e for e in listed["enis"] if e["state"] != "deleted"]
         except HyperplaneError as e:
             out["running"] = False
             out["error"] = str(e)
@@ -103,9 +149,7 @@ def print_status(st: Dict[str, Any], out=None) -> None:
         p(f"  {n['name'] + extra:<14} {n['role']:<10} {n['netns']:<28} "
           + " ".join(n["addresses"]))
     for e in st["enis"]:
-        p(f"  ENI {e['id']} in {e['subnet']} ({', '.join(e['security_groups'])}): "
-          + " ".join(e["addresses"])
-          + (f"  connections={e['connections']}" if "connections" in e else ""))
+        p("  " + eni_line(e, st.get("now")))
     for f in st.get("functions", []):
         p(f"  function {f['name']}: {f['state']}"
           + (f" ({f['state_reason_code']})" if f.get("state_reason_code") else "")
@@ -121,3 +165,30 @@ def print_status(st: Dict[str, Any], out=None) -> None:
         drops = " ".join(f"{k}={v}" for k, v in c["drops"].items()) or "none"
         p(f"  forwarded: outbound={c['forwarded_outbound']} inbound={c['forwarded_inbound']}"
           f"  data-path drops: {drops}")
+
+
+def eni_line(e: Dict[str, Any], now: Optional[float] = None) -> str:
+    """One ENI of ``lab status``: its addresses and state; for an in-use one, when the idle
+    reclaim would take it; a deleted one says so, with the addresses it had. ``now``: the lab
+    clock its times are on."""
+    ago = (lambda t: f"{max(0.0, now - t):.0f} s ago") if now is not None else \
+        (lambda t: f"at {t:.0f} s")
+    until = (lambda t: f"in {max(0.0, t - now):.0f} s") if now is not None else \
+        (lambda t: f"at {t:.0f} s")
+    head = f"ENI {e['id']} in {e['subnet']} ({', '.join(e['security_groups'])})"
+    addrs = " ".join(e["addresses"])
+    if e.get("state") is None:          # no data path: the plan's ENI
+        return f"{head}: {addrs}"
+    if e["state"] == "deleted":
+        return f"{head}: deleted {ago(e['deleted_at'])} (it had {addrs}; not live)"
+    line = f"{head}: {addrs}  {e['state']}"
+    if e["reason"] != "initial":
+        line += f" ({e['reason']})"
+    if e["state"] == "deleting":
+        line += f", no new connections, deleted {until(e['delete_at'])}"
+    pk = e["packets"]
+    line += f"  packets out={pk['outbound']} in={pk['inbound']}"
+    if e.get("reclaim_in") is not None:
+        line += (f"  idle reclaim in {e['reclaim_in']:.0f} s unless used (then a new ENI at a "
+                 "new address)")
+    return line

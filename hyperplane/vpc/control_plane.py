@@ -293,6 +293,23 @@ class ControlPlane(SaveAndRestore, ScaleOut, ConfigUpdates):
             else:
                 e.state, e.delete_at = "deleting", now + self.lifecycle.eni_delete_delay
 
+    def _reclaim_at(self, key: Key) -> Optional[float]:
+        """When the key's ENIs are reclaimed unless something uses them first (lab clock):
+        once the last of the functions on the key has been idle ``inactive_after``
+        (``_detect_idle``). None when one of them cannot go idle now (Pending, or an update in
+        progress) or none uses the key."""
+        last = None
+        for fn in self.functions.values():
+            u = fn.pending_update
+            moving = u is not None and key in [key_of(s, u.security_group_ids)
+                                               for s in u.subnet_ids]
+            if not (moving or (fn.state in ("Active", "Pending") and key in fn.keys())):
+                continue
+            if fn.state != "Active" or u is not None:
+                return None
+            last = fn.last_used if last is None else max(last, fn.last_used)
+        return None if last is None else last + self.lifecycle.inactive_after
+
     def _delete(self, e: EniState, now: float) -> None:
         e.state, e.deleted_at, e.retired = "deleted", now, True
         self.counters["enis_deleted"] += 1
@@ -397,7 +414,10 @@ class ControlPlane(SaveAndRestore, ScaleOut, ConfigUpdates):
     # ---- observation ----------------------------------------------------------------------------
     def eni_list(self, now: float, *, include_deleted: bool = True) -> List[Dict[str, Any]]:
         """Every ENI (``hyperplane eni list``): times in lab-clock seconds, the functions
-        using it and, from the last tick, its pool fill per ``ipv4/tcp``-style pool."""
+        using it and, from the last tick, its pool fill per ``ipv4/tcp``-style pool.
+        ``reclaim_at``: when an in-use ENI is reclaimed if its functions stay idle until then
+        (Lambda's idle reclaim, ``lifecycle.inactive_after``), None when that cannot happen
+        yet; ``delete_at``: when a ``deleting`` one goes."""
         users: Dict[Key, List[str]] = {}
         for fn in self.functions.values():
             if fn.state in ("Active", "Pending"):
@@ -421,7 +441,9 @@ class ControlPlane(SaveAndRestore, ScaleOut, ConfigUpdates):
                 retired=e.retired, serial=e.serial, reason=e.reason,
                 functions=sorted(set(users.get(e.key, []))) if e.live else [],
                 created_at=e.created_at, ready_at=e.ready_at, deleted_at=e.deleted_at,
-                delete_at=e.delete_at, pools=pools))
+                delete_at=e.delete_at,
+                reclaim_at=self._reclaim_at(e.key) if e.state == "in-use" else None,
+                pools=pools))
         return out
 
     def function_list(self, now: float) -> List[Dict[str, Any]]:

@@ -105,3 +105,14 @@ def test_a_command_group_alone_prints_its_own_usage(group):
     assert p.returncode == 2
     assert p.stderr.startswith(f"usage: hyperplane {group} ")
     assert f"{group.upper()}_COMMAND" in p.stderr
+
+
+def test_lab_up_note_says_the_idle_eni_is_reclaimed_and_comes_back_at_a_new_address():
+    """What ``lab up`` prints about Lambda's idle reclaim, from the lab's own lifecycle."""
+    from hyperplane.cli.lab import reclaim_note
+    from hyperplane.labconfig import LifecyclePlan
+
+    note = reclaim_note(LifecyclePlan(inactive_after=600.0, eni_create_delay=1.0))
+    assert "\n" not in note
+    assert "idle for 600 s" in note and "reclaimed" in note and "new address" in note
+    assert "idle for 30 s" in reclaim_note(LifecyclePlan(inactive_after=30.0))

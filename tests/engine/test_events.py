@@ -132,6 +132,43 @@ def test_flow_collect_hands_out_each_packet_once(make_engine):
     assert (gone.delta_packets_orig, gone.delta_packets_reply) == (0, 0)
 
 
+def test_flow_collect_in_limited_steps_hands_out_each_packet_once(make_engine):
+    """A round of flow_collect(limit=...) calls (the data path's, a chunk between polls)
+    gives what one unlimited call would: every connection with traffic once, nothing twice,
+    even with connections made and removed while the round goes on."""
+    eng = make_engine()
+    eng.enable_events()
+    for i in range(10):
+        eng.outbound(udp(4, ENV[4][0], HOST[4][0], 20000 + i, 53), now=1.0)
+    assert eng.flow_collect_done
+    got = eng.flow_collect(now=2.0, limit=4)
+    assert len(got) == 4 and not eng.flow_collect_done
+    assert eng.delete("udp", Tuple5(ENV[4][0], 20009, HOST[4][0], 53), now=2.0)
+    eng.outbound(udp(4, ENV[4][0], HOST[4][0], 30000, 53), now=2.0)   # made mid-round
+    while not eng.flow_collect_done:
+        step = eng.flow_collect(now=2.0, limit=4)
+        assert len(step) <= 4
+        got += step
+    gone = [e for e in eng.take_events() if e.kind == "destroy"]
+    ports = sorted(e.orig.sport for e in got)
+    late = eng.flow_collect(now=3.0)                 # the next round (unlimited)
+    ports_late = [e.orig.sport for e in late]
+    # each of the 10 first flows once: in the round, or (the deleted one) in its destroy event
+    assert sorted(ports + [e.orig.sport for e in gone]) == sorted(
+        [20000 + i for i in range(10)] + [30000] * (30000 in ports))
+    assert len(set(ports)) == len(ports)
+    # the connection made mid-round: in the round or in the next one, never in both
+    assert (30000 in ports) != (30000 in ports_late)
+    assert set(ports_late) <= {30000}
+    assert all(e.delta_packets_orig == 1 for e in got + late)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4"])
+def test_flow_collect_limit_is_checked(make_engine, bad):
+    with pytest.raises(ValueError, match="limit"):
+        make_engine().flow_collect(now=1.0, limit=bad)
+
+
 def test_delete_frees_the_port_and_only_takes_orig_tuples(make_engine):
     eng = make_engine(port_min=40000, port_max=40000)  # one port per protocol
     env, host = ENV[4][0], HOST[4][0]

@@ -55,6 +55,9 @@ def test_cli_lifecycle(run_dir):
     try:
         r = cli_run("lab", "up", "--name", name)
         assert r.returncode == 0, f"lab up: {r.returncode}\n{r.stdout}\n{r.stderr}"
+        # the default lab's idle reclaim is said, on one line (issue 16)
+        note = [line for line in r.stdout.splitlines() if "reclaimed" in line]
+        assert len(note) == 1 and "idle for 600 s" in note[0] and "new address" in note[0]
         assert len(ours(name)) == 5
         r = cli_run("lab", "status", "--name", name, "--json")
         assert r.returncode == 0, r.stderr

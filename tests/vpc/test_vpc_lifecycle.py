@@ -196,6 +196,33 @@ def test_idle_goes_inactive_reclaims_the_eni_and_invoke_restores_with_a_new_eni(
     assert cp.counters["functions_idled"] == 1 and cp.counters["functions_restored"] == 1
 
 
+def test_eni_list_says_when_idle_reclaim_takes_an_eni():
+    """reclaim_at: the last use of the key's busiest function + inactive_after; nothing while
+    a function on the key is Pending; nothing for a deleted ENI."""
+    cp, fx = make_cp(make_plan(THREE_FUNCTIONS), initial_active=True)
+    reclaim = lambda t: {e["id"]: e["reclaim_at"] for e in cp.eni_list(t)}   # noqa: E731
+    shared, own = enis_of(cp, KEY_A)[0], [e for e in cp.enis.values() if e.key != KEY_A][0]
+    cp.tick(60.0)
+    cp.tick(60.05, env_packets={"fn-a-0": 5})      # fn-a used at 60 (the last tick)
+    cp.tick(80.0, env_packets={"fn-a-0": 5, "fn-b-0": 3})   # fn-b used at 60.05
+    assert reclaim(80.0) == {shared.id: 160.05, own.id: 100.0}   # fn-c: idle since 0
+    cp.tick(100.0)
+    assert fn_state(cp, "fn-c") == "Inactive" and own.state == "deleted"
+    assert reclaim(100.0) == {shared.id: 160.05, own.id: None}
+    cp.tick(160.0)
+    assert fn_state(cp, "fn-a") == "Inactive" and fn_state(cp, "fn-b") == "Active"
+    assert shared.state == "in-use"                 # fn-b still has 0.05 s
+    cp.tick(160.05)
+    assert shared.state == "deleted" and reclaim(160.05)[shared.id] is None
+    with pytest.raises(ControlPlaneError):
+        cp.invoke("fn-a", 170.0)                    # restoring: Pending, a new ENI pending
+    new = [e for e in enis_of(cp, KEY_A) if e.live][0]
+    assert new.state == "pending" and reclaim(170.0)[new.id] is None
+    cp.tick(172.0)
+    assert new.state == "in-use" and reclaim(172.0)[new.id] == 272.0
+    assert new.ipv4 != shared.ipv4                  # the next ENI is at a new address
+
+
 def test_traffic_seen_after_a_clock_jump_counts_from_before_the_jump():
     # `hyperplane clock advance 150` moves the lab clock and ticks at once: packets counted
     # in that tick were sent before the jump, so the idle time still runs out

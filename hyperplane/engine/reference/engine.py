@@ -95,6 +95,8 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
         self._events: Optional[collections.deque] = None   # None: events off
         self._events_cap = 0
         self._events_lost = 0
+        self._fc_round: Optional[list] = None   # a flow_collect(limit=...) round half-way
+        self._fc_pos = 0                        # ... and where it goes on
         self._ev_kinds = set(EVENT_KINDS[:4])
         self._reject_limit = self._rejects = 0
         self._eni_c: List[List[int]] = []   # per ENI: packets/bytes outbound, inbound

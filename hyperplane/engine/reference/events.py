@@ -125,20 +125,42 @@ class EventsMixin:
                          *c, reason=reason.label))
 
     # ---- flow collection -----------------------------------------------------------------------
-    def flow_collect(self, now: Optional[float] = None) -> List[Event]:
+    def flow_collect(self, now: Optional[float] = None,
+                     limit: Optional[int] = None) -> List[Event]:
         """One "flow" event per connection with traffic since the last collection (the delta
         fields), marking it collected. Takes the time first, so what expires now ends in a
-        "destroy" event carrying its uncollected traffic instead."""
+        "destroy" event carrying its uncollected traffic instead. ``limit``: at most that many
+        events, going on from where the previous limited call stopped (a round, which
+        ``flow_collect_done`` says has visited every connection); a connection made during a
+        round is collected in it or in the next one, never twice (here: in the next one; the
+        compiled engine walks its slots, so it depends on the slot)."""
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 1):
+            raise ValueError(f"limit {limit!r}: a whole number of events, at least 1")
         now = self._advance(now)
-        out = []
-        for cls in TimeoutClass:
-            for conn in self._lru[cls].values():
-                c, r = conn.counters, conn.reported
-                if c[0] == r[0] and c[2] == r[2]:
-                    continue
-                info = self._info(conn, conn.last_seen)
-                out.append(Event("flow", conn.last_seen, conn.id + 1, info.family, info.proto,
-                                 info.orig, info.reply, info.state, info.eni, *c,
-                                 *_not_collected(c, r)))
-                conn.reported = list(c)
+        rnd = self._fc_round
+        if limit is None or rnd is None:   # a new round: the connections there are now
+            rnd = [conn for cls in TimeoutClass for conn in self._lru[cls].values()]
+            self._fc_pos = 0
+        self._fc_round = None
+        out: List[Event] = []
+        pos = self._fc_pos
+        while pos < len(rnd) and (limit is None or len(out) < limit):
+            conn = rnd[pos]
+            pos += 1
+            c, r = conn.counters, conn.reported
+            if self._lru[conn.state].get(conn) is not conn or (c[0] == r[0] and c[2] == r[2]):
+                continue    # gone since the round began (its destroy event had it), or idle
+            info = self._info(conn, conn.last_seen)
+            out.append(Event("flow", conn.last_seen, conn.id + 1, info.family, info.proto,
+                             info.orig, info.reply, info.state, info.eni, *c,
+                             *_not_collected(c, r)))
+            conn.reported = list(c)
+        if pos < len(rnd):
+            self._fc_round, self._fc_pos = rnd, pos
         return out
+
+    @property
+    def flow_collect_done(self) -> bool:
+        """No ``flow_collect(limit=...)`` round is half-way (it visited every connection)."""
+        return self._fc_round is None
