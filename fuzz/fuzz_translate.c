@@ -18,13 +18,20 @@
  *   5    collect: drain the event ring and walk hp_engine_flow_collect to its end.
  *   6    delete: 1 byte; bit 0 set: flush; else delete the orig tuple of a remembered NEW
  *        event (index byte >> 1), or of the last packet translated, both real and made-up.
- *   7    ENI on/off: 1 byte; bit 0 the ENI, bit 1 enabled.
+ *   7    ENI on/off or restart: 1 byte; bit 2 clear: bit 0 the ENI, bit 1 enabled; bit 2
+ *        set: a restart, the engine snapshotted and restored into a fresh one, which goes on
+ *        (its TCP windows marked RESYNC, as after a real restart).
  *
  * Fragments (docs/robustness.md "Fragments"): a passed first fragment is checked like a whole
  * packet but for its L4 checksum, which covers the whole datagram (its sum over the fragment
  * must stay as it was, RFC 1624) and a UDP length that may run past it; a passed later one may
  * change only the address, TTL / hop limit and IPv4 header checksum, and must be of a datagram
  * whose first fragment passed in the same direction in this input, and get the same address.
+ *
+ * The connection table around each packet, the TCP sequence windows and snapshot -> restore
+ * (after every input, and at each restart) are checked in fuzz_window.h: a dropped packet
+ * (tcp_out_of_window, tcp_invalid, any) leaves the table byte-identical; a passed one changes
+ * its own connection only, and a TCP segment the window passed changes no window or state.
  *
  * fuzz/make_corpus.py writes the seed inputs in this format. On a broken invariant the
  * harness calls __builtin_trap(): libFuzzer saves the input as crash-<sha1>.
@@ -74,6 +81,7 @@ typedef struct {
     frag_seen frags[N_FRAGS];
     unsigned n_frags;
     int frags_lost; /* more datagrams than N_FRAGS: a later fragment may be of one not kept */
+    int restarted;  /* the engine is a restored one (op 7, bit 2) */
 } fuzz_state;
 
 /* ---- an independent reading of the packet (not hp_parse: the oracle must not share bugs) -- */
@@ -212,6 +220,8 @@ static int partial_ok(const uint8_t *b, const shape *s)
     uint32_t want = fold(pseudo_sum(b, s));
     return (c % 0xFFFF) == (want % 0xFFFF);
 }
+
+#include "fuzz_window.h"
 
 /* ---- invariants ---------------------------------------------------------------------------- */
 
@@ -444,6 +454,8 @@ static void op_translate(fuzz_state *st, const uint8_t **p, const uint8_t *end)
     hp_engine *e = st->e;
     uint64_t passed_before = passed(e), fragments_before = e->fragments;
     hp_engine_advance(e, st->now);
+    static table_copy before; /* the table as the packet finds it (14 KiB: not on the stack) */
+    table_save(e, &before);
     uint8_t reason = 0xEE;
     int v = hp_translate(e, dir, buf, len, flags, st->now, &reason);
     st->translated++;
@@ -453,11 +465,15 @@ static void op_translate(fuzz_state *st, const uint8_t **p, const uint8_t *end)
         CHECK(memcmp(in, buf, len) == 0); /* a dropped packet is left as it came */
         CHECK(passed(e) == passed_before);
         CHECK(e->fragments == fragments_before);
+        check_untouched(e, &before); /* nothing about any connection changed */
+        if (reason == HP_R_TCP_OUT_OF_WINDOW || reason == HP_R_TCP_INVALID)
+            check_window_drop(e, in, len, dir);
     } else {
         CHECK(reason == HP_R_NONE);
         CHECK(dir == HP_DIR_ORIG ? v != HP_REPLY : v == HP_REPLY);
         CHECK(passed(e) == passed_before + 1);
         check_manip(in, buf, len, dir, flags);
+        check_passed(e, &before, in, len, dir, v, st->now);
         shape s;
         CHECK(read_shape(in, len, &s) == 0);
         CHECK(e->fragments == fragments_before + (s.frag != FRAG_NO));
@@ -516,7 +532,8 @@ static void op_delete(fuzz_state *st, uint8_t arg)
     CHECK(r == 0 ? e->n_entries == before - 1 : (r == -1 && e->n_entries == before));
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* One engine as every input starts with (and a restart restores into). */
+static hp_engine *new_engine(void)
 {
     hp_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -527,15 +544,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cfg.seed = 7;
     static const double timeouts[HP_N_CLASSES] = {0, 120, 60, 350, 120, 60, 30, 120, 10, 30, 350};
     memcpy(cfg.timeouts, timeouts, sizeof timeouts);
-
-    fuzz_state st;
-    memset(&st, 0, sizeof st);
-    st.now = 1.0;
-    st.e = hp_engine_new(&cfg);
-    CHECK(st.e);
+    hp_engine *e = hp_engine_new(&cfg);
+    CHECK(e);
     for (int i = 0; i < 2; i++)
-        CHECK(hp_engine_add_eni(st.e, ENI4[i], ENI6[i]) == 0);
-    CHECK(hp_engine_events(st.e, 16) == 0);
+        CHECK(hp_engine_add_eni(e, ENI4[i], ENI6[i]) == 0);
+    CHECK(hp_engine_events(e, 16) == 0);
     /* allow every TCP and IPv6 connection, IPv4 UDP only to ports 1-60000 */
     hp_sg_rule rules[3];
     memset(rules, 0, sizeof rules);
@@ -543,7 +556,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rules[1] = (hp_sg_rule){.plen = 0, .family = 4, .proto = HP_IPPROTO_UDP, .port_min = 1,
                             .port_max = 60000};
     rules[2] = (hp_sg_rule){.plen = 0, .family = 6, .proto = HP_SG_PROTO_ALL};
-    CHECK(hp_engine_set_sg(st.e, rules, 3, 1) == 0);
+    CHECK(hp_engine_set_sg(e, rules, 3, 1) == 0);
+    return e;
+}
+
+/* A restart: the events drained (their NEW tuples remembered), the engine snapshotted and
+ * restored into a fresh one, which takes over with its own counters. */
+static void op_restart(fuzz_state *st)
+{
+    take_events(st);
+    hp_engine *f = roundtrip(st->e);
+    hp_engine_free(st->e);
+    st->e = f;
+    st->translated = 0;
+    st->restarted = 1;
+    st->n_frags = 0; /* the fragment trackers are not in a snapshot */
+    st->frags_lost = 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    fuzz_state st;
+    memset(&st, 0, sizeof st);
+    st.now = 1.0;
+    st.e = new_engine();
 
     const uint8_t *p = data, *end = data + size;
     while (p < end) {
@@ -558,14 +594,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 op_collect(&st);
             else if (op == 6)
                 op_delete(&st, arg);
+            else if (arg & 4)
+                op_restart(&st);
             else
                 CHECK(hp_engine_set_eni_enabled(st.e, arg & 1, (arg >> 1) & 1) == 0);
         }
         check_table(st.e);
+        check_windows(st.e, st.restarted);
+        check_timers(st.e);
         if (st.e->ev_tail - st.e->ev_head > st.e->ev_mask / 2)
             take_events(&st);
     }
     take_events(&st);
+    hp_engine_free(roundtrip(st.e));
     hp_engine_free(st.e);
     return 0;
 }

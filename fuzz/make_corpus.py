@@ -253,6 +253,147 @@ def edit(pkt, pos: int, value: bytes) -> bytes:
     return bytes(b)
 
 
+# ---- TCP sequence windows (csrc/hp_tcp_window.c, hyperplane/engine/reference/window.py) ----
+M32 = 0xFFFFFFFF
+SYN_OPTS = [("MSS", 1460), ("SAckOK", b""), ("WScale", 7), ("NOP", None)]
+SYNACK_OPTS = [("MSS", 1460), ("NOP", None), ("NOP", None), ("SAckOK", b""), ("NOP", None),
+               ("WScale", 8)]
+
+
+def restart() -> bytes:
+    """Op 7 with bit 2: snapshot, restore into a fresh engine (windows RESYNC), go on."""
+    return bytes([7, 4])
+
+
+class Conv:
+    """One TCP connection with consistent numbers: c and s are the next sequence number the
+    environment (client) and the VPC host (server) send. A segment given its own seq is a
+    forgery or a retransmission and moves nothing; otherwise it advances its sender by its
+    length (SYN and FIN count one)."""
+
+    def __init__(self, family: int, c_isn: int, s_isn: int, partial: bool = False):
+        self.f, self.c, self.s, self.partial = family, c_isn & M32, s_isn & M32, partial
+
+    def _seg(self, out: bool, flags: str, data: bytes, seq, ack, win: int, options) -> bytes:
+        own = seq is None
+        seq = (self.c if out else self.s) if own else seq & M32
+        ack = (self.s if out else self.c) if ack is None else ack & M32
+        if "A" not in flags:
+            ack = 0
+        src, dst = (env(self.f), host(self.f)) if out else (host(self.f), eni(self.f))
+        ports = dict(sport=SPORT, dport=443) if out else dict(sport=443, dport=SPORT)
+        p = ip(self.f, src, dst) / TCP(flags=flags, seq=seq, ack=ack, window=win,
+                                       options=options or [], **ports)
+        if data:
+            p = p / Raw(data)
+        if own:
+            n = (len(data) + ("S" in flags) + ("F" in flags)) & M32
+            if out:
+                self.c = (self.c + n) & M32
+            else:
+                self.s = (self.s + n) & M32
+        return tr(p, reply=not out, partial=self.partial)
+
+    def out(self, flags, data=b"", seq=None, ack=None, win=502, options=None) -> bytes:
+        return self._seg(True, flags, data, seq, ack, win, options)
+
+    def back(self, flags, data=b"", seq=None, ack=None, win=235, options=None) -> bytes:
+        return self._seg(False, flags, data, seq, ack, win, options)
+
+    def handshake(self) -> bytes:
+        return (self.out("S", win=64240, options=SYN_OPTS)
+                + self.back("SA", win=65160, options=SYNACK_OPTS) + self.out("A"))
+
+
+def window_session(family: int, c_isn: int, s_isn: int, partial: bool = False) -> bytes:
+    """A handshake with window scaling and SACK, a request, two answer segments of which the
+    first is 'lost' (the client ACKs below it with a SACK block for the second), the
+    retransmission, the full ACK, FINs both ways."""
+    k = Conv(family, c_isn, s_isn, partial)
+    ops = [k.handshake(), k.out("PA", b"GET / HTTP/1.1\r\n\r\n")]
+    s0 = k.s
+    ops.append(k.back("A", b"a" * 1000))
+    s1 = k.s
+    ops.append(k.back("PA", b"b" * 1000))
+    ops.append(k.out("A", ack=s0, options=[("NOP", None), ("NOP", None), ("SAck", (s1, k.s))]))
+    ops.append(k.back("A", b"a" * 1000, seq=s0))          # the retransmission: in the window
+    ops += [k.out("A"), collect(), k.out("FA"), k.back("FA"), k.out("A"), collect()]
+    return b"".join(ops)
+
+
+def window_rst(family: int) -> bytes:
+    """RSTs against an established connection (RFC 5961 3.2): in the window but inexact (passes,
+    changes nothing), far off and below what was acknowledged (tcp_out_of_window), exact
+    (closes); a reopen, the RST answering a SYN with seq 0, a SYN-ACK acknowledging the wrong
+    number (out) and the right one."""
+    k = Conv(family, 1000, 5000)
+    ops = [k.handshake(), k.out("PA", b"q" * 100), k.back("PA", b"r" * 300), k.out("A")]
+    ops += [k.back("R", seq=k.s + 1000), k.back("R", seq=k.s + 0x40000000),
+            k.back("R", seq=k.s - 5000), k.back("RA", seq=k.s + 1000, ack=k.c + 0x10000000),
+            k.out("R", seq=k.c + 64), k.out("A"), k.back("R", seq=k.s), k.out("A"), collect()]
+    k2 = Conv(family, 0x12345678, 0x9ABCDEF0)
+    ops += [k2.out("S", seq=0x12340000, win=512), k2.out("S", win=64240, options=SYN_OPTS),
+            k2.back("RA", seq=0, ack=k2.c),
+            k2.out("S", seq=0x22345678, win=1024), k2.back("SA", ack=0x22345678 + 7),
+            k2.back("RA", ack=0x22345678 + 3), k2.back("SA", ack=0x22345679), collect()]
+    return b"".join(ops)
+
+
+def window_forged(family: int) -> bytes:
+    """Segments off the byte stream: far ahead (out), acknowledging data never sent (out),
+    old duplicates below the window (pass, or out further down), an ACK too old, an overrun
+    past the receiver's window (passes, its end recorded, then acknowledged), a zero window
+    and its probe."""
+    k = Conv(family, 0x7FFFFF00, 0x80000100)
+    ops = [k.handshake(), k.out("PA", b"x" * 200), k.back("A", b"y" * 500), k.out("A")]
+    ops += [k.back("PA", b"z" * 10, seq=k.s + 0x80000000), k.out("PA", b"z", seq=k.c + 0x7FFF0000),
+            k.back("A", ack=k.c + 100000), k.out("A", ack=k.s + 1),
+            k.out("PA", b"d" * 50, seq=k.c - 100), k.out("PA", b"d" * 50, seq=k.c - 200000),
+            k.out("PA", b"d" * 50, seq=k.c - 10000000), k.back("A", ack=k.c - 70000),
+            k.back("A", ack=k.c - 300000), k.back("A", win=1)]
+    # past the right edge (the SYN-ACK's ack + 65160) by less than the server's largest
+    # window: passes, its end recorded so that the server's ACK for it fits
+    ops += [k.back("A"), k.out("PA", b"v" * 100, seq=k.c + 66000), k.back("A", ack=k.c + 66100)]
+    ops += [k.out("PA", b"o" * 1000), k.back("A"), k.back("A", win=0), k.out("A", b"p"),
+            k.out("A", b"p", seq=k.c - 1), k.back("A", win=100), k.out("FA"), k.back("A"),
+            k.out("A", b"late", seq=k.c), collect()]
+    return b"".join(ops)
+
+
+def window_restart(family: int) -> bytes:
+    """A restart in the middle of a connection (its windows restored, RESYNC): the client's
+    next segment in the window, the server's far ahead (that side learned again), an inexact
+    RST after; and a connection restored in SYN_SENT whose SYN-ACK comes after."""
+    k = Conv(family, 3000, 0xFFFFF000)
+    ops = [k.handshake(), k.out("PA", b"m" * 64), k.back("PA", b"n" * 64), k.out("A"),
+           restart(), k.out("PA", b"m" * 64), k.back("PA", b"n" * 64, seq=k.s + 3000000),
+           k.out("A", ack=k.s + 3000064), k.back("R", seq=k.s + 3000010),
+           k.back("R", seq=k.s + 3000074), k.out("A", ack=k.s + 3000064), collect(),
+           restart(), k.back("PA", b"n" * 64, seq=k.s + 5000000), k.out("A", ack=k.s + 5000064),
+           flush(), advance(3)]  # past the port's reuse delay: the NAT keeps SPORT again
+    k2 = Conv(family, 0xFFFFFFFF, 77)
+    k2_ops = [k2.out("S", win=64240, options=SYN_OPTS), restart(),
+              k2.back("SA", win=65160, options=SYNACK_OPTS), k2.out("A"), k2.out("PA", b"after"),
+              restart(), k2.back("R", seq=k2.s), collect()]
+    return b"".join(ops + k2_ops)
+
+
+def window_env_syn(family: int) -> bytes:
+    """The environment lost the connection and opens the same tuple again: its bare SYN passes
+    unchecked (RFC 5961 4.2), the server's challenge ACK, the environment's exact RST, the SYN
+    again (a reopen); also a simultaneous open (the server's SYN without ACK)."""
+    k = Conv(family, 100, 200)
+    ops = [k.handshake(), k.out("PA", b"s" * 30), k.back("A")]
+    old_c = k.c
+    ops += [k.out("S", seq=0x50000000, win=64240, options=SYN_OPTS), k.back("A"),
+            k.out("R", seq=old_c), k.out("S", seq=0x50000000, win=64240, options=SYN_OPTS),
+            k.back("SA", seq=0x60000000, ack=0x50000001), collect()]
+    k2 = Conv(family, 0xF0000000, 0x0F000000)
+    return b"".join(ops) + flush() + advance(3) + b"".join([
+        k2.out("S", options=SYN_OPTS), k2.back("S", options=[("WScale", 14)]),
+        k2.out("SA", options=[("WScale", 3)]), k2.back("SA"), k2.out("A"), collect()])
+
+
 def translate_seeds() -> Dict[str, bytes]:
     s: Dict[str, bytes] = {}
     for f in (4, 6):
@@ -341,6 +482,14 @@ def translate_seeds() -> Dict[str, bytes]:
     s["bad_l4_checksums"] = (tr(TCP_bad_csum(4)) + tr(ip(4, env(4), host(4))
                                                       / UDP(sport=SPORT, dport=53, chksum=0)
                                                       / Raw(b"nocsum")))
+    for f in (4, 6):
+        s[f"window{f}_session"] = window_session(f, 1000, 5000)
+        s[f"window{f}_wrap"] = window_session(f, 0xFFFFFFF8, 0xFFFFFC00)
+        s[f"window{f}_rst"] = window_rst(f)
+        s[f"window{f}_forged"] = window_forged(f)
+        s[f"window{f}_restart"] = window_restart(f)
+        s[f"window{f}_env_syn"] = window_env_syn(f)
+    s["window4_session_partial"] = window_session(4, 0x80000000, 0x7FFFFFFF, partial=True)
     s["oversized"] = tr(ip(6, env(6), host(6)) / UDP(sport=SPORT, dport=53)
                         / Raw(b"\xab" * 8000))
     return s
