@@ -69,6 +69,7 @@ static int saved_ok(const hp_engine *e, const hp_saved *s)
             return 0;
         const hp_tcp_win *w = &s->win[d]; /* windows: TCP only, known flags, scale <= 14 */
         if (w->pad[0] || w->pad[1] || w->scale > 14 || (w->flags & ~HP_TCPF_ALL) ||
+            w->maxwin > HP_TCP_MAX_WINDOW ||
             (!tcp && (w->end || w->maxend || w->maxwin || w->maxack || w->scale || w->flags)))
             return 0;
     }

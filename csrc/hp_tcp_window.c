@@ -16,6 +16,13 @@
 #define MAXACKWIN_CONST 66000u /* the kernel's MAXACKWINCONST */
 #define MAX_WSCALE 14          /* RFC 7323 2.3 */
 #define WIN_OVERRUN 4          /* hp_window only: PASS, and the sender's end moves */
+#define MAX_WINDOW HP_TCP_MAX_WINDOW /* maxwin's ceiling (window.py MAX_WINDOW) */
+
+static inline uint32_t cap_add(uint32_t a, uint32_t b) /* min(a + b, MAX_WINDOW), no wrap */
+{
+    uint64_t x = (uint64_t)a + b;
+    return x > MAX_WINDOW ? MAX_WINDOW : (uint32_t)x;
+}
 
 /* sequence space is modulo 2^32 (RFC 9293 3.4) */
 static inline int before(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
@@ -115,7 +122,7 @@ static void update(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, uint32_t ack, u
     uint32_t end = g->end;
     if (g->partial && after(s->maxend, end))
         end = s->maxend; /* the rest of the segment is in later fragments */
-    uint32_t swin = win + (sack - ack);
+    uint32_t swin = cap_add(win, sack - ack);
     if (s->maxwin < swin)
         s->maxwin = swin;
     if (after(end, s->end))
@@ -129,7 +136,7 @@ static void update(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, uint32_t ack, u
         }
     }
     if (r->maxwin && after(end, s->maxend))
-        r->maxwin += end - s->maxend;
+        r->maxwin = cap_add(r->maxwin, end - s->maxend);
     if (after(sack + win, r->maxend - 1)) {
         r->maxend = sack + win;
         if (win == 0)

@@ -211,6 +211,7 @@ static void check_windows(const hp_engine *e, int restarted)
             CHECK(!(w->flags & HP_TCPF_RESYNC) || (restarted && w->maxwin != 0));
         }
         CHECK(x->win[0].maxwin != 0);
+        CHECK(x->win[0].maxwin <= HP_TCP_MAX_WINDOW && x->win[1].maxwin <= HP_TCP_MAX_WINDOW);
         if (!restarted && x->win[1].maxwin == 0) /* the other side has sent nothing tracked */
             CHECK(x->win[1].end == 0 && x->win[1].maxack == 0 && x->win[1].flags == 0 &&
                   x->win[1].scale == 0);

@@ -175,6 +175,7 @@ def _blob(records):
     (WIN[0] + 16, 15, "window scale 15 (RFC 7323: at most 14)"),
     (WIN[1] + 17, 0x10, "an unknown window flag"),
     (WIN[1] + 18, 1, "window padding not zero"),
+    (WIN[0] + 11, 0x40, "a window larger than RFC 7323 allows"),
     ("no_orig_window", 0, "a TCP record without the opener's window"),
     ("udp_window", 1, "a UDP record with a window"),
 ])

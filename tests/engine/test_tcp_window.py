@@ -387,3 +387,18 @@ def test_before_and_after_wrap_around():
     assert W.before(1, 2) and not W.before(2, 1) and not W.before(5, 5)
     assert W.before(0x7FFFFFFF, 0xFFFFFFFF)            # difference exactly 2^31: "before"
     assert W.after(0x80000006, 6) and not W.after(0x80000007, 6)
+
+
+def test_maxwin_stops_at_the_largest_window_tcp_can_announce(make_engine):
+    """A segment straddling the right edge, sent again and again, grows the receiver's maxwin
+    by its overshoot each time (the kernel's arithmetic); here it stops at 65,535 << 14
+    (RFC 7323 2.3) instead of wrapping the 32 bits to 0."""
+    c = _conv(make_engine(), wscale=(None, None))
+    e = c.ends[0]
+    seq = (c.ends[0].peer_edge - 1) & MASK            # starts inside, ends 59,999 past the edge
+    pkt = c._packet(0, seq, e.rcv_nxt, TH_ACK, e.win_field(), payload=b"w" * 60_000)
+    for _ in range(18_500):                            # 18,500 x 59,999 > 2^30
+        assert c.eng.outbound(pkt, now=c.now).verdict == V.ESTABLISHED
+    (_, _, wins), = _tracking(c.eng)
+    reply_maxwin = int.from_bytes(wins[20 + 8:20 + 12], "little")
+    assert reply_maxwin == W.MAX_WINDOW == 0xFFFF << 14

@@ -82,6 +82,7 @@ class SnapshotMixin:
               and cid != 0 and math.isfinite(last_seen)
               # windows: TCP only, known flags, scale <= 14; the opener's side always set
               and all(pad == b"\0\0" and scale <= window.MAX_WSCALE
+                      and mw <= window.MAX_WINDOW
                       and not flags & ~window.F_ALL
                       and (proto == IPPROTO_TCP or not any((e, me, mw, ma, scale, flags)))
                       for e, me, mw, ma, scale, flags, pad in wins)

@@ -106,6 +106,10 @@ _OVERRUN = 4                    # _window only: PASS, and the sender's end moves
 MASK = 0xFFFFFFFF
 MAXACKWIN_CONST = 66000         # the kernel's MAXACKWINCONST: a minimum for the ACK check
 MAX_WSCALE = 14                 # RFC 7323 2.3
+#: The largest window TCP can announce (65,535 << 14, RFC 7323 2.3): ``maxwin`` never grows
+#: past it. (The kernel's does: a segment straddling the right edge, sent again and again, adds
+#: its overshoot every time and could in the end wrap the 32 bits.)
+MAX_WINDOW = 0xFFFF << MAX_WSCALE
 
 # Side.flags
 F_WSCALE = 0x01       # its SYN carried the window-scale option
@@ -237,7 +241,7 @@ def _update(s: Side, r: Side, seg: Segment, ack: int, sack: int) -> None:
     end = seg.end
     if seg.partial and after(s.maxend, end):
         end = s.maxend                   # the rest of the segment is in later fragments
-    swin = (win + ((sack - ack) & MASK)) & MASK
+    swin = min(win + ((sack - ack) & MASK), MAX_WINDOW)
     if s.maxwin < swin:
         s.maxwin = swin
     if after(end, s.end):
@@ -249,7 +253,7 @@ def _update(s: Side, r: Side, seg: Segment, ack: int, sack: int) -> None:
         elif after(ack, s.maxack):
             s.maxack = ack
     if r.maxwin and after(end, s.maxend):
-        r.maxwin = (r.maxwin + ((end - s.maxend) & MASK)) & MASK
+        r.maxwin = min(r.maxwin + ((end - s.maxend) & MASK), MAX_WINDOW)
     if after((sack + win) & MASK, (r.maxend - 1) & MASK):
         r.maxend = (sack + win) & MASK
         if win == 0:
