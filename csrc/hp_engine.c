@@ -13,6 +13,7 @@
 #include "hp_csum.h"
 #include "hp_rand.h"
 #include "hp_tcp.h"
+#include "hp_tcp_window.h"
 
 /* ---- engine life ------------------------------------------------------------------------ */
 
@@ -236,27 +237,30 @@ static void set_state(hp_engine *e, uint32_t idx, int state, double now)
     hp_ev_conn(e, idx, HP_EV_UPDATE, 0, now);
 }
 
-/* The grid's transition, after the window's say (hp_tcp_window.c): the verdict, or HP_DROP
- * with *why (tcp_out_of_window, tcp_invalid); *refresh 0 when the window passed the segment
- * without changing anything (the timer is not refreshed). */
-static int update_state(hp_engine *e, uint32_t idx, int dir, const uint8_t *b,
-                        const hp_parsed *p, double now, int *why, int *refresh)
+/* The grid's transition, after the window's say (hp_tcp_window.h/.c). Returns the verdict in
+ * the low byte; for HP_DROP the reason (tcp_out_of_window, tcp_invalid) in the next byte
+ * (UPD_REASON); UPD_KEEP_TIMER when the window passed the segment without changing anything
+ * (the timer is not refreshed). One int, so that it stays in a register. */
+#define UPD_REASON(r) ((r) << 8)
+#define UPD_KEEP_TIMER 0x10000
+static inline __attribute__((always_inline)) int
+update_state(hp_engine *e, uint32_t idx, int dir, const uint8_t *b, const hp_parsed *p, double now)
 {
     hp_entry *x = &e->entries[idx];
     int verdict = dir == HP_DIR_ORIG ? HP_ESTABLISHED : HP_REPLY;
     if (x->tuple[0].proto == HP_IPPROTO_TCP) {
         int state = x->state;
         int nxt = hp_tcp_next(dir, p->tcp_flags, state);
-        switch (hp_tcp_track(x->win, dir, state, nxt, b, p)) {
+        int w = hp_tcp_track_fast(x->win, dir, nxt, b, p); /* the common case, inline */
+        if (w == HP_WIN_SLOW)
+            w = hp_tcp_track(x->win, dir, state, nxt, b, p);
+        switch (w) {
         case HP_WIN_OUT:
-            *why = HP_R_TCP_OUT_OF_WINDOW;
-            return HP_DROP;
+            return HP_DROP | UPD_REASON(HP_R_TCP_OUT_OF_WINDOW);
         case HP_WIN_INVALID:
-            *why = HP_R_TCP_INVALID;
-            return HP_DROP;
+            return HP_DROP | UPD_REASON(HP_R_TCP_INVALID);
         case HP_WIN_PASS:
-            *refresh = 0;
-            return verdict;
+            return verdict | UPD_KEEP_TIMER;
         }
         if (nxt >= 0) {
             if (nxt == HP_S_SYN_SENT && state != HP_S_SYN_SENT)
@@ -314,7 +318,7 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
 {
     hp_parsed p;
     uint32_t idx, node;
-    int r = hp_parse(b, n, flags, &p), verdict, why = HP_R_NONE, refresh = 1;
+    int r = hp_parse(b, n, flags, &p), verdict, upd = 0;
     if (r)
         return drop(e, r, reason);
     /* A router must not forward a packet whose TTL would reach 0 (RFC 1812 5.3.1). */
@@ -345,9 +349,10 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
             if (node & 1) /* the packet looks like a reply of another connection */
                 return drop(e, HP_R_TUPLE_COLLISION, reason);
             idx = node >> 1;
-            verdict = update_state(e, idx, HP_DIR_ORIG, b, &p, now, &why, &refresh);
+            upd = update_state(e, idx, HP_DIR_ORIG, b, &p, now);
+            verdict = upd & 0xFF;
             if (verdict == HP_DROP)
-                return drop(e, why, reason);
+                return drop(e, (upd >> 8) & 0xFF, reason);
         }
         hp_entry *x = &e->entries[idx];
         manip(b, &p, flags, 1, e->enis[x->eni_index].addr[FAM(p.t.family)], x->eni_port);
@@ -357,13 +362,14 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
             return drop(e, HP_R_UNSOLICITED, reason);
         }
         idx = node >> 1;
-        verdict = update_state(e, idx, HP_DIR_REPLY, b, &p, now, &why, &refresh);
+        upd = update_state(e, idx, HP_DIR_REPLY, b, &p, now);
+        verdict = upd & 0xFF;
         if (verdict == HP_DROP)
-            return drop(e, why, reason);
+            return drop(e, (upd >> 8) & 0xFF, reason);
         hp_entry *x = &e->entries[idx];
         manip(b, &p, flags, 0, x->tuple[HP_DIR_ORIG].src, x->tuple[HP_DIR_ORIG].sport);
     }
-    account(e, idx, dir, p.l3_len, now, refresh);
+    account(e, idx, dir, p.l3_len, now, !(upd & UPD_KEEP_TIMER));
     if (p.frag == HP_FRAG_FIRST) {
         hp_frag_track(e, &fk, &p, idx, now);
         e->fragments++;

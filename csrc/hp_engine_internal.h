@@ -8,7 +8,7 @@
  *   hp_snapshot.c  snapshot and restore
  *   hp_icmp.c      ICMP errors about a tracked connection (RFC 5508)
  *   hp_frag.c      fragments after the first
- *   hp_tcp_window.c  TCP sequence-window tracking
+ *   hp_tcp_window.c  TCP sequence-window tracking (its common case inline: hp_tcp_window.h)
  * A function one file calls in another gets the hp_ prefix and is declared here, HP_HIDDEN
  * (not exported from the extension module). What the established-flow path runs for every
  * packet (lookup, account, the LRU moves, drop) stays static inline, here, as it was in the
@@ -108,13 +108,7 @@ HP_HIDDEN hp_src *hp_src_find(hp_engine *e, const hp_tuple *t, int insert);
 /* hp_engine.c: ENI i's port pool for family and proto, built on first use; NULL: no memory */
 HP_HIDDEN hp_pool *hp_get_pool(hp_engine *e, unsigned i, int family, int proto);
 
-/* hp_tcp_window.c: the window of a new connection from its SYN; the window's say on a segment
- * of a tracked one (nxt: the grid's cell), changing w only for HP_WIN_ACCEPT (and an overrun's
- * end). */
-enum { HP_WIN_ACCEPT = 0, HP_WIN_PASS = 1, HP_WIN_OUT = 2, HP_WIN_INVALID = 3 };
-HP_HIDDEN void hp_tcp_win_open(hp_tcp_win w[2], const uint8_t *b, const hp_parsed *p);
-HP_HIDDEN int hp_tcp_track(hp_tcp_win w[2], int dir, int state, int nxt, const uint8_t *b,
-                           const hp_parsed *p);
+/* hp_tcp_window.c: hp_tcp_win_open, hp_tcp_track, in hp_tcp_window.h */
 
 /* hp_events.c */
 HP_HIDDEN void hp_ev_conn(hp_engine *e, uint32_t idx, int type, int reason, double now);

@@ -18,22 +18,6 @@ _Static_assert(HP_TCP_N_STATES == HP_S_CLOSE + 1, "the grid has a column per TCP
 #define RST HP_TCP_CLASS_RST
 #define NONE HP_TCP_CLASS_NONE
 
-int hp_tcp_flag_class(uint8_t f)
-{
-    if (f & HP_TH_RST)
-        return RST;
-    if (f & HP_TH_SYN) {
-        if (f & HP_TH_FIN)
-            return NONE; /* SYN+FIN is nonsense (RFC 9293 3.10.7.4) */
-        return (f & HP_TH_ACK) ? SYNACK : SYN;
-    }
-    if (f & HP_TH_FIN)
-        return FIN;
-    if (f & HP_TH_ACK)
-        return ACK;
-    return NONE;
-}
-
 #define sNO HP_S_NONE
 #define sSS HP_S_SYN_SENT
 #define sSR HP_S_SYN_RECV

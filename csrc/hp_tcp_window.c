@@ -8,30 +8,13 @@
  * that fails them by little PASSes without changing anything, one further off is OUT
  * (tcp_out_of_window), an RST must be in the window and exact to close.
  */
+#include "hp_tcp_window.h"
+
 #include "hp_engine_internal.h"
 
-#include "hp_csum.h"
-#include "hp_tcp.h"
-
-#define MAXACKWIN_CONST 66000u /* the kernel's MAXACKWINCONST */
 #define MAX_WSCALE 14          /* RFC 7323 2.3 */
-#define WIN_OVERRUN 4          /* hp_window only: PASS, and the sender's end moves */
-#define MAX_WINDOW HP_TCP_MAX_WINDOW /* maxwin's ceiling (window.py MAX_WINDOW) */
-
-static inline uint32_t cap_add(uint32_t a, uint32_t b) /* min(a + b, MAX_WINDOW), no wrap */
-{
-    uint64_t x = (uint64_t)a + b;
-    return x > MAX_WINDOW ? MAX_WINDOW : (uint32_t)x;
-}
-
-/* sequence space is modulo 2^32 (RFC 9293 3.4) */
-static inline int before(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
-static inline int after(uint32_t a, uint32_t b) { return before(b, a); }
-
-static inline uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
+#define WIN_OVERRUN 4          /* window() only: PASS, and the sender's end moves */
+#define WIN_RELEARN 5          /* window() only: a restored side re-learns, then ACCEPT */
 
 typedef struct {
     uint32_t seq, ack, sack, win, end;
@@ -40,13 +23,16 @@ typedef struct {
     uint8_t sack_perm;
 } seg_t;
 
-/* window.py read_segment */
-static void read_segment(const uint8_t *b, const hp_parsed *p, seg_t *g)
+/* window.py read_segment. The options are walked only where they matter: a SYN's (window
+ * scale, SACK-permitted), or SACK blocks when the receiver allowed SACK (want_sack); so a
+ * data segment of a connection without SACK costs no walk (the kernel too reads SACK blocks
+ * only then). */
+static inline void read_segment(const uint8_t *b, const hp_parsed *p, seg_t *g, int want_sack)
 {
     const uint8_t *t = b + p->l4;
     uint32_t doff = (uint32_t)(t[12] >> 4) * 4;
-    g->seq = get32(t + 4);
-    g->ack = get32(t + 8);
+    g->seq = hp_get32(t + 4);
+    g->ack = hp_get32(t + 8);
     g->flags = t[13];
     g->win = hp_get16(t + 14);
     g->end = g->seq + (p->l3_len - p->l4 - doff) + !!(g->flags & HP_TH_SYN) +
@@ -55,8 +41,14 @@ static void read_segment(const uint8_t *b, const hp_parsed *p, seg_t *g)
     g->wscale = -1;
     g->sack_perm = 0;
     g->sack = g->ack;
+    if (doff == 20)
+        return;
+    if (want_sack)
+        g->sack = hp_sack_edge(t, doff, g->ack);
+    if (!(g->flags & HP_TH_SYN))
+        return;
     uint32_t i = 20;
-    while (i < doff) { /* options (RFC 9293 3.1): kind, length, value */
+    while (i < doff) { /* a SYN's options (RFC 9293 3.1): kind, length, value */
         uint8_t kind = t[i];
         if (kind == 0)
             break;
@@ -69,16 +61,10 @@ static void read_segment(const uint8_t *b, const hp_parsed *p, seg_t *g)
         uint32_t olen = t[i + 1];
         if (olen < 2 || i + olen > doff)
             break; /* a malformed option ends the walk */
-        if (kind == 3 && olen == 3 && (g->flags & HP_TH_SYN))
+        if (kind == 3 && olen == 3)
             g->wscale = (int8_t)(t[i + 2] < MAX_WSCALE ? t[i + 2] : MAX_WSCALE);
-        else if (kind == 4 && olen == 2 && (g->flags & HP_TH_SYN))
+        else if (kind == 4 && olen == 2)
             g->sack_perm = 1;
-        else if (kind == 5 && olen >= 10 && (olen - 2) % 8 == 0)
-            for (uint32_t k = i + 2; k < i + olen; k += 8) {
-                uint32_t right = get32(t + k + 4);
-                if (after(right, g->sack))
-                    g->sack = right;
-            }
         i += olen;
     }
 }
@@ -96,11 +82,6 @@ static void init_side(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, int negotiat
         s->scale = r->scale = 0;
 }
 
-static inline uint32_t maxackwin(const hp_tcp_win *s)
-{
-    return s->maxwin > MAXACKWIN_CONST ? s->maxwin : MAXACKWIN_CONST;
-}
-
 /* window.py _relearn: a restored side whose first segment missed the window */
 static void relearn(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, uint32_t sack)
 {
@@ -108,45 +89,29 @@ static void relearn(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, uint32_t sack)
     uint32_t swin = g->win << s->scale;
     s->maxwin = swin ? swin : 1;
     s->maxend = g->end + s->maxwin;
-    if ((r->flags & HP_TCPF_RESYNC) || after(sack, r->end)) {
+    if ((r->flags & HP_TCPF_RESYNC) || hp_seq_after(sack, r->end)) {
         r->end = sack;
-        if (before(r->maxend, sack))
+        if (hp_seq_before(r->maxend, sack))
             r->maxend = sack;
     }
 }
 
-/* window.py _update (tcp_in_window's update, step for step) */
+/* window.py _update, with the segment's own numbers (hp_tcp_update in hp_tcp_window.h) */
 static void update(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, uint32_t ack, uint32_t sack)
 {
     uint32_t win = (g->flags & HP_TH_SYN) ? g->win : g->win << s->scale;
     uint32_t end = g->end;
-    if (g->partial && after(s->maxend, end))
+    if (g->partial && hp_seq_after(s->maxend, end))
         end = s->maxend; /* the rest of the segment is in later fragments */
-    uint32_t swin = cap_add(win, sack - ack);
-    if (s->maxwin < swin)
-        s->maxwin = swin;
-    if (after(end, s->end))
-        s->end = end;
-    if (g->flags & HP_TH_ACK) {
-        if (!(s->flags & HP_TCPF_MAXACK_SET)) {
-            s->maxack = ack;
-            s->flags |= HP_TCPF_MAXACK_SET;
-        } else if (after(ack, s->maxack)) {
-            s->maxack = ack;
-        }
-    }
-    if (r->maxwin && after(end, s->maxend))
-        r->maxwin = cap_add(r->maxwin, end - s->maxend);
-    if (after(sack + win, r->maxend - 1)) {
-        r->maxend = sack + win;
-        if (win == 0)
-            r->maxend++;
-    }
+    hp_tcp_update(s, r, win, end, ack, sack, g->flags & HP_TH_ACK);
     s->flags &= (uint8_t)~HP_TCPF_RESYNC;
 }
 
-/* window.py _window: ACCEPT, PASS, WIN_OVERRUN or OUT; s and r are the caller's copies */
-static int window(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, int state)
+/* window.py _window, without the updates: ACCEPT, PASS, WIN_OVERRUN, WIN_RELEARN or OUT for
+ * a segment from s to r; *ack and *sack get the numbers the update uses. Changes nothing: the
+ * caller updates (update, or relearn and update) once it has decided. */
+static inline int window(const hp_tcp_win *s, const hp_tcp_win *r, const seg_t *g, int state,
+                         uint32_t *ack_out, uint32_t *sack_out)
 {
     uint32_t seq = g->seq, ack = g->ack, sack = g->sack, end = g->end;
     int rst = g->flags & HP_TH_RST;
@@ -154,22 +119,19 @@ static int window(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, int state)
         ack = sack = r->end;
     if (rst && seq == 0 && state == HP_S_SYN_SENT)
         seq = end = s->end;
-    uint32_t maw = maxackwin(s);
-    int upper = before(seq, s->maxend + 1);                             /* I */
-    int ack_hi = before(sack, r->end + 1);                              /* III */
-    int lower = !r->maxwin || after(end, s->end - r->maxwin - 1);       /* II */
-    int ack_lo = after(sack, r->end - maw - 1);                         /* IV */
-    if (rst && (r->flags & HP_TCPF_MAXACK_SET) && before(seq, r->maxack))
+    *ack_out = ack;
+    *sack_out = sack;
+    uint32_t maw = hp_maxackwin(s);
+    int upper = hp_seq_before(seq, s->maxend + 1);                             /* I */
+    int ack_hi = hp_seq_before(sack, r->end + 1);                              /* III */
+    int lower = !r->maxwin || hp_seq_after(end, s->end - r->maxwin - 1);       /* II */
+    int ack_lo = hp_seq_after(sack, r->end - maw - 1);                         /* IV */
+    if (rst && (r->flags & HP_TCPF_MAXACK_SET) && hp_seq_before(seq, r->maxack))
         return HP_WIN_OUT;
-    if (upper && ack_hi && lower && ack_lo) {
-        update(s, r, g, ack, sack);
+    if (upper && ack_hi && lower && ack_lo)
         return HP_WIN_ACCEPT;
-    }
-    if ((s->flags & HP_TCPF_RESYNC) && !(g->flags & (HP_TH_SYN | HP_TH_RST))) {
-        relearn(s, r, g, sack);
-        update(s, r, g, ack, sack);
-        return HP_WIN_ACCEPT;
-    }
+    if ((s->flags & HP_TCPF_RESYNC) && !(g->flags & (HP_TH_SYN | HP_TH_RST)))
+        return WIN_RELEARN;
     if (rst || !ack_hi)
         return HP_WIN_OUT;
     if (!upper) {
@@ -178,9 +140,9 @@ static int window(hp_tcp_win *s, hp_tcp_win *r, const seg_t *g, int state)
             return WIN_OVERRUN;
         return HP_WIN_OUT;
     }
-    if (!lower && !after(end, s->end - r->maxwin - maw - 1))
+    if (!lower && !hp_seq_after(end, s->end - r->maxwin - maw - 1))
         return HP_WIN_OUT;
-    if (!ack_lo && !after(sack, r->end - 2 * maw - 1))
+    if (!ack_lo && !hp_seq_after(sack, r->end - 2 * maw - 1))
         return HP_WIN_OUT;
     return HP_WIN_PASS;
 }
@@ -196,18 +158,56 @@ static int rst_closes(const hp_tcp_win *s, const hp_tcp_win *r, const seg_t *g, 
 void hp_tcp_win_open(hp_tcp_win w[2], const uint8_t *b, const hp_parsed *p)
 {
     seg_t g;
-    read_segment(b, p, &g);
+    read_segment(b, p, &g, 0);
     memset(w, 0, 2 * sizeof *w);
     init_side(&w[0], &w[1], &g, 0);
+}
+
+/* The end of track for a segment the window has judged (v) with s and r as they will be
+ * kept if it is accepted: the grid's INV, PASS, an overrun's end, RST exactness, and the
+ * update. w_s and w_r are the connection's sides (s and r may be copies of them, or them). */
+static inline int judged(hp_tcp_win *w_s, hp_tcp_win *w_r, hp_tcp_win *s, hp_tcp_win *r,
+                         const seg_t *g, int v, int state, int nxt, uint32_t ack,
+                         uint32_t sack)
+{
+    if (v == HP_WIN_OUT)
+        return HP_WIN_OUT;
+    if (nxt == HP_TCP_INV)
+        return HP_WIN_INVALID;
+    if (v == WIN_OVERRUN) {
+        if (hp_seq_after(g->end, w_s->end))
+            w_s->end = g->end;
+        return HP_WIN_PASS;
+    }
+    if (v == HP_WIN_PASS)
+        return HP_WIN_PASS;
+    if ((g->flags & HP_TH_RST) && !rst_closes(w_s, w_r, g, state))
+        return HP_WIN_PASS;
+    if (v == WIN_RELEARN)
+        relearn(s, r, g, sack);
+    update(s, r, g, ack, sack);
+    if (s != w_s) {
+        *w_s = *s;
+        *w_r = *r;
+    }
+    return HP_WIN_ACCEPT;
 }
 
 /* window.py track */
 int hp_tcp_track(hp_tcp_win w[2], int d, int state, int nxt, const uint8_t *b,
                  const hp_parsed *p)
 {
+    hp_tcp_win *ws = &w[d], *wr = &w[!d];
+    uint8_t fl = b[p->l4 + 13];
+    uint32_t ack, sack;
     seg_t g;
-    read_segment(b, p, &g);
-    uint8_t fl = g.flags;
+    read_segment(b, p, &g, wr->flags & HP_TCPF_SACK_PERM);
+    /* The common case (no SYN, the sender's window known): judged on the connection's own
+     * sides, updated in place. */
+    if (!(fl & HP_TH_SYN) && ws->maxwin) {
+        int v = window(ws, wr, &g, state, &ack, &sack);
+        return judged(ws, wr, ws, wr, &g, v, state, nxt, ack, sack);
+    }
     int syn = (fl & HP_TH_SYN) && !(fl & (HP_TH_RST | HP_TH_FIN));
     if (d == HP_DIR_ORIG && syn && !(fl & HP_TH_ACK)) {
         if (nxt == HP_S_SYN_SENT && state != HP_S_SYN_SENT) {
@@ -217,21 +217,21 @@ int hp_tcp_track(hp_tcp_win w[2], int d, int state, int nxt, const uint8_t *b,
         }
         if (nxt == HP_TCP_IGN)
             return HP_WIN_PASS;
-        if (state == HP_S_SYN_SENT && after(g.end, w[0].end)) {
+        if (state == HP_S_SYN_SENT && hp_seq_after(g.end, w[0].end)) {
             init_side(&w[0], &w[1], &g, 0);
             return HP_WIN_ACCEPT;
         }
     }
-    hp_tcp_win s = w[d], r = w[!d];
+    hp_tcp_win s = *ws, r = *wr;
     if (syn && d == HP_DIR_REPLY &&
         (s.maxwin == 0 ||
-         ((state == HP_S_SYN_SENT || state == HP_S_SYN_RECV) && after(g.end, s.end)))) {
+         ((state == HP_S_SYN_SENT || state == HP_S_SYN_RECV) && hp_seq_after(g.end, s.end)))) {
         init_side(&s, &r, &g, 1);
         if (!(fl & HP_TH_ACK)) {
             if (nxt == HP_TCP_INV)
                 return HP_WIN_INVALID;
-            w[d] = s;
-            w[!d] = r;
+            *ws = s;
+            *wr = r;
             return HP_WIN_ACCEPT;
         }
     } else if (s.maxwin == 0 && !(s.flags & HP_TCPF_RESYNC)) {
@@ -240,21 +240,6 @@ int hp_tcp_track(hp_tcp_win w[2], int d, int state, int nxt, const uint8_t *b,
                                      : (fl & HP_TH_RST) ? HP_WIN_ACCEPT : HP_WIN_PASS;
         return HP_WIN_OUT;
     }
-    int v = window(&s, &r, &g, state);
-    if (v == HP_WIN_OUT)
-        return HP_WIN_OUT;
-    if (nxt == HP_TCP_INV)
-        return HP_WIN_INVALID;
-    if (v == WIN_OVERRUN) {
-        if (after(g.end, w[d].end))
-            w[d].end = g.end;
-        return HP_WIN_PASS;
-    }
-    if (v == HP_WIN_PASS)
-        return HP_WIN_PASS;
-    if ((fl & HP_TH_RST) && !rst_closes(&w[d], &w[!d], &g, state))
-        return HP_WIN_PASS;
-    w[d] = s;
-    w[!d] = r;
-    return HP_WIN_ACCEPT;
+    int v = window(&s, &r, &g, state, &ack, &sack);
+    return judged(ws, wr, &s, &r, &g, v, state, nxt, ack, sack);
 }

@@ -24,9 +24,9 @@ receiver ``w[1 - direction]``), the kernel's ``ip_ct_tcp_state`` fields:
 * ``scale``: its window-scale shift from its SYN (RFC 7323 2.2: used only when both SYNs carry
   the option, at most 14); flags WSCALE and SACK_PERM note the SYN's options.
 
-The checks, for a segment SEG.SEQ = seq, its end = seq + len, SEG.ACK = ack (with SACK, ``sack``
-is the highest right edge of its SACK blocks when above ack; RFC 2018), from sender S to
-receiver R; the four of ``tcp_in_window``:
+The checks, for a segment SEG.SEQ = seq, its end = seq + len, SEG.ACK = ack (``sack`` is the
+highest right edge of its SACK blocks when above ack, RFC 2018, if R's SYN allowed SACK), from
+sender S to receiver R; the four of ``tcp_in_window``:
 
 I.   seq <= S.maxend              the data starts inside what R allowed;
 II.  end >  S.end - R.maxwin      the data ends after what R may already have acknowledged;
@@ -264,7 +264,10 @@ def _update(s: Side, r: Side, seg: Segment, ack: int, sack: int) -> None:
 def _window(s: Side, r: Side, seg: Segment, state: int) -> int:
     """ACCEPT, PASS, _OVERRUN or OUT for a segment from s to r, both already set up. Updates
     s and r (the caller's copies) only for ACCEPT."""
-    seq, ack, sack, end = seg.seq, seg.ack, seg.sack, seg.end
+    seq, ack, end = seg.seq, seg.ack, seg.end
+    # SACK blocks count only when the receiver allowed SACK in its SYN (as in the kernel; the
+    # C core does not even walk the options otherwise)
+    sack = seg.sack if r.flags & F_SACK_PERM else ack
     rst = seg.flags & TH_RST
     if not seg.flags & TH_ACK or (rst and ack == 0):
         # no ACK (or an RST with ACK set and 0 in it, from broken stacks): nothing to check
