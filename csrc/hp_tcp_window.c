@@ -12,7 +12,6 @@
 
 #include "hp_engine_internal.h"
 
-#define MAX_WSCALE 14          /* RFC 7323 2.3 */
 #define WIN_OVERRUN 4          /* window() only: PASS, and the sender's end moves */
 #define WIN_RELEARN 5          /* window() only: a restored side re-learns, then ACCEPT */
 
@@ -41,32 +40,9 @@ static inline void read_segment(const uint8_t *b, const hp_parsed *p, seg_t *g, 
     g->wscale = -1;
     g->sack_perm = 0;
     g->sack = g->ack;
-    if (doff == 20)
-        return;
-    if (want_sack)
-        g->sack = hp_sack_edge(t, doff, g->ack);
-    if (!(g->flags & HP_TH_SYN))
-        return;
-    uint32_t i = 20;
-    while (i < doff) { /* a SYN's options (RFC 9293 3.1): kind, length, value */
-        uint8_t kind = t[i];
-        if (kind == 0)
-            break;
-        if (kind == 1) {
-            i++;
-            continue;
-        }
-        if (i + 1 >= doff)
-            break;
-        uint32_t olen = t[i + 1];
-        if (olen < 2 || i + olen > doff)
-            break; /* a malformed option ends the walk */
-        if (kind == 3 && olen == 3)
-            g->wscale = (int8_t)(t[i + 2] < MAX_WSCALE ? t[i + 2] : MAX_WSCALE);
-        else if (kind == 4 && olen == 2)
-            g->sack_perm = 1;
-        i += olen;
-    }
+    if (doff > 20 && (want_sack || (g->flags & HP_TH_SYN)))
+        hp_tcp_options(t, doff, g->flags & HP_TH_SYN, &g->wscale, &g->sack_perm,
+                       want_sack ? &g->sack : NULL);
 }
 
 /* window.py init_side (the kernel's tcp_init_sender) */

@@ -50,10 +50,14 @@ static inline uint32_t hp_maxackwin(const hp_tcp_win *s)
     return s->maxwin > HP_MAXACKWIN_CONST ? s->maxwin : HP_MAXACKWIN_CONST;
 }
 
-/* The highest right edge of the SACK blocks (RFC 2018) in the options t[20..doff) above ack. */
-static inline uint32_t hp_sack_edge(const uint8_t *t, uint32_t doff, uint32_t ack)
+/* Walk the options t[20..doff) (RFC 9293 3.1: kind, length, value; a malformed option ends
+ * the walk, as in the kernel). With syn, the window scale (*wscale, at most 14) and
+ * SACK-permitted (*sack_perm) of a SYN; with sack, *sack becomes the highest right edge of the
+ * SACK blocks (RFC 2018) above it. Inline with constant syn and sack, the unused half goes. */
+static inline void hp_tcp_options(const uint8_t *t, uint32_t doff, int syn, int8_t *wscale,
+                                  uint8_t *sack_perm, uint32_t *sack)
 {
-    uint32_t sack = ack, i = 20;
+    uint32_t i = 20;
     while (i < doff) {
         uint8_t kind = t[i];
         if (kind == 0)
@@ -66,16 +70,19 @@ static inline uint32_t hp_sack_edge(const uint8_t *t, uint32_t doff, uint32_t ac
             break;
         uint32_t olen = t[i + 1];
         if (olen < 2 || i + olen > doff)
-            break; /* a malformed option ends the walk */
-        if (kind == 5 && olen >= 10 && (olen - 2) % 8 == 0)
+            break;
+        if (syn && kind == 3 && olen == 3)
+            *wscale = (int8_t)(t[i + 2] < 14 ? t[i + 2] : 14);
+        else if (syn && kind == 4 && olen == 2)
+            *sack_perm = 1;
+        else if (sack && kind == 5 && olen >= 10 && (olen - 2) % 8 == 0)
             for (uint32_t k = i + 2; k < i + olen; k += 8) {
                 uint32_t right = hp_get32(t + k + 4);
-                if (hp_seq_after(right, sack))
-                    sack = right;
+                if (hp_seq_after(right, *sack))
+                    *sack = right;
             }
         i += olen;
     }
-    return sack;
 }
 
 /* window.py _update, tcp_in_window's update step for step: an accepted segment from s to r
@@ -123,8 +130,9 @@ static inline int hp_tcp_track_fast(hp_tcp_win w[2], int d, int nxt, const uint8
     uint32_t seq = hp_get32(t + 4), ack = hp_get32(t + 8);
     uint32_t win = (uint32_t)hp_get16(t + 14) << s->scale;
     uint32_t end = seq + (p->l3_len - p->l4 - doff) + (fl & HP_TH_FIN);
-    uint32_t sack = doff > 20 && (r->flags & HP_TCPF_SACK_PERM) ? hp_sack_edge(t, doff, ack)
-                                                                 : ack;
+    uint32_t sack = ack;
+    if (doff > 20 && (r->flags & HP_TCPF_SACK_PERM))
+        hp_tcp_options(t, doff, 0, NULL, NULL, &sack);
     if (!(hp_seq_before(seq, s->maxend + 1) &&                                     /* I */
           hp_seq_before(sack, r->end + 1) &&                                       /* III */
           (!r->maxwin || hp_seq_after(end, s->end - r->maxwin - 1)) &&             /* II */
