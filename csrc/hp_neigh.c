@@ -93,21 +93,21 @@ int hp_neigh_enqueue(hp_neigh_table *t, hp_neigh *n, const struct virtio_net_hdr
 {
     int rc = 0;
     *dropped = NULL;
-    if (n->qlen >= HP_NEIGH_QLEN || t->qbytes + len > HP_NEIGH_QBYTES) {
+    while (n->qhead && (n->qbytes + len > HP_NEIGH_UNRES_BYTES ||
+                        t->qbytes + len > HP_NEIGH_QBYTES)) {
         hp_qpkt *old = n->qhead; /* Linux drops the oldest waiting packet, so do we */
-        if (!old)
-            return -1;
         n->qhead = old->next;
         if (!n->qhead)
             n->qtail = NULL;
         n->qlen--;
+        n->qbytes -= old->len;
         t->qbytes -= old->len;
-        old->next = NULL;
+        old->next = *dropped;
         *dropped = old;
         rc = 1;
-        if (t->qbytes + len > HP_NEIGH_QBYTES)
-            return -1;
     }
+    if (n->qbytes + len > HP_NEIGH_UNRES_BYTES || t->qbytes + len > HP_NEIGH_QBYTES)
+        return -1; /* no room even with this neighbour's queue empty */
     hp_qpkt *q = malloc(sizeof(hp_qpkt) + len);
     if (!q)
         return -1;
@@ -121,6 +121,7 @@ int hp_neigh_enqueue(hp_neigh_table *t, hp_neigh *n, const struct virtio_net_hdr
         n->qhead = q;
     n->qtail = q;
     n->qlen++;
+    n->qbytes += len;
     t->qbytes += len;
     return rc;
 }
@@ -131,7 +132,7 @@ hp_qpkt *hp_neigh_take_queue(hp_neigh_table *t, hp_neigh *n)
     for (hp_qpkt *p = q; p; p = p->next)
         t->qbytes -= p->len;
     n->qhead = n->qtail = NULL;
-    n->qlen = 0;
+    n->qlen = n->qbytes = 0;
     return q;
 }
 

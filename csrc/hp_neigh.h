@@ -22,10 +22,12 @@
 
 #define HP_NEIGH_SLOTS 1024      /* open addressing, power of two */
 #define HP_NEIGH_MAX 512         /* entries per link (half the slots) */
-/* packets waiting per unresolved neighbour: Linux's unres_qlen default, 101 (it bounds by
- * bytes, 212,992, which holds 101 full-size frames): a burst of new flows towards a next hop
- * not resolved yet must not lose its first packets (8 did, at the start of every burst) */
-#define HP_NEIGH_QLEN 101
+/* bytes of frames waiting per unresolved neighbour: Linux's unres_qlen_bytes default,
+ * 212,992 (about 147 full-size frames, thousands of small ones). A burst of new flows towards
+ * a next hop not resolved yet must not lose its first packets: 8 did at the start of every
+ * burst with 8 packets; with 101 packets (Linux's old unres_qlen) 99 of a 16,500-a-second
+ * burst of small datagrams were lost while a new ENI's first next hop resolved (issue 16). */
+#define HP_NEIGH_UNRES_BYTES 212992u
 #define HP_NEIGH_QBYTES (4u << 20) /* all waiting packets of a link together */
 #define HP_NEIGH_PROBES 3        /* RFC 4861 MAX_MULTICAST_SOLICIT / MAX_UNICAST_SOLICIT */
 #define HP_NEIGH_RETRANS 1.0     /* RFC 4861 RETRANS_TIMER, seconds */
@@ -50,7 +52,7 @@ typedef struct {
     uint8_t mac[6];
     double deadline;   /* INCOMPLETE/PROBE: next probe; REACHABLE: turns STALE; STALE: removal */
     hp_qpkt *qhead, *qtail;
-    uint32_t qlen;
+    uint32_t qlen, qbytes; /* packets and frame bytes waiting */
 } hp_neigh;
 
 typedef struct {
@@ -66,7 +68,8 @@ void hp_neigh_remove(hp_neigh_table *t, hp_neigh *n, hp_qpkt **queue);
 /* Free a list of waiting packets (what hp_neigh_remove hands back). */
 void hp_neigh_free_queue(hp_qpkt *q);
 /* Queue a copy of a frame on n; the oldest waiting packet is dropped (returned) when full.
- * Returns 0 queued, 1 queued after dropping one (*dropped set), -1 out of room/memory. */
+ * Returns 0 queued, 1 queued after dropping the oldest (*dropped: a list, through next, the
+ * caller frees), -1 out of room/memory. */
 int hp_neigh_enqueue(hp_neigh_table *t, hp_neigh *n, const struct virtio_net_hdr *vh,
                      const uint8_t *frame, uint32_t len, hp_qpkt **dropped);
 /* Take the whole queue of n (to send now that the MAC is known). */

@@ -97,9 +97,11 @@ static void transmit_locked(hp_dp *dp, hp_link *out, int family, const uint8_t *
     }
     hp_qpkt *dropped;
     int r = hp_neigh_enqueue(&out->neigh, n, vh, frame, len, &dropped);
-    if (dropped) {
+    while (dropped) { /* the oldest waiting packets that made room */
+        hp_qpkt *next = dropped->next;
         free(dropped);
         COUNT_DROP(dp, HP_D_NEIGH_QUEUE_FULL);
+        dropped = next;
     }
     if (r < 0)
         COUNT_DROP(dp, HP_D_NEIGH_QUEUE_FULL);
