@@ -31,7 +31,8 @@ _Static_assert(sizeof(hp_tcp_win) == 20, "hp_tcp_win must be 20 bytes, no paddin
 #define HP_TCPF_MAXACK_SET 0x04 /* it has sent an ACK: maxack is meaningful */
 #define HP_TCPF_RESYNC 0x08     /* restored: may be learned again from its next segment */
 #define HP_TCPF_ALL 0x0F
-#define HP_TCP_MAX_WINDOW (0xFFFFu << 14) /* the largest window (RFC 7323 2.3): maxwin's cap */
+#define HP_TCP_MAX_WSCALE 14 /* the largest window-scale shift (RFC 7323 2.3) */
+#define HP_TCP_MAX_WINDOW (0xFFFFu << HP_TCP_MAX_WSCALE) /* the largest window: maxwin's cap */
 
 /* One connection. Both tuples sit in one hash table as two nodes; a node id is
  * (entry index << 1 | direction), 0 ends a chain (entry 0 is never used). */

@@ -68,7 +68,7 @@ static int saved_ok(const hp_engine *e, const hp_saved *s)
             (s->packets[d] <= UINT32_MAX && s->rep_packets[d] > s->packets[d]))
             return 0;
         const hp_tcp_win *w = &s->win[d]; /* windows: TCP only, known flags, scale <= 14 */
-        if (w->pad[0] || w->pad[1] || w->scale > 14 || (w->flags & ~HP_TCPF_ALL) ||
+        if (w->pad[0] || w->pad[1] || w->scale > HP_TCP_MAX_WSCALE || (w->flags & ~HP_TCPF_ALL) ||
             w->maxwin > HP_TCP_MAX_WINDOW ||
             (!tcp && (w->end || w->maxend || w->maxwin || w->maxack || w->scale || w->flags)))
             return 0;
@@ -77,8 +77,6 @@ static int saved_ok(const hp_engine *e, const hp_saved *s)
         return 0; /* the opener's SYN set its side: a TCP record always has it */
     return s->id != 0 && isfinite(s->last_seen);
 }
-
-static inline int tcp_restored(const hp_saved *s) { return s->orig.proto == HP_IPPROTO_TCP; }
 
 int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
 {
@@ -112,15 +110,13 @@ int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
         x->rep_packets[d] = s->rep_packets[d];
     }
     x->id = s->id;
-    if (tcp_restored(s)) {
-        /* The ends may have moved on while no data path ran (and a periodic state file can be
-         * seconds old): each side may be learned again from its next segment (RESYNC,
-         * hyperplane/engine/reference/window.py). */
-        for (int d = 0; d < 2; d++) {
-            x->win[d] = s->win[d];
-            if (x->win[d].maxwin)
-                x->win[d].flags |= HP_TCPF_RESYNC;
-        }
+    /* The ends may have moved on while no data path ran (and a periodic state file can be
+     * seconds old): each side may be learned again from its next segment (RESYNC,
+     * hyperplane/engine/reference/window.py). A UDP record's windows are zero (saved_ok). */
+    for (int d = 0; d < 2; d++) {
+        x->win[d] = s->win[d];
+        if (x->win[d].maxwin)
+            x->win[d].flags |= HP_TCPF_RESYNC;
     }
     if (s->id > e->last_id)
         e->last_id = s->id;

@@ -32,7 +32,7 @@ static inline void read_segment(const uint8_t *b, const hp_parsed *p, seg_t *g, 
     uint32_t doff = (uint32_t)(t[12] >> 4) * 4;
     g->seq = hp_get32(t + 4);
     g->ack = hp_get32(t + 8);
-    g->flags = t[13];
+    g->flags = p->tcp_flags;
     g->win = hp_get16(t + 14);
     g->end = g->seq + (p->l3_len - p->l4 - doff) + !!(g->flags & HP_TH_SYN) +
              !!(g->flags & HP_TH_FIN);
@@ -174,7 +174,7 @@ int hp_tcp_track(hp_tcp_win w[2], int d, int state, int nxt, const uint8_t *b,
                  const hp_parsed *p)
 {
     hp_tcp_win *ws = &w[d], *wr = &w[!d];
-    uint8_t fl = b[p->l4 + 13];
+    uint8_t fl = p->tcp_flags;
     uint32_t ack, sack;
     seg_t g;
     read_segment(b, p, &g, wr->flags & HP_TCPF_SACK_PERM);

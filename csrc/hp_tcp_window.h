@@ -72,7 +72,7 @@ static inline void hp_tcp_options(const uint8_t *t, uint32_t doff, int syn, int8
         if (olen < 2 || i + olen > doff)
             break;
         if (syn && kind == 3 && olen == 3)
-            *wscale = (int8_t)(t[i + 2] < 14 ? t[i + 2] : 14);
+            *wscale = (int8_t)(t[i + 2] < HP_TCP_MAX_WSCALE ? t[i + 2] : HP_TCP_MAX_WSCALE);
         else if (syn && kind == 4 && olen == 2)
             *sack_perm = 1;
         else if (sack && kind == 5 && olen >= 10 && (olen - 2) % 8 == 0)
@@ -121,7 +121,7 @@ static inline int hp_tcp_track_fast(hp_tcp_win w[2], int d, int nxt, const uint8
                                     const hp_parsed *p)
 {
     const uint8_t *t = b + p->l4;
-    uint8_t fl = t[13];
+    uint8_t fl = p->tcp_flags;
     hp_tcp_win *s = &w[d], *r = &w[!d];
     if ((fl & (HP_TH_SYN | HP_TH_RST | HP_TH_ACK)) != HP_TH_ACK || nxt == HP_TCP_INV ||
         p->frag != HP_FRAG_NO || !s->maxwin || (s->flags & HP_TCPF_RESYNC))

@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 from hyperplane import netns
 
@@ -50,11 +50,13 @@ def flows(count: int, dports: Sequence[int], sport_min: int = 1024,
 
 
 def udp_flow_burst(ns: Optional[str], src: str, dst: str, dports: Sequence[int], count: int,
-                   rate: float, payload: bytes = b"hp", timeout: float = 120.0,
-                   first: int = 0) -> Dict[str, float]:
+                   rate: float, payload: Union[bytes, Callable[[int], bytes]] = b"hp",
+                   timeout: float = 120.0, first: int = 0) -> Dict[str, float]:
     """Send ``count`` datagrams, each a new flow (``first`` onwards in the sequence of
-    :func:`flows`), at about ``rate`` per second, paced every 100 datagrams. Returns
-    {"sent", "seconds"}; raises TimeoutError past ``timeout``."""
+    :func:`flows`), at about ``rate`` per second, paced every 100 datagrams. ``payload``: the
+    same bytes in every datagram, or a function of the flow's number (0 for the first sent),
+    so that a receiver can tell the flows apart. Returns {"sent", "seconds"}; raises
+    TimeoutError past ``timeout``."""
     _check(src)
     _check(dst)
     if rate <= 0:
@@ -63,16 +65,18 @@ def udp_flow_burst(ns: Optional[str], src: str, dst: str, dports: Sequence[int],
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
     sa, da = socket.inet_aton(src), socket.inet_aton(dst)
-    ulen = 8 + len(payload)
+    payload_of = payload if callable(payload) else (lambda i, fixed=payload: fixed)
     t0 = time.monotonic()
     deadline = t0 + timeout
     sent = 0
     try:
-        for sport, dport in flows(count, dports, first=first):
+        for i, (sport, dport) in enumerate(flows(count, dports, first=first)):
+            data = payload_of(i)
+            ulen = 8 + len(data)
             # IPv4 header: version/IHL, TOS, total length, id (kernel), flags, TTL 64, UDP,
             # checksum (kernel), addresses; then UDP with checksum 0.
             pkt = (struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 0, 0, 64, 17, 0, sa, da)
-                   + struct.pack("!HHHH", sport, dport, ulen, 0) + payload)
+                   + struct.pack("!HHHH", sport, dport, ulen, 0) + data)
             while True:
                 try:
                     s.sendto(pkt, (dst, 0))

@@ -67,27 +67,38 @@ def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def load_drop_program() -> int:
-    """Load the drop-everything program; returns its file descriptor (the caller closes it:
-    an attached filter keeps its own reference)."""
+def load_sched_cls(code: bytes, what: str) -> int:
+    """Load ``code`` (eBPF instructions) as a tc classifier program; returns its file
+    descriptor (the caller closes it: an attached filter keeps its own reference).
+    StealError, with the verifier's last words, when the kernel refuses it; ``what`` names the
+    program in that message."""
     nr = _SYS_BPF.get(platform.machine())
     if nr is None:
         raise StealError(f"bpf(2)'s system call number on {platform.machine()} is not known here")
-    insns = ctypes.create_string_buffer(_PROGRAM, len(_PROGRAM))
+    insns = ctypes.create_string_buffer(code, len(code))
     lic = ctypes.create_string_buffer(b"GPL")
-    # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license (the rest zero)
+    log = ctypes.create_string_buffer(4096)
+    # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size,
+    # log_buf (the rest zero)
     attr = ctypes.create_string_buffer(128)
-    struct.pack_into("<IIQQ", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(_PROGRAM) // 8,
-                     ctypes.addressof(insns), ctypes.addressof(lic))
+    struct.pack_into("<IIQQIIQ", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(code) // 8,
+                     ctypes.addressof(insns), ctypes.addressof(lic), 1, len(log),
+                     ctypes.addressof(log))
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(_BPF_PROG_LOAD), attr,
                       ctypes.c_long(len(attr)))
     if fd < 0:
         err = ctypes.get_errno()
-        raise StealError(f"loading the eBPF drop program failed: {os.strerror(err)} "
-                         "(it needs CAP_BPF or CAP_SYS_ADMIN and a kernel with BPF)")
+        raise StealError(f"loading the eBPF {what} failed: {os.strerror(err)} (it needs "
+                         "CAP_BPF or CAP_SYS_ADMIN and a kernel with BPF): "
+                         f"{log.value.decode(errors='replace')[-300:]}")
     return int(fd)
+
+
+def load_drop_program() -> int:
+    """Load the drop-everything program; returns its file descriptor."""
+    return load_sched_cls(_PROGRAM, "drop program")
 
 
 def steal(ifname: str, ipr=None) -> None:

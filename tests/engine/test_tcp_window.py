@@ -17,7 +17,6 @@ Three kinds of test:
 from __future__ import annotations
 
 import hypothesis.strategies as st
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 from hyperplane import DropReason, Verdict
@@ -248,7 +247,7 @@ def test_a_synack_must_acknowledge_our_syn(make_engine):
     assert _entry(c).state == "SYN_RECV"
 
 
-def test_an_refusal_of_our_syn_closes_only_with_the_right_ack(make_engine):
+def test_a_refusal_of_our_syn_closes_only_with_the_right_ack(make_engine):
     """RFC 9293 3.10.7.3: in SYN-SENT an RST is acceptable when it acknowledges the SYN."""
     eng = make_engine()
     c = Conversation(eng, 4, ENV[4][0], HOST[4][0], eni_addr(ENI_A, 4), 40001, 443,

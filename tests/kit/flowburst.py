@@ -1,14 +1,14 @@
 """A burst of new UDP flows and a receiver that counts every one, as processes of their own in
-a lab's namespaces (``python3 tests/kit/flowburst.py send|count ...``, standard library only).
+a lab's namespaces (``python3 tests/kit/flowburst.py send|count ...``).
 
 Python in one process cannot send 16,000 datagrams a second from two environments and receive
 them too without the senders and the receiver taking turns at the GIL; three processes do.
 
 * ``send SRC DST ENV COUNT RATE DEADLINE``: prints ``READY``, waits for a line on stdin, then
-  sends ``COUNT`` datagrams from ``SRC`` to ``DST``, each a new flow (its own source port, the
-  destination port moving on every 64,000), paced to ``RATE`` a second in steps of 50, through
-  a raw socket (any source port without binding one, UDP checksum 0, RFC 768). The payload is
-  the flow's identity: ``ENV`` (one byte) and the flow's number. Prints ``{"sent", "seconds"}``.
+  sends ``COUNT`` datagrams from ``SRC`` to ``DST``, each a new flow, paced to ``RATE`` a
+  second (hyperplane.bench.loadgen.udp_flow_burst: a raw socket, any source port without
+  binding one, UDP checksum 0). The payload is the flow's identity: ``ENV`` (one byte) and the
+  flow's number. Prints ``{"sent", "seconds"}``; past ``DEADLINE`` seconds it fails.
 * ``count ADDR PORTS DEADLINE``: receives on ``ADDR`` at the comma-separated ``PORTS`` into a
   256 MiB socket buffer (SO_RCVBUFFORCE: root), prints ``READY``, and counts distinct
   payloads (flows) until stdin says ``done`` and nothing came for a second, or the deadline.
@@ -20,7 +20,6 @@ Only the benchmark range 198.18.0.0/15 is used; both commands stop by themselves
 """
 from __future__ import annotations
 
-import errno
 import ipaddress
 import json
 import selectors
@@ -47,35 +46,14 @@ def _udp_rcvbuf_errors() -> int:
 
 
 def send(src: str, dst: str, env: int, count: int, rate: float, deadline: float) -> None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-    sa, da = socket.inet_aton(_bench(src)), socket.inet_aton(_bench(dst))
+    # imported here: the receiver's side stays standard library only
+    from hyperplane.bench.loadgen import udp_flow_burst
+
     print("READY", flush=True)
     sys.stdin.readline()
-    t0 = time.monotonic()
-    stop = t0 + deadline
-    sent = 0
-    for i in range(count):
-        payload = struct.pack("!BI", env, i)
-        ulen = 8 + len(payload)
-        pkt = (struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 0, 0, 64, 17, 0, sa, da)
-               + struct.pack("!HHHH", 1024 + i % 64000, PORTS[i // 64000], ulen, 0) + payload)
-        while True:
-            try:
-                s.sendto(pkt, (dst, 0))
-                break
-            except OSError as e:   # the device queue is full: wait a little, send again
-                if e.errno not in (errno.EAGAIN, errno.ENOBUFS) or time.monotonic() > stop:
-                    raise
-                time.sleep(0.0005)
-        sent += 1
-        if sent % 50 == 0:
-            ahead = t0 + sent / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-            if time.monotonic() > stop:
-                break
-    print(json.dumps({"sent": sent, "seconds": time.monotonic() - t0}), flush=True)
+    got = udp_flow_burst(None, src, dst, PORTS, count, rate,
+                         payload=lambda i: struct.pack("!BI", env, i), timeout=deadline)
+    print(json.dumps(got), flush=True)
 
 
 def count(addr: str, ports: str, deadline: float) -> None:

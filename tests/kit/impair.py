@@ -20,21 +20,17 @@ namespaces the lab made; nothing outside them is touched.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
-import platform
 import struct
 import subprocess
 from typing import Iterator, List, Tuple
 
 from hyperplane import netns
+from hyperplane.datapath import steal
 
 __all__ = ["impaired", "ImpairError"]
 
 INGRESS, EGRESS = 0xFFFFFFF2, 0xFFFFFFF3      # clsact's two hooks
-_BPF_PROG_LOAD, _SCHED_CLS = 5, 3
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 _GET_PRANDOM_U32, _SET_HASH = 7, 48           # BPF helper ids (include/uapi/linux/bpf.h)
 _TC_ACT_OK, _TC_ACT_SHOT = 0, 2
 FILTER_NAME = "hp-test-impair"
@@ -74,25 +70,10 @@ def program(drop_per_65536: int, rehash_per_65536: int) -> bytes:
 
 
 def _load(code: bytes) -> int:
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
-        raise ImpairError(f"bpf(2)'s number on {platform.machine()} is not known here")
-    insns = ctypes.create_string_buffer(code, len(code))
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(4096)
-    attr = ctypes.create_string_buffer(128)
-    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf
-    struct.pack_into("<IIQQIIQ", attr, 0, _SCHED_CLS, len(code) // 8, ctypes.addressof(insns),
-                     ctypes.addressof(lic), 1, len(log), ctypes.addressof(log))
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(_BPF_PROG_LOAD), attr,
-                      ctypes.c_long(len(attr)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise ImpairError(f"loading the impairment eBPF program failed: {os.strerror(err)}: "
-                          f"{log.value.decode(errors='replace')[-300:]}")
-    return int(fd)
+    try:
+        return steal.load_sched_cls(code, "impairment program")
+    except steal.StealError as e:
+        raise ImpairError(str(e)) from None
 
 
 def _attach(ns: str, ifname: str, parent: int, code: bytes) -> None:

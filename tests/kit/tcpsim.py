@@ -123,7 +123,7 @@ class Conversation:
         return res
 
     def send(self, d, seq, flags, payload=b"", options=b"", track=True):
-        e, peer = self.ends[d], self.ends[1 - d]
+        e = self.ends[d]
         ack = e.rcv_nxt if flags & TH_ACK else 0
         res = self.raw(d, seq, ack or 0, flags, e.win_field() if not flags & TH_SYN
                        else min(e.rcv_wnd, 0xFFFF), options, payload)
@@ -158,8 +158,9 @@ class Conversation:
 
     # ---- steps -----------------------------------------------------------------------------
     def usable(self, d) -> int:
+        """How many more bytes side d may send: up to the edge it was given, none past it."""
         e = self.ends[d]
-        return max(0, (e.peer_edge - e.nxt) & MASK if not _before(e.peer_edge, e.nxt) else 0)
+        return 0 if _before(e.peer_edge, e.nxt) else (e.peer_edge - e.nxt) & MASK
 
     def data(self, d, n):
         """Up to n new bytes from side d, within the window it was given; None if none fit."""

@@ -59,7 +59,6 @@ MAX_PENDING_SIGNALS = 64  # signals kept until take_signals()
 
 OUT, IN = Direction.OUTBOUND, Direction.INBOUND
 R = DropReason
-PASSED = -1   # _update_state: the window passed the segment without changing anything
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,16 +241,16 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
                     if res in (R.SECURITY_GROUP, R.TCP_NOT_SYN):
                         self._ev_reject(p, OUT, res, now)
                     return self._drop(res)
-                conn, verdict = res, Verdict.NEW
+                conn, verdict, refresh = res, Verdict.NEW, True
             else:
                 conn, d = hit
                 if d != OUT:      # the packet looks like a reply of another connection
                     return self._drop(R.TUPLE_COLLISION)
-                verdict, why = self._update_state(conn, OUT, buf, off, p, now)
+                verdict, why, refresh = self._update_state(conn, OUT, buf, off, p, now)
                 if verdict == Verdict.DROP:
                     return self._drop(why)
             self._manip(buf, off, p, flags, src=True, addr=conn.eni_addr, port=conn.eni_port)
-            self._account(conn, OUT, p.l3_len, now, refresh=verdict != PASSED)
+            self._account(conn, OUT, p.l3_len, now, refresh)
             self._c["packets_outbound"] += 1
             self._c["bytes_outbound"] += p.l3_len
         else:
@@ -259,18 +258,16 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
                 self._ev_reject(p, IN, R.UNSOLICITED, now)
                 return self._drop(R.UNSOLICITED)
             conn = hit[0]
-            verdict, why = self._update_state(conn, IN, buf, off, p, now)
+            verdict, why, refresh = self._update_state(conn, IN, buf, off, p, now)
             if verdict == Verdict.DROP:
                 return self._drop(why)
             self._manip(buf, off, p, flags, src=False, addr=conn.env_addr, port=conn.env_port)
-            self._account(conn, IN, p.l3_len, now, refresh=verdict != PASSED)
+            self._account(conn, IN, p.l3_len, now, refresh)
             self._c["packets_inbound"] += 1
             self._c["bytes_inbound"] += p.l3_len
         if p.frag is not None:        # a first fragment passed: track its datagram
             self._frag_track(fkey, p, conn, now)
             self._c["fragments_translated"] += 1
-        if verdict == PASSED:         # passed by the window without changing anything
-            verdict = Verdict.ESTABLISHED if direction == OUT else Verdict.REPLY
         return verdict, R.NONE
 
     # 4. new connection -----------------------------------------------------------------------
@@ -350,10 +347,11 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
 
     # 5. state ---------------------------------------------------------------------------------
     def _update_state(self, conn: Conn, direction: Direction, buf, off: int, p: Parsed,
-                      now: float) -> Tuple[int, int]:
-        """The grid's transition, after the window's say (window.py): (verdict, reason).
-        The verdict is DROP (with tcp_out_of_window or tcp_invalid), PASSED (forward, nothing
-        changed, the timer not refreshed) or the packet's verdict."""
+                      now: float) -> Tuple[int, int, bool]:
+        """The grid's transition, after the window's say (window.py): (verdict, reason,
+        refresh). The verdict is DROP with tcp_out_of_window or tcp_invalid, else the packet's;
+        refresh is False for a segment the window passed without changing anything (the timer
+        is not refreshed either)."""
         verdict = Verdict.ESTABLISHED if direction == OUT else Verdict.REPLY
         if conn.proto == IPPROTO_TCP:
             state = conn.state
@@ -361,18 +359,18 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
             seg = window.read_segment(buf, off, p.l4, p.l3_len, p.frag is not None)
             w = window.track(conn.win, direction, state, nxt, seg)
             if w == window.OUT:
-                return Verdict.DROP, R.TCP_OUT_OF_WINDOW
+                return Verdict.DROP, R.TCP_OUT_OF_WINDOW, False
             if w == window.INVALID:
-                return Verdict.DROP, R.TCP_INVALID
+                return Verdict.DROP, R.TCP_INVALID, False
             if w == window.PASS:
-                return PASSED, R.NONE
+                return verdict, R.NONE, False
             if nxt >= 0:
                 if nxt == TcpState.SYN_SENT and state != TcpState.SYN_SENT:
                     verdict = Verdict.NEW      # TIME_WAIT/CLOSE re-opened by a new SYN
                 self._set_state(conn, nxt, now)
         elif direction == IN and conn.state == UdpState.UNREPLIED:
             self._set_state(conn, UdpState.REPLIED, now)
-        return verdict, R.NONE
+        return verdict, R.NONE, True
 
     def _set_state(self, conn: Conn, state: int, now: float) -> None:
         if state != conn.state:
