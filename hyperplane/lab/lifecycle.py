@@ -104,16 +104,20 @@ def list_labs() -> List[Dict[str, Any]]:
 
 
 # ---- up -------------------------------------------------------------------------------------------
-def read_config(config_path: Optional[str], name: str,
-                config_text: Optional[str] = None) -> Tuple[str, str, labconfig.Plan]:
-    """(text, source, plan) of a config: ``config_text`` (a program's variant of a file;
-    ``config_path`` then only names where it came from), the file ``config_path``, or the
-    embedded default lab. Mistakes are HyperplaneError with exit status 2."""
+def read_config(config_path: Optional[str], name: str, config_text: Optional[str] = None
+                ) -> Tuple[str, str, labconfig.Plan, str]:
+    """(text, source, plan, config_dir) of a config: ``config_text`` (a program's variant of a
+    file; ``config_path`` then only names where it came from), the file ``config_path``, or the
+    embedded default lab. ``config_dir`` is the absolute folder its relative paths (a
+    function's code, a host's command) are taken from: the config file's folder, or the
+    current directory for text and the default lab (labconfig.config_dir). Mistakes are
+    HyperplaneError with exit status 2."""
     try:
         paths.validate_lab_name(name)
         if config_text is not None:
             text, source = config_text, config_path or "<text>"
-            cfg = labconfig.loads(text, source=source)
+            config_dir = labconfig.config_dir(source)
+            cfg = labconfig.loads(text, source=source, base_dir=config_dir)
         elif config_path:
             try:
                 with open(config_path, encoding="utf-8") as f:
@@ -121,12 +125,14 @@ def read_config(config_path: Optional[str], name: str,
             except OSError as e:
                 raise HyperplaneError(f"cannot read {config_path}: {e.strerror}",
                                       EXIT_USAGE) from None
-            cfg = labconfig.loads(text, source=config_path)
+            config_dir = labconfig.config_dir(config_path)
+            cfg = labconfig.loads(text, source=config_path, base_dir=config_dir)
             source = os.path.abspath(config_path)
         else:
             text, cfg, source = labconfig.default_text(), labconfig.default(), \
                 "<embedded default>"
-        return text, source, labconfig.resolve(cfg, name)
+            config_dir = cfg.base_dir
+        return text, source, labconfig.resolve(cfg, name), config_dir
     except LabConfigError as e:
         raise config_error(e) from None
 
@@ -138,10 +144,13 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
     creation delay to become available, as in AWS, where a new VPC function is Pending until
     then (`aws lambda wait function-active`). Returns the lab's state. A failure rolls back
     everything this call built, Ctrl-C included."""
-    text, source, plan = read_config(config_path, name, config_text)
+    text, source, plan, config_dir = read_config(config_path, name, config_text)
     need_privilege()
     # Refuses an existing lab of that name touching nothing; rolls its own failures back.
     state = topology.build(plan, config_source=source)
+    # The data path re-reads the lab's copy of the config, which lives elsewhere: it takes
+    # relative paths from here (start_datapath saves the state with it).
+    state["config_dir"] = config_dir
     child: Optional[subprocess.Popen] = None
     try:
         with open(paths.config_copy_path(name), "w", encoding="utf-8") as f:
@@ -173,10 +182,15 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
     return state
 
 
-def datapath_argv(name: str, restore: bool = True) -> List[str]:
-    """The data path's command line: ``hyperplane run`` on the lab's copy of its config."""
-    return ([sys.executable, "-m", "hyperplane", "run", os.path.abspath(paths.config_copy_path(name)),
+def datapath_argv(name: str, restore: bool = True,
+                  config_dir: Optional[str] = None) -> List[str]:
+    """The data path's command line: ``hyperplane run`` on the lab's copy of its config, with
+    relative paths taken from ``config_dir`` (the original config's folder, the lab state's
+    ``config_dir``; None: the copy's folder, as for a lab whose state predates it)."""
+    return ([sys.executable, "-m", "hyperplane", "run",
+             os.path.abspath(paths.config_copy_path(name)),
              "--name", name, "--control", os.path.abspath(paths.control_path(name))]
+            + (["--config-dir", config_dir] if config_dir else [])
             + ([] if restore else ["--no-restore"]))
 
 
@@ -195,10 +209,11 @@ def datapath_env() -> Dict[str, str]:
 
 def start_datapath(name: str, state: Dict[str, Any], restore: bool = True) -> subprocess.Popen:
     """Start the lab's data path in the background (logging to datapath.log) and record its
-    pid in the lab's state."""
+    pid in the lab's state (relative paths in the config are taken from its ``config_dir``)."""
     with open(paths.log_path(name), "ab") as logf:
         child = subprocess.Popen(
-            datapath_argv(name, restore), cwd=paths.lab_dir(name), env=datapath_env(),
+            datapath_argv(name, restore, state.get("config_dir")), cwd=paths.lab_dir(name),
+            env=datapath_env(),
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     state["pid"] = child.pid
