@@ -1,0 +1,1 @@
+"""What runs inside a lab: the functions' code and the hosts' services."""
