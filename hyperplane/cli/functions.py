@@ -57,14 +57,15 @@ def cmd_function_invoke(args) -> int:
 def cmd_function_logs(args) -> int:
     show = (lambda e: print(json.dumps(e), flush=True)) if args.json else \
         (lambda e: print(fns.format_event(e), flush=True))
-    for e in fns.logs(args.name, args.function):
-        show(e)
-    if args.follow:
-        try:
-            for e in fns.follow_logs(args.name, args.function):
-                show(e)
-        except KeyboardInterrupt:
-            pass
+    if not args.follow:
+        for e in fns.logs(args.name, args.function):
+            show(e)
+        return EXIT_OK
+    try:
+        for e in fns.follow_logs(args.name, args.function):
+            show(e)
+    except KeyboardInterrupt:
+        pass
     return EXIT_OK
 
 

@@ -90,10 +90,12 @@ def logs(lab: str, function: str) -> List[Dict[str, str]]:
     return fnlogs.read_events(paths.functions_dir(lab), function)
 
 
-def follow_logs(lab: str, function: str) -> Iterator[Dict[str, str]]:
-    """New log events of the function as they are written (``function logs --follow``)."""
+def follow_logs(lab: str, function: str, from_start: bool = True
+                ) -> Iterator[Dict[str, str]]:
+    """The function's log events as they are written (``function logs --follow``): the ones
+    there already first (``from_start``), then each new one; never ends by itself."""
     _check_function(lab, function)
-    return fnlogs.follow_events(paths.functions_dir(lab), function)
+    return fnlogs.follow_events(paths.functions_dir(lab), function, from_start=from_start)
 
 
 def format_event(e: Dict[str, str]) -> str:

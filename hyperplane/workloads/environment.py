@@ -29,7 +29,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from hyperplane import netns
+from hyperplane import netns, proc
 from hyperplane.labconfig import EnvPlan, FunctionPlan
 from hyperplane.workloads.logs import EnvLog, iso_now
 from hyperplane.workloads.runtime_api import (API_HOST, API_PORT, Invocation, RuntimeApiServer,
@@ -83,7 +83,11 @@ class ExecutionEnvironment:
     # ---- what it is now ------------------------------------------------------------------------
     @property
     def warm(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and not proc.exited_unreaped(self.proc.pid)
+
+    def _gone(self) -> bool:
+        """The runtime exited (it is not reaped until stop_runtime has killed its group)."""
+        return self.proc is None or proc.exited_unreaped(self.proc.pid)
 
     def describe(self) -> Dict[str, Any]:
         return {"environment": self.env.name, "function": self.fn.name,
@@ -165,22 +169,27 @@ class ExecutionEnvironment:
         p.stdout.close()
 
     def _exit_status(self) -> str:
-        rc = self.proc.poll() if self.proc else None
-        if rc is None:
+        """How the runtime ended, as Lambda words it (read without reaping it)."""
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid,   # type: ignore[union-attr]
+                             os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (ChildProcessError, AttributeError):
+            return "exited"
+        if info is None:
             return "running"
-        return f"signal: {signal.Signals(-rc).name.lower()[3:]}" if rc < 0 \
-            else f"exit status {rc}"
+        if info.si_code == os.CLD_EXITED:
+            return f"exit status {info.si_status}"
+        return f"signal: {signal.Signals(info.si_status).name.lower()[3:]}"
 
     def stop_runtime(self) -> None:
         """Kill the runtime's process group (its pid, which leads it) and forget it."""
         if self.session is not None:
             self.session.close()
         p = self.proc
-        if p is not None and p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if p is not None:
+            # the leader is unreaped until here, so its group id is still ours to signal:
+            # whatever the runtime started (a bootstrap's curl) goes with it
+            proc.signal_group(p.pid, signal.SIGKILL)
             try:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -212,6 +221,7 @@ class ExecutionEnvironment:
         init_ms: Optional[float] = None
         failure: Optional[Tuple[str, bytes]] = None   # (errorType, body) before the handler ran
         if not self.warm:
+            self.stop_runtime()   # a runtime that exited while idle: reap it and its group
             failure, init_ms = self._cold_start(rid)
         status_note = ""
         t0 = time.monotonic()
@@ -274,13 +284,12 @@ class ExecutionEnvironment:
         failure: Optional[Tuple[str, bytes]] = None
         while not session.init_done.wait(0.01):
             if session.init_error is not None:
-                try:   # the runtime should exit after reporting; give it a moment
-                    self.proc.wait(timeout=1.0)
-                except subprocess.TimeoutExpired:
-                    pass
+                end = time.monotonic() + 1.0   # it should exit after reporting; a moment
+                while not self._gone() and time.monotonic() < end:
+                    time.sleep(0.01)
                 failure = session.init_error
                 break
-            if self.proc.poll() is not None:
+            if self._gone():
                 if self._reader is not None:
                     self._reader.join(timeout=1)
                 failure = ("Runtime.ExitError", error_body(
@@ -313,7 +322,7 @@ class ExecutionEnvironment:
         deadline = time.monotonic() + timeout
         session.submit(inv)
         while not inv.done.wait(0.01):
-            if p.poll() is not None:
+            if self._gone():
                 if self._reader is not None:
                     self._reader.join(timeout=1)
                 status = self._exit_status()

@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+from hyperplane import proc
 from hyperplane.errors import HyperplaneError
 from hyperplane.labconfig.plan import HostPlan, bare
 
@@ -40,22 +41,6 @@ STABLE_AFTER = 60.0
 
 def _now_iso() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def _exited(pid: int) -> bool:
-    """Whether our child ``pid`` has exited, without reaping it (it stays a zombie, holding
-    its pid and so its process group id). True when it is no longer our child at all."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class HostService:
@@ -130,9 +115,9 @@ class HostService:
                 return
             p = self._proc
             if p is not None:
-                if not _exited(p.pid):
+                if not proc.exited_unreaped(p.pid):
                     return
-                _signal_group(p.pid, signal.SIGKILL)   # what it left behind goes with it
+                proc.signal_group(p.pid, signal.SIGKILL)   # what it left behind goes with it
                 rc = p.wait()
                 self._proc = None
                 self._last_exit = rc
@@ -156,12 +141,12 @@ class HostService:
             p = self._proc
             if p is None:
                 return
-            if not _exited(p.pid):
-                _signal_group(p.pid, signal.SIGTERM)
+            if not proc.exited_unreaped(p.pid):
+                proc.signal_group(p.pid, signal.SIGTERM)
                 deadline = time.monotonic() + timeout
-                while not _exited(p.pid) and time.monotonic() < deadline:
+                while not proc.exited_unreaped(p.pid) and time.monotonic() < deadline:
                     time.sleep(0.02)
-            _signal_group(p.pid, signal.SIGKILL)
+            proc.signal_group(p.pid, signal.SIGKILL)
             self._last_exit = p.wait()
             self._proc = None
             self._log(f"[hyperplane] {_now_iso()} stopped (status {self._last_exit})\n")
@@ -171,7 +156,7 @@ class HostService:
         (None before the first exit; negative: killed by that signal), log."""
         with self._lock:
             p = self._proc
-            running = p is not None and not _exited(p.pid)
+            running = p is not None and not proc.exited_unreaped(p.pid)
             return {"host": self.host.name, "command": list(self.host.command),
                     "pid": p.pid if running else None, "running": running,
                     "restarts": self._restarts, "last_exit": self._last_exit,

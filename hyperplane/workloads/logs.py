@@ -112,10 +112,19 @@ def read_events(functions_dir: str, function: str) -> List[Dict[str, str]]:
 
 
 def follow_events(functions_dir: str, function: str, poll: float = 0.3,
-                  stop: Optional[threading.Event] = None) -> Iterator[Dict[str, str]]:
-    """Events as they are written (after the ones already there), until ``stop`` is set or
-    the caller stops iterating; files that appear later (a first cold start) are picked up."""
-    offsets: Dict[str, int] = {p: os.path.getsize(p) for p in log_files(functions_dir, function)}
+                  stop: Optional[threading.Event] = None,
+                  from_start: bool = False) -> Iterator[Dict[str, str]]:
+    """Events as they are written, until ``stop`` is set or the caller stops iterating: those
+    written after this call (``from_start``: every event, the ones already there first).
+    Files that appear later (an environment's first cold start) are followed from their
+    start."""
+    offsets: Dict[str, int] = {} if from_start else \
+        {p: os.path.getsize(p) for p in log_files(functions_dir, function)}
+    return _follow(functions_dir, function, poll, stop, offsets)
+
+
+def _follow(functions_dir: str, function: str, poll: float, stop: Optional[threading.Event],
+            offsets: Dict[str, int]) -> Iterator[Dict[str, str]]:
     while stop is None or not stop.is_set():
         batch: List[Dict[str, str]] = []
         for path in log_files(functions_dir, function):

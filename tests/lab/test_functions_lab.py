@@ -76,6 +76,9 @@ def handler(event, context):
         raise ValueError("asked to fail")
     elif action == "exit":
         os._exit(3)
+    elif action == "exit-later":
+        import threading
+        threading.Timer(0.3, os._exit, (0,)).start()
     elif action == "big":
         return "x" * (7 * 1024 * 1024)
     elif action == "whoami":
@@ -305,6 +308,14 @@ def test_a_runtime_that_exits_mid_invocation_is_a_runtime_exit_error(lab):
     doc = error_of(body)
     assert doc["errorType"] == "Runtime.ExitError" and "exit status 3" in doc["errorMessage"]
     assert json.loads(lab.invoke("fn-py", {"n": 1})[1])["count"] == 1
+
+
+def test_a_runtime_that_exits_while_idle_is_started_afresh(lab):
+    meta, _ = lab.invoke("fn-py", {"action": "exit-later"})
+    assert "FunctionError" not in meta
+    wait_until(lambda: env_of(lab, "fn-py-0")["state"] == "cold", 5, "the runtime to exit")
+    meta, body = lab.invoke("fn-py", {"n": 1})
+    assert "FunctionError" not in meta and json.loads(body)["count"] == 1
 
 
 def test_a_response_over_6_mb_is_refused(lab):
