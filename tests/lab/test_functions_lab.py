@@ -6,11 +6,12 @@ its config file, as a user's would be)."""
 from __future__ import annotations
 
 import base64
+import glob
 import json
 import os
 import subprocess
 import sys
-import textwrap
+import tempfile
 import threading
 import time
 
@@ -428,3 +429,18 @@ def test_inactive_and_pending_functions_refuse_invocations_as_in_aws(lab):
     lab.wait_function("fn-default")
     meta, _ = lab.invoke("fn-default")
     assert meta["StatusCode"] == 200 and "FunctionError" not in meta
+
+
+def test_lab_status_shows_environments_and_services_and_down_stops_them_all(lab):
+    lab.invoke("fn-default")
+    st = lab.status()["workloads"]
+    assert st["running"] and st["pid"]
+    assert {e["environment"]: e["state"] for e in st["environments"]}["fn-default-0"] == "warm"
+    assert {s["host"] for s in st["services"]} == {"server", "echo"}
+    pids = [st["pid"]] + [e["pid"] for e in st["environments"] if e["pid"]] \
+        + [s["pid"] for s in st["services"] if s["pid"]]
+    lab.down()
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", pid
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), f"hp-{lab.name}-fn-*"))
