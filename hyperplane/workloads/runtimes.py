@@ -37,6 +37,8 @@ def lambda_handler(event, context):
 '''
 DEFAULT_HANDLER_FILE = "lambda_function.py"
 PYRUNTIME = "pyruntime.py"
+#: Lambda's quota for a function's code, unzipped (250 MB).
+MAX_CODE_BYTES = 262144000
 
 
 class EntrypointError(Exception):
@@ -131,7 +133,14 @@ def install_code(code: Optional[str], dest: str) -> None:
         with open(os.path.join(dest, DEFAULT_HANDLER_FILE), "w", encoding="utf-8") as f:
             f.write(DEFAULT_CODE)
     else:
-        shutil.copytree(code, dest, symlinks=False,
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(code)
+                   for f in files if os.path.isfile(os.path.join(d, f)))
+        if size > MAX_CODE_BYTES:
+            raise EntrypointError(f"InvalidParameterValueException: Unzipped size must be "
+                                  f"smaller than {MAX_CODE_BYTES} bytes: the code folder "
+                                  f"{code} holds {size}; point `code` at the function's own "
+                                  f"folder")
+        shutil.copytree(code, dest, symlinks=False, ignore_dangling_symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     open_up(dest)
 
