@@ -232,6 +232,11 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         rules = self.plan.sg_rules(list(key[1]))
         engine.set_egress_rules([(r.cidr, r.protocol, r.from_port, r.to_port) for r in rules])
         g = self.dp.add_group(engine)
+        # A segment of a connection the ENI no longer tracks (idle past tcp_established, the
+        # 350 s of AWS's Hyperplane-based NAT) is answered with a RST, as the NAT gateway does:
+        # the function's socket fails at once with ECONNRESET instead of retransmitting into
+        # silence until its own timeout (the reason AWS advises TCP keep-alive under 350 s).
+        self.dp.set_group_options(g, rst_unknown_tcp=True)
         li = self._add_veth_link("eni", g, ifname, mac, ifname)
         s = self.plan.subnet(key[0])
         self.dp.set_subnet(li, s.cidr, s.router4)
