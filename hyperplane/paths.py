@@ -9,7 +9,11 @@ describes). Inside:
 - ``datapath.log``: the data path's log;
 - ``control.sock``: the data path's control socket (hyperplane.control speaks to it);
 - ``conntrack.state``: the connection tables the data path saved, for ``lab restart``;
-- ``flowlogs/``, ``captures/``: VPC Flow Log files and pcaps.
+- ``flowlogs/``, ``captures/``: VPC Flow Log files and pcaps;
+- ``workloads.sock``, ``workloads.log``: the workloads service's control socket and log
+  (hyperplane.workloads: the functions' code, the hosts' services);
+- ``functions/FUNCTION/ENV.log``: each execution environment's log (CloudWatch-shaped);
+- ``hosts/HOST.log`` and ``hosts/HOST/``: a host service's output and its folder.
 """
 from __future__ import annotations
 
@@ -27,6 +31,10 @@ CONTROL_SOCKET = "control.sock"
 CONNTRACK_STATE = "conntrack.state"
 FLOW_LOGS_DIR = "flowlogs"
 CAPTURES_DIR = "captures"
+WORKLOADS_SOCKET = "workloads.sock"
+WORKLOADS_LOG = "workloads.log"
+FUNCTIONS_DIR = "functions"
+HOSTS_DIR = "hosts"
 
 _LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
 
@@ -71,3 +79,20 @@ def conntrack_state_path(name: str) -> str:
 
 def flow_logs_dir(name: str) -> str:
     return os.path.join(lab_dir(name), FLOW_LOGS_DIR)
+
+
+def workloads_socket_path(name: str) -> str:
+    return os.path.join(lab_dir(name), WORKLOADS_SOCKET)
+
+
+def workloads_log_path(name: str) -> str:
+    return os.path.join(lab_dir(name), WORKLOADS_LOG)
+
+
+def functions_dir(name: str) -> str:
+    """Where the execution environments' logs are: ``functions/FUNCTION/ENV.log``."""
+    return os.path.join(lab_dir(name), FUNCTIONS_DIR)
+
+
+def host_log_path(name: str, host: str) -> str:
+    return os.path.join(lab_dir(name), HOSTS_DIR, f"{host}.log")

@@ -116,3 +116,23 @@ def stop_lab_process(pid: Any, name: str) -> Optional[int]:
             break
         time.sleep(0.02)
     return pid
+
+
+# ---- process groups of our own children ------------------------------------------------------------
+def exited_unreaped(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, without reaping it: it stays a zombie, holding its
+    pid and so its process group id, which therefore cannot have been reused by an unrelated
+    process while we signal the group. True when it is no longer our child at all."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal the process group our child ``pgid`` leads (started with start_new_session);
+    call it only while that child is unreaped (:func:`exited_unreaped`)."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -27,7 +27,7 @@ LAYERS: List[Tuple[str, ...]] = [
     ("hyperplane.engine",),
     ("hyperplane.labconfig",),
     ("hyperplane.vpc", "hyperplane.topology"),
-    ("hyperplane.datapath",),
+    ("hyperplane.datapath", "hyperplane.workloads"),
     ("hyperplane.observe",),
     ("hyperplane.lab",),
     ("hyperplane.bench",),

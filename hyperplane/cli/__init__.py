@@ -9,7 +9,7 @@ one command group to the parser, parses its arguments, calls the library and pri
     hyperplane lab restart [--name NAME]        a new data path that keeps the open connections
     hyperplane lab down [--name NAME]
     hyperplane lab list
-    hyperplane function list|update|invoke ...   the lab's functions (VpcConfig, state)
+    hyperplane function list|update|invoke|logs  the lab's functions (VpcConfig, state, code)
     hyperplane eni list [--json]                 the lab's Hyperplane ENIs
     hyperplane clock [--advance DURATION]        the lab clock (lifecycle timers)
     hyperplane conntrack list|events|flush|count like conntrack -L / -E / -F / -C

@@ -116,7 +116,8 @@ def cmd_lab_list(args) -> int:
 def cmd_run(args) -> int:
     try:
         labconfig.validate_lab_name(args.name)
-        plan = labconfig.resolve(labconfig.load(args.config), args.name)
+        plan = labconfig.resolve(labconfig.load(args.config, base_dir=args.config_dir),
+                                 args.name)
     except LabConfigError as e:
         raise config_error(e) from None
     except OSError as e:
@@ -180,6 +181,9 @@ def register_run(sub) -> None:
     p.add_argument("config", help="lab TOML")
     p.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
     p.add_argument("--control", default=None, help="control socket path (default: none)")
+    p.add_argument("--config-dir", metavar="DIR", default=None, help="folder that relative "
+                   "paths in the config (a function's code, a host's command) are taken from; "
+                   "default: the config file's folder")
     p.add_argument("--no-restore", action="store_true", help="do not restore the connection "
                    "table the lab's previous data path saved (conntrack.state)")
     p.set_defaults(func=cmd_run)

@@ -1,9 +1,10 @@
-"""``hyperplane eni list``, ``function list|update|invoke`` and ``clock``: the lab's VPC
-control plane, through its data path."""
+"""``hyperplane eni list``, ``function list|update`` and ``clock``: the lab's VPC control
+plane, through its data path (``function invoke|logs|environments`` are in cli.functions)."""
 from __future__ import annotations
 
 import json
 
+from hyperplane.cli import functions
 from hyperplane.cli.common import command_group, fill, ids, named, parse_duration, table
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab.api import Lab
@@ -60,11 +61,6 @@ def cmd_function_update(args) -> int:
     return EXIT_OK
 
 
-def cmd_function_invoke(args) -> int:
-    print(json.dumps(Lab.attach(args.name).invoke(args.function)))
-    return EXIT_OK
-
-
 def cmd_clock(args) -> int:
     seconds = parse_duration(args.advance) if args.advance else 0.0
     r = Lab.attach(args.name).advance_clock(seconds)
@@ -97,10 +93,7 @@ def register(sub) -> None:
                    "deleted after the delete delay if no other function uses them)")
     q.add_argument("--wait", action="store_true", help="wait until the update has completed")
     q.set_defaults(func=cmd_function_update)
-    q = named(fsub.add_parser("invoke", help="invoke: fails while Pending or Inactive (an "
-                                             "Inactive function then starts Pending)"))
-    q.add_argument("function", help="function name")
-    q.set_defaults(func=cmd_function_invoke)
+    functions.register(fsub)
 
     q = named(sub.add_parser("clock", help="show the lab clock, or move it forward "
                                            "(lifecycle timers and connection timeouts)"))

@@ -6,6 +6,7 @@
         lab.exec("server", ["ip", "-br", "addr"])
         web = lab.popen("server", ["python3", "-m", "http.server", "8080"])
         lab.exec("fn-a-0", ["curl", "-s", "http://198.18.1.5:8080/"], check=True)
+        meta, body = lab.invoke("fn-a", {"key": "value"})   # runs the function's code
         print(lab.conntrack(proto="tcp"))           # what `conntrack list --json` prints
     # the lab is down here, even after an exception or Ctrl-C
 
@@ -24,11 +25,11 @@ import secrets
 import shutil
 import subprocess
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hyperplane import proc
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
-from hyperplane.lab import lifecycle, status as lab_status
+from hyperplane.lab import functions as fns, lifecycle, status as lab_status
 from hyperplane.observe import conntrack as ct, stats as ob_stats
 
 #: Seconds a process :meth:`Lab.popen` started gets to exit after SIGTERM when the lab goes down.
@@ -213,9 +214,30 @@ class Lab:
             self.name, self.plan.lifecycle.eni_create_delay + lifecycle.READY_TIMEOUT)
         return next(x for x in fns if x["name"] == function)
 
-    def invoke(self, function: str) -> Dict[str, Any]:
-        """Invoke a function, as ``hyperplane function invoke`` (fails while Pending/Inactive)."""
-        return self.request("invoke", name=function)["result"]
+    def invoke(self, function: str, payload: fns.Payload = None, *,
+               log_type: str = "None") -> Tuple[Dict[str, Any], bytes]:
+        """Invoke a function and wait for its answer, as ``hyperplane function invoke`` (and
+        ``aws lambda invoke``): (metadata, response payload). ``payload`` is JSON text or
+        bytes, or any value json.dumps takes (None: ``{}``). The metadata is
+        ``{"StatusCode": 200, "ExecutedVersion": "$LATEST"}``, with ``"FunctionError":
+        "Unhandled"`` when the function failed (an exception, a timeout, a crash: the payload
+        then holds Lambda's error document) and ``"LogResult"`` (the log's last 4 KB, base64)
+        with ``log_type="Tail"``. A refused invocation (Pending, Inactive, every environment
+        busy) is a HyperplaneError with AWS's exception name."""
+        return fns.invoke(self.name, function, payload, log_type)
+
+    def logs(self, function: str) -> List[Dict[str, str]]:
+        """``hyperplane function logs FN --json``: the function's log events, oldest first."""
+        return fns.logs(self.name, function)
+
+    def environments(self) -> List[Dict[str, Any]]:
+        """``hyperplane function environments --json``: each execution environment's state
+        (cold, warm, busy), its runtime's pid, invocations, cold starts."""
+        return fns.environments(self.name)
+
+    def services(self) -> List[Dict[str, Any]]:
+        """The hosts' services (their ``command``): pid, running, restarts, last exit, log."""
+        return fns.host_services(self.name)
 
     def restart(self, restore: bool = True) -> Dict[str, Any]:
         """``hyperplane lab restart --json``: a new data path that keeps the open connections

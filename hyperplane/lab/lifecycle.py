@@ -11,10 +11,13 @@ the sentence and exit status the command line prints.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -104,16 +107,20 @@ def list_labs() -> List[Dict[str, Any]]:
 
 
 # ---- up -------------------------------------------------------------------------------------------
-def read_config(config_path: Optional[str], name: str,
-                config_text: Optional[str] = None) -> Tuple[str, str, labconfig.Plan]:
-    """(text, source, plan) of a config: ``config_text`` (a program's variant of a file;
-    ``config_path`` then only names where it came from), the file ``config_path``, or the
-    embedded default lab. Mistakes are HyperplaneError with exit status 2."""
+def read_config(config_path: Optional[str], name: str, config_text: Optional[str] = None
+                ) -> Tuple[str, str, labconfig.Plan, str]:
+    """(text, source, plan, config_dir) of a config: ``config_text`` (a program's variant of a
+    file; ``config_path`` then only names where it came from), the file ``config_path``, or the
+    embedded default lab. ``config_dir`` is the absolute folder its relative paths (a
+    function's code, a host's command) are taken from: the config file's folder, or the
+    current directory for text and the default lab (labconfig.config_dir). Mistakes are
+    HyperplaneError with exit status 2."""
     try:
         paths.validate_lab_name(name)
         if config_text is not None:
             text, source = config_text, config_path or "<text>"
-            cfg = labconfig.loads(text, source=source)
+            config_dir = labconfig.config_dir(source)
+            cfg = labconfig.loads(text, source=source, base_dir=config_dir)
         elif config_path:
             try:
                 with open(config_path, encoding="utf-8") as f:
@@ -121,12 +128,14 @@ def read_config(config_path: Optional[str], name: str,
             except OSError as e:
                 raise HyperplaneError(f"cannot read {config_path}: {e.strerror}",
                                       EXIT_USAGE) from None
-            cfg = labconfig.loads(text, source=config_path)
+            config_dir = labconfig.config_dir(config_path)
+            cfg = labconfig.loads(text, source=config_path, base_dir=config_dir)
             source = os.path.abspath(config_path)
         else:
             text, cfg, source = labconfig.default_text(), labconfig.default(), \
                 "<embedded default>"
-        return text, source, labconfig.resolve(cfg, name)
+            config_dir = cfg.base_dir
+        return text, source, labconfig.resolve(cfg, name), config_dir
     except LabConfigError as e:
         raise config_error(e) from None
 
@@ -138,22 +147,31 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
     creation delay to become available, as in AWS, where a new VPC function is Pending until
     then (`aws lambda wait function-active`). Returns the lab's state. A failure rolls back
     everything this call built, Ctrl-C included."""
-    text, source, plan = read_config(config_path, name, config_text)
+    text, source, plan, config_dir = read_config(config_path, name, config_text)
     need_privilege()
     # Refuses an existing lab of that name touching nothing; rolls its own failures back.
     state = topology.build(plan, config_source=source)
+    # The data path re-reads the lab's copy of the config, which lives elsewhere: it takes
+    # relative paths from here (start_datapath saves the state with it).
+    state["config_dir"] = config_dir
     child: Optional[subprocess.Popen] = None
+    workloads: Optional[subprocess.Popen] = None
     try:
         with open(paths.config_copy_path(name), "w", encoding="utf-8") as f:
             f.write(text)
         child = start_datapath(name, state)
+        workloads = start_workloads(name, state)
         wait_ready(name, child)
+        wait_workloads_ready(name, workloads)
         if wait_active:
             wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
     except BaseException as e:
         # Roll back: nothing of a failed `lab up` stays behind. The data path is stopped by the
         # pid this run started (the state file may not have recorded it yet), then teardown
         # removes what the state file records.
+        if workloads is not None:
+            proc.stop_child(workloads)
+            remove_function_files(name)
         if child is not None:
             proc.stop_child(child)
             try:   # stopped and reaped: its pid may be reused, so teardown must not signal it
@@ -173,10 +191,15 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
     return state
 
 
-def datapath_argv(name: str, restore: bool = True) -> List[str]:
-    """The data path's command line: ``hyperplane run`` on the lab's copy of its config."""
-    return ([sys.executable, "-m", "hyperplane", "run", os.path.abspath(paths.config_copy_path(name)),
+def datapath_argv(name: str, restore: bool = True,
+                  config_dir: Optional[str] = None) -> List[str]:
+    """The data path's command line: ``hyperplane run`` on the lab's copy of its config, with
+    relative paths taken from ``config_dir`` (the original config's folder, the lab state's
+    ``config_dir``; None: the copy's folder, as for a lab whose state predates it)."""
+    return ([sys.executable, "-m", "hyperplane", "run",
+             os.path.abspath(paths.config_copy_path(name)),
              "--name", name, "--control", os.path.abspath(paths.control_path(name))]
+            + (["--config-dir", config_dir] if config_dir else [])
             + ([] if restore else ["--no-restore"]))
 
 
@@ -195,10 +218,11 @@ def datapath_env() -> Dict[str, str]:
 
 def start_datapath(name: str, state: Dict[str, Any], restore: bool = True) -> subprocess.Popen:
     """Start the lab's data path in the background (logging to datapath.log) and record its
-    pid in the lab's state."""
+    pid in the lab's state (relative paths in the config are taken from its ``config_dir``)."""
     with open(paths.log_path(name), "ab") as logf:
         child = subprocess.Popen(
-            datapath_argv(name, restore), cwd=paths.lab_dir(name), env=datapath_env(),
+            datapath_argv(name, restore, state.get("config_dir")), cwd=paths.lab_dir(name),
+            env=datapath_env(),
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)
     state["pid"] = child.pid
@@ -208,6 +232,79 @@ def start_datapath(name: str, state: Dict[str, Any], restore: bool = True) -> su
         proc.stop_child(child)
         raise
     return child
+
+
+def start_workloads(name: str, state: Dict[str, Any]) -> subprocess.Popen:
+    """Start the lab's workloads service (hyperplane.workloads: the functions' Runtime API and
+    code, the hosts' services) in the background, logging to workloads.log, and record its
+    pid in the lab's state as ``workloads_pid``."""
+    with open(paths.workloads_log_path(name), "ab") as logf:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "hyperplane.workloads", "--name", name],
+            cwd=paths.lab_dir(name), env=datapath_env(), stdin=subprocess.DEVNULL,
+            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    state["workloads_pid"] = child.pid
+    try:
+        topology.save_state(name, state)
+    except BaseException:
+        proc.stop_child(child)
+        raise
+    return child
+
+
+def wait_workloads_ready(name: str, child: subprocess.Popen) -> None:
+    """Wait until the workloads service answers ping (HyperplaneError with its log's tail when
+    it exits or stays silent for READY_TIMEOUT)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if child.poll() is not None:
+            raise HyperplaneError(f"the workloads service exited with status "
+                                  f"{child.returncode}:\n"
+                                  + proc.tail(paths.workloads_log_path(name)))
+        try:
+            control.request(paths.workloads_socket_path(name), "ping", timeout=1.0)
+            return
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise HyperplaneError(f"the workloads service did not answer within "
+                                      f"{READY_TIMEOUT:.0f} s:\n"
+                                      + proc.tail(paths.workloads_log_path(name))) from None
+            time.sleep(0.05)
+
+
+def workloads_request(name: str, cmd: str, timeout: float = 5.0, /,
+                      **args) -> Dict[str, Any]:
+    """One request to lab ``name``'s workloads service; its refusal is a HyperplaneError with
+    its words (exit status 2 for a malformed request, 1 otherwise)."""
+    state, _ = load_lab(name)
+    if not proc.pid_alive(state.get("workloads_pid")):
+        raise HyperplaneError(f"the workloads service of lab {name!r} is not running (it runs "
+                              f"the functions' code); `{PROG} lab down --name {name}` and "
+                              f"`lab up` again")
+    try:
+        r = control.request(paths.workloads_socket_path(name), cmd, timeout=timeout, **args)
+    except (OSError, ValueError) as e:
+        raise HyperplaneError(f"the workloads service of lab {name!r} does not answer ({e}); "
+                              f"see {paths.workloads_log_path(name)}") from None
+    if not r.get("ok"):
+        raise HyperplaneError(r.get("error", "refused"),
+                              EXIT_USAGE if r.get("code") == "usage" else EXIT_FAIL)
+    return r
+
+
+def stop_workloads(name: str, state: Dict[str, Any]) -> Optional[int]:
+    """Stop the workloads service by the pid the state records (it stops the functions'
+    runtimes and the hosts' services on its way out) and remove the functions' files."""
+    stopped = proc.stop_lab_process(state.get("workloads_pid"), name)
+    remove_function_files(name)
+    return stopped
+
+
+def remove_function_files(name: str) -> None:
+    """The folders the workloads service made for lab ``name``'s functions' code (it removes
+    them itself; this is for a service that was killed)."""
+    for d in glob.glob(os.path.join(tempfile.gettempdir(), f"hp-{glob.escape(name)}-fn-*")):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def wait_ready(name: str, child: subprocess.Popen) -> None:
@@ -294,6 +391,9 @@ def lab_restart(name: str, restore: bool = True) -> Dict[str, Any]:
         raise HyperplaneError(f"lab restart {name!r}: stopping the data path failed: {e}") \
             from None
     child = start_datapath(name, state, restore=restore)
+    if not proc.pid_alive(state.get("workloads_pid")):   # it outlives a restart; if it died,
+        remove_function_files(name)                      # the restart brings it back
+        wait_workloads_ready(name, start_workloads(name, state))
     try:
         wait_ready(name, child)
         wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
@@ -323,6 +423,9 @@ def lab_down(name: str) -> Optional[Dict[str, Any]]:
         return None
     need_privilege()
     try:
+        state = topology.load_state(name)
+        if state is not None:
+            stop_workloads(name, state)
         return topology.teardown(name)
     except LabError as e:
         raise HyperplaneError(f"{e}; run `{PROG} lab down --name {name}` again") from None

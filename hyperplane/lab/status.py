@@ -1,11 +1,12 @@
 """What ``hyperplane lab status --json`` prints: a lab's nodes, ENIs, fabric, NAT gateways and,
-while its data path runs, its counters, functions and live ENIs."""
+while its data path runs, its counters, functions and live ENIs; while its workloads service
+runs, the execution environments (cold, warm, busy) and the hosts' services."""
 from __future__ import annotations
 
 import sys
 from typing import Any, Dict, List, Optional
 
-from hyperplane import labconfig, paths, proc, topology
+from hyperplane import control, labconfig, paths, proc, topology
 from hyperplane.errors import HyperplaneError
 from hyperplane.lab.lifecycle import ask, load_lab
 
@@ -130,6 +131,15 @@ def status(name: str) -> Dict[str, Any]:
         except HyperplaneError as e:
             out["running"] = False
             out["error"] = str(e)
+    wpid = state.get("workloads_pid")
+    out["workloads"] = {"pid": wpid, "running": proc.pid_alive(wpid)}
+    if out["workloads"]["running"]:
+        try:
+            for key, cmd in (("environments", "environments"), ("services", "hosts")):
+                r = control.request(paths.workloads_socket_path(name), cmd, timeout=2.0)
+                out["workloads"][key] = r[cmd]
+        except (OSError, ValueError, KeyError) as e:
+            out["workloads"]["error"] = f"the workloads service does not answer ({e})"
     if plan.nacls:
         try:
             out["nacl_counters"] = topology.nacl_counters(plan)
@@ -154,6 +164,18 @@ def print_status(st: Dict[str, Any], out=None) -> None:
         p(f"  function {f['name']}: {f['state']}"
           + (f" ({f['state_reason_code']})" if f.get("state_reason_code") else "")
           + f", ENIs {', '.join(f.get('enis', [])) or '-'}")
+    w = st.get("workloads") or {}
+    if w and not w.get("running"):
+        p("  workloads service NOT running: functions cannot be invoked")
+    for e in w.get("environments", []):
+        p(f"  environment {e['environment']} ({e['function']}): {e['state']}"
+          + (f", runtime pid {e['pid']}" if e.get("pid") else "")
+          + f", {e['invocations']} invocation(s), {e['cold_starts']} cold start(s)"
+          + (f", last error {e['last_error']}" if e.get("last_error") else ""))
+    for h in w.get("services", []):
+        p(f"  host {h['host']} service: " + (f"running, pid {h['pid']}" if h.get("running")
+                                            else "NOT running")
+          + f", {h.get('restarts', 0)} restart(s); log {h.get('log')}")
     for n in st.get("nat_gateways", []):
         p(f"  NAT gateway {n['id']} in {n['subnet']}: {n['private_ipv4']} -> "
           f"{n['public_ipv4']} (idle timeout {n['idle_timeout']:g} s)")

@@ -36,6 +36,12 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
 - ``[lifecycle]`` sets the ENI delays ("lab" or "aws" profile) and scale-out (ports per ENI,
   the high-water mark that starts the next ENI early, ENIs per key); ``[iam]`` holds identity
   and execution-role policies, checked (:mod:`hyperplane.labconfig.iam`) when the config is loaded.
+- What a function runs (Lambda CreateFunction's rules): ``runtime`` provided.al2023 /
+  provided.al2 (the ``bootstrap`` of its ``code`` folder) or python3.N, ``handler``, ``code``
+  (a folder, relative to the config file's folder; absent: the built-in hello-world handler),
+  ``timeout`` 1..900 s, ``memory_size`` 128..10240 MB and ``environment`` (Lambda's key
+  pattern, reserved keys and 4 KB limit). A host may run a ``command`` (a service) with an
+  ``environment`` of its own.
 - ``[flow_logs]``: VPC Flow Logs per ENI (default format v2) under the lab's directory
   (:mod:`hyperplane.datapath.flowlogs`): ``enabled``, ``interval`` (1..600 s; AWS offers 60 or 600),
   ``account_id``.
@@ -58,11 +64,14 @@ Where things are (the modules import one another directly, never through this pa
     plan             the resolved Plan and its parts, with its JSON round trip; bare()
     addressing       AWS's reserved addresses, free-address walks, derived ids and MACs
                      (eni_id, lab_mac)
-    loading          load, loads, parse, default, default_text (default_lab.toml is beside it)
+    loading          load, loads, parse, default, default_text (default_lab.toml is beside it),
+                     config_dir (where a config's relative paths are taken from)
     parse_common     the field-path helpers: types, keys, CIDRs, addresses, AWS ids, names,
                      the subnet associations of network ACLs and route tables
     parse_vpc        [lab], [vpc], [[subnets]], [[hosts]]
     parse_functions  [[functions]], [iam]
+    parse_code       what runs: a function's runtime, handler, code, timeout, memory_size and
+                     environment; a host's command and its environment
     parse_security   [[security_groups]], [[network_acls]]
     parse_routing    [internet], [[nat_gateways]], [[route_tables]], [[internet_hosts]]
     parse_runtime    [lifecycle], [flow_logs], [datapath]
@@ -75,7 +84,7 @@ from __future__ import annotations
 from hyperplane.errors import LabConfigError
 from hyperplane.labconfig import iam  # noqa: F401
 from hyperplane.labconfig.addressing import eni_id, lab_mac
-from hyperplane.labconfig.loading import default, default_text, load, loads, parse
+from hyperplane.labconfig.loading import config_dir, default, default_text, load, loads, parse
 from hyperplane.labconfig.model import (  # noqa: F401
     ATTACH_KINDS, BENCHMARK_V4, BENCHMARK_V6, DEFAULT_ACCOUNT_ID, DEFAULT_ENV_CIDR,
     DEFAULT_ENV_IPV6_CIDR, DEFAULT_INTERNET_CIDR, FLOW_LOGS_INTERVAL, FLOW_LOGS_INTERVAL_RANGE,
@@ -98,6 +107,6 @@ __all__ = [
     "LabConfig", "SubnetPlan", "EniPlan", "EnvPlan", "HostPlan", "RulePlan", "SecurityGroupPlan",
     "NaclPlan", "RoutePlan", "RouteTablePlan", "NatGatewayPlan", "InternetPlan", "FunctionPlan",
     "LifecyclePlan", "FlowLogsPlan", "Plan", "LIFECYCLE_PROFILES", "NAT_IDLE_TIMEOUT",
-    "load", "loads", "parse", "default", "default_text", "resolve", "validate_lab_name",
-    "eni_id", "lab_mac", "bare", "BENCHMARK_V4", "BENCHMARK_V6", "ATTACH_KINDS",
+    "load", "loads", "parse", "config_dir", "default", "default_text", "resolve",
+    "validate_lab_name", "eni_id", "lab_mac", "bare", "BENCHMARK_V4", "BENCHMARK_V6", "ATTACH_KINDS",
 ]

@@ -1,11 +1,15 @@
 """Loading a lab file: TOML text (a path, a string, the embedded default lab) to a
 validated :class:`LabConfig`. :func:`parse` walks the sections in dependency order (each
 ``parse_*`` module owns a group of them), then checks the config as a whole.
+
+Relative paths in a config (a function's ``code``) are taken from :func:`config_dir`: the
+``base_dir`` the caller gives, else the folder of the config file, else the current directory.
 """
 from __future__ import annotations
 
+import os
 from importlib import resources
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from hyperplane.errors import LabConfigError
 from hyperplane.labconfig.model import LabConfig
@@ -30,8 +34,19 @@ except ImportError:  # pragma: no cover
                           "`pip install tomli`") from None
 
 
-def load(path) -> LabConfig:
-    """Read and validate the lab config at ``path``."""
+def config_dir(source: str, base_dir: Optional[str] = None) -> str:
+    """The folder a config's relative paths are taken from: ``base_dir`` when given, else the
+    folder of ``source`` when that is an existing file, else the current directory; absolute."""
+    if base_dir is not None:
+        return os.path.abspath(base_dir)
+    if source and os.path.isfile(source):
+        return os.path.dirname(os.path.abspath(source))
+    return os.getcwd()
+
+
+def load(path, base_dir: Optional[str] = None) -> LabConfig:
+    """Read and validate the lab config at ``path``; relative paths in it are taken from
+    ``base_dir`` (default: the file's folder)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -43,24 +58,27 @@ def load(path) -> LabConfig:
     except UnicodeDecodeError as e:
         raise LabConfigError(str(path), f"not UTF-8 text ({e}); TOML files must be UTF-8") \
             from None
-    return loads(text, source=str(path))
+    return loads(text, source=str(path), base_dir=base_dir)
 
 
-def loads(text: str, source: str = "<string>") -> LabConfig:
-    """Parse and validate a lab config from TOML text; ``source`` names it in errors."""
+def loads(text: str, source: str = "<string>", base_dir: Optional[str] = None) -> LabConfig:
+    """Parse and validate a lab config from TOML text; ``source`` names it in errors, and
+    relative paths in it are taken from :func:`config_dir` (``base_dir``, else the folder of
+    ``source`` when that is a file, else the current directory)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise LabConfigError(source, f"TOML syntax error: {e}; fix the line it names "
                              "(https://toml.io explains the syntax)") from None
-    return parse(doc, source)
+    return parse(doc, source, base_dir)
 
 
-def parse(doc: Dict[str, Any], source: str = "<mapping>") -> LabConfig:
+def parse(doc: Dict[str, Any], source: str = "<mapping>",
+          base_dir: Optional[str] = None) -> LabConfig:
     """Validate an already-parsed document (what ``tomllib.loads`` returns: plain dicts,
-    lists, strings and booleans)."""
+    lists, strings and booleans); relative paths as :func:`loads` takes them."""
     expect(doc, dict, source, "the lab config is a TOML document (a table)")
-    return _parse(doc, source)
+    return _parse(doc, source, config_dir(source, base_dir))
 
 
 def default_text() -> str:
@@ -80,7 +98,7 @@ _TOP_LEVEL_KEYS = ["lab", "vpc", "subnets", "functions", "hosts", "security_grou
                    "lifecycle", "iam", "flow_logs", "datapath"]
 
 
-def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
+def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> LabConfig:
     check_keys(doc, "", _TOP_LEVEL_KEYS, required=["vpc"])
     lab = parse_lab(doc.get("lab", {}))
     vpc = parse_vpc(doc["vpc"])
@@ -93,7 +111,8 @@ def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
     check_nat_gateways_public(nats, tables, internet)
     nacls = parse_network_acls(array_of_tables(doc, "network_acls"), subnets)
     iam = parse_iam(doc)
-    functions = parse_functions(array_of_tables(doc, "functions"), subnets, sgs, iam)
+    functions = parse_functions(array_of_tables(doc, "functions"), subnets, sgs, iam,
+                                base_dir)
     hosts = parse_hosts(array_of_tables(doc, "hosts"), subnets)
     ihosts = parse_internet_hosts(array_of_tables(doc, "internet_hosts"), internet)
     lifecycle = parse_lifecycle(doc.get("lifecycle", {}))
@@ -113,7 +132,8 @@ def _parse(doc: Dict[str, Any], source: str) -> LabConfig:
                        security_groups=tuple(sgs), network_acls=tuple(nacls),
                        route_tables=tuple(tables), internet=internet,
                        internet_hosts=tuple(ihosts), nat_gateways=tuple(nats),
-                       lifecycle=lifecycle, iam=iam, flow_logs=flow_logs, datapath=datapath)
+                       lifecycle=lifecycle, iam=iam, flow_logs=flow_logs, datapath=datapath,
+                       base_dir=base_dir)
     check_env_capacity(config)
     check_internet_overlap(config)
     allocate(config)  # raises when a subnet or the internet has too few addresses

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import sys
 from typing import Any, Dict, Optional, Tuple, Union
 
 IPv4Net = ipaddress.IPv4Network
@@ -55,6 +56,32 @@ NACL_RULE_NUMBERS = (1, 32766)
 #: A NAT gateway drops a connection after 350 s idle (AWS NAT gateway documentation). This is
 #: shorter than RFC 5382 REQ-5's 2 h 4 min for established TCP on purpose: it is what AWS does.
 NAT_IDLE_TIMEOUT = 350.0
+
+#: The code a function runs (hyperplane.labconfig.parse_code). Lambda's custom runtimes run the
+#: ``bootstrap`` of the code folder; Python runtimes import the handler's module. A lab runs a
+#: python3.N function with the machine's own interpreter, so the default is that interpreter's.
+CUSTOM_RUNTIMES = ("provided.al2023", "provided.al2")
+DEFAULT_RUNTIME = f"python3.{sys.version_info.minor}"
+#: Lambda's default handlers: the console's Python blueprint, and the custom-runtime tutorial's
+#: ``function.handler`` (a name the bootstrap reads from _HANDLER; Lambda does not look at it).
+DEFAULT_PYTHON_HANDLER = "lambda_function.lambda_handler"
+DEFAULT_CUSTOM_HANDLER = "function.handler"
+#: Lambda CreateFunction: Handler matches [^\s]+, at most 128 characters.
+MAX_HANDLER = 128
+#: Lambda CreateFunction: Timeout 1..900 seconds (default 3), MemorySize 128..10240 MB (128).
+TIMEOUT_RANGE = (1, 900)
+DEFAULT_TIMEOUT = 3
+MEMORY_SIZE_RANGE = (128, 10240)
+DEFAULT_MEMORY_SIZE = 128
+#: Lambda environment variables: keys match [a-zA-Z]([a-zA-Z0-9_])+; the keys and values
+#: together may not exceed 4 KB; these keys are the runtime's own and cannot be set.
+MAX_ENVIRONMENT_BYTES = 4096
+RESERVED_ENVIRONMENT_KEYS = (
+    "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+    "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR")
 
 #: Lifecycle profiles, in seconds: (eni_create_delay, inactive_after, eni_delete_delay).
 #: "lab" is short enough to watch; "aws" is what the Lambda documentation says: a function idle
@@ -109,24 +136,42 @@ class FunctionVpcConfig:
     ipv6_allowed_for_dual_stack: bool = False
 
 
+#: Environment variables as the frozen model keeps them: (key, value) pairs in file order.
+Environment = Tuple[Tuple[str, str], ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class Function:
     """``[[functions]]``: one entry in ``environments`` per execution environment.
     ``vpc_config`` None = a function not attached to a VPC; ``role`` names an execution role
-    under ``[iam.roles]`` (None = no role checks)."""
+    under ``[iam.roles]`` (None = no role checks).
+
+    What it runs: ``runtime`` (a CUSTOM_RUNTIMES entry or python3.N), ``handler``, ``code``
+    (the absolute path of its code folder; None = the built-in hello-world handler, Python
+    runtimes only), ``timeout`` in seconds, ``memory_size`` in MB (shown, not enforced) and
+    ``environment``, its environment variables."""
     name: str
     environments: Tuple[str, ...]
     vpc_config: Optional[FunctionVpcConfig]
     role: Optional[str] = None
+    runtime: str = DEFAULT_RUNTIME
+    handler: str = DEFAULT_PYTHON_HANDLER
+    code: Optional[str] = None
+    timeout: int = DEFAULT_TIMEOUT
+    memory_size: int = DEFAULT_MEMORY_SIZE
+    environment: Environment = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Host:
-    """``[[hosts]]``: a machine in the VPC (a server the functions talk to)."""
+    """``[[hosts]]``: a machine in the VPC (a server the functions talk to). ``command`` is
+    the argv of a service the lab runs in it (None: none), with ``environment`` added."""
     name: str
     subnet: str
     ipv4: Optional[ipaddress.IPv4Address] = None
     ipv6: Optional[ipaddress.IPv6Address] = None
+    command: Optional[Tuple[str, ...]] = None
+    environment: Environment = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,9 +212,11 @@ class Internet:
 @dataclasses.dataclass(frozen=True)
 class InternetHost:
     """``[[internet_hosts]]``: a machine on the internet (reachable only through a NAT
-    gateway)."""
+    gateway); ``command`` and ``environment`` as a :class:`Host`'s."""
     name: str
     ipv4: Optional[ipaddress.IPv4Address] = None
+    command: Optional[Tuple[str, ...]] = None
+    environment: Environment = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,8 +230,10 @@ class NatGateway:
 @dataclasses.dataclass(frozen=True)
 class LabConfig:
     """A validated lab configuration. ``source`` says where it came from (a path, or
-    ``<default>`` for the embedded lab). ``iam`` is what :func:`hyperplane.labconfig.iam.parse_iam_section`
-    returned for ``[iam]`` (None without that section)."""
+    ``<default>`` for the embedded lab); ``base_dir`` is the folder its relative paths (a
+    function's code, a host's command) were taken from. ``iam`` is what
+    :func:`hyperplane.labconfig.iam.parse_iam_section` returned for ``[iam]`` (None without
+    that section)."""
     vpc: Vpc
     subnets: Tuple[Subnet, ...]
     functions: Tuple[Function, ...]
@@ -201,6 +250,7 @@ class LabConfig:
     iam: Optional[Dict[str, Any]] = dataclasses.field(default=None, hash=False)
     flow_logs: "FlowLogsPlan" = dataclasses.field(default_factory=lambda: FlowLogsPlan())
     datapath: "DatapathPlan" = dataclasses.field(default_factory=lambda: DatapathPlan())
+    base_dir: str = ""
 
     def subnet(self, subnet_id: str) -> Subnet:
         for s in self.subnets:

@@ -33,7 +33,7 @@ _TYPE_NAMES = {str: "a string", bool: "true or false", list: "an array", dict: "
                int: "an integer", float: "a number"}
 
 
-def _type_name(v: Any) -> str:
+def type_name(v: Any) -> str:
     """What TOML value the user wrote, in TOML's words."""
     if isinstance(v, bool):
         return "a boolean"
@@ -46,7 +46,7 @@ def _type_name(v: Any) -> str:
 def expect(value: Any, typ: type, field: str, hint: str = "") -> Any:
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if not ok:
-        raise LabConfigError(field, f"must be {_TYPE_NAMES[typ]}, not {_type_name(value)} "
+        raise LabConfigError(field, f"must be {_TYPE_NAMES[typ]}, not {type_name(value)} "
                              f"({value!r}){'; ' + hint if hint else ''}")
     return value
 

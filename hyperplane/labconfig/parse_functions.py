@@ -1,4 +1,5 @@
-"""Parsing ``[[functions]]`` (Lambda's ``VpcConfig`` and its limits) and ``[iam]``: the
+"""Parsing ``[[functions]]`` (Lambda's ``VpcConfig`` and its limits; the code they run is
+:mod:`hyperplane.labconfig.parse_code`'s) and ``[iam]``: the
 policies are read and checked by :mod:`hyperplane.labconfig.iam`, here they are tied to the
 functions' ``lambda:CreateFunction`` calls.
 """
@@ -11,12 +12,14 @@ from hyperplane.labconfig import iam
 from hyperplane.labconfig.model import (ATTACH_KINDS, MAX_SECURITY_GROUPS, MAX_SUBNET_IDS,
                                         Function, FunctionVpcConfig, LabConfig, SecurityGroup,
                                         Subnet)
+from hyperplane.labconfig.parse_code import FUNCTION_CODE_KEYS, parse_function_code
 from hyperplane.labconfig.parse_common import (SG_ID, check_keys, did_you_mean, expect,
                                                string_list, unique_name)
 
 
 def parse_functions(tables, subnets: List[Subnet], groups: List[SecurityGroup],
-                    iam: Optional[Dict[str, Any]]) -> List[Function]:
+                    iam: Optional[Dict[str, Any]], base_dir: str) -> List[Function]:
+    """``base_dir``: the folder a relative ``code`` path is taken from."""
     by_id = {s.id: s for s in subnets}
     known_ids = ", ".join(by_id) or "(none defined)"
     sg_ids = [g.id for g in groups]
@@ -24,7 +27,7 @@ def parse_functions(tables, subnets: List[Subnet], groups: List[SecurityGroup],
     functions: List[Function] = []
     for i, t in enumerate(tables):
         f = f"functions[{i}]"
-        check_keys(t, f, ["name", "environments", "vpc_config", "role"],
+        check_keys(t, f, ["name", "environments", "vpc_config", "role", *FUNCTION_CODE_KEYS],
                    required=["name", "environments"])
         name = unique_name(t["name"], f"{f}.name", "function", "fn-a",
                            [fn.name for fn in functions])
@@ -47,9 +50,10 @@ def parse_functions(tables, subnets: List[Subnet], groups: List[SecurityGroup],
                                      f"defined for the function cannot be assumed by Lambda: "
                                      f"role {role!r} does not exist{did_you_mean(role, roles)}; "
                                      + where)
+        code = parse_function_code(t, f, base_dir)
         if "vpc_config" not in t:  # a function outside any VPC: no ENI, no VPC access
             functions.append(Function(name=name, environments=tuple(envs), vpc_config=None,
-                                      role=role))
+                                      role=role, **code))
             continue
 
         vf = f"{f}.vpc_config"
@@ -108,7 +112,8 @@ def parse_functions(tables, subnets: List[Subnet], groups: List[SecurityGroup],
             name=name, environments=tuple(envs),
             vpc_config=FunctionVpcConfig(subnet_ids=tuple(subnet_ids),
                                          security_group_ids=tuple(sgs),
-                                         ipv6_allowed_for_dual_stack=ipv6_ok), role=role))
+                                         ipv6_allowed_for_dual_stack=ipv6_ok), role=role,
+            **code))
     return functions
 
 

@@ -11,6 +11,7 @@ from hyperplane.labconfig.addressing import digest
 from hyperplane.labconfig.model import (DEFAULT_INTERNET_CIDR, NAT_IDLE_TIMEOUT, Internet,
                                         InternetHost, LabConfig, NatGateway, RoutePlan,
                                         RouteTable, Subnet, Vpc)
+from hyperplane.labconfig.parse_code import HOST_COMMAND_KEYS, host_command
 from hyperplane.labconfig.parse_common import (IGW_ID, NAT_ID, RTB_ID, address, associations,
                                                aws_id, check_keys, did_you_mean, expect, network,
                                                rule_network, unique_name)
@@ -188,7 +189,7 @@ def parse_internet_hosts(tables, internet: Optional[Internet]) -> List[InternetH
     hosts: List[InternetHost] = []
     for i, t in enumerate(tables):
         f = f"internet_hosts[{i}]"
-        check_keys(t, f, ["name", "ipv4"], required=["name"])
+        check_keys(t, f, ["name", "ipv4", *HOST_COMMAND_KEYS], required=["name"])
         name = unique_name(t["name"], f"{f}.name", "internet host", "web",
                            [h.name for h in hosts])
         if internet is None:
@@ -209,5 +210,6 @@ def parse_internet_hosts(tables, internet: Optional[Internet]) -> List[InternetH
                 if other.ipv4 == ipv4:
                     raise LabConfigError(f"{f}.ipv4", f"{ipv4} is already internet_hosts[{j}]'s "
                                          "address; give each host its own or leave it out")
-        hosts.append(InternetHost(name=name, ipv4=ipv4))
+        command, env = host_command(t, f)
+        hosts.append(InternetHost(name=name, ipv4=ipv4, command=command, environment=env))
     return hosts

@@ -1,5 +1,6 @@
 """Parsing ``[lab]``, ``[vpc]``, ``[[subnets]]`` and ``[[hosts]]``: the VPC's blocks, its
-subnets and the machines in them, and whether the environments fit in ``lab.env_cidr``.
+subnets and the machines in them (their services are :mod:`hyperplane.labconfig.parse_code`'s),
+and whether the environments fit in ``lab.env_cidr``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DEFAULT_ENV_CIDR,
                                         DEFAULT_ENV_IPV6_CIDR, RESERVED_AT_START,
                                         SUBNET_V4_PREFIX, VPC_V4_PREFIX, Host, IPNet, LabConfig,
                                         LabSettings, Subnet, Vpc)
+from hyperplane.labconfig.parse_code import HOST_COMMAND_KEYS, host_command
 from hyperplane.labconfig.parse_common import (ACCOUNT_ID, SUBNET_ID, VPC_ID, address, aws_id,
                                                check_keys, expect, network, range_overlap,
                                                unique_name)
@@ -117,7 +119,8 @@ def parse_hosts(tables, subnets: List[Subnet]) -> List[Host]:
     hosts: List[Host] = []
     for i, t in enumerate(tables):
         f = f"hosts[{i}]"
-        check_keys(t, f, ["name", "subnet", "ipv4", "ipv6"], required=["name", "subnet"])
+        check_keys(t, f, ["name", "subnet", "ipv4", "ipv6", *HOST_COMMAND_KEYS],
+                   required=["name", "subnet"])
         name = unique_name(t["name"], f"{f}.name", "host", "server", [h.name for h in hosts])
         sid = expect(t["subnet"], str, f"{f}.subnet", 'like "subnet-a"')
         if sid not in by_id:
@@ -136,7 +139,9 @@ def parse_hosts(tables, subnets: List[Subnet]) -> List[Host]:
             ipv6 = address(t["ipv6"], f"{f}.ipv6", 6)
             _check_fixed(ipv6, subnet.ipv6_cidr, sid, f"{f}.ipv6", [(j, h.ipv6) for j, h in
                                                                      enumerate(hosts)])
-        hosts.append(Host(name=name, subnet=sid, ipv4=ipv4, ipv6=ipv6))
+        command, env = host_command(t, f)
+        hosts.append(Host(name=name, subnet=sid, ipv4=ipv4, ipv6=ipv6, command=command,
+                          environment=env))
     return hosts
 
 

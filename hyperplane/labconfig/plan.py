@@ -10,7 +10,9 @@ import ipaddress
 from typing import Any, Dict, Iterable, List, Optional
 
 from hyperplane.labconfig.addressing import free_addresses
-from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DatapathPlan, FlowLogsPlan,
+from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DEFAULT_MEMORY_SIZE,
+                                        DEFAULT_PYTHON_HANDLER, DEFAULT_RUNTIME,
+                                        DEFAULT_TIMEOUT, DatapathPlan, FlowLogsPlan,
                                         LifecyclePlan, RoutePlan, RulePlan)
 
 
@@ -79,7 +81,10 @@ class EnvPlan:
 
 @dataclasses.dataclass(frozen=True)
 class HostPlan:
-    """A VPC host: its own namespace whose ``eth0`` is a veth to the subnet's bridge."""
+    """A VPC host (or an internet host): its own namespace whose ``eth0`` is a veth to the
+    subnet's bridge. ``command``: the argv of the service the lab runs in it (None: none),
+    with ``environment`` added to its environment, started in ``config_dir`` (the folder the
+    config's relative paths are taken from; None without a command)."""
     name: str
     netns: str
     ifname: str
@@ -90,6 +95,9 @@ class HostPlan:
     gw6: Optional[str]
     fabric_ifname: str
     mac: Optional[str] = None
+    command: Optional[List[str]] = None
+    environment: Dict[str, str] = dataclasses.field(default_factory=dict)
+    config_dir: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,13 +166,22 @@ class InternetPlan:
 @dataclasses.dataclass(frozen=True)
 class FunctionPlan:
     """A function as created: its VpcConfig (``subnet_ids`` empty = not attached to a VPC),
-    its execution role's name (or None) and its execution environments' names."""
+    its execution role's name (or None) and its execution environments' names; what it runs:
+    ``runtime`` ("provided.al2023", "provided.al2" or "python3.N"), ``handler``, ``code`` (the
+    absolute path of its code folder; None = the built-in hello-world handler), ``timeout``
+    (seconds), ``memory_size`` (MB, informational) and ``environment`` (its variables)."""
     name: str
     subnet_ids: List[str]
     security_group_ids: List[str]
     ipv6_allowed_for_dual_stack: bool
     role: Optional[str]
     envs: List[str]
+    runtime: str = DEFAULT_RUNTIME
+    handler: str = DEFAULT_PYTHON_HANDLER
+    code: Optional[str] = None
+    timeout: int = DEFAULT_TIMEOUT
+    memory_size: int = DEFAULT_MEMORY_SIZE
+    environment: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +303,11 @@ class Plan:
         def rules(items):
             return [RulePlan(**r) for r in items]
 
+        def host(h):
+            cmd = h.get("command")
+            return HostPlan(**{**h, "command": list(cmd) if cmd is not None else None,
+                               "environment": dict(h.get("environment") or {})})
+
         inet = d.get("internet")
         return cls(
             name=d["name"], prefix=d["prefix"], node_ns=d["node_ns"], fabric_ns=d["fabric_ns"],
@@ -293,7 +315,7 @@ class Plan:
             enis=[EniPlan(**{**e, "security_groups": list(e["security_groups"])})
                   for e in d["enis"]],
             envs=[EnvPlan(**e) for e in d["envs"]],
-            hosts=[HostPlan(**h) for h in d["hosts"]],
+            hosts=[host(h) for h in d["hosts"]],
             vpc_id=d.get("vpc_id", ""),
             account_id=d.get("account_id", DEFAULT_ACCOUNT_ID),
             security_groups=[SecurityGroupPlan(**{**g, "egress": rules(g["egress"])})
@@ -307,10 +329,11 @@ class Plan:
                           for t in d.get("route_tables", [])],
             nat_gateways=[NatGatewayPlan(**n) for n in d.get("nat_gateways", [])],
             internet=InternetPlan(**inet) if inet else None,
-            internet_hosts=[HostPlan(**h) for h in d.get("internet_hosts", [])],
+            internet_hosts=[host(h) for h in d.get("internet_hosts", [])],
             functions=[FunctionPlan(**{**f, "subnet_ids": list(f["subnet_ids"]),
                                        "security_group_ids": list(f["security_group_ids"]),
-                                       "envs": list(f["envs"])})
+                                       "envs": list(f["envs"]),
+                                       "environment": dict(f.get("environment") or {})})
                        for f in d.get("functions", [])],
             lifecycle=LifecyclePlan(**d.get("lifecycle", {})),
             iam=d.get("iam"),

@@ -116,6 +116,14 @@ def _internet_addresses(net: IPv4Net, skip) -> Iterable:
             yield addr
 
 
+def _service(host, base_dir: str) -> Dict[str, Any]:
+    """A host's service as its HostPlan carries it (the config's folder only with one)."""
+    if host.command is None:
+        return {}
+    return {"command": list(host.command), "environment": dict(host.environment),
+            "config_dir": base_dir or None}
+
+
 def resolve(config: LabConfig, name: str) -> Plan:
     """Lay the lab out: namespaces, interface names, MACs and addresses. Pure and deterministic
     (no I/O), so the same (config, name) always gives the same plan."""
@@ -175,7 +183,8 @@ def resolve(config: LabConfig, name: str) -> Plan:
             name=fn.name, subnet_ids=list(vc.subnet_ids) if vc else [],
             security_group_ids=list(vc.security_group_ids) if vc else [],
             ipv6_allowed_for_dual_stack=vc.ipv6_allowed_for_dual_stack if vc else False,
-            role=fn.role, envs=names))
+            role=fn.role, envs=names, runtime=fn.runtime, handler=fn.handler, code=fn.code,
+            timeout=fn.timeout, memory_size=fn.memory_size, environment=dict(fn.environment)))
 
     hosts: List[HostPlan] = []
     for i, h in enumerate(config.hosts):
@@ -185,7 +194,7 @@ def resolve(config: LabConfig, name: str) -> Plan:
             name=h.name, netns=f"{prefix}host-{h.name}", ifname="eth0", subnet=h.subnet,
             ipv4=f"{layout.host_v4[h.name]}/{ipaddress.ip_network(s.cidr).prefixlen}",
             ipv6=f"{v6}/64" if v6 else None, gw4=s.router4, gw6=s.router6 if v6 else None,
-            fabric_ifname=f"host{i}", mac=None))
+            fabric_ifname=f"host{i}", mac=None, **_service(h, config.base_dir)))
 
     internet = None
     ihosts: List[HostPlan] = []
@@ -209,7 +218,8 @@ def resolve(config: LabConfig, name: str) -> Plan:
             ihosts.append(HostPlan(
                 name=h.name, netns=f"{prefix}ihost-{h.name}", ifname="eth0", subnet="internet",
                 ipv4=f"{layout.ihost_v4[h.name]}/{inet.cidr.prefixlen}", ipv6=None,
-                gw4=internet.router4, gw6=None, fabric_ifname=f"ihost{i}", mac=None))
+                gw4=internet.router4, gw6=None, fabric_ifname=f"ihost{i}", mac=None,
+                **_service(h, config.base_dir)))
 
     return Plan(
         name=name, prefix=prefix, node_ns=f"{prefix}node", fabric_ns=f"{prefix}vpc",

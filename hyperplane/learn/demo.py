@@ -9,13 +9,16 @@
 3. The connection table while the TCP connections are open, in ``conntrack -L`` style.
 4. The server tries to open a TCP connection and send a UDP datagram *to* the ENI: nothing
    asked for them, so the data path drops both and counts them as ``unsolicited``.
-5. The counters, then ``lab down`` (``--keep`` leaves the lab up).
+5. Each function's own code runs (``function invoke``; the default lab's functions have the
+   Lambda console's hello-world handler): a cold start, then a warm invocation.
+6. The counters, then ``lab down`` (``--keep`` leaves the lab up).
 
 Exit status 0 when every step did what it should, 1 otherwise (each failure is printed).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import socket
 import sys
@@ -221,7 +224,20 @@ def run(name: Optional[str] = None, keep: bool = False, out=sys.stdout) -> int:
             c.close()
         held.clear()
 
-        say("\n== 5. counters")
+        say("\n== 5. the functions run their code (function invoke: a cold start, then warm)")
+        for fn in plan.functions:
+            for attempt in ("cold", "warm"):
+                meta, body = lab.invoke(fn.name, {"demo": attempt})
+                report = next((e["message"] for e in reversed(lab.logs(fn.name))
+                               if e["message"].startswith("REPORT")), "")
+                took = " ".join(f for f in report.split("\t")[1:] if f.startswith(
+                    ("Duration", "Init Duration")))
+                say(f"   {fn.name} ({attempt}): {json.dumps(meta)} {body.decode()[:60]} "
+                    f"[{took}]")
+                check(meta.get("StatusCode") == 200 and "FunctionError" not in meta,
+                      f"invoking {fn.name}: {meta} {body[:200]!r}")
+
+        say("\n== 6. counters")
         c = lab.counters()
         say(f"   forwarded: outbound {c['forwarded_outbound']}, inbound "
             f"{c['forwarded_inbound']}")

@@ -33,6 +33,8 @@ def test_demo_end_to_end(run_dir):
         assert out.count("echo received") == 4, out
         assert "ESTABLISHED" in out
         assert "unsolicited" in out
+        assert out.count("Hello from Lambda!") == 4, out    # two functions, cold then warm
+        assert out.count("Init Duration") == 2, out
         assert "demo done" in out
         left = ours(name)
         assert not left, f"the demo left namespaces behind: {left}"

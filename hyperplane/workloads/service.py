@@ -1,0 +1,245 @@
+"""The workloads service of one lab: Lambda's invoke path and the hosts' services.
+
+One process per lab (``python -m hyperplane.workloads --name LAB``), started by ``lab up``
+beside the data path and stopped by ``lab down``. It outlives ``lab restart``, so the
+functions' warm environments, and the connections their code holds, survive a restart of the
+data path as they would survive a Hyperplane node's replacement.
+
+It holds:
+
+- one :class:`~hyperplane.workloads.environment.ExecutionEnvironment` per environment of
+  every function (cold until its first invocation);
+- one :class:`~hyperplane.workloads.hosts.HostService` per host with a ``command``;
+- a control socket, ``workloads.sock`` in the lab's directory (root only), speaking the data
+  path's protocol (hyperplane.control): one JSON request per line, one JSON reply per line.
+
+``invoke`` does what Lambda's frontend does: the request must be JSON of at most 6 MB; the
+function must be invocable (the data path's control plane decides: Pending and Inactive
+refuse, as in AWS, and an invocation counts as use); then an idle environment is picked, warm
+ones first, and the invocation runs there. With every environment busy the call is throttled
+(``TooManyRequestsException``), as Lambda does at a function's concurrency limit: the lab's
+environments are that limit.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import socketserver
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from hyperplane import control, paths
+from hyperplane.labconfig import Plan
+from hyperplane.workloads.environment import ExecutionEnvironment, function_arn
+from hyperplane.workloads.hosts import HostService
+from hyperplane.workloads.runtimes import install_code, install_runtime
+
+log = logging.getLogger("hyperplane.workloads")
+
+#: The largest synchronous invocation payload (Lambda's quota: 6 MB).
+MAX_REQUEST_BYTES = 6291456
+#: One request line on the control socket (a payload of 6 MB, escaped, fits).
+REQUEST_LINE_MAX = 4 * MAX_REQUEST_BYTES
+#: Seconds between looks at the hosts' services.
+POLL_INTERVAL = 0.2
+WORKLOADS_COMMANDS = ("ping", "invoke", "environments", "hosts", "stop")
+
+
+class InvokeError(Exception):
+    """A refused invocation: Lambda's exception name, its message and the HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        self.code, self.message, self.status = code, message, status
+        #: the sentence to show: the message, after its exception name unless it has one
+        self.text = message if not code or message.startswith(code) else f"{code}: {message}"
+        super().__init__(self.text)
+
+
+def load_plan(lab: str) -> Plan:
+    with open(paths.state_path(lab), encoding="utf-8") as f:
+        return Plan.from_dict(json.load(f)["plan"])
+
+
+class WorkloadsService:
+    def __init__(self, lab: str, plan: Optional[Plan] = None):
+        self.lab = lab
+        self.plan = plan or load_plan(lab)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        # the folder the functions' user reads its code and runtime from (see runtimes.py)
+        self.root = tempfile.mkdtemp(prefix=f"hp-{lab}-fn-")
+        os.chmod(self.root, 0o755)
+        runtime_dir = os.path.join(self.root, "runtime")
+        install_runtime(runtime_dir)
+        fdir = paths.functions_dir(lab)
+        self.envs: Dict[str, List[ExecutionEnvironment]] = {}
+        for fn in self.plan.functions:
+            task = os.path.join(self.root, "task", fn.name)
+            install_code(fn.code, task)
+            self.envs[fn.name] = [
+                ExecutionEnvironment(fn, self.plan.env(e), task_root=task,
+                                     runtime_dir=runtime_dir,
+                                     log_path=os.path.join(fdir, fn.name, f"{e}.log"),
+                                     account_id=self.plan.account_id)
+                for e in fn.envs]
+        self.hosts = [HostService(lab, h, paths.host_log_path(lab, h.name),
+                                  os.path.join(paths.lab_dir(lab), "hosts", h.name))
+                      for h in list(self.plan.hosts) + list(self.plan.internet_hosts)
+                      if getattr(h, "command", None)]
+
+    # ---- invoke ----------------------------------------------------------------------------------
+    def invoke(self, name: str, payload: Optional[str], log_type: str = "None"
+               ) -> Dict[str, Any]:
+        if log_type not in ("None", "Tail"):
+            raise InvokeError("InvalidParameterValueException", f"LogType {log_type!r} is "
+                              "not one of None, Tail")
+        if name not in self.envs:
+            raise InvokeError("ResourceNotFoundException", "Function not found: "
+                              f"{function_arn(self.plan.account_id, name)}", 404)
+        data = (payload if payload is not None else "{}").encode("utf-8")
+        if len(data) > MAX_REQUEST_BYTES:
+            raise InvokeError("RequestEntityTooLargeException", f"Request must be smaller "
+                              f"than {MAX_REQUEST_BYTES} bytes for the InvokeFunction "
+                              f"operation (the payload has {len(data)})", 413)
+        try:
+            json.loads(data or b"{}")
+        except ValueError as e:
+            raise InvokeError("InvalidRequestContentException", f"Could not parse request "
+                              f"body into json: {e}") from None
+        self._check_invocable(name)
+        env = self._take(name)
+        try:
+            meta, body = env.invoke(data or b"{}", tail=log_type == "Tail")
+        finally:
+            with self.lock:
+                env.busy = False
+        return {"metadata": meta, "payload_b64": base64.b64encode(body).decode()}
+
+    def _check_invocable(self, name: str) -> None:
+        """The data path's control plane: Pending/Inactive refuse; an invocation is use."""
+        try:
+            r = control.request(paths.control_path(self.lab), "invoke", name=name)
+        except (OSError, ValueError) as e:
+            raise InvokeError("ServiceException", f"the data path of lab {self.lab!r} does not "
+                              f"answer ({e}); see {paths.log_path(self.lab)}", 500) from None
+        if not r.get("ok"):
+            raise InvokeError(str(r.get("code") or ""), str(r.get("error", "refused")), 409)
+
+    def _take(self, name: str) -> ExecutionEnvironment:
+        with self.lock:
+            idle = [e for e in self.envs[name] if not e.busy]
+            if not idle:
+                raise InvokeError("TooManyRequestsException", "Rate Exceeded. (Reason: "
+                                  f"ConcurrentInvocationLimitExceeded: all "
+                                  f"{len(self.envs[name])} execution environment(s) of "
+                                  f"{name} are busy)", 429)
+            env = next((e for e in idle if e.warm), idle[0])
+            env.busy = True
+            return env
+
+    # ---- what it says ----------------------------------------------------------------------------
+    def environments(self) -> List[Dict[str, Any]]:
+        with self.lock:
+            return [e.describe() for envs in self.envs.values() for e in envs]
+
+    def host_status(self) -> List[Dict[str, Any]]:
+        return [h.status() for h in self.hosts]
+
+    def handle(self, req: Dict[str, Any]) -> Dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if cmd == "invoke":
+            name, payload = req.get("name"), req.get("payload")
+            if not isinstance(name, str) or not (payload is None or isinstance(payload, str)):
+                return {"ok": False, "error": "invoke takes \"name\" (a function name) and "
+                        "\"payload\" (JSON text or null)", "code": "usage"}
+            try:
+                return {"ok": True, **self.invoke(name, payload,
+                                                  str(req.get("log_type") or "None"))}
+            except InvokeError as e:
+                return {"ok": False, "error": e.text, "exception": e.code, "status": e.status}
+        if cmd == "environments":
+            return {"ok": True, "environments": self.environments()}
+        if cmd == "hosts":
+            return {"ok": True, "hosts": self.host_status()}
+        if cmd == "stop":
+            self.stopping.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {cmd!r}; known: "
+                f"{', '.join(WORKLOADS_COMMANDS)}", "code": "usage"}
+
+    # ---- running ---------------------------------------------------------------------------------
+    def run(self, socket_path: str) -> int:
+        for h in self.hosts:
+            h.start()
+        server = _ControlServer(socket_path, self)
+        t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                             daemon=True, name="workloads-control")
+        t.start()
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        log.info("workloads of lab %s: %d function(s), %d host service(s), pid %d",
+                 self.lab, len(self.envs), len(self.hosts), os.getpid())
+        try:
+            while not self.stopping.wait(POLL_INTERVAL):
+                now = time.monotonic()
+                for h in self.hosts:
+                    h.poll(now)
+        finally:
+            server.shutdown()
+            server.server_close()
+            self.shutdown()
+            try:
+                os.unlink(socket_path)
+            except OSError:
+                pass
+        return 0
+
+    def shutdown(self) -> None:
+        for h in self.hosts:
+            h.stop()
+        for envs in self.envs.values():
+            for e in envs:
+                e.shutdown()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class _Connection(socketserver.StreamRequestHandler):
+    server: "_ControlServer"
+
+    def handle(self) -> None:
+        line = self.rfile.readline(REQUEST_LINE_MAX + 1)
+        if not line:
+            return
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("a request is a JSON object such as {\"cmd\": \"ping\"}")
+            reply = self.server.service.handle(req)
+        except ValueError as e:
+            reply = {"ok": False, "error": f"bad request: {e}", "code": "usage"}
+        except Exception as e:   # keep serving; say what broke
+            log.exception("workloads request failed")
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class _ControlServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, service: WorkloadsService):
+        if os.path.exists(path):
+            os.unlink(path)
+        old = os.umask(0o077)          # root only, as the data path's control socket
+        try:
+            super().__init__(path, _Connection)
+        finally:
+            os.umask(old)
+        self.service = service
