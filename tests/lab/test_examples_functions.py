@@ -148,8 +148,9 @@ def keepalive_run(request):
         time.sleep(REAL_SLEEP)
         lab.advance_clock(STEP_SECONDS)
     table = lab.conntrack(proto="tcp", dport=7000)
+    counters = lab.counters()
     second = {fn: invoke_json(lab, fn) for fn in fns}
-    return SimpleNamespace(lab=lab, first=first, second=second, table=table,
+    return SimpleNamespace(lab=lab, first=first, second=second, table=table, counters=counters,
                            real_seconds=time.monotonic() - started,
                            env={fn: lab.nodes[f"{fn}-0"].address(4) for fn in fns})
 
@@ -184,6 +185,11 @@ def test_natgw_keepalive_probes_refresh_the_eni_and_the_nat_gateway(keepalive_ru
     (at_eni,), (at_nat,) = by_src[r.env["fn-keepalive"]], by_src[eni]
     assert at_nat["orig"]["sport"] == at_eni["reply"]["dport"]
     assert at_eni["state"] == at_nat["state"] == "ESTABLISHED"
+    # every probe and its answer passed both tables' window checks (none dropped)
+    tables = r.counters["enis"] + r.counters["nat_gateways"]
+    assert len(tables) == 2
+    assert [t["drops"]["tcp_out_of_window"] for t in tables] == [0, 0]
+    assert at_eni["packets_orig"] >= 4 + STEPS, at_eni   # SYN, ACK, data, ACK, then probes
     assert r.real_seconds < 60
 
 
