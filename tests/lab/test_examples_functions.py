@@ -127,7 +127,7 @@ def test_postgres_restart_is_survived_by_reconnecting_once(pg):
     assert [e["reply"]["dport"] for e in live] == [after["client_port"]]
 
 
-# ---- examples/natgw-keepalive ----------------------------------------------------------------------
+# ---- examples/natgw-keepalive --------------------------------------------------------------------
 #: Lab-clock steps: 3 x 120 s = 360 s > the NAT gateway's 350 s, each step shorter than 350 s,
 #: with more than the keep-alive idle time (5 s) of real time before each, so a probe refreshes
 #: fn-keepalive's entries between steps.

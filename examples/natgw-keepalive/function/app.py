@@ -5,6 +5,8 @@ Each invocation sends one line and reads the answer. What it returns says what h
 ``result`` "ok", or the error the connection gave (``ConnectionResetError``: the NAT gateway
 answered with a RST because it had dropped the idle connection; ``TimeoutError``: no answer at
 all), after which the handler reconnects once and tries again (``reconnected``: true).
+``connection`` counts the connections this environment has opened, ``idle_seconds`` is the
+real time (not the lab clock) since the previous invocation ended.
 
 KEEPALIVE=1 turns TCP keep-alive on for the socket (SO_KEEPALIVE; TCP_KEEPIDLE,
 TCP_KEEPINTVL, TCP_KEEPCNT from KEEPALIVE_IDLE / KEEPALIVE_INTERVAL / KEEPALIVE_COUNT, default

@@ -6,18 +6,20 @@ real function would ship pg8000 or psycopg (with its libpq) in its code folder; 
 the example runnable with nothing installed, and small enough to read in one sitting.
 
 What it speaks is the PostgreSQL documentation's chapter "Frontend/Backend Protocol"
-(https://www.postgresql.org/docs/current/protocol.html; chapter 55 in the 15 and 16 manuals):
+(https://www.postgresql.org/docs/current/protocol.html; chapter 55 of the 15 and 16 manuals),
+named by its sections:
 
-* 55.2.1 Start-up: StartupMessage (protocol 3.0, ``user``, ``database``), then the server's
-  Authentication* requests: AuthenticationOk (``trust``), AuthenticationMD5Password and
-  AuthenticationSASL with SCRAM-SHA-256 (55.3 SASL Authentication; RFC 5802 and RFC 7677,
-  without channel binding), answered with PasswordMessage / SASLInitialResponse /
+* Message Flow, Start-up: StartupMessage (protocol 3.0, ``user``, ``database``), then the
+  server's Authentication* requests: AuthenticationOk (``trust``), AuthenticationMD5Password,
+  and AuthenticationSASL with SCRAM-SHA-256 (section SASL Authentication; RFC 5802 and
+  RFC 7677, without channel binding), answered with PasswordMessage / SASLInitialResponse /
   SASLResponse; then ParameterStatus, BackendKeyData and ReadyForQuery.
-* 55.2.2 Simple Query: Query ``'Q'``, answered by RowDescription, DataRow, CommandComplete (or
-  EmptyQueryResponse, ErrorResponse) and ReadyForQuery. Values are in text format.
-* 55.2.10 Termination: Terminate ``'X'``.
-* 55.7 Message Formats: every message is a type byte, an Int32 length that counts itself, and
-  the body (the StartupMessage alone has no type byte). 55.8 Error and Notice Message Fields.
+* Message Flow, Simple Query: Query ``'Q'``, answered by RowDescription, DataRow,
+  CommandComplete (or EmptyQueryResponse, ErrorResponse) and ReadyForQuery. Text format.
+* Message Flow, Termination: Terminate ``'X'``.
+* Message Formats: every message is a type byte, an Int32 length that counts itself, and the
+  body (the StartupMessage alone has no type byte). Error and Notice Message Fields: the
+  ErrorResponse's fields.
 
 Not here: the extended query protocol (parameters, prepared statements), COPY, notifications,
 TLS (a client asking for it sends SSLRequest first). Values come back as ``str`` (None for NULL).
@@ -32,7 +34,7 @@ import socket
 import struct
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-PROTOCOL_3_0 = 196608   # 55.7 StartupMessage: major 3 in the high 16 bits, minor 0
+PROTOCOL_3_0 = 196608   # StartupMessage: major 3 in the high 16 bits, minor 0
 
 
 class Error(Exception):
@@ -40,7 +42,7 @@ class Error(Exception):
 
 
 class ServerError(Error):
-    """An ErrorResponse. ``fields`` by their code letter (55.8): S severity, C SQLSTATE, M
+    """An ErrorResponse. ``fields`` by their code letter: S severity, C SQLSTATE, M
     message, D detail, ... ``fatal``: the server ends the connection after it."""
 
     def __init__(self, fields: Dict[str, str]):
@@ -80,7 +82,7 @@ class Connection:
             self._sock.close()
             raise
 
-    # ---- 55.2.1 Start-up --------------------------------------------------------------------
+    # ---- Start-up --------------------------------------------------------------------------------
     def _authenticate(self, user: str, password: Optional[str]) -> None:
         scram = None
         while True:
@@ -124,7 +126,7 @@ class Connection:
             elif kind == b"Z":                              # ReadyForQuery
                 return
 
-    # ---- 55.2.2 Simple Query ------------------------------------------------------------------
+    # ---- Simple Query ----------------------------------------------------------------------------
     def query(self, sql: str) -> Result:
         """Run ``sql`` (one statement; with several, the last one's result). A ServerError
         after ReadyForQuery: the connection stays usable unless ``fatal``."""
@@ -164,14 +166,14 @@ class Connection:
             # EmptyQueryResponse 'I', NoticeResponse 'N', ParameterStatus 'S': nothing to do
 
     def close(self) -> None:
-        """Terminate (55.2.10), then close the socket. Never raises."""
+        """Terminate, then close the socket. Never raises."""
         try:
             self._send(b"X", b"")
         except OSError:
             pass
         self._sock.close()
 
-    # ---- 55.7 Message Formats -----------------------------------------------------------------
+    # ---- Message Formats -------------------------------------------------------------------------
     def _send(self, kind: bytes, body: bytes) -> None:
         self._sock.sendall(kind + struct.pack("!i", 4 + len(body)) + body)
 
@@ -196,7 +198,7 @@ class Connection:
 
 
 class _Scram:
-    """SCRAM-SHA-256 (RFC 5802 section 3, RFC 7677), as PostgreSQL uses it (55.3.1): the user
+    """SCRAM-SHA-256 (RFC 5802 section 3, RFC 7677), as PostgreSQL uses it: the user
     name comes from the StartupMessage, so the client sends ``n=`` empty; no channel binding
     (gs2 header ``n,,``)."""
 
