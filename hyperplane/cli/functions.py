@@ -1,4 +1,4 @@
-"""``hyperplane function invoke|logs|environments``: running a lab's functions' code, as
+"""``hyperplane function invoke|update-code|logs|environments``: running a lab's functions' code, as
 ``aws lambda invoke`` and ``aws logs tail /aws/lambda/FN`` do (hyperplane.lab.functions)."""
 from __future__ import annotations
 
@@ -69,6 +69,11 @@ def cmd_function_logs(args) -> int:
     return EXIT_OK
 
 
+def cmd_function_update_code(args) -> int:
+    print(json.dumps(fns.update_code(args.name, args.function, args.code), indent=4))
+    return EXIT_OK
+
+
 def cmd_function_environments(args) -> int:
     envs = fns.environments(args.name)
     if args.json:
@@ -100,6 +105,13 @@ def register(fsub) -> None:
                    default="raw-in-base64-out",
                    help="how --payload text is read (as the AWS CLI; default: raw JSON)")
     q.set_defaults(func=cmd_function_invoke)
+    q = named(fsub.add_parser(
+        "update-code", help="UpdateFunctionCode: deploy the code folder again (or --code "
+                            "DIR); the next invocations start cold on it"))
+    q.add_argument("function", help="function name")
+    q.add_argument("--code", help="the folder to deploy (default: the function's `code` "
+                                  "from the lab file, read again)")
+    q.set_defaults(func=cmd_function_update_code)
     q = named(fsub.add_parser("logs", help="the function's log (START/END/REPORT and what "
                                            "its code printed), like aws logs tail"))
     q.add_argument("function", help="function name")

@@ -52,6 +52,10 @@ def cmd_lab_up(args) -> int:
     print(reclaim_note(lab.plan.lifecycle))
     print(f"\nrun commands in it with `{PROG} lab exec NODE --name {args.name} -- CMD`; "
           f"stop it with `{PROG} lab down --name {args.name}`")
+    if lab.plan.functions:
+        fn = lab.plan.functions[0].name
+        print(f"run a function's code with `{PROG} function invoke {fn} out.json --name "
+              f"{args.name}` (its log: `{PROG} function logs {fn} --name {args.name}`)")
     return EXIT_OK
 
 

@@ -226,6 +226,11 @@ class Lab:
         busy) is a HyperplaneError with AWS's exception name."""
         return fns.invoke(self.name, function, payload, log_type)
 
+    def update_code(self, function: str, code: Optional[str] = None) -> Dict[str, Any]:
+        """``hyperplane function update-code`` (UpdateFunctionCode): deploy the folder
+        ``code`` (None: the configured one, read again); the next invocations run it."""
+        return fns.update_code(self.name, function, code)
+
     def logs(self, function: str) -> List[Dict[str, str]]:
         """``hyperplane function logs FN --json``: the function's log events, oldest first."""
         return fns.logs(self.name, function)

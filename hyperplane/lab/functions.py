@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from hyperplane import paths
@@ -62,6 +63,20 @@ def invoke(lab: str, function: str, payload: Payload = None,
     r = lifecycle.workloads_request(lab, "invoke", timeout, name=function,
                                     payload=payload_text(payload), log_type=log_type)
     return r["metadata"], base64.b64decode(r["payload_b64"])
+
+
+def update_code(lab: str, function: str, code: Optional[str] = None) -> Dict[str, Any]:
+    """UpdateFunctionCode: deploy the folder ``code`` (None: the function's configured
+    ``code`` folder, read again) as the function's code. The next invocations run it, each
+    environment starting cold (one busy now finishes on the old code). Returns FunctionName,
+    CodeSha256, CodeSize, LastModified, Revision and Source."""
+    _check_function(lab, function)
+    if code is not None:
+        code = os.path.abspath(code)
+        if not os.path.isdir(code):
+            raise HyperplaneError(f"--code {code}: no such folder", EXIT_USAGE)
+    return lifecycle.workloads_request(lab, "update_code", 60.0, name=function,
+                                       code=code)["function"]
 
 
 def environments(lab: str) -> List[Dict[str, Any]]:

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from hyperplane import paths
+from hyperplane.workloads.runtimes import EntrypointError
 from hyperplane.workloads.service import WorkloadsService
 
 
@@ -18,7 +19,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    service = WorkloadsService(args.name)
+    try:
+        service = WorkloadsService(args.name)
+    except (EntrypointError, OSError) as e:
+        print(f"workloads of lab {args.name}: cannot install the functions' code: {e}",
+              file=sys.stderr)
+        return 1
     return service.run(paths.workloads_socket_path(args.name))
 
 

@@ -79,6 +79,8 @@ class ExecutionEnvironment:
         self.cold_starts = 0
         self.last_error: Optional[str] = None
         self.note: Optional[str] = None
+        #: the code the running runtime was started from (an update deploys a new folder)
+        self.running_task_root: Optional[str] = None
 
     # ---- what it is now ------------------------------------------------------------------------
     @property
@@ -153,6 +155,7 @@ class ExecutionEnvironment:
         assert self.server is not None
         self.server.session = self.session
         self.log.new_stream()
+        self.running_task_root = self.task_root
         self.proc = subprocess.Popen(cmd, cwd=self.task_root, env=self._lambda_env(),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True,

@@ -49,7 +49,7 @@ class EnvLog:
     :meth:`capture_begin` and :meth:`capture_end`, keeps the messages for ``--log-type Tail``."""
 
     def __init__(self, path: str):
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)   # root only
         self.path = path
         self._f = open(path, "a", encoding="utf-8")
         self._lock = threading.Lock()

@@ -16,7 +16,9 @@ deployed zip), ``runtime/pyruntime.py`` the project's Python runtime client.
 """
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import os
 import shutil
 import stat
@@ -37,6 +39,8 @@ def lambda_handler(event, context):
 '''
 DEFAULT_HANDLER_FILE = "lambda_function.py"
 PYRUNTIME = "pyruntime.py"
+#: Lambda's quota for a function's code, unzipped (250 MB).
+MAX_CODE_BYTES = 262144000
 
 
 class EntrypointError(Exception):
@@ -131,9 +135,34 @@ def install_code(code: Optional[str], dest: str) -> None:
         with open(os.path.join(dest, DEFAULT_HANDLER_FILE), "w", encoding="utf-8") as f:
             f.write(DEFAULT_CODE)
     else:
-        shutil.copytree(code, dest, symlinks=False,
+        size = tree_size(code)
+        if size > MAX_CODE_BYTES:
+            raise EntrypointError(f"InvalidParameterValueException: Unzipped size must be "
+                                  f"smaller than {MAX_CODE_BYTES} bytes: the code folder "
+                                  f"{code} holds {size}; point `code` at the function's own "
+                                  f"folder")
+        shutil.copytree(code, dest, symlinks=False, ignore_dangling_symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     open_up(dest)
+
+
+def tree_size(root: str) -> int:
+    """Bytes in the files under ``root``."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root)
+               for f in files if os.path.isfile(os.path.join(d, f)))
+
+
+def code_sha256(root: str) -> str:
+    """A fingerprint of deployed code (Lambda's CodeSha256 is the base64 SHA-256 of the zip;
+    here of the files' relative paths and contents, in sorted order)."""
+    h = hashlib.sha256()
+    for d, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            p = os.path.join(d, f)
+            h.update(os.path.relpath(p, root).encode() + b"\0")
+            with open(p, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    return base64.b64encode(h.digest()).decode()
 
 
 def open_up(root: str) -> None:

@@ -38,7 +38,8 @@ from hyperplane import control, paths
 from hyperplane.labconfig import Plan
 from hyperplane.workloads.environment import ExecutionEnvironment, function_arn
 from hyperplane.workloads.hosts import HostService
-from hyperplane.workloads.runtimes import install_code, install_runtime
+from hyperplane.workloads.runtimes import (EntrypointError, code_sha256, install_code,
+                                           install_runtime, tree_size)
 
 log = logging.getLogger("hyperplane.workloads")
 
@@ -48,7 +49,7 @@ MAX_REQUEST_BYTES = 6291456
 REQUEST_LINE_MAX = 4 * MAX_REQUEST_BYTES
 #: Seconds between looks at the hosts' services.
 POLL_INTERVAL = 0.2
-WORKLOADS_COMMANDS = ("ping", "invoke", "environments", "hosts", "stop")
+WORKLOADS_COMMANDS = ("ping", "invoke", "update_code", "environments", "hosts", "stop")
 
 
 class InvokeError(Exception):
@@ -79,9 +80,10 @@ class WorkloadsService:
         install_runtime(runtime_dir)
         fdir = paths.functions_dir(lab)
         self.envs: Dict[str, List[ExecutionEnvironment]] = {}
+        self.code: Dict[str, Dict[str, Any]] = {}     # function -> its deployed code
         for fn in self.plan.functions:
-            task = os.path.join(self.root, "task", fn.name)
-            install_code(fn.code, task)
+            task = os.path.join(self.root, "task", fn.name, "1")
+            self.code[fn.name] = self._deploy(fn.code, task, revision=1)
             self.envs[fn.name] = [
                 ExecutionEnvironment(fn, self.plan.env(e), task_root=task,
                                      runtime_dir=runtime_dir,
@@ -92,6 +94,45 @@ class WorkloadsService:
                                   os.path.join(paths.lab_dir(lab), "hosts", h.name))
                       for h in list(self.plan.hosts) + list(self.plan.internet_hosts)
                       if getattr(h, "command", None)]
+
+    # ---- code ------------------------------------------------------------------------------------
+    @staticmethod
+    def _deploy(code: Optional[str], task: str, revision: int) -> Dict[str, Any]:
+        install_code(code, task)
+        return {"source": code, "task_root": task, "revision": revision,
+                "code_sha256": code_sha256(task), "code_size": tree_size(task),
+                "last_modified": time.strftime("%Y-%m-%dT%H:%M:%S.000+0000", time.gmtime())}
+
+    def update_code(self, name: str, code: Optional[str]) -> Dict[str, Any]:
+        """UpdateFunctionCode: deploy ``code`` (None: the function's ``code`` folder again,
+        re-read) as a new revision. New invocations run it: warm environments are stopped as
+        they come free (one busy now finishes its invocation on the old code), so their next
+        invocation is a cold start with the new code."""
+        if name not in self.envs:
+            raise InvokeError("ResourceNotFoundException", "Function not found: "
+                              f"{function_arn(self.plan.account_id, name)}", 404)
+        fn = self.plan.function(name)
+        source = code if code is not None else fn.code
+        if source is not None and not os.path.isdir(source):
+            raise InvokeError("InvalidParameterValueException", f"the code folder {source} "
+                              "does not exist or is not a folder", 400)
+        with self.lock:
+            revision = self.code[name]["revision"] + 1
+        task = os.path.join(self.root, "task", name, str(revision))
+        try:
+            info = self._deploy(source, task, revision)
+        except (EntrypointError, OSError) as e:
+            shutil.rmtree(task, ignore_errors=True)
+            raise InvokeError("InvalidParameterValueException", str(e), 400) from None
+        with self.lock:
+            self.code[name] = info
+            for env in self.envs[name]:
+                env.task_root = task
+                if not env.busy:
+                    env.stop_runtime()
+        return {"FunctionName": name, "CodeSha256": info["code_sha256"],
+                "CodeSize": info["code_size"], "LastModified": info["last_modified"],
+                "Revision": revision, "Source": source}
 
     # ---- invoke ----------------------------------------------------------------------------------
     def invoke(self, name: str, payload: Optional[str], log_type: str = "None"
@@ -139,6 +180,10 @@ class WorkloadsService:
                                   f"ConcurrentInvocationLimitExceeded: all "
                                   f"{len(self.envs[name])} execution environment(s) of "
                                   f"{name} are busy)", 429)
+            current = self.code[name]["task_root"]
+            for e in idle:      # a runtime still running code an update replaced
+                if e.warm and e.running_task_root != current:
+                    e.stop_runtime()
             env = next((e for e in idle if e.warm), idle[0])
             env.busy = True
             return env
@@ -163,6 +208,16 @@ class WorkloadsService:
             try:
                 return {"ok": True, **self.invoke(name, payload,
                                                   str(req.get("log_type") or "None"))}
+            except InvokeError as e:
+                return {"ok": False, "error": e.text, "exception": e.code, "status": e.status}
+        if cmd == "update_code":
+            name, code = req.get("name"), req.get("code")
+            if not isinstance(name, str) or not (code is None or isinstance(code, str)):
+                return {"ok": False, "error": "update_code takes \"name\" (a function name) "
+                        "and \"code\" (an absolute folder path, or null for the configured "
+                        "one)", "code": "usage"}
+            try:
+                return {"ok": True, "function": self.update_code(name, code)}
             except InvokeError as e:
                 return {"ok": False, "error": e.text, "exception": e.code, "status": e.status}
         if cmd == "environments":

@@ -6,11 +6,12 @@ its config file, as a user's would be)."""
 from __future__ import annotations
 
 import base64
+import glob
 import json
 import os
 import subprocess
 import sys
-import textwrap
+import tempfile
 import threading
 import time
 
@@ -147,6 +148,13 @@ name = "fn-default"
 environments = ["veth"]
 {VPC}
 [[functions]]
+name = "fn-pair"
+environments = ["veth", "tap"]
+handler = "app.handler"
+code = "py"
+environment = {{ ECHO_HOST = "{ECHO}" }}
+{VPC}
+[[functions]]
 name = "fn-broken"
 environments = ["veth"]
 handler = "nosuchmodule.handler"
@@ -195,6 +203,8 @@ def lab(tmp_path_factory, run_dir, hyperplane_module_lab_factory):
     os.makedirs(d / "empty")
     write(d / "silent" / "bootstrap", SILENT_BOOTSTRAP, 0o755)
     write(d / "www" / "hello.txt", "hello from the VPC\n")
+    write(d / "v2" / "lambda_function.py",
+          "def lambda_handler(event, context):\n    return {'version': 2}\n")
     write(d / "lab.toml", CONFIG)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HYPERPLANE_LAMBDA_INIT_TIMEOUT", "2")   # fn-silent's init gives up sooner
@@ -399,6 +409,37 @@ def test_the_command_line_invokes_like_the_aws_cli(lab, tmp_path):
     assert r.returncode != 0 and "InvalidRequestContentException" in r.stderr
 
 
+def test_invocations_run_in_parallel_on_idle_environments(lab):
+    results = []
+    calls = [threading.Thread(target=lambda: results.append(lab.invoke(
+        "fn-pair", {"action": "sleep", "seconds": 1.0})), daemon=True) for _ in range(2)]
+    t0 = time.monotonic()
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join(15)
+    assert len(results) == 2 and all("FunctionError" not in m for m, _ in results), results
+    assert time.monotonic() - t0 < 1.9 + 1.0, "the two ran one after the other"
+    envs = {e["environment"]: e for e in lab.environments() if e["function"] == "fn-pair"}
+    assert {e["invocations"] for e in envs.values()} == {1}, envs
+
+
+def test_update_code_deploys_a_new_revision_and_the_next_invocation_runs_it(lab, tmp_path):
+    lab.invoke("fn-default")
+    cold = env_of(lab, "fn-default-0")["cold_starts"]
+    v2 = os.path.join(os.path.dirname(lab.status()["config"]), "v2")
+    r = lab.update_code("fn-default", v2)
+    assert r["Revision"] >= 2 and r["Source"] == v2 and r["CodeSize"] > 0 and r["CodeSha256"]
+    _, body = lab.invoke("fn-default")
+    assert json.loads(body) == {"version": 2}
+    assert env_of(lab, "fn-default-0")["cold_starts"] == cold + 1
+    back = lab.update_code("fn-default")          # the configured code again: none, hello world
+    assert back["CodeSha256"] != r["CodeSha256"]
+    assert json.loads(lab.invoke("fn-default")[1])["statusCode"] == 200
+    with pytest.raises(HyperplaneError, match="no such folder"):
+        lab.update_code("fn-default", str(tmp_path / "missing"))
+
+
 # ---- hosts' services and restart ----------------------------------------------------------------
 def test_host_services_are_supervised(lab):
     services = {s["host"]: s for s in lab.services()}
@@ -428,3 +469,18 @@ def test_inactive_and_pending_functions_refuse_invocations_as_in_aws(lab):
     lab.wait_function("fn-default")
     meta, _ = lab.invoke("fn-default")
     assert meta["StatusCode"] == 200 and "FunctionError" not in meta
+
+
+def test_lab_status_shows_environments_and_services_and_down_stops_them_all(lab):
+    lab.invoke("fn-default")
+    st = lab.status()["workloads"]
+    assert st["running"] and st["pid"]
+    assert {e["environment"]: e["state"] for e in st["environments"]}["fn-default-0"] == "warm"
+    assert {s["host"] for s in st["services"]} == {"server", "echo"}
+    pids = [st["pid"]] + [e["pid"] for e in st["environments"] if e["pid"]] \
+        + [s["pid"] for s in st["services"] if s["pid"]]
+    lab.down()
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z", pid
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), f"hp-{lab.name}-fn-*"))
