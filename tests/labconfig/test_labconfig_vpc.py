@@ -33,7 +33,8 @@ def test_default_plan_new_fields():
     assert p.nacl_of("subnet-a") is None and p.route_table_of("subnet-a") is None
 
 
-@pytest.mark.parametrize("name", [None, "natgw.toml", "nacl.toml", "scaleout.toml", "iam.toml"])
+@pytest.mark.parametrize("name", [None, "natgw.toml", "nacl.toml", "scaleout.toml", "iam.toml",
+                                  "postgres/lab.toml", "natgw-keepalive/lab.toml"])
 def test_plan_round_trips_through_json(name):
     p = lc.resolve(lc.default(), "demo") if name is None else example_plan(name)
     back = lc.Plan.from_dict(json.loads(json.dumps(p.to_dict())))
