@@ -439,7 +439,8 @@ def metric_families(c: Optional[Dict[str, Any]], lab: Optional[str] = None) -> L
     for r, n in s["drops"]["datapath"].items():
         if r != DATAPATH_ENGINE_REASON:
             dr.add_metric(["datapath", r], n)
-    counter("hyperplane_rst_sent", "TCP RSTs a NAT gateway sent for unknown connections") \
+    counter("hyperplane_rst_sent", "TCP RSTs sent for segments of connections no table "
+            "tracks (an ENI's or a NAT gateway's)") \
         .add_metric([], s["totals"]["rst_sent"])
     counter("hyperplane_rst_withheld_fragment", "first IP fragments without ACK left without "
             "a RST (its ack would need the whole segment's length)") \

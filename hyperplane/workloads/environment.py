@@ -81,6 +81,7 @@ class ExecutionEnvironment:
         self.note: Optional[str] = None
         #: the code the running runtime was started from (an update deploys a new folder)
         self.running_task_root: Optional[str] = None
+        self._memory_at_end = 0     # Max Memory Used of a runtime killed by a timeout
 
     # ---- what it is now ------------------------------------------------------------------------
     @property
@@ -220,6 +221,7 @@ class ExecutionEnvironment:
         for what the function does."""
         rid = str(uuid.uuid4())
         self.invocations += 1
+        self._memory_at_end = 0
         self.log.capture_begin()
         init_ms: Optional[float] = None
         failure: Optional[Tuple[str, bytes]] = None   # (errorType, body) before the handler ran
@@ -234,7 +236,7 @@ class ExecutionEnvironment:
         else:
             outcome, (etype, body) = "error", failure
         ms = (time.monotonic() - t0) * 1000.0
-        mem = self._max_memory_mb() if self.warm else 0
+        mem = self._max_memory_mb() if self.warm else self._memory_at_end
         if etype == "Sandbox.Timedout":
             status_note = "\tStatus: timeout"
         elif outcome == "error" and etype and etype.startswith(("Runtime.", "Function.")):
@@ -336,6 +338,7 @@ class ExecutionEnvironment:
                     f"{status}")
             if time.monotonic() > deadline:
                 self.log.write(f"{iso_now()} {rid} Task timed out after {timeout:.2f} seconds")
+                self._memory_at_end = self._max_memory_mb()   # before the kill, for REPORT
                 self.stop_runtime()
                 return "error", "Sandbox.Timedout", error_body(
                     "Sandbox.Timedout", f"RequestId: {rid} Error: Task timed out after "

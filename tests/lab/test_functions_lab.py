@@ -308,8 +308,10 @@ def test_a_timeout_fails_with_lambdas_words_and_restarts_the_environment(lab):
     assert env_of(lab, "fn-py-0")["state"] == "cold"
     _, body = lab.invoke("fn-py", {"n": 1})     # a new runtime: init again, globals afresh
     assert json.loads(body)["count"] == 1
-    assert any("Task timed out after 2.00 seconds" in e["message"]
-               for e in lab.logs("fn-py"))
+    msgs = [e["message"] for e in lab.logs("fn-py")]
+    assert any("Task timed out after 2.00 seconds" in m for m in msgs)
+    report = next(m for m in reversed(msgs) if m.startswith("REPORT") and "timeout" in m)
+    assert "Status: timeout" in report and "Max Memory Used: 0 MB" not in report, report
 
 
 def test_a_runtime_that_exits_mid_invocation_is_a_runtime_exit_error(lab):
