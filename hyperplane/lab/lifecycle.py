@@ -216,60 +216,48 @@ def datapath_env() -> Dict[str, str]:
     return env
 
 
-def start_datapath(name: str, state: Dict[str, Any], restore: bool = True) -> subprocess.Popen:
-    """Start the lab's data path in the background (logging to datapath.log) and record its
-    pid in the lab's state (relative paths in the config are taken from its ``config_dir``)."""
-    with open(paths.log_path(name), "ab") as logf:
-        child = subprocess.Popen(
-            datapath_argv(name, restore, state.get("config_dir")), cwd=paths.lab_dir(name),
-            env=datapath_env(),
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True)
-    state["pid"] = child.pid
+def _start_child(name: str, argv: List[str], log_path: str, state: Dict[str, Any],
+                 pid_key: str) -> subprocess.Popen:
+    """Start one of the lab's processes in the background, in a session of its own, logging
+    to ``log_path``, and record its pid in the lab's state under ``pid_key``."""
+    with open(log_path, "ab") as logf:
+        child = subprocess.Popen(argv, cwd=paths.lab_dir(name), env=datapath_env(),
+                                 stdin=subprocess.DEVNULL, stdout=logf,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 close_fds=True)
+    state[pid_key] = child.pid
     try:
         topology.save_state(name, state)
     except BaseException:
         proc.stop_child(child)
         raise
     return child
+
+
+def start_datapath(name: str, state: Dict[str, Any], restore: bool = True) -> subprocess.Popen:
+    """Start the lab's data path in the background (logging to datapath.log) and record its
+    pid in the lab's state (relative paths in the config are taken from its ``config_dir``)."""
+    return _start_child(name, datapath_argv(name, restore, state.get("config_dir")),
+                        paths.log_path(name), state, "pid")
 
 
 def start_workloads(name: str, state: Dict[str, Any]) -> subprocess.Popen:
     """Start the lab's workloads service (hyperplane.workloads: the functions' Runtime API and
     code, the hosts' services) in the background, logging to workloads.log, and record its
     pid in the lab's state as ``workloads_pid``."""
-    with open(paths.workloads_log_path(name), "ab") as logf:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "hyperplane.workloads", "--name", name],
-            cwd=paths.lab_dir(name), env=datapath_env(), stdin=subprocess.DEVNULL,
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    state["workloads_pid"] = child.pid
-    try:
-        topology.save_state(name, state)
-    except BaseException:
-        proc.stop_child(child)
-        raise
-    return child
+    return _start_child(name, [sys.executable, "-m", "hyperplane.workloads", "--name", name],
+                        paths.workloads_log_path(name), state, "workloads_pid")
 
 
 def wait_workloads_ready(name: str, child: subprocess.Popen) -> None:
     """Wait until the workloads service answers ping (HyperplaneError with its log's tail when
     it exits or stays silent for READY_TIMEOUT)."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        if child.poll() is not None:
-            raise HyperplaneError(f"the workloads service exited with status "
-                                  f"{child.returncode}:\n"
-                                  + proc.tail(paths.workloads_log_path(name)))
+    def ping() -> None:
         try:
             control.request(paths.workloads_socket_path(name), "ping", timeout=1.0)
-            return
-        except (OSError, ValueError):
-            if time.monotonic() > deadline:
-                raise HyperplaneError(f"the workloads service did not answer within "
-                                      f"{READY_TIMEOUT:.0f} s:\n"
-                                      + proc.tail(paths.workloads_log_path(name))) from None
-            time.sleep(0.05)
+        except (OSError, ValueError) as e:
+            raise HyperplaneError(str(e)) from None
+    _wait_answering(child, ping, "the workloads service", paths.workloads_log_path(name))
 
 
 def workloads_request(name: str, cmd: str, timeout: float = 5.0, /,
@@ -310,19 +298,23 @@ def remove_function_files(name: str) -> None:
 def wait_ready(name: str, child: subprocess.Popen) -> None:
     """Wait until the data path ``child`` answers ping; HyperplaneError (with its log's tail)
     when it exits or stays silent for READY_TIMEOUT."""
+    _wait_answering(child, lambda: ask(name, "ping", timeout=1.0), "the data path",
+                    paths.log_path(name))
+
+
+def _wait_answering(child: subprocess.Popen, ping, what: str, log_path: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         if child.poll() is not None:
-            raise HyperplaneError(f"the data path exited with status {child.returncode}:\n"
-                                  + proc.tail(paths.log_path(name)))
+            raise HyperplaneError(f"{what} exited with status {child.returncode}:\n"
+                                  + proc.tail(log_path))
         try:
-            ask(name, "ping", timeout=1.0)
+            ping()
             return
         except HyperplaneError:
             if time.monotonic() > deadline:
-                raise HyperplaneError(f"the data path did not answer within "
-                                      f"{READY_TIMEOUT:.0f} s:\n"
-                                      + proc.tail(paths.log_path(name))) from None
+                raise HyperplaneError(f"{what} did not answer within {READY_TIMEOUT:.0f} s:\n"
+                                      + proc.tail(log_path)) from None
             time.sleep(0.05)
 
 
