@@ -273,9 +273,12 @@ class ExecutionEnvironment:
             return ("Runtime.InvalidEntrypoint", error_body(
                 "Runtime.InvalidEntrypoint", f"RequestId: {rid} Error: {e}")), 0.0
         except OSError as e:
-            return ("Runtime.Unknown", error_body(
-                "Runtime.Unknown", f"RequestId: {rid} Error: the Runtime API could not listen "
-                f"on {API_HOST}:{API_PORT} in {self.env.netns}: {e.strerror or e}")), 0.0
+            why = (f"the Runtime API could not listen on {API_HOST}:{API_PORT} in "
+                   f"{self.env.netns}: {e.strerror or e}")
+            self.log.write(f"INIT_REPORT Init Duration: 0.00 ms\tPhase: init\tStatus: error\t"
+                           f"Error Type: Runtime.Unknown\n{why}")
+            return ("Runtime.Unknown", error_body("Runtime.Unknown",
+                                                  f"RequestId: {rid} Error: {why}")), 0.0
         self._spawn(argv)
         family, _, version = self.fn.runtime.partition("3" if self.fn.runtime.startswith(
             "python") else ".")
