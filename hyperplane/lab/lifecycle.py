@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -415,9 +416,17 @@ def lab_down(name: str) -> Optional[Dict[str, Any]]:
         return None
     need_privilege()
     try:
-        state = topology.load_state(name)
-        if state is not None:
-            stop_workloads(name, state)
-        return topology.teardown(name)
+        state = topology.load_state(name) or {}
+        # the two processes stop side by side (each saves or cleans up on SIGTERM), then the
+        # namespaces and the lab's directory go
+        stopper = threading.Thread(target=stop_workloads, args=(name, state), daemon=True)
+        stopper.start()
+        try:
+            datapath = proc.stop_lab_process(state.get("pid"), name)
+        finally:
+            stopper.join()
+        report = topology.teardown(name)
+        report["stopped_pid"] = report.get("stopped_pid") or datapath
+        return report
     except LabError as e:
         raise HyperplaneError(f"{e}; run `{PROG} lab down --name {name}` again") from None

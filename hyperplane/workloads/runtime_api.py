@@ -308,8 +308,8 @@ class RuntimeApiServer(http.server.ThreadingHTTPServer):
         self.socket = sock
         self.server_address = sock.getsockname()[:2]
         self.session: Optional[RuntimeSession] = None
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="runtime-api", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, name="runtime-api",
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
 
     def start(self) -> None:
         self._thread.start()

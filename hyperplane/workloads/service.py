@@ -235,7 +235,7 @@ class WorkloadsService:
         for h in self.hosts:
             h.start()
         server = _ControlServer(socket_path, self)
-        t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+        t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                              daemon=True, name="workloads-control")
         t.start()
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
