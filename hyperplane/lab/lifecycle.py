@@ -268,8 +268,9 @@ def workloads_request(name: str, cmd: str, timeout: float = 5.0, /,
     state, _ = load_lab(name)
     if not proc.pid_alive(state.get("workloads_pid")):
         raise HyperplaneError(f"the workloads service of lab {name!r} is not running (it runs "
-                              f"the functions' code); `{PROG} lab down --name {name}` and "
-                              f"`lab up` again")
+                              f"the functions' code; its log: "
+                              f"{paths.workloads_log_path(name)}); `{PROG} lab restart --name "
+                              f"{name}` starts it again")
     try:
         r = control.request(paths.workloads_socket_path(name), cmd, timeout=timeout, **args)
     except (OSError, ValueError) as e:

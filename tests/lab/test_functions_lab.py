@@ -9,6 +9,7 @@ import base64
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -456,6 +457,19 @@ def test_a_warm_environment_and_its_connection_survive_a_data_path_restart(lab):
     r1, r2 = json.loads(b1), json.loads(b2)
     assert r2["count"] == r1["count"] + 1 and r2["local_port"] == r1["local_port"]
     assert r2["echo"] == f"echo ping {r2['count']}"
+
+
+def test_a_stopped_workloads_service_is_reported_and_lab_restart_brings_it_back(lab):
+    pid = lab.status()["workloads"]["pid"]
+    os.kill(pid, signal.SIGTERM)                   # the service this lab started, by its pid
+    wait_until(lambda: not lab.status()["workloads"]["running"], 10, "the service to stop")
+    with pytest.raises(HyperplaneError, match="workloads service .* is not running"):
+        lab.invoke("fn-default")
+    lab.restart()
+    assert lab.status()["workloads"]["pid"] != pid
+    meta, _ = lab.invoke("fn-default")
+    assert "FunctionError" not in meta
+    wait_until(lambda: all(s["running"] for s in lab.services()), 10, "the host services")
 
 
 # ---- last: the lab clock moves past the idle limit --------------------------------------------
