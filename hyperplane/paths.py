@@ -17,8 +17,11 @@ describes). Inside:
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
+import tempfile
+from typing import List
 
 from hyperplane.errors import LabConfigError
 
@@ -96,3 +99,14 @@ def functions_dir(name: str) -> str:
 
 def host_log_path(name: str, host: str) -> str:
     return os.path.join(lab_dir(name), HOSTS_DIR, f"{host}.log")
+
+
+def function_code_prefix(name: str) -> str:
+    """Where lab ``name``'s functions' code is deployed: folders ``<tmp>/hp-NAME-fn-XXXXXXXX``
+    that the unprivileged user running the functions can read (hyperplane.workloads makes one
+    and removes it; a lab's teardown removes what a killed service left)."""
+    return os.path.join(tempfile.gettempdir(), f"hp-{validate_lab_name(name)}-fn-")
+
+
+def function_code_dirs(name: str) -> List[str]:
+    return glob.glob(glob.escape(function_code_prefix(name)) + "*")

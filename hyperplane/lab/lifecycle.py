@@ -11,13 +11,11 @@ the sentence and exit status the command line prints.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -293,7 +291,7 @@ def stop_workloads(name: str, state: Dict[str, Any]) -> Optional[int]:
 def remove_function_files(name: str) -> None:
     """The folders the workloads service made for lab ``name``'s functions' code (it removes
     them itself; this is for a service that was killed)."""
-    for d in glob.glob(os.path.join(tempfile.gettempdir(), f"hp-{glob.escape(name)}-fn-*")):
+    for d in paths.function_code_dirs(name):
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from pyroute2 import netns as pr_netns
 
-from hyperplane import netns, proc
+from hyperplane import netns, paths, proc
 from hyperplane.errors import LabError
 from hyperplane.labconfig import Plan
 from hyperplane.paths import lab_dir, validate_lab_name
@@ -220,8 +220,9 @@ def _quietly(fn, *args, **kwargs) -> None:
 
 
 def teardown(name: str) -> Dict[str, Any]:
-    """Stop the lab's daemon, remove the namespaces recorded in its state file, remove its
-    directory. Idempotent and safe on a half-built lab; never touches a namespace the state
+    """Stop the lab's processes (its data path and its workloads service, by the pids its state
+    file records), remove the namespaces recorded there, the functions' code folders and the
+    lab's directory. Idempotent and safe on a half-built lab; never touches a namespace the state
     file does not list (nor one outside the lab's ``hp-NAME-`` prefix)."""
     report: Dict[str, Any] = {"removed_namespaces": [], "stopped_pid": None}
     state = load_state(name)
@@ -235,6 +236,11 @@ def teardown(name: str) -> Dict[str, Any]:
     if present and problem:
         raise LabError(f"cannot tear down lab {name!r}: {problem}")
     report["stopped_pid"] = proc.stop_lab_process(state.get("pid"), name)
+    # the workloads service (functions' code, hosts' services): it stops what it runs and
+    # removes its code folder on SIGTERM; whatever a killed one left goes below
+    proc.stop_lab_process(state.get("workloads_pid"), name)
+    for d in paths.function_code_dirs(name):
+        shutil.rmtree(d, ignore_errors=True)
 
     prefix = f"hp-{name}-"
     taps: Dict[str, List[str]] = {}

@@ -74,7 +74,9 @@ class WorkloadsService:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         # the folder the functions' user reads its code and runtime from (see runtimes.py)
-        self.root = tempfile.mkdtemp(prefix=f"hp-{lab}-fn-")
+        prefix = paths.function_code_prefix(lab)
+        self.root = tempfile.mkdtemp(prefix=os.path.basename(prefix),
+                                     dir=os.path.dirname(prefix))
         os.chmod(self.root, 0o755)
         runtime_dir = os.path.join(self.root, "runtime")
         install_runtime(runtime_dir)

@@ -125,3 +125,20 @@ def test_sigterm_stops_the_data_path_cleanly(own_lab):
     rep = hplab.teardown(lab.name)
     assert sorted(rep["removed_namespaces"]) == sorted(lab.plan.namespaces())
     assert ours(lab.name) == []
+
+
+def test_the_builders_teardown_stops_the_workloads_service_and_removes_the_code(own_lab):
+    """hyperplane.topology.teardown (what the bench and the test kit call, not `lab down`)
+    stops both of the lab's processes by their recorded pids and removes the functions' code
+    folders: nothing of the lab keeps running."""
+    lab = own_lab()
+    meta, _ = lab.lab.invoke("fn-a")                  # a warm runtime in fn-a-0
+    assert meta["StatusCode"] == 200
+    st = lab.lab.status()["workloads"]
+    runtime = next(e["pid"] for e in st["environments"] if e["environment"] == "fn-a-0")
+    assert paths.function_code_dirs(lab.name)
+    rep = hplab.teardown(lab.name)
+    assert rep["stopped_pid"] and ours(lab.name) == []
+    for pid in (st["pid"], runtime):
+        wait_until(lambda: not proc.pid_alive(pid), 5, f"process {pid} to be gone")
+    assert paths.function_code_dirs(lab.name) == []
