@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from hyperplane import paths
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import lifecycle
+from hyperplane.labconfig import FunctionPlan
 from hyperplane.workloads import logs as fnlogs
 from hyperplane.workloads.environment import INIT_TIMEOUT
 
@@ -49,14 +50,7 @@ def payload_text(payload: Payload) -> Optional[str]:
 def invoke(lab: str, function: str, payload: Payload = None,
            log_type: str = "None") -> Tuple[Dict[str, Any], bytes]:
     """Invoke ``function`` synchronously (RequestResponse): (metadata, response payload)."""
-    _, plan = lifecycle.load_lab(lab)
-    try:
-        fn = plan.function(function)
-    except KeyError:
-        raise HyperplaneError(f"ResourceNotFoundException: Function not found: {function!r} "
-                              f"is not a function of lab {lab!r} (functions: "
-                              f"{', '.join(f.name for f in plan.functions) or 'none'})",
-                              EXIT_NOT_FOUND) from None
+    fn = _function(lab, function)
     if log_type not in ("None", "Tail"):
         raise HyperplaneError(f"--log-type {log_type!r}: use None or Tail", EXIT_USAGE)
     timeout = float(fn.timeout) + INIT_TIMEOUT + INVOKE_MARGIN
@@ -70,7 +64,7 @@ def update_code(lab: str, function: str, code: Optional[str] = None) -> Dict[str
     ``code`` folder, read again) as the function's code. The next invocations run it, each
     environment starting cold (one busy now finishes on the old code). Returns FunctionName,
     CodeSha256, CodeSize, LastModified, Revision and Source."""
-    _check_function(lab, function)
+    _function(lab, function)
     if code is not None:
         code = os.path.abspath(code)
         if not os.path.isdir(code):
@@ -90,18 +84,22 @@ def host_services(lab: str) -> List[Dict[str, Any]]:
     return lifecycle.workloads_request(lab, "hosts")["hosts"]
 
 
-def _check_function(lab: str, function: str) -> None:
+def _function(lab: str, function: str) -> FunctionPlan:
+    """The lab's function ``function``; HyperplaneError (exit status 3) naming the others."""
     _, plan = lifecycle.load_lab(lab)
-    if function not in [f.name for f in plan.functions]:
-        raise HyperplaneError(f"no function {function!r} in lab {lab!r}; functions: "
-                              f"{', '.join(f.name for f in plan.functions) or 'none'}",
-                              EXIT_NOT_FOUND)
+    try:
+        return plan.function(function)
+    except KeyError:
+        raise HyperplaneError(f"ResourceNotFoundException: Function not found: {function!r} "
+                              f"is not a function of lab {lab!r} (functions: "
+                              f"{', '.join(f.name for f in plan.functions) or 'none'})",
+                              EXIT_NOT_FOUND) from None
 
 
 def logs(lab: str, function: str) -> List[Dict[str, str]]:
     """The function's log events so far (``timestamp``, ``stream``, ``environment``,
     ``message``), oldest first."""
-    _check_function(lab, function)
+    _function(lab, function)
     return fnlogs.read_events(paths.functions_dir(lab), function)
 
 
@@ -109,7 +107,7 @@ def follow_logs(lab: str, function: str, from_start: bool = True
                 ) -> Iterator[Dict[str, str]]:
     """The function's log events as they are written (``function logs --follow``): the ones
     there already first (``from_start``), then each new one; never ends by itself."""
-    _check_function(lab, function)
+    _function(lab, function)
     return fnlogs.follow_events(paths.functions_dir(lab), function, from_start=from_start)
 
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -170,7 +168,6 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
         # removes what the state file records.
         if workloads is not None:
             proc.stop_child(workloads)
-            remove_function_files(name)
         if child is not None:
             proc.stop_child(child)
             try:   # stopped and reaped: its pid may be reused, so teardown must not signal it
@@ -280,21 +277,6 @@ def workloads_request(name: str, cmd: str, timeout: float = 5.0, /,
     return r
 
 
-def stop_workloads(name: str, state: Dict[str, Any]) -> Optional[int]:
-    """Stop the workloads service by the pid the state records (it stops the functions'
-    runtimes and the hosts' services on its way out) and remove the functions' files."""
-    stopped = proc.stop_lab_process(state.get("workloads_pid"), name)
-    remove_function_files(name)
-    return stopped
-
-
-def remove_function_files(name: str) -> None:
-    """The folders the workloads service made for lab ``name``'s functions' code (it removes
-    them itself; this is for a service that was killed)."""
-    for d in paths.function_code_dirs(name):
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def wait_ready(name: str, child: subprocess.Popen) -> None:
     """Wait until the data path ``child`` answers ping; HyperplaneError (with its log's tail)
     when it exits or stays silent for READY_TIMEOUT."""
@@ -384,7 +366,7 @@ def lab_restart(name: str, restore: bool = True) -> Dict[str, Any]:
             from None
     child = start_datapath(name, state, restore=restore)
     if not proc.pid_alive(state.get("workloads_pid")):   # it outlives a restart; if it died,
-        remove_function_files(name)                      # the restart brings it back
+        topology.remove_function_code(name)              # the restart brings it back
         wait_workloads_ready(name, start_workloads(name, state))
     try:
         wait_ready(name, child)
@@ -415,17 +397,6 @@ def lab_down(name: str) -> Optional[Dict[str, Any]]:
         return None
     need_privilege()
     try:
-        state = topology.load_state(name) or {}
-        # the two processes stop side by side (each saves or cleans up on SIGTERM), then the
-        # namespaces and the lab's directory go
-        stopper = threading.Thread(target=stop_workloads, args=(name, state), daemon=True)
-        stopper.start()
-        try:
-            datapath = proc.stop_lab_process(state.get("pid"), name)
-        finally:
-            stopper.join()
-        report = topology.teardown(name)
-        report["stopped_pid"] = report.get("stopped_pid") or datapath
-        return report
+        return topology.teardown(name)
     except LabError as e:
         raise HyperplaneError(f"{e}; run `{PROG} lab down --name {name}` again") from None

@@ -69,7 +69,8 @@ Where things are
 from __future__ import annotations
 
 from hyperplane.errors import LabError
-from hyperplane.topology.builder import build, lab_namespaces, rollback, teardown
+from hyperplane.topology.builder import (build, lab_namespaces, remove_function_code, rollback,
+                                        teardown)
 from hyperplane.topology.fabric import (BRIDGE_NF_SYSCTLS, FABRIC_SYSCTLS, INTERNET_SYSCTLS,
                                         MAIN_TABLE, RESERVED_TABLES, RULE_PRIORITY,
                                         fabric_status)
@@ -81,6 +82,7 @@ from hyperplane.topology.nodes import (END_SYSCTLS, IFNAMSIZ, NODE_SYSCTLS, add_
 from hyperplane.topology.state import check_lab_dir, list_labs, load_state, save_state
 
 __all__ = ["LabError", "load_state", "save_state", "list_labs", "build", "rollback",
+           "remove_function_code",
            "check_lab_dir", "teardown", "sysctl", "lab_namespaces", "nacl_ruleset",
            "apply_nacls", "nacl_counters", "add_eni_link", "remove_eni_link", "fabric_status",
            "NFT_TABLE", "nft", "set_sysctls", "IFA_F_NODAD", "BRIDGE_NF_SYSCTLS",

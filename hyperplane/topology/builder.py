@@ -6,6 +6,7 @@ theory of operation (what each namespace is for) opens :mod:`hyperplane.topology
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -219,6 +220,13 @@ def _quietly(fn, *args, **kwargs) -> None:
         pass
 
 
+def remove_function_code(name: str) -> None:
+    """The folders lab ``name``'s functions' code was deployed to (paths.function_code_dirs;
+    the workloads service removes its own as it stops, this is for one that was killed)."""
+    for d in paths.function_code_dirs(name):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def teardown(name: str) -> Dict[str, Any]:
     """Stop the lab's processes (its data path and its workloads service, by the pids its state
     file records), remove the namespaces recorded there, the functions' code folders and the
@@ -235,12 +243,16 @@ def teardown(name: str) -> Dict[str, Any]:
     problem = netns.privilege_problem()
     if present and problem:
         raise LabError(f"cannot tear down lab {name!r}: {problem}")
-    report["stopped_pid"] = proc.stop_lab_process(state.get("pid"), name)
-    # the workloads service (functions' code, hosts' services): it stops what it runs and
-    # removes its code folder on SIGTERM; whatever a killed one left goes below
-    proc.stop_lab_process(state.get("workloads_pid"), name)
-    for d in paths.function_code_dirs(name):
-        shutil.rmtree(d, ignore_errors=True)
+    # The data path and the workloads service (functions' code, hosts' services) stop side by
+    # side, each cleaning up on SIGTERM; the code folders a killed service left go after.
+    workloads = threading.Thread(target=proc.stop_lab_process,
+                                 args=(state.get("workloads_pid"), name), daemon=True)
+    workloads.start()
+    try:
+        report["stopped_pid"] = proc.stop_lab_process(state.get("pid"), name)
+    finally:
+        workloads.join()
+    remove_function_code(name)
 
     prefix = f"hp-{name}-"
     taps: Dict[str, List[str]] = {}

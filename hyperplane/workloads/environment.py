@@ -88,10 +88,6 @@ class ExecutionEnvironment:
     def warm(self) -> bool:
         return self.proc is not None and not proc.exited_unreaped(self.proc.pid)
 
-    def _gone(self) -> bool:
-        """The runtime exited (it is not reaped until stop_runtime has killed its group)."""
-        return self.proc is None or proc.exited_unreaped(self.proc.pid)
-
     def describe(self) -> Dict[str, Any]:
         return {"environment": self.env.name, "function": self.fn.name,
                 "state": "busy" if self.busy else ("warm" if self.warm else "cold"),
@@ -142,16 +138,17 @@ class ExecutionEnvironment:
 
     def _spawn(self, argv: List[str]) -> None:
         user = pwd.getpwnam(RUNTIME_USER)
-        drop = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
-                "--clear-groups", "--no-new-privs", "--"]
-        cmd = ["nsenter", f"--net={netns.path(self.env.netns)}", "--"]
+        # `ip netns exec` (as Lab.exec and the hosts' services enter a node) execs in place,
+        # so the pid is the runtime's, in a mount namespace of its own that sees no mount of
+        # ours and shows none of its own to us
+        cmd = ["ip", "netns", "exec", self.env.netns]
         if self.fn.runtime.startswith("provided") and os.path.exists(BASH):
             # Amazon Linux's /bin/sh is bash, and custom runtimes are written for it (AWS's
             # tutorial's bootstrap is `#!/bin/sh` with `set -euo pipefail` and `source`): in
-            # a mount namespace of the runtime's own, /bin/sh is bash too.
-            cmd += ["unshare", "--mount", "--propagation", "private", "--", BASH, "-c",
-                    f'mount --bind {BASH} /bin/sh && exec "$@"', "hyperplane-runtime"]
-        cmd += [*drop, *argv]
+            # the runtime's mount namespace, /bin/sh is bash too.
+            cmd += [BASH, "-c", f'mount --bind {BASH} /bin/sh && exec "$@"', "hp-runtime"]
+        cmd += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                "--clear-groups", "--no-new-privs", "--", *argv]
         self.session = RuntimeSession()
         assert self.server is not None
         self.server.session = self.session
@@ -280,10 +277,10 @@ class ExecutionEnvironment:
             return ("Runtime.Unknown", error_body("Runtime.Unknown",
                                                   f"RequestId: {rid} Error: {why}")), 0.0
         self._spawn(argv)
-        family, _, version = self.fn.runtime.partition("3" if self.fn.runtime.startswith(
-            "python") else ".")
-        self.log.write(f"INIT_START Runtime Version: {family}:"
-                       f"{'3' if family == 'python' else ''}{version}")
+        # Lambda's words: python:3.11, provided:al2023
+        version = self.fn.runtime.replace("python3", "python:3", 1).replace(
+            "provided.", "provided:", 1)
+        self.log.write(f"INIT_START Runtime Version: {version}")
         if self.note:
             self.log.write(f"[hyperplane] {self.note}")
         session = self.session
@@ -293,11 +290,11 @@ class ExecutionEnvironment:
         while not session.init_done.wait(0.01):
             if session.init_error is not None:
                 end = time.monotonic() + 1.0   # it should exit after reporting; a moment
-                while not self._gone() and time.monotonic() < end:
+                while not not self.warm and time.monotonic() < end:
                     time.sleep(0.01)
                 failure = session.init_error
                 break
-            if self._gone():
+            if not self.warm:
                 if self._reader is not None:
                     self._reader.join(timeout=1)
                 failure = ("Runtime.ExitError", error_body(
@@ -330,7 +327,7 @@ class ExecutionEnvironment:
         deadline = time.monotonic() + timeout
         session.submit(inv)
         while not inv.done.wait(0.01):
-            if self._gone():
+            if not self.warm:
                 if self._reader is not None:
                     self._reader.join(timeout=1)
                 status = self._exit_status()

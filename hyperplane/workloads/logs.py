@@ -100,15 +100,30 @@ def parse_line(line: str, env: str) -> Optional[Dict[str, str]]:
     return {"timestamp": parts[0], "stream": parts[1], "environment": env, "message": parts[2]}
 
 
-def read_events(functions_dir: str, function: str) -> List[Dict[str, str]]:
-    """Every log event of ``function`` so far, oldest first (merged over its environments)."""
+def _read_new(functions_dir: str, function: str,
+              offsets: Dict[str, int]) -> List[Dict[str, str]]:
+    """The whole lines written to the function's log files past ``offsets`` (advanced), oldest
+    first, merged over its environments (a file not in ``offsets`` is read from its start)."""
     events: List[Dict[str, str]] = []
     for path in log_files(functions_dir, function):
         env = os.path.basename(path)[:-len(".log")]
-        with open(path, encoding="utf-8", errors="replace") as f:
-            events.extend(e for e in (parse_line(line, env) for line in f) if e)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offsets.get(path, 0))
+                data = f.read()
+        except OSError:
+            continue
+        end = data.rfind(b"\n") + 1        # a line still being written waits for its end
+        offsets[path] = offsets.get(path, 0) + end
+        events.extend(e for e in (parse_line(raw, env) for raw in
+                                  data[:end].decode("utf-8", "replace").splitlines()) if e)
     events.sort(key=lambda e: e["timestamp"])   # stable: a file's order stays within a time
     return events
+
+
+def read_events(functions_dir: str, function: str) -> List[Dict[str, str]]:
+    """Every log event of ``function`` so far, oldest first (merged over its environments)."""
+    return _read_new(functions_dir, function, {})
 
 
 def follow_events(functions_dir: str, function: str, poll: float = 0.3,
@@ -126,21 +141,5 @@ def follow_events(functions_dir: str, function: str, poll: float = 0.3,
 def _follow(functions_dir: str, function: str, poll: float, stop: Optional[threading.Event],
             offsets: Dict[str, int]) -> Iterator[Dict[str, str]]:
     while stop is None or not stop.is_set():
-        batch: List[Dict[str, str]] = []
-        for path in log_files(functions_dir, function):
-            env = os.path.basename(path)[:-len(".log")]
-            try:
-                with open(path, "rb") as f:
-                    f.seek(offsets.get(path, 0))
-                    data = f.read()
-            except OSError:
-                continue
-            end = data.rfind(b"\n") + 1        # a line still being written waits for its end
-            offsets[path] = offsets.get(path, 0) + end
-            for raw in data[:end].decode("utf-8", "replace").splitlines():
-                e = parse_line(raw, env)
-                if e:
-                    batch.append(e)
-        batch.sort(key=lambda e: e["timestamp"])
-        yield from batch
+        yield from _read_new(functions_dir, function, offsets)
         time.sleep(poll)

@@ -95,21 +95,21 @@ class WorkloadsService:
         self.hosts = [HostService(lab, h, paths.host_log_path(lab, h.name),
                                   os.path.join(paths.lab_dir(lab), "hosts", h.name))
                       for h in list(self.plan.hosts) + list(self.plan.internet_hosts)
-                      if getattr(h, "command", None)]
+                      if h.command]
 
     # ---- code ------------------------------------------------------------------------------------
     @staticmethod
     def _deploy(code: Optional[str], task: str, revision: int) -> Dict[str, Any]:
         install_code(code, task)
-        return {"source": code, "task_root": task, "revision": revision,
+        return {"task_root": task, "revision": revision,
                 "code_sha256": code_sha256(task), "code_size": tree_size(task),
                 "last_modified": time.strftime("%Y-%m-%dT%H:%M:%S.000+0000", time.gmtime())}
 
     def update_code(self, name: str, code: Optional[str]) -> Dict[str, Any]:
         """UpdateFunctionCode: deploy ``code`` (None: the function's ``code`` folder again,
-        re-read) as a new revision. New invocations run it: warm environments are stopped as
-        they come free (one busy now finishes its invocation on the old code), so their next
-        invocation is a cold start with the new code."""
+        re-read) as a new revision. New invocations run it: an environment whose runtime
+        still runs the old code is stopped when it is next taken (one busy now finishes its
+        invocation on the old code), so that invocation is a cold start on the new code."""
         if name not in self.envs:
             raise InvokeError("ResourceNotFoundException", "Function not found: "
                               f"{function_arn(self.plan.account_id, name)}", 404)
@@ -126,12 +126,10 @@ class WorkloadsService:
         except (EntrypointError, OSError) as e:
             shutil.rmtree(task, ignore_errors=True)
             raise InvokeError("InvalidParameterValueException", str(e), 400) from None
-        with self.lock:
+        with self.lock:     # _take stops a runtime still on the old code when it comes free
             self.code[name] = info
             for env in self.envs[name]:
                 env.task_root = task
-                if not env.busy:
-                    env.stop_runtime()
         return {"FunctionName": name, "CodeSha256": info["code_sha256"],
                 "CodeSize": info["code_size"], "LastModified": info["last_modified"],
                 "Revision": revision, "Source": source}
@@ -145,20 +143,20 @@ class WorkloadsService:
         if name not in self.envs:
             raise InvokeError("ResourceNotFoundException", "Function not found: "
                               f"{function_arn(self.plan.account_id, name)}", 404)
-        data = (payload if payload is not None else "{}").encode("utf-8")
+        data = (payload or "{}").encode("utf-8")         # no payload: an empty event
         if len(data) > MAX_REQUEST_BYTES:
             raise InvokeError("RequestEntityTooLargeException", f"Request must be smaller "
                               f"than {MAX_REQUEST_BYTES} bytes for the InvokeFunction "
                               f"operation (the payload has {len(data)})", 413)
         try:
-            json.loads(data or b"{}")
+            json.loads(data)
         except ValueError as e:
             raise InvokeError("InvalidRequestContentException", f"Could not parse request "
                               f"body into json: {e}") from None
         self._check_invocable(name)
         env = self._take(name)
         try:
-            meta, body = env.invoke(data or b"{}", tail=log_type == "Tail")
+            meta, body = env.invoke(data, tail=log_type == "Tail")
         finally:
             with self.lock:
                 env.busy = False

@@ -143,7 +143,6 @@ def keepalive_run(request):
                                 text=True).stdout.strip() != "", 15, "the echo server")
     fns = ("fn-plain", "fn-keepalive")
     first = {fn: invoke_json(lab, fn) for fn in fns}
-    started = time.monotonic()
     for _ in range(STEPS):
         time.sleep(REAL_SLEEP)
         lab.advance_clock(STEP_SECONDS)
@@ -151,7 +150,6 @@ def keepalive_run(request):
     counters = lab.counters()
     second = {fn: invoke_json(lab, fn) for fn in fns}
     return SimpleNamespace(lab=lab, first=first, second=second, table=table, counters=counters,
-                           real_seconds=time.monotonic() - started,
                            env={fn: lab.nodes[f"{fn}-0"].address(4) for fn in fns})
 
 
@@ -190,7 +188,6 @@ def test_natgw_keepalive_probes_refresh_the_eni_and_the_nat_gateway(keepalive_ru
     assert len(tables) == 2
     assert [t["drops"]["tcp_out_of_window"] for t in tables] == [0, 0]
     assert at_eni["packets_orig"] >= 4 + STEPS, at_eni   # SYN, ACK, data, ACK, then probes
-    assert r.real_seconds < 60
 
 
 def test_natgw_plain_connection_is_reset(keepalive_run):
