@@ -66,6 +66,8 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from hyperplane.labconfig.fields import Key, Table
+
 __all__ = [
     "IamPolicyError", "AccessDenied", "ENI_PERMISSIONS", "VPC_CONDITION_KEYS", "MANAGED_POLICIES",
     "POLICY_VERSIONS", "LAMBDA_VPC_ACTIONS", "validate_policy", "parse_iam_section", "evaluate",
@@ -467,6 +469,24 @@ def validate_policy(doc: Any, field: str) -> Dict[str, Any]:
     return out
 
 
+#: The [iam] table and its roles as the lab file writes them (hyperplane.labconfig.fields):
+#: the keys parse_iam_section accepts, and the lab file's schema.
+ROLE_TABLE = Table("[[iam.roles]]", "An execution role a function can name.", (
+    Key("name", "string", "the role's name (1-64 of letters, digits and +=,.@_-)",
+        required=True, pattern=_ROLE_NAME.pattern),
+    Key("policies", "array", "policy documents or AWS managed policy names "
+        '(e.g. "AWSLambdaVPCAccessExecutionRole")', items=Key(
+            "policy", ("table", "string"), "a policy document or a managed policy name")),
+))
+IAM_TABLE = Table("[iam]", "IAM policies checked when each function's VpcConfig is created "
+            "(lambda:CreateFunction), as AWS checks them.", (
+    Key("identity_policies", "array", "the lab user's own policy documents (absent: not "
+        "checked; [] denies every call)", items=Key("policy", "any", "a policy document "
+                                                    "(Version, Statement)")),
+    Key("roles", "array", "execution roles", items=ROLE_TABLE),
+))
+
+
 def parse_iam_section(table: Any, field: str = "iam") -> Dict[str, Any]:
     """Validate the lab config's ``[iam]`` table.
 
@@ -478,7 +498,7 @@ def parse_iam_section(table: Any, field: str = "iam") -> Dict[str, Any]:
     """
     if not isinstance(table, dict):
         raise IamPolicyError(field, f"must be a table, got {type(table).__name__}")
-    known = ("identity_policies", "roles")
+    known = IAM_TABLE.names
     for key in table:
         if key not in known:
             raise _unknown_key(field, key, known)
@@ -501,8 +521,8 @@ def parse_iam_section(table: Any, field: str = "iam") -> Dict[str, Any]:
         if not isinstance(role, dict):
             raise IamPolicyError(where, "a role must be a table with name and policies")
         for key in role:
-            if key not in ("name", "policies"):
-                raise _unknown_key(where, key, ("name", "policies"))
+            if key not in ROLE_TABLE.names:
+                raise _unknown_key(where, key, ROLE_TABLE.names)
         name = role.get("name")
         if not isinstance(name, str) or not _ROLE_NAME.match(name):
             raise IamPolicyError(f"{where}.name", f"a role needs a name of 1-64 letters, digits "

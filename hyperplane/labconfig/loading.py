@@ -9,19 +9,27 @@ from __future__ import annotations
 
 import os
 from importlib import resources
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hyperplane.errors import LabConfigError
+from hyperplane.labconfig.fields import Key, Table
+from hyperplane.labconfig.iam import IAM_TABLE
 from hyperplane.labconfig.model import LabConfig
 from hyperplane.labconfig.parse_common import array_of_tables, check_keys, expect
-from hyperplane.labconfig.parse_functions import check_iam, parse_functions, parse_iam
-from hyperplane.labconfig.parse_routing import (check_internet_overlap, check_nat_gateways_public,
-                                                parse_internet, parse_internet_hosts,
-                                                parse_nat_gateways, parse_route_tables)
-from hyperplane.labconfig.parse_runtime import parse_datapath, parse_flow_logs, parse_lifecycle
-from hyperplane.labconfig.parse_security import parse_network_acls, parse_security_groups
-from hyperplane.labconfig.parse_vpc import (check_env_capacity, parse_hosts, parse_lab,
-                                            parse_subnets, parse_vpc)
+from hyperplane.labconfig.parse_functions import (FUNCTION, check_iam, parse_functions,
+                                                  parse_iam)
+from hyperplane.labconfig.parse_routing import (INTERNET, INTERNET_HOST, NAT_GATEWAY,
+                                                ROUTE_TABLE, check_internet_overlap,
+                                                check_nat_gateways_public, parse_internet,
+                                                parse_internet_hosts, parse_nat_gateways,
+                                                parse_route_tables)
+from hyperplane.labconfig.parse_runtime import (DATAPATH, FLOW_LOGS, LIFECYCLE, parse_datapath,
+                                                parse_flow_logs, parse_lifecycle)
+from hyperplane.labconfig.parse_security import (NETWORK_ACL, SECURITY_GROUP,
+                                                 parse_network_acls, parse_security_groups)
+from hyperplane.labconfig.parse_vpc import (HOST, LAB, SUBNET, VPC, check_env_capacity,
+                                            parse_hosts, parse_lab, parse_subnets, parse_vpc)
+from hyperplane.labconfig.problems import any_problem, clean, collecting, skip, soft
 from hyperplane.labconfig.resolving import allocate
 
 try:  # Python 3.11+; older Pythons need the identical third-party "tomli"
@@ -78,7 +86,8 @@ def parse(doc: Dict[str, Any], source: str = "<mapping>",
     """Validate an already-parsed document (what ``tomllib.loads`` returns: plain dicts,
     lists, strings and booleans); relative paths as :func:`loads` takes them."""
     expect(doc, dict, source, "the lab config is a TOML document (a table)")
-    return _parse(doc, source, config_dir(source, base_dir))
+    with collecting():   # every mistake at once: one LabConfigError with .problems
+        return _parse(doc, source, config_dir(source, base_dir))
 
 
 def default_text() -> str:
@@ -93,40 +102,108 @@ def default() -> LabConfig:
     return loads(default_text(), source="<default>")
 
 
-_TOP_LEVEL_KEYS = ["lab", "vpc", "subnets", "functions", "hosts", "security_groups",
-                   "network_acls", "route_tables", "internet", "internet_hosts", "nat_gateways",
-                   "lifecycle", "iam", "flow_logs", "datapath"]
+def _section(key: str, doc: str, table: Table) -> Key:
+    return Key(key, "table", doc, table=table)
 
 
-def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> LabConfig:
-    check_keys(doc, "", _TOP_LEVEL_KEYS, required=["vpc"])
-    lab = parse_lab(doc.get("lab", {}))
-    vpc = parse_vpc(doc["vpc"])
-    subnets = parse_subnets(array_of_tables(doc, "subnets"), vpc, lab)
-    sgs = parse_security_groups(array_of_tables(doc, "security_groups"), vpc)
-    internet = parse_internet(doc["internet"], vpc) if "internet" in doc else None
-    nats = parse_nat_gateways(array_of_tables(doc, "nat_gateways"), subnets, internet)
-    tables = parse_route_tables(array_of_tables(doc, "route_tables"), vpc, subnets, internet,
-                                nats)
-    check_nat_gateways_public(nats, tables, internet)
-    nacls = parse_network_acls(array_of_tables(doc, "network_acls"), subnets)
-    iam = parse_iam(doc)
-    functions = parse_functions(array_of_tables(doc, "functions"), subnets, sgs, iam,
-                                base_dir)
-    hosts = parse_hosts(array_of_tables(doc, "hosts"), subnets)
-    ihosts = parse_internet_hosts(array_of_tables(doc, "internet_hosts"), internet)
-    lifecycle = parse_lifecycle(doc.get("lifecycle", {}))
-    flow_logs = parse_flow_logs(doc.get("flow_logs", {}), lab)
-    datapath = parse_datapath(doc.get("datapath", {}))
-    if not functions:
-        raise LabConfigError("functions", "a lab needs at least one function; add a "
-                             "[[functions]] table with name and environments (and a "
-                             "vpc_config to attach it to the VPC; the default lab, "
-                             "hyperplane/labconfig/default_lab.toml, has two)")
-    if not hosts and not ihosts:
-        raise LabConfigError("hosts", "a lab needs at least one host for the functions to "
-                             "talk to; add a [[hosts]] table with name and subnet (or an "
-                             "[[internet_hosts]] table behind a NAT gateway)")
+def _array(key: str, doc: str, table: Table) -> Key:
+    return Key(key, "array", doc, items=table)
+
+
+#: The lab file's top level: one line per section (hyperplane.labconfig.fields); the loader
+#: accepts exactly these keys, and ``hyperplane lab schema`` publishes them.
+LAB_FILE = Table("hyperplane lab file", "A hyperplane lab: a small VPC, its subnets, Lambda "
+                 "functions and hosts, in network namespaces on one machine. Every address "
+                 "lies in 198.18.0.0/15 and 2001:2::/48 (RFC 2544, RFC 5180).", (
+    _section("lab", "the environments' address blocks and the account id", LAB),
+    Key("vpc", "table", "the customer VPC", required=True, table=VPC),
+    _array("subnets", "the VPC's subnets", SUBNET),
+    _array("functions", "Lambda functions (at least one)", FUNCTION),
+    _array("hosts", "machines in the VPC for the functions to talk to", HOST),
+    _array("security_groups", "security groups (egress rules)", SECURITY_GROUP),
+    _array("network_acls", "network ACLs (stateless subnet rules)", NETWORK_ACL),
+    _array("route_tables", "route tables (what makes a subnet public or private)", ROUTE_TABLE),
+    _section("internet", "the stand-in internet behind the internet gateway", INTERNET),
+    _array("internet_hosts", "machines on the internet", INTERNET_HOST),
+    _array("nat_gateways", "NAT gateways in public subnets", NAT_GATEWAY),
+    _section("lifecycle", "ENI delays and scale-out", LIFECYCLE),
+    _section("iam", "policies checked when a function's VpcConfig is created", IAM_TABLE),
+    _section("flow_logs", "VPC Flow Logs per ENI", FLOW_LOGS),
+    _section("datapath", "the data path process's CPUs and rings", DATAPATH),
+))
+_TOP_LEVEL_KEYS = list(LAB_FILE.names)
+
+#: What a section that could not be read at all leaves its dependents (they skip it).
+_BROKEN = object()
+
+
+def _items(doc: Dict[str, Any], key: str, kind: str) -> List[Dict[str, Any]]:
+    """The tables of array section ``key``; when it is not an array of tables, that is one
+    problem, and references to its ``kind`` stay silent."""
+    with soft(section=key, unavailable=kind):
+        return array_of_tables(doc, key)
+    return []
+
+
+def _part(key: str, kind: Optional[str], parse: Callable[..., Any], *needs: Any) -> Any:
+    """Parse one section (``parse()``) when the sections it ``needs`` parsed, as one
+    independent part: its problems are recorded, and when it fails as a whole (or something
+    it needs did) references to its ``kind`` stay silent and dependents get ``_BROKEN``."""
+    with soft(section=key, unavailable=kind):
+        if any(n is _BROKEN for n in needs):
+            skip()
+        return parse()
+    return _BROKEN
+
+
+def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfig]:
+    """Every section is its own part (hyperplane.labconfig.problems): a mistake in one is
+    reported and the others are still checked; checks of the whole config run when what they
+    read parsed cleanly. Returns None when there were problems (the collector raises them)."""
+    with soft():
+        check_keys(doc, "", LAB_FILE)
+    lab = _part("lab", None, lambda: parse_lab(doc.get("lab", {})))
+    vpc = _part("vpc", None, lambda: parse_vpc(doc["vpc"]) if "vpc" in doc else skip())
+    subnets = _part("subnets", "subnet", lambda: parse_subnets(
+        _items(doc, "subnets", "subnet"), vpc, lab), vpc, lab)
+    sgs = _part("security_groups", "security_group", lambda: parse_security_groups(
+        _items(doc, "security_groups", "security_group"), vpc), vpc)
+    internet = _part("internet", "internet", lambda: parse_internet(doc["internet"], vpc)
+                     if "internet" in doc else None, vpc)
+    nats = _part("nat_gateways", "nat_gateway", lambda: parse_nat_gateways(
+        _items(doc, "nat_gateways", "nat_gateway"), _known(subnets), _known(internet, None)))
+    tables = _part("route_tables", "route_table", lambda: parse_route_tables(
+        _items(doc, "route_tables", "route_table"), vpc, _known(subnets),
+        _known(internet, None), _known(nats)), vpc)
+    if clean("nat_gateways", "route_tables", "internet", "subnets"):
+        _part("nat_gateways", None, lambda: check_nat_gateways_public(nats, tables, internet),
+              nats, tables, internet)
+    nacls = _part("network_acls", "network_acl", lambda: parse_network_acls(
+        _items(doc, "network_acls", "network_acl"), _known(subnets)))
+    iam = _part("iam", "role", lambda: parse_iam(doc))
+    functions = _part("functions", "function", lambda: parse_functions(
+        _items(doc, "functions", "function"), _known(subnets), _known(sgs), _known(iam, None),
+        base_dir))
+    hosts = _part("hosts", "host", lambda: parse_hosts(_items(doc, "hosts", "host"),
+                                                       _known(subnets)))
+    ihosts = _part("internet_hosts", "internet_host", lambda: parse_internet_hosts(
+        _items(doc, "internet_hosts", "internet_host"), _known(internet, None)))
+    lifecycle = _part("lifecycle", None, lambda: parse_lifecycle(doc.get("lifecycle", {})))
+    flow_logs = _part("flow_logs", None, lambda: parse_flow_logs(doc.get("flow_logs", {}), lab),
+                      lab)
+    datapath = _part("datapath", None, lambda: parse_datapath(doc.get("datapath", {})))
+    if clean("functions") and functions == []:
+        _part("functions", None, lambda: _fail(LabConfigError(
+            "functions", "a lab needs at least one function; add a [[functions]] table with "
+            "name and environments (and a vpc_config to attach it to the VPC; the default lab, "
+            "hyperplane/labconfig/default_lab.toml, has two)")))
+    if clean("hosts", "internet_hosts") and hosts == [] and ihosts == []:
+        _part("hosts", None, lambda: _fail(LabConfigError(
+            "hosts", "a lab needs at least one host for the functions to talk to; add a "
+            "[[hosts]] table with name and subnet (or an [[internet_hosts]] table behind a NAT "
+            "gateway)")))
+    if any_problem():
+        return None   # the checks of the whole config need every part of it
     config = LabConfig(vpc=vpc, subnets=tuple(subnets), functions=tuple(functions),
                        hosts=tuple(hosts), lab=lab, source=source,
                        security_groups=tuple(sgs), network_acls=tuple(nacls),
@@ -134,8 +211,19 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> LabConfig:
                        internet_hosts=tuple(ihosts), nat_gateways=tuple(nats),
                        lifecycle=lifecycle, iam=iam, flow_logs=flow_logs, datapath=datapath,
                        base_dir=base_dir)
-    check_env_capacity(config)
-    check_internet_overlap(config)
-    allocate(config)  # raises when a subnet or the internet has too few addresses
-    check_iam(config)
-    return config
+    # Independent of one another: each reports its own mistake.
+    for check in (check_env_capacity, check_internet_overlap, allocate, check_iam):
+        with soft():
+            check(config)   # allocate raises when a subnet or the internet has too few addresses
+    return None if any_problem() else config
+
+
+def _known(value: Any, empty: Any = ()) -> Any:
+    """A section's value for its dependents: ``empty`` when it could not be read (references
+    to it are silent then)."""
+    return list(empty) if value is _BROKEN and isinstance(empty, tuple) else \
+        (empty if value is _BROKEN else value)
+
+
+def _fail(error: LabConfigError) -> None:
+    raise error

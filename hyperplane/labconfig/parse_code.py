@@ -18,44 +18,80 @@ from hyperplane.labconfig.model import (CUSTOM_RUNTIMES, DEFAULT_CUSTOM_HANDLER,
                                         DEFAULT_RUNTIME, DEFAULT_TIMEOUT, MAX_ENVIRONMENT_BYTES,
                                         MAX_HANDLER, MEMORY_SIZE_RANGE,
                                         RESERVED_ENVIRONMENT_KEYS, TIMEOUT_RANGE, Environment)
+from hyperplane.labconfig.fields import Key
 from hyperplane.labconfig.parse_common import expect, string_list, type_name
-
-#: The keys a [[functions]] table may have for its code (parse_functions adds them to its own).
-FUNCTION_CODE_KEYS = ["runtime", "handler", "code", "timeout", "memory_size", "environment"]
-#: The keys a host table may have for its service.
-HOST_COMMAND_KEYS = ["command", "environment"]
+from hyperplane.labconfig.problems import group, soft
 
 #: python3.N: a lab runs it with the machine's python3.
 PYTHON_RUNTIME = re.compile(r"^python3\.\d{1,2}$")
 #: Lambda's environment variable names: [a-zA-Z]([a-zA-Z0-9_])+ (two characters at least).
 ENV_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_]+$")
+
+#: The keys a [[functions]] table has for its code (parse_functions adds them to its own).
+FUNCTION_CODE_KEYS = (
+    Key("runtime", "string", "provided.al2023 / provided.al2 (runs the executable `bootstrap` "
+        "of the code folder) or python3.N; default: the python3.N that reads the file",
+        pattern="^(?:" + "|".join(r.replace(".", r"\.") for r in CUSTOM_RUNTIMES) + "|"
+        + PYTHON_RUNTIME.pattern.strip("^$") + ")$"),
+    Key("handler", "string", "FILE.FUNCTION for python3.N (default "
+        f"{DEFAULT_PYTHON_HANDLER}); passed to a custom runtime as _HANDLER (default "
+        f"{DEFAULT_CUSTOM_HANDLER}); no whitespace, at most {MAX_HANDLER} characters",
+        pattern=r"^\S+$"),
+    Key("code", "string", "the folder holding the code (relative paths are taken from the "
+        "lab file's folder); absent: the built-in hello-world handler"),
+    Key("timeout", "integer", "seconds an invocation may run", default=DEFAULT_TIMEOUT,
+        minimum=TIMEOUT_RANGE[0], maximum=TIMEOUT_RANGE[1]),
+    Key("memory_size", "integer", "MB (shown in the logs; not enforced)",
+        default=DEFAULT_MEMORY_SIZE, minimum=MEMORY_SIZE_RANGE[0],
+        maximum=MEMORY_SIZE_RANGE[1]),
+    Key("environment", "map", "environment variables (strings); Lambda's reserved keys are "
+        f"refused, {MAX_ENVIRONMENT_BYTES} bytes in all", values="string",
+        pattern=ENV_KEY.pattern),
+)
+#: The keys a host table has for its service.
+HOST_COMMAND_KEYS = (
+    Key("command", ("string", "array"), "a service the lab runs in the host from `lab up` to "
+        "`lab down`: a string (run by /bin/sh -c) or an array (the program and its arguments)",
+        items="string"),
+    Key("environment", "map", "environment variables of the command (strings)",
+        values="string", pattern=ENV_KEY.pattern),
+)
 _ENV_EXAMPLE = 'environment = { DB_HOST = "198.18.1.5" }'
 
 
 def parse_function_code(t: Dict[str, Any], f: str, base_dir: str) -> Dict[str, Any]:
     """The code fields of function table ``t`` (field path ``f``) as keyword arguments of
     :class:`~hyperplane.labconfig.model.Function`, defaults filled in."""
-    runtime = _runtime(t.get("runtime", DEFAULT_RUNTIME), f"{f}.runtime")
-    custom = runtime in CUSTOM_RUNTIMES
-    handler = _handler(t.get("handler", DEFAULT_CUSTOM_HANDLER if custom
-                             else DEFAULT_PYTHON_HANDLER), f"{f}.handler", python=not custom)
-    code = None
-    if "code" in t:
-        code = code_folder(t["code"], f"{f}.code", base_dir)
-    elif custom:
-        raise LabConfigError(f"{f}.code", f"missing; runtime {runtime!r} is a custom runtime, and "
-                             "a custom runtime needs code = a folder holding an executable "
+    with group() as fields:
+        with soft():
+            runtime = _runtime(t.get("runtime", DEFAULT_RUNTIME), f"{f}.runtime")
+            custom = runtime in CUSTOM_RUNTIMES
+            handler = _handler(t.get("handler", DEFAULT_CUSTOM_HANDLER if custom
+                                     else DEFAULT_PYTHON_HANDLER), f"{f}.handler",
+                               python=not custom)
+        code = None
+        with soft():
+            if "code" in t:
+                code = code_folder(t["code"], f"{f}.code", base_dir)
+        with soft():
+            lo, hi = TIMEOUT_RANGE
+            timeout = _bounded(t.get("timeout", DEFAULT_TIMEOUT), f"{f}.timeout", lo, hi,
+                               "seconds", DEFAULT_TIMEOUT)
+        with soft():
+            lo, hi = MEMORY_SIZE_RANGE
+            memory = _bounded(t.get("memory_size", DEFAULT_MEMORY_SIZE), f"{f}.memory_size", lo,
+                              hi, "MB", DEFAULT_MEMORY_SIZE)
+        with soft():
+            env = environment(t.get("environment", {}), f"{f}.environment",
+                              reserved=RESERVED_ENVIRONMENT_KEYS,
+                              max_bytes=MAX_ENVIRONMENT_BYTES)
+        fields.check()
+    if code is None and custom:
+        raise LabConfigError(f"{f}.code", f"missing; runtime {runtime!r} is a custom runtime, "
+                             "and a custom runtime needs code = a folder holding an executable "
                              '`bootstrap` (e.g. code = "fn", taken from the config file\'s '
                              "folder), or use a python3.N runtime to get the built-in "
                              "hello-world handler")
-    lo, hi = TIMEOUT_RANGE
-    timeout = _bounded(t.get("timeout", DEFAULT_TIMEOUT), f"{f}.timeout", lo, hi, "seconds",
-                       DEFAULT_TIMEOUT)
-    lo, hi = MEMORY_SIZE_RANGE
-    memory = _bounded(t.get("memory_size", DEFAULT_MEMORY_SIZE), f"{f}.memory_size", lo, hi,
-                      "MB", DEFAULT_MEMORY_SIZE)
-    env = environment(t.get("environment", {}), f"{f}.environment",
-                      reserved=RESERVED_ENVIRONMENT_KEYS, max_bytes=MAX_ENVIRONMENT_BYTES)
     return {"runtime": runtime, "handler": handler, "code": code, "timeout": timeout,
             "memory_size": memory, "environment": env}
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Union
 
 from hyperplane.errors import LabConfigError
+from hyperplane.labconfig.fields import Table
 from hyperplane.labconfig.model import BENCHMARK_V4, BENCHMARK_V6, IPNet
+from hyperplane.labconfig.problems import problem, skip, soft, undefined
 
 _RANGE_WHY = ("lab addresses must stay in the benchmark ranges 198.18.0.0/15 and 2001:2::/48 "
               "(RFC 2544, RFC 5180) so a lab can never collide with a real network")
@@ -51,19 +53,27 @@ def expect(value: Any, typ: type, field: str, hint: str = "") -> Any:
     return value
 
 
-def check_keys(table: Dict[str, Any], field: str, known: Sequence[str],
+def check_keys(table: Dict[str, Any], field: str, known: Union[Table, Sequence[str]],
                required: Sequence[str] = ()) -> None:
+    """Every key of ``table`` is one ``known`` declares (a :class:`Table` of
+    :mod:`hyperplane.labconfig.fields`, which also says which are required); every unknown and
+    every missing key is a problem of its own (:mod:`hyperplane.labconfig.problems`), and a
+    missing one stops the table's checks."""
+    if isinstance(known, Table):
+        known, required = known.names, known.required
     where = (lambda k: f"{field}.{k}") if field else (lambda k: k)
     for key in table:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise LabConfigError(where(key), f"unknown key '{key}'; {hint}known keys: "
-                                 f"{', '.join(known)}")
-    for key in required:
-        if key not in table:
-            raise LabConfigError(where(key), f"missing; add {key} = ... under "
-                                 f"{'[' + field + ']' if field else 'the top level'}")
+            problem(LabConfigError(where(key), f"unknown key '{key}'; {hint}known keys: "
+                                   f"{', '.join(known)}"))
+    missing = [key for key in required if key not in table]
+    for key in missing:
+        problem(LabConfigError(where(key), f"missing; add {key} = ... under "
+                               f"{'[' + field + ']' if field else 'the top level'}"))
+    if missing:
+        skip()
 
 
 def array_of_tables(doc: Dict[str, Any], key: str) -> List[Dict[str, Any]]:
@@ -189,15 +199,17 @@ def associations(t: Dict[str, Any], f: str, known: List[str], owner: Dict[str, s
     sids = string_list(t.get("subnet_ids", []), f"{f}.subnet_ids", '["subnet-a"]')
     for j, sid in enumerate(sids):
         sf = f"{f}.subnet_ids[{j}]"
-        if sid not in known:
-            raise LabConfigError(sf, f"subnet {sid!r} is not defined{did_you_mean(sid, known)}; "
-                                 f"define it under [[subnets]] or use one of: "
-                                 f"{', '.join(known) or '(none defined)'}")
-        if sid in sids[:j]:
-            raise LabConfigError(sf, f"subnet {sid!r} is listed twice; list each subnet once")
-        if sid in owner:
-            raise LabConfigError(sf, f"subnet {sid!r} is already associated with {what} "
-                                 f"{owner[sid]!r}; a subnet has exactly one {what}, remove it "
-                                 "from one of them")
-        owner[sid] = owner_id
+        with soft():
+            if sid not in known:
+                undefined("subnet", sid, LabConfigError(
+                    sf, f"subnet {sid!r} is not defined{did_you_mean(sid, known)}; define it "
+                    f"under [[subnets]] or use one of: {', '.join(known) or '(none defined)'}"))
+            if sid in sids[:j]:
+                raise LabConfigError(sf, f"subnet {sid!r} is listed twice; list each subnet "
+                                     "once")
+            if sid in owner:
+                raise LabConfigError(sf, f"subnet {sid!r} is already associated with {what} "
+                                     f"{owner[sid]!r}; a subnet has exactly one {what}, remove "
+                                     "it from one of them")
+            owner[sid] = owner_id
     return sids

@@ -10,15 +10,64 @@ from hyperplane.errors import LabConfigError
 from hyperplane.labconfig.model import (FLOW_LOGS_INTERVAL, FLOW_LOGS_INTERVAL_RANGE,
                                         LIFECYCLE_PROFILES, DatapathPlan, FlowLogsPlan,
                                         LabSettings, LifecyclePlan)
+from hyperplane.labconfig.fields import Key, Table
 from hyperplane.labconfig.parse_common import ACCOUNT_ID, check_keys, expect
+from hyperplane.labconfig.problems import group, soft
+
+
+def _delay(name: str, index: int, what: str) -> Key:
+    lab, aws = LIFECYCLE_PROFILES["lab"][index], LIFECYCLE_PROFILES["aws"][index]
+    return Key(name, "number", f"seconds {what} (profile lab: {lab:g}, aws: {aws:g})",
+               exclusive_minimum=0)
+
+
+LIFECYCLE = Table("[lifecycle]", "ENI delays (a profile's, each overridable) and scale-out.", (
+    Key("profile", "string", "lab (short delays) or aws (the documented ones)", default="lab",
+        enum=tuple(LIFECYCLE_PROFILES)),
+    _delay("eni_create_delay", 0, "from a function's VpcConfig to its ENI being up"),
+    _delay("inactive_after", 1, "idle before an ENI is reclaimed"),
+    _delay("eni_delete_delay", 2, "from an ENI's last user gone to its deletion"),
+    Key("ports_per_eni", "integer", "connections one ENI carries", default=65000, minimum=1,
+        maximum=65000),
+    Key("high_water", "number", "pool fill (0.5..0.99) at which the next ENI of a key starts "
+        "early; 0: only when every ENI is full, as AWS does", default=0.8, minimum=0,
+        maximum=0.99),
+    Key("max_enis_per_key", "integer", "ENIs per (subnet, security groups)", default=8,
+        minimum=1, maximum=64),
+    Key("max_connections_per_environment", "integer", "connections one execution environment "
+        "may hold on its ENI at once; 0: no limit", default=0, minimum=0, maximum=1_000_000),
+))
+FLOW_LOGS = Table("[flow_logs]", "VPC Flow Logs of every ENI (default format v2), under the "
+                  "lab's directory.", (
+    Key("enabled", "boolean", "write flow logs", default=True),
+    Key("interval", "integer", "aggregation interval in seconds (AWS offers 60 or 600)",
+        default=FLOW_LOGS_INTERVAL, minimum=FLOW_LOGS_INTERVAL_RANGE[0],
+        maximum=FLOW_LOGS_INTERVAL_RANGE[1]),
+    Key("account_id", "string", "the records' account id (default: [lab] account_id)",
+        pattern=ACCOUNT_ID.pattern),
+))
+
+
+def _cpus(name: str, doc: str) -> Key:
+    return Key(name, "array", doc, items=Key("cpu", "integer", "a CPU number", minimum=0,
+                                             maximum=1023))
+
+
+DATAPATH = Table("[datapath]", "The data path process: its CPUs and its rings.", (
+    _cpus("cpus", "CPUs the data path runs on (default: wherever the scheduler puts it)"),
+    Key("ring_frames", "integer", f"frames (2 KiB) in each veth link's receive ring, a "
+        f"multiple of {RING_FRAMES_STEP} from {RING_FRAMES_MIN} to {RING_FRAMES_MAX}; 0 or "
+        "absent: 4096", default=0, minimum=0, maximum=RING_FRAMES_MAX,
+        multiple_of=RING_FRAMES_STEP),
+    _cpus("inbound_cpus", "CPUs of a second thread doing the VPC -> environment direction "
+          "(datapath.cpus must then keep the loop off them)"),
+))
 
 
 def parse_lifecycle(t: Any) -> LifecyclePlan:
     """``[lifecycle]``: a profile's three delays, each overridable, and the scale-out knobs."""
     expect(t, dict, "lifecycle", "write it as a [lifecycle] table")
-    check_keys(t, "lifecycle", ["profile", "eni_create_delay", "inactive_after",
-                                "eni_delete_delay", "ports_per_eni", "high_water",
-                                "max_enis_per_key", "max_connections_per_environment"])
+    check_keys(t, "lifecycle", LIFECYCLE)
     profile = expect(t.get("profile", "lab"), str, "lifecycle.profile", 'write "lab" or "aws"')
     if profile not in LIFECYCLE_PROFILES:
         raise LabConfigError("lifecycle.profile", f"{profile!r} is not a profile; write \"lab\" "
@@ -60,7 +109,7 @@ def parse_lifecycle(t: Any) -> LifecyclePlan:
 def parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
     """``[flow_logs]``: on/off, the aggregation interval, the account id of the records."""
     expect(t, dict, "flow_logs", "write it as a [flow_logs] table")
-    check_keys(t, "flow_logs", ["enabled", "interval", "account_id"])
+    check_keys(t, "flow_logs", FLOW_LOGS)
     enabled = expect(t.get("enabled", True), bool, "flow_logs.enabled", "write true or false")
     lo, hi = FLOW_LOGS_INTERVAL_RANGE
     interval = t.get("interval", FLOW_LOGS_INTERVAL)
@@ -95,7 +144,7 @@ def parse_datapath(t: Any) -> DatapathPlan:
     """``[datapath]``: the CPUs the data path runs on, its inbound worker's, and its rings'
     depth."""
     expect(t, dict, "datapath", "write it as a [datapath] table")
-    check_keys(t, "datapath", ["cpus", "ring_frames", "inbound_cpus"])
+    check_keys(t, "datapath", DATAPATH)
     frames = t.get("ring_frames", 0)
     if isinstance(frames, bool) or not isinstance(frames, int) or (frames and (
             not RING_FRAMES_MIN <= frames <= RING_FRAMES_MAX or frames % RING_FRAMES_STEP)):

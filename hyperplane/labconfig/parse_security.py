@@ -9,10 +9,59 @@ from typing import Any, Dict, List, Sequence, Tuple
 from hyperplane.errors import LabConfigError
 from hyperplane.labconfig.model import (MAX_NACL_RULES, MAX_SG_RULES, NACL_RULE_NUMBERS,
                                         NetworkAcl, RulePlan, SecurityGroup, Subnet, Vpc)
+from hyperplane.labconfig.fields import Key, Table
 from hyperplane.labconfig.parse_common import (ACL_ID, SG_ID, associations, check_keys, expect,
                                                rule_network)
+from hyperplane.labconfig.problems import skip, soft
 
 _PORT_PROTOCOLS = ("tcp", "udp")
+_SG_PROTOCOLS = ("tcp", "udp", "all")
+_NACL_PROTOCOLS = ("tcp", "udp", "icmp", "all")
+
+
+def _port(name: str) -> Key:
+    return Key(name, "integer", f"{name.replace('_', ' ')} of the range (tcp and udp only)",
+               minimum=0, maximum=65535)
+
+
+def _protocol_key(allowed) -> Key:
+    return Key("protocol", "string", '"-1" is AWS\'s spelling of "all"', required=True,
+               enum=(*allowed, "-1"))
+
+
+SG_RULE = Table("security group egress rule", "One stateful egress rule.", (
+    _protocol_key(_SG_PROTOCOLS), _port("from_port"), _port("to_port"),
+    Key("cidr", "string", "the destination network, IPv4 or IPv6 (any range, e.g. 0.0.0.0/0)",
+        required=True),
+    Key("description", "string", "what the rule is for"),
+))
+SECURITY_GROUP = Table("[[security_groups]]", "A security group: for Lambda only its egress "
+                       "rules matter, and they are stateful.", (
+    Key("id", "string", "the group's id, e.g. sg-0a1b2c3d", required=True,
+        pattern=SG_ID.pattern),
+    Key("description", "string", "what the group is for"),
+    Key("egress", "array", "egress rules; absent: AWS's default (all traffic out); [] allows "
+        "nothing", items=SG_RULE, max_items=MAX_SG_RULES),
+))
+NACL_RULE = Table("network ACL rule", "One numbered, stateless rule; the lowest matching "
+                  "number decides.", (
+    Key("rule_number", "integer", "the rule's number (unique per direction)", required=True,
+        minimum=NACL_RULE_NUMBERS[0], maximum=NACL_RULE_NUMBERS[1]),
+    _protocol_key(_NACL_PROTOCOLS),
+    Key("action", "string", "allow or deny", required=True, enum=("allow", "deny")),
+    Key("cidr", "string", "the network matched (the source inbound, the destination "
+        "outbound)", required=True),
+    _port("from_port"), _port("to_port"),
+))
+NETWORK_ACL = Table("[[network_acls]]", "A network ACL: stateless, numbered rules checked both "
+                    "ways at the edge of its subnets.", (
+    Key("id", "string", "the ACL's id, e.g. acl-0a1b2c3d", required=True,
+        pattern=ACL_ID.pattern),
+    Key("subnet_ids", "array", "the subnets using it (a subnet has one ACL; subnets in none "
+        "use the default ACL, which allows all)", items="string"),
+    Key("ingress", "array", "inbound rules", items=NACL_RULE, max_items=MAX_NACL_RULES),
+    Key("egress", "array", "outbound rules", items=NACL_RULE, max_items=MAX_NACL_RULES),
+))
 
 
 def _protocol(value: Any, field: str, allowed: Sequence[str]) -> str:
@@ -62,23 +111,30 @@ def parse_security_groups(tables, vpc: Vpc) -> List[SecurityGroup]:
     groups: List[SecurityGroup] = []
     for i, t in enumerate(tables):
         f = f"security_groups[{i}]"
-        check_keys(t, f, ["id", "description", "egress"], required=["id"])
-        sg_id = expect(t["id"], str, f"{f}.id", 'like "sg-0a1b2c3d"')
-        if not SG_ID.match(sg_id):
-            raise LabConfigError(f"{f}.id", f"{sg_id!r} is not a security group id; write 'sg-' "
-                                 "followed by lower-case letters or digits (sg-0a1b2c3d)")
-        for j, other in enumerate(groups):
-            if other.id == sg_id:
-                raise LabConfigError(f"{f}.id", f"duplicate security group id {sg_id!r} (also "
-                                     f"security_groups[{j}]); give each group its own id")
-        if "egress" not in t:
-            rules = [RulePlan(0, "allow", "all", "0.0.0.0/0")]
-            if vpc.ipv6_cidr is not None:
-                rules.append(RulePlan(0, "allow", "all", "::/0"))
-        else:
-            rules = _parse_sg_rules(t["egress"], f"{f}.egress")
-        groups.append(SecurityGroup(id=sg_id, egress=tuple(rules),
-                                    description=_description(t, f"{f}.description")))
+        with soft(defines=("security_group", t.get("id"))) as item:
+            check_keys(t, f, SECURITY_GROUP)
+            with soft():
+                sg_id = expect(t["id"], str, f"{f}.id", 'like "sg-0a1b2c3d"')
+                if not SG_ID.match(sg_id):
+                    raise LabConfigError(f"{f}.id", f"{sg_id!r} is not a security group id; "
+                                         "write 'sg-' followed by lower-case letters or digits "
+                                         "(sg-0a1b2c3d)")
+                for j, other in enumerate(groups):
+                    if other.id == sg_id:
+                        raise LabConfigError(f"{f}.id", f"duplicate security group id "
+                                             f"{sg_id!r} (also security_groups[{j}]); give each "
+                                             "group its own id")
+            with soft():
+                if "egress" not in t:
+                    rules = [RulePlan(0, "allow", "all", "0.0.0.0/0")]
+                    if vpc.ipv6_cidr is not None:
+                        rules.append(RulePlan(0, "allow", "all", "::/0"))
+                else:
+                    rules = _parse_sg_rules(t["egress"], f"{f}.egress")
+            with soft():
+                description = _description(t, f"{f}.description")
+            item.check()
+            groups.append(SecurityGroup(id=sg_id, egress=tuple(rules), description=description))
     return groups
 
 
@@ -90,22 +146,28 @@ def _parse_sg_rules(value: Any, f: str) -> List[RulePlan]:
                              "rules per security group (RulesPerSecurityGroupLimitExceeded): "
                              "merge port ranges or CIDRs, or split the rules over groups")
     rules: List[RulePlan] = []
+    broken = False
     for j, r in enumerate(value):
         rf = f"{f}[{j}]"
-        expect(r, dict, rf, "write each rule as a table {protocol = ..., cidr = ...}")
-        check_keys(r, rf, ["protocol", "from_port", "to_port", "cidr", "description"],
-                   required=["protocol", "cidr"])
-        proto = _protocol(r["protocol"], f"{rf}.protocol", ("tcp", "udp", "all"))
-        lo, hi = _ports(r, rf, proto)
-        cidr = rule_network(r["cidr"], f"{rf}.cidr")
-        rule = RulePlan(number=0, action="allow", protocol=proto, cidr=str(cidr), from_port=lo,
-                        to_port=hi, description=_description(r, f"{rf}.description"))
-        for k, other in enumerate(rules):
-            if dataclasses.replace(other, description="") == \
-                    dataclasses.replace(rule, description=""):
-                raise LabConfigError(rf, f"InvalidPermission.Duplicate: the same rule as {f}[{k}]; "
-                                     "remove one of them")
-        rules.append(rule)
+        with soft() as one:
+            expect(r, dict, rf, "write each rule as a table {protocol = ..., cidr = ...}")
+            check_keys(r, rf, SG_RULE)
+            proto = _protocol(r["protocol"], f"{rf}.protocol", _SG_PROTOCOLS)
+            lo, hi = _ports(r, rf, proto)
+            cidr = rule_network(r["cidr"], f"{rf}.cidr")
+            rule = RulePlan(number=0, action="allow", protocol=proto, cidr=str(cidr),
+                            from_port=lo, to_port=hi,
+                            description=_description(r, f"{rf}.description"))
+            one.check()
+            for k, other in enumerate(rules):
+                if dataclasses.replace(other, description="") == \
+                        dataclasses.replace(rule, description=""):
+                    raise LabConfigError(rf, f"InvalidPermission.Duplicate: the same rule as "
+                                         f"{f}[{k}]; remove one of them")
+            rules.append(rule)
+        broken = broken or one.failed
+    if broken:
+        skip()
     return rules
 
 
@@ -119,20 +181,27 @@ def parse_network_acls(tables, subnets: List[Subnet]) -> List[NetworkAcl]:
     acls: List[NetworkAcl] = []
     for i, t in enumerate(tables):
         f = f"network_acls[{i}]"
-        check_keys(t, f, ["id", "subnet_ids", "ingress", "egress"], required=["id"])
-        acl_id = expect(t["id"], str, f"{f}.id", 'like "acl-0a1b2c3d"')
-        if not ACL_ID.match(acl_id):
-            raise LabConfigError(f"{f}.id", f"{acl_id!r} is not a network ACL id; write 'acl-' "
-                                 "followed by lower-case letters, digits or '-' (acl-0a1b2c3d)")
-        if acl_id in [a.id for a in acls]:
-            raise LabConfigError(f"{f}.id", f"duplicate network ACL id {acl_id!r}; give each "
-                                 "ACL its own id")
-        sids = associations(t, f, known, owner, acl_id, "network ACL")
-        directions = {}
-        for direction in ("ingress", "egress"):
-            directions[direction] = _parse_nacl_rules(t.get(direction, []), f"{f}.{direction}")
-        acls.append(NetworkAcl(id=acl_id, subnet_ids=tuple(sids), ingress=directions["ingress"],
-                               egress=directions["egress"]))
+        with soft(defines=("network_acl", t.get("id"))) as item:
+            check_keys(t, f, NETWORK_ACL)
+            with soft():
+                acl_id = expect(t["id"], str, f"{f}.id", 'like "acl-0a1b2c3d"')
+                if not ACL_ID.match(acl_id):
+                    raise LabConfigError(f"{f}.id", f"{acl_id!r} is not a network ACL id; write "
+                                         "'acl-' followed by lower-case letters, digits or '-' "
+                                         "(acl-0a1b2c3d)")
+                if acl_id in [a.id for a in acls]:
+                    raise LabConfigError(f"{f}.id", f"duplicate network ACL id {acl_id!r}; give "
+                                         "each ACL its own id")
+            with soft():
+                sids = associations(t, f, known, owner, t.get("id"), "network ACL")
+            directions = {}
+            for direction in ("ingress", "egress"):
+                with soft():
+                    directions[direction] = _parse_nacl_rules(t.get(direction, []),
+                                                              f"{f}.{direction}")
+            item.check()
+            acls.append(NetworkAcl(id=acl_id, subnet_ids=tuple(sids),
+                                   ingress=directions["ingress"], egress=directions["egress"]))
     return acls
 
 
@@ -144,30 +213,42 @@ def _parse_nacl_rules(value: Any, f: str) -> Tuple[RulePlan, ...]:
                              "per direction in a network ACL (20 unless the quota is raised)")
     rules: List[RulePlan] = []
     numbers: Dict[int, int] = {}
+    broken = False
     for j, r in enumerate(value):
         rf = f"{f}[{j}]"
-        expect(r, dict, rf, "write each rule as a table {rule_number = ..., protocol = ..., "
-               "action = ..., cidr = ...}")
-        check_keys(r, rf, ["rule_number", "protocol", "action", "cidr", "from_port", "to_port"],
-                   required=["rule_number", "protocol", "action", "cidr"])
-        number = expect(r["rule_number"], int, f"{rf}.rule_number", "write an integer like 100")
-        lo, hi = NACL_RULE_NUMBERS
-        if not lo <= number <= hi:
-            raise LabConfigError(f"{rf}.rule_number", f"{number} is outside {lo}..{hi}; AWS "
-                                 "keeps 32767 and up for itself (the final \"*\" deny rule)")
-        if number in numbers:
-            raise LabConfigError(f"{rf}.rule_number", f"NetworkAclEntryAlreadyExists: rule "
-                                 f"number {number} is already used by {f}[{numbers[number]}]; "
-                                 "rule numbers are unique per direction, pick another (leave "
-                                 "gaps such as 100, 110, 120 to insert rules later)")
-        numbers[number] = j
-        proto = _protocol(r["protocol"], f"{rf}.protocol", ("tcp", "udp", "icmp", "all"))
-        action = expect(r["action"], str, f"{rf}.action", 'write "allow" or "deny"')
-        if action not in ("allow", "deny"):
-            raise LabConfigError(f"{rf}.action", f"{action!r} is not an action; write \"allow\" "
-                                 "or \"deny\"")
-        from_port, to_port = _ports(r, rf, proto)
-        cidr = rule_network(r["cidr"], f"{rf}.cidr")
-        rules.append(RulePlan(number=number, action=action, protocol=proto, cidr=str(cidr),
-                              from_port=from_port, to_port=to_port))
+        with soft() as one:
+            expect(r, dict, rf, "write each rule as a table {rule_number = ..., protocol = ..., "
+                   "action = ..., cidr = ...}")
+            check_keys(r, rf, NACL_RULE)
+            with soft():
+                number = expect(r["rule_number"], int, f"{rf}.rule_number",
+                                "write an integer like 100")
+                lo, hi = NACL_RULE_NUMBERS
+                if not lo <= number <= hi:
+                    raise LabConfigError(f"{rf}.rule_number", f"{number} is outside {lo}..{hi}; "
+                                         "AWS keeps 32767 and up for itself (the final \"*\" "
+                                         "deny rule)")
+                if number in numbers:
+                    raise LabConfigError(f"{rf}.rule_number", f"NetworkAclEntryAlreadyExists: "
+                                         f"rule number {number} is already used by "
+                                         f"{f}[{numbers[number]}]; rule numbers are unique per "
+                                         "direction, pick another (leave gaps such as 100, 110, "
+                                         "120 to insert rules later)")
+                numbers[number] = j
+            with soft():
+                proto = _protocol(r["protocol"], f"{rf}.protocol", _NACL_PROTOCOLS)
+                from_port, to_port = _ports(r, rf, proto)
+            with soft():
+                action = expect(r["action"], str, f"{rf}.action", 'write "allow" or "deny"')
+                if action not in ("allow", "deny"):
+                    raise LabConfigError(f"{rf}.action", f"{action!r} is not an action; write "
+                                         "\"allow\" or \"deny\"")
+            with soft():
+                cidr = rule_network(r["cidr"], f"{rf}.cidr")
+            one.check()
+            rules.append(RulePlan(number=number, action=action, protocol=proto, cidr=str(cidr),
+                                  from_port=from_port, to_port=to_port))
+        broken = broken or one.failed
+    if broken:
+        skip()
     return tuple(sorted(rules, key=lambda rule: rule.number))
