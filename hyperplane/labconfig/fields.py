@@ -122,10 +122,12 @@ def key_schema(key: Key) -> Dict[str, Any]:
         out["type"] = [_JSON_TYPES[t] for t in types]
     if key.items is not None:
         out["items"] = _type_schema(key.items)
-    if key.values is not None:
-        out["additionalProperties"] = _type_schema(key.values)
+    if key.values is not None:   # a map: its names match the pattern, its values one type
         if key.pattern:
-            out["propertyNames"] = {"pattern": key.pattern}
+            out["patternProperties"] = {key.pattern: _type_schema(key.values)}
+            out["additionalProperties"] = False
+        else:
+            out["additionalProperties"] = _type_schema(key.values)
     elif key.pattern:
         out["pattern"] = key.pattern
     for name, value in (("default", key.default), ("enum", list(key.enum or ()) or None),
