@@ -9,6 +9,9 @@ one command group to the parser, parses its arguments, calls the library and pri
     hyperplane lab restart [--name NAME]        a new data path that keeps the open connections
     hyperplane lab down [--name NAME]
     hyperplane lab list
+    hyperplane lab validate [CONFIG] [--json]    check a lab file: every mistake at once (no root)
+    hyperplane lab plan [CONFIG] [--name NAME] [--json]   what lab up would build (no root)
+    hyperplane lab schema                        the lab file's JSON Schema, for editors
     hyperplane function list|update|invoke|logs  the lab's functions (VpcConfig, state, code)
     hyperplane eni list [--json]                 the lab's Hyperplane ENIs
     hyperplane clock [--advance DURATION]        the lab clock (lifecycle timers)

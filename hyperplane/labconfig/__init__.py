@@ -4,7 +4,8 @@ Three stages, each a plain function:
 
 1. :func:`load` / :func:`loads` / :func:`default` parse TOML into a frozen :class:`LabConfig`
    and validate it. Every error is a :class:`LabConfigError` whose message starts with the
-   field path (``functions[1].vpc_config.subnet_ids[0]: ...``) and says how to fix it.
+   field path (``functions[1].vpc_config.subnet_ids[0]: ...``) and says how to fix it; a file
+   with several mistakes gives one error listing them all (``.problems``, one per line).
 2. :func:`resolve` turns a config plus a lab name into a :class:`Plan`: every namespace,
    interface name, MAC and address the lab will have. The plan is deterministic for a given
    (config, name), and round-trips through JSON (:meth:`Plan.to_dict` / :meth:`Plan.from_dict`),
@@ -68,6 +69,10 @@ Where things are (the modules import one another directly, never through this pa
                      config_dir (where a config's relative paths are taken from)
     parse_common     the field-path helpers: types, keys, CIDRs, addresses, AWS ids, names,
                      the subnet associations of network ACLs and route tables
+    fields           Key and Table: the lab file's tables as data (each parse_* module
+                     declares its own; loading.LAB_FILE is the top), and the JSON Schema
+                     made from them (json_schema)
+    problems         every mistake at once: soft() scopes, broken names, clean sections
     parse_vpc        [lab], [vpc], [[subnets]], [[hosts]]
     parse_functions  [[functions]], [iam]
     parse_code       what runs: a function's runtime, handler, code, timeout, memory_size and
