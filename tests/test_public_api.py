@@ -39,7 +39,11 @@ def test_a_bad_config_is_a_configuration_error_and_builds_nothing():
     with pytest.raises(hyperplane.HyperplaneError) as info:
         Lab.up(config_text='[vpc]\ncidr = "10.0.0.0/16"\n', name=name)
     assert info.value.code == errors.EXIT_USAGE
-    assert str(info.value).startswith("configuration: vpc.cidr: "), str(info.value)
+    # every mistake at once: the bad block, and no function nor host
+    lines = str(info.value).splitlines()
+    assert lines[0] == "configuration: 3 mistakes, fix them all:", str(info.value)
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["vpc.cidr", "functions",
+                                                                  "hosts"]
     assert topology.load_state(name) is None and not namespaces_of(name)
 
 
