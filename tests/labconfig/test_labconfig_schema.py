@@ -172,3 +172,20 @@ def test_the_top_level_keys_are_the_models():
     assert loading._TOP_LEVEL_KEYS == list(LAB_FILE.names)
     doc = base_doc()
     assert set(doc) <= set(LAB_FILE.names)
+
+
+def _doc_blocks():
+    for path in [Path(REPO) / "README.md", *sorted((Path(REPO) / "docs").glob("*.md"))]:
+        for m in re.finditer(r"```toml\n(.*?)```", path.read_text(), re.S):
+            try:
+                yield path.name, tomllib.loads(m.group(1))
+            except tomllib.TOMLDecodeError:
+                continue   # an excerpt with "..." in it
+
+
+def test_the_lab_file_excerpts_of_the_docs_use_only_known_keys():
+    blocks = list(_doc_blocks())
+    assert len(blocks) >= 5, blocks
+    for name, doc in blocks:
+        doc.setdefault("vpc", {"cidr": "198.18.0.0/16"})   # an excerpt may leave it out
+        assert schema_errors(doc) == [], name
