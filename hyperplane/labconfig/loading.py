@@ -1,6 +1,9 @@
 """Loading a lab file: TOML text (a path, a string, the embedded default lab) to a
 validated :class:`LabConfig`. :func:`parse` walks the sections in dependency order (each
-``parse_*`` module owns a group of them), then checks the config as a whole.
+``parse_*`` module owns a group of them), then checks the config as a whole. It reports every
+mistake at once (:mod:`hyperplane.labconfig.problems`): one :class:`LabConfigError` whose
+``problems`` lists them. :data:`LAB_FILE` is the top level of the file's model
+(:mod:`hyperplane.labconfig.fields`), which is also its JSON Schema.
 
 Relative paths in a config (a function's ``code``) are taken from :func:`config_dir`: the
 ``base_dir`` the caller gives, else the folder of the config file, else the current directory.
@@ -171,23 +174,23 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
     internet = _part("internet", "internet", lambda: parse_internet(doc["internet"], vpc)
                      if "internet" in doc else None, vpc)
     nats = _part("nat_gateways", "nat_gateway", lambda: parse_nat_gateways(
-        _items(doc, "nat_gateways", "nat_gateway"), _known(subnets), _known(internet, None)))
+        _items(doc, "nat_gateways", "nat_gateway"), _list(subnets), _optional(internet)))
     tables = _part("route_tables", "route_table", lambda: parse_route_tables(
-        _items(doc, "route_tables", "route_table"), vpc, _known(subnets),
-        _known(internet, None), _known(nats)), vpc)
+        _items(doc, "route_tables", "route_table"), vpc, _list(subnets),
+        _optional(internet), _list(nats)), vpc)
     if clean("nat_gateways", "route_tables", "internet", "subnets"):
         _part("nat_gateways", None, lambda: check_nat_gateways_public(nats, tables, internet),
               nats, tables, internet)
     nacls = _part("network_acls", "network_acl", lambda: parse_network_acls(
-        _items(doc, "network_acls", "network_acl"), _known(subnets)))
+        _items(doc, "network_acls", "network_acl"), _list(subnets)))
     iam = _part("iam", "role", lambda: parse_iam(doc))
     functions = _part("functions", "function", lambda: parse_functions(
-        _items(doc, "functions", "function"), _known(subnets), _known(sgs), _known(iam, None),
+        _items(doc, "functions", "function"), _list(subnets), _list(sgs), _optional(iam),
         base_dir))
     hosts = _part("hosts", "host", lambda: parse_hosts(_items(doc, "hosts", "host"),
-                                                       _known(subnets)))
+                                                       _list(subnets)))
     ihosts = _part("internet_hosts", "internet_host", lambda: parse_internet_hosts(
-        _items(doc, "internet_hosts", "internet_host"), _known(internet, None)))
+        _items(doc, "internet_hosts", "internet_host"), _optional(internet)))
     lifecycle = _part("lifecycle", None, lambda: parse_lifecycle(doc.get("lifecycle", {})))
     flow_logs = _part("flow_logs", None, lambda: parse_flow_logs(doc.get("flow_logs", {}), lab),
                       lab)
@@ -218,11 +221,15 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
     return None if any_problem() else config
 
 
-def _known(value: Any, empty: Any = ()) -> Any:
-    """A section's value for its dependents: ``empty`` when it could not be read (references
-    to it are silent then)."""
-    return list(empty) if value is _BROKEN and isinstance(empty, tuple) else \
-        (empty if value is _BROKEN else value)
+def _list(value: Any) -> Any:
+    """A list section's value for its dependents: [] when it could not be read (references to
+    its kind are silent then)."""
+    return [] if value is _BROKEN else value
+
+
+def _optional(value: Any) -> Any:
+    """An optional section's value for its dependents: None when it could not be read."""
+    return None if value is _BROKEN else value
 
 
 def _fail(error: LabConfigError) -> None:

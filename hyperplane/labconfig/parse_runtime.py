@@ -12,7 +12,6 @@ from hyperplane.labconfig.model import (FLOW_LOGS_INTERVAL, FLOW_LOGS_INTERVAL_R
                                         LabSettings, LifecyclePlan)
 from hyperplane.labconfig.fields import Key, Table
 from hyperplane.labconfig.parse_common import ACCOUNT_ID, check_keys, expect
-from hyperplane.labconfig.problems import group, soft
 
 
 def _delay(name: str, index: int, what: str) -> Key:

@@ -16,7 +16,7 @@ from hyperplane import labconfig as lc
 from hyperplane.labconfig import fields
 from hyperplane.labconfig.loading import LAB_FILE
 from kit import REPO
-from kit.labdocs import EXAMPLES, base_doc, parse, refused
+from kit.labdocs import EXAMPLES, base_doc, refused
 from kit.labs import NATGW
 
 try:
