@@ -12,6 +12,7 @@ from hyperplane.labconfig.model import (FLOW_LOGS_INTERVAL, FLOW_LOGS_INTERVAL_R
                                         LabSettings, LifecyclePlan)
 from hyperplane.labconfig.fields import Key, Table
 from hyperplane.labconfig.parse_common import ACCOUNT_ID, check_keys, expect
+from hyperplane.labconfig.problems import group, soft
 
 
 def _delay(name: str, index: int, what: str) -> Key:
@@ -67,39 +68,51 @@ def parse_lifecycle(t: Any) -> LifecyclePlan:
     """``[lifecycle]``: a profile's three delays, each overridable, and the scale-out knobs."""
     expect(t, dict, "lifecycle", "write it as a [lifecycle] table")
     check_keys(t, "lifecycle", LIFECYCLE)
-    profile = expect(t.get("profile", "lab"), str, "lifecycle.profile", 'write "lab" or "aws"')
-    if profile not in LIFECYCLE_PROFILES:
-        raise LabConfigError("lifecycle.profile", f"{profile!r} is not a profile; write \"lab\" "
-                             "(short delays) or \"aws\" (the documented ones)")
-    delays = {}
-    for key, default in zip(("eni_create_delay", "inactive_after", "eni_delete_delay"),
-                            LIFECYCLE_PROFILES[profile]):
-        v = t.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise LabConfigError(f"lifecycle.{key}", f"{v!r}: write a number of seconds > 0 "
-                                 f"(profile {profile!r} uses {default:g})")
-        delays[key] = float(v)
-    ports = expect(t.get("ports_per_eni", 65000), int, "lifecycle.ports_per_eni",
-                   "write an integer 1..65000")
-    if not 1 <= ports <= 65000:
-        raise LabConfigError("lifecycle.ports_per_eni", f"{ports}: use 1..65000 (an AWS ENI "
-                             "carries up to 65,000 connections; fewer shows scale-out sooner)")
-    hw = t.get("high_water", 0.8)
-    if isinstance(hw, bool) or not isinstance(hw, (int, float)) or \
-            not (hw == 0 or 0.5 <= hw <= 0.99):
-        raise LabConfigError("lifecycle.high_water", f"{hw!r}: write 0 (off: scale out only "
-                             "when every ENI of a key is full, as AWS does) or a fill level "
-                             "from 0.5 to 0.99 at which the next ENI is started early")
-    cap = expect(t.get("max_enis_per_key", 8), int, "lifecycle.max_enis_per_key",
-                 "write an integer 1..64")
-    if not 1 <= cap <= 64:
-        raise LabConfigError("lifecycle.max_enis_per_key", f"{cap}: use 1..64")
-    per_env = expect(t.get("max_connections_per_environment", 0), int,
-                     "lifecycle.max_connections_per_environment",
-                     "write an integer >= 0 (0: no limit)")
-    if not 0 <= per_env <= 1_000_000:
-        raise LabConfigError("lifecycle.max_connections_per_environment",
-                             f"{per_env}: use 0 (no limit) to 1000000")
+    with group() as fields:
+        with soft():
+            profile = expect(t.get("profile", "lab"), str, "lifecycle.profile",
+                             'write "lab" or "aws"')
+            if profile not in LIFECYCLE_PROFILES:
+                raise LabConfigError("lifecycle.profile", f"{profile!r} is not a profile; write "
+                                     "\"lab\" (short delays) or \"aws\" (the documented ones)")
+        delays = {}
+        for i, key in enumerate(("eni_create_delay", "inactive_after", "eni_delete_delay")):
+            with soft():
+                fields.check()   # the defaults are the profile's
+                default = LIFECYCLE_PROFILES[profile][i]
+                v = t.get(key, default)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                    raise LabConfigError(f"lifecycle.{key}", f"{v!r}: write a number of seconds "
+                                         f"> 0 (profile {profile!r} uses {default:g})")
+                delays[key] = float(v)
+        with soft():
+            ports = expect(t.get("ports_per_eni", 65000), int, "lifecycle.ports_per_eni",
+                           "write an integer 1..65000")
+            if not 1 <= ports <= 65000:
+                raise LabConfigError("lifecycle.ports_per_eni", f"{ports}: use 1..65000 (an AWS "
+                                     "ENI carries up to 65,000 connections; fewer shows "
+                                     "scale-out sooner)")
+        with soft():
+            hw = t.get("high_water", 0.8)
+            if isinstance(hw, bool) or not isinstance(hw, (int, float)) or \
+                    not (hw == 0 or 0.5 <= hw <= 0.99):
+                raise LabConfigError("lifecycle.high_water", f"{hw!r}: write 0 (off: scale out "
+                                     "only when every ENI of a key is full, as AWS does) or a "
+                                     "fill level from 0.5 to 0.99 at which the next ENI is "
+                                     "started early")
+        with soft():
+            cap = expect(t.get("max_enis_per_key", 8), int, "lifecycle.max_enis_per_key",
+                         "write an integer 1..64")
+            if not 1 <= cap <= 64:
+                raise LabConfigError("lifecycle.max_enis_per_key", f"{cap}: use 1..64")
+        with soft():
+            per_env = expect(t.get("max_connections_per_environment", 0), int,
+                             "lifecycle.max_connections_per_environment",
+                             "write an integer >= 0 (0: no limit)")
+            if not 0 <= per_env <= 1_000_000:
+                raise LabConfigError("lifecycle.max_connections_per_environment",
+                                     f"{per_env}: use 0 (no limit) to 1000000")
+        fields.check()
     return LifecyclePlan(profile=profile, ports_per_eni=ports, high_water=float(hw),
                          max_enis_per_key=cap, max_connections_per_environment=per_env,
                          **delays)
@@ -144,14 +157,21 @@ def parse_datapath(t: Any) -> DatapathPlan:
     depth."""
     expect(t, dict, "datapath", "write it as a [datapath] table")
     check_keys(t, "datapath", DATAPATH)
-    frames = t.get("ring_frames", 0)
-    if isinstance(frames, bool) or not isinstance(frames, int) or (frames and (
-            not RING_FRAMES_MIN <= frames <= RING_FRAMES_MAX or frames % RING_FRAMES_STEP)):
-        raise LabConfigError("datapath.ring_frames",
-                             f"{frames!r}: write a multiple of {RING_FRAMES_STEP} from "
-                             f"{RING_FRAMES_MIN} to {RING_FRAMES_MAX} (frames of 2 KiB per veth "
-                             "link; the default is 4096), or leave it out")
-    cpus, inbound = _parse_cpu_list(t, "cpus"), _parse_cpu_list(t, "inbound_cpus")
+    with group() as fields:
+        with soft():
+            frames = t.get("ring_frames", 0)
+            if isinstance(frames, bool) or not isinstance(frames, int) or (frames and (
+                    not RING_FRAMES_MIN <= frames <= RING_FRAMES_MAX
+                    or frames % RING_FRAMES_STEP)):
+                raise LabConfigError("datapath.ring_frames",
+                                     f"{frames!r}: write a multiple of {RING_FRAMES_STEP} from "
+                                     f"{RING_FRAMES_MIN} to {RING_FRAMES_MAX} (frames of 2 KiB "
+                                     "per veth link; the default is 4096), or leave it out")
+        with soft():
+            cpus = _parse_cpu_list(t, "cpus")
+        with soft():
+            inbound = _parse_cpu_list(t, "inbound_cpus")
+        fields.check()
     if inbound and not set(cpus) - set(inbound):
         # The point of the worker is a CPU of its own; an unpinned loop (or one pinned to the
         # worker's CPUs) may share that CPU with it, paying for two threads' locks and

@@ -190,3 +190,20 @@ def test_lab_up_shows_every_mistake(tmp_path):
     lines = str(info.value).splitlines()
     assert lines[0] == "configuration: 3 mistakes, fix them all:"
     assert [line.split(": ")[0].strip() for line in lines[1:]] == THREE_FIELDS
+
+
+def test_the_settings_sections_report_each_key():
+    doc = base_doc()
+    doc["lifecycle"] = {"ports_per_eni": 0, "high_water": 0.3, "eni_delete_delay": -1}
+    doc["datapath"] = {"ring_frames": 5, "cpus": [-1], "inbound_cpus": "x"}
+    err = problems(doc)
+    assert [p.field for p in err.problems] == [
+        "lifecycle.eni_delete_delay", "lifecycle.ports_per_eni", "lifecycle.high_water",
+        "datapath.ring_frames", "datapath.cpus[0]", "datapath.inbound_cpus"]
+
+
+def test_a_bad_profile_silences_the_delays_it_would_default():
+    doc = base_doc()
+    doc["lifecycle"] = {"profile": "fast", "inactive_after": 0}
+    err = problems(doc)
+    assert [p.field for p in err.problems] == ["lifecycle.profile"]
