@@ -35,15 +35,18 @@ import os
 import sys
 from typing import List, Optional
 
+import argcomplete
+
 from hyperplane import engine
-from hyperplane.cli import bench, capture, conntrack, flowlogs, lab, learn, observe, vpc
+from hyperplane.cli import (bench, capture, completion, conntrack, flowlogs, lab, learn, observe,
+                            vpc)
 from hyperplane.errors import EXIT_FAIL, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.version import __version__
 
 #: Each command group's register(sub), in the order ``--help`` lists the commands.
 REGISTER = (learn.register_demo, lab.register, vpc.register, lab.register_run, learn.register,
             bench.register, conntrack.register, observe.register, flowlogs.register,
-            capture.register)
+            capture.register, completion.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = build_parser()
+    # When the shell is completing (_ARGCOMPLETE set by `hyperplane completion`'s code), this
+    # writes the completions and exits; otherwise it returns at once.
+    argcomplete.autocomplete(ap)
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first "--" belongs to `lab exec`'s command, untouched by argparse.
     tail: List[str] = []

@@ -11,8 +11,10 @@ DEFAULT_LAB = "default"
 
 
 def named(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--name`` (the lab) to a command."""
-    q.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
+    """Add ``--name`` (the lab) to a command; the shell completes it with the labs there are."""
+    from hyperplane.cli import completers     # here: completers import this module
+    q.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})"
+                   ).completer = completers.labs
     return q
 
 

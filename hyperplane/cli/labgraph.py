@@ -3,6 +3,7 @@ its resolved plan (:mod:`hyperplane.labconfig.graph`): a config file's, a runnin
 plan it was built from), or the embedded default lab's."""
 from __future__ import annotations
 
+from hyperplane.cli import completers
 from hyperplane.cli.common import DEFAULT_LAB
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import lifecycle
@@ -32,7 +33,7 @@ def register(labsub) -> None:
                    "given, else the embedded default lab)")
     q.add_argument("--name", default=None, help="without CONFIG: the running lab to draw (the "
                    "plan it was built from); with CONFIG: the lab name to resolve it under "
-                   f"(default {DEFAULT_LAB})")
+                   f"(default {DEFAULT_LAB})").completer = completers.labs
     q.add_argument("--format", choices=graph.FORMATS, default="mermaid",
                    help="mermaid (a flowchart GitHub renders in Markdown; default) or dot "
                         "(Graphviz: `| dot -Tsvg > lab.svg`)")
