@@ -38,15 +38,16 @@ from typing import List, Optional
 import argcomplete
 
 from hyperplane import engine
-from hyperplane.cli import (bench, capture, completion, conntrack, flowlogs, lab, learn, observe,
-                            vpc)
+from hyperplane.cli import (bench, capture, completion, conntrack, flowlogs, lab, learn,
+                            manpage, observe, vpc)
+from hyperplane.cli.common import EXIT_STATUSES
 from hyperplane.errors import EXIT_FAIL, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.version import __version__
 
 #: Each command group's register(sub), in the order ``--help`` lists the commands.
 REGISTER = (learn.register_demo, lab.register, vpc.register, lab.register_run, learn.register,
             bench.register, conntrack.register, observe.register, flowlogs.register,
-            capture.register, completion.register)
+            capture.register, completion.register, manpage.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="hyperplane: a userspace connection-tracking V2N source NAT that behaves "
                     "like the Hyperplane ENI behind an AWS Lambda function attached to a VPC, "
                     "with network-namespace labs to run it in.",
-        epilog="exit status: 0 ok, 1 failed, 2 usage/config error, 3 no such lab/node, "
-               f"4 needs CAP_NET_ADMIN. {engine.ENGINE_ENV}=reference selects the pure-Python "
+        epilog="exit status: " + ", ".join(f"{code} {what}" for code, what in EXIT_STATUSES)
+               + f". {engine.ENGINE_ENV}=reference selects the pure-Python "
                "reference engine (for walk; the data path needs the compiled one).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"{PROG} {__version__}")

@@ -5,9 +5,14 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
-from hyperplane.errors import EXIT_USAGE, HyperplaneError
+from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_OK, EXIT_PRIVILEGE, EXIT_USAGE,
+                               HyperplaneError)
 
 DEFAULT_LAB = "default"
+
+#: The exit statuses as ``--help``'s epilog and the man page's EXIT STATUS list them.
+EXIT_STATUSES = ((EXIT_OK, "ok"), (EXIT_FAIL, "failed"), (EXIT_USAGE, "usage/config error"),
+                 (EXIT_NOT_FOUND, "no such lab/node"), (EXIT_PRIVILEGE, "needs CAP_NET_ADMIN"))
 
 
 def named(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
