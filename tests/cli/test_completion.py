@@ -16,30 +16,9 @@ import pytest
 
 from hyperplane import labconfig
 from kit import REPO
+from kit.shellcomplete import cli_env, complete
 
 SHELLS = ("bash", "zsh", "fish")
-
-
-def cli_env(run_dir=None):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    if run_dir is not None:
-        env["HYPERPLANE_RUN_DIR"] = str(run_dir)
-    return env
-
-
-def complete(line: str, tmp_path, run_dir=None, point=None):
-    """What argcomplete answers for ``line`` with the cursor at its end (or ``point``), as a
-    list; also the process, to check it did not fail."""
-    out = tmp_path / "completions"
-    env = cli_env(run_dir)
-    env.update(_ARGCOMPLETE="1", _ARGCOMPLETE_SHELL="bash", COMP_LINE=line,
-               COMP_POINT=str(len(line) if point is None else point),
-               _ARGCOMPLETE_STDOUT_FILENAME=str(out))
-    p = subprocess.run([sys.executable, "-m", "hyperplane"], env=env, capture_output=True,
-                       text=True, timeout=60, cwd=REPO)
-    words = out.read_text().split("\013") if out.exists() else None
-    return [w.strip() for w in words if w.strip()] if words is not None else None, p
 
 
 def fake_lab(run_dir, name: str, config: str = None) -> labconfig.Plan:
