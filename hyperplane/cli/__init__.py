@@ -1,5 +1,7 @@
 """The ``hyperplane`` command: a thin shell over the library. Each module of this package adds
-one command group to the parser, parses its arguments, calls the library and prints.
+one command group to the parser, parses its arguments, calls the library and prints
+(``completers`` holds the shell completion's dynamic completers, which ``argcomplete`` calls
+before anything is parsed when the shell is completing).
 
     hyperplane --version | --help
     hyperplane demo [--name NAME] [--keep]       the default lab, real traffic, then down
@@ -9,6 +11,7 @@ one command group to the parser, parses its arguments, calls the library and pri
     hyperplane lab restart [--name NAME]        a new data path that keeps the open connections
     hyperplane lab down [--name NAME]
     hyperplane lab list
+    hyperplane lab graph [CONFIG | --name NAME] [--format mermaid|dot]   draw the lab
     hyperplane function list|update|invoke|logs  the lab's functions (VpcConfig, state, code)
     hyperplane eni list [--json]                 the lab's Hyperplane ENIs
     hyperplane clock [--advance DURATION]        the lab clock (lifecycle timers)
@@ -22,6 +25,8 @@ one command group to the parser, parses its arguments, calls the library and pri
     hyperplane walk                              packets through the engine in memory (no root)
     hyperplane engine                            which engine is in use, and why
     hyperplane bench [--quick] [--json F] [--plot F]   hyperplane vs. the kernel's NAT (root)
+    hyperplane completion bash|zsh|fish         shell completion code (eval "$(...)")
+    hyperplane man                              the man page hyperplane(1), from this parser
 
 Exit status: 0 success; 1 the operation failed (traffic did not pass, the data path died);
 2 usage or configuration error; 3 no such lab, node or namespace; 4 not enough privilege
