@@ -52,7 +52,7 @@ from hyperplane.version import __version__
 #: Each command group's register(sub), in the order ``--help`` lists the commands.
 REGISTER = (learn.register_demo, lab.register, vpc.register, lab.register_run, learn.register,
             bench.register, conntrack.register, observe.register, flowlogs.register,
-            capture.register, completion.register, manpage.register)
+            capture.register, completion.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTER:
         register(sub)
+    manpage.register(sub, build_parser)
     return ap
 
 

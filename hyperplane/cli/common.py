@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
+from hyperplane.cli import completers
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_OK, EXIT_PRIVILEGE, EXIT_USAGE,
                                HyperplaneError)
 
@@ -17,7 +18,6 @@ EXIT_STATUSES = ((EXIT_OK, "ok"), (EXIT_FAIL, "failed"), (EXIT_USAGE, "usage/con
 
 def named(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--name`` (the lab) to a command; the shell completes it with the labs there are."""
-    from hyperplane.cli import completers     # here: completers import this module
     q.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})"
                    ).completer = completers.labs
     return q

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional
 
 from hyperplane import labconfig, topology
-from hyperplane.cli.common import DEFAULT_LAB
 from hyperplane.lab.status import namespaces_by_node
 
 
@@ -27,8 +26,11 @@ def _quiet(fn: Callable[..., List[str]]) -> Callable[..., List[str]]:
 
 
 def _plan(parsed_args: Any) -> Optional[labconfig.Plan]:
-    """The plan of the lab ``--name`` names so far on the line (None: no such lab)."""
-    name = getattr(parsed_args, "name", None) or DEFAULT_LAB
+    """The plan of the lab ``--name`` names so far on the line, or its default (the parser's:
+    the ``default`` lab); None: no such lab."""
+    name = getattr(parsed_args, "name", None)
+    if not name:
+        return None
     state = topology.load_state(name)
     return labconfig.Plan.from_dict(state["plan"]) if state else None
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 from hyperplane import engine, paths
 from hyperplane.cli.common import EXIT_STATUSES
-from hyperplane.errors import EXIT_OK, PROG
+from hyperplane.errors import EXIT_OK
 from hyperplane.version import __version__
 
 ENVIRONMENT = (
@@ -127,11 +127,9 @@ def _command(path: str, summary: str, parser: argparse.ArgumentParser, out: List
         _command(f"{path} {name}", helptext, sub, out)
 
 
-def manpage(parser: Optional[argparse.ArgumentParser] = None) -> str:
-    """hyperplane(1) in man(7) macros, from ``parser`` (default: the command line's own)."""
-    if parser is None:
-        from hyperplane.cli import build_parser   # here: that module imports this one
-        parser = build_parser()
+def manpage(parser: argparse.ArgumentParser) -> str:
+    """hyperplane(1) in man(7) macros, from ``parser`` (the command line's:
+    ``hyperplane.cli.build_parser()``)."""
     name = parser.prog
     summary = (parser.description or "").split(": ", 1)[-1]      # after "hyperplane: "
     out = [f'.TH {name.upper()} 1 "" "{name} {__version__}" "User Commands"',
@@ -162,12 +160,13 @@ def manpage(parser: Optional[argparse.ArgumentParser] = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def cmd_man(args) -> int:
-    sys.stdout.write(manpage())
-    return EXIT_OK
+def register(sub, build_parser: Callable[[], argparse.ArgumentParser]) -> None:
+    """Add ``man``, which prints the page of the parser ``build_parser`` makes (passed in, as
+    this module cannot import the package that imports it)."""
+    def cmd_man(args) -> int:
+        sys.stdout.write(manpage(build_parser()))
+        return EXIT_OK
 
-
-def register(sub) -> None:
     p = sub.add_parser("man", help="print the manual page hyperplane(1) in man(7) format "
                                    "(read it with `hyperplane man | man -l -`)")
     p.set_defaults(func=cmd_man)

@@ -81,6 +81,9 @@ def test_the_labs_and_their_nodes_functions_enis_and_environments_complete(tmp_p
     # the default lab is "default", which does not exist here: nothing to offer
     words, p = complete("hyperplane function invoke ", tmp_path, run_dir)
     assert not [w for w in words if not w.startswith("-")], words
+    fake_lab(run_dir, "default")     # and now there is one: --name's default is it
+    words, _ = complete("hyperplane function invoke ", tmp_path, run_dir)
+    assert [w for w in words if not w.startswith("-")] == ["fn-a", "fn-b"], words
     words, _ = complete("hyperplane function invoke --name beta ", tmp_path, run_dir)
     assert [w for w in words if not w.startswith("-")] == ["fn-a", "fn-b"]
     words, _ = complete("hyperplane function logs --name beta fn-b", tmp_path, run_dir)
