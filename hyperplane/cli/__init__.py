@@ -1,5 +1,7 @@
 """The ``hyperplane`` command: a thin shell over the library. Each module of this package adds
-one command group to the parser, parses its arguments, calls the library and prints.
+one command group to the parser, parses its arguments, calls the library and prints
+(``completers`` holds the shell completion's dynamic completers, which ``argcomplete`` calls
+before anything is parsed when the shell is completing).
 
     hyperplane --version | --help
     hyperplane demo [--name NAME] [--keep]       the default lab, real traffic, then down
@@ -12,6 +14,7 @@ one command group to the parser, parses its arguments, calls the library and pri
     hyperplane lab validate [CONFIG] [--json]    check a lab file: every mistake at once (no root)
     hyperplane lab plan [CONFIG] [--name NAME] [--json]   what lab up would build (no root)
     hyperplane lab schema                        the lab file's JSON Schema, for editors
+    hyperplane lab graph [CONFIG | --name NAME] [--format mermaid|dot]   draw the lab
     hyperplane function list|update|invoke|logs  the lab's functions (VpcConfig, state, code)
     hyperplane eni list [--json]                 the lab's Hyperplane ENIs
     hyperplane clock [--advance DURATION]        the lab clock (lifecycle timers)
@@ -25,6 +28,8 @@ one command group to the parser, parses its arguments, calls the library and pri
     hyperplane walk                              packets through the engine in memory (no root)
     hyperplane engine                            which engine is in use, and why
     hyperplane bench [--quick] [--json F] [--plot F]   hyperplane vs. the kernel's NAT (root)
+    hyperplane completion bash|zsh|fish         shell completion code (eval "$(...)")
+    hyperplane man                              the man page hyperplane(1), from this parser
 
 Exit status: 0 success; 1 the operation failed (traffic did not pass, the data path died);
 2 usage or configuration error; 3 no such lab, node or namespace; 4 not enough privilege
@@ -38,15 +43,19 @@ import os
 import sys
 from typing import List, Optional
 
+import argcomplete
+
 from hyperplane import engine
-from hyperplane.cli import bench, capture, conntrack, flowlogs, lab, learn, observe, vpc
+from hyperplane.cli import (bench, capture, completion, conntrack, flowlogs, lab, learn,
+                            manpage, observe, vpc)
+from hyperplane.cli.common import EXIT_STATUSES
 from hyperplane.errors import EXIT_FAIL, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.version import __version__
 
 #: Each command group's register(sub), in the order ``--help`` lists the commands.
 REGISTER = (learn.register_demo, lab.register, vpc.register, lab.register_run, learn.register,
             bench.register, conntrack.register, observe.register, flowlogs.register,
-            capture.register)
+            capture.register, completion.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,19 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="hyperplane: a userspace connection-tracking V2N source NAT that behaves "
                     "like the Hyperplane ENI behind an AWS Lambda function attached to a VPC, "
                     "with network-namespace labs to run it in.",
-        epilog="exit status: 0 ok, 1 failed, 2 usage/config error, 3 no such lab/node, "
-               f"4 needs CAP_NET_ADMIN. {engine.ENGINE_ENV}=reference selects the pure-Python "
+        epilog="exit status: " + ", ".join(f"{code} {what}" for code, what in EXIT_STATUSES)
+               + f". {engine.ENGINE_ENV}=reference selects the pure-Python "
                "reference engine (for walk; the data path needs the compiled one).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTER:
         register(sub)
+    manpage.register(sub, build_parser)
     return ap
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = build_parser()
+    # When the shell is completing (_ARGCOMPLETE set by `hyperplane completion`'s code), this
+    # writes the completions and exits; otherwise it returns at once.
+    argcomplete.autocomplete(ap)
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after the first "--" belongs to `lab exec`'s command, untouched by argparse.
     tail: List[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from hyperplane.cli import completers
 from hyperplane.cli.common import named, parse_duration
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import lifecycle
@@ -50,7 +51,8 @@ def register(sub) -> None:
                                              "(root, tcpdump)", description=CAPTURE_HELP))
     p.add_argument("--env", action="append", metavar="ENV",
                    help="an environment (e.g. fn-a-0) or a function (all its environments); "
-                        "repeat for more (default: every environment attached to a VPC)")
+                        "repeat for more (default: every environment attached to a VPC)"
+                   ).completer = completers.environments_and_functions
     p.add_argument("--dir", help="where to write the pcap files (default: a new directory "
                                  "captures/<timestamp> in the lab's directory)")
     p.add_argument("--count", type=int, metavar="N",

@@ -5,14 +5,21 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
-from hyperplane.errors import EXIT_USAGE, HyperplaneError
+from hyperplane.cli import completers
+from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_OK, EXIT_PRIVILEGE, EXIT_USAGE,
+                               HyperplaneError)
 
 DEFAULT_LAB = "default"
 
+#: The exit statuses as ``--help``'s epilog and the man page's EXIT STATUS list them.
+EXIT_STATUSES = ((EXIT_OK, "ok"), (EXIT_FAIL, "failed"), (EXIT_USAGE, "usage/config error"),
+                 (EXIT_NOT_FOUND, "no such lab/node"), (EXIT_PRIVILEGE, "needs CAP_NET_ADMIN"))
+
 
 def named(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--name`` (the lab) to a command."""
-    q.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
+    """Add ``--name`` (the lab) to a command; the shell completes it with the labs there are."""
+    q.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})"
+                   ).completer = completers.labs
     return q
 
 

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 
+from hyperplane.cli import completers
 from hyperplane.cli.common import command_group, named
 from hyperplane.errors import EXIT_FAIL, EXIT_OK, PROG
 from hyperplane.lab import lifecycle
@@ -121,7 +122,8 @@ def _add_filters(q: argparse.ArgumentParser) -> None:
     g.add_argument("--state", metavar="STATE",
                    help="a TCP state (SYN_SENT, ESTABLISHED, TIME_WAIT, ...) or, for UDP, "
                         "UNREPLIED or REPLIED")
-    g.add_argument("--eni", metavar="ID", help="the ENI the connection uses (eni-...)")
+    g.add_argument("--eni", metavar="ID", help="the ENI the connection uses (eni-...)"
+                   ).completer = completers.enis
 
 
 def register(sub) -> None:

@@ -9,6 +9,7 @@ import time
 from typing import List
 
 from hyperplane import paths
+from hyperplane.cli import completers
 from hyperplane.cli.common import named
 from hyperplane.datapath.flowlogs import ACCEPT, HEADER, REJECT, Record, file_name
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
@@ -27,7 +28,8 @@ def register(sub) -> None:
                     "interval in the lab config), ACCEPT or REJECT, and NODATA for an idle "
                     "ENI. The files are <lab dir>/flowlogs/<eni-id>.log.",
         formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("--eni", metavar="ID", help="only this ENI's records (interface-id)")
+    p.add_argument("--eni", metavar="ID", help="only this ENI's records (interface-id)"
+                   ).completer = completers.enis
     p.add_argument("--action", type=str.upper, choices=[ACCEPT, REJECT],
                    help="only ACCEPT or only REJECT records (leaves out NODATA/SKIPDATA)")
     p.add_argument("--follow", "-f", action="store_true",

@@ -7,6 +7,7 @@ import binascii
 import json
 import sys
 
+from hyperplane.cli import completers
 from hyperplane.cli.common import named, table
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import functions as fns
@@ -94,7 +95,7 @@ def register(fsub) -> None:
         "invoke", help="run the function's code (aws lambda invoke): writes the response to "
                        "OUTFILE and prints StatusCode/ExecutedVersion; fails while Pending or "
                        "Inactive (an Inactive function then starts Pending)"))
-    q.add_argument("function", help="function name")
+    q.add_argument("function", help="function name").completer = completers.functions
     q.add_argument("outfile", help="file for the response payload ('-': standard output, "
                                    "the metadata then goes to standard error)")
     q.add_argument("--payload", help="the event: JSON text, file://PATH or fileb://PATH "
@@ -108,13 +109,13 @@ def register(fsub) -> None:
     q = named(fsub.add_parser(
         "update-code", help="UpdateFunctionCode: deploy the code folder again (or --code "
                             "DIR); the next invocations start cold on it"))
-    q.add_argument("function", help="function name")
+    q.add_argument("function", help="function name").completer = completers.functions
     q.add_argument("--code", help="the folder to deploy (default: the function's `code` "
                                   "from the lab file, read again)")
     q.set_defaults(func=cmd_function_update_code)
     q = named(fsub.add_parser("logs", help="the function's log (START/END/REPORT and what "
                                            "its code printed), like aws logs tail"))
-    q.add_argument("function", help="function name")
+    q.add_argument("function", help="function name").completer = completers.functions
     q.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     q.add_argument("--json", action="store_true", help="one JSON object per event")
     q.set_defaults(func=cmd_function_logs)

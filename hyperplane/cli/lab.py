@@ -7,7 +7,7 @@ import sys
 from typing import Any, Dict
 
 from hyperplane import engine, labconfig, netns
-from hyperplane.cli import labfile
+from hyperplane.cli import completers, labfile, labgraph
 from hyperplane.cli.common import DEFAULT_LAB, command_group, named
 from hyperplane.datapath import daemon
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG,
@@ -163,7 +163,7 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_lab_status)
     q = named(labsub.add_parser("exec", help="run a command in a node's namespace"))
     q.add_argument("node", help="an environment (e.g. fn-a-0), a host (e.g. server), "
-                                "'hyperplane' or 'vpc'")
+                                "'hyperplane' or 'vpc'").completer = completers.nodes
     q.add_argument("cmd", nargs="*", metavar="-- CMD", help="the command and its arguments, "
                    "after `--` (everything after the first `--` is the command's)")
     q.set_defaults(func=cmd_lab_exec)
@@ -180,13 +180,15 @@ def register(sub) -> None:
     q = labsub.add_parser("list", help="labs on this machine")
     q.set_defaults(func=cmd_lab_list)
     labfile.register(labsub)
+    labgraph.register(labsub)
 
 
 def register_run(sub) -> None:
     p = sub.add_parser("run", help="run the data path in the foreground on a lab's existing "
                                    "interfaces (what `lab up` starts in the background)")
     p.add_argument("config", help="lab TOML")
-    p.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})")
+    p.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})"
+                   ).completer = completers.labs
     p.add_argument("--control", default=None, help="control socket path (default: none)")
     p.add_argument("--config-dir", metavar="DIR", default=None, help="folder that relative "
                    "paths in the config (a function's code, a host's command) are taken from; "

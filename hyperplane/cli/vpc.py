@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hyperplane.cli import functions
+from hyperplane.cli import completers, functions
 from hyperplane.cli.common import command_group, fill, ids, named, parse_duration, table
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab.api import Lab
@@ -81,7 +81,7 @@ def register(sub) -> None:
     q = named(fsub.add_parser(
         "update", help="UpdateFunctionConfiguration(VpcConfig=...): the old ENI keeps "
                        "carrying traffic until the new one is available"))
-    q.add_argument("function", help="function name")
+    q.add_argument("function", help="function name").completer = completers.functions
     q.add_argument("--subnets", help="comma-separated subnet ids (SubnetIds)")
     q.add_argument("--security-groups", help="comma-separated security group ids")
     v6 = q.add_mutually_exclusive_group()

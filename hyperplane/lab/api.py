@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from hyperplane import proc
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import functions as fns, lifecycle, status as lab_status
+from hyperplane.labconfig import graph as lab_graph
 from hyperplane.observe import conntrack as ct, stats as ob_stats
 
 #: Seconds a process :meth:`Lab.popen` started gets to exit after SIGTERM when the lab goes down.
@@ -145,6 +146,14 @@ class Lab:
     def status(self) -> Dict[str, Any]:
         """``hyperplane lab status --json``."""
         return lab_status.status(self.name)
+
+    def graph(self, format: str = "mermaid") -> str:
+        """``hyperplane lab graph --name NAME --format FORMAT``: the lab drawn from the plan it
+        was built from, as a Mermaid flowchart (``"mermaid"``) or Graphviz DOT (``"dot"``)."""
+        try:
+            return lab_graph.render(self.plan, format)
+        except ValueError as e:
+            raise HyperplaneError(f"format: {e}", EXIT_USAGE) from None
 
     def stats(self) -> Dict[str, Any]:
         """``hyperplane stats --json``."""

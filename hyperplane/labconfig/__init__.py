@@ -81,6 +81,7 @@ Where things are (the modules import one another directly, never through this pa
     parse_routing    [internet], [[nat_gateways]], [[route_tables]], [[internet_hosts]]
     parse_runtime    [lifecycle], [flow_logs], [datapath]
     resolving        resolve: a config and a lab name to a Plan (ENI keys, addresses, MACs)
+    graph            a Plan drawn as a Mermaid flowchart or Graphviz DOT (``lab graph``)
     iam              the [iam] policies: their grammar and evaluation
 """
 from __future__ import annotations
