@@ -188,7 +188,7 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
             step(f"wait for {len(plan.enis)} ENI(s) to become Active "
                  f"({plan.lifecycle.eni_create_delay:g} s creation delay)", 6, total)
             wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
-        step("lab up", total, total)
+        step("ready", total, total)
     except BaseException as e:
         # Roll back: nothing of a failed `lab up` stays behind. The data path is stopped by the
         # pid this run started (the state file may not have recorded it yet), then teardown
