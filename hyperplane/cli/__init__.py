@@ -90,11 +90,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "cmd", None) is None:
             ap.error("`--` is only for `lab exec NODE -- CMD...`")
         args.cmd = list(args.cmd) + tail
-    try:   # the option, else HYPERPLANE_LOG_LEVEL (checked as strictly), else warning
-        if args.log_level is None and os.environ.get(proc.LOG_LEVEL_ENV):
+    try:   # the option, else HYPERPLANE_LOG_LEVEL (checked as strictly); neither: logging
+        if args.log_level is None and os.environ.get(proc.LOG_LEVEL_ENV):  # is left alone
             args.log_level = proc.log_level()
-        proc.configure_logging(args.log_level or "warning",
-                               fmt=f"{PROG}: %(levelname)s: %(message)s")
+        if args.log_level is not None:
+            proc.configure_logging(args.log_level, fmt=f"{PROG}: %(levelname)s: %(message)s")
     except ValueError as e:
         ap.print_usage(sys.stderr)
         print(f"{PROG}: error: {e}", file=sys.stderr)
