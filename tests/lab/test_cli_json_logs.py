@@ -84,6 +84,11 @@ def test_debug_lab_logs_control_requests_and_an_info_lab_does_not(labs):
     assert p.returncode == 0, p.stderr
     assert "data path running" in p.stdout
     assert " DEBUG control request ping" in p.stdout, p.stdout[-3000:]
+    recs = [json.loads(x) for x in cli_run("lab", "logs", "--name", debug, "--json")
+            .stdout.splitlines()]   # debug is hyperplane's only (pyroute2's would be a flood)
+    assert {r["logger"] for r in recs if r["level"] == "DEBUG"} == {"hyperplane.datapath"}
+    p = cli_run("lab", "logs", "--name", debug, "--service", "workloads")
+    assert " DEBUG workloads request ping: ok" in p.stdout, p.stdout[-3000:]
     p = cli_run("lab", "logs", "--name", info, "--json")
     assert p.returncode == 0, p.stderr
     records = [json.loads(line) for line in p.stdout.splitlines()]
