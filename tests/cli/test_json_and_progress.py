@@ -11,8 +11,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from hyperplane import cli
 from hyperplane.bench import Settings
 from hyperplane.bench.runner import Runner

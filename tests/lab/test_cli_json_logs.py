@@ -134,7 +134,7 @@ def test_lab_logs_follow_shows_new_lines_and_outlives_a_restart(labs):
             assert line.startswith(marker), line
             break
         else:
-            pytest.fail(f"`lab logs -f` showed none of the lines written after it started")
+            pytest.fail("`lab logs -f` showed none of the lines written after it started")
         r = cli_run("lab", "restart", "--name", info, "--json", timeout=120)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["pid"]
