@@ -8,11 +8,52 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Any, List, Optional
 
 #: Seconds a data path gets to save its tables and exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT = 5.0
+
+#: The log levels of ``--log-level`` and of the environment variable below, quietest last.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The environment variable that sets the command line's log level and, passed on by
+#: ``lab up``/``lab restart``, the data path's and the workloads service's.
+LOG_LEVEL_ENV = "HYPERPLANE_LOG_LEVEL"
+#: The lab processes' log line: time, logger, level, message (hyperplane.lab.logs reads it).
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+_LEVEL = {"debug": 10, "info": 20, "warning": 30, "error": 40}   # logging's numbers
+
+
+def log_level(text: Optional[str] = None) -> str:
+    """The log level a process runs at: ``text`` (an option's value), else the environment's
+    HYPERPLANE_LOG_LEVEL, else "info"; ValueError naming both and the choices when it is not
+    one of LOG_LEVELS."""
+    value = text if text is not None else os.environ.get(LOG_LEVEL_ENV) or "info"
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log level {value!r} (--log-level or {LOG_LEVEL_ENV}): choose from "
+                         f"{', '.join(LOG_LEVELS)}")
+    return level
+
+
+def configure_logging(level: Optional[str] = None, fmt: str = LOG_FORMAT) -> None:
+    """A process's logging: ``fmt`` lines (default LOG_FORMAT, a lab's log file's) on stderr,
+    replacing any earlier set-up, with hyperplane's loggers at ``level`` (None:
+    :func:`log_level` of the environment; an unknown one falls back to info, said in the log,
+    so that a daemon never dies of its log level). Other libraries' loggers (pyroute2's)
+    stay at info or quieter even at debug: their debug is a flood of netlink messages."""
+    import logging
+
+    try:
+        name, problem = log_level(level), None
+    except ValueError as e:
+        name, problem = "info", str(e)
+    logging.basicConfig(stream=sys.stderr, level=max(logging.INFO, _LEVEL[name]), format=fmt,
+                        force=True)
+    logging.getLogger("hyperplane").setLevel(_LEVEL[name])
+    if problem:
+        logging.getLogger("hyperplane").warning("%s; logging at info", problem)
 
 
 def pid_alive(pid: Optional[int]) -> bool:

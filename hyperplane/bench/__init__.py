@@ -78,7 +78,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hyperplane import netns, paths
 from hyperplane.bench.analysis import (
@@ -115,9 +115,10 @@ __all__ = [
 
 
 def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional[str] = None,
-        out=None) -> Dict[str, Any]:
+        out=None, on_step: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, Any]:
     """The whole bench: check, build both labs, warm up, run, tear down (always, unless
-    ``settings.keep``), report. Returns the JSON document."""
+    ``settings.keep``), report. Returns the JSON document. ``on_step(step, done, total)``
+    hears of each trial before it runs (:meth:`Runner.steps` in all)."""
     problem = netns.privilege_problem()
     if problem:
         raise BenchError(f"the bench builds labs, which {problem}", 4)
@@ -142,7 +143,7 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
         signal.signal(signal.SIGTERM, on_term)
     try:
         build_labs(names, modes, created, settings.pin)
-        runner = Runner(settings, modes)
+        runner = Runner(settings, modes, on_step=on_step)
         runner.run()
     finally:
         with contextlib.suppress(ValueError):

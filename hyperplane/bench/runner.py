@@ -140,8 +140,11 @@ def _iperf3(mode: Mode, family: int, streams: int, seconds: float, port: int,
 class Runner:
     """Runs every trial of one bench; keeps the raw trials and the per-repeat figures."""
 
-    def __init__(self, settings: Settings, modes: Dict[str, Mode]):
+    def __init__(self, settings: Settings, modes: Dict[str, Mode],
+                 on_step: Optional[Callable[[str, int, int], None]] = None):
         self.s = settings
+        #: ``on_step(step, done, total)`` before each trial (a test in a mode and repeat).
+        self.on_step = on_step
         self.modes = modes
         self.trials: List[Dict[str, Any]] = []
         self.figures: Dict[str, Dict[str, List[float]]] = {m: {} for m in MODES}
@@ -325,9 +328,22 @@ class Runner:
                      r)
 
     # ---- the whole run ------------------------------------------------------------------------
+    def steps(self) -> int:
+        """How many steps :meth:`run` reports: each test in each mode and repeat, and the
+        overload trials when udp64 runs."""
+        per_round = len(self.s.tests) + (1 if "udp64" in self.s.tests else 0)
+        return self.s.repeats * len(self.modes) * per_round
+
+    def _step(self, done: int, what: str, repeat: int, name: str) -> int:
+        if self.on_step is not None:
+            self.on_step(f"{what}, {name} mode, repeat {repeat + 1}/{self.s.repeats}", done,
+                         self.steps())
+        return done + 1
+
     def run(self) -> None:
         tests = self.s.tests
         warmed = set()
+        done = 0
         for repeat, order in enumerate(abba(self.s.repeats)):
             for name in order:
                 mode = self.modes[name]
@@ -335,6 +351,7 @@ class Runner:
                     self.warm_up(mode)
                     warmed.add(name)
                 for test in tests:
+                    done = self._step(done, test, repeat, name)
                     if test.startswith("tcp"):
                         self.tcp(mode, test, repeat)
                     elif test == "udp64":
@@ -350,4 +367,7 @@ class Runner:
             self.overload_offered = offered
             for repeat, order in enumerate(abba(self.s.repeats)):
                 for name in order:
+                    done = self._step(done, "overload", repeat, name)
                     self.overload(self.modes[name], repeat, offered)
+        if self.on_step is not None:
+            self.on_step("done", done, self.steps())

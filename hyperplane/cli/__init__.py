@@ -4,6 +4,7 @@ one command group to the parser, parses its arguments, calls the library and pri
 before anything is parsed when the shell is completing).
 
     hyperplane --version | --help
+    hyperplane [--log-level debug|info|warning|error] COMMAND ...   (or HYPERPLANE_LOG_LEVEL)
     hyperplane demo [--name NAME] [--keep]       the default lab, real traffic, then down
     hyperplane lab up [CONFIG] [--name NAME]     build a lab and start its data path
     hyperplane lab status [--name NAME] [--json]
@@ -15,6 +16,7 @@ before anything is parsed when the shell is completing).
     hyperplane lab plan [CONFIG] [--name NAME] [--json]   what lab up would build (no root)
     hyperplane lab schema                        the lab file's JSON Schema, for editors
     hyperplane lab graph [CONFIG | --name NAME] [--format mermaid|dot]   draw the lab
+    hyperplane lab logs [--service S] [-f] [-n N]  the data path's (or another process's) log
     hyperplane function list|update|invoke|logs  the lab's functions (VpcConfig, state, code)
     hyperplane eni list [--json]                 the lab's Hyperplane ENIs
     hyperplane clock [--advance DURATION]        the lab clock (lifecycle timers)
@@ -31,6 +33,13 @@ before anything is parsed when the shell is completing).
     hyperplane completion bash|zsh|fish         shell completion code (eval "$(...)")
     hyperplane man                              the man page hyperplane(1), from this parser
 
+Every command that prints a result takes ``--json`` (one JSON document on stdout; the streams
+one object per line), except ``demo``, ``walk``, ``lab exec``, ``run`` and ``metrics``
+(tests/cli/test_json_and_progress.py holds the list and why). ``lab up`` and ``bench`` show
+their steps (the library's ``progress(step, done, total)`` callback, cli.progress) on stderr
+when it is a terminal. ``--log-level`` is this process's logging level and is passed on to
+the processes ``lab up`` and ``lab restart`` start.
+
 Exit status: 0 success; 1 the operation failed (traffic did not pass, the data path died);
 2 usage or configuration error; 3 no such lab, node or namespace; 4 not enough privilege
 (CAP_NET_ADMIN); ``lab exec`` returns the command's own status (127 when it is not found).
@@ -45,7 +54,7 @@ from typing import List, Optional
 
 import argcomplete
 
-from hyperplane import engine
+from hyperplane import engine, proc
 from hyperplane.cli import (bench, capture, completion, conntrack, flowlogs, lab, learn,
                             manpage, observe, vpc)
 from hyperplane.cli.common import EXIT_STATUSES
@@ -69,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                "reference engine (for walk; the data path needs the compiled one).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    ap.add_argument("--log-level", type=str.lower, choices=proc.LOG_LEVELS, default=None,
+                    help=f"this command's log level, and the data path's and workloads "
+                         f"service's that `lab up`/`lab restart` start (default: "
+                         f"{proc.LOG_LEVEL_ENV}, else warning here and info there; see "
+                         "`lab logs`)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for register in REGISTER:
         register(sub)
@@ -92,6 +106,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "cmd", None) is None:
             ap.error("`--` is only for `lab exec NODE -- CMD...`")
         args.cmd = list(args.cmd) + tail
+    try:   # the option, else HYPERPLANE_LOG_LEVEL (checked as strictly); neither: logging
+        if args.log_level is None and os.environ.get(proc.LOG_LEVEL_ENV):  # is left alone
+            args.log_level = proc.log_level()
+        if args.log_level is not None:
+            proc.configure_logging(args.log_level, fmt=f"{PROG}: %(levelname)s: %(message)s")
+    except ValueError as e:
+        ap.print_usage(sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command is None:
         ap.print_usage(sys.stderr)
         print(f"{PROG}: error: a command is required; see {PROG} --help", file=sys.stderr)

@@ -1,7 +1,11 @@
 """``hyperplane bench``: hyperplane side by side with the kernel's NAT (hyperplane.bench)."""
 from __future__ import annotations
 
+import sys
+
 from hyperplane.bench import TESTS, Settings, run
+from hyperplane.cli import progress
+from hyperplane.cli.common import print_json
 from hyperplane.errors import EXIT_OK
 
 
@@ -25,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="1 repeat, 1-second trials, small counts (smoke, first look)")
     p.add_argument("--json", metavar="FILE", help="write machine, settings, every trial, "
-                                                  "medians, ratios and verdicts as JSON")
+                                                  "medians, ratios and verdicts as JSON "
+                                                  "('-': on stdout, the table then on stderr)")
     p.add_argument("--plot", metavar="FILE", help="draw a PNG chart (needs matplotlib)")
     p.add_argument("--loss-tolerance", type=float, default=None,
                    help="loss a 'loss-free' UDP trial may have (default 0.001)")
@@ -37,5 +42,10 @@ def register(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    run(Settings.from_args(args), json_path=args.json, plot_path=args.plot)
+    to_stdout = args.json == "-"
+    with progress.shown("bench") as step:   # on a terminal only; lines print above it
+        doc = run(Settings.from_args(args), json_path=None if to_stdout else args.json,
+                  plot_path=args.plot, out=sys.stderr if to_stdout else None, on_step=step)
+    if to_stdout:
+        print_json(doc)
     return EXIT_OK

@@ -6,10 +6,11 @@ import os
 import shutil
 
 from hyperplane.cli import completers
-from hyperplane.cli.common import named, parse_duration
+from hyperplane.cli.common import add_json, named, parse_duration, print_json
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import lifecycle
-from hyperplane.observe.capture import DEFAULT_FILTER, capture, default_dir, resolve_envs
+from hyperplane.observe.capture import (DEFAULT_FILTER, capture, default_dir, print_summary,
+                                        resolve_envs, results_json)
 
 CAPTURE_HELP = (
     "Capture the packets of execution environments on both sides of the data path: the "
@@ -40,8 +41,12 @@ def cmd_capture(args) -> int:
         os.makedirs(outdir, exist_ok=True)
     except OSError as e:
         raise HyperplaneError(f"--dir {outdir}: {e.strerror}", EXIT_USAGE) from None
-    capture(plan, envs, links, outdir, bpf=args.filter or DEFAULT_FILTER, count=args.count,
-            duration=duration, ready_file=args.ready_file)
+    res = capture(plan, envs, links, outdir, bpf=args.filter or DEFAULT_FILTER,
+                  count=args.count, duration=duration, ready_file=args.ready_file)
+    if args.json:
+        print_json(results_json(res))
+    else:
+        print_summary(res)
     return EXIT_OK
 
 
@@ -65,4 +70,5 @@ def register(sub) -> None:
     p.add_argument("--ready-file", metavar="PATH",
                    help="write this JSON file (pid, dir, files) once every capture is "
                         "listening, for scripts")
+    add_json(p, "the files and every packet pair (before/after NAT) as one JSON document")
     p.set_defaults(func=cmd_capture)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -21,6 +22,22 @@ def named(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
     q.add_argument("--name", default=DEFAULT_LAB, help=f"lab name (default {DEFAULT_LAB})"
                    ).completer = completers.labs
     return q
+
+
+def add_json(q: argparse.ArgumentParser,
+             help: str = "one JSON document on stdout instead of the text") -> None:
+    """Add ``--json`` (a flag) to a command."""
+    q.add_argument("--json", action="store_true", help=help)
+
+
+def print_json(doc: Any, out=None) -> None:
+    """One JSON document on stdout, the way every ``--json`` prints it."""
+    print(json.dumps(doc, indent=2), file=out or sys.stdout)
+
+
+def print_json_line(doc: Any, out=None) -> None:
+    """One JSON object on one line, flushed: the streaming commands' ``--json`` (JSON Lines)."""
+    print(json.dumps(doc), file=out or sys.stdout, flush=True)
 
 
 def command_group(sub, name: str, help: str):

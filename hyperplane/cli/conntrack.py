@@ -12,7 +12,7 @@ import textwrap
 import threading
 
 from hyperplane.cli import completers
-from hyperplane.cli.common import command_group, named
+from hyperplane.cli.common import add_json, command_group, named, print_json
 from hyperplane.errors import EXIT_FAIL, EXIT_OK, PROG
 from hyperplane.lab import lifecycle
 from hyperplane.observe.conntrack import (
@@ -41,12 +41,15 @@ def cmd_list(args) -> int:
 
 def cmd_flush(args) -> int:
     n = flush(_request(args.name), filter_spec(args))
+    if args.json:
+        print_json({"deleted": n})
     print(f"{PREFIX}: {n} flow entries have been deleted.", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_count(args) -> int:
-    print(count(_request(args.name), filter_spec(args)))
+    n = count(_request(args.name), filter_spec(args))
+    print_json({"count": n}) if args.json else print(n)
     return EXIT_OK
 
 
@@ -183,11 +186,13 @@ def register(sub) -> None:
                     "on stderr. A later packet of a deleted connection is new (outbound) or "
                     "unsolicited (inbound)."))
     _add_filters(q)
+    add_json(q, "{deleted: how many} on stdout (the line on stderr stays)")
     q.set_defaults(func=cmd_flush)
 
     q = named(group.add_parser("count", help="how many connections are tracked "
                                              "(conntrack -C)"))
     _add_filters(q)
+    add_json(q, "{count: how many}")
     q.set_defaults(func=cmd_count)
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 
 from hyperplane.cli import completers
-from hyperplane.cli.common import named, table
+from hyperplane.cli.common import add_json, named, table
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import functions as fns
 
@@ -105,6 +105,7 @@ def register(fsub) -> None:
     q.add_argument("--cli-binary-format", choices=("raw-in-base64-out", "base64"),
                    default="raw-in-base64-out",
                    help="how --payload text is read (as the AWS CLI; default: raw JSON)")
+    add_json(q, "accepted everywhere for scripts: the metadata is JSON already")
     q.set_defaults(func=cmd_function_invoke)
     q = named(fsub.add_parser(
         "update-code", help="UpdateFunctionCode: deploy the code folder again (or --code "
@@ -112,6 +113,7 @@ def register(fsub) -> None:
     q.add_argument("function", help="function name").completer = completers.functions
     q.add_argument("--code", help="the folder to deploy (default: the function's `code` "
                                   "from the lab file, read again)")
+    add_json(q, "accepted everywhere for scripts: the output is JSON already")
     q.set_defaults(func=cmd_function_update_code)
     q = named(fsub.add_parser("logs", help="the function's log (START/END/REPORT and what "
                                            "its code printed), like aws logs tail"))

@@ -7,8 +7,8 @@ import sys
 from typing import Any, Dict
 
 from hyperplane import engine, labconfig, netns
-from hyperplane.cli import completers, labfile, labgraph
-from hyperplane.cli.common import DEFAULT_LAB, command_group, named
+from hyperplane.cli import completers, labfile, labgraph, lablogs, progress
+from hyperplane.cli.common import DEFAULT_LAB, add_json, command_group, named, print_json
 from hyperplane.datapath import daemon
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG,
                                HyperplaneError, LabConfigError, config_error)
@@ -49,7 +49,12 @@ def reclaim_note(lifecycle) -> str:
 
 
 def cmd_lab_up(args) -> int:
-    lab = Lab.up(args.config, args.name, wait_active=not args.no_wait)
+    with progress.shown("lab up", enabled=not args.json) as step:
+        lab = Lab.up(args.config, args.name, wait_active=not args.no_wait,
+                     log_level=args.log_level, progress=step)
+    if args.json:   # what `lab status --json` prints
+        print_json(status(args.name))
+        return EXIT_OK
     print_status(status(args.name))
     print(reclaim_note(lab.plan.lifecycle))
     print(f"\nrun commands in it with `{PROG} lab exec NODE --name {args.name} -- CMD`; "
@@ -62,7 +67,8 @@ def cmd_lab_up(args) -> int:
 
 
 def cmd_lab_restart(args) -> int:
-    rep = lifecycle.lab_restart(args.name, restore=not args.no_restore)
+    rep = lifecycle.lab_restart(args.name, restore=not args.no_restore,
+                                log_level=args.log_level)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
@@ -104,6 +110,9 @@ def cmd_lab_exec(args) -> int:
 
 def cmd_lab_down(args) -> int:
     rep = lifecycle.lab_down(args.name)
+    if args.json:   # null: there was no such lab
+        print_json(None if rep is None else {"name": args.name, **rep})
+        return EXIT_OK
     if rep is None:
         print(f"no lab named {args.name!r}: nothing to do")
         return EXIT_OK
@@ -114,6 +123,9 @@ def cmd_lab_down(args) -> int:
 
 
 def cmd_lab_list(args) -> int:
+    if args.json:
+        print_json(lifecycle.list_labs())
+        return EXIT_OK
     for lab in lifecycle.list_labs():
         print(f"{lab['name']}\t{'running' if lab['running'] else 'stopped'}\t{lab['config']}")
     return EXIT_OK
@@ -142,7 +154,8 @@ def cmd_run(args) -> int:
         raise HyperplaneError("the data path needs the compiled engine: "
                               f"{engine.ENGINE_FALLBACK_REASON}; rebuild with `pip install -e .`")
     try:
-        return daemon.run_plan(plan, args.control, restore=not args.no_restore)
+        return daemon.run_plan(plan, args.control, restore=not args.no_restore,
+                               log_level=args.log_level)
     except LabConfigError as e:
         raise config_error(e) from None
     except OSError as e:
@@ -157,6 +170,8 @@ def register(sub) -> None:
                                              "veth environment, one server)")
     q.add_argument("--no-wait", action="store_true", help="return once the data path answers, "
                    "without waiting for the functions' ENIs (Pending -> Active)")
+    add_json(q, "print the lab's status as `lab status --json` does, instead of the text "
+                "(and no progress display)")
     q.set_defaults(func=cmd_lab_up)
     q = named(labsub.add_parser("status", help="nodes, addresses, ENIs, data path state"))
     q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -176,11 +191,15 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_lab_restart)
     q = named(labsub.add_parser("down", help="stop the data path and remove the lab "
                                              "(idempotent)"))
+    add_json(q, "what was stopped and removed (stopped_pid, removed_namespaces), or null "
+                "when there was no such lab")
     q.set_defaults(func=cmd_lab_down)
     q = labsub.add_parser("list", help="labs on this machine")
+    add_json(q, "a list of {name, running, config}")
     q.set_defaults(func=cmd_lab_list)
     labfile.register(labsub)
     labgraph.register(labsub)
+    lablogs.register(labsub)
 
 
 def register_run(sub) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from hyperplane import engine
+from hyperplane.cli.common import add_json, print_json
 from hyperplane.errors import EXIT_OK
 from hyperplane.learn import demo, walk
 
@@ -15,6 +16,10 @@ def cmd_walk(args) -> int:
 
 
 def cmd_engine(args) -> int:
+    if args.json:
+        print_json({"engine": engine.ENGINE, "why": engine.engine_reason(),
+                    "fallback_reason": engine.ENGINE_FALLBACK_REASON})
+        return EXIT_OK
     print(f"engine: {engine.ENGINE}")
     print(f"why: {engine.engine_reason()}")
     return EXIT_OK
@@ -34,4 +39,5 @@ def register(sub) -> None:
                        description=walk.WALK_HELP)
     p.set_defaults(func=cmd_walk)
     p = sub.add_parser("engine", help="print which engine is in use, and why")
+    add_json(p, "{engine, why, fallback_reason (null unless it fell back)}")
     p.set_defaults(func=cmd_engine)

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from hyperplane.cli.common import isatty, named
+from hyperplane.cli.common import isatty, named, print_json_line
 from hyperplane.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab import lifecycle
 from hyperplane.lab.api import Lab
@@ -76,7 +76,7 @@ def cmd_top(args) -> int:
                               "out to run until Ctrl-C)", EXIT_USAGE)
 
     request = functools.partial(lifecycle.request, args.name)
-    tty = isatty(sys.stdout)
+    tty = isatty(sys.stdout) and not args.json
     prev = top.snapshot(request, args.name)
     frame = 0
     live = None
@@ -91,6 +91,11 @@ def cmd_top(args) -> int:
             cur = top.snapshot(request, args.name)
             frame += 1
             head = top.frame_head(args.name, cur, args.interval, frame)
+            if args.json:
+                print_json_line(top.frame_json(args.name, prev, cur, args.interval, frame,
+                                               by=args.sort))
+                prev = cur
+                continue
             secs = top.frame_sections(prev, cur, by=args.sort)
             if live is not None:
                 live.update(stats.render_rich(secs, head), refresh=True)
@@ -133,4 +138,7 @@ def register(sub) -> None:
                    help="stop after N refreshes (default: until Ctrl-C)")
     q.add_argument("--sort", choices=("bytes", "packets"), default="bytes",
                    help="order the top flows by bytes or packets moved since the last refresh")
+    q.add_argument("--json", action="store_true",
+                   help="one JSON object per refresh (JSON Lines): totals, rates, drops, "
+                        "tables, pools, top flows")
     q.set_defaults(func=cmd_top)

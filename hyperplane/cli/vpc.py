@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from hyperplane.cli import completers, functions
-from hyperplane.cli.common import command_group, fill, ids, named, parse_duration, table
+from hyperplane.cli.common import (add_json, command_group, fill, ids, named, parse_duration,
+                                   print_json, table)
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab.api import Lab
 
@@ -54,16 +55,24 @@ def cmd_function_update(args) -> int:
         raise HyperplaneError("nothing to update: give --subnets, --security-groups, "
                               "--ipv6-dual-stack/--no-ipv6-dual-stack or --no-vpc", EXIT_USAGE)
     lab = Lab.attach(args.name)
-    _show(lab.update_function(args.function, subnet_ids=subnets, security_group_ids=sgs,
-                              ipv6=args.ipv6))
-    if args.wait:
-        _show(lab.wait_function(args.function))
+    updated = lab.update_function(args.function, subnet_ids=subnets, security_group_ids=sgs,
+                                  ipv6=args.ipv6)
+    if not args.json:
+        _show(updated)
+    waited = lab.wait_function(args.function) if args.wait else None
+    if args.json:   # the function as the update left it, and (--wait) once it has completed
+        print_json({"updated": updated, "waited": waited})
+    elif waited is not None:
+        _show(waited)
     return EXIT_OK
 
 
 def cmd_clock(args) -> int:
     seconds = parse_duration(args.advance) if args.advance else 0.0
     r = Lab.attach(args.name).advance_clock(seconds)
+    if args.json:
+        print_json({"now": r["now"], "offset": r["offset"]})
+        return EXIT_OK
     print(f"lab clock: {r['now']:.1f} s (ahead of the machine's clock by {r['offset']:.1f} s)")
     return EXIT_OK
 
@@ -92,10 +101,12 @@ def register(sub) -> None:
     q.add_argument("--no-vpc", action="store_true", help="remove the VPC config (its ENIs are "
                    "deleted after the delete delay if no other function uses them)")
     q.add_argument("--wait", action="store_true", help="wait until the update has completed")
+    add_json(q, "{updated: the function after the update, waited: after --wait or null}")
     q.set_defaults(func=cmd_function_update)
     functions.register(fsub)
 
     q = named(sub.add_parser("clock", help="show the lab clock, or move it forward "
                                            "(lifecycle timers and connection timeouts)"))
     q.add_argument("--advance", metavar="DURATION", help="e.g. 90, 20m, 30d")
+    add_json(q, "{now: the lab clock, offset: seconds ahead of the machine's clock}")
     q.set_defaults(func=cmd_clock)

@@ -237,8 +237,12 @@ class ControlServer:
         except ValueError as e:
             return _refusal(str(e))
         try:
-            return self._handle(cmd, req)
+            reply = self._handle(cmd, req)
+            log.debug("control request %s: %s", cmd, "ok" if reply.get("ok") else
+                      reply.get("error"))
+            return reply
         except ControlPlaneError as e:
+            log.debug("control request %s refused: %s", cmd, e)
             return {"ok": False, "error": str(e), "code": e.code}
         except (TypeError, ValueError, KeyError, OverflowError) as e:
             return _refusal(f"bad {cmd} request: {e}")

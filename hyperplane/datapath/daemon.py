@@ -29,12 +29,11 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from hyperplane import netns
+from hyperplane import netns, proc
 from hyperplane.datapath import steal
 from hyperplane.datapath.control_server import CONTROL_POLL_MS, ControlClient, ControlServer
 from hyperplane.datapath.effects import ControlPlaneEffects
@@ -467,11 +466,11 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
 
 
 def run_plan(plan, control_path: Optional[str], initial_active: bool = False,
-             restore: bool = True) -> int:
+             restore: bool = True, log_level: Optional[str] = None) -> int:
     """Enter the node namespace and run the data path until SIGINT/SIGTERM or a stop request
-    (restoring the lab's saved state first unless ``restore`` is false)."""
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    (restoring the lab's saved state first unless ``restore`` is false), logging at
+    ``log_level`` (None: HYPERPLANE_LOG_LEVEL, which lab up/restart pass on, else info)."""
+    proc.configure_logging(log_level)
     pin_cpus(plan.datapath.cpus, plan.datapath.inbound_cpus)
     netns.enter(plan.node_ns)
     d = Daemon(plan, control_path, initial_active=initial_active, restore=restore)

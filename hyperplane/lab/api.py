@@ -25,7 +25,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hyperplane import proc
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
@@ -82,13 +82,18 @@ class Lab:
     # ---- making and finding labs -----------------------------------------------------------
     @classmethod
     def up(cls, config: Optional[str] = None, name: Optional[str] = None, *,
-           config_text: Optional[str] = None, wait_active: bool = True) -> "Lab":
+           config_text: Optional[str] = None, wait_active: bool = True,
+           log_level: Optional[str] = None,
+           progress: Optional[Callable[[str, int, int], None]] = None) -> "Lab":
         """Build a lab and start its data path: ``config`` is a lab TOML file, ``config_text``
         the TOML itself, neither the embedded default lab. ``name`` defaults to a unique one.
         Returns once the data path answers and (``wait_active``) no function is Pending. A
-        failure leaves nothing behind. Use it in a ``with`` block to take it down at the end."""
+        failure leaves nothing behind. Use it in a ``with`` block to take it down at the end.
+        ``log_level`` (debug, info, warning, error) is its processes' log level;
+        ``progress(step, done, total)`` hears of each step as it starts."""
         name = name or unique_name()
-        lifecycle.lab_up(config, name, wait_active=wait_active, config_text=config_text)
+        lifecycle.lab_up(config, name, wait_active=wait_active, config_text=config_text,
+                         log_level=log_level, progress=progress)
         try:
             return cls(name)
         except BaseException:
@@ -253,10 +258,10 @@ class Lab:
         """The hosts' services (their ``command``): pid, running, restarts, last exit, log."""
         return fns.host_services(self.name)
 
-    def restart(self, restore: bool = True) -> Dict[str, Any]:
+    def restart(self, restore: bool = True, log_level: Optional[str] = None) -> Dict[str, Any]:
         """``hyperplane lab restart --json``: a new data path that keeps the open connections
-        (``restore=False``: starts afresh)."""
-        return lifecycle.lab_restart(self.name, restore=restore)
+        (``restore=False``: starts afresh); ``log_level`` None keeps the lab's."""
+        return lifecycle.lab_restart(self.name, restore=restore, log_level=log_level)
 
     def down(self) -> Optional[Dict[str, Any]]:
         """Stop what :meth:`popen` started and the data path, remove every namespace and

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from hyperplane import control, labconfig, netns, paths, proc, topology
 from hyperplane.datapath.statefile import read_state_file
@@ -26,6 +26,14 @@ from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_PRIVILEGE, EXIT_U
 #: Seconds the data path gets to answer its first ping, and (added to the ENI creation delay)
 #: for its functions to leave Pending.
 READY_TIMEOUT = 20.0
+
+#: ``progress(step, done, total)``: what a long call is doing now (``step``, a short sentence)
+#: and how many of its ``total`` steps are done; the command line shows it on a terminal.
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    pass
 
 
 def need_privilege() -> None:
@@ -138,30 +146,49 @@ def read_config(config_path: Optional[str], name: str, config_text: Optional[str
 
 
 def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
-           config_text: Optional[str] = None) -> Dict[str, Any]:
+           config_text: Optional[str] = None, *, log_level: Optional[str] = None,
+           progress: Optional[Progress] = None) -> Dict[str, Any]:
     """Build the lab, start its data path in the background, wait until it answers and (with
     ``wait_active``) until no function is Pending any more: its ENIs take the lifecycle's
     creation delay to become available, as in AWS, where a new VPC function is Pending until
     then (`aws lambda wait function-active`). Returns the lab's state. A failure rolls back
-    everything this call built, Ctrl-C included."""
+    everything this call built, Ctrl-C included. ``log_level`` (one of proc.LOG_LEVELS; None:
+    the environment's HYPERPLANE_LOG_LEVEL, else info) is the data path's and the workloads
+    service's, kept for ``lab restart``; ``progress`` hears of each step (:data:`Progress`)."""
+    step = progress or _no_progress
+    total = 7 if wait_active else 6
+    step("validate the lab file", 0, total)
     text, source, plan, config_dir = read_config(config_path, name, config_text)
+    try:
+        level = proc.log_level(log_level)
+    except ValueError as e:
+        raise HyperplaneError(str(e), EXIT_USAGE) from None
     need_privilege()
+    step(f"build {len(plan.namespaces())} namespaces and their links", 1, total)
     # Refuses an existing lab of that name touching nothing; rolls its own failures back.
     state = topology.build(plan, config_source=source)
     # The data path re-reads the lab's copy of the config, which lives elsewhere: it takes
     # relative paths from here (start_datapath saves the state with it).
     state["config_dir"] = config_dir
+    state["log_level"] = level
     child: Optional[subprocess.Popen] = None
     workloads: Optional[subprocess.Popen] = None
     try:
         with open(paths.config_copy_path(name), "w", encoding="utf-8") as f:
             f.write(text)
+        step("start the data path", 2, total)
         child = start_datapath(name, state)
+        step("start the workloads service", 3, total)
         workloads = start_workloads(name, state)
+        step("wait for the data path to answer", 4, total)
         wait_ready(name, child)
+        step("wait for the workloads service to answer", 5, total)
         wait_workloads_ready(name, workloads)
         if wait_active:
+            step(f"wait for {len(plan.enis)} ENI(s) to become Active "
+                 f"({plan.lifecycle.eni_create_delay:g} s creation delay)", 6, total)
             wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
+        step("ready", total, total)
     except BaseException as e:
         # Roll back: nothing of a failed `lab up` stays behind. The data path is stopped by the
         # pid this run started (the state file may not have recorded it yet), then teardown
@@ -199,16 +226,19 @@ def datapath_argv(name: str, restore: bool = True,
             + ([] if restore else ["--no-restore"]))
 
 
-def datapath_env() -> Dict[str, str]:
+def datapath_env(log_level: Optional[str] = None) -> Dict[str, str]:
     """The data path's environment: ours, with the directory this package was imported from
     first on its path and an absolute run directory. It runs in the lab's directory, so the
     directory a user started us in (a source checkout, say, with an unbuilt ``hyperplane/``)
-    cannot shadow the package its parent imported."""
+    cannot shadow the package its parent imported. ``log_level``, when given, is its
+    HYPERPLANE_LOG_LEVEL."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(paths.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in
                                                   env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["HYPERPLANE_RUN_DIR"] = os.path.abspath(paths.run_dir())
+    if log_level:
+        env[proc.LOG_LEVEL_ENV] = log_level
     return env
 
 
@@ -217,7 +247,8 @@ def _start_child(name: str, argv: List[str], log_path: str, state: Dict[str, Any
     """Start one of the lab's processes in the background, in a session of its own, logging
     to ``log_path``, and record its pid in the lab's state under ``pid_key``."""
     with open(log_path, "ab") as logf:
-        child = subprocess.Popen(argv, cwd=paths.lab_dir(name), env=datapath_env(),
+        child = subprocess.Popen(argv, cwd=paths.lab_dir(name),
+                                 env=datapath_env(state.get("log_level")),
                                  stdin=subprocess.DEVNULL, stdout=logf,
                                  stderr=subprocess.STDOUT, start_new_session=True,
                                  close_fds=True)
@@ -347,12 +378,19 @@ def stop_datapath(name: str, state: Dict[str, Any]) -> Dict[str, Any]:
     return {"stopped_pid": stopped, "saved": saved_summary(name)}
 
 
-def lab_restart(name: str, restore: bool = True) -> Dict[str, Any]:
+def lab_restart(name: str, restore: bool = True,
+                log_level: Optional[str] = None) -> Dict[str, Any]:
     """Stop the lab's data path (it saves its connection tables and control-plane state as
     it stops) and start a new one on the same namespaces, links and TAPs, which restores them
     (``restore=False``: starts afresh, the open connections break). Waits until it answers
-    and no function is Pending. Returns what was stopped, saved and restored."""
+    and no function is Pending. Returns what was stopped, saved and restored. ``log_level``
+    (None: the one ``lab up`` recorded) is the new processes' and is recorded in turn."""
     state, plan = load_lab(name)
+    if log_level is not None:
+        try:
+            state["log_level"] = proc.log_level(log_level)
+        except ValueError as e:
+            raise HyperplaneError(str(e), EXIT_USAGE) from None
     need_privilege()
     missing = [ns for ns in plan.namespaces() if not netns.exists(ns)]
     if missing:

@@ -366,25 +366,68 @@ def format_pair(pair: Pair) -> str:
             f"{len(p.payload)} B, {us:+.0f} us")
 
 
-def summary(env_points: Sequence[Point], eni_points: Sequence[Point], link_of: Dict[str, str],
-            plan, out=sys.stdout) -> None:
+def results(env_points: Sequence[Point], eni_points: Sequence[Point],
+            link_of: Dict[str, str], plan) -> Dict:
+    """What a capture found: ``files`` (path, side, ifname, netns, packets), per environment
+    its ENI link and ``pairs`` (:class:`Pair`, every one), and per ENI link the packets left
+    without a twin (other environments sharing it). :func:`print_summary` prints it,
+    :func:`results_json` makes it JSON."""
     eni_pkts = {p.label: read_packets(p.path) for p in eni_points}
-    print("files:", file=out)
-    for p in list(env_points) + list(eni_points):
-        n = len(read_frames(p.path))
-        side = "environment side" if p.side == "env" else "ENI side"
-        print(f"  {p.path}  ({side}: {p.ifname} in {p.netns}, {n} packet(s))", file=out)
+    files = [{"path": p.path, "side": p.side, "label": p.label, "ifname": p.ifname,
+              "netns": p.netns, "packets": len(read_frames(p.path))}
+             for p in list(env_points) + list(eni_points)]
     left_total: Dict[str, set] = {k: {id(q) for q in v} for k, v in eni_pkts.items()}
+    envs = []
     for p in env_points:
         env = plan.env(p.label)
         link = link_of.get(p.label)
-        pkts = read_packets(p.path)
-        print(f"\n{p.label} <-> {link or '(no ENI)'}: before ==> after NAT "
-              "(requests: environment side ==> ENI side; replies: ENI side ==> environment "
-              "side)", file=out)
-        pairs, left = pair_up(pkts, eni_pkts.get(link, []), (env.ipv4, env.ipv6))
+        pairs, left = pair_up(read_packets(p.path), eni_pkts.get(link, []),
+                              (env.ipv4, env.ipv6))
         if link in left_total:
             left_total[link] &= {id(q) for q in left}
+        envs.append({"environment": p.label, "link": link, "pairs": pairs})
+    return {"files": files, "environments": envs,
+            "unpaired": {link: len(ids) for link, ids in left_total.items() if ids}}
+
+
+def _pkt_json(p: Optional[Pkt]) -> Optional[Dict]:
+    if p is None:
+        return None
+    return {"time": p.ts, "src": p.src, "sport": p.sport, "dst": p.dst, "dport": p.dport,
+            "ttl": p.ttl, "ipid": p.ipid, "seq": p.seq, "ack": p.ack, "flags": p.flags,
+            "payload_bytes": len(p.payload)}
+
+
+def pair_json(pair: Pair) -> Dict:
+    """One pair as JSON: direction, protocol, the packet ``before`` and ``after`` NAT (null
+    when that side has no copy) and the microseconds between them."""
+    p = pair.before or pair.after
+    both = pair.before is not None and pair.after is not None
+    return {"direction": "outbound" if pair.outbound else "reply", "proto": p.proto,
+            "family": p.family, "before": _pkt_json(pair.before), "after": _pkt_json(pair.after),
+            "delay_us": round((pair.after.ts - pair.before.ts) * 1e6, 1) if both else None}
+
+
+def results_json(res: Dict) -> Dict:
+    """:func:`results` (and capture's ``dir``/``interrupted``) with every pair as JSON."""
+    return {**res, "environments": [{**e, "pairs": [pair_json(x) for x in e["pairs"]]}
+                                    for e in res["environments"]]}
+
+
+def print_summary(res: Dict, out=None) -> None:
+    """The files, then each environment's packets paired before/after NAT (the first
+    SUMMARY_LINES of them), then the ENI-side packets without a twin."""
+    out = out or sys.stdout
+    print("files:", file=out)
+    for f in res["files"]:
+        side = "environment side" if f["side"] == "env" else "ENI side"
+        print(f"  {f['path']}  ({side}: {f['ifname']} in {f['netns']}, {f['packets']} "
+              "packet(s))", file=out)
+    for e in res["environments"]:
+        pairs = e["pairs"]
+        print(f"\n{e['environment']} <-> {e['link'] or '(no ENI)'}: before ==> after NAT "
+              "(requests: environment side ==> ENI side; replies: ENI side ==> environment "
+              "side)", file=out)
         if not pairs:
             print("  (no TCP/UDP packets of this environment were captured)", file=out)
         for pair in pairs[:SUMMARY_LINES]:
@@ -392,10 +435,9 @@ def summary(env_points: Sequence[Point], eni_points: Sequence[Point], link_of: D
         if len(pairs) > SUMMARY_LINES:
             print(f"  ... and {len(pairs) - SUMMARY_LINES} more: open the pcap files "
                   "(tcpdump -nr FILE, or Wireshark)", file=out)
-    for link, ids in left_total.items():
-        if ids:
-            print(f"\n{link}: {len(ids)} packet(s) of other environments sharing this ENI "
-                  "(or without a twin on the environment side)", file=out)
+    for link, n in res["unpaired"].items():
+        print(f"\n{link}: {n} packet(s) of other environments sharing this ENI "
+              "(or without a twin on the environment side)", file=out)
 
 
 # ---- a capture ------------------------------------------------------------------------------------
@@ -439,12 +481,13 @@ def _interrupt(signum, frame):
 
 def capture(plan, envs, links, outdir: str, bpf: str = DEFAULT_FILTER,
             count: Optional[int] = None, duration: Optional[float] = None,
-            ready_file: Optional[str] = None, err=None) -> bool:
+            ready_file: Optional[str] = None, err=None) -> Dict:
     """Capture ``envs`` (EnvPlans of ``plan``) on both sides of the NAT into ``outdir`` until
     ``count`` packets per environment side, ``duration`` seconds, or Ctrl-C/SIGINT/SIGTERM;
-    then print the files and the packets paired before/after NAT. ``links`` is the running
+    then read the files back and pair the packets before/after NAT. ``links`` is the running
     data path's link list (its ``counters``), which says which ENI link each environment uses
-    now. Returns True when it was interrupted. Every tcpdump started here is stopped, always."""
+    now. Returns :func:`results` with ``dir`` and ``interrupted`` (true after Ctrl-C). Every
+    tcpdump started here is stopped, always."""
     err = err or sys.stderr
     env_points, eni_points, link_of = plan_points(plan, envs, links, outdir)
     for p in env_points:
@@ -490,5 +533,5 @@ def capture(plan, envs, links, outdir: str, bpf: str = DEFAULT_FILTER,
             shutil.rmtree(logdir, ignore_errors=True)
     if interrupted:
         print("stopped (Ctrl-C)", file=err)
-    summary(env_points, eni_points, link_of, plan)
-    return interrupted
+    return {"dir": outdir, "interrupted": interrupted,
+            **results(env_points, eni_points, link_of, plan)}

@@ -198,6 +198,28 @@ def frame_sections(prev: Snapshot, cur: Snapshot, by: str = "bytes",
     return out
 
 
+def frame_json(lab: str, prev: Snapshot, cur: Snapshot, interval: float, frame: int,
+               by: str = "bytes", n: int = TOP_FLOWS) -> Dict[str, Any]:
+    """One refresh as data (``top --json``, one line per refresh): what :func:`frame_sections`
+    shows, unformatted: the summary's totals, ENIs, tables and pools, :func:`rates`, the
+    non-zero drops and the top flows."""
+    s = cur.summary
+    r = rates(prev.summary, s)
+    return {
+        "lab": lab, "frame": frame, "interval": interval, "time": time.time(),
+        "uptime": cur.uptime, "clock_offset": s["clock"]["offset"], "sort": by,
+        "totals": s["totals"], "rates": r,
+        "drops": [{"layer": layer, "reason": reason, "total": total,
+                   "per_second": r["drops"][layer].get(reason, 0.0)}
+                  for layer, reason, total in stats.nonzero_drops(s)],
+        "tables": [{**t, "created_per_second": _created_rate(prev.summary, t, r["dt"])}
+                   for t in s["keys"] + s["nat_gateways"]],
+        "pools": s["pools"], "connections": len(cur.entries),
+        "top_flows": top_flows(prev.entries, cur.entries, cur.ct_time - prev.ct_time, by=by,
+                               n=n),
+    }
+
+
 def _created_rate(prev: Dict[str, Any], table: Dict[str, Any], dt: float) -> float:
     key = "key" if "key" in table else "id"
     before = next((t for t in prev["keys"] + prev["nat_gateways"] if t.get(key) == table[key]),

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from hyperplane import paths
+from hyperplane import paths, proc
 from hyperplane.workloads.runtimes import EntrypointError
 from hyperplane.workloads.service import WorkloadsService
 
@@ -17,8 +16,7 @@ def main(argv=None) -> int:
                                              "of a lab")
     ap.add_argument("--name", required=True, help="the lab's name")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    proc.configure_logging()   # HYPERPLANE_LOG_LEVEL, which lab up/restart pass on
     try:
         service = WorkloadsService(args.name)
     except (EntrypointError, OSError) as e:

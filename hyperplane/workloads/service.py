@@ -278,6 +278,8 @@ class _Connection(socketserver.StreamRequestHandler):
             if not isinstance(req, dict):
                 raise ValueError("a request is a JSON object such as {\"cmd\": \"ping\"}")
             reply = self.server.service.handle(req)
+            log.debug("workloads request %s: %s", req.get("cmd"),
+                      "ok" if reply.get("ok") else reply.get("error"))
         except ValueError as e:
             reply = {"ok": False, "error": f"bad request: {e}", "code": "usage"}
         except Exception as e:   # keep serving; say what broke

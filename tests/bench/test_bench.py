@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -490,3 +491,50 @@ def test_bench_interrupted_tears_both_labs_down(tmp_path, monkeypatch):
     assert left == [], f"namespaces left behind: {left}"
     assert not (run_dir / names["hyperplane"]).exists()
     assert not (run_dir / names["kernel"]).exists()
+
+
+@pytest.mark.skipif(_problem is not None, reason=f"bench progress: {_problem}")
+def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch):
+    """stderr on a pseudo-terminal: the progress names each trial (mode, repeat, count);
+    ``--json -`` puts the document on stdout. (Off a terminal nothing changes: the smoke run
+    above reads its stderr through a pipe.)"""
+    from hyperplane import topology as hplab
+
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, HYPERPLANE_RUN_DIR=str(run_dir),
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hyperplane", "bench", "--quick", "--seconds", "1", "--tests",
+         "rr", "--json", "-"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    names = bench.lab_names(pid=proc.pid)
+    chunks = []
+    try:
+        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
+        reader.start()
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:          # EIO: the bench closed the terminal's last end
+                break
+            if not chunk:
+                break
+            err += chunk
+        assert proc.wait(timeout=300) == 0, err.decode(errors="replace")[-3000:]
+        reader.join(30)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)   # the bench tears its labs down on SIGTERM
+            proc.wait(timeout=60)
+        monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(run_dir))
+        for n in names.values():
+            if (run_dir / n).exists():
+                hplab.teardown(n)
+    text = err.decode("utf-8", "replace")
+    assert "bench: rr, hyperplane mode, repeat 1/1" in text and "1/2" in text, text[-3000:]
+    doc = json.loads(chunks[0])
+    assert list(doc["summary"]) == ["rr-p50", "rr-p99"]
