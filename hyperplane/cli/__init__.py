@@ -34,8 +34,8 @@ before anything is parsed when the shell is completing).
     hyperplane man                              the man page hyperplane(1), from this parser
 
 Every command that prints a result takes ``--json`` (one JSON document on stdout; the streams
-one object per line), except ``demo``, ``walk``, ``lab exec``, ``run`` and ``metrics``
-(tests/cli/test_json_and_progress.py holds the list and why). ``lab up`` and ``bench`` show
+one object per line), except ``demo``, ``walk``, ``lab exec``, ``run``, ``metrics``, ``lab
+schema``, ``lab graph``, ``completion`` and ``man`` (tests/cli/test_json_and_progress.py holds the list and why). ``lab up`` and ``bench`` show
 their steps (the library's ``progress(step, done, total)`` callback, cli.progress) on stderr
 when it is a terminal. ``--log-level`` is this process's logging level and is passed on to
 the processes ``lab up`` and ``lab restart`` start.

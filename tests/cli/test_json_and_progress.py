@@ -27,6 +27,9 @@ NO_JSON = {
     "metrics": "prints or serves the Prometheus text format, a machine format of its own",
     "completion": "prints a shell script for the shell to load",
     "man": "prints a manual page for man(1)",
+    "lab schema": "prints a JSON Schema document: JSON already",
+    "lab graph": "prints a Mermaid or DOT drawing for a renderer; the same plan as JSON is "
+                 "`lab plan --json`",
 }
 
 
