@@ -38,10 +38,16 @@ def plan_hash(plan) -> str:
     """SHA-256 of the plan (its JSON, keys sorted): a state file is restored only into the
     data path of the very plan that saved it. ``[datapath]`` (which CPUs the process runs on)
     is left out: it changes nothing in the tables, so moving the data path to another CPU
-    keeps its connections, and a file saved before the section existed still matches."""
+    keeps its connections, and a file saved before the section existed still matches.
+    Settings added later are left out while they hold their defaults (``[conntrack]``, the
+    flow logs' ``format``), so a file saved before they existed matches too."""
 
     d = plan.to_dict()
     d.pop("datapath", None)
+    if not plan.conntrack.changed():
+        d.pop("conntrack", None)
+    if not d.get("flow_logs", {}).get("format", ""):
+        d.get("flow_logs", {}).pop("format", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
