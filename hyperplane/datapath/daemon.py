@@ -439,7 +439,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                 self.flowlogs.drain()
                 self.flowlogs.write(self.wall(), self.eni_addresses(),
                                     events_lost=sum(e.events_lost for e, _ in self.engines()),
-                                    final=True)
+                                    final=True, eni_subnets=self.eni_subnets())
                 self.flowlogs.close()
         except Exception:   # never keep the data path from closing
             log.exception("flow logs: the last interval was not written")

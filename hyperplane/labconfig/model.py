@@ -45,6 +45,9 @@ DEFAULT_ACCOUNT_ID = "123456789012"
 #: Flow-log aggregation interval of a lab, in seconds (AWS: 60 or 600; a lab allows 1..600).
 FLOW_LOGS_INTERVAL = 10
 FLOW_LOGS_INTERVAL_RANGE = (1, 600)
+#: The region and Availability Zone id a lab's flow logs name (the region IAM checks assume).
+FLOW_LOGS_REGION = "us-east-1"
+FLOW_LOGS_AZ_ID = "use1-az1"
 #: The stand-in internet: the top /24 of 198.19.0.0/16, far from the environments' /30s
 #: (which are handed out from the bottom of lab.env_cidr).
 DEFAULT_INTERNET_CIDR = "198.19.255.0/24"
@@ -315,9 +318,12 @@ class FlowLogsPlan:
     enabled: bool = True
     interval: int = FLOW_LOGS_INTERVAL
     account_id: str = DEFAULT_ACCOUNT_ID
-    #: A custom record format, AWS's ``${field} ${field} ...`` (hyperplane.datapath.flowformat);
+    #: A custom record format, AWS's ``${field} ${field} ...`` (hyperplane.labconfig.flowformat);
     #: "": the default format (version 2).
     format: str = ""
+    #: what the ``region`` and ``az-id`` fields of a custom format say
+    region: str = FLOW_LOGS_REGION
+    az_id: str = FLOW_LOGS_AZ_ID
 
 
 @dataclasses.dataclass(frozen=True)
