@@ -103,13 +103,11 @@ from hyperplane.labconfig.flowformat import (DEFAULT_FIELDS, NUMERIC as FORMAT_N
 log = logging.getLogger("hyperplane.datapath.flowlogs")
 
 VERSION = 2
-#: The default (version 2) format's fields, in order.
-FIELDS = ("version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport", "dstport",
-          "protocol", "packets", "bytes", "start", "end", "action", "log-status")
+#: The default (version 2) format's fields, in order (hyperplane.labconfig.flowformat's table).
+FIELDS = DEFAULT_FIELDS
 HEADER = " ".join(FIELDS)
 #: Fields that hold numbers (``-`` when a NODATA/SKIPDATA record has none).
-NUMERIC = frozenset(("version", "srcport", "dstport", "protocol", "packets", "bytes",
-                     "start", "end"))
+NUMERIC = FORMAT_NUMERIC & frozenset(FIELDS)
 ACCEPT, REJECT = "ACCEPT", "REJECT"
 OK, NODATA, SKIPDATA = "OK", "NODATA", "SKIPDATA"
 #: IANA protocol numbers (https://www.iana.org/assignments/protocol-numbers).
