@@ -370,6 +370,8 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
         manip(b, &p, flags, 0, x->tuple[HP_DIR_ORIG].src, x->tuple[HP_DIR_ORIG].sport);
     }
     account(e, idx, dir, p.l3_len, now, !(upd & UPD_KEEP_TIMER));
+    if (p.tcp_flags) /* OR-ed until the next flow collection, as AWS's tcp-flags are */
+        e->entries[idx].fl_tcp_flags[dir] |= fl_tcp_flags(p.tcp_flags);
     if (p.frag == HP_FRAG_FIRST) {
         hp_frag_track(e, &fk, &p, idx, now);
         e->fragments++;

@@ -47,6 +47,7 @@ typedef struct {
     uint16_t eni_port;           /* also tuple[REPLY].dport */
     uint8_t eni_index;
     uint8_t state;               /* enum hp_state; 0 = slot free */
+    uint8_t fl_tcp_flags[2];     /* TCP flags for flow logs since their last collection */
     uint32_t id;                 /* connections created before it + 1 (conntrack's id=) */
     hp_tcp_win win[2];           /* TCP: [HP_DIR_ORIG], [HP_DIR_REPLY] sequence windows */
 } hp_entry;
@@ -71,6 +72,7 @@ typedef struct {
     double time;
     uint32_t id;
     uint8_t type, state, eni_index, reason;
+    uint8_t tcp_flags[2];              /* DESTROY/FLOW: fl_tcp_flags, as for the deltas */
 } hp_event;
 
 typedef struct {

@@ -89,6 +89,13 @@ static inline void account(hp_engine *e, uint32_t idx, int dir, uint32_t nbytes,
     e->enis[x->eni_index].bytes[dir] += nbytes;
 }
 
+/* VPC Flow Logs' tcp-flags of one segment: FIN 1, SYN 2, RST 4, and SYN-ACK 18 (the SYN and
+ * ACK bits of one segment); ACK alone, PSH and URG are not recorded (AWS lists these four). */
+static inline uint8_t fl_tcp_flags(uint8_t f)
+{
+    return (uint8_t)((f & 0x07) | ((f & 0x12) == 0x12 ? 0x10 : 0));
+}
+
 static inline int drop(hp_engine *e, int reason, uint8_t *out_reason)
 {
     e->drops[reason]++;

@@ -42,6 +42,7 @@ void hp_ev_conn(hp_engine *e, uint32_t idx, int type, int reason, double now)
         if (type == HP_EV_DESTROY) {
             v->dpackets[d] = (uint32_t)((uint32_t)x->packets[d] - x->rep_packets[d]);
             v->dbytes[d] = x->bytes[d] - x->rep_bytes[d];
+            v->tcp_flags[d] = x->fl_tcp_flags[d];
         }
     }
     v->id = x->id;
@@ -146,6 +147,8 @@ uint32_t hp_engine_flow_collect(hp_engine *e, hp_event *out, uint32_t max, uint3
             v->dbytes[d] = x->bytes[d] - x->rep_bytes[d];
             x->rep_packets[d] = (uint32_t)x->packets[d];
             x->rep_bytes[d] = x->bytes[d];
+            v->tcp_flags[d] = x->fl_tcp_flags[d];
+            x->fl_tcp_flags[d] = 0;
         }
         v->id = x->id;
         v->state = x->state;

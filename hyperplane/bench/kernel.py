@@ -13,6 +13,7 @@ from hyperplane import netns, topology
 from hyperplane.bench.settings import NFT_TABLE, BenchError
 from hyperplane.errors import LabError
 from hyperplane.labconfig import Plan
+from hyperplane.labconfig.model import CONNTRACK_TIMEOUT_KEYS
 
 
 def _prefixlen(cidr: str) -> int:
@@ -54,7 +55,20 @@ def kernel_plan(plan: Plan) -> Dict[str, Any]:
     if eni.ipv6 and eni.router6:
         routes.append(("::/0", eni.router6, eni.node_ifname))
     return {"namespace": plan.node_ns, "sysctls": sysctls, "addresses": addresses,
-            "routes": routes, "nft": nft_ruleset(plan)}
+            "routes": routes, "nft": nft_ruleset(plan),
+            "conntrack_sysctls": conntrack_sysctls(plan)}
+
+
+def conntrack_sysctls(plan: Plan) -> List[Tuple[str, int]]:
+    """The kernel's conntrack timeouts set to the lab's ``[conntrack]`` (hyperplane's defaults
+    when it has none), so both modes expire connections alike: without this the kernel keeps
+    an established TCP connection 5 days (432,000 s) and a replied UDP flow 120 s, hyperplane
+    350 s each. These sysctls are per network namespace, so they change only the kernel lab's
+    node namespace. ``nf_conntrack_max`` is not among them: it is global (read-only outside
+    the initial namespace on current kernels, 6.18 here), and the bench never changes the host's settings;
+    the bench's connection counts stay far below both tables' capacity anyway."""
+    return [(f"net.netfilter.nf_conntrack_{key}", getattr(plan.conntrack, key))
+            for key in CONNTRACK_TIMEOUT_KEYS]
 
 
 def nft_ruleset(plan: Plan) -> str:
@@ -110,4 +124,7 @@ def kernel_nat(plan: Plan) -> Dict[str, Any]:
         topology.nft(ns, ["-f", "-"], kp["nft"])
     except LabError as e:
         raise BenchError(f"kernel mode: {e}") from None
+    # after the NAT table, which has the kernel load conntrack (and so its sysctls) if needed
+    for key, value in kp["conntrack_sysctls"]:
+        topology.sysctl(ns, key, value)
     return kp

@@ -1,4 +1,5 @@
-"""``hyperplane flowlogs``: print a lab's VPC Flow Log records (v2), once or following them."""
+"""``hyperplane flowlogs``: print a lab's VPC Flow Log records (the default format v2 or the
+lab's custom format, read from each file's header line), once or following them."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,11 @@ from typing import List
 from hyperplane import paths
 from hyperplane.cli import completers
 from hyperplane.cli.common import named
-from hyperplane.datapath.flowlogs import ACCEPT, HEADER, REJECT, Record, file_name
+from hyperplane.datapath.flowlogs import ACCEPT, REJECT, file_name
+from hyperplane.labconfig.flowformat import header_of, parse_format
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab import lifecycle
-from hyperplane.observe.flowlogs import Tail, select
+from hyperplane.observe.flowlogs import AnyRecord, Tail, select
 
 #: Seconds between two looks at the files with --follow.
 FOLLOW_POLL = 0.2
@@ -22,11 +24,14 @@ FOLLOW_POLL = 0.2
 
 def register(sub) -> None:
     p = named(sub.add_parser(
-        "flowlogs", help="print the lab's VPC Flow Log records (default format v2, per ENI)",
+        "flowlogs", help="print the lab's VPC Flow Log records (default format v2, or the "
+                         "lab's [flow_logs] format; per ENI)",
         description="Print the VPC Flow Log records of a lab's ENIs, sorted by start time: one "
                     "record per direction of each flow per aggregation interval ([flow_logs] "
                     "interval in the lab config), ACCEPT or REJECT, and NODATA for an idle "
-                    "ENI. The files are <lab dir>/flowlogs/<eni-id>.log.",
+                    "ENI. The files are <lab dir>/flowlogs/<eni-id>.log, each in the format "
+                    "its header line names (the default v2 fields, or the lab's [flow_logs] "
+                    "format of AWS's fields of versions 2 to 5).",
         formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--eni", metavar="ID", help="only this ENI's records (interface-id)"
                    ).completer = completers.enis
@@ -37,11 +42,11 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, metavar="S",
                    help="with --follow: stop after S seconds")
     p.add_argument("--json", action="store_true",
-                   help="one JSON object per record, with the v2 field names")
+                   help="one JSON object per record, with the format's field names")
     p.set_defaults(func=cmd_flowlogs)
 
 
-def _print(records: List[Record], as_json: bool, out) -> None:
+def _print(records: List[AnyRecord], as_json: bool, out) -> None:
     for r in records:
         print(json.dumps(r.as_json()) if as_json else r.line(), file=out)
     out.flush()
@@ -58,6 +63,11 @@ def cmd_flowlogs(args, out=None) -> int:
         raise HyperplaneError(f"flow logs are off for lab {args.name!r} ([flow_logs] enabled = "
                               "false in its config); set enabled = true and bring the lab up "
                               "again to record them")
+    fields = parse_format(cfg.format)
+    if args.action is not None and "action" not in fields:
+        raise HyperplaneError(f"--action: the flow-log format of lab {args.name!r} has no "
+                              "${action} field; add it to [flow_logs] format, or leave "
+                              "--action out", EXIT_USAGE)
     directory = paths.flow_logs_dir(args.name)
     tail = Tail(directory)
     records = tail.new()
@@ -75,8 +85,8 @@ def cmd_flowlogs(args, out=None) -> int:
               f"each {cfg.interval} s aggregation interval, under {directory}", file=sys.stderr)
     elif not shown:
         print("no record matches", file=sys.stderr)
-    if not args.json and (shown or args.follow):
-        print(HEADER, file=out)
+    if not args.json and (shown or args.follow):   # the records' own format, else the lab's
+        print(shown[0].header if shown else header_of(fields), file=out)
     _print(shown, args.json, out)
     if not args.follow:
         return EXIT_OK

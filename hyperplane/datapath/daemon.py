@@ -40,7 +40,7 @@ from hyperplane.datapath.effects import ControlPlaneEffects
 from hyperplane.datapath.events import EVENT_RING, EventPump, Subscriber
 from hyperplane.datapath.restore import SAVE_INTERVAL, SAVE_SHARE, SaveAndRestore
 from hyperplane.datapath.statefile import default_state_file
-from hyperplane.engine.config import EngineConfig, Eni, Timeouts
+from hyperplane.engine.config import EngineConfig, Eni
 from hyperplane.engine.constants import RING_FRAMES_DEFAULT
 from hyperplane.engine.ctfilter import Filter
 from hyperplane.errors import LabConfigError
@@ -209,7 +209,11 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
 
     def _engine_config(self, enis, timeouts=None, port_min=None, port_max=65535,
                        per_source=None):
-        kw = {} if timeouts is None else {"timeouts": timeouts}
+        """An engine's config: the lab's ``[conntrack]`` timeouts (unless ``timeouts`` is
+        given) and table capacity (``max``)."""
+        ct = self.plan.conntrack
+        kw = {"timeouts": ct.timeouts() if timeouts is None else timeouts,
+              "capacity": ct.max}
         if per_source:
             kw["max_connections_per_source"] = per_source
         return EngineConfig(enis=enis, port_min=self.port_min if port_min is None else port_min,
@@ -253,7 +257,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         connection it no longer knows (timed out) is answered with a RST, as AWS documents."""
         from hyperplane.engine._engine import Engine
 
-        t = Timeouts()
+        t = self.plan.conntrack.timeouts()   # [conntrack], each capped at the idle timeout
         idle = float(nat.idle_timeout)
         t = dataclasses.replace(t, **{f.name: min(getattr(t, f.name), idle)
                                       for f in dataclasses.fields(t)})
@@ -434,7 +438,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                 self.flowlogs.drain()
                 self.flowlogs.write(self.wall(), self.eni_addresses(),
                                     events_lost=sum(e.events_lost for e, _ in self.engines()),
-                                    final=True)
+                                    final=True, eni_subnets=self.eni_subnets())
                 self.flowlogs.close()
         except Exception:   # never keep the data path from closing
             log.exception("flow logs: the last interval was not written")

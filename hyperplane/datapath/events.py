@@ -75,6 +75,14 @@ class EventPump:
     after a flush, and :meth:`flow_collect_step` between polls while a round goes on; the
     control server adds subscribers."""
 
+    def eni_subnets(self) -> Dict[str, str]:
+        """Every ENI id the data path has (scale-out ones too, and the NAT gateways') -> its
+        subnet: the flow logs' subnet-id."""
+        out = {eid: kg.key[0] for kg in self.keys.values() for eid in kg.index}
+        for nat in self.plan.nat_gateways:
+            out[eni_id(self.plan.name, nat.id, ())] = nat.subnet
+        return out
+
     def eni_addresses(self) -> Dict[str, List[str]]:
         out = {eid: list(a) for kg in self.keys.values() for eid, a in kg.addresses.items()}
         for nat in self.plan.nat_gateways:
@@ -85,9 +93,15 @@ class EventPump:
         cfg = getattr(self.plan, "flow_logs", None)
         if cfg is None or not getattr(cfg, "enabled", True) or not self.control_path:
             return
+        plan = self.plan
+        nat_enis = {eni_id(plan.name, n.id, ()) for n in plan.nat_gateways}
         self.flowlogs = flowlogs.FlowLogs(
             os.path.join(os.path.dirname(self.control_path), paths.FLOW_LOGS_DIR),
-            interval=cfg.interval, account_id=cfg.account_id, start=self.wall())
+            interval=cfg.interval, account_id=cfg.account_id, start=self.wall(),
+            record_format=getattr(cfg, "format", ""), vpc_id=plan.vpc_id,
+            region=getattr(cfg, "region", "us-east-1"), az_id=getattr(cfg, "az_id", "use1-az1"),
+            traffic_path=lambda eni, subnet, dst: flowlogs.traffic_path(
+                plan, subnet, dst, eni in nat_enis))
         self._event_options()
 
     def _wanted_kinds(self) -> frozenset:
@@ -161,7 +175,8 @@ class EventPump:
             engines.clear()
         self._drain_events()   # what expired while collecting: its traffic, in this interval
         iv = fl.close_interval(wall, self.eni_addresses(),
-                               events_lost=sum(e.events_lost for e, _ in self.engines()))
+                               events_lost=sum(e.events_lost for e, _ in self.engines()),
+                               eni_subnets=self.eni_subnets())
         self._fl_round = None
         if limit is None:
             fl.drain()

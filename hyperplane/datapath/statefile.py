@@ -22,6 +22,7 @@ import time
 from typing import Any, Dict, Optional
 
 from hyperplane import paths
+from hyperplane.labconfig.model import FLOW_LOGS_AZ_ID, FLOW_LOGS_REGION
 
 STATE_FORMAT = "hyperplane-conntrack-state"
 STATE_VERSION = 1
@@ -38,10 +39,19 @@ def plan_hash(plan) -> str:
     """SHA-256 of the plan (its JSON, keys sorted): a state file is restored only into the
     data path of the very plan that saved it. ``[datapath]`` (which CPUs the process runs on)
     is left out: it changes nothing in the tables, so moving the data path to another CPU
-    keeps its connections, and a file saved before the section existed still matches."""
+    keeps its connections, and a file saved before the section existed still matches.
+    Settings added later are left out while they hold their defaults (``[conntrack]``, the
+    flow logs' ``format``, ``region`` and ``az_id``), so a file saved before they existed matches too."""
 
     d = plan.to_dict()
     d.pop("datapath", None)
+    if not plan.conntrack.changed():
+        d.pop("conntrack", None)
+    fl = d.get("flow_logs", {})
+    for key, default in (("format", ""), ("region", FLOW_LOGS_REGION),
+                         ("az_id", FLOW_LOGS_AZ_ID)):
+        if fl.get(key, default) == default:
+            fl.pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

@@ -76,6 +76,7 @@ cdef extern from "hp_engine.h":
         uint8_t state
         uint8_t eni_index
         uint8_t reason
+        uint8_t tcp_flags[2]
 
     ctypedef struct hp_saved:
         hp_tuple orig

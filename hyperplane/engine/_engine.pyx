@@ -446,7 +446,8 @@ cdef class Engine:
                      None if v.type == HP_EV_REJECT else _tuple5(&v.tuple[1]),
                      "" if v.type == HP_EV_REJECT else state_name(proto, v.state), eni,
                      v.packets[0], v.bytes[0], v.packets[1], v.bytes[1],
-                     v.dpackets[0], v.dbytes[0], v.dpackets[1], v.dbytes[1], reason)
+                     v.dpackets[0], v.dbytes[0], v.dpackets[1], v.dbytes[1], reason,
+                     v.tcp_flags[0], v.tcp_flags[1])
 
     # ---- observation --------------------------------------------------------------------------
     def __len__(self):

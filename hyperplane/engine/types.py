@@ -76,6 +76,10 @@ class Event(NamedTuple):
     delta_packets_reply: int = 0
     delta_bytes_reply: int = 0
     reason: str = ""
+    #: destroy/flow: VPC Flow Logs' tcp-flags of each direction since the last collection, the
+    #: OR of FIN 1, SYN 2, RST 4 and SYN-ACK 18 over its segments (0 for UDP)
+    tcp_flags_orig: int = 0
+    tcp_flags_reply: int = 0
 
 
 #: Event kinds, in csrc/hp_engine.h enum hp_event_type order (1-based).

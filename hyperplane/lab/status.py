@@ -3,6 +3,7 @@ while its data path runs, its counters, functions and live ENIs; while its workl
 runs, the execution environments (cold, warm, busy) and the hosts' services."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -112,6 +113,9 @@ def status(name: str) -> Dict[str, Any]:
                    "subnets": [{"id": s.id, "cidr": s.cidr, "ipv6_cidr": s.ipv6_cidr,
                                 "router": [a for a in (s.router4, s.router6) if a]}
                                for s in plan.subnets]},
+        # every setting (a script needs no table of defaults) and the ones the lab changed
+        "conntrack": {**dataclasses.asdict(plan.conntrack),
+                      "changed": plan.conntrack.changed()},
         "nat_gateways": [{"id": n.id, "subnet": n.subnet, "private_ipv4": n.private_ipv4,
                           "public_ipv4": n.public_ipv4, "idle_timeout": n.idle_timeout}
                          for n in plan.nat_gateways],
@@ -176,6 +180,13 @@ def print_status(st: Dict[str, Any], out=None) -> None:
         p(f"  host {h['host']} service: " + (f"running, pid {h['pid']}" if h.get("running")
                                             else "NOT running")
           + f", {h.get('restarts', 0)} restart(s); log {h.get('log')}")
+    ct = st.get("conntrack")
+    if ct is not None:   # a human reads what differs from the defaults everyone knows
+        changed = ", ".join(f"{k} = {v}" + ("" if k == "max" else " s")
+                            for k, v in ct["changed"].items())
+        p(f"  conntrack: {changed + ' (the rest default)' if changed else 'defaults'} "
+          f"(established TCP {ct['tcp_timeout_established']} s, UDP "
+          f"{ct['udp_timeout']}/{ct['udp_timeout_stream']} s, max {ct['max']} per table)")
     for n in st.get("nat_gateways", []):
         p(f"  NAT gateway {n['id']} in {n['subnet']}: {n['private_ipv4']} -> "
           f"{n['public_ipv4']} (idle timeout {n['idle_timeout']:g} s)")

@@ -96,7 +96,8 @@ from hyperplane.labconfig.model import (  # noqa: F401
     DEFAULT_ENV_IPV6_CIDR, DEFAULT_INTERNET_CIDR, FLOW_LOGS_INTERVAL, FLOW_LOGS_INTERVAL_RANGE,
     LIFECYCLE_PROFILES, MAX_NACL_RULES, MAX_SECURITY_GROUPS, MAX_SG_RULES, MAX_SUBNET_IDS,
     NACL_RULE_NUMBERS, NAT_IDLE_TIMEOUT, RESERVED_AT_START, ROUTE_TABLE_BASE, SUBNET_V4_PREFIX,
-    VPC_V4_PREFIX, DatapathPlan, FlowLogsPlan, Function, FunctionVpcConfig, Host, Internet,
+    VPC_V4_PREFIX, ConntrackPlan, DatapathPlan, FlowLogsPlan, Function, FunctionVpcConfig, Host,
+    Internet,
     InternetHost, IPNet, IPv4Net, IPv6Net, LabConfig, LabSettings, LifecyclePlan, NatGateway,
     NetworkAcl, RoutePlan, RouteTable, RulePlan, SecurityGroup, Subnet, Vpc,
 )
@@ -112,7 +113,8 @@ __all__ = [
     "SecurityGroup", "NetworkAcl", "RouteTable", "Internet", "InternetHost", "NatGateway",
     "LabConfig", "SubnetPlan", "EniPlan", "EnvPlan", "HostPlan", "RulePlan", "SecurityGroupPlan",
     "NaclPlan", "RoutePlan", "RouteTablePlan", "NatGatewayPlan", "InternetPlan", "FunctionPlan",
-    "LifecyclePlan", "FlowLogsPlan", "Plan", "LIFECYCLE_PROFILES", "NAT_IDLE_TIMEOUT",
+    "LifecyclePlan", "FlowLogsPlan", "ConntrackPlan", "Plan", "LIFECYCLE_PROFILES",
+    "NAT_IDLE_TIMEOUT",
     "load", "loads", "parse", "config_dir", "default", "default_text", "resolve",
     "validate_lab_name", "eni_id", "lab_mac", "bare", "BENCHMARK_V4", "BENCHMARK_V6", "ATTACH_KINDS",
 ]

@@ -19,6 +19,7 @@ from hyperplane.labconfig.fields import Key, Table
 from hyperplane.labconfig.iam import IAM_TABLE
 from hyperplane.labconfig.model import LabConfig
 from hyperplane.labconfig.parse_common import array_of_tables, check_keys, expect
+from hyperplane.labconfig.parse_conntrack import CONNTRACK, parse_conntrack
 from hyperplane.labconfig.parse_functions import (FUNCTION, check_iam, parse_functions,
                                                   parse_iam)
 from hyperplane.labconfig.parse_routing import (INTERNET, INTERNET_HOST, NAT_GATEWAY,
@@ -133,6 +134,8 @@ LAB_FILE = Table("hyperplane lab file", "A hyperplane lab: a small VPC, its subn
     _section("iam", "policies checked when a function's VpcConfig is created", IAM_TABLE),
     _section("flow_logs", "VPC Flow Logs per ENI", FLOW_LOGS),
     _section("datapath", "the data path process's CPUs and rings", DATAPATH),
+    _section("conntrack", "connection-table timeouts and capacity (the kernel's "
+             "nf_conntrack_* names)", CONNTRACK),
 ))
 _TOP_LEVEL_KEYS = list(LAB_FILE.names)
 
@@ -195,6 +198,7 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
     flow_logs = _part("flow_logs", None, lambda: parse_flow_logs(doc.get("flow_logs", {}), lab),
                       lab)
     datapath = _part("datapath", None, lambda: parse_datapath(doc.get("datapath", {})))
+    conntrack = _part("conntrack", None, lambda: parse_conntrack(doc.get("conntrack", {})))
     if clean("functions") and functions == []:
         _part("functions", None, lambda: _fail(LabConfigError(
             "functions", "a lab needs at least one function; add a [[functions]] table with "
@@ -213,7 +217,7 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
                        route_tables=tuple(tables), internet=internet,
                        internet_hosts=tuple(ihosts), nat_gateways=tuple(nats),
                        lifecycle=lifecycle, iam=iam, flow_logs=flow_logs, datapath=datapath,
-                       base_dir=base_dir)
+                       base_dir=base_dir, conntrack=conntrack)
     # Independent of one another: each reports its own mistake.
     for check in (check_env_capacity, check_internet_overlap, allocate, check_iam):
         with soft():

@@ -14,6 +14,8 @@ import ipaddress
 import sys
 from typing import Any, Dict, Optional, Tuple, Union
 
+from hyperplane.engine.config import Timeouts
+
 IPv4Net = ipaddress.IPv4Network
 IPv6Net = ipaddress.IPv6Network
 IPNet = Union[IPv4Net, IPv6Net]
@@ -43,6 +45,9 @@ DEFAULT_ACCOUNT_ID = "123456789012"
 #: Flow-log aggregation interval of a lab, in seconds (AWS: 60 or 600; a lab allows 1..600).
 FLOW_LOGS_INTERVAL = 10
 FLOW_LOGS_INTERVAL_RANGE = (1, 600)
+#: The region and Availability Zone id a lab's flow logs name (the region IAM checks assume).
+FLOW_LOGS_REGION = "us-east-1"
+FLOW_LOGS_AZ_ID = "use1-az1"
 #: The stand-in internet: the top /24 of 198.19.0.0/16, far from the environments' /30s
 #: (which are handed out from the bottom of lab.env_cidr).
 DEFAULT_INTERNET_CIDR = "198.19.255.0/24"
@@ -251,6 +256,7 @@ class LabConfig:
     flow_logs: "FlowLogsPlan" = dataclasses.field(default_factory=lambda: FlowLogsPlan())
     datapath: "DatapathPlan" = dataclasses.field(default_factory=lambda: DatapathPlan())
     base_dir: str = ""
+    conntrack: "ConntrackPlan" = dataclasses.field(default_factory=lambda: ConntrackPlan())
 
     def subnet(self, subnet_id: str) -> Subnet:
         for s in self.subnets:
@@ -312,6 +318,12 @@ class FlowLogsPlan:
     enabled: bool = True
     interval: int = FLOW_LOGS_INTERVAL
     account_id: str = DEFAULT_ACCOUNT_ID
+    #: A custom record format, AWS's ``${field} ${field} ...`` (hyperplane.labconfig.flowformat);
+    #: "": the default format (version 2).
+    format: str = ""
+    #: what the ``region`` and ``az-id`` fields of a custom format say
+    region: str = FLOW_LOGS_REGION
+    az_id: str = FLOW_LOGS_AZ_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,3 +339,52 @@ class DatapathPlan:
     ring_frames: int = 0
     #: when set, the VPC -> environment direction runs in a thread of its own on these CPUs
     inbound_cpus: Tuple[int, ...] = ()
+
+
+#: ``[conntrack]`` keys (the kernel's sysctl names without ``nf_conntrack_``) -> the field of
+#: hyperplane.engine.config.Timeouts each one sets.
+CONNTRACK_TIMEOUT_KEYS = {
+    "tcp_timeout_syn_sent": "tcp_syn_sent", "tcp_timeout_syn_recv": "tcp_syn_recv",
+    "tcp_timeout_established": "tcp_established", "tcp_timeout_fin_wait": "tcp_fin_wait",
+    "tcp_timeout_close_wait": "tcp_close_wait", "tcp_timeout_last_ack": "tcp_last_ack",
+    "tcp_timeout_time_wait": "tcp_time_wait", "tcp_timeout_close": "tcp_close",
+    "udp_timeout": "udp_unreplied", "udp_timeout_stream": "udp_replied",
+}
+#: The engine's defaults (hyperplane.engine.config.Timeouts: AWS's 350 s for established TCP
+#: and replied UDP, Linux's values for the rest) and its default table capacity.
+CONNTRACK_DEFAULTS = {"tcp_timeout_syn_sent": 120, "tcp_timeout_syn_recv": 60,
+                      "tcp_timeout_established": 350, "tcp_timeout_fin_wait": 120,
+                      "tcp_timeout_close_wait": 60, "tcp_timeout_last_ack": 30,
+                      "tcp_timeout_time_wait": 120, "tcp_timeout_close": 10,
+                      "udp_timeout": 30, "udp_timeout_stream": 350, "max": 1_000_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConntrackPlan:
+    """``[conntrack]``: the idle timeouts (whole seconds) and the capacity of every connection
+    table of the data path, named like the kernel's ``net.netfilter.nf_conntrack_*`` sysctls so a
+    lesson or a bench can set both alike. ``max`` is the capacity of each table (one per ENI key
+    and one per NAT gateway); a new connection past it is dropped as ``table_full``. Defaults:
+    :data:`CONNTRACK_DEFAULTS`. A NAT gateway keeps its own ``idle_timeout`` for established TCP
+    and replied UDP and caps the other timeouts at it."""
+    tcp_timeout_syn_sent: int = 120
+    tcp_timeout_syn_recv: int = 60
+    tcp_timeout_established: int = 350
+    tcp_timeout_fin_wait: int = 120
+    tcp_timeout_close_wait: int = 60
+    tcp_timeout_last_ack: int = 30
+    tcp_timeout_time_wait: int = 120
+    tcp_timeout_close: int = 10
+    udp_timeout: int = 30
+    udp_timeout_stream: int = 350
+    max: int = 1_000_000
+
+    def timeouts(self):
+        """The engine's :class:`hyperplane.engine.config.Timeouts` with these values."""
+        return Timeouts(**{name: float(getattr(self, key))
+                           for key, name in CONNTRACK_TIMEOUT_KEYS.items()})
+
+    def changed(self) -> Dict[str, int]:
+        """The settings that differ from the defaults, in key order."""
+        return {k: getattr(self, k) for k, v in CONNTRACK_DEFAULTS.items()
+                if getattr(self, k) != v}

@@ -3,11 +3,14 @@
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Tuple
 
 from hyperplane.engine.constants import RING_FRAMES_MAX, RING_FRAMES_MIN, RING_FRAMES_STEP
 from hyperplane.errors import LabConfigError
-from hyperplane.labconfig.model import (FLOW_LOGS_INTERVAL, FLOW_LOGS_INTERVAL_RANGE,
+from hyperplane.labconfig.flowformat import FormatError, parse_format
+from hyperplane.labconfig.model import (FLOW_LOGS_AZ_ID, FLOW_LOGS_INTERVAL,
+                                        FLOW_LOGS_INTERVAL_RANGE, FLOW_LOGS_REGION,
                                         LIFECYCLE_PROFILES, DatapathPlan, FlowLogsPlan,
                                         LabSettings, LifecyclePlan)
 from hyperplane.labconfig.fields import Key, Table
@@ -37,6 +40,10 @@ LIFECYCLE = Table("[lifecycle]", "ENI delays (a profile's, each overridable) and
     Key("max_connections_per_environment", "integer", "connections one execution environment "
         "may hold on its ENI at once; 0: no limit", default=0, minimum=0, maximum=1_000_000),
 ))
+#: AWS region names ("us-east-1", "us-gov-west-1") and AZ ids ("use1-az1", "usgw1-az2").
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")
+_AZ_ID = re.compile(r"^[a-z]{3,8}[0-9]{1,2}-az[0-9]{1,2}$")
+
 FLOW_LOGS = Table("[flow_logs]", "VPC Flow Logs of every ENI (default format v2), under the "
                   "lab's directory.", (
     Key("enabled", "boolean", "write flow logs", default=True),
@@ -45,6 +52,13 @@ FLOW_LOGS = Table("[flow_logs]", "VPC Flow Logs of every ENI (default format v2)
         maximum=FLOW_LOGS_INTERVAL_RANGE[1]),
     Key("account_id", "string", "the records' account id (default: [lab] account_id)",
         pattern=ACCOUNT_ID.pattern),
+    Key("format", "string", "a custom record format: ${field} names separated by spaces "
+        "(AWS's fields of versions 2 to 5); absent or empty: the default v2 format",
+        default=""),
+    Key("region", "string", "the region the records name (${region})",
+        default=FLOW_LOGS_REGION, pattern=_REGION.pattern),
+    Key("az_id", "string", "the Availability Zone id the records name (${az-id})",
+        default=FLOW_LOGS_AZ_ID, pattern=_AZ_ID.pattern),
 ))
 
 
@@ -119,7 +133,8 @@ def parse_lifecycle(t: Any) -> LifecyclePlan:
 
 
 def parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
-    """``[flow_logs]``: on/off, the aggregation interval, the account id of the records."""
+    """``[flow_logs]``: on/off, the aggregation interval, the account id of the records, a
+    custom record format (hyperplane.labconfig.flowformat) and the region and AZ id it names."""
     expect(t, dict, "flow_logs", "write it as a [flow_logs] table")
     check_keys(t, "flow_logs", FLOW_LOGS)
     enabled = expect(t.get("enabled", True), bool, "flow_logs.enabled", "write true or false")
@@ -136,7 +151,25 @@ def parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
     if not ACCOUNT_ID.match(account):
         raise LabConfigError("flow_logs.account_id", f"{account!r} is not an AWS account id; "
                              'write exactly 12 digits, like "123456789012"')
-    return FlowLogsPlan(enabled=enabled, interval=interval, account_id=account)
+    fmt = expect(t.get("format", ""), str, "flow_logs.format",
+                 'write the fields as one string, like "${version} ${srcaddr} ${pkt-srcaddr}"')
+    try:
+        parse_format(fmt)
+    except FormatError as e:
+        raise LabConfigError("flow_logs.format", str(e)) from None
+    region = expect(t.get("region", FLOW_LOGS_REGION), str, "flow_logs.region",
+                    f'like "{FLOW_LOGS_REGION}"')
+    if not _REGION.match(region):
+        raise LabConfigError("flow_logs.region", f"{region!r} is not an AWS region name; write "
+                             f'one like "{FLOW_LOGS_REGION}" or "eu-west-1"')
+    az_id = expect(t.get("az_id", FLOW_LOGS_AZ_ID), str, "flow_logs.az_id",
+                   f'like "{FLOW_LOGS_AZ_ID}"')
+    if not _AZ_ID.match(az_id):
+        raise LabConfigError("flow_logs.az_id", f"{az_id!r} is not an Availability Zone id; "
+                             f'write one like "{FLOW_LOGS_AZ_ID}" or "euw1-az2" (an AZ id, not '
+                             'a zone name like "us-east-1a")')
+    return FlowLogsPlan(enabled=enabled, interval=interval, account_id=account,
+                        format=" ".join(fmt.split()), region=region, az_id=az_id)
 
 
 def _parse_cpu_list(t: Dict[str, Any], key: str) -> Tuple[int, ...]:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, List, Optional
 from hyperplane.labconfig.addressing import free_addresses
 from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DEFAULT_MEMORY_SIZE,
                                         DEFAULT_PYTHON_HANDLER, DEFAULT_RUNTIME,
-                                        DEFAULT_TIMEOUT, DatapathPlan, FlowLogsPlan,
+                                        DEFAULT_TIMEOUT, ConntrackPlan, DatapathPlan, FlowLogsPlan,
                                         LifecyclePlan, RoutePlan, RulePlan)
 
 
@@ -212,6 +212,7 @@ class Plan:
     iam: Optional[Dict[str, Any]] = None
     flow_logs: FlowLogsPlan = dataclasses.field(default_factory=FlowLogsPlan)
     datapath: DatapathPlan = dataclasses.field(default_factory=DatapathPlan)
+    conntrack: ConntrackPlan = dataclasses.field(default_factory=ConntrackPlan)
 
     def namespaces(self) -> List[str]:
         """All namespace names in build order: node, fabric, internet (when there is one),
@@ -342,6 +343,7 @@ class Plan:
                 cpus=tuple(d.get("datapath", {}).get("cpus", ())),
                 ring_frames=int(d.get("datapath", {}).get("ring_frames", 0)),
                 inbound_cpus=tuple(d.get("datapath", {}).get("inbound_cpus", ()))),
+            conntrack=ConntrackPlan(**d.get("conntrack", {})),
         )
 
 

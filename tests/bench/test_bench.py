@@ -538,3 +538,59 @@ def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch)
     assert "bench: rr, hyperplane mode, repeat 1/1" in text and "1/2" in text, text[-3000:]
     doc = json.loads(chunks[0])
     assert list(doc["summary"]) == ["rr-p50", "rr-p99"]
+
+
+# ---- [conntrack]: the kernel side runs with the lab's timeouts ---------------------------------
+CT_TIMEOUTS = {"tcp_timeout_established": 7440, "udp_timeout": 45, "udp_timeout_stream": 90}
+
+
+def ct_bench_plan(name: str, **conntrack) -> labconfig.Plan:
+    with open(os.path.join(REPO, "hyperplane", "bench", "bench_lab.toml")) as f:
+        text = f.read() + "\n[conntrack]\n" + "".join(f"{k} = {v}\n"
+                                                      for k, v in conntrack.items())
+    return labconfig.resolve(labconfig.loads(text), name)
+
+
+def test_kernel_plan_sets_every_conntrack_timeout_to_the_labs_and_never_the_global_max():
+    # the bench lab has no [conntrack]: the kernel gets hyperplane's defaults (350 s, not 5 days)
+    kp = bench.kernel_plan(bench_plan())
+    assert dict(kp["conntrack_sysctls"]) == {
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent": 120,
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_recv": 60,
+        "net.netfilter.nf_conntrack_tcp_timeout_established": 350,
+        "net.netfilter.nf_conntrack_tcp_timeout_fin_wait": 120,
+        "net.netfilter.nf_conntrack_tcp_timeout_close_wait": 60,
+        "net.netfilter.nf_conntrack_tcp_timeout_last_ack": 30,
+        "net.netfilter.nf_conntrack_tcp_timeout_time_wait": 120,
+        "net.netfilter.nf_conntrack_tcp_timeout_close": 10,
+        "net.netfilter.nf_conntrack_udp_timeout": 30,
+        "net.netfilter.nf_conntrack_udp_timeout_stream": 350}
+    kp = bench.kernel_plan(ct_bench_plan("bench42k", max=1000, **CT_TIMEOUTS))
+    got = dict(kp["conntrack_sysctls"])
+    for key, value in CT_TIMEOUTS.items():
+        assert got[f"net.netfilter.nf_conntrack_{key}"] == value
+    assert not any("max" in k for k in got)   # global: the bench leaves the host's alone
+
+
+@pytest.mark.skipif(_problem is not None, reason=f"kernel-mode sysctls: {_problem}")
+def test_kernel_nat_sets_the_conntrack_sysctls_in_its_node_namespace_only(tmp_path,
+                                                                         monkeypatch):
+    from hyperplane import topology
+
+    monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path))
+    name = f"ct{os.getpid() % 100000}k"
+    plan = ct_bench_plan(name, **CT_TIMEOUTS)
+    ours = {k: open("/proc/sys/" + k.replace(".", "/")).read().strip()
+            for k, _ in bench.kernel_plan(plan)["conntrack_sysctls"]}
+    topology.build(plan, config_source="<test>")
+    try:
+        bench.kernel_nat(plan)
+        for key, value in CT_TIMEOUTS.items():
+            assert topology.sysctl(plan.node_ns, f"net.netfilter.nf_conntrack_{key}") == \
+                str(value)
+        assert topology.sysctl(plan.node_ns, "net.netfilter.nf_conntrack_tcp_timeout_close") \
+            == "10"
+    finally:
+        topology.teardown(name)
+    for k, v in ours.items():   # this namespace's (the host's) values are untouched
+        assert open("/proc/sys/" + k.replace(".", "/")).read().strip() == v, k

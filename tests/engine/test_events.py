@@ -240,3 +240,45 @@ def test_event_options_are_checked(make_engine, kw):
     eng.enable_events(16)
     with pytest.raises(ValueError, match="kinds|reject_limit"):
         eng.event_options(**kw)
+
+
+@FAMILIES
+def test_flow_collect_ors_the_flow_logs_tcp_flags_per_direction_and_starts_again(make_engine,
+                                                                                  family):
+    """AWS's tcp-flags: FIN 1, SYN 2, RST 4, SYN-ACK 18, OR-ed over the interval per direction;
+    a plain ACK or PSH adds nothing; each collection starts from 0; a destroy event carries
+    what was not collected yet. UDP carries 0."""
+    eng = make_engine()
+    eng.enable_events()
+    env, host, eni = ENV[family][0], HOST[family][0], eni_addr(ENI_A, family)
+    port = _tcp_open(eng, family)                          # S out, SA in, A out
+    eng.outbound(tcp(family, env, host, 40000, 443, "PA", payload=b"x"), now=1.3)
+    (f,) = eng.flow_collect(now=2.0)
+    assert (f.tcp_flags_orig, f.tcp_flags_reply) == (2, 18)
+    eng.outbound(tcp(family, env, host, 40000, 443, "PA", payload=b"y"), now=2.5)
+    (f,) = eng.flow_collect(now=3.0)
+    assert (f.tcp_flags_orig, f.tcp_flags_reply) == (0, 0)  # data only: no listed flag
+    eng.outbound(tcp(family, env, host, 40000, 443, "FA"), now=3.5)
+    eng.inbound(tcp(family, host, eni, 443, port, "FA"), now=3.6)
+    (f,) = eng.flow_collect(now=4.0)
+    assert (f.tcp_flags_orig, f.tcp_flags_reply) == (1, 1)
+    eng.inbound(tcp(family, host, eni, 443, port, "R"), now=4.5)
+    eng.take_events()
+    assert eng.flush(now=5.0) == 1
+    (gone,) = [e for e in eng.take_events() if e.kind == "destroy"]
+    assert (gone.tcp_flags_orig, gone.tcp_flags_reply) == (0, 4)
+    eng.outbound(udp(family, env, host, 42000, 53), now=6.0)
+    (u,) = eng.flow_collect(now=7.0)
+    assert (u.proto, u.tcp_flags_orig, u.tcp_flags_reply) == ("udp", 0, 0)
+
+
+def test_a_short_connection_ors_syn_and_fin_into_3_and_19(make_engine):
+    """AWS's example: opened and closed within one interval, the client's record shows 3
+    (SYN, FIN) and the server's 19 (SYN-ACK, FIN)."""
+    eng = make_engine()
+    env, host, eni = ENV[4][0], HOST[4][0], eni_addr(ENI_A, 4)
+    port = _tcp_open(eng, 4)
+    eng.outbound(tcp(4, env, host, 40000, 443, "FA"), now=1.5)
+    eng.inbound(tcp(4, host, eni, 443, port, "FA"), now=1.6)
+    (f,) = eng.flow_collect(now=2.0)
+    assert (f.tcp_flags_orig, f.tcp_flags_reply) == (3, 19)

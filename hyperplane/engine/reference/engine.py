@@ -61,6 +61,13 @@ OUT, IN = Direction.OUTBOUND, Direction.INBOUND
 R = DropReason
 
 
+def fl_tcp_flags(flags: int) -> int:
+    """VPC Flow Logs' tcp-flags of one segment (csrc/hp_engine_internal.h fl_tcp_flags): FIN 1,
+    SYN 2, RST 4, and SYN-ACK 18 (the SYN and ACK bits of one segment); ACK alone, PSH and URG
+    are not recorded (AWS lists these four)."""
+    return (flags & 0x07) | (0x10 if flags & 0x12 == 0x12 else 0)
+
+
 # --------------------------------------------------------------------------------------------
 # The engine
 # --------------------------------------------------------------------------------------------
@@ -250,7 +257,7 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
                 if verdict == Verdict.DROP:
                     return self._drop(why)
             self._manip(buf, off, p, flags, src=True, addr=conn.eni_addr, port=conn.eni_port)
-            self._account(conn, OUT, p.l3_len, now, refresh)
+            self._account(conn, OUT, p.l3_len, now, refresh, p.tcp_flags)
             self._c["packets_outbound"] += 1
             self._c["bytes_outbound"] += p.l3_len
         else:
@@ -262,7 +269,7 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
             if verdict == Verdict.DROP:
                 return self._drop(why)
             self._manip(buf, off, p, flags, src=False, addr=conn.env_addr, port=conn.env_port)
-            self._account(conn, IN, p.l3_len, now, refresh)
+            self._account(conn, IN, p.l3_len, now, refresh, p.tcp_flags)
             self._c["packets_inbound"] += 1
             self._c["bytes_inbound"] += p.l3_len
         if p.frag is not None:        # a first fragment passed: track its datagram
@@ -380,10 +387,12 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
             self._ev_conn(conn, "update", now)
 
     def _account(self, conn: Conn, direction: Direction, nbytes: int, now: float,
-                 refresh: bool = True) -> None:
+                 refresh: bool = True, tcp_flags: int = 0) -> None:
         for c in (conn.counters, self._eni_c[conn.eni_index]):
             c[2 * direction] += 1
             c[2 * direction + 1] += nbytes
+        if tcp_flags:   # OR-ed until the next flow collection, as AWS's tcp-flags are
+            conn.fl_tcp_flags[direction] |= fl_tcp_flags(tcp_flags)
         if refresh:                   # a segment the window PASSed keeps the timer as it was
             conn.last_seen = now
             self._lru[conn.state].move_to_end(conn)   # most recently used at the back

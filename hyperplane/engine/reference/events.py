@@ -101,8 +101,9 @@ class EventsMixin:
         info = self._info(conn, now)
         c, r = conn.counters, conn.reported
         d = _not_collected(c, r) if kind == "destroy" else [0, 0, 0, 0]
+        fl = conn.fl_tcp_flags if kind == "destroy" else (0, 0)
         self._push(Event(kind, now, conn.id + 1, info.family, info.proto, info.orig, info.reply,
-                         info.state, info.eni, *c, *d, reason=reason))
+                         info.state, info.eni, *c, *d, reason, *fl))
 
     def _ev_reject(self, p: Parsed, direction: Direction, reason: DropReason,
                    now: float) -> None:
@@ -154,8 +155,9 @@ class EventsMixin:
             info = self._info(conn, conn.last_seen)
             out.append(Event("flow", conn.last_seen, conn.id + 1, info.family, info.proto,
                              info.orig, info.reply, info.state, info.eni, *c,
-                             *_not_collected(c, r)))
+                             *_not_collected(c, r), "", *conn.fl_tcp_flags))
             conn.reported = list(c)
+            conn.fl_tcp_flags = [0, 0]
         if pos < len(rnd):
             self._fc_round, self._fc_pos = rnd, pos
         return out

@@ -28,13 +28,14 @@ class Conn:
 
     __slots__ = ("id", "family", "proto", "orig_key", "reply_key", "env_addr", "env_port",
                  "eni_index", "eni_addr", "eni_port", "state", "last_seen", "counters",
-                 "reported", "win")
+                 "reported", "win", "fl_tcp_flags")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
         self.counters = [0, 0, 0, 0]  # packets_orig, bytes_orig, packets_reply, bytes_reply
         self.reported = [0, 0, 0, 0]  # the same, as handed to flow_collect() so far
+        self.fl_tcp_flags = [0, 0]    # flow logs' tcp-flags [orig, reply] since then
 
 
 class TableMixin:
