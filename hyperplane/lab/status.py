@@ -1,6 +1,7 @@
 """What ``hyperplane lab status --json`` prints: a lab's nodes, ENIs, fabric, NAT gateways and,
 while its data path runs, its counters, functions and live ENIs; while its workloads service
-runs, the execution environments (cold, warm, busy) and the hosts' services."""
+runs, the execution environments (cold, warm, busy) and the hosts' services; with ``[metrics]``,
+the exporter's URL."""
 from __future__ import annotations
 
 import sys
@@ -140,12 +141,24 @@ def status(name: str) -> Dict[str, Any]:
                 out["workloads"][key] = r[cmd]
         except (OSError, ValueError, KeyError) as e:
             out["workloads"]["error"] = f"the workloads service does not answer ({e})"
+    out["metrics"] = metrics_status(plan, state)
     if plan.nacls:
         try:
             out["nacl_counters"] = topology.nacl_counters(plan)
         except Exception as e:  # the fabric is read with nft; report, do not fail status
             out["nacl_counters_error"] = str(e)
     return out
+
+
+def metrics_status(plan: labconfig.Plan, state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The lab's metrics exporter (``[metrics]``): ``listen`` as the lab file asks, ``url`` it
+    serves (the real port when port 0 was asked), ``pid`` and ``running``; None when the lab
+    has no ``[metrics]``."""
+    if not plan.metrics.listen:
+        return None
+    pid = state.get("metrics_pid")
+    return {"listen": plan.metrics.listen, "url": state.get("metrics_url"), "pid": pid,
+            "running": proc.pid_alive(pid)}
 
 
 def print_status(st: Dict[str, Any], out=None) -> None:
@@ -176,6 +189,12 @@ def print_status(st: Dict[str, Any], out=None) -> None:
         p(f"  host {h['host']} service: " + (f"running, pid {h['pid']}" if h.get("running")
                                             else "NOT running")
           + f", {h.get('restarts', 0)} restart(s); log {h.get('log')}")
+    m = st.get("metrics")
+    if m and m["running"]:
+        p(f"  metrics: {m['url']} (exporter pid {m['pid']})")
+    elif m:
+        p(f"  metrics exporter NOT running ([metrics] listen = \"{m['listen']}\"; its log: "
+          f"{paths.metrics_log_path(st['name'])}): `lab restart` starts it again")
     for n in st.get("nat_gateways", []):
         p(f"  NAT gateway {n['id']} in {n['subnet']}: {n['private_ipv4']} -> "
           f"{n['public_ipv4']} (idle timeout {n['idle_timeout']:g} s)")

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 from hyperplane.errors import LabConfigError
 from hyperplane.labconfig.model import LabConfig
 from hyperplane.labconfig.parse_common import array_of_tables, check_keys, expect
+from hyperplane.labconfig.parse_metrics import parse_metrics
 from hyperplane.labconfig.parse_functions import check_iam, parse_functions, parse_iam
 from hyperplane.labconfig.parse_routing import (check_internet_overlap, check_nat_gateways_public,
                                                 parse_internet, parse_internet_hosts,
@@ -95,7 +96,7 @@ def default() -> LabConfig:
 
 _TOP_LEVEL_KEYS = ["lab", "vpc", "subnets", "functions", "hosts", "security_groups",
                    "network_acls", "route_tables", "internet", "internet_hosts", "nat_gateways",
-                   "lifecycle", "iam", "flow_logs", "datapath"]
+                   "lifecycle", "iam", "flow_logs", "datapath", "metrics"]
 
 
 def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> LabConfig:
@@ -118,6 +119,7 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> LabConfig:
     lifecycle = parse_lifecycle(doc.get("lifecycle", {}))
     flow_logs = parse_flow_logs(doc.get("flow_logs", {}), lab)
     datapath = parse_datapath(doc.get("datapath", {}))
+    metrics = parse_metrics(doc.get("metrics", {}))
     if not functions:
         raise LabConfigError("functions", "a lab needs at least one function; add a "
                              "[[functions]] table with name and environments (and a "
@@ -133,7 +135,7 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> LabConfig:
                        route_tables=tuple(tables), internet=internet,
                        internet_hosts=tuple(ihosts), nat_gateways=tuple(nats),
                        lifecycle=lifecycle, iam=iam, flow_logs=flow_logs, datapath=datapath,
-                       base_dir=base_dir)
+                       base_dir=base_dir, metrics=metrics)
     check_env_capacity(config)
     check_internet_overlap(config)
     allocate(config)  # raises when a subnet or the internet has too few addresses

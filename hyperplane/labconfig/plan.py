@@ -14,6 +14,7 @@ from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DEFAULT_MEMORY_SIZE,
                                         DEFAULT_PYTHON_HANDLER, DEFAULT_RUNTIME,
                                         DEFAULT_TIMEOUT, DatapathPlan, FlowLogsPlan,
                                         LifecyclePlan, RoutePlan, RulePlan)
+from hyperplane.labconfig.model import MetricsPlan
 
 
 def bare(addr: Optional[str]) -> Optional[str]:
@@ -212,6 +213,7 @@ class Plan:
     iam: Optional[Dict[str, Any]] = None
     flow_logs: FlowLogsPlan = dataclasses.field(default_factory=FlowLogsPlan)
     datapath: DatapathPlan = dataclasses.field(default_factory=DatapathPlan)
+    metrics: MetricsPlan = dataclasses.field(default_factory=MetricsPlan)
 
     def namespaces(self) -> List[str]:
         """All namespace names in build order: node, fabric, internet (when there is one),
@@ -342,6 +344,7 @@ class Plan:
                 cpus=tuple(d.get("datapath", {}).get("cpus", ())),
                 ring_frames=int(d.get("datapath", {}).get("ring_frames", 0)),
                 inbound_cpus=tuple(d.get("datapath", {}).get("inbound_cpus", ()))),
+            metrics=MetricsPlan(**d.get("metrics", {})),
         )
 
 
