@@ -110,7 +110,8 @@ __all__ = [
     "SecurityGroup", "NetworkAcl", "RouteTable", "Internet", "InternetHost", "NatGateway",
     "LabConfig", "SubnetPlan", "EniPlan", "EnvPlan", "HostPlan", "RulePlan", "SecurityGroupPlan",
     "NaclPlan", "RoutePlan", "RouteTablePlan", "NatGatewayPlan", "InternetPlan", "FunctionPlan",
-    "LifecyclePlan", "FlowLogsPlan", "MetricsPlan", "Plan", "LIFECYCLE_PROFILES", "NAT_IDLE_TIMEOUT",
+    "LifecyclePlan", "FlowLogsPlan", "Plan", "LIFECYCLE_PROFILES", "NAT_IDLE_TIMEOUT",
     "load", "loads", "parse", "config_dir", "default", "default_text", "resolve",
     "validate_lab_name", "eni_id", "lab_mac", "bare", "BENCHMARK_V4", "BENCHMARK_V6", "ATTACH_KINDS",
+    "MetricsPlan",
 ]

@@ -365,7 +365,7 @@ def write_examples(folder: str) -> List[str]:
     return out
 
 
-# ---- serializing ----------------------------------------------------------------------------------
+# ---- serializing --------------------------------------------------------------------------------
 def to_json(doc: Any) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 

@@ -8,8 +8,9 @@ function or aggregation; the label lists after ``by``, ``without``, ``on``, ``ig
 ``group_left`` and ``group_right`` are labels; keywords (``and``, ``or``, ``unless``, ``bool``,
 ``offset``, ``inf``, ``nan``, the aggregation operators) are not names. What is left is a metric
 name exactly as a query gives it: a counter is ``..._total`` in the query as in the
-exposition (the Prometheus text format, https://prometheus.io/docs/instrumenting/exposition_formats/),
-so names are compared as written, suffix and all.
+exposition (the Prometheus text format,
+https://prometheus.io/docs/instrumenting/exposition_formats/), so names are compared as
+written, suffix and all.
 """
 from __future__ import annotations
 

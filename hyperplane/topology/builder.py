@@ -230,8 +230,8 @@ def remove_function_code(name: str) -> None:
 def teardown(name: str) -> Dict[str, Any]:
     """Stop the lab's processes (its data path, its workloads service and its metrics exporter,
     by the pids its state file records), remove the namespaces recorded there, the functions'
-    code folders and the lab's directory. Idempotent and safe on a half-built lab; never touches a namespace the state
-    file does not list (nor one outside the lab's ``hp-NAME-`` prefix)."""
+    code folders and the lab's directory. Idempotent and safe on a half-built lab; never touches
+    a namespace the state file does not list (nor one outside the lab's ``hp-NAME-`` prefix)."""
     report: Dict[str, Any] = {"removed_namespaces": [], "stopped_pid": None}
     state = load_state(name)
     if state is None:

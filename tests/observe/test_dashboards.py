@@ -22,7 +22,7 @@ from kit import REPO
 MONITORING = Path(REPO) / "examples" / "monitoring"
 
 
-# ---- the committed files -------------------------------------------------------------------------
+# ---- the committed files ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(dash.example_files()))
 def test_committed_examples_equal_the_generator(name):
     committed = (MONITORING / name).read_text(encoding="utf-8")
@@ -40,7 +40,7 @@ def test_example_lab_serves_metrics():
     assert cfg.nat_gateways, "the dashboard's NAT gateway panel needs one to show something"
 
 
-# ---- YAML ------------------------------------------------------------------------------------------
+# ---- YAML ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("doc", [
     dash.alert_rules(), dash.prometheus_config(), dash.scrape_config("[::1]:9469", "lab-1"),
     dash.grafana_dashboard(),
@@ -59,7 +59,7 @@ def test_yaml_refuses_what_json_cannot_hold():
         dash.to_yaml([float("inf")])
 
 
-# ---- the documents ----------------------------------------------------------------------------------
+# ---- the documents ------------------------------------------------------------------------------
 def test_dashboard_variables_and_panels():
     d = dash.grafana_dashboard()
     assert d["schemaVersion"] >= 36
@@ -121,7 +121,7 @@ def test_scrape_config_labels_every_series_with_the_lab():
     assert job["static_configs"] == [{"targets": ["127.0.0.1:9470"], "labels": {"lab": "demo"}}]
 
 
-# ---- the PromQL name checker ------------------------------------------------------------------------
+# ---- the PromQL name checker --------------------------------------------------------------------
 @pytest.mark.parametrize("expr,names", [
     ('sum by (direction) (rate(hyperplane_packets_total{lab="$lab",eni=~"a}b"}'
      '[$__rate_interval]))', {"hyperplane_packets_total"}),
@@ -181,7 +181,7 @@ def test_every_query_is_listed_and_parses():
             "hyperplane_events_lost_total", "up"} <= names
 
 
-# ---- the command line --------------------------------------------------------------------------------
+# ---- the command line ---------------------------------------------------------------------------
 def test_cli_prints_the_documents(capsys):
     assert cli.main(["metrics", "--grafana"]) == errors.EXIT_OK
     assert json.loads(capsys.readouterr().out) == dash.grafana_dashboard()
