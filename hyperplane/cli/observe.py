@@ -96,8 +96,12 @@ def cmd_metrics(args) -> int:
     try:
         srv = stats.serve(registry, host, port)
     except OSError as e:
-        raise HyperplaneError(f"--listen {args.listen}: cannot listen: {e.strerror or e}") \
-            from None
+        state = lifecycle.load_lab(args.name)[0]
+        served = (f"; lab {args.name} already serves its metrics at {state.get('metrics_url')} "
+                  "([metrics] in its lab file)"
+                  if proc.pid_alive(state.get("metrics_pid")) else "")
+        raise HyperplaneError(f"--listen {args.listen}: cannot listen: {e.strerror or e}"
+                              + served) from None
     shown = f"[{host}]" if ":" in host else host
     print(f"serving Prometheus metrics of lab {args.name} on "
           f"http://{shown}:{srv.server_address[1]}/metrics (Ctrl-C to stop)", flush=True)

@@ -130,6 +130,10 @@ def test_status_shows_the_url_and_prometheus_config_uses_it(mlab):
     assert r.returncode == 0, r.stderr
     target = m["url"].split("//")[1].split("/")[0]
     assert f'- "{target}"' in r.stdout and f'lab: "{mlab.name}"' in r.stdout
+    # a foreground `hyperplane metrics` on the same port says who has it
+    r = cli_run("metrics", "--name", mlab.name, "--listen", target)
+    assert r.returncode == 1 and "cannot listen" in r.stderr, r.stderr
+    assert f"already serves its metrics at {m['url']}" in r.stderr
 
 
 def test_exporter_outlives_the_data_path_and_restart_brings_it_back(mlab):
