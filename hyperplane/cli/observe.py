@@ -11,11 +11,12 @@ import sys
 import threading
 import time
 
+from hyperplane import proc
 from hyperplane.cli.common import isatty, named
 from hyperplane.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab import lifecycle
 from hyperplane.lab.api import Lab
-from hyperplane import proc
+from hyperplane.lab.status import metrics_target
 from hyperplane.observe import dashboards, stats, top
 
 
@@ -41,29 +42,15 @@ def _listen(text: str):
 
 def scrape_address(name: str, listen=None) -> str:
     """``HOST:PORT`` Prometheus should scrape: ``listen`` (``--listen``) when given, else
-    where lab ``name``'s exporter serves (``[metrics] listen``; the real port when it asked
-    for port 0)."""
-    if listen is not None:
-        host, port = _listen(listen)
-        if port == 0:
-            raise HyperplaneError(f"--listen {listen}: port 0 is not an address Prometheus can "
-                                  "scrape; give the port the exporter really listens on",
-                                  EXIT_USAGE)
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    state, plan = lifecycle.load_lab(name)
-    if not plan.metrics.listen:
-        raise HyperplaneError(
-            f"lab {name!r} has no [metrics] listen: add [metrics] listen = "
-            f'"{stats.DEFAULT_LISTEN}" to its lab file and `{PROG} lab down` / `lab up` it, '
-            f"or give --listen ADDR:PORT of a `{PROG} metrics` you run", EXIT_USAGE)
-    url = state.get("metrics_url") if proc.pid_alive(state.get("metrics_pid")) else None
-    if url:
-        return url.split("//", 1)[1].split("/", 1)[0]
-    if plan.metrics.listen.endswith(":0"):
-        raise HyperplaneError(f"the metrics exporter of lab {name!r} is not running and its "
-                              f"[metrics] listen {plan.metrics.listen} picks a port when it "
-                              f"starts: `{PROG} lab restart --name {name}` starts it again")
-    return plan.metrics.listen
+    where lab ``name``'s exporter serves (lab.status.metrics_target)."""
+    if listen is None:
+        return metrics_target(name)
+    host, port = _listen(listen)
+    if port == 0:
+        raise HyperplaneError(f"--listen {listen}: port 0 is not an address Prometheus can "
+                              "scrape; give the port the exporter really listens on",
+                              EXIT_USAGE)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def cmd_metrics(args) -> int:

@@ -8,7 +8,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from hyperplane import control, labconfig, paths, proc, topology
-from hyperplane.errors import HyperplaneError
+from hyperplane.errors import EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab.lifecycle import ask, load_lab
 
 
@@ -159,6 +159,28 @@ def metrics_status(plan: labconfig.Plan, state: Dict[str, Any]) -> Optional[Dict
     pid = state.get("metrics_pid")
     return {"listen": plan.metrics.listen, "url": state.get("metrics_url"), "pid": pid,
             "running": proc.pid_alive(pid)}
+
+
+def metrics_target(name: str) -> str:
+    """``HOST:PORT`` where lab ``name``'s exporter serves (the real port when ``[metrics]
+    listen`` asked for port 0), for a scrape config; HyperplaneError (exit status 2) when the
+    lab has no ``[metrics]``, or when its exporter is not running and its port is not known."""
+    state, plan = load_lab(name)
+    if not plan.metrics.listen:
+        raise HyperplaneError(
+            f"lab {name!r} has no [metrics] listen: add [metrics] listen = "
+            f'"{labconfig.DEFAULT_METRICS_LISTEN}" to its lab file and `{PROG} lab down` / '
+            f"`lab up` it, or give --listen ADDR:PORT of a `{PROG} metrics` you run",
+            EXIT_USAGE)
+    m = metrics_status(plan, state)
+    if m["running"] and m["url"]:
+        return m["url"].split("//", 1)[1].split("/", 1)[0]
+    if plan.metrics.listen.endswith(":0"):
+        raise HyperplaneError(f"the metrics exporter of lab {name!r} is not running and its "
+                              f"[metrics] listen {plan.metrics.listen} picks a port when it "
+                              f"starts: `{PROG} lab restart --name {name}` starts it again",
+                              EXIT_USAGE)
+    return plan.metrics.listen
 
 
 def print_status(st: Dict[str, Any], out=None) -> None:

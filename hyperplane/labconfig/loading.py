@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional
 from hyperplane.errors import LabConfigError
 from hyperplane.labconfig.model import LabConfig
 from hyperplane.labconfig.parse_common import array_of_tables, check_keys, expect
-from hyperplane.labconfig.parse_metrics import parse_metrics
 from hyperplane.labconfig.parse_functions import check_iam, parse_functions, parse_iam
+from hyperplane.labconfig.parse_metrics import parse_metrics
 from hyperplane.labconfig.parse_routing import (check_internet_overlap, check_nat_gateways_public,
                                                 parse_internet, parse_internet_hosts,
                                                 parse_nat_gateways, parse_route_tables)
