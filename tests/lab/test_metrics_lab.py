@@ -93,7 +93,7 @@ def test_the_lab_started_an_exporter_on_a_free_port(mlab):
     host_port = m["url"].split("//")[1].split("/")[0]
     assert m["url"] == f"http://{host_port}/metrics" and host_port.startswith("127.0.0.1:")
     assert int(host_port.rsplit(":", 1)[1]) > 0          # the real port, not the 0 asked for
-    assert exporter.read_url(mlab.name) == m["url"]
+    assert exporter.read_url(mlab.name) == m["url"] == mlab.metrics_url
 
 
 def test_every_dashboard_and_alert_query_reads_a_served_name(mlab):
@@ -150,6 +150,7 @@ def test_exporter_outlives_the_data_path_and_restart_brings_it_back(mlab):
 
     os.kill(m["pid"], signal.SIGTERM)         # the lab's own exporter, which this test started
     wait_until(lambda: not proc.pid_alive(m["pid"]), 10, "the exporter to stop")
+    assert mlab.metrics_url is None
     r = cli_run("lab", "status", "--name", name)
     assert "metrics exporter NOT running" in r.stdout and "lab restart" in r.stdout
     mlab.restart()
@@ -172,7 +173,7 @@ def test_lab_down_stops_the_exporter(own_lab):
 def test_a_lab_without_metrics_starts_no_exporter(mlab, dlab):
     st = lifecycle.load_lab(dlab.name)[0]
     assert st.get("metrics_pid") is None and exporter.read_url(dlab.name) is None
-    assert dlab.status()["metrics"] is None
+    assert dlab.status()["metrics"] is None and dlab.metrics_url is None
     r = cli_run("metrics", "--prometheus-config", "--name", dlab.name)
     assert r.returncode == 2 and "has no [metrics] listen" in r.stderr
 
