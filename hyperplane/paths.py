@@ -12,6 +12,8 @@ describes). Inside:
 - ``flowlogs/``, ``captures/``: VPC Flow Log files and pcaps;
 - ``workloads.sock``, ``workloads.log``: the workloads service's control socket and log
   (hyperplane.workloads: the functions' code, the hosts' services);
+- ``metrics.log``, ``metrics.url``: the Prometheus exporter's log and the URL it serves
+  (``[metrics]``; hyperplane.observe.exporter);
 - ``functions/FUNCTION/ENV.log``: each execution environment's log (CloudWatch-shaped);
 - ``hosts/HOST.log`` and ``hosts/HOST/``: a host service's output and its folder.
 """
@@ -36,6 +38,8 @@ FLOW_LOGS_DIR = "flowlogs"
 CAPTURES_DIR = "captures"
 WORKLOADS_SOCKET = "workloads.sock"
 WORKLOADS_LOG = "workloads.log"
+METRICS_LOG = "metrics.log"
+METRICS_URL = "metrics.url"
 FUNCTIONS_DIR = "functions"
 HOSTS_DIR = "hosts"
 
@@ -90,6 +94,16 @@ def workloads_socket_path(name: str) -> str:
 
 def workloads_log_path(name: str) -> str:
     return os.path.join(lab_dir(name), WORKLOADS_LOG)
+
+
+def metrics_log_path(name: str) -> str:
+    return os.path.join(lab_dir(name), METRICS_LOG)
+
+
+def metrics_url_path(name: str) -> str:
+    """Where the lab's exporter writes the URL it serves once it listens (the real port when
+    ``[metrics] listen`` asked for port 0)."""
+    return os.path.join(lab_dir(name), METRICS_URL)
 
 
 def functions_dir(name: str) -> str:

@@ -1,5 +1,7 @@
 """``hyperplane stats``, ``metrics`` and ``top``: a running lab's counters, summed up
-(hyperplane.observe.stats), served to Prometheus, or watched live (hyperplane.observe.top)."""
+(hyperplane.observe.stats), served to Prometheus, or watched live (hyperplane.observe.top);
+``metrics --grafana / --prometheus-config / --alerts`` print what Prometheus and Grafana need
+to watch them (hyperplane.observe.dashboards)."""
 from __future__ import annotations
 
 import functools
@@ -9,11 +11,13 @@ import sys
 import threading
 import time
 
+from hyperplane import proc
 from hyperplane.cli.common import isatty, named, print_json_line
 from hyperplane.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab import lifecycle
 from hyperplane.lab.api import Lab
-from hyperplane.observe import stats, top
+from hyperplane.lab.status import metrics_target
+from hyperplane.observe import dashboards, stats, top
 
 
 def cmd_stats(args) -> int:
@@ -29,11 +33,40 @@ def cmd_stats(args) -> int:
     return EXIT_OK
 
 
-def cmd_metrics(args) -> int:
+def _listen(text: str):
     try:
-        host, port = stats.parse_listen(args.listen)
+        return stats.parse_listen(text)
     except ValueError as e:
         raise HyperplaneError(str(e), EXIT_USAGE) from None
+
+
+def scrape_address(name: str, listen=None) -> str:
+    """``HOST:PORT`` Prometheus should scrape: ``listen`` (``--listen``) when given, else
+    where lab ``name``'s exporter serves (lab.status.metrics_target)."""
+    if listen is None:
+        return metrics_target(name)
+    host, port = _listen(listen)
+    if port == 0:
+        raise HyperplaneError(f"--listen {listen}: port 0 is not an address Prometheus can "
+                              "scrape; give the port the exporter really listens on",
+                              EXIT_USAGE)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def cmd_metrics(args) -> int:
+    if args.grafana:
+        sys.stdout.write(dashboards.to_json(dashboards.grafana_dashboard()))
+        return EXIT_OK
+    if args.alerts:
+        sys.stdout.write(dashboards.to_yaml(dashboards.alert_rules(), dashboards.ALERTS_HEADER))
+        return EXIT_OK
+    if args.prometheus_config:
+        address = scrape_address(args.name, args.listen)
+        sys.stdout.write(dashboards.to_yaml(dashboards.scrape_config(address, args.name),
+                                            dashboards.SCRAPE_HEADER))
+        return EXIT_OK
+    args.listen = stats.DEFAULT_LISTEN if args.listen is None else args.listen
+    host, port = _listen(args.listen)
     lifecycle.load_lab(args.name)   # a lab that does not exist at all is a usage mistake: say so
 
     registry, collector = stats.registry_for(
@@ -50,8 +83,12 @@ def cmd_metrics(args) -> int:
     try:
         srv = stats.serve(registry, host, port)
     except OSError as e:
-        raise HyperplaneError(f"--listen {args.listen}: cannot listen: {e.strerror or e}") \
-            from None
+        state = lifecycle.load_lab(args.name)[0]
+        served = (f"; lab {args.name} already serves its metrics at {state.get('metrics_url')} "
+                  "([metrics] in its lab file)"
+                  if proc.pid_alive(state.get("metrics_pid")) else "")
+        raise HyperplaneError(f"--listen {args.listen}: cannot listen: {e.strerror or e}"
+                              + served) from None
     shown = f"[{host}]" if ":" in host else host
     print(f"serving Prometheus metrics of lab {args.name} on "
           f"http://{shown}:{srv.server_address[1]}/metrics (Ctrl-C to stop)", flush=True)
@@ -124,11 +161,19 @@ def register(sub) -> None:
                     "scrape asks the data path for fresh counters; hyperplane_up is 0 when it "
                     "does not answer. Only this lab's metrics are served (no process_* "
                     "metrics of the exporter itself)."))
-    q.add_argument("--listen", default=stats.DEFAULT_LISTEN, metavar="ADDR:PORT",
+    q.add_argument("--listen", default=None, metavar="ADDR:PORT",
                    help=f"loopback address and port (default {stats.DEFAULT_LISTEN}; port 0 "
-                        "picks a free one)")
-    q.add_argument("--once", action="store_true",
-                   help="print one exposition to stdout and exit")
+                        "picks a free one); with --prometheus-config: the address to scrape")
+    what = q.add_mutually_exclusive_group()
+    what.add_argument("--once", action="store_true",
+                      help="print one exposition to stdout and exit")
+    what.add_argument("--grafana", action="store_true",
+                      help="print a Grafana dashboard (JSON) of these metrics and exit")
+    what.add_argument("--prometheus-config", action="store_true",
+                      help="print a Prometheus scrape config (YAML) for the lab's exporter "
+                           "([metrics] listen of --name, or --listen) and exit")
+    what.add_argument("--alerts", action="store_true",
+                      help="print Prometheus alert rules (YAML) and exit")
     q.set_defaults(func=cmd_metrics)
     q = named(sub.add_parser("top", help="a live view of rates, drops, pool fill and the top "
                                          "flows of a running lab"))

@@ -279,6 +279,14 @@ class Lab:
         pid = state.get("pid")
         return pid if proc.pid_alive(pid) else None
 
+    @property
+    def metrics_url(self) -> Optional[str]:
+        """The URL of the lab's Prometheus exporter (``[metrics] listen``; the real port when
+        port 0 was asked), None when the lab has no ``[metrics]`` or its exporter is not
+        running."""
+        state, _ = lifecycle.load_lab(self.name)
+        return state.get("metrics_url") if proc.pid_alive(state.get("metrics_pid")) else None
+
     def request(self, cmd: str, **args) -> Dict[str, Any]:
         """One request on the data path's control socket (hyperplane.control lists the
         commands), the reply as a dict; a refusal is a HyperplaneError with its words."""

@@ -22,6 +22,7 @@ from hyperplane import control, labconfig, netns, paths, proc, topology
 from hyperplane.datapath.statefile import read_state_file
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_PRIVILEGE, EXIT_USAGE, PROG,
                                HyperplaneError, LabConfigError, LabError, config_error)
+from hyperplane.observe import exporter as metrics_exporter
 
 #: Seconds the data path gets to answer its first ping, and (added to the ENI creation delay)
 #: for its functions to leave Pending.
@@ -173,6 +174,7 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
     state["log_level"] = level
     child: Optional[subprocess.Popen] = None
     workloads: Optional[subprocess.Popen] = None
+    exporter: Optional[subprocess.Popen] = None
     try:
         with open(paths.config_copy_path(name), "w", encoding="utf-8") as f:
             f.write(text)
@@ -180,10 +182,13 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
         child = start_datapath(name, state)
         step("start the workloads service", 3, total)
         workloads = start_workloads(name, state)
+        exporter = start_metrics(name, state, plan.metrics.listen)
         step("wait for the data path to answer", 4, total)
         wait_ready(name, child)
         step("wait for the workloads service to answer", 5, total)
         wait_workloads_ready(name, workloads)
+        if exporter is not None:
+            wait_metrics_ready(name, state, exporter)
         if wait_active:
             step(f"wait for {len(plan.enis)} ENI(s) to become Active "
                  f"({plan.lifecycle.eni_create_delay:g} s creation delay)", 6, total)
@@ -193,8 +198,9 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
         # Roll back: nothing of a failed `lab up` stays behind. The data path is stopped by the
         # pid this run started (the state file may not have recorded it yet), then teardown
         # removes what the state file records.
-        if workloads is not None:
-            proc.stop_child(workloads)
+        for other in (workloads, exporter):
+            if other is not None:
+                proc.stop_child(other)
         if child is not None:
             proc.stop_child(child)
             try:   # stopped and reaped: its pid may be reused, so teardown must not signal it
@@ -285,6 +291,39 @@ def wait_workloads_ready(name: str, child: subprocess.Popen) -> None:
         except (OSError, ValueError) as e:
             raise HyperplaneError(str(e)) from None
     _wait_answering(child, ping, "the workloads service", paths.workloads_log_path(name))
+
+
+def start_metrics(name: str, state: Dict[str, Any],
+                  listen: str) -> Optional[subprocess.Popen]:
+    """Start the lab's Prometheus exporter (hyperplane.observe.exporter; ``[metrics] listen``)
+    in the background, logging to metrics.log, and record its pid as ``metrics_pid``; None
+    (and nothing started) when ``listen`` is "" (no ``[metrics]``)."""
+    if not listen:
+        return None
+    with contextlib.suppress(FileNotFoundError):   # a dead exporter's URL is not the new one's
+        os.unlink(paths.metrics_url_path(name))
+    state["metrics_url"] = None
+    return _start_child(name, [sys.executable, "-m", "hyperplane.observe.exporter",
+                               "--name", name, "--listen", listen],
+                        paths.metrics_log_path(name), state, "metrics_pid")
+
+
+def wait_metrics_ready(name: str, state: Dict[str, Any], child: subprocess.Popen) -> str:
+    """Wait until the exporter serves its URL over HTTP, record that URL (the real port when
+    port 0 was asked) in the lab's state as ``metrics_url`` and return it; HyperplaneError
+    with its log's tail when it exits or stays silent for READY_TIMEOUT."""
+    def ping() -> None:
+        url = metrics_exporter.read_url(name)
+        try:
+            if url is None:
+                raise OSError("it has not written its URL yet")
+            metrics_exporter.scrape(url, timeout=2.0)
+        except OSError as e:
+            raise HyperplaneError(str(e)) from None
+    _wait_answering(child, ping, "the metrics exporter", paths.metrics_log_path(name))
+    state["metrics_url"] = metrics_exporter.read_url(name)
+    topology.save_state(name, state)
+    return state["metrics_url"]
 
 
 def workloads_request(name: str, cmd: str, timeout: float = 5.0, /,
@@ -419,6 +458,17 @@ def lab_restart(name: str, restore: bool = True,
                                   f"there: `{PROG} lab restart --name {name}` again, or "
                                   "`lab down`", e.code) from None
         raise
+    # The exporter outlives a restart (serving hyperplane_up 0 meanwhile); if it died, the
+    # restart brings it back.
+    if plan.metrics.listen and not proc.pid_alive(state.get("metrics_pid")):
+        exporter = start_metrics(name, state, plan.metrics.listen)
+        try:
+            wait_metrics_ready(name, state, exporter)
+        except HyperplaneError as e:
+            proc.stop_child(exporter)
+            raise HyperplaneError(f"lab restart {name!r}: the data path runs again, but {e}\n"
+                                  f"fix [metrics] listen and `{PROG} lab restart --name {name}` "
+                                  "again", e.code) from None
     return {"name": name, **stopped, "pid": child.pid,
             "restore": ask(name, "counters")["restore"]}
 

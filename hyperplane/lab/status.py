@@ -1,6 +1,7 @@
 """What ``hyperplane lab status --json`` prints: a lab's nodes, ENIs, fabric, NAT gateways and,
 while its data path runs, its counters, functions and live ENIs; while its workloads service
-runs, the execution environments (cold, warm, busy) and the hosts' services."""
+runs, the execution environments (cold, warm, busy) and the hosts' services; with ``[metrics]``,
+the exporter's URL."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from hyperplane import control, labconfig, paths, proc, topology
-from hyperplane.errors import HyperplaneError
+from hyperplane.errors import EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab.lifecycle import ask, load_lab
 
 
@@ -144,12 +145,46 @@ def status(name: str) -> Dict[str, Any]:
                 out["workloads"][key] = r[cmd]
         except (OSError, ValueError, KeyError) as e:
             out["workloads"]["error"] = f"the workloads service does not answer ({e})"
+    out["metrics"] = metrics_status(plan, state)
     if plan.nacls:
         try:
             out["nacl_counters"] = topology.nacl_counters(plan)
         except Exception as e:  # the fabric is read with nft; report, do not fail status
             out["nacl_counters_error"] = str(e)
     return out
+
+
+def metrics_status(plan: labconfig.Plan, state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The lab's metrics exporter (``[metrics]``): ``listen`` as the lab file asks, ``url`` it
+    serves (the real port when port 0 was asked), ``pid`` and ``running``; None when the lab
+    has no ``[metrics]``."""
+    if not plan.metrics.listen:
+        return None
+    pid = state.get("metrics_pid")
+    return {"listen": plan.metrics.listen, "url": state.get("metrics_url"), "pid": pid,
+            "running": proc.pid_alive(pid)}
+
+
+def metrics_target(name: str) -> str:
+    """``HOST:PORT`` where lab ``name``'s exporter serves (the real port when ``[metrics]
+    listen`` asked for port 0), for a scrape config; HyperplaneError (exit status 2) when the
+    lab has no ``[metrics]``, or when its exporter is not running and its port is not known."""
+    state, plan = load_lab(name)
+    if not plan.metrics.listen:
+        raise HyperplaneError(
+            f"lab {name!r} has no [metrics] listen: add [metrics] listen = "
+            f'"{labconfig.DEFAULT_METRICS_LISTEN}" to its lab file and `{PROG} lab down` / '
+            f"`lab up` it, or give --listen ADDR:PORT of a `{PROG} metrics` you run",
+            EXIT_USAGE)
+    m = metrics_status(plan, state)
+    if m["running"] and m["url"]:
+        return m["url"].split("//", 1)[1].split("/", 1)[0]
+    if plan.metrics.listen.endswith(":0"):
+        raise HyperplaneError(f"the metrics exporter of lab {name!r} is not running and its "
+                              f"[metrics] listen {plan.metrics.listen} picks a port when it "
+                              f"starts: `{PROG} lab restart --name {name}` starts it again",
+                              EXIT_USAGE)
+    return plan.metrics.listen
 
 
 def print_status(st: Dict[str, Any], out=None) -> None:
@@ -187,6 +222,12 @@ def print_status(st: Dict[str, Any], out=None) -> None:
         p(f"  conntrack: {changed + ' (the rest default)' if changed else 'defaults'} "
           f"(established TCP {ct['tcp_timeout_established']} s, UDP "
           f"{ct['udp_timeout']}/{ct['udp_timeout_stream']} s, max {ct['max']} per table)")
+    m = st.get("metrics")
+    if m and m["running"]:
+        p(f"  metrics: {m['url']} (exporter pid {m['pid']})")
+    elif m:
+        p(f"  metrics exporter NOT running ([metrics] listen = \"{m['listen']}\"; its log: "
+          f"{paths.metrics_log_path(st['name'])}): `lab restart` starts it again")
     for n in st.get("nat_gateways", []):
         p(f"  NAT gateway {n['id']} in {n['subnet']}: {n['private_ipv4']} -> "
           f"{n['public_ipv4']} (idle timeout {n['idle_timeout']:g} s)")

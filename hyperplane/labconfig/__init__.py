@@ -53,6 +53,8 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
   ``inbound_cpus``: run the VPC -> environment direction in a second thread on these CPUs
   (csrc/hp_dp.h ``hp_dp_start_inbound``), with ``cpus`` keeping the loop off them; default:
   one thread does both.
+- ``[metrics]``: ``listen``, the loopback address and port of the Prometheus exporter ``lab up``
+  starts beside the data path (hyperplane.observe.exporter; port 0 picks a free one).
 
 Every address must lie in the benchmark ranges 198.18.0.0/15 (RFC 2544) and 2001:2::/48
 (RFC 5180): they are reserved for exactly this kind of lab, so a lab can never collide with a
@@ -80,6 +82,7 @@ Where things are (the modules import one another directly, never through this pa
     parse_security   [[security_groups]], [[network_acls]]
     parse_routing    [internet], [[nat_gateways]], [[route_tables]], [[internet_hosts]]
     parse_runtime    [lifecycle], [flow_logs], [datapath]
+    parse_metrics    [metrics] (and the loopback rule of every metrics listen address)
     resolving        resolve: a config and a lab name to a Plan (ENI keys, addresses, MACs)
     graph            a Plan drawn as a Mermaid flowchart or Graphviz DOT (``lab graph``)
     iam              the [iam] policies: their grammar and evaluation
@@ -101,6 +104,7 @@ from hyperplane.labconfig.model import (  # noqa: F401
     InternetHost, IPNet, IPv4Net, IPv6Net, LabConfig, LabSettings, LifecyclePlan, NatGateway,
     NetworkAcl, RoutePlan, RouteTable, RulePlan, SecurityGroup, Subnet, Vpc,
 )
+from hyperplane.labconfig.model import DEFAULT_METRICS_LISTEN, MetricsPlan  # noqa: F401
 from hyperplane.labconfig.plan import (
     EniPlan, EnvPlan, FunctionPlan, HostPlan, InternetPlan, NaclPlan, NatGatewayPlan, Plan,
     RouteTablePlan, SecurityGroupPlan, SubnetPlan, bare,
@@ -117,4 +121,5 @@ __all__ = [
     "NAT_IDLE_TIMEOUT",
     "load", "loads", "parse", "config_dir", "default", "default_text", "resolve",
     "validate_lab_name", "eni_id", "lab_mac", "bare", "BENCHMARK_V4", "BENCHMARK_V6", "ATTACH_KINDS",
+    "MetricsPlan",
 ]

@@ -22,6 +22,7 @@ from hyperplane.labconfig.parse_common import array_of_tables, check_keys, expec
 from hyperplane.labconfig.parse_conntrack import CONNTRACK, parse_conntrack
 from hyperplane.labconfig.parse_functions import (FUNCTION, check_iam, parse_functions,
                                                   parse_iam)
+from hyperplane.labconfig.parse_metrics import METRICS, parse_metrics
 from hyperplane.labconfig.parse_routing import (INTERNET, INTERNET_HOST, NAT_GATEWAY,
                                                 ROUTE_TABLE, check_internet_overlap,
                                                 check_nat_gateways_public, parse_internet,
@@ -136,6 +137,7 @@ LAB_FILE = Table("hyperplane lab file", "A hyperplane lab: a small VPC, its subn
     _section("datapath", "the data path process's CPUs and rings", DATAPATH),
     _section("conntrack", "connection-table timeouts and capacity (the kernel's "
              "nf_conntrack_* names)", CONNTRACK),
+    _section("metrics", "the Prometheus exporter lab up starts beside the data path", METRICS),
 ))
 _TOP_LEVEL_KEYS = list(LAB_FILE.names)
 
@@ -199,6 +201,7 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
                       lab)
     datapath = _part("datapath", None, lambda: parse_datapath(doc.get("datapath", {})))
     conntrack = _part("conntrack", None, lambda: parse_conntrack(doc.get("conntrack", {})))
+    metrics = _part("metrics", None, lambda: parse_metrics(doc.get("metrics", {})))
     if clean("functions") and functions == []:
         _part("functions", None, lambda: _fail(LabConfigError(
             "functions", "a lab needs at least one function; add a [[functions]] table with "
@@ -217,7 +220,8 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
                        route_tables=tuple(tables), internet=internet,
                        internet_hosts=tuple(ihosts), nat_gateways=tuple(nats),
                        lifecycle=lifecycle, iam=iam, flow_logs=flow_logs, datapath=datapath,
-                       base_dir=base_dir, conntrack=conntrack)
+                       base_dir=base_dir, conntrack=conntrack,
+                       metrics=metrics)
     # Independent of one another: each reports its own mistake.
     for check in (check_env_capacity, check_internet_overlap, allocate, check_iam):
         with soft():

@@ -1,10 +1,11 @@
 """The lab config's model: the limits AWS documents, the lab's defaults, and the frozen
 dataclasses a lab file parses into (:class:`LabConfig` and its parts).
 
-The settings sections (``[lifecycle]``, ``[flow_logs]``, ``[datapath]``) and the rules and
-routes of security groups, network ACLs and route tables go into the plan
+The settings sections (``[lifecycle]``, ``[flow_logs]``, ``[datapath]``, ``[metrics]``) and
+the rules and routes of security groups, network ACLs and route tables go into the plan
 (:mod:`hyperplane.labconfig.plan`) as they are, so their classes (:class:`LifecyclePlan`,
-:class:`FlowLogsPlan`, :class:`DatapathPlan`, :class:`RulePlan`, :class:`RoutePlan`) live here
+:class:`FlowLogsPlan`, :class:`DatapathPlan`, :class:`MetricsPlan`, :class:`RulePlan`,
+:class:`RoutePlan`) live here
 too, below the config classes that hold them.
 """
 from __future__ import annotations
@@ -257,6 +258,7 @@ class LabConfig:
     datapath: "DatapathPlan" = dataclasses.field(default_factory=lambda: DatapathPlan())
     base_dir: str = ""
     conntrack: "ConntrackPlan" = dataclasses.field(default_factory=lambda: ConntrackPlan())
+    metrics: "MetricsPlan" = dataclasses.field(default_factory=lambda: MetricsPlan())
 
     def subnet(self, subnet_id: str) -> Subnet:
         for s in self.subnets:
@@ -388,3 +390,15 @@ class ConntrackPlan:
         """The settings that differ from the defaults, in key order."""
         return {k: getattr(self, k) for k, v in CONNTRACK_DEFAULTS.items()
                 if getattr(self, k) != v}
+
+
+#: Where ``hyperplane metrics`` listens unless told otherwise, and the example of ``[metrics]``.
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9469"
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsPlan:
+    """``[metrics]``: ``listen`` is the loopback ``ADDRESS:PORT`` of the Prometheus exporter
+    ``lab up`` starts beside the data path (hyperplane.observe.exporter); port 0 picks a free
+    port (``lab status`` shows the real one). "": no exporter."""
+    listen: str = ""

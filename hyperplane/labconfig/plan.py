@@ -14,6 +14,7 @@ from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DEFAULT_MEMORY_SIZE,
                                         DEFAULT_PYTHON_HANDLER, DEFAULT_RUNTIME,
                                         DEFAULT_TIMEOUT, ConntrackPlan, DatapathPlan, FlowLogsPlan,
                                         LifecyclePlan, RoutePlan, RulePlan)
+from hyperplane.labconfig.model import MetricsPlan
 
 
 def bare(addr: Optional[str]) -> Optional[str]:
@@ -213,6 +214,7 @@ class Plan:
     flow_logs: FlowLogsPlan = dataclasses.field(default_factory=FlowLogsPlan)
     datapath: DatapathPlan = dataclasses.field(default_factory=DatapathPlan)
     conntrack: ConntrackPlan = dataclasses.field(default_factory=ConntrackPlan)
+    metrics: MetricsPlan = dataclasses.field(default_factory=MetricsPlan)
 
     def namespaces(self) -> List[str]:
         """All namespace names in build order: node, fabric, internet (when there is one),
@@ -344,6 +346,7 @@ class Plan:
                 ring_frames=int(d.get("datapath", {}).get("ring_frames", 0)),
                 inbound_cpus=tuple(d.get("datapath", {}).get("inbound_cpus", ()))),
             conntrack=ConntrackPlan(**d.get("conntrack", {})),
+            metrics=MetricsPlan(**d.get("metrics", {})),
         )
 
 

@@ -238,5 +238,6 @@ def resolve(config: LabConfig, name: str) -> Plan:
         nat_gateways=nats, internet=internet, internet_hosts=ihosts, functions=functions,
         lifecycle=config.lifecycle, flow_logs=config.flow_logs, datapath=config.datapath,
         conntrack=config.conntrack,
+        metrics=config.metrics,
         # through JSON once, so the plan equals its own round trip (tuples become lists)
         iam=json.loads(json.dumps(config.iam)) if config.iam is not None else None)

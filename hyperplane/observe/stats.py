@@ -75,16 +75,17 @@ data path). It listens on loopback only: the endpoint has no authentication. Fam
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import threading
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from hyperplane.engine.constants import DropReason
+from hyperplane.labconfig.model import DEFAULT_METRICS_LISTEN
+from hyperplane.labconfig.parse_metrics import split_listen
 
 SCHEMA = 1
-DEFAULT_LISTEN = "127.0.0.1:9469"
+DEFAULT_LISTEN = DEFAULT_METRICS_LISTEN
 DIRECTIONS = ("outbound", "inbound")
 #: The data path's drop reason that only says "an engine dropped it" (the engine's counter
 #: says why): left out of sums and metrics so no packet is counted twice.
@@ -570,28 +571,12 @@ def _or_raise(c):
 def parse_listen(text: str) -> Tuple[str, int]:
     """``127.0.0.1:9469``, ``[::1]:9469`` or ``localhost:9469`` -> (address, port); ValueError
     (naming --listen) for anything that is not a loopback address: the endpoint has no
-    authentication, so it must not be reachable from other machines."""
-    t = text.strip()
-    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", t)
-    if not m:
-        raise ValueError(f"--listen {text!r}: write ADDRESS:PORT, e.g. {DEFAULT_LISTEN} or "
-                         "[::1]:9469")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if host == "localhost":
-        host = "127.0.0.1"
+    authentication, so it must not be reachable from other machines. The rule is the lab
+    file's ``[metrics] listen`` one (hyperplane.labconfig.parse_metrics.split_listen)."""
     try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"--listen {text!r}: {host!r} is not an IP address; use a loopback "
-                         f"address such as 127.0.0.1 or ::1") from None
-    if not addr.is_loopback:
-        raise ValueError(f"--listen {text!r}: {host} is not a loopback address; the metrics "
-                         "endpoint has no authentication, so it only listens on loopback "
-                         "(127.0.0.0/8 or ::1); scrape it from this machine or through a tunnel")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--listen {text!r}: port {port} is out of range 0-65535")
-    return str(addr), port
+        return split_listen(text)
+    except ValueError as e:
+        raise ValueError(f"--listen {text!r}: {e}") from None
 
 
 def serve(registry, host: str, port: int):

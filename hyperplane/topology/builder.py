@@ -228,10 +228,10 @@ def remove_function_code(name: str) -> None:
 
 
 def teardown(name: str) -> Dict[str, Any]:
-    """Stop the lab's processes (its data path and its workloads service, by the pids its state
-    file records), remove the namespaces recorded there, the functions' code folders and the
-    lab's directory. Idempotent and safe on a half-built lab; never touches a namespace the state
-    file does not list (nor one outside the lab's ``hp-NAME-`` prefix)."""
+    """Stop the lab's processes (its data path, its workloads service and its metrics exporter,
+    by the pids its state file records), remove the namespaces recorded there, the functions'
+    code folders and the lab's directory. Idempotent and safe on a half-built lab; never touches
+    a namespace the state file does not list (nor one outside the lab's ``hp-NAME-`` prefix)."""
     report: Dict[str, Any] = {"removed_namespaces": [], "stopped_pid": None}
     state = load_state(name)
     if state is None:
@@ -243,15 +243,18 @@ def teardown(name: str) -> Dict[str, Any]:
     problem = netns.privilege_problem()
     if present and problem:
         raise LabError(f"cannot tear down lab {name!r}: {problem}")
-    # The data path and the workloads service (functions' code, hosts' services) stop side by
-    # side, each cleaning up on SIGTERM; the code folders a killed service left go after.
-    workloads = threading.Thread(target=proc.stop_lab_process,
-                                 args=(state.get("workloads_pid"), name), daemon=True)
-    workloads.start()
+    # The data path, the workloads service (functions' code, hosts' services) and the metrics
+    # exporter ([metrics]) stop side by side, each cleaning up on SIGTERM; the code folders a
+    # killed service left go after.
+    others = [threading.Thread(target=proc.stop_lab_process, args=(state.get(key), name),
+                               daemon=True) for key in ("workloads_pid", "metrics_pid")]
+    for t in others:
+        t.start()
     try:
         report["stopped_pid"] = proc.stop_lab_process(state.get("pid"), name)
     finally:
-        workloads.join()
+        for t in others:
+            t.join()
     remove_function_code(name)
 
     prefix = f"hp-{name}-"
