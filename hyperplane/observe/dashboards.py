@@ -233,8 +233,8 @@ DROP_FIXES = {
                    "than the idle timeout) or the peer answers from another address.",
     "port_exhausted": "every ENI of the key is out of source ports: see the "
                       "HyperplanePortPoolFilling alert.",
-    "table_full": "the connection table is full: close idle connections or raise its "
-                  "capacity; see HyperplaneTableFilling.",
+    "table_full": "the connection table is full: close idle connections, shorten the "
+                  "[conntrack] timeouts or raise [conntrack] max; see HyperplaneTableFilling.",
     "security_group": "no egress rule of the ENI's security groups allows the new "
                       "connection: add one to the group in the lab file.",
     "source_limit": "one environment holds [lifecycle] max_connections_per_environment "
@@ -282,8 +282,8 @@ def alert_rules(drop_rate: float = DROP_RATE_THRESHOLD,
              "or a NAT gateway) is {{ $value | "
              "humanizePercentage }} full; when full, new connections drop as table_full. "
              "Fix: close idle connections (`hyperplane conntrack list --name {{ $labels.lab "
-             "}}` shows them, `conntrack flush` removes them) or shorten their idle "
-             "timeouts."),
+             "}}` shows them, `conntrack flush` removes them), shorten their idle "
+             "timeouts or raise the capacity (the lab file's [conntrack] timeouts and max)."),
         rule("HyperplaneDrops",
              f"sum by (lab, layer, reason) (rate(hyperplane_drops_total[5m])) > {drop_rate:g}",
              "5m", "warning",
