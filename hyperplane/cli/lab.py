@@ -6,6 +6,7 @@ import sys
 from typing import Any, Dict
 
 from hyperplane import engine, labconfig, netns
+from hyperplane.cli import impair
 from hyperplane.cli.common import DEFAULT_LAB, command_group, named
 from hyperplane.datapath import daemon
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG,
@@ -177,6 +178,7 @@ def register(sub) -> None:
     q.set_defaults(func=cmd_lab_down)
     q = labsub.add_parser("list", help="labs on this machine")
     q.set_defaults(func=cmd_lab_list)
+    impair.register(labsub)
 
 
 def register_run(sub) -> None:

@@ -33,13 +33,12 @@ work).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
-import platform
 import struct
 from typing import Dict, Iterator
+
+from hyperplane.topology import tcbpf
 
 #: Shown by ``tc filter show dev IF ingress``: who put the filter there.
 FILTER_NAME = "hyperplane-steal"
@@ -48,8 +47,6 @@ INGRESS_PARENT = 0xFFFFFFF2
 FILTER_PRIO = 1
 FILTER_HANDLE = 1
 
-_BPF_PROG_LOAD = 5
-_BPF_PROG_TYPE_SCHED_CLS = 3
 _TC_ACT_SHOT = 2
 #: r0 = TC_ACT_SHOT; exit.  (BPF_ALU64 | BPF_MOV | BPF_K = 0xb7, BPF_JMP | BPF_EXIT = 0x95)
 _PROGRAM = struct.pack("<BBhi", 0xB7, 0, 0, _TC_ACT_SHOT) + struct.pack("<BBhi", 0x95, 0, 0, 0)
@@ -59,8 +56,6 @@ MECHANISMS: Dict[str, str] = {"matchall": "tc matchall filter, gact drop action"
 #: What a kernel without the matchall classifier or the gact action answers (the classifier or
 #: action module is not found) -- the errors after which the eBPF program is tried.
 _NOT_IN_KERNEL = (errno.ENOENT, errno.EOPNOTSUPP)
-#: bpf(2)'s number per machine (the syscall numbers differ between architectures).
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 
 class StealError(Exception):
@@ -80,37 +75,14 @@ def _rtnl(ipr=None) -> Iterator:
         yield own
 
 
-def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def load_sched_cls(code: bytes, what: str) -> int:
     """Load ``code`` (eBPF instructions) as a tc classifier program; returns its file
-    descriptor (the caller closes it: an attached filter keeps its own reference).
-    StealError, with the verifier's last words, when the kernel refuses it; ``what`` names the
-    program in that message."""
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
-        raise StealError(f"bpf(2)'s system call number on {platform.machine()} is not known here")
-    insns = ctypes.create_string_buffer(code, len(code))
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(4096)
-    # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size,
-    # log_buf (the rest zero)
-    attr = ctypes.create_string_buffer(128)
-    struct.pack_into("<IIQQIIQ", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(code) // 8,
-                     ctypes.addressof(insns), ctypes.addressof(lic), 1, len(log),
-                     ctypes.addressof(log))
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(_BPF_PROG_LOAD), attr,
-                      ctypes.c_long(len(attr)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise StealError(f"loading the eBPF {what} failed: {os.strerror(err)} (it needs "
-                         "CAP_BPF or CAP_SYS_ADMIN and a kernel with BPF): "
-                         f"{log.value.decode(errors='replace')[-300:]}")
-    return int(fd)
+    descriptor (the caller closes it). StealError when the kernel refuses it
+    (hyperplane.topology.tcbpf does the loading)."""
+    try:
+        return tcbpf.load_sched_cls(code, what)
+    except tcbpf.BpfLoadError as e:
+        raise StealError(str(e)) from None
 
 
 def load_drop_program() -> int:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hyperplane import control, labconfig, netns, paths, proc, topology
 from hyperplane.datapath.statefile import read_state_file
+from hyperplane.topology import impair as link_impair
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_PRIVILEGE, EXIT_USAGE, PROG,
                                HyperplaneError, LabConfigError, LabError, config_error)
 
@@ -160,6 +161,7 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
         workloads = start_workloads(name, state)
         wait_ready(name, child)
         wait_workloads_ready(name, workloads)
+        link_impair.apply_all(plan)   # [[impairments]]: the links exist now
         if wait_active:
             wait_functions_active(name, plan.lifecycle.eni_create_delay + READY_TIMEOUT)
     except BaseException as e:

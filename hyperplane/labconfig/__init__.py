@@ -75,6 +75,7 @@ Where things are (the modules import one another directly, never through this pa
     parse_security   [[security_groups]], [[network_acls]]
     parse_routing    [internet], [[nat_gateways]], [[route_tables]], [[internet_hosts]]
     parse_runtime    [lifecycle], [flow_logs], [datapath]
+    parse_impairments [[impairments]] (and the values `lab impair` takes)
     resolving        resolve: a config and a lab name to a Plan (ENI keys, addresses, MACs)
     iam              the [iam] policies: their grammar and evaluation
 """
@@ -94,6 +95,7 @@ from hyperplane.labconfig.model import (  # noqa: F401
     InternetHost, IPNet, IPv4Net, IPv6Net, LabConfig, LabSettings, LifecyclePlan, NatGateway,
     NetworkAcl, RoutePlan, RouteTable, RulePlan, SecurityGroup, Subnet, Vpc,
 )
+from hyperplane.labconfig.model import IMPAIRMENT_DIRECTIONS, ImpairmentPlan  # noqa: F401
 from hyperplane.labconfig.plan import (
     EniPlan, EnvPlan, FunctionPlan, HostPlan, InternetPlan, NaclPlan, NatGatewayPlan, Plan,
     RouteTablePlan, SecurityGroupPlan, SubnetPlan, bare,
@@ -109,4 +111,5 @@ __all__ = [
     "LifecyclePlan", "FlowLogsPlan", "Plan", "LIFECYCLE_PROFILES", "NAT_IDLE_TIMEOUT",
     "load", "loads", "parse", "config_dir", "default", "default_text", "resolve",
     "validate_lab_name", "eni_id", "lab_mac", "bare", "BENCHMARK_V4", "BENCHMARK_V6", "ATTACH_KINDS",
+    "ImpairmentPlan",
 ]

@@ -7,6 +7,7 @@ Relative paths in a config (a function's ``code``) are taken from :func:`config_
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from importlib import resources
 from typing import Any, Dict, Optional
@@ -15,6 +16,7 @@ from hyperplane.errors import LabConfigError
 from hyperplane.labconfig.model import LabConfig
 from hyperplane.labconfig.parse_common import array_of_tables, check_keys, expect
 from hyperplane.labconfig.parse_functions import check_iam, parse_functions, parse_iam
+from hyperplane.labconfig.parse_impairments import parse_impairments
 from hyperplane.labconfig.parse_routing import (check_internet_overlap, check_nat_gateways_public,
                                                 parse_internet, parse_internet_hosts,
                                                 parse_nat_gateways, parse_route_tables)
@@ -95,7 +97,7 @@ def default() -> LabConfig:
 
 _TOP_LEVEL_KEYS = ["lab", "vpc", "subnets", "functions", "hosts", "security_groups",
                    "network_acls", "route_tables", "internet", "internet_hosts", "nat_gateways",
-                   "lifecycle", "iam", "flow_logs", "datapath"]
+                   "lifecycle", "iam", "flow_logs", "datapath", "impairments"]
 
 
 def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> LabConfig:
@@ -138,4 +140,7 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> LabConfig:
     check_internet_overlap(config)
     allocate(config)  # raises when a subnet or the internet has too few addresses
     check_iam(config)
+    if "impairments" in doc:   # the link names need the whole config
+        config = dataclasses.replace(
+            config, impairments=parse_impairments(array_of_tables(doc, "impairments"), config))
     return config

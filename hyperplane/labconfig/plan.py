@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from hyperplane.labconfig.addressing import free_addresses
 from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DEFAULT_MEMORY_SIZE,
                                         DEFAULT_PYTHON_HANDLER, DEFAULT_RUNTIME,
                                         DEFAULT_TIMEOUT, DatapathPlan, FlowLogsPlan,
-                                        LifecyclePlan, RoutePlan, RulePlan)
+                                        ImpairmentPlan, LifecyclePlan, RoutePlan, RulePlan)
 
 
 def bare(addr: Optional[str]) -> Optional[str]:
@@ -212,6 +212,8 @@ class Plan:
     iam: Optional[Dict[str, Any]] = None
     flow_logs: FlowLogsPlan = dataclasses.field(default_factory=FlowLogsPlan)
     datapath: DatapathPlan = dataclasses.field(default_factory=DatapathPlan)
+    #: ``[[impairments]]``, applied at ``lab up`` (hyperplane.topology.impair)
+    impairments: Tuple[ImpairmentPlan, ...] = ()
 
     def namespaces(self) -> List[str]:
         """All namespace names in build order: node, fabric, internet (when there is one),
@@ -342,6 +344,7 @@ class Plan:
                 cpus=tuple(d.get("datapath", {}).get("cpus", ())),
                 ring_frames=int(d.get("datapath", {}).get("ring_frames", 0)),
                 inbound_cpus=tuple(d.get("datapath", {}).get("inbound_cpus", ()))),
+            impairments=tuple(ImpairmentPlan(**i) for i in d.get("impairments", ())),
         )
 
 

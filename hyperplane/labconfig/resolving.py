@@ -237,5 +237,6 @@ def resolve(config: LabConfig, name: str) -> Plan:
                       for i, t in enumerate(config.route_tables)],
         nat_gateways=nats, internet=internet, internet_hosts=ihosts, functions=functions,
         lifecycle=config.lifecycle, flow_logs=config.flow_logs, datapath=config.datapath,
+        impairments=config.impairments,
         # through JSON once, so the plan equals its own round trip (tuples become lists)
         iam=json.loads(json.dumps(config.iam)) if config.iam is not None else None)
