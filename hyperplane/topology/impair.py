@@ -405,6 +405,8 @@ def apply(plan: Plan, imp: ImpairmentPlan) -> List[Dict[str, Any]]:
     except Exception:
         for direction in steps:
             _undo(link.way(direction), rps=True)
+        d.update(backend=kind, impairments=entries)   # the old ones are off too
+        _save(plan.name, d)
         raise
     d.update(backend=kind, impairments=entries + done)
     _save(plan.name, d)
