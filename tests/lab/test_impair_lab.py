@@ -11,19 +11,18 @@ Only the benchmark ranges 198.18.0.0/15 and 2001:2::/48 are used.
 """
 from __future__ import annotations
 
-import collections
 import json
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import pytest
 
 import hyperplane as hp
-from hyperplane import netns
 from hyperplane.labconfig import default_text
 from hyperplane.topology import impair as mech
 from kit import traffic as nt
@@ -38,7 +37,6 @@ WARMUP = 0xFFFFFFFF
 
 
 def _tc(ns: str, *args: str) -> str:
-    import subprocess
     return subprocess.run(["ip", "netns", "exec", ns, "tc", *args], capture_output=True,
                           text=True, check=True, timeout=15).stdout
 
