@@ -27,6 +27,10 @@ found once per lab (:func:`backend`, kept in the lab's ``impairments.json``):
 
   ``delay`` and ``jitter`` have no tool without sch_netem: they are refused, saying so.
 
+Loss, duplicate and reorder act per frame the sender hands its link; a local TCP hands it GSO
+super-packets, so while an environment's or host's egress has them, its ``gso_max_segs`` is 1
+(the old value is put back with :func:`clear`).
+
 A TAP environment's ingress direction has no transmitting end in the kernel (the data path
 writes into the TAP's fd): its loss and duplication go to the TAP's ingress hook (TC_ACT_SHOT
 there is a receive-side loss), and delay, jitter, rate and reorder are refused there on every
@@ -198,6 +202,10 @@ class _Steps:
     bpf_at: Optional[End] = None
     bpf_ingress: bool = False
     rps_at: Optional[End] = None
+    #: the sender is a local stack (an environment's or host's eth0): its link's gso_max_segs
+    #: goes to 1 so each TCP segment is a frame of its own (else a 64 KB GSO super-packet is
+    #: one frame to loss, duplicate and reorder, as it is to netem)
+    segs_at: Optional[End] = None
     notes: List[str] = dataclasses.field(default_factory=list)
 
 
@@ -242,6 +250,8 @@ def plan_way(kind: str, link: Link, direction: str, imp: ImpairmentPlan) -> _Ste
                 f'the environment a veth (environments = ["veth"]), or impair its egress')
         s.bpf_at, s.bpf_ingress = way.receiver, True
         return s
+    if way.stack_sends and (imp.loss or imp.duplicate or imp.reorder):
+        s.segs_at = way.sender
     if kind == "netem":
         s.qdisc, s.qdisc_at = _netem_args(imp, s.notes), way.sender
         return s
@@ -335,9 +345,23 @@ def _root_is_ours(end: End) -> bool:
                                  for q in ipr.get_qdiscs(index=idx[0]))
 
 
-def _undo(way: Way, rps: bool) -> None:
-    """Take everything this module may have put on one direction off again; a namespace or
-    link that is gone is nothing to do."""
+def _gso_max_segs(end: End, value: Optional[int] = None) -> int:
+    """The link's gso_max_segs; with ``value``, set it first."""
+    if value is not None:
+        subprocess.run(["ip", "-n", end.ns, "link", "set", "dev", end.ifname, "gso_max_segs",
+                        str(value)], capture_output=True, text=True, timeout=15, check=True)
+    with iproute(end.ns) as ipr:
+        return int(ipr.get_links(_index(ipr, end))[0].get_attr("IFLA_GSO_MAX_SEGS"))
+
+
+def _undo(way: Way, rps: bool, segs: Optional[int] = None) -> None:
+    """Take everything this module may have put on one direction off again (``segs``: the
+    sender's gso_max_segs before); a namespace or link that is gone is nothing to do."""
+    if segs and way.sender is not None and netns.exists(way.sender.ns):
+        try:
+            _gso_max_segs(way.sender, segs)
+        except (LabError, subprocess.CalledProcessError):
+            pass
     for end in (way.sender, way.receiver):
         if end is None or not netns.exists(end.ns):
             continue
@@ -365,6 +389,8 @@ def _describe(kind: str, s: _Steps, imp: ImpairmentPlan) -> str:
         parts.append(f"eBPF ({', '.join(what)}) at {s.bpf_at.what} {hook}")
     if s.rps_at is not None:
         parts.append(f"RPS at {s.rps_at.what}")
+    if s.segs_at is not None:
+        parts.append(f"gso_max_segs 1 at {s.segs_at.what}")
     return "; ".join(parts + s.notes)
 
 
@@ -398,13 +424,20 @@ def apply(plan: Plan, imp: ImpairmentPlan) -> List[Dict[str, Any]]:
                 _attach_bpf(s.bpf_at, imp, s.bpf_ingress)
             if s.rps_at is not None:
                 _set_rps(s.rps_at, True)
+            segs = None
+            if s.segs_at is not None:
+                segs = _gso_max_segs(s.segs_at)
+                _gso_max_segs(s.segs_at, 1)
             one = dataclasses.replace(imp, link=link.name, direction=direction)
             done.append({"link": link.name, "kind": link.kind, "direction": direction,
                          "settings": one.settings(), "values": dataclasses.asdict(one),
-                         "mechanism": _describe(kind, s, one), "rps": s.rps_at is not None})
+                         "mechanism": _describe(kind, s, one), "rps": s.rps_at is not None,
+                         "gso_max_segs": segs if segs != 1 else None})
     except Exception:
         for direction in steps:
-            _undo(link.way(direction), rps=True)
+            _undo(link.way(direction), rps=True,
+                  segs=next((e.get("gso_max_segs") for e in done
+                             if e["direction"] == direction), None))
         d.update(backend=kind, impairments=entries)   # the old ones are off too
         _save(plan.name, d)
         raise
@@ -421,7 +454,8 @@ def clear(plan: Plan, link: str, direction: str = "both") -> int:
     mine = [e for e in d.get("impairments", [])
             if e["link"] == found.name and e["direction"] in ways(direction)]
     for w in ways(direction):
-        _undo(found.way(w), rps=any(e["direction"] == w and e.get("rps") for e in mine))
+        _undo(found.way(w), rps=any(e["direction"] == w and e.get("rps") for e in mine),
+              segs=next((e.get("gso_max_segs") for e in mine if e["direction"] == w), None))
     if d:
         d["impairments"] = [e for e in d.get("impairments", []) if e not in mine]
         _save(plan.name, d)

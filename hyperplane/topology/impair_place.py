@@ -44,9 +44,12 @@ class End:
 @dataclasses.dataclass(frozen=True)
 class Way:
     """One direction of a link: the end that transmits it (None: the data path writes into a
-    TAP) and the end that receives it (None: the data path reads a TAP's fd)."""
+    TAP) and the end that receives it (None: the data path reads a TAP's fd). ``stack_sends``:
+    the transmitting end is a node's own IP stack (an environment's or a host's ``eth0``), not
+    the data path or a bridge forwarding."""
     sender: Optional[End]
     receiver: Optional[End]
+    stack_sends: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +70,19 @@ def links(plan: Plan) -> Dict[str, Link]:
     for env in plan.envs:
         mine = End(env.netns, env.ifname, f"{env.name}'s {env.ifname}")
         if env.attach == "tap":
-            out[env.name] = Link(env.name, "environment (TAP)", egress=Way(mine, None),
+            out[env.name] = Link(env.name, "environment (TAP)", egress=Way(mine, None, True),
                                  ingress=Way(None, mine))
         else:
             node = End(plan.node_ns, env.node_ifname, f"node-side {env.node_ifname}")
-            out[env.name] = Link(env.name, "environment (veth)", egress=Way(mine, node),
-                                 ingress=Way(node, mine))
+            out[env.name] = Link(env.name, "environment (veth)",
+                                 egress=Way(mine, node, True), ingress=Way(node, mine))
     inet_hosts = [(h, True) for h in plan.internet_hosts]
     for h, internet in [(h, False) for h in plan.hosts] + inet_hosts:
         mine = End(h.netns, h.ifname, f"{h.name}'s {h.ifname}")
         bridge_ns = plan.internet.netns if internet and plan.internet else plan.fabric_ns
         port = End(bridge_ns, h.fabric_ifname, f"bridge port {h.fabric_ifname}")
         out[h.name] = Link(h.name, "internet host" if internet else "host",
-                           egress=Way(mine, port), ingress=Way(port, mine))
+                           egress=Way(mine, port, True), ingress=Way(port, mine))
     for e in plan.enis:
         node = End(plan.node_ns, e.node_ifname, f"node-side {e.node_ifname}")
         port = End(plan.fabric_ns, e.fabric_ifname, f"bridge port {e.fabric_ifname}")

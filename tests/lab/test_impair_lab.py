@@ -11,6 +11,7 @@ Only the benchmark ranges 198.18.0.0/15 and 2001:2::/48 are used.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ import hyperplane as hp
 from hyperplane.labconfig import default_text
 from hyperplane.topology import impair as mech
 from kit import traffic as nt
-from kit.labs import cli_run, ours
+from kit.labs import Servers, cli_run, ours
 
 N = 2000           # datagrams per measurement
 PORT = 47001
@@ -39,6 +40,12 @@ WARMUP = 0xFFFFFFFF
 def _tc(ns: str, *args: str) -> str:
     return subprocess.run(["ip", "netns", "exec", ns, "tc", *args], capture_output=True,
                           text=True, check=True, timeout=15).stdout
+
+
+def _tc_link(ns: str, ifname: str) -> dict:
+    out = subprocess.run(["ip", "-n", ns, "-d", "-j", "link", "show", "dev", ifname],
+                         capture_output=True, text=True, check=True, timeout=15).stdout
+    return json.loads(out)[0]
 
 
 class _Receiver(threading.Thread):
@@ -151,6 +158,28 @@ def test_loss_at_an_environments_egress_is_measured_on_real_traffic(clean):
     assert 0.70 * N <= len(set(got)) <= 0.90 * N, f"{len(set(got))} of {N} with 20% loss"
 
 
+def _retrans_segs(ns: str) -> int:
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"],
+                         capture_output=True, text=True, check=True, timeout=15).stdout
+    head, values = [line.split() for line in out.splitlines() if line.startswith("Tcp:")][:2]
+    return int(values[head.index("RetransSegs")])
+
+
+@pytest.mark.parametrize("env", ["fn-a-0", "fn-b-0"], ids=["tap", "veth"])
+def test_tcp_recovers_from_a_lossy_egress(clean, env):
+    """Loss at the sender's own egress is a path loss for its TCP (the frame is reported
+    sent): the transfer completes intact, by retransmissions."""
+    clean.lab.impair(env, "egress", loss="3%")
+    ns = clean.plan.env(env).netns
+    before = _retrans_segs(ns)
+    with contextlib.ExitStack() as stack:
+        srv = Servers(clean, stack).tcp[4]
+        data = nt.payload(2_000_000, seed=11)
+        digest, _ = nt.tcp_send(ns, srv.addr, srv.port, data, timeout=60)
+    assert digest == nt.sha256(data)
+    assert _retrans_segs(ns) > before, "3% loss cost no retransmission"
+
+
 @pytest.mark.parametrize("env", ["fn-a-0", "fn-b-0"], ids=["tap", "veth"])
 def test_loss_at_an_environments_ingress_hits_only_what_reaches_it(clean, env):
     """The data path reads node-side links before tc ingress, so an environment's ingress
@@ -209,9 +238,13 @@ def test_rate_limit_takes_effect(clean):
 
 
 def test_clear_restores_clean_delivery(clean):
-    clean.lab.impair("fn-b-0", loss="50%", rate="10mbit")
     env = clean.plan.env("fn-b-0")
+    segs = _tc_link(env.netns, env.ifname)["gso_max_segs"]
+    doc = clean.lab.impair("fn-b-0", loss="50%", rate="10mbit")
+    assert "gso_max_segs 1" in doc["impairments"][0]["mechanism"]
+    assert _tc_link(env.netns, env.ifname)["gso_max_segs"] == 1
     doc = clean.lab.impair("fn-b-0", clear=True)
+    assert _tc_link(env.netns, env.ifname)["gso_max_segs"] == segs
     assert doc["impairments"] == []
     assert "tbf" not in _tc(env.netns, "qdisc", "show", "dev", env.ifname)
     assert "hyperplane-impair" not in _tc(env.netns, "filter", "show", "dev", env.ifname,

@@ -41,6 +41,19 @@ def test_without_netem_rate_is_tbf_and_the_rest_ebpf_at_the_sender():
     assert s.qdisc[:3] == ["tbf", "rate", "1mbit"] and s.qdisc_at == link.ingress.sender
     assert s.bpf_at == link.ingress.sender and not s.bpf_ingress
     assert s.rps_at == link.ingress.receiver
+    assert s.segs_at is None, "the data path sends this way: its frames are what they are"
+
+
+@pytest.mark.parametrize("kind", ["netem", "tbf+bpf"])
+def test_a_local_stacks_egress_sends_one_segment_per_frame(kind):
+    for name in ("fn-a-0", "fn-b-0", "server"):
+        link = links(PLAN)[name]
+        s = impair.plan_way(kind, link, "egress", imp(link=name, loss=1))
+        assert s.segs_at == link.egress.sender
+        assert impair.plan_way(kind, link, "egress", imp(link=name, rate_bit=10**6)).segs_at \
+            is None
+    eni = links(PLAN)["eni0"]
+    assert impair.plan_way(kind, eni, "egress", imp(link="eni0", loss=1)).segs_at is None
 
 
 def test_delay_without_netem_is_refused_with_the_reason():
