@@ -464,8 +464,8 @@ def clear(plan: Plan, link: str, direction: str = "both") -> int:
 
 def active(plan: Plan) -> Dict[str, Any]:
     """``{"backend", "backend_note", "impairments": [{"link", "kind", "direction",
-    "settings", "values", "mechanism"}, ...]}`` of lab ``plan`` (backend None before the first
-    impairment)."""
+    "settings", "values", "mechanism"}, ...]}`` of lab ``plan`` (backend None for a lab that
+    has not been up since impairments existed)."""
     d = _load(plan.name)
     kind = d.get("backend")
     return {"backend": kind, "backend_note": BACKENDS.get(kind, ""),
@@ -473,7 +473,9 @@ def active(plan: Plan) -> Dict[str, Any]:
 
 
 def apply_all(plan: Plan) -> List[Dict[str, Any]]:
-    """The lab file's ``[[impairments]]``, at ``lab up`` (the links exist)."""
+    """The lab file's ``[[impairments]]``, at ``lab up`` (the links exist); finds the backend
+    either way, so ``lab status`` and ``lab impair --list`` can say it from the start."""
+    backend(plan)
     out: List[Dict[str, Any]] = []
     for imp in plan.impairments:
         out += apply(plan, imp)

@@ -144,6 +144,7 @@ def out_of_order(seqs: List[int]) -> int:
 @pytest.fixture
 def clean(dlab):
     """The default lab with no impairment after the test, whatever it did."""
+    assert dlab.lab.impairments()["backend"] in mech.BACKENDS, "found at lab up"
     yield dlab
     for link in ("fn-a-0", "fn-b-0", "server", "eni0"):
         dlab.lab.impair(link, clear=True)
