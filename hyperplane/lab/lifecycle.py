@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from hyperplane import control, labconfig, netns, paths, proc, topology
 from hyperplane.datapath.statefile import read_state_file
-from hyperplane.topology import impair as link_impair
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_PRIVILEGE, EXIT_USAGE, PROG,
                                HyperplaneError, LabConfigError, LabError, config_error)
+from hyperplane.topology import impair as link_impair
 
 #: Seconds the data path gets to answer its first ping, and (added to the ENI creation delay)
 #: for its functions to leave Pending.
