@@ -7,7 +7,7 @@ import sys
 from typing import Any, Dict
 
 from hyperplane import engine, labconfig, netns
-from hyperplane.cli import completers, labfile, labgraph, lablogs, progress
+from hyperplane.cli import completers, impair, labfile, labgraph, lablogs, progress
 from hyperplane.cli.common import DEFAULT_LAB, add_json, command_group, named, print_json
 from hyperplane.datapath import daemon
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG,
@@ -200,6 +200,7 @@ def register(sub) -> None:
     labfile.register(labsub)
     labgraph.register(labsub)
     lablogs.register(labsub)
+    impair.register(labsub)
 
 
 def register_run(sub) -> None:

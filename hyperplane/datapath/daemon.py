@@ -107,6 +107,8 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self.env_links: Dict[str, int] = {}
         # veth link -> (its ifname, None when the kernel's stack is kept off it, else why not)
         self.kernel_stack: Dict[int, Tuple[str, Optional[str]]] = {}
+        # veth link -> the steal mechanism that keeps the stack off it (steal.MECHANISMS' key)
+        self.kernel_stack_by: Dict[int, str] = {}
         self.natgw: Dict[str, Any] = {}
         self.stop_reason: Optional[str] = None
         self._ctl: Optional[socket.socket] = None
@@ -194,8 +196,11 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         the link works as before, and its counters say why (``kernel_stack``)."""
         li = self.dp.add_link(role, group, name=name, mac=mac, ifname=ifname)
         try:
-            steal.steal(ifname)
+            how = steal.steal(ifname)
             self.kernel_stack[li] = (ifname, None)
+            self.kernel_stack_by[li] = how
+            log.info("link %s: the kernel's IP stack kept off with a %s", name,
+                     steal.MECHANISMS[how])
         except steal.StealError as e:
             self.kernel_stack[li] = (ifname, str(e))
             log.warning("link %s: the kernel's IP stack still sees its frames: %s", name, e)
@@ -332,6 +337,8 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
             else:
                 why = self.kernel_stack[i][1]
                 link["kernel_stack"] = "bypassed" if why is None else f"sees every frame: {why}"
+                if i in self.kernel_stack_by:
+                    link["kernel_stack_by"] = steal.MECHANISMS[self.kernel_stack_by[i]]
         out["enis"] = [{"id": kg.engine.enis[0].id, "key": [kg.key[0], list(kg.key[1])],
                         "eni_ids": list(kg.index), "live_eni_ids": list(kg.addresses),
                         **kg.engine.counters(),
@@ -467,6 +474,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
             except Exception as e:   # never keep the data path from stopping
                 log.warning("link %s: the ingress filter stays: %s", ifname, e)
         self.kernel_stack.clear()
+        self.kernel_stack_by.clear()
 
 
 def run_plan(plan, control_path: Optional[str], initial_active: bool = False,

@@ -9,26 +9,36 @@ full speed (``hp-traffic udp-send --rate 0``): 64-byte UDP went from ~300 to ~40
 sender core once the stack was kept out (benchmarks/RESULTS.md).
 
 So the data path drops its veth links' received frames at tc ingress, after the packet taps
-(its own socket has its copy by then) and before the IP stack: a ``clsact`` qdisc with a
-two-instruction eBPF program in direct-action mode that returns TC_ACT_SHOT. This is not the
-kernel doing the NAT: the program looks at nothing and drops everything; every packet the node
-forwards is still the data path's. When the data path stops it takes the filters off again
-(:func:`release`), so the links are as the lab built them.
+(its own socket has its copy by then) and before the IP stack, with a ``clsact`` qdisc and one
+filter that drops everything. Two filters do that, tried in this order (:data:`MECHANISMS`):
 
-Loading the program needs CAP_BPF (or CAP_SYS_ADMIN) and a kernel with BPF and cls_bpf; where
-either is missing, :func:`steal` says why and the data path works as before (just with the
-stack's wasted work).
+* ``matchall``: a ``matchall`` classifier with a ``gact drop`` action -- plain rtnetlink, which
+  needs only CAP_NET_ADMIN (``tc filter add dev IF ingress matchall action drop``);
+* ``bpf``: where the kernel has no matchall classifier or no gact action (it answers ENOENT or
+  EOPNOTSUPP: "TC classifier not found", "Failed to load TC action module"; a kernel built with
+  only cls_bpf, like the 6.18 one this was written on), a two-instruction eBPF program in
+  direct-action mode that returns TC_ACT_SHOT, loaded with bpf(2). That needs CAP_BPF (or
+  CAP_SYS_ADMIN), bpf(2)'s number for the machine, and a seccomp profile that lets it through,
+  which container runtimes often do not.
+
+:func:`steal` returns which one it used; the data path shows it per link
+(``hyperplane stats``: ``kernel_stack_by``) and in its log. Either way this is not the kernel
+doing the NAT: the filter looks at nothing and drops everything; every packet the node forwards
+is still the data path's. When the data path stops it takes the filter off again
+(:func:`release`, whichever kind it is), so the links are as the lab built them. Where both are
+refused, :func:`steal` says why and the data path works as before (just with the stack's wasted
+work).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import errno
 import os
-import platform
 import struct
-from typing import Iterator
+from typing import Dict, Iterator
+
+from hyperplane.topology import tcbpf
 
 #: Shown by ``tc filter show dev IF ingress``: who put the filter there.
 FILTER_NAME = "hyperplane-steal"
@@ -37,13 +47,15 @@ INGRESS_PARENT = 0xFFFFFFF2
 FILTER_PRIO = 1
 FILTER_HANDLE = 1
 
-_BPF_PROG_LOAD = 5
-_BPF_PROG_TYPE_SCHED_CLS = 3
 _TC_ACT_SHOT = 2
 #: r0 = TC_ACT_SHOT; exit.  (BPF_ALU64 | BPF_MOV | BPF_K = 0xb7, BPF_JMP | BPF_EXIT = 0x95)
 _PROGRAM = struct.pack("<BBhi", 0xB7, 0, 0, _TC_ACT_SHOT) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-#: bpf(2)'s number per machine (the syscall numbers differ between architectures).
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+#: How each mechanism is shown (the data path's per-link ``kernel_stack_by``).
+MECHANISMS: Dict[str, str] = {"matchall": "tc matchall filter, gact drop action",
+                              "bpf": "tc bpf filter, eBPF drop program (bpf(2))"}
+#: What a kernel without the matchall classifier or the gact action answers (the classifier or
+#: action module is not found) -- the errors after which the eBPF program is tried.
+_NOT_IN_KERNEL = (errno.ENOENT, errno.EOPNOTSUPP)
 
 
 class StealError(Exception):
@@ -63,37 +75,14 @@ def _rtnl(ipr=None) -> Iterator:
         yield own
 
 
-def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def load_sched_cls(code: bytes, what: str) -> int:
     """Load ``code`` (eBPF instructions) as a tc classifier program; returns its file
-    descriptor (the caller closes it: an attached filter keeps its own reference).
-    StealError, with the verifier's last words, when the kernel refuses it; ``what`` names the
-    program in that message."""
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
-        raise StealError(f"bpf(2)'s system call number on {platform.machine()} is not known here")
-    insns = ctypes.create_string_buffer(code, len(code))
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(4096)
-    # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size,
-    # log_buf (the rest zero)
-    attr = ctypes.create_string_buffer(128)
-    struct.pack_into("<IIQQIIQ", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(code) // 8,
-                     ctypes.addressof(insns), ctypes.addressof(lic), 1, len(log),
-                     ctypes.addressof(log))
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_long(_BPF_PROG_LOAD), attr,
-                      ctypes.c_long(len(attr)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise StealError(f"loading the eBPF {what} failed: {os.strerror(err)} (it needs "
-                         "CAP_BPF or CAP_SYS_ADMIN and a kernel with BPF): "
-                         f"{log.value.decode(errors='replace')[-300:]}")
-    return int(fd)
+    descriptor (the caller closes it). StealError when the kernel refuses it
+    (hyperplane.topology.tcbpf does the loading)."""
+    try:
+        return tcbpf.load_sched_cls(code, what)
+    except tcbpf.BpfLoadError as e:
+        raise StealError(str(e)) from None
 
 
 def load_drop_program() -> int:
@@ -101,61 +90,94 @@ def load_drop_program() -> int:
     return load_sched_cls(_PROGRAM, "drop program")
 
 
-def steal(ifname: str, ipr=None) -> None:
+def steal(ifname: str, ipr=None) -> str:
     """Drop what ``ifname`` (a link of the calling thread's namespace) receives, after the
-    packet taps. Idempotent: an existing clsact qdisc is kept and the filter replaced."""
+    packet taps; returns the mechanism used, a key of :data:`MECHANISMS`: "matchall" where the
+    kernel has the matchall classifier and the gact action, else "bpf". Idempotent: an
+    existing clsact qdisc is kept and this module's filter replaced."""
     from pyroute2.netlink.exceptions import NetlinkError
 
     with _rtnl(ipr) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             raise StealError(f"no link {ifname!r} in this namespace")
-        fd = load_drop_program()
         try:
-            try:
-                ipr.tc("add", "clsact", idx[0])
-            except NetlinkError as e:
-                if e.code != 17:   # EEXIST: a clsact qdisc from an earlier run
-                    raise StealError(f"{ifname}: adding a clsact qdisc failed: {e}") from None
-            try:
-                ipr.tc("replace-filter", "bpf", idx[0], handle=FILTER_HANDLE, fd=fd,
-                       name=FILTER_NAME, parent=INGRESS_PARENT, prio=FILTER_PRIO,
-                       direct_action=True)
-            except NetlinkError as e:
-                raise StealError(f"{ifname}: attaching the ingress filter failed: {e}") from None
+            ipr.tc("add", "clsact", idx[0])
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:   # a clsact qdisc from an earlier run, or impairments'
+                raise StealError(f"{ifname}: adding a clsact qdisc failed: {e}") from None
+        _remove_ours(ipr, idx[0], ifname)
+        try:
+            ipr.tc("add-filter", "matchall", idx[0], handle=FILTER_HANDLE,
+                   parent=INGRESS_PARENT, prio=FILTER_PRIO,
+                   action={"kind": "gact", "action": "drop"})
+            return "matchall"
+        except NetlinkError as e:
+            if e.code not in _NOT_IN_KERNEL:
+                raise StealError(f"{ifname}: attaching the matchall drop filter failed: "
+                                 f"{e}") from None
+            refused = f"matchall/gact: {os.strerror(e.code)}"
+        try:
+            fd = load_drop_program()
+        except StealError as e:
+            raise StealError(f"{e} (the kernel refused the matchall filter with a gact drop "
+                             f"action too: {refused})") from None
+        try:
+            ipr.tc("replace-filter", "bpf", idx[0], handle=FILTER_HANDLE, fd=fd,
+                   name=FILTER_NAME, parent=INGRESS_PARENT, prio=FILTER_PRIO,
+                   direct_action=True)
+        except NetlinkError as e:
+            raise StealError(f"{ifname}: attaching the ingress filter failed: {e}") from None
         finally:
             os.close(fd)
+        return "bpf"
+
+
+def _remove_ours(ipr, index: int, ifname: str) -> bool:
+    """Delete this module's filter (either kind) from link ``index``; False when it has none."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    kind = _our_kind(ipr, index)
+    if kind is None:
+        return False
+    try:
+        ipr.tc("del-filter", kind, index, handle=FILTER_HANDLE, parent=INGRESS_PARENT,
+               prio=FILTER_PRIO)
+    except NetlinkError as e:
+        if e.code in (errno.ENOENT, errno.ENODEV):   # gone meanwhile
+            return False
+        raise StealError(f"{ifname}: removing the ingress filter failed: {e}") from None
+    return True
+
+
+def _our_kind(ipr, index: int):
+    """"bpf" or "matchall" when link ``index`` carries this module's ingress filter, else None.
+    The eBPF filter carries :data:`FILTER_NAME`; a matchall filter has no name, so it is this
+    module's by its place (priority and handle on the ingress hook of a node-side link)."""
+    for f in ipr.get_filters(index=index, parent=INGRESS_PARENT):
+        kind = f.get_attr("TCA_KIND")
+        opts = f.get_attr("TCA_OPTIONS")
+        if kind == "bpf" and opts is not None and opts.get_attr("TCA_BPF_NAME") == FILTER_NAME:
+            return "bpf"
+        if kind == "matchall" and f["info"] >> 16 == FILTER_PRIO and \
+                f.get("handle") == FILTER_HANDLE:
+            return "matchall"
+    return None
 
 
 def release(ifname: str, ipr=None) -> bool:
-    """Take this module's filter off ``ifname`` again (the data path stopping: the link is
-    then as the lab built it). True when there was one to remove; a link that is gone, or a
-    filter someone else removed, is nothing to do."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    with _rtnl(ipr) as ipr:
-        if not stolen(ifname, ipr):
-            return False
-        idx = ipr.link_lookup(ifname=ifname)[0]
-        try:
-            ipr.tc("del-filter", "bpf", idx, handle=FILTER_HANDLE, parent=INGRESS_PARENT,
-                   prio=FILTER_PRIO)
-        except NetlinkError as e:
-            if e.code in (2, 19):   # ENOENT, ENODEV: gone meanwhile
-                return False
-            raise StealError(f"{ifname}: removing the ingress filter failed: {e}") from None
-        return True
-
-
-def stolen(ifname: str, ipr=None) -> bool:
-    """Whether ``ifname`` carries this module's ingress filter."""
+    """Take this module's filter (either kind) off ``ifname`` again (the data path stopping:
+    the link is then as the lab built it). True when there was one to remove; a link that is
+    gone, or a filter someone else removed, is nothing to do."""
     with _rtnl(ipr) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             return False
-        for f in ipr.get_filters(index=idx[0], parent=INGRESS_PARENT):
-            opts = f.get_attr("TCA_OPTIONS")
-            if f.get_attr("TCA_KIND") == "bpf" and opts is not None \
-                    and opts.get_attr("TCA_BPF_NAME") == FILTER_NAME:
-                return True
-        return False
+        return _remove_ours(ipr, idx[0], ifname)
+
+
+def stolen(ifname: str, ipr=None) -> bool:
+    """Whether ``ifname`` carries this module's ingress filter (either kind)."""
+    with _rtnl(ipr) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        return bool(idx) and _our_kind(ipr, idx[0]) is not None

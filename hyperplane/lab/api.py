@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from hyperplane import proc
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
-from hyperplane.lab import functions as fns, lifecycle, status as lab_status
+from hyperplane.lab import functions as fns, impair as lab_impair, lifecycle, status as lab_status
 from hyperplane.labconfig import graph as lab_graph
 from hyperplane.observe import conntrack as ct, stats as ob_stats
 
@@ -257,6 +257,22 @@ class Lab:
     def services(self) -> List[Dict[str, Any]]:
         """The hosts' services (their ``command``): pid, running, restarts, last exit, log."""
         return fns.host_services(self.name)
+
+    def impair(self, link: str, direction: str = "both", *, clear: bool = False,
+               delay: Optional[str] = None, jitter: Optional[str] = None,
+               loss: Optional[str] = None, duplicate: Optional[str] = None,
+               reorder: Optional[str] = None, rate: Optional[str] = None) -> Dict[str, Any]:
+        """``hyperplane lab impair LINK ...``: impair ``link`` (an environment ``fn-a-0``, a
+        host, an ENI ``eni0``) in netem's words (``loss="1%"``, ``delay="10ms"``,
+        ``rate="100mbit"``), replacing what that direction had; ``clear=True`` takes it off.
+        Returns :meth:`impairments`. docs/impairments.md says what works on which kernel."""
+        return lab_impair.impair(self.name, link, direction, clear=clear, delay=delay,
+                                 jitter=jitter, loss=loss, duplicate=duplicate,
+                                 reorder=reorder, rate=rate)
+
+    def impairments(self) -> Dict[str, Any]:
+        """``hyperplane lab impair --list --json``: the backend and the active impairments."""
+        return lab_impair.impairments(self.name)
 
     def restart(self, restore: bool = True, log_level: Optional[str] = None) -> Dict[str, Any]:
         """``hyperplane lab restart --json``: a new data path that keeps the open connections

@@ -23,6 +23,7 @@ from hyperplane.datapath.statefile import read_state_file
 from hyperplane.errors import (EXIT_FAIL, EXIT_NOT_FOUND, EXIT_PRIVILEGE, EXIT_USAGE, PROG,
                                HyperplaneError, LabConfigError, LabError, config_error)
 from hyperplane.observe import exporter as metrics_exporter
+from hyperplane.topology import impair as link_impair
 
 #: Seconds the data path gets to answer its first ping, and (added to the ENI creation delay)
 #: for its functions to leave Pending.
@@ -189,6 +190,7 @@ def lab_up(config_path: Optional[str], name: str, wait_active: bool = True,
         wait_workloads_ready(name, workloads)
         if exporter is not None:
             wait_metrics_ready(name, state, exporter)
+        link_impair.apply_all(plan)   # [[impairments]]: the links exist now
         if wait_active:
             step(f"wait for {len(plan.enis)} ENI(s) to become Active "
                  f"({plan.lifecycle.eni_create_delay:g} s creation delay)", 6, total)

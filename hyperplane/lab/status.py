@@ -1,7 +1,7 @@
 """What ``hyperplane lab status --json`` prints: a lab's nodes, ENIs, fabric, NAT gateways and,
 while its data path runs, its counters, functions and live ENIs; while its workloads service
 runs, the execution environments (cold, warm, busy) and the hosts' services; with ``[metrics]``,
-the exporter's URL."""
+the exporter's URL; the active link impairments."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,9 @@ from typing import Any, Dict, List, Optional
 
 from hyperplane import control, labconfig, paths, proc, topology
 from hyperplane.errors import EXIT_USAGE, PROG, HyperplaneError
+from hyperplane.lab.impair import lines as impair_lines
 from hyperplane.lab.lifecycle import ask, load_lab
+from hyperplane.topology import impair as link_impair
 
 
 def nodes(plan: labconfig.Plan) -> List[Dict[str, Any]]:
@@ -146,6 +148,7 @@ def status(name: str) -> Dict[str, Any]:
         except (OSError, ValueError, KeyError) as e:
             out["workloads"]["error"] = f"the workloads service does not answer ({e})"
     out["metrics"] = metrics_status(plan, state)
+    out["impairments"] = link_impair.active(plan)
     if plan.nacls:
         try:
             out["nacl_counters"] = topology.nacl_counters(plan)
@@ -234,6 +237,9 @@ def print_status(st: Dict[str, Any], out=None) -> None:
     denied = [r for r in st.get("nacl_counters", []) if r["action"] == "deny" and r["packets"]]
     for r in denied:
         p(f"  NACL {r['acl']} {r['direction']} rule {r['rule']} denied {r['packets']} packet(s)")
+    imp = st.get("impairments")
+    for line in impair_lines(imp) if imp else []:
+        p("  " + line)
     c = st.get("counters")
     if c:
         drops = " ".join(f"{k}={v}" for k, v in c["drops"].items()) or "none"

@@ -83,6 +83,7 @@ Where things are (the modules import one another directly, never through this pa
     parse_routing    [internet], [[nat_gateways]], [[route_tables]], [[internet_hosts]]
     parse_runtime    [lifecycle], [flow_logs], [datapath]
     parse_metrics    [metrics] (and the loopback rule of every metrics listen address)
+    parse_impairments [[impairments]] (and the values `lab impair` takes)
     resolving        resolve: a config and a lab name to a Plan (ENI keys, addresses, MACs)
     graph            a Plan drawn as a Mermaid flowchart or Graphviz DOT (``lab graph``)
     iam              the [iam] policies: their grammar and evaluation
@@ -105,6 +106,7 @@ from hyperplane.labconfig.model import (  # noqa: F401
     NetworkAcl, RoutePlan, RouteTable, RulePlan, SecurityGroup, Subnet, Vpc,
 )
 from hyperplane.labconfig.model import DEFAULT_METRICS_LISTEN, MetricsPlan  # noqa: F401
+from hyperplane.labconfig.model import IMPAIRMENT_DIRECTIONS, ImpairmentPlan  # noqa: F401
 from hyperplane.labconfig.plan import (
     EniPlan, EnvPlan, FunctionPlan, HostPlan, InternetPlan, NaclPlan, NatGatewayPlan, Plan,
     RouteTablePlan, SecurityGroupPlan, SubnetPlan, bare,
@@ -122,4 +124,5 @@ __all__ = [
     "load", "loads", "parse", "config_dir", "default", "default_text", "resolve",
     "validate_lab_name", "eni_id", "lab_mac", "bare", "BENCHMARK_V4", "BENCHMARK_V6", "ATTACH_KINDS",
     "MetricsPlan",
+    "ImpairmentPlan",
 ]

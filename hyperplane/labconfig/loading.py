@@ -10,6 +10,7 @@ Relative paths in a config (a function's ``code``) are taken from :func:`config_
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from importlib import resources
 from typing import Any, Callable, Dict, List, Optional
@@ -22,6 +23,7 @@ from hyperplane.labconfig.parse_common import array_of_tables, check_keys, expec
 from hyperplane.labconfig.parse_conntrack import CONNTRACK, parse_conntrack
 from hyperplane.labconfig.parse_functions import (FUNCTION, check_iam, parse_functions,
                                                   parse_iam)
+from hyperplane.labconfig.parse_impairments import IMPAIRMENT, parse_impairments
 from hyperplane.labconfig.parse_metrics import METRICS, parse_metrics
 from hyperplane.labconfig.parse_routing import (INTERNET, INTERNET_HOST, NAT_GATEWAY,
                                                 ROUTE_TABLE, check_internet_overlap,
@@ -138,6 +140,8 @@ LAB_FILE = Table("hyperplane lab file", "A hyperplane lab: a small VPC, its subn
     _section("conntrack", "connection-table timeouts and capacity (the kernel's "
              "nf_conntrack_* names)", CONNTRACK),
     _section("metrics", "the Prometheus exporter lab up starts beside the data path", METRICS),
+    _array("impairments", "delay, loss, duplicate, reorder and rate on a link of the lab "
+           "(netem's words)", IMPAIRMENT),
 ))
 _TOP_LEVEL_KEYS = list(LAB_FILE.names)
 
@@ -226,6 +230,10 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
     for check in (check_env_capacity, check_internet_overlap, allocate, check_iam):
         with soft():
             check(config)   # allocate raises when a subnet or the internet has too few addresses
+    if "impairments" in doc and not any_problem():   # the link names need the whole config
+        with soft(section="impairments"):
+            config = dataclasses.replace(config, impairments=parse_impairments(
+                _items(doc, "impairments", "impairment"), config))
     return None if any_problem() else config
 
 

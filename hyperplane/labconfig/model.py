@@ -259,6 +259,7 @@ class LabConfig:
     base_dir: str = ""
     conntrack: "ConntrackPlan" = dataclasses.field(default_factory=lambda: ConntrackPlan())
     metrics: "MetricsPlan" = dataclasses.field(default_factory=lambda: MetricsPlan())
+    impairments: Tuple["ImpairmentPlan", ...] = ()
 
     def subnet(self, subnet_id: str) -> Subnet:
         for s in self.subnets:
@@ -402,3 +403,47 @@ class MetricsPlan:
     ``lab up`` starts beside the data path (hyperplane.observe.exporter); port 0 picks a free
     port (``lab status`` shows the real one). "": no exporter."""
     listen: str = ""
+
+
+#: ``[[impairments]] direction``: "both", or one way as seen from the node the link attaches.
+IMPAIRMENT_DIRECTIONS = ("both", "egress", "ingress")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpairmentPlan:
+    """``[[impairments]]``: netem's vocabulary on one link of the lab. ``link`` names it the way
+    a user knows it (an environment such as ``fn-a-0``, a host or internet host such as
+    ``server``, an ENI as ``eni0`` or by its id); ``direction`` is "both", "egress" (what leaves
+    that node) or "ingress" (what reaches it). ``loss``, ``duplicate`` and ``reorder`` are
+    percentages (0..100), ``delay_ms``/``jitter_ms`` milliseconds, ``rate_bit`` bits per second
+    (0: no limit). hyperplane.topology.impair places and applies it."""
+    link: str
+    direction: str = "both"
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    rate_bit: int = 0
+
+    def settings(self) -> str:
+        """In tc's words: ``delay 10ms jitter 2ms loss 1% rate 100mbit`` ("none" when clean)."""
+        words = []
+        if self.delay_ms:
+            words.append(f"delay {self.delay_ms:g}ms")
+        if self.jitter_ms:
+            words.append(f"jitter {self.jitter_ms:g}ms")
+        for key in ("loss", "duplicate", "reorder"):
+            if getattr(self, key):
+                words.append(f"{key} {getattr(self, key):g}%")
+        if self.rate_bit:
+            words.append(f"rate {format_rate(self.rate_bit)}")
+        return " ".join(words) or "none"
+
+
+def format_rate(bits: int) -> str:
+    """Bits per second in tc's units: 100000000 -> ``100mbit``."""
+    for unit, size in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bits >= size and bits % size == 0:
+            return f"{bits // size}{unit}"
+    return f"{bits}bit"

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from hyperplane.labconfig.addressing import free_addresses
 from hyperplane.labconfig.model import (DEFAULT_ACCOUNT_ID, DEFAULT_MEMORY_SIZE,
                                         DEFAULT_PYTHON_HANDLER, DEFAULT_RUNTIME,
                                         DEFAULT_TIMEOUT, ConntrackPlan, DatapathPlan, FlowLogsPlan,
-                                        LifecyclePlan, RoutePlan, RulePlan)
+                                        ImpairmentPlan, LifecyclePlan, RoutePlan, RulePlan)
 from hyperplane.labconfig.model import MetricsPlan
 
 
@@ -215,6 +215,8 @@ class Plan:
     datapath: DatapathPlan = dataclasses.field(default_factory=DatapathPlan)
     conntrack: ConntrackPlan = dataclasses.field(default_factory=ConntrackPlan)
     metrics: MetricsPlan = dataclasses.field(default_factory=MetricsPlan)
+    #: ``[[impairments]]``, applied at ``lab up`` (hyperplane.topology.impair)
+    impairments: Tuple[ImpairmentPlan, ...] = ()
 
     def namespaces(self) -> List[str]:
         """All namespace names in build order: node, fabric, internet (when there is one),
@@ -347,6 +349,7 @@ class Plan:
                 inbound_cpus=tuple(d.get("datapath", {}).get("inbound_cpus", ()))),
             conntrack=ConntrackPlan(**d.get("conntrack", {})),
             metrics=MetricsPlan(**d.get("metrics", {})),
+            impairments=tuple(ImpairmentPlan(**i) for i in d.get("impairments", ())),
         )
 
 

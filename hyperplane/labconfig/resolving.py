@@ -239,5 +239,6 @@ def resolve(config: LabConfig, name: str) -> Plan:
         lifecycle=config.lifecycle, flow_logs=config.flow_logs, datapath=config.datapath,
         conntrack=config.conntrack,
         metrics=config.metrics,
+        impairments=config.impairments,
         # through JSON once, so the plan equals its own round trip (tuples become lists)
         iam=json.loads(json.dumps(config.iam)) if config.iam is not None else None)

@@ -168,7 +168,8 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
               "tx": {"packets": int(x.get("tx_packets", 0)), "bytes": int(x.get("tx_bytes", 0)),
                      "errors": int(x.get("tx_errors", 0))},
               "blocked": int(x.get("blocked", 0)),
-              "kernel_stack": x.get("kernel_stack")} for x in c.get("links", [])]
+              "kernel_stack": x.get("kernel_stack"),
+              "kernel_stack_by": x.get("kernel_stack_by")} for x in c.get("links", [])]
     total = lambda f: sum(t[f] for t in tables)  # noqa: E731
     totals = {
         "forwarded_packets": {"outbound": int(c.get("forwarded_outbound", 0)),

@@ -523,6 +523,7 @@ def test_node_namespace_ip_stack_never_sees_the_data_paths_frames(dlab, servers)
                                       if e.attach == "veth"]
     for ifname in veths:
         assert links[ifname]["kernel_stack"] == "bypassed", links[ifname]
+        assert links[ifname]["kernel_stack_by"] in steal.MECHANISMS.values(), links[ifname]
     tap = [x for x in links.values() if x["kind"] == "tap"]
     assert tap and all(x["kernel_stack"] == "not on this link (a TAP)" for x in tap)
     with netns.entered(dlab.plan.node_ns):
