@@ -12,33 +12,8 @@ from pathlib import Path
 import pytest
 
 from kit import REPO
+from kit.labdocs import THREE_FIELDS as BAD_FIELDS, THREE_MISTAKES as BAD
 
-#: One function whose environments list an unknown attach kind, whose vpc_config names an
-#: unknown subnet and an unknown security group.
-BAD = """
-[vpc]
-cidr = "198.18.0.0/16"
-
-[[subnets]]
-id = "subnet-a"
-cidr = "198.18.1.0/24"
-
-[[security_groups]]
-id = "sg-0a1b2c3d"
-
-[[functions]]
-name = "fn-a"
-environments = ["tap", "wire"]
-[functions.vpc_config]
-subnet_ids = ["subnet-zz"]
-security_group_ids = ["sg-0badbad0"]
-
-[[hosts]]
-name = "server"
-subnet = "subnet-a"
-"""
-BAD_FIELDS = ["functions[0].environments[1]", "functions[0].vpc_config.subnet_ids[0]",
-              "functions[0].vpc_config.security_group_ids[0]"]
 
 #: Prints the process's effective capabilities to stderr, then runs the command line.
 _CLI = ("import sys; "

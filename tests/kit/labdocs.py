@@ -73,3 +73,31 @@ def example_doc(name):
 
 def example_plan(name, lab="ex"):
     return lc.resolve(lc.load(EXAMPLES / name), lab)
+
+
+#: One function whose environments list an unknown attach kind, whose vpc_config names an
+#: unknown subnet and an unknown security group.
+THREE_MISTAKES = """
+[vpc]
+cidr = "198.18.0.0/16"
+
+[[subnets]]
+id = "subnet-a"
+cidr = "198.18.1.0/24"
+
+[[security_groups]]
+id = "sg-0a1b2c3d"
+
+[[functions]]
+name = "fn-a"
+environments = ["tap", "wire"]
+[functions.vpc_config]
+subnet_ids = ["subnet-zz"]
+security_group_ids = ["sg-0badbad0"]
+
+[[hosts]]
+name = "server"
+subnet = "subnet-a"
+"""
+THREE_FIELDS = ["functions[0].environments[1]", "functions[0].vpc_config.subnet_ids[0]",
+                "functions[0].vpc_config.security_group_ids[0]"]
