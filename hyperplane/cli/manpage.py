@@ -11,12 +11,13 @@ page carries the version but no date, so the same parser always gives the same p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Iterator, List, Tuple
 
 from hyperplane import engine, paths
 from hyperplane.cli.common import EXIT_STATUSES
-from hyperplane.errors import EXIT_OK
+from hyperplane.errors import EXIT_FAIL, EXIT_OK, HyperplaneError
 from hyperplane.version import __version__
 
 ENVIRONMENT = (
@@ -164,10 +165,36 @@ def register(sub, build_parser: Callable[[], argparse.ArgumentParser]) -> None:
     """Add ``man``, which prints the page of the parser ``build_parser`` makes (passed in, as
     this module cannot import the package that imports it)."""
     def cmd_man(args) -> int:
-        sys.stdout.write(manpage(build_parser()))
+        page = manpage(build_parser())
+        if args.install is None:
+            sys.stdout.write(page)
+            return EXIT_OK
+        path = install(page, args.install or sys.prefix)
+        print(f"installed {path}; read it with `man hyperplane` (or `man -l {path}` when "
+              f"{os.path.dirname(os.path.dirname(path))} is not on your manpath)")
         return EXIT_OK
 
     p = sub.add_parser("man", help="print the manual page hyperplane(1) in man(7) format "
                                    "(read it with `hyperplane man | man -l -`)")
+    p.add_argument("--install", nargs="?", const="", metavar="PREFIX",
+                   help="write it to PREFIX/share/man/man1/hyperplane.1 instead (default "
+                        "PREFIX: this Python's prefix, where `pip install .` puts it; an "
+                        "editable install `pip install -e .` does not install it)")
     p.set_defaults(func=cmd_man)
+
+
+def install(page: str, prefix: str) -> str:
+    """Write ``page`` as ``PREFIX/share/man/man1/hyperplane.1`` (the folders made as needed);
+    returns its path. An unwritable prefix is a HyperplaneError naming it."""
+    folder = os.path.join(prefix, "share", "man", "man1")
+    path = os.path.join(folder, "hyperplane.1")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as e:
+        raise HyperplaneError(f"man --install {prefix}: cannot write {path}: "
+                              f"{e.strerror or e}; give a PREFIX you can write to", EXIT_FAIL) \
+            from None
+    return path
 

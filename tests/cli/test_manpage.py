@@ -91,3 +91,27 @@ def test_the_page_is_installed_to_share_man_man1():
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)
     assert project["tool"]["setuptools"]["data-files"]["share/man/man1"] == ["man/hyperplane.1"]
+
+
+def test_man_install_writes_the_page_under_a_prefix_and_man_reads_it(tmp_path):
+    """`pip install -e .` installs no data files, so `hyperplane man --install` does."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    p = subprocess.run([sys.executable, "-m", "hyperplane", "man", "--install", str(tmp_path)],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    page = tmp_path / "share" / "man" / "man1" / "hyperplane.1"
+    assert page.read_text() == committed()
+    assert str(page) in p.stdout
+    if shutil.which("man"):
+        found = subprocess.run(["man", "-M", str(tmp_path / "share" / "man"), "-w",
+                                "hyperplane"], capture_output=True, text=True, timeout=60)
+        assert found.stdout.strip() == str(page), found.stderr
+
+
+def test_man_install_to_a_folder_it_cannot_write_says_so(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    p = subprocess.run([sys.executable, "-m", "hyperplane", "man", "--install", str(blocker)],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "cannot write" in p.stderr and "Traceback" not in p.stderr
