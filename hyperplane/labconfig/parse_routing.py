@@ -60,19 +60,24 @@ def parse_internet(t: Any, vpc: Vpc) -> Internet:
     AWS attaches at most one internet gateway to a VPC, so there is one of each."""
     expect(t, dict, "internet", "write it as an [internet] table")
     check_keys(t, "internet", INTERNET)
-    cidr = network(t.get("cidr", DEFAULT_INTERNET_CIDR), "internet.cidr", 4)
-    if cidr.prefixlen > 30:
-        raise LabConfigError("internet.cidr", f"{cidr} has no room for the gateway and a host; "
-                             "use a /30 or larger block (the default is "
-                             f"{DEFAULT_INTERNET_CIDR})")
-    if cidr.overlaps(vpc.cidr):
-        raise LabConfigError("internet.cidr", f"{cidr} overlaps vpc.cidr {vpc.cidr}; the "
-                             "internet lies outside the VPC, pick another block (the default "
-                             f"is {DEFAULT_INTERNET_CIDR})")
-    if "gateway_id" in t:
-        gw = aws_id(t["gateway_id"], "internet.gateway_id", IGW_ID, "igw", "an internet gateway")
-    else:
-        gw = "igw-" + digest("igw", vpc.id).hex()[:17]
+    with group() as fields:
+        with soft():
+            cidr = network(t.get("cidr", DEFAULT_INTERNET_CIDR), "internet.cidr", 4)
+            if cidr.prefixlen > 30:
+                raise LabConfigError("internet.cidr", f"{cidr} has no room for the gateway and "
+                                     "a host; use a /30 or larger block (the default is "
+                                     f"{DEFAULT_INTERNET_CIDR})")
+            if cidr.overlaps(vpc.cidr):
+                raise LabConfigError("internet.cidr", f"{cidr} overlaps vpc.cidr {vpc.cidr}; "
+                                     "the internet lies outside the VPC, pick another block "
+                                     f"(the default is {DEFAULT_INTERNET_CIDR})")
+        with soft():
+            if "gateway_id" in t:
+                gw = aws_id(t["gateway_id"], "internet.gateway_id", IGW_ID, "igw",
+                            "an internet gateway")
+            else:
+                gw = "igw-" + digest("igw", vpc.id).hex()[:17]
+        fields.check()
     return Internet(cidr=cidr, gateway_id=gw)
 
 

@@ -137,37 +137,46 @@ def parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
     custom record format (hyperplane.labconfig.flowformat) and the region and AZ id it names."""
     expect(t, dict, "flow_logs", "write it as a [flow_logs] table")
     check_keys(t, "flow_logs", FLOW_LOGS)
-    enabled = expect(t.get("enabled", True), bool, "flow_logs.enabled", "write true or false")
-    lo, hi = FLOW_LOGS_INTERVAL_RANGE
-    interval = t.get("interval", FLOW_LOGS_INTERVAL)
-    if isinstance(interval, bool) or not isinstance(interval, int) or \
-            not lo <= interval <= hi:
-        raise LabConfigError("flow_logs.interval", f"{interval!r}: write a whole number of "
-                             f"seconds from {lo} to {hi} (AWS offers 60 or 600; a lab may use "
-                             "less to see records sooner)")
-    account = t.get("account_id", lab.account_id)
-    expect(account, str, "flow_logs.account_id", 'write the 12 digits quoted, like '
-           '"123456789012" (leave it out to use [lab] account_id)')
-    if not ACCOUNT_ID.match(account):
-        raise LabConfigError("flow_logs.account_id", f"{account!r} is not an AWS account id; "
-                             'write exactly 12 digits, like "123456789012"')
-    fmt = expect(t.get("format", ""), str, "flow_logs.format",
-                 'write the fields as one string, like "${version} ${srcaddr} ${pkt-srcaddr}"')
-    try:
-        parse_format(fmt)
-    except FormatError as e:
-        raise LabConfigError("flow_logs.format", str(e)) from None
-    region = expect(t.get("region", FLOW_LOGS_REGION), str, "flow_logs.region",
-                    f'like "{FLOW_LOGS_REGION}"')
-    if not _REGION.match(region):
-        raise LabConfigError("flow_logs.region", f"{region!r} is not an AWS region name; write "
-                             f'one like "{FLOW_LOGS_REGION}" or "eu-west-1"')
-    az_id = expect(t.get("az_id", FLOW_LOGS_AZ_ID), str, "flow_logs.az_id",
-                   f'like "{FLOW_LOGS_AZ_ID}"')
-    if not _AZ_ID.match(az_id):
-        raise LabConfigError("flow_logs.az_id", f"{az_id!r} is not an Availability Zone id; "
-                             f'write one like "{FLOW_LOGS_AZ_ID}" or "euw1-az2" (an AZ id, not '
-                             'a zone name like "us-east-1a")')
+    f = "flow_logs"
+    with group() as fields:   # each key's mistake is its own
+        with soft():
+            enabled = expect(t.get("enabled", True), bool, f"{f}.enabled", "write true or false")
+        with soft():
+            lo, hi = FLOW_LOGS_INTERVAL_RANGE
+            interval = t.get("interval", FLOW_LOGS_INTERVAL)
+            if isinstance(interval, bool) or not isinstance(interval, int) or \
+                    not lo <= interval <= hi:
+                raise LabConfigError(f"{f}.interval", f"{interval!r}: write a whole number of "
+                                     f"seconds from {lo} to {hi} (AWS offers 60 or 600; a lab "
+                                     "may use less to see records sooner)")
+        with soft():
+            account = t.get("account_id", lab.account_id)
+            expect(account, str, f"{f}.account_id", 'write the 12 digits quoted, like '
+                   '"123456789012" (leave it out to use [lab] account_id)')
+            if not ACCOUNT_ID.match(account):
+                raise LabConfigError(f"{f}.account_id", f"{account!r} is not an AWS account "
+                                     'id; write exactly 12 digits, like "123456789012"')
+        with soft():
+            fmt = expect(t.get("format", ""), str, f"{f}.format", "write the fields as one "
+                         'string, like "${version} ${srcaddr} ${pkt-srcaddr}"')
+            try:
+                parse_format(fmt)
+            except FormatError as e:
+                raise LabConfigError(f"{f}.format", str(e)) from None
+        with soft():
+            region = expect(t.get("region", FLOW_LOGS_REGION), str, f"{f}.region",
+                            f'like "{FLOW_LOGS_REGION}"')
+            if not _REGION.match(region):
+                raise LabConfigError(f"{f}.region", f"{region!r} is not an AWS region name; "
+                                     f'write one like "{FLOW_LOGS_REGION}" or "eu-west-1"')
+        with soft():
+            az_id = expect(t.get("az_id", FLOW_LOGS_AZ_ID), str, f"{f}.az_id",
+                           f'like "{FLOW_LOGS_AZ_ID}"')
+            if not _AZ_ID.match(az_id):
+                raise LabConfigError(f"{f}.az_id", f"{az_id!r} is not an Availability Zone id; "
+                                     f'write one like "{FLOW_LOGS_AZ_ID}" or "euw1-az2" (an AZ '
+                                     'id, not a zone name like "us-east-1a")')
+        fields.check()
     return FlowLogsPlan(enabled=enabled, interval=interval, account_id=account,
                         format=" ".join(fmt.split()), region=region, az_id=az_id)
 

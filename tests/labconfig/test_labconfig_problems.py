@@ -180,3 +180,15 @@ def test_a_bad_profile_silences_the_delays_it_would_default():
     doc["lifecycle"] = {"profile": "fast", "inactive_after": 0}
     err = problems(doc)
     assert [p.field for p in err.problems] == ["lifecycle.profile"]
+
+
+def test_each_mistake_of_flow_logs_and_internet_is_its_own():
+    """[flow_logs] and [internet] check key by key, like the other sections."""
+    doc = base_doc()
+    doc["flow_logs"] = {"interval": 0, "account_id": "12", "format": "${srcadr}",
+                        "region": "mars", "az_id": "us-east-1a"}
+    doc["internet"] = {"cidr": "198.18.0.0/31", "gateway_id": "igw-x"}
+    fields = {p.field for p in problems(doc).problems}
+    assert {"flow_logs.interval", "flow_logs.account_id", "flow_logs.format",
+            "flow_logs.region", "flow_logs.az_id", "internet.cidr",
+            "internet.gateway_id"} <= fields, fields
