@@ -15,7 +15,7 @@ import ipaddress
 import sys
 from typing import Any, Dict, Optional, Tuple, Union
 
-from hyperplane.engine.config import Timeouts
+from hyperplane.engine.config import EngineConfig, Timeouts
 
 IPv4Net = ipaddress.IPv4Network
 IPv6Net = ipaddress.IPv6Network
@@ -353,13 +353,11 @@ CONNTRACK_TIMEOUT_KEYS = {
     "tcp_timeout_time_wait": "tcp_time_wait", "tcp_timeout_close": "tcp_close",
     "udp_timeout": "udp_unreplied", "udp_timeout_stream": "udp_replied",
 }
-#: The engine's defaults (hyperplane.engine.config.Timeouts: AWS's 350 s for established TCP
-#: and replied UDP, Linux's values for the rest) and its default table capacity.
-CONNTRACK_DEFAULTS = {"tcp_timeout_syn_sent": 120, "tcp_timeout_syn_recv": 60,
-                      "tcp_timeout_established": 350, "tcp_timeout_fin_wait": 120,
-                      "tcp_timeout_close_wait": 60, "tcp_timeout_last_ack": 30,
-                      "tcp_timeout_time_wait": 120, "tcp_timeout_close": 10,
-                      "udp_timeout": 30, "udp_timeout_stream": 350, "max": 1_000_000}
+#: The engine's defaults, read off hyperplane.engine.config (Timeouts: AWS's 350 s for
+#: established TCP and replied UDP, Linux's values for the rest; EngineConfig's capacity).
+CONNTRACK_DEFAULTS = {**{key: int(getattr(Timeouts, name))
+                         for key, name in CONNTRACK_TIMEOUT_KEYS.items()},
+                      "max": EngineConfig.capacity}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,17 +368,17 @@ class ConntrackPlan:
     and one per NAT gateway); a new connection past it is dropped as ``table_full``. Defaults:
     :data:`CONNTRACK_DEFAULTS`. A NAT gateway keeps its own ``idle_timeout`` for established TCP
     and replied UDP and caps the other timeouts at it."""
-    tcp_timeout_syn_sent: int = 120
-    tcp_timeout_syn_recv: int = 60
-    tcp_timeout_established: int = 350
-    tcp_timeout_fin_wait: int = 120
-    tcp_timeout_close_wait: int = 60
-    tcp_timeout_last_ack: int = 30
-    tcp_timeout_time_wait: int = 120
-    tcp_timeout_close: int = 10
-    udp_timeout: int = 30
-    udp_timeout_stream: int = 350
-    max: int = 1_000_000
+    tcp_timeout_syn_sent: int = CONNTRACK_DEFAULTS["tcp_timeout_syn_sent"]
+    tcp_timeout_syn_recv: int = CONNTRACK_DEFAULTS["tcp_timeout_syn_recv"]
+    tcp_timeout_established: int = CONNTRACK_DEFAULTS["tcp_timeout_established"]
+    tcp_timeout_fin_wait: int = CONNTRACK_DEFAULTS["tcp_timeout_fin_wait"]
+    tcp_timeout_close_wait: int = CONNTRACK_DEFAULTS["tcp_timeout_close_wait"]
+    tcp_timeout_last_ack: int = CONNTRACK_DEFAULTS["tcp_timeout_last_ack"]
+    tcp_timeout_time_wait: int = CONNTRACK_DEFAULTS["tcp_timeout_time_wait"]
+    tcp_timeout_close: int = CONNTRACK_DEFAULTS["tcp_timeout_close"]
+    udp_timeout: int = CONNTRACK_DEFAULTS["udp_timeout"]
+    udp_timeout_stream: int = CONNTRACK_DEFAULTS["udp_timeout_stream"]
+    max: int = CONNTRACK_DEFAULTS["max"]
 
     def timeouts(self):
         """The engine's :class:`hyperplane.engine.config.Timeouts` with these values."""
