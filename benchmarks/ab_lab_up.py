@@ -8,6 +8,9 @@ build_ext --inplace``) timing ``hyperplane.Lab.up()`` and then ``lab.down()``; t
 a pair alternates, and the result is the median of the per-pair ratios B/A beside both medians
 (a small machine's speed drifts between runs; pairs cancel most of it). The test suite builds
 a lab for nearly every lab test module, so this is what a change to the lab's life costs it.
+
+``--b-config FILE``: B runs that lab file instead of the default lab (give the same checkout
+twice to measure what a setting costs, e.g. a copy of the default lab with ``[metrics]``).
 """
 from __future__ import annotations
 
@@ -17,13 +20,15 @@ import statistics
 import subprocess
 import sys
 
-CHILD = ("import time, hyperplane\n"
-         "t = time.monotonic(); lab = hyperplane.Lab.up(); up = time.monotonic() - t\n"
+CHILD = ("import sys, time, hyperplane\n"
+         "config = sys.argv[1] or None\n"
+         "t = time.monotonic(); lab = hyperplane.Lab.up(config); up = time.monotonic() - t\n"
          "t = time.monotonic(); lab.down(); print(up, time.monotonic() - t)\n")
 
 
-def run(root: str) -> tuple:
-    out = subprocess.run([sys.executable, "-c", CHILD], env=dict(os.environ, PYTHONPATH=root),
+def run(root: str, config: str = "") -> tuple:
+    out = subprocess.run([sys.executable, "-c", CHILD, config],
+                         env=dict(os.environ, PYTHONPATH=root),
                          capture_output=True, text=True, cwd="/tmp", timeout=120, check=True)
     up, down = map(float, out.stdout.split())
     return up, down
@@ -34,12 +39,15 @@ def main() -> int:
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--b-config", default="", metavar="FILE",
+                    help="the lab file B runs (default: the default lab, as A)")
     args = ap.parse_args()
+    configs = {"A": "", "B": os.path.abspath(args.b_config) if args.b_config else ""}
     res = {"A": [], "B": []}
     for i in range(args.pairs):
         order = [("A", args.a), ("B", args.b)]
         for tag, root in (order if i % 2 == 0 else order[::-1]):
-            res[tag].append(run(os.path.abspath(root)))
+            res[tag].append(run(os.path.abspath(root), configs[tag]))
     for tag, root in (("A", args.a), ("B", args.b)):
         ups, downs = [u for u, _ in res[tag]], [d for _, d in res[tag]]
         print(f"{tag} {root}: lab up median {statistics.median(ups):.2f} s (min {min(ups):.2f}, "
