@@ -22,7 +22,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_LEVEL_ENV = "HYPERPLANE_LOG_LEVEL"
 #: The lab processes' log line: time, logger, level, message (hyperplane.lab.logs reads it).
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
-_LEVEL = {"debug": 10, "info": 20, "warning": 30, "error": 40}   # logging's numbers
 
 
 def log_level(text: Optional[str] = None) -> str:
@@ -49,9 +48,10 @@ def configure_logging(level: Optional[str] = None, fmt: str = LOG_FORMAT) -> Non
         name, problem = log_level(level), None
     except ValueError as e:
         name, problem = "info", str(e)
-    logging.basicConfig(stream=sys.stderr, level=max(logging.INFO, _LEVEL[name]), format=fmt,
+    number = getattr(logging, name.upper())   # LOG_LEVELS are logging's own names
+    logging.basicConfig(stream=sys.stderr, level=max(logging.INFO, number), format=fmt,
                         force=True)
-    logging.getLogger("hyperplane").setLevel(_LEVEL[name])
+    logging.getLogger("hyperplane").setLevel(number)
     if problem:
         logging.getLogger("hyperplane").warning("%s; logging at info", problem)
 

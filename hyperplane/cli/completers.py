@@ -7,9 +7,10 @@ raise: a shell completing must not print a traceback, so no lab, an unreadable s
 any other trouble completes nothing."""
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List
 
 from hyperplane import labconfig, topology
+from hyperplane.lab import lifecycle
 from hyperplane.lab.status import namespaces_by_node
 
 
@@ -25,14 +26,10 @@ def _quiet(fn: Callable[..., List[str]]) -> Callable[..., List[str]]:
     return completer
 
 
-def _plan(parsed_args: Any) -> Optional[labconfig.Plan]:
+def _plan(parsed_args: Any) -> labconfig.Plan:
     """The plan of the lab ``--name`` names so far on the line, or its default (the parser's:
-    the ``default`` lab); None: no such lab."""
-    name = getattr(parsed_args, "name", None)
-    if not name:
-        return None
-    state = topology.load_state(name)
-    return labconfig.Plan.from_dict(state["plan"]) if state else None
+    the ``default`` lab); no such lab raises, which :func:`_quiet` turns into no completions."""
+    return lifecycle.load_lab(parsed_args.name)[1]
 
 
 @_quiet
@@ -45,32 +42,25 @@ def labs(parsed_args: Any) -> List[str]:
 def nodes(parsed_args: Any) -> List[str]:
     """What ``lab exec NODE`` takes: environments, hosts, hyperplane, vpc, internet."""
     plan = _plan(parsed_args)
-    return sorted(namespaces_by_node(plan)) if plan else []
+    return sorted(namespaces_by_node(plan))
 
 
 @_quiet
 def functions(parsed_args: Any) -> List[str]:
     """The lab's function names."""
     plan = _plan(parsed_args)
-    return [f.name for f in plan.functions] if plan else []
+    return [f.name for f in plan.functions]
 
 
 @_quiet
 def enis(parsed_args: Any) -> List[str]:
     """The lab's ENI ids as it was built (scale-out ENIs appear at run time; `eni list`)."""
     plan = _plan(parsed_args)
-    return [e.id for e in plan.enis] if plan else []
-
-
-@_quiet
-def environments(parsed_args: Any) -> List[str]:
-    """The lab's execution environments."""
-    plan = _plan(parsed_args)
-    return [e.name for e in plan.envs] if plan else []
+    return [e.id for e in plan.enis]
 
 
 @_quiet
 def environments_and_functions(parsed_args: Any) -> List[str]:
     """What ``capture --env`` takes: an environment, or a function (all its environments)."""
     plan = _plan(parsed_args)
-    return [e.name for e in plan.envs] + [f.name for f in plan.functions] if plan else []
+    return [e.name for e in plan.envs] + [f.name for f in plan.functions]

@@ -123,7 +123,6 @@ def print_plan(plan: labconfig.Plan, out=None) -> None:
 
 def cmd_lab_plan(args) -> int:
     try:
-        labconfig.validate_lab_name(args.name)
         plan = labconfig.resolve(_load(args.config), args.name)
     except LabConfigError as e:
         raise config_error(e) from None

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Callable, Iterator, List, Tuple
 
-from hyperplane import engine, paths
+from hyperplane import engine, paths, proc
 from hyperplane.cli.common import EXIT_STATUSES
 from hyperplane.errors import EXIT_FAIL, EXIT_OK, HyperplaneError
 from hyperplane.version import __version__
@@ -24,6 +24,9 @@ ENVIRONMENT = (
     ("HYPERPLANE_RUN_DIR", f"where labs keep their state (default {paths.DEFAULT_RUN_DIR})."),
     (engine.ENGINE_ENV, "reference: the pure-Python reference engine (for walk; the data path "
                         "needs the compiled one); compiled: the compiled engine or an error."),
+    (proc.LOG_LEVEL_ENV, "debug, info, warning or error: what --log-level sets (this "
+                         "command's logging, and the data path's and workloads service's that "
+                         "lab up and lab restart start)."),
     ("HYPERPLANE_LAMBDA_INIT_TIMEOUT", "seconds a function's runtime has to ask for its first "
                                        "event (default 10), in the environment of lab up."),
 )

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 from hyperplane.cli.common import isatty
-
-Progress = Callable[[str, int, int], None]
+from hyperplane.lab import lifecycle
 
 
 @contextlib.contextmanager
-def shown(what: str, enabled: bool = True, err=None) -> Iterator[Optional[Progress]]:
+def shown(what: str, enabled: bool = True, err=None) -> Iterator[Optional[lifecycle.Progress]]:
     """A ``progress(step, done, total)`` callback that draws ``what: step  done/total`` with a
     spinner and a bar on ``err`` (stderr), or None when it is not a terminal or not
     ``enabled``. Lines the library prints on stderr meanwhile appear above the bar."""

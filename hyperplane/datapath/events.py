@@ -98,8 +98,7 @@ class EventPump:
         self.flowlogs = flowlogs.FlowLogs(
             os.path.join(os.path.dirname(self.control_path), paths.FLOW_LOGS_DIR),
             interval=cfg.interval, account_id=cfg.account_id, start=self.wall(),
-            record_format=getattr(cfg, "format", ""), vpc_id=plan.vpc_id,
-            region=getattr(cfg, "region", "us-east-1"), az_id=getattr(cfg, "az_id", "use1-az1"),
+            record_format=cfg.format, vpc_id=plan.vpc_id, region=cfg.region, az_id=cfg.az_id,
             traffic_path=lambda eni, subnet, dst: flowlogs.traffic_path(
                 plan, subnet, dst, eni in nat_enis))
         self._event_options()

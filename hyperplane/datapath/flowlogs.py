@@ -99,15 +99,13 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 from hyperplane.labconfig import bare
 from hyperplane.labconfig.flowformat import (DEFAULT_FIELDS, NUMERIC as FORMAT_NUMERIC,
                                              header_of, parse_format, version_of)
+from hyperplane.labconfig.model import FLOW_LOGS_AZ_ID, FLOW_LOGS_REGION
 
 log = logging.getLogger("hyperplane.datapath.flowlogs")
 
-VERSION = 2
 #: The default (version 2) format's fields, in order (hyperplane.labconfig.flowformat's table).
 FIELDS = DEFAULT_FIELDS
 HEADER = " ".join(FIELDS)
-#: Fields that hold numbers (``-`` when a NODATA/SKIPDATA record has none).
-NUMERIC = FORMAT_NUMERIC & frozenset(FIELDS)
 ACCEPT, REJECT = "ACCEPT", "REJECT"
 OK, NODATA, SKIPDATA = "OK", "NODATA", "SKIPDATA"
 #: IANA protocol numbers (https://www.iana.org/assignments/protocol-numbers).
@@ -193,20 +191,18 @@ class Record(NamedTuple):
         parts = line.split()
         if len(parts) != len(FIELDS) or parts[0] == "version":
             raise ValueError(f"not a v2 flow log record: {line!r}")
-        vals: List[Any] = []
-        for name, text in zip(FIELDS, parts):
-            if text == "-":
-                vals.append(None)
-            elif name in NUMERIC:
-                vals.append(int(text))
-            else:
-                vals.append(text)
-        return cls(*vals)
+        return cls(*_typed(FIELDS, parts))
 
 
     @property
     def header(self) -> str:
         return HEADER
+
+
+def _typed(fields: Sequence[str], parts: Sequence[str]) -> List[Any]:
+    """A record line's words as values: ``-`` None, the numeric fields ints, the rest text."""
+    return [None if text == "-" else int(text) if name in FORMAT_NUMERIC else text
+            for name, text in zip(fields, parts)]
 
 
 class CustomRecord:
@@ -228,15 +224,7 @@ class CustomRecord:
         parts = line.split()
         if len(parts) != len(fields) or parts == list(fields):
             raise ValueError(f"not a record of format {header_of(fields)!r}: {line!r}")
-        vals: List[Any] = []
-        for name, text in zip(fields, parts):
-            if text == "-":
-                vals.append(None)
-            elif name in FORMAT_NUMERIC:
-                vals.append(int(text))
-            else:
-                vals.append(text)
-        return cls(fields, vals, eni)
+        return cls(fields, _typed(fields, parts), eni)
 
     def __getattr__(self, name: str) -> Any:
         key = name.replace("_", "-")
@@ -245,10 +233,6 @@ class CustomRecord:
         if name == "interface_id":
             return self.eni
         raise AttributeError(f"the format has no field {key!r}")
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """A field's value by its AWS name (``pkt-srcaddr``); ``default`` when absent."""
-        return self.values[self.fields.index(name)] if name in self.fields else default
 
     def line(self) -> str:
         return " ".join("-" if v is None else str(v) for v in self.values)
@@ -320,8 +304,8 @@ class FlowLogs:
 
     def __init__(self, directory: str, interval: int = 10,
                  account_id: str = "123456789012", start: Optional[float] = None,
-                 record_format: str = "", vpc_id: str = "", region: str = "us-east-1",
-                 az_id: str = "use1-az1", traffic_path: Optional[TrafficPath] = None):
+                 record_format: str = "", vpc_id: str = "", region: str = FLOW_LOGS_REGION,
+                 az_id: str = FLOW_LOGS_AZ_ID, traffic_path: Optional[TrafficPath] = None):
         """``record_format``: AWS's ``${field} ...`` ("": the default, version 2); ``vpc_id``,
         ``region``, ``az_id`` fill those fields; ``traffic_path(eni, subnet, dstaddr)`` gives an
         egress record's traffic-path (None: ``-``)."""
@@ -336,11 +320,11 @@ class FlowLogs:
         self.interval = interval
         self.account_id = account_id
         self.fields: Tuple[str, ...] = parse_format(record_format)   # ValueError when wrong
-        self.default_format = self.fields == DEFAULT_FIELDS
         self.version = version_of(self.fields)
         self.header = header_of(self.fields)
         self.vpc_id, self.region, self.az_id = vpc_id or None, region, az_id
-        self.traffic_path = traffic_path
+        # the route lookup (about 20 us) only for a format that has the field
+        self.traffic_path = traffic_path if "traffic-path" in self.fields else None
         # pkt-srcaddr/pkt-dstaddr split what the v2 fields would aggregate: only when asked for
         self._pkt = bool({"pkt-srcaddr", "pkt-dstaddr"} & set(self.fields))
         os.makedirs(directory, exist_ok=True)

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hyperplane import proc
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_USAGE, HyperplaneError
@@ -84,7 +84,7 @@ class Lab:
     def up(cls, config: Optional[str] = None, name: Optional[str] = None, *,
            config_text: Optional[str] = None, wait_active: bool = True,
            log_level: Optional[str] = None,
-           progress: Optional[Callable[[str, int, int], None]] = None) -> "Lab":
+           progress: Optional[lifecycle.Progress] = None) -> "Lab":
         """Build a lab and start its data path: ``config`` is a lab TOML file, ``config_text``
         the TOML itself, neither the embedded default lab. ``name`` defaults to a unique one.
         Returns once the data path answers and (``wait_active``) no function is Pending. A

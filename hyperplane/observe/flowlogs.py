@@ -30,7 +30,6 @@ class Tail:
         self.directory = directory
         self._pos: Dict[str, int] = {}
         self._parse: Dict[str, Optional[Callable[[str], Any]]] = {}   # by the file's header
-        self.headers: Dict[str, str] = {}   # path -> its header line
 
     def new(self) -> List[AnyRecord]:
         got: List[Tuple[int, str, int, AnyRecord]] = []
@@ -47,7 +46,6 @@ class Tail:
             lines = data[:done].decode("ascii", "replace").splitlines()
             if path not in self._parse and lines:   # its first line: the header
                 header = lines.pop(0).strip()
-                self.headers[path] = header
                 try:
                     self._parse[path] = line_parser(header, os.path.basename(path)[:-4])
                 except ValueError:

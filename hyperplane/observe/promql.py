@@ -15,7 +15,7 @@ written, suffix and all.
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, Iterator, List, Set, Tuple
+from typing import Dict, Iterable, List, Set, Tuple
 
 #: PromQL's aggregation operators: ``sum by (x) (...)`` puts a keyword, not ``(``, after them.
 AGGREGATIONS = frozenset({"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count",
@@ -106,7 +106,3 @@ def unserved(queries: Iterable[Tuple[str, str]], served: Set[str],
             out[where] = missing
     return out
 
-
-def iter_names(queries: Iterable[Tuple[str, str]]) -> Iterator[str]:
-    """Every metric name the queries read, each once, sorted."""
-    yield from sorted({n for _, e in queries for n in metric_names(e)})

@@ -378,7 +378,7 @@ def _undo(way: Way, rps: bool, segs: Optional[int] = None) -> None:
             _set_rps(end, False)
 
 
-def _describe(kind: str, s: _Steps, imp: ImpairmentPlan) -> str:
+def _describe(s: _Steps, imp: ImpairmentPlan) -> str:
     parts = []
     if s.qdisc:
         parts.append(f"tc qdisc {' '.join(s.qdisc)} at {s.qdisc_at.what} egress")
@@ -403,17 +403,16 @@ def _find(plan: Plan, link: str) -> Link:
     return known[link]
 
 
-def apply(plan: Plan, imp: ImpairmentPlan) -> List[Dict[str, Any]]:
+def apply(plan: Plan, imp: ImpairmentPlan) -> None:
     """Impair ``imp.link`` of the running lab ``plan`` as ``imp`` says, replacing what its
-    direction(s) had. Checked whole first (ImpairError, nothing changed). Returns the entries
-    :func:`active` lists for it."""
+    direction(s) had. Checked whole first (ImpairError, nothing changed); :func:`active` lists
+    the result."""
     link = _find(plan, imp.link)
     kind = backend(plan)
     steps = {d: plan_way(kind, link, d, imp) for d in ways(imp.direction)}
-    d = _load(plan.name)
-    entries = [e for e in d.get("impairments", []) if not (
-        e["link"] == link.name and e["direction"] in steps)]
     clear(plan, link.name, imp.direction)
+    d = _load(plan.name)
+    entries = list(d.get("impairments", []))   # the other links' and directions'
     done: List[Dict[str, Any]] = []
     try:
         for direction, s in steps.items():
@@ -431,7 +430,7 @@ def apply(plan: Plan, imp: ImpairmentPlan) -> List[Dict[str, Any]]:
             one = dataclasses.replace(imp, link=link.name, direction=direction)
             done.append({"link": link.name, "kind": link.kind, "direction": direction,
                          "settings": one.settings(), "values": dataclasses.asdict(one),
-                         "mechanism": _describe(kind, s, one), "rps": s.rps_at is not None,
+                         "mechanism": _describe(s, one), "rps": s.rps_at is not None,
                          "gso_max_segs": segs if segs != 1 else None})
     except Exception:
         for direction in steps:
@@ -443,7 +442,6 @@ def apply(plan: Plan, imp: ImpairmentPlan) -> List[Dict[str, Any]]:
         raise
     d.update(backend=kind, impairments=entries + done)
     _save(plan.name, d)
-    return done
 
 
 def clear(plan: Plan, link: str, direction: str = "both") -> int:
@@ -472,11 +470,9 @@ def active(plan: Plan) -> Dict[str, Any]:
             "impairments": list(d.get("impairments", []))}
 
 
-def apply_all(plan: Plan) -> List[Dict[str, Any]]:
+def apply_all(plan: Plan) -> None:
     """The lab file's ``[[impairments]]``, at ``lab up`` (the links exist); finds the backend
     either way, so ``lab status`` and ``lab impair --list`` can say it from the start."""
     backend(plan)
-    out: List[Dict[str, Any]] = []
     for imp in plan.impairments:
-        out += apply(plan, imp)
-    return out
+        apply(plan, imp)

@@ -263,19 +263,17 @@ class ExecutionEnvironment:
             self._open_api()
             argv, self.note = runtime_command(self.fn.runtime, self.fn.handler, self.task_root,
                                               self.runtime_dir)
-        except EntrypointError as e:
+        except (EntrypointError, OSError) as e:
+            if isinstance(e, EntrypointError):
+                etype, why = "Runtime.InvalidEntrypoint", str(e)
+            else:
+                etype = "Runtime.Unknown"
+                why = (f"the Runtime API could not listen on {API_HOST}:{API_PORT} in "
+                       f"{self.env.netns}: {e.strerror or e}")
             self.log.new_stream()
             self.log.write(f"INIT_REPORT Init Duration: 0.00 ms\tPhase: init\tStatus: error\t"
-                           f"Error Type: Runtime.InvalidEntrypoint\n{e}")
-            return ("Runtime.InvalidEntrypoint", error_body(
-                "Runtime.InvalidEntrypoint", f"RequestId: {rid} Error: {e}")), 0.0
-        except OSError as e:
-            why = (f"the Runtime API could not listen on {API_HOST}:{API_PORT} in "
-                   f"{self.env.netns}: {e.strerror or e}")
-            self.log.write(f"INIT_REPORT Init Duration: 0.00 ms\tPhase: init\tStatus: error\t"
-                           f"Error Type: Runtime.Unknown\n{why}")
-            return ("Runtime.Unknown", error_body("Runtime.Unknown",
-                                                  f"RequestId: {rid} Error: {why}")), 0.0
+                           f"Error Type: {etype}\n{why}")
+            return (etype, error_body(etype, f"RequestId: {rid} Error: {why}")), 0.0
         self._spawn(argv)
         # Lambda's words: python:3.11, provided:al2023
         version = self.fn.runtime.replace("python3", "python:3", 1).replace(
@@ -290,7 +288,7 @@ class ExecutionEnvironment:
         while not session.init_done.wait(0.01):
             if session.init_error is not None:
                 end = time.monotonic() + 1.0   # it should exit after reporting; a moment
-                while not not self.warm and time.monotonic() < end:
+                while self.warm and time.monotonic() < end:
                     time.sleep(0.01)
                 failure = session.init_error
                 break

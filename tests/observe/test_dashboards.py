@@ -170,13 +170,8 @@ def test_unserved_finds_a_name_the_exporter_does_not_serve():
         {"synthetic": ["up"]}
 
 
-def test_every_query_is_listed_and_parses():
-    qs = dash.queries()
-    exprs = [e for _, e in qs]
-    d = dash.grafana_dashboard()
-    assert all(t["expr"] in exprs for p in d["panels"] for t in p["targets"])
-    assert all(r["expr"] in exprs for r in dash.alert_rules()["groups"][0]["rules"])
-    names = set(promql.iter_names(qs))
+def test_the_queries_read_the_metrics_that_matter():
+    names = {n for _, e in dash.queries() for n in promql.metric_names(e)}
     assert {"hyperplane_up", "hyperplane_drops_total", "hyperplane_port_pool_used",
             "hyperplane_events_lost_total", "up"} <= names
 
