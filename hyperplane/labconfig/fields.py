@@ -70,12 +70,6 @@ class Table:
     def required(self) -> Tuple[str, ...]:
         return tuple(k.name for k in self.keys if k.required)
 
-    def key(self, name: str) -> Key:
-        for k in self.keys:
-            if k.name == name:
-                return k
-        raise KeyError(name)
-
     def subtables(self) -> Tuple["Table", ...]:
         """The tables directly under this one (of its table keys and arrays of tables)."""
         out = []

@@ -57,13 +57,13 @@ def _layout(plan: Plan) -> Tuple[_Cluster, List[_Edge]]:
     vpc = _Cluster("vpc", [f"VPC {plan.vpc_id}".rstrip()])
     top.clusters.append(vpc)
     subnet_ids: Dict[str, str] = {}
+    boxes: Dict[str, _Cluster] = {}
     for i, s in enumerate(plan.subnets):
         sid = subnet_ids[s.id] = f"subnet{i}"
-        box = _Cluster(f"sn{i}", [s.id])
+        box = boxes[s.id] = _Cluster(f"sn{i}", [s.id])
         vpc.clusters.append(box)
         box.nodes.append((sid, [f"subnet {s.id}"] + _addresses(s.cidr, s.ipv6_cidr)
                           + [f"router {s.router4}"]))
-    boxes = {s.id: vpc.clusters[i] for i, s in enumerate(plan.subnets)}
     for i, e in enumerate(plan.enis):
         boxes[e.subnet].nodes.append((f"eni{i}", [f"ENI {e.id}"] + _addresses(e.ipv4, e.ipv6)
                                       + [" ".join(e.security_groups)]))

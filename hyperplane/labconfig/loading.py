@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from importlib import resources
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from hyperplane.errors import LabConfigError
 from hyperplane.labconfig.fields import Key, Table
@@ -36,7 +36,7 @@ from hyperplane.labconfig.parse_security import (NETWORK_ACL, SECURITY_GROUP,
                                                  parse_network_acls, parse_security_groups)
 from hyperplane.labconfig.parse_vpc import (HOST, LAB, SUBNET, VPC, check_env_capacity,
                                             parse_hosts, parse_lab, parse_subnets, parse_vpc)
-from hyperplane.labconfig.problems import any_problem, clean, collecting, skip, soft
+from hyperplane.labconfig.problems import any_problem, clean, collecting, problem, skip, soft
 from hyperplane.labconfig.resolving import allocate
 
 try:  # Python 3.11+; older Pythons need the identical third-party "tomli"
@@ -143,18 +143,9 @@ LAB_FILE = Table("hyperplane lab file", "A hyperplane lab: a small VPC, its subn
     _array("impairments", "delay, loss, duplicate, reorder and rate on a link of the lab "
            "(netem's words)", IMPAIRMENT),
 ))
-_TOP_LEVEL_KEYS = list(LAB_FILE.names)
 
 #: What a section that could not be read at all leaves its dependents (they skip it).
 _BROKEN = object()
-
-
-def _items(doc: Dict[str, Any], key: str, kind: str) -> List[Dict[str, Any]]:
-    """The tables of array section ``key``; when it is not an array of tables, that is one
-    problem, and references to its ``kind`` stay silent."""
-    with soft(section=key, unavailable=kind):
-        return array_of_tables(doc, key)
-    return []
 
 
 def _part(key: str, kind: Optional[str], parse: Callable[..., Any], *needs: Any) -> Any:
@@ -177,29 +168,29 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
     lab = _part("lab", None, lambda: parse_lab(doc.get("lab", {})))
     vpc = _part("vpc", None, lambda: parse_vpc(doc["vpc"]) if "vpc" in doc else skip())
     subnets = _part("subnets", "subnet", lambda: parse_subnets(
-        _items(doc, "subnets", "subnet"), vpc, lab), vpc, lab)
+        array_of_tables(doc, "subnets"), vpc, lab), vpc, lab)
     sgs = _part("security_groups", "security_group", lambda: parse_security_groups(
-        _items(doc, "security_groups", "security_group"), vpc), vpc)
+        array_of_tables(doc, "security_groups"), vpc), vpc)
     internet = _part("internet", "internet", lambda: parse_internet(doc["internet"], vpc)
                      if "internet" in doc else None, vpc)
     nats = _part("nat_gateways", "nat_gateway", lambda: parse_nat_gateways(
-        _items(doc, "nat_gateways", "nat_gateway"), _list(subnets), _optional(internet)))
+        array_of_tables(doc, "nat_gateways"), _list(subnets), _optional(internet)))
     tables = _part("route_tables", "route_table", lambda: parse_route_tables(
-        _items(doc, "route_tables", "route_table"), vpc, _list(subnets),
+        array_of_tables(doc, "route_tables"), vpc, _list(subnets),
         _optional(internet), _list(nats)), vpc)
     if clean("nat_gateways", "route_tables", "internet", "subnets"):
-        _part("nat_gateways", None, lambda: check_nat_gateways_public(nats, tables, internet),
-              nats, tables, internet)
+        with soft(section="nat_gateways"):
+            check_nat_gateways_public(nats, tables, internet)
     nacls = _part("network_acls", "network_acl", lambda: parse_network_acls(
-        _items(doc, "network_acls", "network_acl"), _list(subnets)))
+        array_of_tables(doc, "network_acls"), _list(subnets)))
     iam = _part("iam", "role", lambda: parse_iam(doc))
     functions = _part("functions", "function", lambda: parse_functions(
-        _items(doc, "functions", "function"), _list(subnets), _list(sgs), _optional(iam),
+        array_of_tables(doc, "functions"), _list(subnets), _list(sgs), _optional(iam),
         base_dir))
-    hosts = _part("hosts", "host", lambda: parse_hosts(_items(doc, "hosts", "host"),
+    hosts = _part("hosts", "host", lambda: parse_hosts(array_of_tables(doc, "hosts"),
                                                        _list(subnets)))
     ihosts = _part("internet_hosts", "internet_host", lambda: parse_internet_hosts(
-        _items(doc, "internet_hosts", "internet_host"), _optional(internet)))
+        array_of_tables(doc, "internet_hosts"), _optional(internet)))
     lifecycle = _part("lifecycle", None, lambda: parse_lifecycle(doc.get("lifecycle", {})))
     flow_logs = _part("flow_logs", None, lambda: parse_flow_logs(doc.get("flow_logs", {}), lab),
                       lab)
@@ -207,15 +198,15 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
     conntrack = _part("conntrack", None, lambda: parse_conntrack(doc.get("conntrack", {})))
     metrics = _part("metrics", None, lambda: parse_metrics(doc.get("metrics", {})))
     if clean("functions") and functions == []:
-        _part("functions", None, lambda: _fail(LabConfigError(
+        problem(LabConfigError(
             "functions", "a lab needs at least one function; add a [[functions]] table with "
             "name and environments (and a vpc_config to attach it to the VPC; the default lab, "
-            "hyperplane/labconfig/default_lab.toml, has two)")))
+            "hyperplane/labconfig/default_lab.toml, has two)"))
     if clean("hosts", "internet_hosts") and hosts == [] and ihosts == []:
-        _part("hosts", None, lambda: _fail(LabConfigError(
+        problem(LabConfigError(
             "hosts", "a lab needs at least one host for the functions to talk to; add a "
             "[[hosts]] table with name and subnet (or an [[internet_hosts]] table behind a NAT "
-            "gateway)")))
+            "gateway)"))
     if any_problem():
         return None   # the checks of the whole config need every part of it
     config = LabConfig(vpc=vpc, subnets=tuple(subnets), functions=tuple(functions),
@@ -233,7 +224,7 @@ def _parse(doc: Dict[str, Any], source: str, base_dir: str) -> Optional[LabConfi
     if "impairments" in doc and not any_problem():   # the link names need the whole config
         with soft(section="impairments"):
             config = dataclasses.replace(config, impairments=parse_impairments(
-                _items(doc, "impairments", "impairment"), config))
+                array_of_tables(doc, "impairments"), config))
     return None if any_problem() else config
 
 
@@ -247,6 +238,3 @@ def _optional(value: Any) -> Any:
     """An optional section's value for its dependents: None when it could not be read."""
     return None if value is _BROKEN else value
 
-
-def _fail(error: LabConfigError) -> None:
-    raise error

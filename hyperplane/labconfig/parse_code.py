@@ -62,7 +62,7 @@ _ENV_EXAMPLE = 'environment = { DB_HOST = "198.18.1.5" }'
 def parse_function_code(t: Dict[str, Any], f: str, base_dir: str) -> Dict[str, Any]:
     """The code fields of function table ``t`` (field path ``f``) as keyword arguments of
     :class:`~hyperplane.labconfig.model.Function`, defaults filled in."""
-    with group() as fields:
+    with group():
         with soft():
             runtime = _runtime(t.get("runtime", DEFAULT_RUNTIME), f"{f}.runtime")
             custom = runtime in CUSTOM_RUNTIMES
@@ -85,7 +85,6 @@ def parse_function_code(t: Dict[str, Any], f: str, base_dir: str) -> Dict[str, A
             env = environment(t.get("environment", {}), f"{f}.environment",
                               reserved=RESERVED_ENVIRONMENT_KEYS,
                               max_bytes=MAX_ENVIRONMENT_BYTES)
-        fields.check()
     if code is None and custom:
         raise LabConfigError(f"{f}.code", f"missing; runtime {runtime!r} is a custom runtime, "
                              "and a custom runtime needs code = a folder holding an executable "

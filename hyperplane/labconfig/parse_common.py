@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Sequence
 
 from hyperplane.errors import LabConfigError
 from hyperplane.labconfig.fields import Table
@@ -53,21 +53,19 @@ def expect(value: Any, typ: type, field: str, hint: str = "") -> Any:
     return value
 
 
-def check_keys(table: Dict[str, Any], field: str, known: Union[Table, Sequence[str]],
-               required: Sequence[str] = ()) -> None:
+def check_keys(table: Dict[str, Any], field: str, known: Table) -> None:
     """Every key of ``table`` is one ``known`` declares (a :class:`Table` of
     :mod:`hyperplane.labconfig.fields`, which also says which are required); every unknown and
     every missing key is a problem of its own (:mod:`hyperplane.labconfig.problems`), and a
     missing one stops the table's checks."""
-    if isinstance(known, Table):
-        known, required = known.names, known.required
+    names, required = known.names, known.required
     where = (lambda k: f"{field}.{k}") if field else (lambda k: k)
     for key in table:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             problem(LabConfigError(where(key), f"unknown key '{key}'; {hint}known keys: "
-                                   f"{', '.join(known)}"))
+                                   f"{', '.join(names)}"))
     missing = [key for key in required if key not in table]
     for key in missing:
         problem(LabConfigError(where(key), f"missing; add {key} = ... under "

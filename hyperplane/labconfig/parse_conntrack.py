@@ -44,12 +44,11 @@ def parse_conntrack(t: Any) -> ConntrackPlan:
                                  "name without its nf_conntrack_ prefix)")
     check_keys(t, "conntrack", CONNTRACK)
     values = {}
-    with group() as fields:
+    with group():
         for key in keys:
             if key in t:
                 with soft():
                     values[key] = _value(key, t[key])
-        fields.check()
     return ConntrackPlan(**values)
 
 

@@ -78,13 +78,12 @@ def _environments(value: Any, field: str) -> List[str]:
     if not envs:
         raise LabConfigError(field, "empty; list one entry per execution "
                              'environment, each "tap" or "veth" (e.g. ["tap"])')
-    with group() as kinds:
+    with group():
         for j, kind in enumerate(envs):
             with soft():
                 if kind not in ATTACH_KINDS:
                     raise LabConfigError(f"{field}[{j}]", f"{kind!r} is not an attach "
                                          'kind; use "tap" or "veth"')
-        kinds.check()
     return envs
 
 
@@ -104,7 +103,7 @@ def _vpc_config(value: Any, vf: str, by_id: Dict[str, Subnet],
                 sg_ids: List[str]) -> FunctionVpcConfig:
     known_ids = ", ".join(by_id) or "(none defined)"
     vc = expect(value, dict, vf, "write it as a [functions.vpc_config] table")
-    with group() as fields:
+    with group():
         check_keys(vc, vf, VPC_CONFIG)
         with soft() as subnets_ok:
             subnet_ids = string_list(vc["subnet_ids"], f"{vf}.subnet_ids", '["subnet-a"]')
@@ -138,7 +137,6 @@ def _vpc_config(value: Any, vf: str, by_id: Dict[str, Subnet],
                             f"but subnet {sid!r} ({vf}.subnet_ids[{j}]) is not dual-stack: it "
                             "has no IPv6 CIDR block. Give that subnet an ipv6_cidr, remove it "
                             "from subnet_ids, or set ipv6_allowed_for_dual_stack = false")
-        fields.check()
     return FunctionVpcConfig(subnet_ids=tuple(subnet_ids), security_group_ids=tuple(sgs),
                              ipv6_allowed_for_dual_stack=ipv6_ok)
 
@@ -148,7 +146,7 @@ def _security_group_ids(value: Any, field: str, sg_ids: List[str]) -> List[str]:
     if not 1 <= len(sgs) <= MAX_SECURITY_GROUPS:
         raise LabConfigError(field, f"{len(sgs)} security groups; list 1 to "
                              f"{MAX_SECURITY_GROUPS} (Lambda's limit is {MAX_SECURITY_GROUPS})")
-    with group() as each:
+    with group():
         for j, sg in enumerate(sgs):
             with soft():
                 if not SG_ID.match(sg):
@@ -166,7 +164,6 @@ def _security_group_ids(value: Any, field: str, sg_ids: List[str]) -> List[str]:
                         "DescribeSecurityGroups. EC2 Error Code: InvalidGroup.NotFound. The "
                         f"security group {sg!r} does not exist{did_you_mean(sg, sg_ids)}; "
                         f"define it as a [[security_groups]] table{where}"))
-        each.check()
     return sgs
 
 

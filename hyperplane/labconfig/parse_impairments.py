@@ -21,10 +21,10 @@ from hyperplane.labconfig.fields import Key, Table
 from hyperplane.labconfig.model import IMPAIRMENT_DIRECTIONS, ImpairmentPlan, LabConfig
 from hyperplane.labconfig.parse_common import check_keys, did_you_mean, expect
 from hyperplane.labconfig.problems import soft
+from hyperplane.labconfig.resolving import eni_keys
 
 #: The keys of one impairment besides ``link`` and ``direction``.
 SETTINGS = ("delay", "jitter", "loss", "duplicate", "reorder", "rate")
-KEYS = ("link", "direction") + SETTINGS
 
 _TIME = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s)\s*$", re.I)
 _TIME_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -37,22 +37,20 @@ _RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9,
 MAX_DELAY_MS = 60_000.0
 RATE_RANGE = (8_000, 100 * 10**9)   # 8 kbit/s .. 100 gbit/s
 
-_TIME_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*(us|ms|s)\s*$"
-_PERCENT_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*%\s*$"
 IMPAIRMENT = Table("[[impairments]]", "netem's impairments on one link of the lab, applied at "
                    "lab up (hyperplane lab impair changes them at run time).", (
     Key("link", "string", "the node whose link it is: an environment (fn-a-0), a host, an "
         "internet host, or an ENI by position (eni0)", required=True),
     Key("direction", "string", "both ways, or one as seen from that node", default="both",
         enum=IMPAIRMENT_DIRECTIONS),
-    Key("delay", "string", 'added delay, like "10ms" (needs sch_netem)', pattern=_TIME_PATTERN),
+    Key("delay", "string", 'added delay, like "10ms" (needs sch_netem)', pattern=_TIME.pattern),
     Key("jitter", "string", 'variation of the delay, like "2ms" (needs delay)',
-        pattern=_TIME_PATTERN),
-    Key("loss", "string", 'frames dropped, like "1%"', pattern=_PERCENT_PATTERN),
-    Key("duplicate", "string", 'frames sent twice, like "1%"', pattern=_PERCENT_PATTERN),
-    Key("reorder", "string", 'frames sent out of order, like "5%"', pattern=_PERCENT_PATTERN),
+        pattern=_TIME.pattern),
+    Key("loss", "string", 'frames dropped, like "1%"', pattern=_PERCENT.pattern),
+    Key("duplicate", "string", 'frames sent twice, like "1%"', pattern=_PERCENT.pattern),
+    Key("reorder", "string", 'frames sent out of order, like "5%"', pattern=_PERCENT.pattern),
     Key("rate", "string", 'bandwidth limit in tc\'s units, like "100mbit"',
-        pattern=r"^\s*[0-9]+(\.[0-9]+)?\s*([kmgKMG]?(bit|bps))\s*$"),
+        pattern=_RATE.pattern),
 ))
 
 
@@ -91,7 +89,7 @@ def _rate(value: Any, field: str) -> int:
 
 
 def parse_impairment(t: Dict[str, Any], field: str, links: Sequence[str]) -> ImpairmentPlan:
-    """One impairment (a table with :data:`KEYS`); ``links``: the names the lab's links go by.
+    """One impairment (a table of :data:`IMPAIRMENT`); ``links``: the names the lab's links go by.
     LabConfigError naming ``field.key``, the problem and the fix."""
     expect(t, dict, field, "write it as an [[impairments]] table")
     check_keys(t, field, IMPAIRMENT)
@@ -136,11 +134,9 @@ def config_links(config: LabConfig) -> List[str]:
     """The names the links of a config's lab go by: environments (``fn-a-0``), hosts, internet
     hosts, then ENIs by position (``eni0``: an ENI's id depends on the lab's name, which the
     file does not know; at run time the id works too)."""
-    from hyperplane.labconfig.resolving import _eni_keys
-
     names = [f"{fn.name}-{i}" for fn in config.functions for i in range(len(fn.environments))]
     names += [h.name for h in config.hosts] + [h.name for h in config.internet_hosts]
-    return names + [f"eni{i}" for i in range(len(_eni_keys(config)))]
+    return names + [f"eni{i}" for i in range(len(eni_keys(config)))]
 
 
 def parse_impairments(items: List[Dict[str, Any]], config: LabConfig

@@ -60,7 +60,7 @@ def parse_internet(t: Any, vpc: Vpc) -> Internet:
     AWS attaches at most one internet gateway to a VPC, so there is one of each."""
     expect(t, dict, "internet", "write it as an [internet] table")
     check_keys(t, "internet", INTERNET)
-    with group() as fields:
+    with group():
         with soft():
             cidr = network(t.get("cidr", DEFAULT_INTERNET_CIDR), "internet.cidr", 4)
             if cidr.prefixlen > 30:
@@ -77,7 +77,6 @@ def parse_internet(t: Any, vpc: Vpc) -> Internet:
                             "an internet gateway")
             else:
                 gw = "igw-" + digest("igw", vpc.id).hex()[:17]
-        fields.check()
     return Internet(cidr=cidr, gateway_id=gw)
 
 
@@ -172,7 +171,7 @@ def _routes(value: Any, f: str, vpc: Vpc, internet: Optional[Internet],
     expect(value, list, f, "write it as an array of tables, e.g. routes = "
            '[{destination = "0.0.0.0/0", target = "nat-0a1b2c3d"}]')
     routes: List[RoutePlan] = []
-    with group() as each:
+    with group():
         for j, r in enumerate(value):
             rf = f"{f}[{j}]"
             with soft():
@@ -197,7 +196,6 @@ def _routes(value: Any, f: str, vpc: Vpc, internet: Optional[Internet],
                 routes.append(RoutePlan(destination=str(dest), target=target,
                                         kind=_route_kind(target, f"{rf}.target", internet,
                                                          nat_ids)))
-        each.check()
     return routes
 
 

@@ -126,7 +126,6 @@ def parse_lifecycle(t: Any) -> LifecyclePlan:
             if not 0 <= per_env <= 1_000_000:
                 raise LabConfigError("lifecycle.max_connections_per_environment",
                                      f"{per_env}: use 0 (no limit) to 1000000")
-        fields.check()
     return LifecyclePlan(profile=profile, ports_per_eni=ports, high_water=float(hw),
                          max_enis_per_key=cap, max_connections_per_environment=per_env,
                          **delays)
@@ -138,7 +137,7 @@ def parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
     expect(t, dict, "flow_logs", "write it as a [flow_logs] table")
     check_keys(t, "flow_logs", FLOW_LOGS)
     f = "flow_logs"
-    with group() as fields:   # each key's mistake is its own
+    with group():   # each key's mistake is its own
         with soft():
             enabled = expect(t.get("enabled", True), bool, f"{f}.enabled", "write true or false")
         with soft():
@@ -176,7 +175,6 @@ def parse_flow_logs(t: Any, lab: LabSettings) -> FlowLogsPlan:
                 raise LabConfigError(f"{f}.az_id", f"{az_id!r} is not an Availability Zone id; "
                                      f'write one like "{FLOW_LOGS_AZ_ID}" or "euw1-az2" (an AZ '
                                      'id, not a zone name like "us-east-1a")')
-        fields.check()
     return FlowLogsPlan(enabled=enabled, interval=interval, account_id=account,
                         format=" ".join(fmt.split()), region=region, az_id=az_id)
 
@@ -199,7 +197,7 @@ def parse_datapath(t: Any) -> DatapathPlan:
     depth."""
     expect(t, dict, "datapath", "write it as a [datapath] table")
     check_keys(t, "datapath", DATAPATH)
-    with group() as fields:
+    with group():
         with soft():
             frames = t.get("ring_frames", 0)
             if isinstance(frames, bool) or not isinstance(frames, int) or (frames and (
@@ -213,7 +211,6 @@ def parse_datapath(t: Any) -> DatapathPlan:
             cpus = _parse_cpu_list(t, "cpus")
         with soft():
             inbound = _parse_cpu_list(t, "inbound_cpus")
-        fields.check()
     if inbound and not set(cpus) - set(inbound):
         # The point of the worker is a CPU of its own; an unpinned loop (or one pinned to the
         # worker's CPUs) may share that CPU with it, paying for two threads' locks and

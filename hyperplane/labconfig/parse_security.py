@@ -12,7 +12,7 @@ from hyperplane.labconfig.model import (MAX_NACL_RULES, MAX_SG_RULES, NACL_RULE_
 from hyperplane.labconfig.fields import Key, Table
 from hyperplane.labconfig.parse_common import (ACL_ID, SG_ID, associations, check_keys, expect,
                                                rule_network)
-from hyperplane.labconfig.problems import skip, soft
+from hyperplane.labconfig.problems import group, soft
 
 _PORT_PROTOCOLS = ("tcp", "udp")
 _SG_PROTOCOLS = ("tcp", "udp", "all")
@@ -146,28 +146,25 @@ def _parse_sg_rules(value: Any, f: str) -> List[RulePlan]:
                              "rules per security group (RulesPerSecurityGroupLimitExceeded): "
                              "merge port ranges or CIDRs, or split the rules over groups")
     rules: List[RulePlan] = []
-    broken = False
-    for j, r in enumerate(value):
-        rf = f"{f}[{j}]"
-        with soft() as one:
-            expect(r, dict, rf, "write each rule as a table {protocol = ..., cidr = ...}")
-            check_keys(r, rf, SG_RULE)
-            proto = _protocol(r["protocol"], f"{rf}.protocol", _SG_PROTOCOLS)
-            lo, hi = _ports(r, rf, proto)
-            cidr = rule_network(r["cidr"], f"{rf}.cidr")
-            rule = RulePlan(number=0, action="allow", protocol=proto, cidr=str(cidr),
-                            from_port=lo, to_port=hi,
-                            description=_description(r, f"{rf}.description"))
-            one.check()
-            for k, other in enumerate(rules):
-                if dataclasses.replace(other, description="") == \
-                        dataclasses.replace(rule, description=""):
-                    raise LabConfigError(rf, f"InvalidPermission.Duplicate: the same rule as "
-                                         f"{f}[{k}]; remove one of them")
-            rules.append(rule)
-        broken = broken or one.failed
-    if broken:
-        skip()
+    with group():   # a broken rule stops the group after every rule is checked
+        for j, r in enumerate(value):
+            rf = f"{f}[{j}]"
+            with soft() as one:
+                expect(r, dict, rf, "write each rule as a table {protocol = ..., cidr = ...}")
+                check_keys(r, rf, SG_RULE)
+                proto = _protocol(r["protocol"], f"{rf}.protocol", _SG_PROTOCOLS)
+                lo, hi = _ports(r, rf, proto)
+                cidr = rule_network(r["cidr"], f"{rf}.cidr")
+                rule = RulePlan(number=0, action="allow", protocol=proto, cidr=str(cidr),
+                                from_port=lo, to_port=hi,
+                                description=_description(r, f"{rf}.description"))
+                one.check()
+                for k, other in enumerate(rules):
+                    if dataclasses.replace(other, description="") == \
+                            dataclasses.replace(rule, description=""):
+                        raise LabConfigError(rf, f"InvalidPermission.Duplicate: the same rule as "
+                                             f"{f}[{k}]; remove one of them")
+                rules.append(rule)
     return rules
 
 
@@ -213,42 +210,40 @@ def _parse_nacl_rules(value: Any, f: str) -> Tuple[RulePlan, ...]:
                              "per direction in a network ACL (20 unless the quota is raised)")
     rules: List[RulePlan] = []
     numbers: Dict[int, int] = {}
-    broken = False
-    for j, r in enumerate(value):
-        rf = f"{f}[{j}]"
-        with soft() as one:
-            expect(r, dict, rf, "write each rule as a table {rule_number = ..., protocol = ..., "
-                   "action = ..., cidr = ...}")
-            check_keys(r, rf, NACL_RULE)
-            with soft():
-                number = expect(r["rule_number"], int, f"{rf}.rule_number",
-                                "write an integer like 100")
-                lo, hi = NACL_RULE_NUMBERS
-                if not lo <= number <= hi:
-                    raise LabConfigError(f"{rf}.rule_number", f"{number} is outside {lo}..{hi}; "
-                                         "AWS keeps 32767 and up for itself (the final \"*\" "
-                                         "deny rule)")
-                if number in numbers:
-                    raise LabConfigError(f"{rf}.rule_number", f"NetworkAclEntryAlreadyExists: "
-                                         f"rule number {number} is already used by "
-                                         f"{f}[{numbers[number]}]; rule numbers are unique per "
-                                         "direction, pick another (leave gaps such as 100, 110, "
-                                         "120 to insert rules later)")
-                numbers[number] = j
-            with soft():
-                proto = _protocol(r["protocol"], f"{rf}.protocol", _NACL_PROTOCOLS)
-                from_port, to_port = _ports(r, rf, proto)
-            with soft():
-                action = expect(r["action"], str, f"{rf}.action", 'write "allow" or "deny"')
-                if action not in ("allow", "deny"):
-                    raise LabConfigError(f"{rf}.action", f"{action!r} is not an action; write "
-                                         "\"allow\" or \"deny\"")
-            with soft():
-                cidr = rule_network(r["cidr"], f"{rf}.cidr")
-            one.check()
-            rules.append(RulePlan(number=number, action=action, protocol=proto, cidr=str(cidr),
-                                  from_port=from_port, to_port=to_port))
-        broken = broken or one.failed
-    if broken:
-        skip()
+    with group():   # a broken rule stops the group after every rule is checked
+        for j, r in enumerate(value):
+            rf = f"{f}[{j}]"
+            with soft() as one:
+                expect(r, dict, rf, "write each rule as a table {rule_number = ..., protocol = "
+                       "..., action = ..., cidr = ...}")
+                check_keys(r, rf, NACL_RULE)
+                with soft():
+                    number = expect(r["rule_number"], int, f"{rf}.rule_number",
+                                    "write an integer like 100")
+                    lo, hi = NACL_RULE_NUMBERS
+                    if not lo <= number <= hi:
+                        raise LabConfigError(f"{rf}.rule_number", f"{number} is outside "
+                                             f"{lo}..{hi}; AWS keeps 32767 and up for itself "
+                                             "(the final \"*\" deny rule)")
+                    if number in numbers:
+                        raise LabConfigError(f"{rf}.rule_number",
+                                             "NetworkAclEntryAlreadyExists: rule number "
+                                             f"{number} is already used by "
+                                             f"{f}[{numbers[number]}]; rule numbers are unique "
+                                             "per direction, pick another (leave gaps such as "
+                                             "100, 110, 120 to insert rules later)")
+                    numbers[number] = j
+                with soft():
+                    proto = _protocol(r["protocol"], f"{rf}.protocol", _NACL_PROTOCOLS)
+                    from_port, to_port = _ports(r, rf, proto)
+                with soft():
+                    action = expect(r["action"], str, f"{rf}.action", 'write "allow" or "deny"')
+                    if action not in ("allow", "deny"):
+                        raise LabConfigError(f"{rf}.action", f"{action!r} is not an action; write "
+                                             "\"allow\" or \"deny\"")
+                with soft():
+                    cidr = rule_network(r["cidr"], f"{rf}.cidr")
+                one.check()
+                rules.append(RulePlan(number=number, action=action, protocol=proto, cidr=str(cidr),
+                                      from_port=from_port, to_port=to_port))
     return tuple(sorted(rules, key=lambda rule: rule.number))

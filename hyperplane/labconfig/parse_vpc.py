@@ -57,7 +57,7 @@ HOST = Table("[[hosts]]", "A machine in the VPC (a server the functions talk to)
 
 def parse_lab(t: Any) -> LabSettings:
     expect(t, dict, "lab", "write it as a [lab] table")
-    with group() as lab:
+    with group():
         check_keys(t, "lab", LAB)
         with soft():
             account = t.get("account_id", DEFAULT_ACCOUNT_ID)
@@ -78,13 +78,12 @@ def parse_lab(t: Any) -> LabSettings:
                 raise LabConfigError("lab.env_ipv6_cidr", f"{env6} is smaller than one /64; "
                                      "every execution environment needs a /64, use a prefix of "
                                      "/64 or shorter")
-        lab.check()
     return LabSettings(env_cidr=env4, env_ipv6_cidr=env6, account_id=account)
 
 
 def parse_vpc(t: Any) -> Vpc:
     expect(t, dict, "vpc", "write it as a [vpc] table")
-    with group() as vpc:
+    with group():
         check_keys(t, "vpc", VPC)
         with soft():
             cidr = network(t["cidr"], "vpc.cidr", 4)
@@ -101,7 +100,6 @@ def parse_vpc(t: Any) -> Vpc:
                                          "AWS gives a VPC a /56, use a prefix of /64 or shorter")
         with soft():
             vpc_id = aws_id(t["id"], "vpc.id", VPC_ID, "vpc", "a VPC") if "id" in t else None
-        vpc.check()
     if vpc_id is None:  # derived from the blocks, so IAM conditions on lambda:VpcIds see a stable id
         vpc_id = "vpc-" + digest("vpc", str(cidr), str(ipv6 or "")).hex()[:17]
     return Vpc(cidr=cidr, ipv6_cidr=ipv6, id=vpc_id)

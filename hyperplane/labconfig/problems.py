@@ -36,8 +36,7 @@ class _Skip(Exception):
 class Scope:
     """One part being checked; ``failed`` once a problem happened in it (or in a part of it)."""
 
-    def __init__(self, section: Optional[str] = None):
-        self.section = section
+    def __init__(self) -> None:
         self.failed = False
 
     def check(self) -> None:
@@ -73,11 +72,7 @@ _current: contextvars.ContextVar[Optional[Collector]] = contextvars.ContextVar(
 @contextlib.contextmanager
 def collecting() -> Iterator[Collector]:
     """Collect the problems of the parse inside; at the end raise them as one
-    :class:`LabConfigError` (its ``problems`` one each), or nothing when there were none.
-    Nested, the outer collector does the work."""
-    if _current.get() is not None:
-        yield _current.get()
-        return
+    :class:`LabConfigError` (its ``problems`` one each), or nothing when there were none."""
     collector = Collector()
     token = _current.set(collector)
     try:
@@ -102,7 +97,7 @@ def soft(defines: Optional[Tuple[str, object]] = None, unavailable: Optional[str
     section could not be read at all), every reference to that kind stays silent.
     ``section``: the top-level section this is, for :func:`clean`."""
     collector = _current.get()
-    scope = Scope(section)
+    scope = Scope()
     if collector is None:
         yield scope
         return
@@ -129,8 +124,8 @@ def soft(defines: Optional[Tuple[str, object]] = None, unavailable: Optional[str
 @contextlib.contextmanager
 def group() -> Iterator[Scope]:
     """A part made of soft parts (a table whose fields are checked one by one) that lets its
-    errors through: ``scope.check()`` at its end stops the caller's scope when a field
-    failed, so nothing half-checked is built."""
+    errors through: at its end, when a field failed, it stops the caller's scope, so nothing
+    half-checked is built (``scope.check()`` stops it earlier, inside the block)."""
     collector = _current.get()
     scope = Scope()
     if collector is None:
@@ -139,6 +134,7 @@ def group() -> Iterator[Scope]:
     collector.scopes.append(scope)
     try:
         yield scope
+        scope.check()
     finally:
         collector.scopes.pop()
 

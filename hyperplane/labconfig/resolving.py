@@ -20,7 +20,7 @@ from hyperplane.paths import validate_lab_name
 EniKey = Tuple[str, frozenset]
 
 
-def _eni_keys(config: LabConfig) -> List[EniKey]:
+def eni_keys(config: LabConfig) -> List[EniKey]:
     """(subnet, set of security groups) in order of first appearance: functions in file order,
     each function's subnets in its order. AWS creates an ENI for every subnet of the config,
     not only the ones an environment happens to land in."""
@@ -51,7 +51,7 @@ def allocate(config: LabConfig) -> _Layout:
     then hosts without a fixed address (file order); fixed host addresses and AWS's reserved
     ones are skipped. On the internet: the gateway has the first usable address (.1), NAT
     gateways' public (Elastic) IPs come next, then internet hosts without a fixed address."""
-    keys = _eni_keys(config)
+    keys = eni_keys(config)
     eni_v4: Dict[EniKey, Any] = {}
     eni_v6: Dict[EniKey, Any] = {}
     host_v4: Dict[str, Any] = {h.name: h.ipv4 for h in config.hosts}
@@ -141,7 +141,7 @@ def resolve(config: LabConfig, name: str) -> Plan:
     sp = {s.id: s for s in subnet_plans}
 
     enis: Dict[EniKey, EniPlan] = {}
-    for i, key in enumerate(_eni_keys(config)):
+    for i, key in enumerate(eni_keys(config)):
         sid, sgs = key
         s = sp[sid]
         v6 = layout.eni_v6[key]
