@@ -35,8 +35,8 @@ before anything is parsed when the shell is completing).
 
 Every command that prints a result takes ``--json`` (one JSON document on stdout; the streams
 one object per line), except ``demo``, ``walk``, ``lab exec``, ``run``, ``metrics``, ``lab
-schema``, ``lab graph``, ``completion`` and ``man`` (tests/cli/test_json_and_progress.py holds the list and why). ``lab up`` and ``bench`` show
-their steps (the library's ``progress(step, done, total)`` callback, cli.progress) on stderr
+schema``, ``lab graph``, ``completion`` and ``man`` (tests/cli/test_json_and_progress.py holds
+the list and why). ``lab up`` and ``bench`` show their steps (the library's ``progress(step, done, total)`` callback, cli.progress) on stderr
 when it is a terminal. ``--log-level`` is this process's logging level and is passed on to
 the processes ``lab up`` and ``lab restart`` start.
 

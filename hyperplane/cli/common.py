@@ -30,14 +30,14 @@ def add_json(q: argparse.ArgumentParser,
     q.add_argument("--json", action="store_true", help=help)
 
 
-def print_json(doc: Any, out=None) -> None:
+def print_json(doc: Any) -> None:
     """One JSON document on stdout, the way every ``--json`` prints it."""
-    print(json.dumps(doc, indent=2), file=out or sys.stdout)
+    print(json.dumps(doc, indent=2))
 
 
-def print_json_line(doc: Any, out=None) -> None:
+def print_json_line(doc: Any) -> None:
     """One JSON object on one line, flushed: the streaming commands' ``--json`` (JSON Lines)."""
-    print(json.dumps(doc), file=out or sys.stdout, flush=True)
+    print(json.dumps(doc), flush=True)
 
 
 def command_group(sub, name: str, help: str):

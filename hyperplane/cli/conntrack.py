@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import signal
 import sys
 import textwrap
@@ -30,7 +29,7 @@ def cmd_list(args) -> int:
     out = output_options(args.output, LIST_OUTPUTS)
     entries = list_entries(_request(args.name), spec)
     if args.json:
-        print(json.dumps(entries, indent=2))
+        print_json(entries)
     else:
         for e in entries:
             print(format_entry(e, extended="extended" in out))
@@ -141,7 +140,7 @@ def register(sub) -> None:
     _add_filters(q)
     q.add_argument("-o", "--output", metavar="FORMAT",
                    help="extended: prefix the layer-3 protocol (ipv4 2 / ipv6 10)")
-    q.add_argument("--json", action="store_true", help="the entries as a JSON list")
+    add_json(q, "the entries as a JSON list")
     q.set_defaults(func=cmd_list)
 
     q = named(group.add_parser(
@@ -175,8 +174,7 @@ def register(sub) -> None:
     q.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="exit after this many seconds in all (like `timeout S conntrack -E`); "
                         "exit 0, or 1 when --count events had not come by then")
-    q.add_argument("--json", action="store_true",
-                   help="each event as the data path's JSON line, unchanged")
+    add_json(q, "each event as the data path's JSON line, unchanged")
     q.set_defaults(func=cmd_events)
 
     q = named(group.add_parser(

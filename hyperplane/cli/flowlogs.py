@@ -11,7 +11,7 @@ from typing import List
 
 from hyperplane import paths
 from hyperplane.cli import completers
-from hyperplane.cli.common import named
+from hyperplane.cli.common import add_json, named
 from hyperplane.datapath.flowlogs import ACCEPT, REJECT, file_name
 from hyperplane.labconfig.flowformat import header_of, parse_format
 from hyperplane.errors import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
@@ -41,8 +41,7 @@ def register(sub) -> None:
                    help="keep printing records as intervals end, like tail -f (Ctrl-C stops)")
     p.add_argument("--timeout", type=float, metavar="S",
                    help="with --follow: stop after S seconds")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object per record, with the format's field names")
+    add_json(p, "one JSON object per record, with the format's field names")
     p.set_defaults(func=cmd_flowlogs)
 
 

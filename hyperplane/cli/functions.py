@@ -8,7 +8,7 @@ import json
 import sys
 
 from hyperplane.cli import completers
-from hyperplane.cli.common import add_json, named, table
+from hyperplane.cli.common import add_json, named, print_json, table
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import functions as fns
 
@@ -78,7 +78,7 @@ def cmd_function_update_code(args) -> int:
 def cmd_function_environments(args) -> int:
     envs = fns.environments(args.name)
     if args.json:
-        print(json.dumps(envs, indent=2))
+        print_json(envs)
         return EXIT_OK
     rows = [["ENVIRONMENT", "FUNCTION", "STATE", "PID", "INVOCATIONS", "COLD STARTS",
              "LAST ERROR"]]
@@ -119,9 +119,9 @@ def register(fsub) -> None:
                                            "its code printed), like aws logs tail"))
     q.add_argument("function", help="function name").completer = completers.functions
     q.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
-    q.add_argument("--json", action="store_true", help="one JSON object per event")
+    add_json(q, "one JSON object per event")
     q.set_defaults(func=cmd_function_logs)
     q = named(fsub.add_parser("environments", help="the execution environments: cold, warm "
                                                    "or busy, runtime pid, cold starts"))
-    q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(q, "machine-readable output")
     q.set_defaults(func=cmd_function_environments)

@@ -8,9 +8,8 @@ a running lab's links, in netem's words, and ``--list`` of what is active.
 """
 from __future__ import annotations
 
-import json
 
-from hyperplane.cli.common import named
+from hyperplane.cli.common import add_json, named, print_json
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import impair
 from hyperplane.labconfig.model import IMPAIRMENT_DIRECTIONS
@@ -33,7 +32,7 @@ def cmd_lab_impair(args) -> int:
         doc = impair.impair(args.name, args.link, args.direction, clear=args.clear,
                             **{k: getattr(args, k) for k in SETTINGS})
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print_json(doc)
     else:
         print("\n".join(impair.lines(doc)) or f"lab {args.name}: no impairments"
               + (f" ({doc['backend']}: {doc['backend_note']})" if doc["backend"] else ""))
@@ -55,5 +54,5 @@ def register(labsub) -> None:
     q.add_argument("--clear", action="store_true", help="take the link's impairment off")
     q.add_argument("--list", action="store_true", help="the active impairments and the "
                    "mechanism this kernel gives (netem, or tbf+eBPF)")
-    q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(q, "machine-readable output")
     q.set_defaults(func=cmd_lab_impair)

@@ -2,7 +2,6 @@
 own commands (validate, schema, plan) are :mod:`hyperplane.cli.labfile`'s."""
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Dict
 
@@ -70,7 +69,7 @@ def cmd_lab_restart(args) -> int:
     rep = lifecycle.lab_restart(args.name, restore=not args.no_restore,
                                 log_level=args.log_level)
     if args.json:
-        print(json.dumps(rep, indent=2))
+        print_json(rep)
     else:
         print_restart(rep)
     return EXIT_OK
@@ -79,7 +78,7 @@ def cmd_lab_restart(args) -> int:
 def cmd_lab_status(args) -> int:
     st = status(args.name)
     if args.json:
-        print(json.dumps(st, indent=2))
+        print_json(st)
     else:
         print_status(st)
     return EXIT_OK if st["running"] else EXIT_FAIL
@@ -174,7 +173,7 @@ def register(sub) -> None:
                 "(and no progress display)")
     q.set_defaults(func=cmd_lab_up)
     q = named(labsub.add_parser("status", help="nodes, addresses, ENIs, data path state"))
-    q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(q, "machine-readable output")
     q.set_defaults(func=cmd_lab_status)
     q = named(labsub.add_parser("exec", help="run a command in a node's namespace"))
     q.add_argument("node", help="an environment (e.g. fn-a-0), a host (e.g. server), "
@@ -187,7 +186,7 @@ def register(sub) -> None:
                         "one that restores it: open connections keep their ENI port and go on"))
     q.add_argument("--no-restore", action="store_true", help="start the new data path afresh "
                    "(the open connections break), e.g. to compare")
-    q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(q, "machine-readable output")
     q.set_defaults(func=cmd_lab_restart)
     q = named(labsub.add_parser("down", help="stop the data path and remove the lab "
                                              "(idempotent)"))

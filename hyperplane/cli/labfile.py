@@ -11,7 +11,7 @@ import sys
 from typing import Dict, List, Optional
 
 from hyperplane import labconfig
-from hyperplane.cli.common import named, table
+from hyperplane.cli.common import add_json, named, print_json, table
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, LabConfigError, config_error
 from hyperplane.labconfig.fields import json_schema
 from hyperplane.labconfig.loading import LAB_FILE
@@ -127,7 +127,7 @@ def cmd_lab_plan(args) -> int:
     except LabConfigError as e:
         raise config_error(e) from None
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
+        print_json(plan.to_dict())
     else:
         print_plan(plan)
     return EXIT_OK
@@ -139,7 +139,7 @@ def register(labsub) -> None:
     q = named(labsub.add_parser("validate", help="check a lab file, every mistake at once "
                                                  "(no privilege needed)"))
     q.add_argument("config", nargs="?", help=config_help)
-    q.add_argument("--json", action="store_true", help='machine-readable: {"valid", '
+    add_json(q, 'machine-readable: {"valid", '
                    '"problems": [{"field", "message"}], "summary"}')
     q.set_defaults(func=cmd_lab_validate)
     q = labsub.add_parser("schema", help="the lab file's JSON Schema (draft 2020-12), for "
@@ -148,5 +148,5 @@ def register(labsub) -> None:
     q = named(labsub.add_parser("plan", help="the namespaces, interfaces, addresses and ENIs "
                                              "lab up would build (no privilege needed)"))
     q.add_argument("config", nargs="?", help=config_help)
-    q.add_argument("--json", action="store_true", help="the whole plan as JSON")
+    add_json(q, "the whole plan as JSON")
     q.set_defaults(func=cmd_lab_plan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from hyperplane.cli.common import named, print_json_line
+from hyperplane.cli.common import add_json, named, print_json_line
 from hyperplane.errors import EXIT_OK, EXIT_USAGE, HyperplaneError
 from hyperplane.lab import logs
 
@@ -60,7 +60,6 @@ def register(labsub) -> None:
     q.add_argument("--lines", "-n", type=int, metavar="N",
                    help=f"only the last N lines (default: all; with -f the last "
                         f"{FOLLOW_LINES})")
-    q.add_argument("--json", action="store_true",
-                   help="one JSON object per line (JSON Lines): time, logger, level, message "
+    add_json(q, "one JSON object per line (JSON Lines): time, logger, level, message "
                         "(null fields for a line that is not a log record)")
     q.set_defaults(func=cmd_lab_logs)

@@ -5,14 +5,13 @@ to watch them (hyperplane.observe.dashboards)."""
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import sys
 import threading
 import time
 
 from hyperplane import proc
-from hyperplane.cli.common import isatty, named, print_json_line
+from hyperplane.cli.common import add_json, isatty, named, print_json, print_json_line
 from hyperplane.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab import lifecycle
 from hyperplane.lab.api import Lab
@@ -23,7 +22,7 @@ from hyperplane.observe import dashboards, stats, top
 def cmd_stats(args) -> int:
     s = Lab.attach(args.name).stats()
     if args.json:
-        print(json.dumps(s, indent=2))
+        print_json(s)
     elif isatty(sys.stdout):
         from rich.console import Console
 
@@ -152,8 +151,7 @@ def cmd_top(args) -> int:
 def register(sub) -> None:
     q = named(sub.add_parser("stats", help="packets and bytes per direction and ENI, drops by "
                                            "reason, table and port-pool fill (running lab)"))
-    q.add_argument("--json", action="store_true",
-                   help="one JSON document (schema in `pydoc hyperplane.observe.stats`)")
+    add_json(q, "one JSON document (schema in `pydoc hyperplane.observe.stats`)")
     q.set_defaults(func=cmd_stats)
     q = named(sub.add_parser(
         "metrics", help="serve the lab's counters as Prometheus metrics on a loopback port",
@@ -183,7 +181,6 @@ def register(sub) -> None:
                    help="stop after N refreshes (default: until Ctrl-C)")
     q.add_argument("--sort", choices=("bytes", "packets"), default="bytes",
                    help="order the top flows by bytes or packets moved since the last refresh")
-    q.add_argument("--json", action="store_true",
-                   help="one JSON object per refresh (JSON Lines): totals, rates, drops, "
+    add_json(q, "one JSON object per refresh (JSON Lines): totals, rates, drops, "
                         "tables, pools, top flows")
     q.set_defaults(func=cmd_top)

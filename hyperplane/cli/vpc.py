@@ -2,7 +2,6 @@
 plane, through its data path (``function invoke|logs|environments`` are in cli.functions)."""
 from __future__ import annotations
 
-import json
 
 from hyperplane.cli import completers, functions
 from hyperplane.cli.common import (add_json, command_group, fill, ids, named, parse_duration,
@@ -14,7 +13,7 @@ from hyperplane.lab.api import Lab
 def cmd_eni_list(args) -> int:
     enis = Lab.attach(args.name).enis()
     if args.json:
-        print(json.dumps(enis, indent=2))
+        print_json(enis)
         return EXIT_OK
     rows = [["ENI", "STATE", "SUBNET", "SECURITY GROUPS", "ADDRESSES", "FUNCTIONS", "PORTS USED"]]
     for e in enis:
@@ -28,7 +27,7 @@ def cmd_eni_list(args) -> int:
 def cmd_function_list(args) -> int:
     fns = Lab.attach(args.name).functions()
     if args.json:
-        print(json.dumps(fns, indent=2))
+        print_json(fns)
         return EXIT_OK
     rows = [["FUNCTION", "STATE", "LAST UPDATE", "SUBNETS", "SECURITY GROUPS", "IPV6", "ENIS"]]
     for f in fns:
@@ -80,12 +79,12 @@ def cmd_clock(args) -> int:
 def register(sub) -> None:
     esub = command_group(sub, "eni", "the lab's Hyperplane ENIs (running lab)")
     q = named(esub.add_parser("list", help="ENIs with state, key, addresses, users, port use"))
-    q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(q, "machine-readable output")
     q.set_defaults(func=cmd_eni_list)
 
     fsub = command_group(sub, "function", "the lab's Lambda functions (running lab)")
     q = named(fsub.add_parser("list", help="functions with state and VPC config"))
-    q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(q, "machine-readable output")
     q.set_defaults(func=cmd_function_list)
     q = named(fsub.add_parser(
         "update", help="UpdateFunctionConfiguration(VpcConfig=...): the old ENI keeps "
