@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 
-from hyperplane import proc
 from hyperplane.cli.common import add_json, isatty, named, print_json, print_json_line
 from hyperplane.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab import lifecycle
 from hyperplane.lab.api import Lab
-from hyperplane.lab.status import metrics_target
-from hyperplane.observe import dashboards, stats, top
+from hyperplane.lab.status import metrics_target, running_metrics_url
+from hyperplane.observe import dashboards, exporter, stats, top
 
 
 def cmd_stats(args) -> int:
@@ -82,15 +81,13 @@ def cmd_metrics(args) -> int:
     try:
         srv = stats.serve(registry, host, port)
     except OSError as e:
-        state = lifecycle.load_lab(args.name)[0]
-        served = (f"; lab {args.name} already serves its metrics at {state.get('metrics_url')} "
-                  "([metrics] in its lab file)"
-                  if proc.pid_alive(state.get("metrics_pid")) else "")
+        url = running_metrics_url(lifecycle.load_lab(args.name)[0])
+        served = (f"; lab {args.name} already serves its metrics at {url} ([metrics] in its "
+                  "lab file)" if url else "")
         raise HyperplaneError(f"--listen {args.listen}: cannot listen: {e.strerror or e}"
                               + served) from None
-    shown = f"[{host}]" if ":" in host else host
     print(f"serving Prometheus metrics of lab {args.name} on "
-          f"http://{shown}:{srv.server_address[1]}/metrics (Ctrl-C to stop)", flush=True)
+          f"{exporter.url_of(host, srv.server_address[1])} (Ctrl-C to stop)", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -300,8 +300,7 @@ class Lab:
         """The URL of the lab's Prometheus exporter (``[metrics] listen``; the real port when
         port 0 was asked), None when the lab has no ``[metrics]`` or its exporter is not
         running."""
-        state, _ = lifecycle.load_lab(self.name)
-        return state.get("metrics_url") if proc.pid_alive(state.get("metrics_pid")) else None
+        return lab_status.running_metrics_url(lifecycle.load_lab(self.name)[0])
 
     def request(self, cmd: str, **args) -> Dict[str, Any]:
         """One request on the data path's control socket (hyperplane.control lists the

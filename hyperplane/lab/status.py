@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import urllib.parse
 from typing import Any, Dict, List, Optional
 
 from hyperplane import control, labconfig, paths, proc, topology
@@ -157,15 +158,20 @@ def status(name: str) -> Dict[str, Any]:
     return out
 
 
+def running_metrics_url(state: Dict[str, Any]) -> Optional[str]:
+    """The URL the lab's exporter serves, from its state; None when none runs."""
+    return state.get("metrics_url") if proc.pid_alive(state.get("metrics_pid")) else None
+
+
 def metrics_status(plan: labconfig.Plan, state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The lab's metrics exporter (``[metrics]``): ``listen`` as the lab file asks, ``url`` it
     serves (the real port when port 0 was asked), ``pid`` and ``running``; None when the lab
     has no ``[metrics]``."""
     if not plan.metrics.listen:
         return None
-    pid = state.get("metrics_pid")
-    return {"listen": plan.metrics.listen, "url": state.get("metrics_url"), "pid": pid,
-            "running": proc.pid_alive(pid)}
+    url = running_metrics_url(state)
+    return {"listen": plan.metrics.listen, "url": url or state.get("metrics_url"),
+            "pid": state.get("metrics_pid"), "running": url is not None}
 
 
 def metrics_target(name: str) -> str:
@@ -179,9 +185,9 @@ def metrics_target(name: str) -> str:
             f'"{labconfig.DEFAULT_METRICS_LISTEN}" to its lab file and `{PROG} lab down` / '
             f"`lab up` it, or give --listen ADDR:PORT of a `{PROG} metrics` you run",
             EXIT_USAGE)
-    m = metrics_status(plan, state)
-    if m["running"] and m["url"]:
-        return m["url"].split("//", 1)[1].split("/", 1)[0]
+    url = running_metrics_url(state)
+    if url:
+        return urllib.parse.urlsplit(url).netloc
     if plan.metrics.listen.endswith(":0"):
         raise HyperplaneError(f"the metrics exporter of lab {name!r} is not running and its "
                               f"[metrics] listen {plan.metrics.listen} picks a port when it "
