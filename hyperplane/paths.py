@@ -84,6 +84,11 @@ def conntrack_state_path(name: str) -> str:
     return os.path.join(lab_dir(name), CONNTRACK_STATE)
 
 
+def impairments_path(name: str) -> str:
+    """The lab's link impairments and the backend its kernel gives (hyperplane.topology.impair)."""
+    return os.path.join(lab_dir(name), "impairments.json")
+
+
 def flow_logs_dir(name: str) -> str:
     return os.path.join(lab_dir(name), FLOW_LOGS_DIR)
 

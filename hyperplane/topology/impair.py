@@ -139,13 +139,9 @@ def program(*, loss: float, duplicate: float, reorder: float, ifindex: int,
 
 
 # ---- the backend, and the state file -----------------------------------------------------------
-def state_path(name: str) -> str:
-    return os.path.join(paths.lab_dir(name), "impairments.json")
-
-
 def _load(name: str) -> Dict[str, Any]:
     try:
-        with open(state_path(name), encoding="utf-8") as f:
+        with open(paths.impairments_path(name), encoding="utf-8") as f:
             d = json.load(f)
         return d if isinstance(d, dict) else {}
     except (OSError, ValueError):
@@ -153,10 +149,10 @@ def _load(name: str) -> Dict[str, Any]:
 
 
 def _save(name: str, d: Dict[str, Any]) -> None:
-    tmp = state_path(name) + ".tmp"
+    tmp = paths.impairments_path(name) + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(d, f, indent=1)
-    os.replace(tmp, state_path(name))
+    os.replace(tmp, paths.impairments_path(name))
 
 
 def _tc(ns: str, args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess:

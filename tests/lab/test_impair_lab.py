@@ -24,6 +24,7 @@ from typing import List, Tuple
 import pytest
 
 import hyperplane as hp
+from hyperplane import paths
 from hyperplane.labconfig import default_text
 from hyperplane.topology import impair as mech
 from kit import traffic as nt
@@ -331,4 +332,4 @@ def test_the_lab_files_impairments_apply_at_up_and_go_at_down(own_lab):
         assert lab.lab.impairments() == doc
         name = lab.name
     assert not ours(name), "lab down leaves nothing"
-    assert not os.path.exists(mech.state_path(name))
+    assert not os.path.exists(paths.impairments_path(name))
