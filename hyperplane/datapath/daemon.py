@@ -41,10 +41,10 @@ from hyperplane.datapath.events import EVENT_RING, EventPump, Subscriber
 from hyperplane.datapath.restore import SAVE_INTERVAL, SAVE_SHARE, SaveAndRestore
 from hyperplane.datapath.statefile import default_state_file
 from hyperplane.engine.config import EngineConfig, Eni
-from hyperplane.engine.constants import RING_FRAMES_DEFAULT
 from hyperplane.engine.ctfilter import Filter
 from hyperplane.errors import LabConfigError
 from hyperplane.labconfig import bare, eni_id
+from hyperplane.labconfig.placement import Placement, describe, place, veth_links
 from hyperplane.vpc import ControlPlane
 
 log = logging.getLogger("hyperplane.datapath")
@@ -85,10 +85,13 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
 
     def __init__(self, plan, control_path: Optional[str], initial_active: bool = False, *,
                  state_file: Optional[str] = "", restore: bool = True,
-                 save_interval: float = SAVE_INTERVAL):
+                 save_interval: float = SAVE_INTERVAL, placement: Optional[Placement] = None):
         """``state_file``: where the state is saved and restored from ("": the lab
         directory's ``conntrack.state`` when that directory exists; None: nowhere).
-        ``restore=False`` starts afresh even when a matching state file exists."""
+        ``restore=False`` starts afresh even when a matching state file exists.
+        ``placement``: what :func:`run_plan` decided for this process (its loop already
+        pinned); None, for a Daemon built inside another process: only what the lab file
+        sets explicitly, as ``placement = "none"`` (that process's CPUs are not ours)."""
         # The compiled engine is imported where it is used, never at the top of the module:
         # importing hyperplane.datapath.daemon (e.g. for pin_cpus, or a test's stand-in Daemon)
         # must not need the compiled build.
@@ -98,11 +101,15 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self.control_path = control_path
         self.started = time.time()
         self.offset = 0.0  # the lab clock runs ahead of the monotonic clock by this much
+        if placement is None:
+            placement = place(dataclasses.replace(plan.datapath, placement="none"),
+                              os.sched_getaffinity(0), veth_links(plan))
+        self.placement = placement
         self.dp = DataPath()
-        self.dp.ring_frames = plan.datapath.ring_frames   # before any link is added
-        if plan.datapath.inbound_cpus:
-            self.dp.start_inbound_worker(plan.datapath.inbound_cpus)
-            log.info("inbound worker on CPU(s) %s", sorted(plan.datapath.inbound_cpus))
+        self.dp.ring_frames = placement.ring_frames   # before any link is added
+        if placement.inbound_cpus:
+            self.dp.start_inbound_worker(placement.inbound_cpus)
+            log.info("inbound worker on CPU(s) %s", list(placement.inbound_cpus))
         self.keys: Dict[Key, _KeyGroup] = {}
         self.env_links: Dict[str, int] = {}
         # veth link -> (its ifname, None when the kernel's stack is kept off it, else why not)
@@ -157,8 +164,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                     fd = netns.open_tap(env.ifname)
                     # as deep as a veth link's ring: the TAP's own 500 packets rode out only
                     # 60 ms of a loop busy elsewhere at 8,000 packets a second (issue 16)
-                    netns.set_tx_queue_len(env.ifname, plan.datapath.ring_frames
-                                           or RING_FRAMES_DEFAULT)
+                    netns.set_tx_queue_len(env.ifname, placement.ring_frames)
                 li = self.dp.add_link("env", g, name=env.name, mac=env.gw_mac, tap_fd=fd)
             else:
                 li = self._add_veth_link("env", g, env.name, env.gw_mac, env.node_ifname)
@@ -356,6 +362,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         out["clock"] = {"now": self.now(), "offset": self.offset}
         out["restore"] = dict(self.restore_report)
         out["saves"] = dict(self.saves)
+        out["placement"] = self.placement.to_dict()
         return out
 
     def conntrack(self, spec=None) -> List[Dict[str, Any]]:
@@ -483,14 +490,18 @@ def run_plan(plan, control_path: Optional[str], initial_active: bool = False,
     (restoring the lab's saved state first unless ``restore`` is false), logging at
     ``log_level`` (None: HYPERPLANE_LOG_LEVEL, which lab up/restart pass on, else info)."""
     proc.configure_logging(log_level)
-    pin_cpus(plan.datapath.cpus, plan.datapath.inbound_cpus)
+    # decided here, from the CPUs this process may use, before pinning narrows them
+    placement = place(plan.datapath, os.sched_getaffinity(0), veth_links(plan))
+    log.info("%s", describe(placement.to_dict()))
+    pin_cpus(placement.loop_cpus, placement.inbound_cpus)
     netns.enter(plan.node_ns)
-    d = Daemon(plan, control_path, initial_active=initial_active, restore=restore)
+    d = Daemon(plan, control_path, initial_active=initial_active, restore=restore,
+               placement=placement)
     return d.run()
 
 
 def pin_cpus(cpus, inbound_cpus=()) -> None:
-    """Run this process on ``cpus`` (``[datapath] cpus``); nothing when empty. A CPU this
+    """Run this process on ``cpus`` (the placement's loop CPUs); nothing when empty. A CPU this
     process may not use (offline, outside its cpuset) is a configuration error naming them;
     ``inbound_cpus`` (the inbound worker's, started later) is checked here too, before pinning
     narrows what this process may use."""

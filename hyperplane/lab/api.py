@@ -168,6 +168,12 @@ class Lab:
         """The data path's raw counters (what ``stats`` sums up)."""
         return self.request("counters")
 
+    def placement(self) -> Dict[str, Any]:
+        """Where the running data path placed itself (hyperplane.labconfig.placement): its
+        ``loop_cpus``, ``inbound_cpus`` (empty: no inbound worker), ``ring_frames``,
+        ``function_cpus`` and, per choice, its ``source`` ("auto", "lab file", "default")."""
+        return self.request("counters")["placement"]
+
     def conntrack(self, **filters) -> List[Dict[str, Any]]:
         """``hyperplane conntrack list --json`` with conntrack's filters as keywords:
         ``proto``, ``family``, ``orig_src``, ``orig_dst``, ``reply_src``, ``reply_dst``,

@@ -1,5 +1,5 @@
 """What ``hyperplane lab status --json`` prints: a lab's nodes, ENIs, fabric, NAT gateways and,
-while its data path runs, its counters, functions and live ENIs; while its workloads service
+while its data path runs, its counters, functions, live ENIs and placement (CPUs, rings); while its workloads service
 runs, the execution environments (cold, warm, busy) and the hosts' services; with ``[metrics]``,
 the exporter's URL; the active link impairments."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 from hyperplane import control, labconfig, paths, proc, topology
 from hyperplane.errors import EXIT_USAGE, PROG, HyperplaneError
 from hyperplane.lab.impair import lines as impair_lines
+from hyperplane.labconfig.placement import describe as describe_placement
 from hyperplane.lab.lifecycle import ask, load_lab
 from hyperplane.topology import impair as link_impair
 
@@ -131,6 +132,8 @@ def status(name: str) -> Dict[str, Any]:
                                                  "drops")}
             out["counters"]["drops"] = {k: v for k, v in c["drops"].items() if v}
             out["control_plane"] = c.get("control_plane", {})
+            # where the data path placed itself (hyperplane.labconfig.placement)
+            out["placement"] = c.get("placement")
             out["functions"] = ask(name, "functions", timeout=2.0)["functions"]
             listed = ask(name, "enis", timeout=2.0)
             out["enis"] = enis(plan, listed["enis"], c, listed["now"])
@@ -246,6 +249,8 @@ def print_status(st: Dict[str, Any], out=None) -> None:
     imp = st.get("impairments")
     for line in impair_lines(imp) if imp else []:
         p("  " + line)
+    if st.get("placement"):
+        p("  data path " + describe_placement(st["placement"]))
     c = st.get("counters")
     if c:
         drops = " ".join(f"{k}={v}" for k, v in c["drops"].items()) or "none"

@@ -336,12 +336,16 @@ class DatapathPlan:
     ``ring_frames``: the depth of each veth link's receive ring, which is how long a stall of
     the loop a link absorbs without dropping (like ``ethtool -G`` on a NIC).
     ``inbound_cpus``: when set, an inbound worker thread on these CPUs receives on the ENI
-    links and does the VPC -> environment direction."""
+    links and does the VPC -> environment direction.
+    ``placement``: "auto" chooses what the others leave out when the data path starts
+    (hyperplane.labconfig.placement); "none" leaves it to the scheduler and the defaults."""
     cpus: Tuple[int, ...] = ()
-    #: frames in each veth link's receive ring (2 KiB each); 0: the default, 4,096 (8 MiB)
+    #: frames in each veth link's receive ring (2 KiB each); 0: the placement's choice
     ring_frames: int = 0
     #: when set, the VPC -> environment direction runs in a thread of its own on these CPUs
     inbound_cpus: Tuple[int, ...] = ()
+    #: "auto": the data path places what is left out (hyperplane.labconfig.placement); "none"
+    placement: str = "auto"
 
 
 #: ``[conntrack]`` keys (the kernel's sysctl names without ``nf_conntrack_``) -> the field of

@@ -1,5 +1,5 @@
 """Parsing the settings that shape the running lab rather than its network:
-``[lifecycle]`` (ENI delays and scale-out), ``[flow_logs]`` and ``[datapath]`` (CPUs, rings).
+``[lifecycle]`` (ENI delays and scale-out), ``[flow_logs]`` and ``[datapath]`` (placement, CPUs, rings).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hyperplane.labconfig.model import (FLOW_LOGS_AZ_ID, FLOW_LOGS_INTERVAL,
                                         LIFECYCLE_PROFILES, DatapathPlan, FlowLogsPlan,
                                         LabSettings, LifecyclePlan)
 from hyperplane.labconfig.fields import Key, Table
+from hyperplane.labconfig.placement import PLACEMENTS
 from hyperplane.labconfig.parse_common import ACCOUNT_ID, check_keys, expect
 from hyperplane.labconfig.problems import group, soft
 
@@ -67,14 +68,20 @@ def _cpus(name: str, doc: str) -> Key:
                                              maximum=1023))
 
 
-DATAPATH = Table("[datapath]", "The data path process: its CPUs and its rings.", (
-    _cpus("cpus", "CPUs the data path runs on (default: wherever the scheduler puts it)"),
+DATAPATH = Table("[datapath]", "The data path process: its CPUs and its rings. Left out, "
+                 "it places itself (placement = \"auto\").", (
+    Key("placement", "string", "auto: the data path chooses what this table leaves out when it "
+        "starts (with 2 CPUs or more: its loop on the highest CPU it may use, the inbound "
+        "worker on the next, the functions' code off the loop's CPU; rings of 16384 frames); "
+        "none: nothing chosen (the scheduler decides, no inbound worker, rings of 4096)",
+        default="auto", enum=PLACEMENTS),
+    _cpus("cpus", "CPUs the data path's loop runs on (default: the placement's choice)"),
     Key("ring_frames", "integer", f"frames (2 KiB) in each veth link's receive ring, a "
         f"multiple of {RING_FRAMES_STEP} from {RING_FRAMES_MIN} to {RING_FRAMES_MAX}; 0 or "
-        "absent: 4096", default=0, minimum=0, maximum=RING_FRAMES_MAX,
+        "absent: the placement's choice", default=0, minimum=0, maximum=RING_FRAMES_MAX,
         multiple_of=RING_FRAMES_STEP),
     _cpus("inbound_cpus", "CPUs of a second thread doing the VPC -> environment direction "
-          "(datapath.cpus must then keep the loop off them)"),
+          "(default: the placement's choice; the loop is kept off them)"),
 ))
 
 
@@ -193,11 +200,17 @@ def _parse_cpu_list(t: Dict[str, Any], key: str) -> Tuple[int, ...]:
 
 
 def parse_datapath(t: Any) -> DatapathPlan:
-    """``[datapath]``: the CPUs the data path runs on, its inbound worker's, and its rings'
-    depth."""
+    """``[datapath]``: how the data path places itself (hyperplane.labconfig.placement), the
+    CPUs of its loop and of its inbound worker, and its rings' depth."""
     expect(t, dict, "datapath", "write it as a [datapath] table")
     check_keys(t, "datapath", DATAPATH)
     with group():
+        with soft():
+            placement = t.get("placement", "auto")
+            if placement not in PLACEMENTS:
+                raise LabConfigError("datapath.placement", f"{placement!r}: write \"auto\" (the "
+                                     "data path places what this table leaves out) or \"none\" "
+                                     "(nothing placed: the scheduler decides)")
         with soft():
             frames = t.get("ring_frames", 0)
             if isinstance(frames, bool) or not isinstance(frames, int) or (frames and (
@@ -206,17 +219,19 @@ def parse_datapath(t: Any) -> DatapathPlan:
                 raise LabConfigError("datapath.ring_frames",
                                      f"{frames!r}: write a multiple of {RING_FRAMES_STEP} from "
                                      f"{RING_FRAMES_MIN} to {RING_FRAMES_MAX} (frames of 2 KiB "
-                                     "per veth link; the default is 4096), or leave it out")
+                                     "per veth link), or leave it out for the placement's "
+                                     "choice")
         with soft():
             cpus = _parse_cpu_list(t, "cpus")
         with soft():
             inbound = _parse_cpu_list(t, "inbound_cpus")
-    if inbound and not set(cpus) - set(inbound):
+    if inbound and (cpus or placement == "none") and not set(cpus) - set(inbound):
         # The point of the worker is a CPU of its own; an unpinned loop (or one pinned to the
         # worker's CPUs) may share that CPU with it, paying for two threads' locks and
-        # wake-ups and gaining nothing.
+        # wake-ups and gaining nothing. ("auto" without cpus keeps the loop off them itself.)
         raise LabConfigError("datapath.inbound_cpus",
                              f"{list(inbound)!r} needs the loop kept off those CPUs: set "
                              "datapath.cpus to CPUs outside them (like cpus = [1] with "
-                             "inbound_cpus = [0]), or leave inbound_cpus out")
-    return DatapathPlan(cpus=cpus, ring_frames=frames, inbound_cpus=inbound)
+                             "inbound_cpus = [0]), or leave cpus out with placement = "
+                             "\"auto\", or leave inbound_cpus out")
+    return DatapathPlan(cpus=cpus, ring_frames=frames, inbound_cpus=inbound, placement=placement)

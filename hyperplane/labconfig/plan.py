@@ -346,7 +346,8 @@ class Plan:
             datapath=DatapathPlan(
                 cpus=tuple(d.get("datapath", {}).get("cpus", ())),
                 ring_frames=int(d.get("datapath", {}).get("ring_frames", 0)),
-                inbound_cpus=tuple(d.get("datapath", {}).get("inbound_cpus", ()))),
+                inbound_cpus=tuple(d.get("datapath", {}).get("inbound_cpus", ())),
+                placement=d.get("datapath", {}).get("placement", "auto")),
             conntrack=ConntrackPlan(**d.get("conntrack", {})),
             metrics=MetricsPlan(**d.get("metrics", {})),
             impairments=tuple(ImpairmentPlan(**i) for i in d.get("impairments", ())),

@@ -49,6 +49,9 @@ JSON schema of ``stats --json`` (``"schema": 1``; counts are integers, percentag
            eni_mismatch, duplicate, table_full, invalid,
            saves {saved, failed, last_error, last_connections, last_seconds,
                   last_loop_seconds (how long the save held the forwarding loop)}}
+    placement {placement ("auto" or "none"), loop_cpus[], inbound_cpus[] (empty: no inbound
+               worker), ring_frames, function_cpus[], allowed_cpus[], source {loop_cpus,
+               inbound_cpus, ring_frames: "auto", "lab file" or "default"}} or null
 
 Every drop reason is present in JSON (zero or not); the text view hides the zero ones.
 
@@ -204,6 +207,7 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
         "flow_logs": c.get("flow_logs"),
         "control_plane": dict(c.get("control_plane", {})),
         "state": _state(c),
+        "placement": c.get("placement"),
     }
 
 
@@ -380,7 +384,21 @@ def sections(s: Dict[str, Any]) -> List[Section]:
         out.append(Section("flow logs", ["STAT", "VALUE"], _flow_logs_rows(s["flow_logs"])))
     if "state" in s:
         out.append(Section("saved state", ["STAT", "VALUE"], _state_rows(s["state"])))
+    if s.get("placement"):
+        out.append(Section("placement", ["PART", "CHOSEN", "FROM"],
+                           _placement_rows(s["placement"])))
     return out
+
+
+def _placement_rows(p: Dict[str, Any]) -> List[List[str]]:
+    src = p.get("source") or {}
+    cpus = lambda xs, none: ",".join(map(str, xs)) if xs else none  # noqa: E731
+    return [["loop CPUs", cpus(p["loop_cpus"], "any (unpinned)"), src.get("loop_cpus", "-")],
+            ["inbound worker CPUs", cpus(p["inbound_cpus"], "none (no worker)"),
+             src.get("inbound_cpus", "-")],
+            ["ring frames", str(p["ring_frames"]), src.get("ring_frames", "-")],
+            ["functions' CPUs", cpus(p.get("function_cpus") or (), "any"),
+             f"placement {p.get('placement')}"]]
 
 
 def stats_head(s: Dict[str, Any]) -> str:

@@ -65,8 +65,11 @@ class ExecutionEnvironment:
     invocation at a time is given to :meth:`invoke`."""
 
     def __init__(self, fn: FunctionPlan, env: EnvPlan, *, task_root: str, runtime_dir: str,
-                 log_path: str, account_id: str):
+                 log_path: str, account_id: str, cpus: Tuple[int, ...] = ()):
+        """``cpus``: the CPUs the runtime runs on (the placement's ``function_cpus``, off the
+        data path's loop); empty: wherever the scheduler puts it."""
         self.fn, self.env = fn, env
+        self.cpus = tuple(cpus)
         self.task_root, self.runtime_dir = task_root, runtime_dir
         self.account_id = account_id
         self.log = EnvLog(log_path)
@@ -95,7 +98,7 @@ class ExecutionEnvironment:
                 "invocations": self.invocations, "cold_starts": self.cold_starts,
                 "log_stream": self.log.stream if self.warm else None,
                 "last_error": self.last_error, "note": self.note,
-                "runtime_api": f"{API_HOST}:{API_PORT}"}
+                "runtime_api": f"{API_HOST}:{API_PORT}", "cpus": list(self.cpus)}
 
     # ---- the Runtime API's socket, in the environment's namespace ---------------------------
     def _open_api(self) -> None:
@@ -158,6 +161,11 @@ class ExecutionEnvironment:
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      close_fds=True)
+        if self.cpus:   # `ip netns exec` and setpriv exec in place: this pid is the runtime's
+            try:
+                os.sched_setaffinity(self.proc.pid, self.cpus)
+            except OSError:   # gone already: its exit is reported like any other
+                pass
         self._reader = threading.Thread(target=self._pump, args=(self.proc,), daemon=True,
                                         name=f"log-{self.env.name}")
         self._reader.start()

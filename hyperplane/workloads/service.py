@@ -35,7 +35,9 @@ import time
 from typing import Any, Dict, List, Optional
 
 from hyperplane import control, paths
+from hyperplane.errors import LabConfigError
 from hyperplane.labconfig import Plan
+from hyperplane.labconfig.placement import place, veth_links
 from hyperplane.workloads.environment import ExecutionEnvironment, function_arn
 from hyperplane.workloads.hosts import HostService
 from hyperplane.workloads.runtimes import (EntrypointError, code_sha256, install_code,
@@ -81,6 +83,13 @@ class WorkloadsService:
         runtime_dir = os.path.join(self.root, "runtime")
         install_runtime(runtime_dir)
         fdir = paths.functions_dir(lab)
+        # the functions' code off the data path's loop: the same decision the data path makes
+        # from the same lab file and CPUs (both start from `lab up`); none if it cannot place
+        try:
+            self.function_cpus = place(self.plan.datapath, os.sched_getaffinity(0),
+                                       veth_links(self.plan)).function_cpus
+        except LabConfigError:   # the data path refuses to start and says why
+            self.function_cpus = ()
         self.envs: Dict[str, List[ExecutionEnvironment]] = {}
         self.code: Dict[str, Dict[str, Any]] = {}     # function -> its deployed code
         for fn in self.plan.functions:
@@ -90,7 +99,8 @@ class WorkloadsService:
                 ExecutionEnvironment(fn, self.plan.env(e), task_root=task,
                                      runtime_dir=runtime_dir,
                                      log_path=os.path.join(fdir, fn.name, f"{e}.log"),
-                                     account_id=self.plan.account_id)
+                                     account_id=self.plan.account_id,
+                                     cpus=self.function_cpus)
                 for e in fn.envs]
         self.hosts = [HostService(lab, h, paths.host_log_path(lab, h.name),
                                   os.path.join(paths.lab_dir(lab), "hosts", h.name))

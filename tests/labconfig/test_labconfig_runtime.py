@@ -157,11 +157,14 @@ def test_datapath_inbound_cpus_round_trip_and_errors():
     assert lc.Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
     doc["datapath"] = {"cpus": [1], "inbound_cpus": [0, 0]}
     refused(doc, "datapath.inbound_cpus", "twice")
-    # the worker needs the loop kept off its CPUs: no cpus, or cpus all among inbound_cpus
-    for dp in ({"inbound_cpus": [0]}, {"cpus": [0], "inbound_cpus": [0]},
+    # the worker needs the loop kept off its CPUs: cpus all among inbound_cpus, or no cpus
+    # with nothing placed (placement "auto" keeps the loop off them itself)
+    for dp in ({"inbound_cpus": [0], "placement": "none"}, {"cpus": [0], "inbound_cpus": [0]},
                {"cpus": [0], "inbound_cpus": [0, 1]}):
         doc["datapath"] = dp
         refused(doc, "datapath.inbound_cpus", "set datapath.cpus to CPUs outside them")
+    doc["datapath"] = {"inbound_cpus": [0]}                   # auto places the loop elsewhere
+    assert lc.resolve(parse(doc), "dp").datapath.inbound_cpus == (0,)
     doc["datapath"] = {"cpus": [0, 1], "inbound_cpus": [0]}   # the loop may still use CPU 1
     assert lc.resolve(parse(doc), "dp").datapath.cpus == (0, 1)
     doc["datapath"] = {"inbound_cpus": ["0"]}
