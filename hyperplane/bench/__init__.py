@@ -170,13 +170,16 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
                     else "unpinned",
                     "hp_traffic": "--cpu CPU" if settings.pin else "--cpu -1 (unpinned)",
                     "datapath_cpu": SERVER_CPU if settings.pin else None,
-                    "datapath": (f"[datapath] cpus = [{SERVER_CPU}] (off the sender's CPU, "
+                    "datapath": (f"loop on CPU {SERVER_CPU} (off the sender's CPU, "
                                  "where the kernel's NAT runs in the sender's softirq), "
-                                 f"inbound_cpus = [{CLIENT_CPU}] (the VPC -> environment "
+                                 f"inbound worker on CPU {CLIENT_CPU} (the VPC -> environment "
                                  "direction, whose sends carry the environment's receive path)"
-                                 if settings.pin else "unpinned"),
+                                 if settings.pin else "unpinned (placement = \"none\")"),
                     "ring_frames": (modes["hyperplane"].rings if "hyperplane" in modes
-                                    else {})},
+                                    else {}),
+                    # where the data path really placed itself, and why (labconfig.placement)
+                    "placement": (modes["hyperplane"].placement if "hyperplane" in modes
+                                  else None)},
         "overload_offered_pps": getattr(runner, "overload_offered", None),
         "idle_datapath_cpu_share": (max(idle) if idle else None),
         "wall_seconds": round(wall, 1)})

@@ -1,8 +1,8 @@
 """The two labs of a run and what they need: their names (unique per process, or the next free
 pair), building them (the kernel lab by :func:`hyperplane.topology.build` and
-:func:`~hyperplane.bench.kernel.kernel_nat`, the hyperplane lab by ``Lab.up`` with the bench's
-``[datapath]`` settings), tearing them down, and the tools the tests run (iperf3, nft,
-hp-traffic).
+:func:`~hyperplane.bench.kernel.kernel_nat`, the hyperplane lab by ``Lab.up``, placed by the data
+path's default placement where that is the bench's pinning), tearing them down, and the tools
+the tests run (iperf3, nft, hp-traffic).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from hyperplane.bench.settings import (
 )
 from hyperplane.errors import HyperplaneError, LabError
 from hyperplane.lab.api import Lab
+from hyperplane.labconfig.placement import place, veth_links
 
 
 def lab_names(pid: Optional[int] = None) -> Dict[str, str]:
@@ -51,32 +52,49 @@ def _config_file() -> Iterator[str]:
         yield str(p)
 
 
+def build_kernel_lab(name: str, created: List[str]) -> labconfig.Plan:
+    """The kernel lab: the bench's topology (topology.build) with the node namespace made a
+    Linux NAT router (kernel_nat). A failed build rolls itself back; a lab that was built is
+    appended to ``created`` at once, before its NAT is set up, for the caller's finally."""
+    with _config_file() as path:
+        progress(f"building lab {name} (kernel NAT: ip_forward + nftables SNAT)")
+        kplan = labconfig.resolve(bench_config(), name)
+        try:
+            topology.build(kplan, config_source=path)
+        except LabError as e:
+            raise BenchError(str(e)) from None
+        created.append(name)
+        kernel_nat(kplan)
+    return kplan
+
+
 def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str],
                pin: bool) -> None:
     """Build the kernel lab (topology.build + kernel_nat) and the hyperplane lab (Lab.up: the
     data path in the background, waited for until its function is Active). A failed build
     rolls itself back (both calls do); a lab that was built is appended to ``created`` at
     once, so the caller's finally tears down exactly what this run built."""
-    cfg = bench_config()
     with _config_file() as path:
-        progress(f"building lab {names['kernel']} (kernel NAT: ip_forward + nftables SNAT)")
-        kplan = labconfig.resolve(cfg, names["kernel"])
-        try:
-            topology.build(kplan, config_source=path)
-        except LabError as e:
-            raise BenchError(str(e)) from None
-        created.append(names["kernel"])
+        kplan = build_kernel_lab(names["kernel"], created)
         modes["kernel"] = Mode("kernel", names["kernel"], kplan, pin)
-        kernel_nat(kplan)
         progress(f"building lab {names['hyperplane']} (hyperplane data path)")
         with open(path, encoding="utf-8") as f:
             text = f.read()
         # the same topology, with a deeper ring, the data path's loop off the sender's CPU and
-        # its inbound worker on it
-        datapath = f"ring_frames = {RING_FRAMES}\n" + (
-            f"cpus = [{SERVER_CPU}]\ninbound_cpus = [{CLIENT_CPU}]\n" if pin else "")
-        text += "\n[datapath]\n" + datapath
-        source = f"{path} + [datapath] " + datapath.strip().replace("\n", ", ")
+        # its inbound worker on it: the data path's own default placement where that is it
+        # (2 CPUs: labconfig.placement), else written out; --no-pin places nothing
+        auto = place(kplan.datapath, os.sched_getaffinity(0), veth_links(kplan))
+        if not pin:
+            datapath = f'placement = "none"\nring_frames = {RING_FRAMES}\n'
+        elif (auto.loop_cpus, auto.inbound_cpus, auto.ring_frames) != \
+                ((SERVER_CPU,), (CLIENT_CPU,), RING_FRAMES):
+            datapath = (f"ring_frames = {RING_FRAMES}\ncpus = [{SERVER_CPU}]\n"
+                        f"inbound_cpus = [{CLIENT_CPU}]\n")
+        else:
+            datapath = ""
+        text += ("\n[datapath]\n" + datapath) if datapath else ""
+        source = (f"{path} + [datapath] " + datapath.strip().replace("\n", ", ")) if datapath \
+            else f"{path} (the data path's default placement)"
         cfg = labconfig.loads(text, source=source)
         hplan = labconfig.resolve(cfg, names["hyperplane"])
         try:
@@ -86,6 +104,7 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         created.append(names["hyperplane"])
         modes["hyperplane"] = Mode("hyperplane", names["hyperplane"], hplan, pin)
         modes["hyperplane"].pid = hlab.pid
+        modes["hyperplane"].placement = hlab.placement()
         modes["hyperplane"].rings = {x["name"]: x["ring_frames"] for x in
                                      hlab.counters()["links"]
                                      if x.get("kind") == "veth"}

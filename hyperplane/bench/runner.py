@@ -53,6 +53,7 @@ class Mode:
         self.taskset = shutil.which("taskset") if pin else None
         self.pid: Optional[int] = None   # the data path's (hyperplane mode)
         self.rings: Dict[str, int] = {}   # veth link -> its ring's frames, as the daemon says
+        self.placement: Optional[Dict[str, Any]] = None   # the daemon's placement (CPUs, rings)
         self.last_conn = -1e9            # monotonic end of the last conn trial
 
     def _ns(self, ns: str, argv: List[str], cpu: Optional[int]) -> List[str]:

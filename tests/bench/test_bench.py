@@ -423,7 +423,10 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
         assert doc["settings"]["repeats"] == 1 and doc["settings"]["quick"] is True
         assert doc["pinning"]["client_cpu"] == 0 and doc["pinning"]["server_cpu"] == 1
         assert doc["pinning"]["datapath_cpu"] == 1
-        assert "inbound_cpus = [0]" in doc["pinning"]["datapath"]
+        assert "inbound worker on CPU 0" in doc["pinning"]["datapath"]
+        placed = doc["pinning"]["placement"]   # what the daemon chose, read back from it
+        assert placed["loop_cpus"] == [1] and placed["inbound_cpus"] == [0], placed
+        assert placed["ring_frames"] == bench.RING_FRAMES
         rings = doc["pinning"]["ring_frames"]   # what the daemon opened, read back from it
         assert len(rings) == 2 and set(rings.values()) == {bench.RING_FRAMES}, rings
         for test in ("tcp4-1", "tcp6-1"):   # the whole machine's CPU per GB, both modes
