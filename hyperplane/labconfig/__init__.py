@@ -46,13 +46,15 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
 - ``[flow_logs]``: VPC Flow Logs per ENI (default format v2) under the lab's directory
   (:mod:`hyperplane.datapath.flowlogs`): ``enabled``, ``interval`` (1..600 s; AWS offers 60 or 600),
   ``account_id``.
-- ``[datapath]``: ``cpus``, the CPUs the data path process runs on (default: wherever the
-  scheduler puts it). On a small machine where the traffic's own endpoints share the CPUs,
-  keeping the data path off the sender's CPU is worth a lot (benchmarks/RESULTS.md).
-  ``ring_frames``: frames (2 KiB each) in every veth link's receive ring, default 4096.
-  ``inbound_cpus``: run the VPC -> environment direction in a second thread on these CPUs
-  (csrc/hp_dp.h ``hp_dp_start_inbound``), with ``cpus`` keeping the loop off them; default:
-  one thread does both.
+- ``[datapath]``: left out, the data path places itself when it starts
+  (:mod:`hyperplane.labconfig.placement`, ``placement = "auto"``): with 2 CPUs or more its loop
+  on the highest CPU it may use, its inbound worker on the next, the functions' code off the
+  loop's CPU, rings of 16384 frames; on a small machine where the traffic's own endpoints share
+  the CPUs, keeping the loop off the sender's CPU is worth a lot (benchmarks/RESULTS.md).
+  ``cpus`` (the loop's CPUs), ``inbound_cpus`` (a second thread doing the VPC -> environment
+  direction, csrc/hp_dp.h ``hp_dp_start_inbound``) and ``ring_frames`` (frames of 2 KiB in
+  every veth link's receive ring) override its choices; ``placement = "none"`` places nothing
+  (the scheduler decides, one thread does both directions, rings of 4096).
 - ``[metrics]``: ``listen``, the loopback address and port of the Prometheus exporter ``lab up``
   starts beside the data path (hyperplane.observe.exporter; port 0 picks a free one).
 
