@@ -25,7 +25,7 @@ import json
 import os
 import statistics
 import sys
-from typing import Any, Dict, List
+from typing import Dict, List
 
 from hyperplane import labconfig, topology
 from hyperplane.bench.labs import build_kernel_lab, check_tools

@@ -187,6 +187,26 @@ def test_saved_state_when_nothing_is_saved():
     assert _state_section(s) == {"file": "none: a data path run on its own saves nothing"}
 
 
+def test_placement_in_json_and_text():
+    from hyperplane.labconfig.model import DatapathPlan
+    from hyperplane.labconfig.placement import place
+
+    assert stats.summarize(counters())["placement"] is None   # an older daemon: none said
+    assert "placement" not in [x.title for x in stats.sections(stats.summarize(counters()))]
+    p = place(DatapathPlan(cpus=(1,)), {0, 1}, 2).to_dict()
+    s = stats.summarize({**counters(), "placement": p})
+    assert s["placement"] == p and json.loads(json.dumps(s))["placement"] == p
+    (sec,) = [x for x in stats.sections(s) if x.title == "placement"]
+    assert sec.rows == [["loop CPUs", "1", "lab file"], ["inbound worker CPUs", "0", "auto"],
+                        ["ring frames", "16384", "auto"],
+                        ["functions' CPUs", "0", "placement auto"]]
+    none = place(DatapathPlan(placement="none"), {0, 1}).to_dict()
+    (sec,) = [x for x in stats.sections(stats.summarize({**counters(), "placement": none}))
+              if x.title == "placement"]
+    assert sec.rows[:2] == [["loop CPUs", "any (unpinned)", "default"],
+                            ["inbound worker CPUs", "none (no worker)", "default"]]
+
+
 def test_saved_state_restored_and_saving():
     c = counters()
     c["restore"] = {"state_file": "/run/hyperplane/l/conntrack.state",
