@@ -82,35 +82,47 @@ from typing import Any, Callable, Dict, List, Optional
 
 from hyperplane import netns, paths
 from hyperplane.bench.analysis import (
-    abba, cpu_cost, cpu_times, find_loss_free, is_loss_free, loss, machine, median,
-    overload_fractions, overload_load, ratio_of, summarize, verdicts,
+    abba, column_order, cpu_cost, cpu_times, find_loss_free, is_loss_free, loss, machine,
+    median, overload_fractions, overload_load, pair_ratios, ratio_of, rotation, summarize,
+    verdicts,
 )
 from hyperplane.bench.kernel import kernel_nat, kernel_plan, nft_ruleset
-from hyperplane.bench.labs import build_labs, check_tools, free_lab_names, lab_names, teardown_labs
+from hyperplane.bench.checks import check_nat
+from hyperplane.bench.labs import (
+    build_labs, check_tools, free_lab_names, hyperplane_lab_text, lab_names, stop_switches,
+    teardown_labs,
+)
+from hyperplane.bench.ovs import OvsSwitch, ovs_flows, ovs_nat
 from hyperplane.bench.report import cell, format_value, plot, print_table, report_json
 from hyperplane.bench.runner import Mode, Runner
 from hyperplane.bench.settings import (
-    BENCH_CONFIG, CLIENT_CPU, CONN_DRAIN, MAX_CONN_COUNT, METRICS, MODES, NFT_TABLE,
-    OVERLOAD_LOAD, OVERLOAD_TARGET, PORT_BASE, RATIO_TARGET, REACHED, RING_FRAMES, SERVER_CPU,
-    TEST_METRICS, TESTS, BenchError, Settings, bench_config, parse_tests, progress,
+    BENCH_CONFIG, CLIENT_CPU, COLUMNS, CONN_DRAIN, CPU_COST_TARGET, ENVS, FOUR_STREAM_TARGET,
+    MAX_CONN_COUNT, METRICS, MODES, NFT_TABLE, OVERLOAD_LOAD, OVERLOAD_TARGET, OVS_RATIO_TARGET,
+    PORT_BASE, RATIO_PAIRS, RATIO_TARGET, REACHED, RING_FRAMES, SERVER_CPU, TAP_COLUMN,
+    TAP_TARGET, TEST_METRICS, TESTS, BenchError, Settings, bench_config, columns, default_modes,
+    parse_envs, parse_modes, parse_tests, progress,
 )
 
 __all__ = [
     # settings
-    "BENCH_CONFIG", "CLIENT_CPU", "CONN_DRAIN", "MAX_CONN_COUNT", "METRICS", "MODES",
-    "NFT_TABLE", "OVERLOAD_LOAD", "OVERLOAD_TARGET", "PORT_BASE", "RATIO_TARGET", "REACHED",
-    "RING_FRAMES", "SERVER_CPU", "TEST_METRICS", "TESTS", "BenchError", "Settings",
-    "bench_config", "parse_tests", "progress",
-    # kernel
-    "kernel_nat", "kernel_plan", "nft_ruleset",
+    "BENCH_CONFIG", "CLIENT_CPU", "COLUMNS", "CONN_DRAIN", "CPU_COST_TARGET", "ENVS",
+    "FOUR_STREAM_TARGET", "MAX_CONN_COUNT", "METRICS", "MODES", "NFT_TABLE", "OVERLOAD_LOAD",
+    "OVERLOAD_TARGET", "OVS_RATIO_TARGET", "PORT_BASE", "RATIO_PAIRS", "RATIO_TARGET",
+    "REACHED", "RING_FRAMES", "SERVER_CPU", "TAP_COLUMN", "TAP_TARGET", "TEST_METRICS",
+    "TESTS", "BenchError", "Settings", "bench_config", "columns", "default_modes",
+    "parse_envs", "parse_modes", "parse_tests", "progress",
+    # kernel, OVS, the correctness checks
+    "kernel_nat", "kernel_plan", "nft_ruleset", "OvsSwitch", "ovs_flows", "ovs_nat",
+    "check_nat",
     # analysis
-    "abba", "cpu_cost", "cpu_times", "find_loss_free", "is_loss_free", "loss", "machine",
-    "median", "overload_fractions", "overload_load", "ratio_of", "summarize", "verdicts",
+    "abba", "column_order", "cpu_cost", "cpu_times", "find_loss_free", "is_loss_free", "loss",
+    "machine", "median", "overload_fractions", "overload_load", "pair_ratios", "ratio_of",
+    "rotation", "summarize", "verdicts",
     # report
     "cell", "format_value", "plot", "print_table", "report_json",
     # runner, labs, and the whole bench
-    "Mode", "Runner", "build_labs", "check_tools", "free_lab_names", "lab_names",
-    "teardown_labs", "run",
+    "Mode", "Runner", "build_labs", "check_tools", "free_lab_names", "hyperplane_lab_text",
+    "lab_names", "stop_switches", "teardown_labs", "run",
 ]
 
 
@@ -142,7 +154,7 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
     with contextlib.suppress(ValueError):   # only the main thread may set handlers
         signal.signal(signal.SIGTERM, on_term)
     try:
-        build_labs(names, modes, created, settings.pin)
+        build_labs(names, modes, created, settings)
         runner = Runner(settings, modes, on_step=on_step)
         runner.run()
     finally:
@@ -152,11 +164,14 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
             rd = os.environ.get("HYPERPLANE_RUN_DIR")
             how = " and ".join(f"`{f'HYPERPLANE_RUN_DIR={rd} ' if rd else ''}hyperplane lab "
                                f"down --name {n}`" for n in created)
+            switches = [f"{m.switch.pids}" for m in modes.values() if m.switch is not None]
             progress(f"--keep: lab(s) {', '.join(created)} left up (state in "
-                      f"{paths.run_dir()}); remove them with {how}")
-        elif created:
+                      f"{paths.run_dir()}); remove them with {how}"
+                      + (f", after stopping OVS's daemons with `kill PID` ({', '.join(switches)})"
+                         if switches else ""))
+        elif created or any(m.switch is not None for m in modes.values()):
             progress(f"tearing down lab(s) {', '.join(created)}")
-            errors = teardown_labs(created)
+            errors = stop_switches(modes) + teardown_labs(created)
             if errors:
                 progress("teardown problems: " + "; ".join(errors))
     wall = time.monotonic() - t0
@@ -176,7 +191,10 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
                                  "direction, whose sends carry the environment's receive path)"
                                  if settings.pin else "unpinned"),
                     "ring_frames": (modes["hyperplane"].rings if "hyperplane" in modes
-                                    else {})},
+                                    else {}),
+                    "ovs_vswitchd_cpu": (SERVER_CPU if settings.pin and "ovs" in modes
+                                         else None)},
+        "modes": settings.modes, "envs": settings.envs,
         "overload_offered_pps": getattr(runner, "overload_offered", None),
         "idle_datapath_cpu_share": (max(idle) if idle else None),
         "wall_seconds": round(wall, 1)})
