@@ -83,7 +83,7 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
     from rich.table import Table
 
     out = out or sys.stdout
-    width = shutil.get_terminal_size().columns if out.isatty() else 160
+    width = shutil.get_terminal_size().columns if out.isatty() else 200
     console = Console(file=out, width=max(100, width))
     m = doc["machine"]
     s = doc["settings"]
@@ -95,14 +95,13 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
                                            for row in doc["summary"].values())]
     for col, just in ([("test", "left"), ("unit", "left")] + [(c, "right") for c in cols]
                       + [(f"ratio {SHORT.get(p, p)}", "right") for p in pairs]
-                      + [("", "left")]):
+                      + [("better", "left")]):
         t.add_column(col, justify=just, no_wrap=True)
     fr = doc.get("overload_fraction") or {}
     for metric, row in doc["summary"].items():
         cells = [cell(row[mode], row["unit"]) if mode in row else "-" for mode in cols]
         ratios = [_num(row.get("ratios", {}).get(p)) for p in pairs]
-        t.add_row(*(escape(c) for c in (metric, row["unit"], *cells, *ratios,
-                                        f"{row['better']} is better")))
+        t.add_row(*(escape(c) for c in (metric, row["unit"], *cells, *ratios, row["better"])))
         if metric == "udp64-overload":
             t.add_row(*(escape(c) for c in (
                 "  / own loss-free", "share",
