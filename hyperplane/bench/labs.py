@@ -96,9 +96,11 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
                 kernel_nat(plan)
             else:
                 modes[mode].switch = ovs.ovs_nat(plan, SERVER_CPU if pin else None)
-                progress(f"  ovs-vswitchd pid {modes[mode].switch.pids[ovs.VSWITCHD]}"
-                         + (f", pinned to CPU {SERVER_CPU} (hyperplane's loop's)" if pin
-                            else ", unpinned"))
+                pids = modes[mode].switch.pids
+                progress(f"  OVS started: ovsdb-server pid {pids['ovsdb-server']}, "
+                         f"ovs-vswitchd pid {pids[ovs.VSWITCHD]}"
+                         + (f" pinned to CPU {SERVER_CPU} (hyperplane's loop's)" if pin
+                            else " unpinned"))
         progress(f"building lab {names['hyperplane']} (hyperplane data path, environment(s) "
                  f"{', '.join(settings.envs)})")
         with open(path, encoding="utf-8") as f:

@@ -616,13 +616,42 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
 
 # ---- the real thing (root) -------------------------------------------------------------------
 _problem = netns.privilege_problem()
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def proc_alive(pid: int) -> bool:
+    from hyperplane import proc
+    return proc.pid_alive(pid)
+
+
+def processes_naming(text: str) -> list:
+    """Running processes whose command line mentions ``text`` (a run's directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 @pytest.mark.skipif(_problem is not None, reason=f"bench smoke run: {_problem}")
-def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypatch):
+def test_bench_quick_smoke_runs_every_mode_and_leaves_nothing(tmp_path, monkeypatch):
+    """The default modes: hyperplane, kernel and OVS where ovs-vswitchd is installed (CI
+    installs it: there a missing OVS fails the test instead of skipping its mode). Afterwards
+    no namespace, link, directory or OVS daemon of the run is left."""
     from pyroute2 import IPRoute
 
     from hyperplane import topology as hplab
+    from hyperplane.bench import ovs
+
+    why = ovs.missing()
+    if why and IN_CI:
+        pytest.fail(f"CI must run the bench's OVS mode: {why} (.ci/run installs it)")
+    modes = ["hyperplane", "kernel"] + ([] if why else ["ovs"])
 
     jpath, ppath = tmp_path / "bench.json", tmp_path / "bench.png"
     run_dir = tmp_path / "run"
@@ -650,15 +679,28 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
         assert doc["labs"] == names
         metrics = ["tcp4-1", "tcp6-1", "udp64", "udp64-overload", "conn", "rr-p50", "rr-p99"]
         assert list(doc["summary"]) == metrics
+        assert doc["modes"] == modes and doc["columns"] == modes
         for metric in metrics:
             row = doc["summary"][metric]
-            for mode in bench.MODES:
+            for mode in modes:
                 assert row[mode]["median"] > 0, (metric, mode, row)
             assert row["ratio"] == pytest.approx(row["hyperplane"]["median"]
                                                  / row["kernel"]["median"])
             assert doc["ratios"][metric] == row["ratio"]
+            if "ovs" in modes:
+                assert row["ratios"]["hyperplane/ovs"] == pytest.approx(
+                    row["hyperplane"]["median"] / row["ovs"]["median"])
         assert {(t["mode"], t["test"]) for t in doc["trials"]} == {
-            (m, t) for m in bench.MODES for t in tests + ["udp64-overload"]}
+            (m, t) for m in modes for t in tests + ["udp64-overload"]}
+        # every mode was checked to be a NAT before it was measured
+        for mode in modes:
+            assert re.search(rf"{mode} +warm-up done \(IPv4 and IPv6 reach the server, which "
+                             r"sees 198\.18\.1\.4, 2001:2:0:1::4; an unsolicited SYN to the ENI "
+                             r"is dropped\)", err), (mode, err)
+        ovs_pids = [int(p) for p in re.findall(r"(?:ovsdb-server|ovs-vswitchd) pid (\d+)", err)]
+        assert len(ovs_pids) == (2 if "ovs" in modes else 0), err
+        if ovs_pids:
+            assert doc["pinning"]["ovs_vswitchd_cpu"] == 1
         assert doc["settings"]["repeats"] == 1 and doc["settings"]["quick"] is True
         assert doc["pinning"]["client_cpu"] == 0 and doc["pinning"]["server_cpu"] == 1
         assert doc["pinning"]["datapath_cpu"] == 1
@@ -668,6 +710,7 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
         for test in ("tcp4-1", "tcp6-1"):   # the whole machine's CPU per GB, both modes
             assert doc["cpu_cost"][test]["hyperplane"] > 0 and doc["cpu_cost"][test]["kernel"] > 0
         assert "ratio h/k" in out and "udp64-overload" in out
+        assert ("ratio h/ovs" in out) == ("ovs" in modes)
         assert ppath.read_bytes()[:8] == PNG_MAGIC
     finally:
         left = [ns for ns in netns.listall()
@@ -685,15 +728,22 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
     with IPRoute() as ipr:
         root = {link.get("address") for link in ipr.get_links()}
     assert not (macs & root), f"links of the bench labs in the root namespace: {macs & root}"
-    assert not (run_dir / names["hyperplane"]).exists()
-    assert not (run_dir / names["kernel"]).exists()
+    for n in names.values():
+        assert not (run_dir / n).exists()      # OVS's run/db/log directories went with it
     assert sorted(p.name for p in run_dir.iterdir()) == [".tools"]  # hp-traffic's cache only
+    # OVS's daemons are gone, and no process of the run is left (nothing names its directory)
+    assert not [p for p in ovs_pids if proc_alive(p)], ovs_pids
+    assert processes_naming(str(run_dir)) == []
 
 
 @pytest.mark.skipif(_problem is not None, reason=f"bench interrupt: {_problem}")
-def test_bench_interrupted_tears_both_labs_down(tmp_path, monkeypatch):
-    """Ctrl-C in the middle of a trial: both labs go, the command says it was interrupted."""
+def test_bench_interrupted_tears_every_lab_down(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a trial: every lab goes (and OVS's daemons, where OVS mode
+    runs), the command says it was interrupted."""
     from hyperplane import topology as hplab
+    from hyperplane.bench import ovs
+
+    labs = 2 if ovs.missing() else 3
 
     run_dir = tmp_path / "run"
     env = dict(os.environ, HYPERPLANE_RUN_DIR=str(run_dir),
@@ -708,7 +758,7 @@ def test_bench_interrupted_tears_both_labs_down(tmp_path, monkeypatch):
         while time.monotonic() < deadline:
             running = [n for n in names.values()
                        if (run_dir / n / "state.json").exists()]
-            if len(running) == 2 and (run_dir / names["hyperplane"] / "lab.toml").exists():
+            if len(running) == labs and (run_dir / names["hyperplane"] / "lab.toml").exists():
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.1)
@@ -728,8 +778,9 @@ def test_bench_interrupted_tears_both_labs_down(tmp_path, monkeypatch):
             for n in names.values():
                 hplab.teardown(n)
     assert left == [], f"namespaces left behind: {left}"
-    assert not (run_dir / names["hyperplane"]).exists()
-    assert not (run_dir / names["kernel"]).exists()
+    for n in names.values():
+        assert not (run_dir / n).exists()
+    assert processes_naming(str(run_dir)) == []   # no OVS daemon (nor anything) of the run
 
 
 @pytest.mark.skipif(_problem is not None, reason=f"bench progress: {_problem}")
@@ -745,7 +796,8 @@ def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch)
     master, slave = os.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hyperplane", "bench", "--quick", "--seconds", "1", "--tests",
-         "rr", "--json", "-"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+         "rr", "--modes", "hyperplane,kernel", "--json", "-"], cwd=REPO, env=env,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     names = bench.lab_names(pid=proc.pid)
