@@ -1,7 +1,8 @@
 """What a bench run measures and what it is judged by: the tests, the modes and environments,
 the result table's columns and metrics, the targets of the issues' "Done means", the trials'
 constants (ports, CPUs, ring depth), :class:`BenchError`, :class:`Settings` (what ``--quick``,
-``--tests``, ``--modes``, ``--env``, ``--seconds`` ... choose), the bench topology (``bench_lab.toml``) and the progress line every step prints.
+``--tests``, ``--modes``, ``--env``, ``--seconds`` ... choose), the bench topology
+(``bench_lab.toml``) and the progress line every step prints.
 """
 from __future__ import annotations
 
