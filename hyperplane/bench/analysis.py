@@ -1,8 +1,9 @@
 """From trials to figures and verdicts: loss, the loss-free search (RFC 2544's throughput), the
 mode order (:func:`rotation`, ABBA for two), medians, ratios, the per-metric summary, the
 verdicts of the issues' "Done means" and the overload shares. These are plain functions
-without I/O, unit-tested with fake measurements. Then what the figures were measured on and what they cost: :func:`machine` and
-:func:`cpu_times` read /proc, :func:`cpu_cost` turns the trials' readings into CPU seconds per GB.
+without I/O, unit-tested with fake measurements. Then what the figures were measured on and
+what they cost: :func:`machine` and :func:`cpu_times` read /proc, :func:`cpu_cost` turns the
+trials' readings into CPU seconds per GB.
 """
 from __future__ import annotations
 
