@@ -273,7 +273,8 @@ class Runner:
             progress(f"  note: nothing was lost, but the sender reached only "
                       f"{r['achieved']:.0f} of {r['offered']} packets/s: the receiver pushed "
                       "back (the kernel forwards a veth's packets in the sender's own system "
-                      "call, on the sender's CPU); the figure is the rate delivered")
+                      "call, on the sender's CPU; a TAP's queue holds the sender until the data "
+                      "path reads); the figure is the rate delivered")
         return r
 
     def overload(self, mode: Mode, repeat: int, offered: int) -> None:
