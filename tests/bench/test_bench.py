@@ -787,7 +787,8 @@ def test_bench_interrupted_tears_every_lab_down(tmp_path, monkeypatch):
 def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch):
     """stderr on a pseudo-terminal: the progress names each trial (mode, repeat, count);
     ``--json -`` puts the document on stdout. (Off a terminal nothing changes: the smoke run
-    above reads its stderr through a pipe.)"""
+    above reads its stderr through a pipe.) It measures hyperplane through a veth and a TAP
+    (``--env veth,tap``): the TAP column's rr trial and its NAT checks run through the TAP."""
     from hyperplane import topology as hplab
 
     run_dir = tmp_path / "run"
@@ -796,7 +797,8 @@ def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch)
     master, slave = os.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hyperplane", "bench", "--quick", "--seconds", "1", "--tests",
-         "rr", "--modes", "hyperplane,kernel", "--json", "-"], cwd=REPO, env=env,
+         "rr", "--modes", "hyperplane,kernel", "--env", "veth,tap", "--json", "-"], cwd=REPO,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
@@ -826,9 +828,13 @@ def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch)
             if (run_dir / n).exists():
                 hplab.teardown(n)
     text = err.decode("utf-8", "replace")
-    assert "bench: rr, hyperplane mode, repeat 1/1" in text and "1/2" in text, text[-3000:]
+    assert "bench: rr, hyperplane mode, repeat 1/1" in text and "1/3" in text, text[-3000:]
     doc = json.loads(chunks[0])
     assert list(doc["summary"]) == ["rr-p50", "rr-p99"]
+    # hyperplane through its TAP environment too: its own column and the tap/veth ratio
+    assert doc["columns"] == ["hyperplane", "hyperplane-tap", "kernel"]
+    assert doc["summary"]["rr-p50"]["hyperplane-tap"]["median"] > 0
+    assert doc["pair_ratios"]["rr-p50"]["tap/veth"] > 0
 
 
 # ---- [conntrack]: the kernel side runs with the lab's timeouts ---------------------------------
