@@ -638,6 +638,62 @@ def processes_naming(text: str) -> list:
     return found
 
 
+def test_a_mode_that_is_not_a_nat_fails_the_run_naming_the_mode_and_the_fault(monkeypatch):
+    from hyperplane.bench import checks, runner
+
+    mode = bench.Mode("ovs", "bench42o", bench_plan("bench42o"), pin=False)
+    monkeypatch.setattr(runner, "_iperf3", lambda *a, **k: {})      # the warm-up's traffic
+    monkeypatch.setattr(checks, "server_sees", lambda m, family, port:
+                        "198.19.0.2" if family == 2 else "2001:2:0:1::4")
+    monkeypatch.setattr(checks, "unsolicited_answered", lambda m, family, port: "")
+    r = bench.Runner(bench.Settings(modes=["hyperplane", "ovs"]), {"ovs": mode})
+    with pytest.raises(bench.BenchError) as e:
+        r.warm_up(mode)
+    assert str(e.value) == ("ovs mode is not a correct NAT: the server saw the connection come "
+                            "from 198.19.0.2, not from the ENI's address 198.18.1.4: the "
+                            "traffic was not source-NATed")
+    monkeypatch.setattr(checks, "server_sees", lambda m, family, port:
+                        "198.18.1.4" if family == 2 else "2001:2:0:1::4")
+    monkeypatch.setattr(checks, "unsolicited_answered", lambda m, family, port:
+                        f"a RST answered a SYN to 198.18.1.4 port {port}")
+    with pytest.raises(bench.BenchError, match=r"^ovs mode is not a correct NAT: a RST "
+                                               r"answered a SYN to 198\.18\.1\.4 port \d+: an "
+                                               "ENI must drop connections nobody asked for$"):
+        r.warm_up(mode)
+    monkeypatch.setattr(checks, "unsolicited_answered", lambda m, family, port: "")
+    assert bench.check_nat(mode, 1, 2) == ["198.18.1.4", "2001:2:0:1::4"]
+
+
+@pytest.mark.skipif(_problem is not None, reason=f"OVS start failure: {_problem}")
+def test_an_ovs_that_cannot_start_says_why_with_its_log_and_leaves_nothing(tmp_path,
+                                                                          monkeypatch):
+    """A node namespace without the bench's links: ovs-vswitchd starts but cannot make them
+    its ports. The error names the fix's place (the log's tail is in it), both daemons are
+    stopped by pid and their directory goes."""
+    from hyperplane.bench import ovs
+
+    if ovs.missing():
+        if IN_CI:
+            pytest.fail(f"CI must run OVS mode: {ovs.missing()}")
+        pytest.skip(ovs.missing())
+    monkeypatch.setenv("HYPERPLANE_RUN_DIR", str(tmp_path))
+    name = f"ovst{os.getpid() % 10000}"
+    plan = bench_plan(name)
+    os.makedirs(tmp_path / name)
+    subprocess.run(["ip", "netns", "add", plan.node_ns], check=True)
+    try:
+        switch = ovs.OvsSwitch(plan, None)
+        with pytest.raises(bench.BenchError) as e:
+            switch.start(["table=0,priority=0 actions=drop"])
+        text = str(e.value)
+        assert text.startswith("OVS mode: env0 did not become port 1 of hpbench"), text
+        assert "--- ovs-vswitchd.log:" in text and "--- ovsdb-server.log:" in text
+        assert switch.pids == {} and not (tmp_path / name / "ovs").exists()
+        assert processes_naming(str(tmp_path)) == []
+    finally:
+        subprocess.run(["ip", "netns", "delete", plan.node_ns], check=False)
+
+
 @pytest.mark.skipif(_problem is not None, reason=f"bench smoke run: {_problem}")
 def test_bench_quick_smoke_runs_every_mode_and_leaves_nothing(tmp_path, monkeypatch):
     """The default modes: hyperplane, kernel and OVS where ovs-vswitchd is installed (CI
