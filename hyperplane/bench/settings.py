@@ -146,6 +146,8 @@ class Settings:
         return s
 
     def validate(self) -> None:
+        self.modes = parse_modes(",".join(self.modes))   # also from the API: checked alike
+        self.envs = _parse_list(",".join(self.envs), ENVS, "--env")
         if not 0.5 <= self.seconds <= 600:
             raise BenchError(f"--seconds {self.seconds:g}: use 0.5 to 600", 2)
         if not 1 <= self.repeats <= 100:

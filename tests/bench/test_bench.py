@@ -370,6 +370,10 @@ def test_modes_and_envs_parse_and_refuse_with_the_valid_ones(capsys, monkeypatch
     ns.modes, ns.env = "hyperplane,ovs", "veth,tap"
     s = bench.Settings.from_args(ns)
     assert (s.modes, s.envs) == (["hyperplane", "ovs"], ["veth", "tap"])
+    with pytest.raises(bench.BenchError, match="hyperplane must be among them"):
+        bench.Settings(modes=["kernel"]).validate()
+    with pytest.raises(bench.BenchError, match="--env: nothing given"):
+        bench.Settings(envs=[]).validate()
 
 
 def test_the_hyperplane_lab_gets_the_environments_asked_for():
