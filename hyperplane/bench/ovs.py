@@ -10,7 +10,8 @@ log directories under the lab's directory (``OVS_RUNDIR``/``OVS_DBDIR``/``OVS_LO
 ``--pidfile``, ``--log-file``; never Debian's service, never another OVS): userspace TSO on
 before ovs-vswitchd starts (without it OVS cannot forward the veths' partial-checksum
 super-packets), one netdev bridge whose port 1 is the environment's node-side veth and port 2
-the ENI's veth, and the flows of :func:`ovs_flows`. ovs-vswitchd services veth ports from its
+the ENI's veth, the lab's ``[conntrack]`` timeouts as the NAT zone's timeout policy
+(:func:`ovs_timeouts`, as kernel mode sets the kernel's), and the flows of :func:`ovs_flows`. ovs-vswitchd services veth ports from its
 main thread (packet sockets, not PMD threads), so it is pinned with ``taskset -a -p -c`` to the
 CPU hyperplane's loop uses. The daemons are stopped by their pidfiles' pids (SIGTERM, then
 SIGKILL) and their directories removed, whatever happened.
@@ -136,6 +137,28 @@ def ovs_flows(plan: Plan, env_mac: str, next_hops: Dict[str, str],
     return flows
 
 
+#: hyperplane's [conntrack] timeouts (named like the kernel's sysctls) -> the attributes of an
+#: OVS zone timeout policy (ovs-vswitchd.conf.db(5), CT_Timeout_Policy): an unreplied UDP flow
+#: is OVS's udp_first (one packet) and udp_single (more from one side), a replied one
+#: udp_multiple.
+OVS_TIMEOUTS = {
+    "tcp_timeout_syn_sent": ["tcp_syn_sent"], "tcp_timeout_syn_recv": ["tcp_syn_recv"],
+    "tcp_timeout_established": ["tcp_established"], "tcp_timeout_fin_wait": ["tcp_fin_wait"],
+    "tcp_timeout_close_wait": ["tcp_close_wait"], "tcp_timeout_last_ack": ["tcp_last_ack"],
+    "tcp_timeout_time_wait": ["tcp_time_wait"], "tcp_timeout_close": ["tcp_close"],
+    "udp_timeout": ["udp_first", "udp_single"], "udp_timeout_stream": ["udp_multiple"],
+}
+
+
+def ovs_timeouts(plan: Plan) -> List[str]:
+    """The zone timeout policy (``ovs-vsctl add-zone-tp netdev zone=1 ...`` arguments) that
+    gives OVS's conntrack the lab's ``[conntrack]`` timeouts, as kernel mode gives the kernel's
+    (:func:`hyperplane.bench.kernel.conntrack_sysctls`): without it OVS keeps an established
+    TCP connection 24 hours."""
+    return [f"{attr}={getattr(plan.conntrack, key)}"
+            for key, attrs in OVS_TIMEOUTS.items() for attr in attrs]
+
+
 def ovs_dir(lab: str) -> str:
     """OVS mode's directories (run, db, log) live under the lab's own directory."""
     return os.path.join(paths.lab_dir(lab), "ovs")
@@ -216,6 +239,11 @@ class OvsSwitch:
                 if f" {port}({ifname})" not in ports:
                     raise BenchError(f"OVS mode: {ifname} did not become port {port} of "
                                      f"{BRIDGE}:\n{ports}\n{self.log_tail()}")
+            # the lab's conntrack timeouts for the NAT's zone (a policy needs the datapath's
+            # record, which ovs-vsctl of 3.1 has no command to add)
+            self.vsctl("--", "--id=@dp", "create", "Datapath", "datapath_version=0",
+                       "--", "set", "Open_vSwitch", ".", "datapaths:netdev=@dp")
+            self.vsctl("add-zone-tp", "netdev", f"zone={ZONE}", *ovs_timeouts(self.plan))
             self._run(["ovs-ofctl", "del-flows", BRIDGE], "ovs-ofctl del-flows")
             self._add_flows(flows)
             if self.cpu is not None and shutil.which("taskset"):

@@ -458,6 +458,22 @@ def test_ovs_flows_answer_arp_and_ndp_for_the_gateway_and_the_eni_only():
         v4, ENV_MAC, {"198.18.1.5": "02:00:00:00:00:05"}, ROUTER_MAC))
 
 
+def test_ovs_gets_the_labs_conntrack_timeouts_like_the_kernel():
+    from hyperplane.bench import ovs
+
+    tp = dict(x.split("=") for x in ovs.ovs_timeouts(bench_plan("bench42o")))
+    kernel = {k.rsplit(".", 1)[1].replace("nf_conntrack_", ""): v
+              for k, v in bench.kernel_plan(bench_plan())["conntrack_sysctls"]}
+    assert tp["tcp_established"] == str(kernel["tcp_timeout_established"]) == "350"
+    assert tp["udp_multiple"] == str(kernel["udp_timeout_stream"])
+    assert tp["udp_first"] == tp["udp_single"] == str(kernel["udp_timeout"])
+    assert tp["tcp_close"] == str(kernel["tcp_timeout_close"])
+    assert len(tp) == 11 and set(ovs.OVS_TIMEOUTS) == set(kernel)
+    custom = ct_bench_plan("bench42o", **CT_TIMEOUTS)
+    assert "tcp_established=7440" in ovs.ovs_timeouts(custom)
+    assert "udp_first=45" in ovs.ovs_timeouts(custom)
+
+
 def test_ovs_mode_refuses_a_tap_and_a_missing_install(monkeypatch):
     from hyperplane.bench import ovs
 
