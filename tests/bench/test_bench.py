@@ -1,6 +1,7 @@
 """``hyperplane bench``: the kernel-mode plan, the loss-free search, medians, ratios, verdicts,
-the JSON and the plot (no root), and one smoke run of the real command (root; skipped without
-CAP_NET_ADMIN). Nothing here asserts how fast anything is."""
+the JSON and the plot (no root), and one smoke run of the real command with every mode (root;
+skipped without CAP_NET_ADMIN). OVS mode, the N-mode order and summary, ``--modes``/``--env``
+and the NAT checks are in test_bench_modes.py. Nothing here asserts how fast anything is."""
 from __future__ import annotations
 
 import io
