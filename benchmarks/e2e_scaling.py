@@ -78,6 +78,7 @@ MAX_SIZE = 50_000
 FILL_PORT = 1024            # the fill's server ports: FILL_PORT .. FILL_PORT + N - 1
 FILL_SRC_PORT = 61000       # the fill's fixed source port (the same tuples every time)
 MEASURE_PORT = 52000        # measurement server ports from here up (the Runner's counter)
+MODES = ("hyperplane", "kernel")   # the two labs this script compares (no OVS mode here)
 #: A refill this soon after the previous one refreshes live entries.
 SAFE_REFRESH = 20.0
 #: hyperplane starts a 2nd ENI at 80 % of 65,000 ports.
@@ -132,7 +133,7 @@ def summarize(figures: Dict[int, Dict[str, Dict[str, List[float]]]],
         for metric, (unit, higher, what) in METRICS.items():
             row: Dict[str, Any] = {"unit": unit, "better": "higher" if higher else "lower",
                                    "what": what}
-            for m in bench.MODES:
+            for m in MODES:
                 v = figures.get(n, {}).get(m, {}).get(metric, [])
                 b = figures.get(base, {}).get(m, {}).get(metric, [])
                 med, bmed = bench.median(v), bench.median(b)
@@ -166,12 +167,12 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
     for n in s["sizes"]:
         tab = doc["tables"][str(n)]
         t.add_row(escape(f"{n:,}"), "table size", "entries",
-                  *(escape(_reached(tab.get(mode, {}))) for mode in bench.MODES), "", "", "")
+                  *(escape(_reached(tab.get(mode, {}))) for mode in MODES), "", "", "")
         for metric, row in doc["summary"][str(n)].items():
-            cells = [bench.cell(row[mode], row["unit"]) for mode in bench.MODES]
+            cells = [bench.cell(row[mode], row["unit"]) for mode in MODES]
             ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
             rel = ["-" if row[mode]["vs_first_size"] is None
-                   else f"{row[mode]['vs_first_size']:.2f}" for mode in bench.MODES]
+                   else f"{row[mode]['vs_first_size']:.2f}" for mode in MODES]
             t.add_row("", escape(metric), escape(row["unit"]), *(escape(c) for c in cells),
                       ratio, *rel, end_section=metric == list(METRICS)[-1])
     console.print(t)
@@ -257,8 +258,8 @@ class Scaling:
         self.tables: Dict[str, Dict[str, Dict[str, Any]]] = {}
         self.trials: List[Dict[str, Any]] = []
         self.notes: List[str] = []
-        self.last_fill: Dict[str, float] = {m: -1e9 for m in bench.MODES}
-        self.last_n: Dict[str, int] = {m: 0 for m in bench.MODES}
+        self.last_fill: Dict[str, float] = {m: -1e9 for m in MODES}
+        self.last_n: Dict[str, int] = {m: 0 for m in MODES}
         self.timeouts = udp_timeouts(modes)
         self.expire_gap = min(self.timeouts.values())
         self.gone_gap = max(self.timeouts.values()) + 2.0 + 3.0   # + reuse delay + margin
@@ -382,7 +383,7 @@ class Scaling:
                             "rr": r.trials[-1]["raw"] if r.trials else None})
 
     def run(self) -> None:
-        for name in bench.MODES:
+        for name in MODES:
             self.runner.warm_up(self.modes[name])
         for n, order in zip(self.a.sizes, bench.abba(len(self.a.sizes))):
             for name in order:
@@ -443,7 +444,8 @@ def main(argv=None) -> int:
         print(f"e2e_scaling: building the labs {problem}", file=sys.stderr)
         return 4
     try:   # iperf3, nft and hp-traffic (built here if needed)
-        tools = bench.check_tools(bench.Settings(tests=["tcp4-1", "udp64", "rr"]))
+        tools = bench.check_tools(bench.Settings(tests=["tcp4-1", "udp64", "rr"],
+                                                 modes=list(MODES)))
     except bench.BenchError as e:
         print(f"e2e_scaling: {e}", file=sys.stderr)
         return 1
@@ -461,7 +463,7 @@ def main(argv=None) -> int:
     failure: Optional[str] = None
     interrupted = False
     try:
-        bench.build_labs(names, modes, created, pin=True)
+        bench.build_labs(names, modes, created, bench.Settings(modes=list(MODES)))
         run = Scaling(args, modes)
         run.run()
     except bench.BenchError as e:

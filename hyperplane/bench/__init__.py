@@ -1,13 +1,17 @@
-"""``hyperplane bench``: hyperplane side by side with the kernel's own NAT (issue 6).
+"""``hyperplane bench``: hyperplane side by side with the kernel's own NAT (issue 6) and with
+Open vSwitch's userspace conntrack NAT (issue 18).
 
 Theory of operation
 -------------------
 The same topology (``bench_lab.toml``: one environment on a veth, one ENI, one server) is built
-twice, as two labs that live side by side for the whole run:
+once per mode (``--modes``, :data:`MODES`), as labs that live side by side for the whole run:
 
 - **hyperplane** (lab ``bench<n>h``): the normal lab. The node namespace holds no address and
   forwards nothing; the data path (``hyperplane run``, started like ``lab up`` starts it)
   reads the environment's veth and the ENI's veth with AF_PACKET and translates between them.
+  ``--env`` chooses the environment(s) it is measured through: a veth (default), a TAP, or
+  both (``veth,tap``: the lab then has two environments of one function, and the TAP one is
+  its own column, ``hyperplane-tap``, with the ratio tap/veth).
 - **kernel** (lab ``bench<n>k``): the same namespaces, links, MACs and addresses built by
   :func:`hyperplane.topology.build`, but no data path. Instead :func:`kernel_nat` turns the node
   namespace into a plain Linux NAT router, the fair baseline of ``PACKET_IO.md`` ("A fair
@@ -15,20 +19,34 @@ twice, as two labs that live side by side for the whole run:
   gateway addresses on its node-side veth (which already carries the gateway MAC the data path
   would answer with), the ENI's addresses on the ENI's veth, default routes via the VPC router,
   and one nftables table ``inet hyperplane_bench`` whose postrouting chain SNATs the
-  environment's addresses to the ENI's (:func:`nft_ruleset`). Offloads are left at their
-  defaults in both labs (nothing here calls ethtool).
+  environment's addresses to the ENI's and whose input chain drops new connections arriving
+  on the ENI (:func:`nft_ruleset`). Offloads are left at their defaults in every lab (nothing
+  here calls ethtool).
+- **ovs** (lab ``bench<n>o``, the default where ``ovs-vswitchd`` is installed): built like the
+  kernel's, with the node namespace left as hyperplane mode has it (no forwarding, no IPv6), and
+  Open vSwitch's userspace datapath as the NAT (:mod:`.ovs`): its own ovsdb-server and
+  ovs-vswitchd in the node namespace, a netdev bridge over the two veths, OpenFlow ARP/NDP
+  responders and ``ct(commit,nat(src=ENI))`` flows (:func:`ovs_flows`), userspace TSO on,
+  ovs-vswitchd pinned to hyperplane's loop's CPU; stopped by pid before the lab's teardown.
 
-Every test runs the same commands in both labs, from the environment's namespace to the
-server's, alternating the modes in ABBA order across repeats (hyperplane, kernel | kernel,
-hyperplane | ...), so a slow drift of the machine (thermal, another tenant, the lead engineer
-rebuilding the extension) hits both modes alike:
+Kernel and OVS always use a veth environment: a TAP's far end is a file descriptor a data
+path holds, and nobody would hold it for them.
+
+Before measuring, every mode is checked to be a NAT (:func:`check_nat`): the server sees the
+ENI's address as the peer, and an unsolicited SYN to the ENI's address gets no answer.
+
+Every test runs the same commands in every mode, from the environment's namespace to the
+server's, alternating the order across repeats (:func:`rotation`: ABBA for two modes,
+hyperplane, kernel | kernel, hyperplane | ...; for more, rotated and reversed in turn), so a
+slow drift of the machine (thermal, another tenant, the lead engineer rebuilding the
+extension) hits every mode alike:
 
 - ``tcp4-1``, ``tcp4-4``, ``tcp6-1``, ``tcp6-4``: iperf3, 1 or 4 streams, IPv4 or IPv6,
   Gbit/s received (``end.sum_received``).
 - ``udp64``: the highest loss-free rate of 64-byte UDP payloads, one flow, IPv4 (RFC 2544
   section 26.1 "throughput", with a loss tolerance because a shared 2-core VM drops the odd
   packet that no NAT lost): :func:`find_loss_free` doubles the offered rate until a trial
-  loses, then bisects. Then **overload**: both modes are offered twice hyperplane's loss-free
+  loses, then bisects. Then **overload**: every mode is offered twice hyperplane's loss-free
   rate (the same offered load) and report what they deliver, also as a fraction of their own
   loss-free rate: a NAT that livelocks under overload delivers far less than it could. The
   verdict counts only if the sender really reached that load (:func:`overload_load`). The
@@ -41,7 +59,7 @@ rebuilding the extension) hits both modes alike:
 
 The generators are iperf3 and ``hp-traffic`` (``hyperplane/bench/tools/hp_traffic_*.c``, driven
 through :mod:`hyperplane.bench.traffic`): Python would be the bottleneck. Client-side tools run
-on CPU 0 and server-side tools on CPU 1 in both modes (``--no-pin``: unpinned). The data path's
+on CPU 0 and server-side tools on CPU 1 in every mode (``--no-pin``: unpinned). The data path's
 veth rings are 16,384 frames deep (``[datapath] ring_frames``, :data:`RING_FRAMES`). Its loop is
 pinned to the server's CPU (``[datapath] cpus = [1]``), away from the sender: the kernel's
 forwarding runs in the sender's own system call (veth), so it is always on the sender's CPU, and
@@ -57,14 +75,18 @@ measurements.
 
 Where it lives
 --------------
-- ``settings.py``: the tests, modes, metrics, targets and trial constants, :class:`BenchError`,
-  :class:`Settings`, :func:`parse_tests`, :func:`bench_config` and :func:`progress`;
+- ``settings.py``: the tests, modes, environments, columns, metrics, targets and trial
+  constants, :class:`BenchError`, :class:`Settings`, :func:`parse_tests`,
+  :func:`parse_modes`, :func:`parse_envs`, :func:`bench_config` and :func:`progress`;
 - ``kernel.py``: kernel mode (:func:`kernel_plan`, :func:`nft_ruleset`, :func:`kernel_nat`);
-- ``analysis.py``: loss, the loss-free search, ABBA, medians, ratios, :func:`summarize`,
-  :func:`verdicts`, the overload shares, and :func:`machine`, :func:`cpu_times`,
-  :func:`cpu_cost`;
+- ``ovs.py``: OVS mode (:func:`ovs_flows`, :class:`OvsSwitch`, :func:`ovs_nat`);
+- ``checks.py``: is each mode a NAT (:func:`check_nat`);
+- ``analysis.py``: loss, the loss-free search, the mode order, medians, ratios of every pair,
+  :func:`summarize`, :func:`verdicts`, the overload shares, and :func:`machine`,
+  :func:`cpu_times`, :func:`cpu_cost`;
 - ``report.py``: the ``--json`` document, the table (:func:`print_table`) and the ``--plot`` PNG;
-- ``runner.py``: :class:`Mode` (one lab) and :class:`Runner` (every trial, in ABBA order);
+- ``runner.py``: :class:`Mode` (one column: a lab and an environment) and :class:`Runner`
+  (every trial, in rotation order);
 - ``labs.py``: the labs' names, building and tearing them down, :func:`check_tools`;
 - ``traffic.py``: the ``hp-traffic`` driver (it builds ``tools/hp_traffic_*.c``);
   ``loadgen.py``: bursts of new UDP flows for the lab tests;
@@ -82,42 +104,55 @@ from typing import Any, Callable, Dict, List, Optional
 
 from hyperplane import netns, paths
 from hyperplane.bench.analysis import (
-    abba, cpu_cost, cpu_times, find_loss_free, is_loss_free, loss, machine, median,
-    overload_fractions, overload_load, ratio_of, summarize, verdicts,
+    abba, column_order, cpu_cost, cpu_times, find_loss_free, is_loss_free, loss, machine,
+    median, overload_fractions, overload_load, pair_ratios, ratio_of, rotation, summarize,
+    verdicts,
 )
 from hyperplane.bench.kernel import kernel_nat, kernel_plan, nft_ruleset
-from hyperplane.bench.labs import build_labs, check_tools, free_lab_names, lab_names, teardown_labs
+from hyperplane.bench.checks import check_nat
+from hyperplane.bench.labs import (
+    build_labs, check_tools, free_lab_names, hyperplane_lab_text, lab_names, stop_switches,
+    teardown_labs,
+)
+from hyperplane.bench.ovs import OvsSwitch, ovs_flows, ovs_nat
 from hyperplane.bench.report import cell, format_value, plot, print_table, report_json
 from hyperplane.bench.runner import Mode, Runner
 from hyperplane.bench.settings import (
-    BENCH_CONFIG, CLIENT_CPU, CONN_DRAIN, MAX_CONN_COUNT, METRICS, MODES, NFT_TABLE,
-    OVERLOAD_LOAD, OVERLOAD_TARGET, PORT_BASE, RATIO_TARGET, REACHED, RING_FRAMES, SERVER_CPU,
-    TEST_METRICS, TESTS, BenchError, Settings, bench_config, parse_tests, progress,
+    BENCH_CONFIG, CLIENT_CPU, COLUMNS, CONN_DRAIN, CPU_COST_TARGET, ENVS, FOUR_STREAM_TARGET,
+    MAX_CONN_COUNT, METRICS, MODES, NFT_TABLE, OVERLOAD_LOAD, OVERLOAD_TARGET, OVS_RATIO_TARGET,
+    PORT_BASE, RATIO_PAIRS, RATIO_TARGET, REACHED, RING_FRAMES, SERVER_CPU, TAP_COLUMN,
+    TAP_TARGET, TEST_METRICS, TESTS, BenchError, Settings, bench_config, columns, default_modes,
+    parse_envs, parse_modes, parse_tests, progress,
 )
 
 __all__ = [
     # settings
-    "BENCH_CONFIG", "CLIENT_CPU", "CONN_DRAIN", "MAX_CONN_COUNT", "METRICS", "MODES",
-    "NFT_TABLE", "OVERLOAD_LOAD", "OVERLOAD_TARGET", "PORT_BASE", "RATIO_TARGET", "REACHED",
-    "RING_FRAMES", "SERVER_CPU", "TEST_METRICS", "TESTS", "BenchError", "Settings",
-    "bench_config", "parse_tests", "progress",
-    # kernel
-    "kernel_nat", "kernel_plan", "nft_ruleset",
+    "BENCH_CONFIG", "CLIENT_CPU", "COLUMNS", "CONN_DRAIN", "CPU_COST_TARGET", "ENVS",
+    "FOUR_STREAM_TARGET", "MAX_CONN_COUNT", "METRICS", "MODES", "NFT_TABLE", "OVERLOAD_LOAD",
+    "OVERLOAD_TARGET", "OVS_RATIO_TARGET", "PORT_BASE", "RATIO_PAIRS", "RATIO_TARGET",
+    "REACHED", "RING_FRAMES", "SERVER_CPU", "TAP_COLUMN", "TAP_TARGET", "TEST_METRICS",
+    "TESTS", "BenchError", "Settings", "bench_config", "columns", "default_modes",
+    "parse_envs", "parse_modes", "parse_tests", "progress",
+    # kernel, OVS, the correctness checks
+    "kernel_nat", "kernel_plan", "nft_ruleset", "OvsSwitch", "ovs_flows", "ovs_nat",
+    "check_nat",
     # analysis
-    "abba", "cpu_cost", "cpu_times", "find_loss_free", "is_loss_free", "loss", "machine",
-    "median", "overload_fractions", "overload_load", "ratio_of", "summarize", "verdicts",
+    "abba", "column_order", "cpu_cost", "cpu_times", "find_loss_free", "is_loss_free", "loss",
+    "machine", "median", "overload_fractions", "overload_load", "pair_ratios", "ratio_of",
+    "rotation", "summarize", "verdicts",
     # report
     "cell", "format_value", "plot", "print_table", "report_json",
     # runner, labs, and the whole bench
-    "Mode", "Runner", "build_labs", "check_tools", "free_lab_names", "lab_names",
-    "teardown_labs", "run",
+    "Mode", "Runner", "build_labs", "check_tools", "free_lab_names", "hyperplane_lab_text",
+    "lab_names", "stop_switches", "teardown_labs", "run",
 ]
 
 
 def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional[str] = None,
         out=None, on_step: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, Any]:
-    """The whole bench: check, build both labs, warm up, run, tear down (always, unless
-    ``settings.keep``), report. Returns the JSON document. ``on_step(step, done, total)``
+    """The whole bench: check, build the modes' labs, warm up and check each mode is a NAT,
+    run, tear down (OVS's daemons, then the labs; always, unless ``settings.keep``), report.
+    Returns the JSON document. ``on_step(step, done, total)``
     hears of each trial before it runs (:meth:`Runner.steps` in all)."""
     problem = netns.privilege_problem()
     if problem:
@@ -142,7 +177,7 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
     with contextlib.suppress(ValueError):   # only the main thread may set handlers
         signal.signal(signal.SIGTERM, on_term)
     try:
-        build_labs(names, modes, created, settings.pin)
+        build_labs(names, modes, created, settings)
         runner = Runner(settings, modes, on_step=on_step)
         runner.run()
     finally:
@@ -152,11 +187,14 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
             rd = os.environ.get("HYPERPLANE_RUN_DIR")
             how = " and ".join(f"`{f'HYPERPLANE_RUN_DIR={rd} ' if rd else ''}hyperplane lab "
                                f"down --name {n}`" for n in created)
+            switches = [f"{m.switch.pids}" for m in modes.values() if m.switch is not None]
             progress(f"--keep: lab(s) {', '.join(created)} left up (state in "
-                      f"{paths.run_dir()}); remove them with {how}")
-        elif created:
+                      f"{paths.run_dir()}); remove them with {how}"
+                      + (f", after stopping OVS's daemons with `kill PID` ({', '.join(switches)})"
+                         if switches else ""))
+        elif created or any(m.switch is not None for m in modes.values()):
             progress(f"tearing down lab(s) {', '.join(created)}")
-            errors = teardown_labs(created)
+            errors = stop_switches(modes) + teardown_labs(created)
             if errors:
                 progress("teardown problems: " + "; ".join(errors))
     wall = time.monotonic() - t0
@@ -179,7 +217,10 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
                                     else {}),
                     # where the data path really placed itself, and why (labconfig.placement)
                     "placement": (modes["hyperplane"].placement if "hyperplane" in modes
-                                  else None)},
+                                  else None),
+                    "ovs_vswitchd_cpu": (SERVER_CPU if settings.pin and "ovs" in modes
+                                         else None)},
+        "modes": settings.modes, "envs": settings.envs,
         "overload_offered_pps": getattr(runner, "overload_offered", None),
         "idle_datapath_cpu_share": (max(idle) if idle else None),
         "wall_seconds": round(wall, 1)})

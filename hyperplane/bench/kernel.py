@@ -73,7 +73,9 @@ def conntrack_sysctls(plan: Plan) -> List[Tuple[str, int]]:
 
 def nft_ruleset(plan: Plan) -> str:
     """The node namespace's NAT in kernel mode: one table, one postrouting chain, one SNAT rule
-    per family and environment, to the environment's ENI address (``nft -f -`` loads it)."""
+    per family and environment, to the environment's ENI address, and an input chain that
+    drops new TCP/UDP connections arriving on the ENI (an ENI answers no unsolicited SYN, not
+    even with a RST; hyperplane and OVS drop them too) (``nft -f -`` loads it)."""
     eni = plan.enis[0]
     rules = []
     for e in plan.envs:
@@ -90,6 +92,10 @@ def nft_ruleset(plan: Plan) -> str:
             "\tchain postrouting {\n"
             "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
             f"{body}"
+            "\t}\n"
+            "\tchain input {\n"
+            "\t\ttype filter hook input priority filter; policy accept;\n"
+            f'\t\tiifname "{eni.node_ifname}" meta l4proto {{ tcp, udp }} ct state new drop\n'
             "\t}\n"
             "}\n")
 

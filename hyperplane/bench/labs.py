@@ -1,8 +1,10 @@
-"""The two labs of a run and what they need: their names (unique per process, or the next free
-pair), building them (the kernel lab by :func:`hyperplane.topology.build` and
-:func:`~hyperplane.bench.kernel.kernel_nat`, the hyperplane lab by ``Lab.up``, placed by the data
-path's default placement where that is the bench's pinning), tearing them down, and the tools
-the tests run (iperf3, nft, hp-traffic).
+"""The labs of a run and what they need: their names (unique per process, or the next free
+set), building them (the kernel lab by :func:`hyperplane.topology.build` and
+:func:`~hyperplane.bench.kernel.kernel_nat`, the OVS lab by the same build and
+:func:`~hyperplane.bench.ovs.ovs_nat`, the hyperplane lab by ``Lab.up``, placed by the
+data path's default placement where that is the bench's pinning, with the environments
+``--env`` asks for), tearing them down (OVS's
+daemons first), and the tools the tests run (iperf3, nft, hp-traffic, OVS's programs).
 """
 from __future__ import annotations
 
@@ -10,15 +12,16 @@ import contextlib
 import os
 import shutil
 from importlib import resources
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hyperplane import labconfig, netns, topology
 from hyperplane.bench import traffic
+from hyperplane.bench import ovs
 from hyperplane.bench.kernel import kernel_nat
 from hyperplane.bench.runner import Mode
 from hyperplane.bench.settings import (
-    BENCH_CONFIG, CLIENT_CPU, RING_FRAMES, SERVER_CPU, BenchError, Settings, bench_config,
-    progress,
+    BENCH_CONFIG, CLIENT_CPU, RING_FRAMES, SERVER_CPU, TAP_COLUMN, BenchError, Settings,
+    bench_config, progress,
 )
 from hyperplane.errors import HyperplaneError, LabError
 from hyperplane.lab.api import Lab
@@ -26,10 +29,10 @@ from hyperplane.labconfig.placement import place, veth_links
 
 
 def lab_names(pid: Optional[int] = None) -> Dict[str, str]:
-    """Unique-per-process lab names (``bench<pid % 10000>h`` / ``...k``): at most 10
-    characters, within labconfig's 20 and short enough for ``hp-NAME-env-fn-0``."""
+    """Unique-per-process lab names (``bench<pid % 10000>h`` / ``...k`` / ``...o``): at most
+    10 characters, within labconfig's 20 and short enough for ``hp-NAME-env-fn-0``."""
     n = (os.getpid() if pid is None else pid) % 10000
-    return {"hyperplane": f"bench{n}h", "kernel": f"bench{n}k"}
+    return {"hyperplane": f"bench{n}h", "kernel": f"bench{n}k", "ovs": f"bench{n}o"}
 
 
 def free_lab_names() -> Dict[str, str]:
@@ -68,50 +71,100 @@ def build_kernel_lab(name: str, created: List[str]) -> labconfig.Plan:
     return kplan
 
 
+def datapath_text(plan: labconfig.Plan, pin: bool) -> str:
+    """The bench's ``[datapath]`` lines: none where the data path's own default placement
+    (labconfig.placement) is the bench's pinning -- the loop off the sender's CPU, its inbound
+    worker on it, 16,384-frame rings; else that pinning written out; ``--no-pin`` places
+    nothing."""
+    auto = place(plan.datapath, os.sched_getaffinity(0), veth_links(plan))
+    if not pin:
+        return f'placement = "none"\nring_frames = {RING_FRAMES}\n'
+    if (auto.loop_cpus, auto.inbound_cpus, auto.ring_frames) != \
+            ((SERVER_CPU,), (CLIENT_CPU,), RING_FRAMES):
+        return (f"ring_frames = {RING_FRAMES}\ncpus = [{SERVER_CPU}]\n"
+                f"inbound_cpus = [{CLIENT_CPU}]\n")
+    return ""
+
+
+def hyperplane_lab_text(text: str, envs: Sequence[str], datapath: str) -> Tuple[str, str]:
+    """The bench lab file for hyperplane mode: the environments ``--env`` asks for (in that
+    order: ``plan.envs[i]`` is ``envs[i]``) and the ``[datapath]`` lines of
+    :func:`datapath_text`. Returns (text, a one-line source for errors)."""
+    one = 'environments = ["veth"]'
+    if one not in text:
+        raise BenchError(f"{BENCH_CONFIG} no longer says {one!r}; --env cannot choose")
+    text = text.replace(one, "environments = [" + ", ".join(f'"{e}"' for e in envs) + "]")
+    source = f"{BENCH_CONFIG} + environments {','.join(envs)}"
+    if datapath:
+        text += "\n[datapath]\n" + datapath
+        source += " + [datapath] " + datapath.strip().replace("\n", ", ")
+    else:
+        source += " (the data path's default placement)"
+    return text, source
+
+
 def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str],
-               pin: bool) -> None:
-    """Build the kernel lab (topology.build + kernel_nat) and the hyperplane lab (Lab.up: the
-    data path in the background, waited for until its function is Active). A failed build
-    rolls itself back (both calls do); a lab that was built is appended to ``created`` at
-    once, so the caller's finally tears down exactly what this run built."""
+               settings: Settings) -> None:
+    """Build the labs of ``settings.modes``: kernel (:func:`build_kernel_lab`), OVS
+    (topology.build + ovs_nat: its daemons in the node namespace) and hyperplane (Lab.up: the
+    data path in the background, waited for until its function is Active; one environment
+    per ``settings.envs``, each its own column). A failed build rolls itself back (each call
+    does); a lab that was built is appended to ``created`` at once, and an OVS switch is on
+    its Mode (``.switch``) as soon as it runs, so the caller's finally tears down exactly what
+    this run built."""
+    cfg = bench_config()
+    pin = settings.pin
     with _config_file() as path:
-        kplan = build_kernel_lab(names["kernel"], created)
-        modes["kernel"] = Mode("kernel", names["kernel"], kplan, pin)
-        progress(f"building lab {names['hyperplane']} (hyperplane data path)")
+        if "kernel" in settings.modes:
+            kplan = build_kernel_lab(names["kernel"], created)
+            modes["kernel"] = Mode("kernel", names["kernel"], kplan, pin)
+        if "ovs" in settings.modes:
+            progress(f"building lab {names['ovs']} (Open vSwitch userspace conntrack NAT)")
+            plan = labconfig.resolve(cfg, names["ovs"])
+            try:
+                topology.build(plan, config_source=path)
+            except LabError as e:
+                raise BenchError(str(e)) from None
+            created.append(names["ovs"])
+            modes["ovs"] = Mode("ovs", names["ovs"], plan, pin)
+            modes["ovs"].switch = ovs.ovs_nat(plan, SERVER_CPU if pin else None)
+            pids = modes["ovs"].switch.pids
+            progress(f"  OVS started: ovsdb-server pid {pids['ovsdb-server']}, "
+                     f"ovs-vswitchd pid {pids[ovs.VSWITCHD]}"
+                     + (f" pinned to CPU {SERVER_CPU} (hyperplane's loop's)" if pin
+                        else " unpinned"))
+        progress(f"building lab {names['hyperplane']} (hyperplane data path, environment(s) "
+                 f"{', '.join(settings.envs)})")
         with open(path, encoding="utf-8") as f:
-            text = f.read()
-        # the same topology, with a deeper ring, the data path's loop off the sender's CPU and
-        # its inbound worker on it: the data path's own default placement where that is it
-        # (2 CPUs: labconfig.placement), else written out; --no-pin places nothing
-        auto = place(kplan.datapath, os.sched_getaffinity(0), veth_links(kplan))
-        if not pin:
-            datapath = f'placement = "none"\nring_frames = {RING_FRAMES}\n'
-        elif (auto.loop_cpus, auto.inbound_cpus, auto.ring_frames) != \
-                ((SERVER_CPU,), (CLIENT_CPU,), RING_FRAMES):
-            datapath = (f"ring_frames = {RING_FRAMES}\ncpus = [{SERVER_CPU}]\n"
-                        f"inbound_cpus = [{CLIENT_CPU}]\n")
-        else:
-            datapath = ""
-        text += ("\n[datapath]\n" + datapath) if datapath else ""
-        source = (f"{path} + [datapath] " + datapath.strip().replace("\n", ", ")) if datapath \
-            else f"{path} (the data path's default placement)"
-        cfg = labconfig.loads(text, source=source)
-        hplan = labconfig.resolve(cfg, names["hyperplane"])
+            text, source = hyperplane_lab_text(
+                f.read(), settings.envs, datapath_text(labconfig.resolve(cfg, "bench"), pin))
+        hplan = labconfig.resolve(labconfig.loads(text, source=source), names["hyperplane"])
         try:
             hlab = Lab.up(source, names["hyperplane"], wait_active=True, config_text=text)
         except HyperplaneError as e:
             raise BenchError(str(e)) from None
         created.append(names["hyperplane"])
-        modes["hyperplane"] = Mode("hyperplane", names["hyperplane"], hplan, pin)
-        modes["hyperplane"].pid = hlab.pid
+        for i, column in enumerate(["hyperplane", TAP_COLUMN][:len(settings.envs)]):
+            modes[column] = Mode(column, names["hyperplane"], hplan, pin, env_index=i)
+            modes[column].pid = hlab.pid
         modes["hyperplane"].placement = hlab.placement()
         modes["hyperplane"].rings = {x["name"]: x["ring_frames"] for x in
                                      hlab.counters()["links"]
                                      if x.get("kind") == "veth"}
     for m in modes.values():
-        # Both modes alike: the client may use 64,000 source ports, so even a 50,000-connection
+        # Every mode alike: the client may use 64,000 source ports, so even a 50,000-connection
         # conn trial never reuses a 4-tuple (Linux's default range holds 28,232).
         topology.sysctl(m.env.netns, "net.ipv4.ip_local_port_range", "1024 65535")
+
+
+def stop_switches(modes: Dict[str, Mode]) -> List[str]:
+    """Stop every OVS this run started (by pid; before its lab's teardown); problems."""
+    errors = []
+    for m in modes.values():
+        if m.switch is not None:
+            errors += [f"OVS of lab {m.name}: {e}" for e in m.switch.stop()]
+            m.switch = None
+    return errors
 
 
 def teardown_labs(names: Sequence[str]) -> List[str]:
@@ -126,14 +179,19 @@ def teardown_labs(names: Sequence[str]) -> List[str]:
 
 
 def check_tools(settings: Settings) -> Dict[str, Any]:
-    """iperf3 (TCP tests and the warm-up), nft (kernel mode), and the hp-traffic tool (udp64,
-    conn, rr; hyperplane.bench.traffic builds it)."""
+    """iperf3 (TCP tests and the warm-up), nft (kernel mode), OVS's programs (OVS mode) and
+    the hp-traffic tool (udp64, conn, rr; hyperplane.bench.traffic builds it)."""
     if shutil.which("iperf3") is None:
         raise BenchError("iperf3 is missing: apt-get install iperf3")
-    if shutil.which("nft") is None:
+    if "kernel" in settings.modes and shutil.which("nft") is None:
         raise BenchError("nft is missing (kernel mode loads its NAT with it): "
                          "apt-get install nftables")
     out: Dict[str, Any] = {"iperf3": shutil.which("iperf3"), "taskset": shutil.which("taskset")}
+    if "ovs" in settings.modes:
+        why = ovs.missing()
+        if why:
+            raise BenchError(f"--modes has ovs, but {why}; or leave ovs out of --modes", 2)
+        out["ovs_vswitchd"] = shutil.which(ovs.VSWITCHD)
     if any(t in settings.tests for t in ("udp64", "conn", "rr")):
         try:
             out["hp_traffic"] = traffic.tool_path()

@@ -10,9 +10,13 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from hyperplane.bench.analysis import (
-    cpu_cost, machine, overload_fractions, overload_load, summarize, verdicts,
+    column_order, cpu_cost, machine, overload_fractions, overload_load, summarize, verdicts,
 )
-from hyperplane.bench.settings import MODES, OVERLOAD_TARGET, BenchError, Settings
+from hyperplane.bench.settings import OVERLOAD_TARGET, RATIO_PAIRS, BenchError, Settings
+
+
+#: The ratio columns' headers.
+SHORT = {"hyperplane/kernel": "h/k", "hyperplane/ovs": "h/ovs"}
 
 
 def report_json(settings: Settings, trials: List[Dict[str, Any]],
@@ -20,21 +24,25 @@ def report_json(settings: Settings, trials: List[Dict[str, Any]],
                 machine_info: Optional[Dict[str, Any]] = None,
                 extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The ``--json`` document: machine, settings, every trial's raw figures, and per metric
-    the medians, spreads and ratios, then the verdicts."""
+    the medians, spreads and ratios (``ratios``: hyperplane/kernel per metric, as before OVS
+    mode; ``pair_ratios``: every measured pair per metric), then the verdicts."""
     summary = summarize(figures)
     fractions = overload_fractions(summary)
     load = overload_load(trials, summary)
+    cost = cpu_cost(trials)
     doc = {
         "machine": machine_info if machine_info is not None else machine(),
         "settings": dataclasses.asdict(settings),
         "trials": trials,
         "figures": figures,
         "summary": summary,
+        "columns": column_order(figures),
         "ratios": {m: row["ratio"] for m, row in summary.items()},
+        "pair_ratios": {m: row["ratios"] for m, row in summary.items()},
         "overload_fraction": fractions,
         "overload_load": load,
-        "verdicts": verdicts(summary, fractions["hyperplane"], load),
-        "cpu_cost": cpu_cost(trials),
+        "verdicts": verdicts(summary, fractions.get("hyperplane"), load, cost),
+        "cpu_cost": cost,
     }
     doc.update(extra or {})
     return doc
@@ -75,27 +83,30 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
     from rich.table import Table
 
     out = out or sys.stdout
-    width = shutil.get_terminal_size().columns if out.isatty() else 130
+    width = shutil.get_terminal_size().columns if out.isatty() else 200
     console = Console(file=out, width=max(100, width))
     m = doc["machine"]
     s = doc["settings"]
     t = Table(title=escape(f"hyperplane bench: {m.get('cpu')} x{m.get('nproc')}, Linux "
                            f"{m.get('kernel')}; {s['repeats']} repeat(s), {s['seconds']:g} s "
                            "trials, median [min-max]"))
-    for col, just in (("test", "left"), ("unit", "left"), ("hyperplane", "right"),
-                      ("kernel", "right"), ("ratio h/k", "right"), ("", "left")):
+    cols = doc.get("columns") or column_order(doc["figures"])
+    pairs = [p for p in RATIO_PAIRS if any(p in row.get("ratios", {})
+                                           for row in doc["summary"].values())]
+    for col, just in ([("test", "left"), ("unit", "left")] + [(c, "right") for c in cols]
+                      + [(f"ratio {SHORT.get(p, p)}", "right") for p in pairs]
+                      + [("better", "left")]):
         t.add_column(col, justify=just, no_wrap=True)
     fr = doc.get("overload_fraction") or {}
     for metric, row in doc["summary"].items():
-        cells = [cell(row[mode], row["unit"]) for mode in MODES]
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        t.add_row(*(escape(c) for c in (metric, row["unit"], *cells, ratio,
-                                        f"{row['better']} is better")))
+        cells = [cell(row[mode], row["unit"]) if mode in row else "-" for mode in cols]
+        ratios = [_num(row.get("ratios", {}).get(p)) for p in pairs]
+        t.add_row(*(escape(c) for c in (metric, row["unit"], *cells, *ratios, row["better"])))
         if metric == "udp64-overload":
             t.add_row(*(escape(c) for c in (
                 "  / own loss-free", "share",
-                *("-" if fr.get(mode) is None else f"{fr[mode]:.2f}" for mode in MODES),
-                "", f"hyperplane >= {OVERLOAD_TARGET:.2f}")))
+                *("-" if fr.get(mode) is None else f"{fr[mode]:.2f}" for mode in cols),
+                *("" for _ in pairs), f"hyperplane >= {OVERLOAD_TARGET:.2f}")))
     console.print(t)
     if s.get("tests") and "udp64" in s["tests"]:
         console.print(f"loss-free = delivered >= (1 - {s['loss_tolerance']:g}) x sent "
@@ -107,20 +118,23 @@ def print_table(doc: Dict[str, Any], out=None) -> None:
             value = f"{v['value']:.4f}"   # a miss that would print as the target itself
         word = "meets" if v["meets"] else "misses"
         why = f"; {v['why']}" if v.get("why") else ""
-        console.print(escape(f"{word}: {v['name']} = {value} (target >= {v['target']:.2f}"
+        sign = "<=" if v.get("at_most") else ">="
+        console.print(escape(f"{word}: {v['name']} = {value} (target {sign} {v['target']:.2f}"
                              f"{why})"), soft_wrap=True)
     cost = doc.get("cpu_cost") or {}
     if cost:
         console.print("CPU cost, whole machine (CPU seconds per GB moved, median; lower is "
                       "better): " + "; ".join(
-                          f"{test} {_num(r['hyperplane'])} vs {_num(r['kernel'])} "
-                          f"(x{_num(r['ratio'])})" for test, r in cost.items()),
+                          f"{test} " + " vs ".join(f"{c} {_num(r.get(c))}" for c in cols
+                                                   if c in r)
+                          + "".join(f" ({p} x{_num(x)})" for p, x in r.get("ratios", {}).items())
+                          for test, r in cost.items()),
                       soft_wrap=True)
 
 
 def plot(doc: Dict[str, Any], path: str) -> None:
-    """A PNG: ratios per metric (a line at 1.0), then each metric's medians per mode with
-    min-max error bars."""
+    """A PNG: the ratios per metric (one bar per measured pair, a line at 1.0), then each
+    metric's medians per column with min-max error bars."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -136,33 +150,43 @@ def plot(doc: Dict[str, Any], path: str) -> None:
     fig = plt.figure(figsize=(3.2 * ncols + 1, 3.0 * nrows + 0.6))
     grid = fig.add_gridspec(nrows, ncols)
     ax = fig.add_subplot(grid[0, :])
-    ratios = [summary[m]["ratio"] or 0.0 for m in metrics]
-    colors = ["tab:green" if (r >= 1.0) == (summary[m]["better"] == "higher") else "tab:red"
-              for m, r in zip(metrics, ratios)]
-    ax.bar(metrics, ratios, color=colors)
+    cols = doc.get("columns") or column_order(doc["figures"])
+    pairs = [p for p in RATIO_PAIRS if any(p in summary[m].get("ratios", {}) for m in metrics)]
+    width = 0.8 / max(1, len(pairs))
+    shown = []
+    for j, pair in enumerate(pairs):
+        ratios = [summary[m].get("ratios", {}).get(pair) or 0.0 for m in metrics]
+        shown += [r for r in ratios if r > 0]
+        xs = [i + (j - (len(pairs) - 1) / 2) * width for i in range(len(metrics))]
+        ax.bar(xs, ratios, width=width, label=pair)
+        for x, r in zip(xs, ratios):
+            ax.annotate(f"{r:.2f}", (x, r), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels(metrics)
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
-    shown = [r for r in ratios if r > 0]
     if shown and max(shown) / min(shown) > 4:   # one outlier would flatten the rest
         ax.set_yscale("log", base=2)
         from matplotlib.ticker import FuncFormatter
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_ylabel("hyperplane / kernel")
-    ax.set_title("ratio of medians (rr: lower is better; the rest: higher is better)",
+    ax.set_ylabel("ratio of medians")
+    ax.legend(fontsize=8)
+    ax.set_title("ratios of medians (rr: lower is better; the rest: higher is better)",
                  fontsize=10)
-    for i, r in enumerate(ratios):
-        ax.annotate(f"{r:.2f}", (i, r), ha="center", va="bottom", fontsize=8)
+    palette = {"hyperplane": "tab:blue", "hyperplane-tap": "tab:cyan", "kernel": "tab:gray",
+               "ovs": "tab:orange"}
     for i, metric in enumerate(metrics):
         row = summary[metric]
         a = fig.add_subplot(grid[1 + i // ncols, i % ncols])
-        meds = [row[m]["median"] or 0.0 for m in MODES]
-        err = [[max(0.0, (row[m]["median"] or 0.0) - (row[m]["min"] or 0.0)) for m in MODES],
-               [max(0.0, (row[m]["max"] or 0.0) - (row[m]["median"] or 0.0)) for m in MODES]]
-        a.bar(list(MODES), meds, yerr=err, capsize=4, color=["tab:blue", "tab:gray"])
+        here = [c for c in cols if c in row]
+        meds = [row[m]["median"] or 0.0 for m in here]
+        err = [[max(0.0, (row[m]["median"] or 0.0) - (row[m]["min"] or 0.0)) for m in here],
+               [max(0.0, (row[m]["max"] or 0.0) - (row[m]["median"] or 0.0)) for m in here]]
+        a.bar(here, meds, yerr=err, capsize=4, color=[palette.get(m, "tab:purple") for m in here])
         a.set_title(f"{metric} ({row['unit']}, {row['better']} is better)", fontsize=9)
-        a.tick_params(labelsize=8)
+        a.tick_params(labelsize=7)
     m = doc["machine"]
     s = doc["settings"]
-    fig.suptitle(f"hyperplane bench vs. the kernel's NAT: {m.get('cpu')} x{m.get('nproc')}, "
+    fig.suptitle(f"hyperplane bench ({', '.join(cols)}): {m.get('cpu')} x{m.get('nproc')}, "
                  f"Linux {m.get('kernel')}, {m.get('date', '')[:10]}; {s['repeats']} repeat(s) "
                  f"of {s['seconds']:g} s", fontsize=10)
     fig.tight_layout()

@@ -1,7 +1,9 @@
-"""Running the trials in the two labs: :class:`Mode` (one lab, and how to run a command on its
-client or its server side), one iperf3 run, and :class:`Runner`, which warms each lab up, runs
-every test in ABBA order, guards each trial (a failure names the mode, the test and the data
-path's fate) and records the raw trials and the per-repeat figures.
+"""Running the trials in the labs: :class:`Mode` (one column: a lab and the environment it is
+measured through, and how to run a command on its client or its server side), one iperf3 run,
+and :class:`Runner`, which warms each mode up and checks its NAT (:mod:`.checks`), runs every
+test in :func:`~hyperplane.bench.analysis.rotation` order (ABBA for two modes), guards each
+trial (a failure names the mode, the test and the data path's or OVS's fate) and records the
+raw trials and the per-repeat figures.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 from hyperplane import netns, paths, proc
 from hyperplane.bench import traffic
-from hyperplane.bench.analysis import abba, cpu_times, find_loss_free, median
+from hyperplane.bench.analysis import column_order, cpu_times, find_loss_free, median, rotation
+from hyperplane.bench.checks import check_nat
 from hyperplane.bench.report import format_value
 from hyperplane.bench.settings import (
-    CLIENT_CPU, CONN_DRAIN, METRICS, MODES, OVERLOAD_LOAD, PORT_BASE, REACHED, SERVER_CPU,
+    CLIENT_CPU, CONN_DRAIN, METRICS, OVERLOAD_LOAD, PORT_BASE, REACHED, SERVER_CPU,
     BenchError, Settings, progress,
 )
 from hyperplane.labconfig import Plan, bare
@@ -42,16 +45,19 @@ def _listening(ns: str, port: int, proto: str = "tcp") -> bool:
 
 
 class Mode:
-    """One of the two labs, and how to run the tests' commands in it."""
+    """One column of the result: a lab, the environment (``plan.envs[env_index]``) its
+    client runs in, and how to run the tests' commands there. ``hyperplane`` and
+    ``hyperplane-tap`` share one lab (one data path, two environments)."""
 
-    def __init__(self, mode: str, name: str, plan: Plan, pin: bool):
+    def __init__(self, mode: str, name: str, plan: Plan, pin: bool, env_index: int = 0):
         self.mode, self.name, self.plan = mode, name, plan
-        self.env = plan.envs[0]
+        self.env = plan.envs[env_index]
         self.server = plan.hosts[0]
         self.s4, self.s6 = bare(self.server.ipv4), bare(self.server.ipv6)
         self.pin = pin
         self.taskset = shutil.which("taskset") if pin else None
         self.pid: Optional[int] = None   # the data path's (hyperplane mode)
+        self.switch: Any = None          # OVS mode's ovs.OvsSwitch
         self.rings: Dict[str, int] = {}   # veth link -> its ring's frames, as the daemon says
         self.placement: Optional[Dict[str, Any]] = None   # the daemon's placement (CPUs, rings)
         self.last_conn = -1e9            # monotonic end of the last conn trial
@@ -78,8 +84,11 @@ class Mode:
             return None
 
     def datapath_problem(self) -> str:
-        """A sentence about the data path when it has died (with its log's tail), else ""."""
-        if self.mode != "hyperplane":
+        """A sentence about the data path (or OVS) when it has died (with its log's tail),
+        else ""."""
+        if self.switch is not None:
+            return self.switch.problem()
+        if self.pid is None:
             return ""
         if proc.pid_alive(self.pid):
             return ""
@@ -146,9 +155,10 @@ class Runner:
         self.s = settings
         #: ``on_step(step, done, total)`` before each trial (a test in a mode and repeat).
         self.on_step = on_step
-        self.modes = modes
+        self.modes = {m: modes[m] for m in column_order(modes)}
         self.trials: List[Dict[str, Any]] = []
-        self.figures: Dict[str, Dict[str, List[float]]] = {m: {} for m in MODES}
+        self.figures: Dict[str, Dict[str, List[float]]] = {m: {} for m in self.modes}
+        self.overload_offered: Optional[int] = None
         self.port = PORT_BASE
         self.t0 = time.monotonic()
         self.idle_datapath_cpu: List[float] = []
@@ -175,9 +185,11 @@ class Runner:
 
     def _guard(self, mode: Mode, what: str, fn: Callable[[], Any]) -> Any:
         """Run one trial; a failure names the mode, the test and (hyperplane) the data path's
-        fate. While the kernel's trial runs, the idle data path of the other lab is watched:
-        its CPU time is recorded, so a busy-polling idle data path would show up."""
-        other = self.modes["hyperplane"] if mode.mode == "kernel" else None
+        fate. While another lab's trial runs (kernel, OVS), the idle data path of hyperplane's
+        lab is watched: its CPU time is recorded, so a busy-polling idle data path would show
+        up."""
+        hp = self.modes.get("hyperplane")
+        other = hp if hp is not None and mode.name != hp.name else None
         before = other.datapath_cpu() if other else None
         t0 = time.monotonic()
         try:
@@ -206,8 +218,14 @@ class Runner:
                 raise BenchError(f"{mode.mode} mode: the server {addr} is not reachable from "
                                  f"the environment over IPv{family} ({e})"
                                  f"{mode.datapath_problem()}") from None
+        try:
+            seen = check_nat(mode, self._next_port(), self._next_port())
+        except BenchError as e:
+            raise BenchError(f"{mode.mode} mode is not a correct NAT: {e}"
+                             f"{mode.datapath_problem()}") from None
         progress(f"[{time.monotonic() - self.t0:5.0f} s] {mode.mode:10s} warm-up done "
-                  "(IPv4 and IPv6 reach the server)")
+                  f"(IPv4 and IPv6 reach the server, which sees {', '.join(seen)}; an "
+                  "unsolicited SYN to the ENI is dropped)")
 
     # ---- tests ------------------------------------------------------------------------------
     def tcp(self, mode: Mode, test: str, repeat: int) -> None:
@@ -256,7 +274,8 @@ class Runner:
             progress(f"  note: nothing was lost, but the sender reached only "
                       f"{r['achieved']:.0f} of {r['offered']} packets/s: the receiver pushed "
                       "back (the kernel forwards a veth's packets in the sender's own system "
-                      "call, on the sender's CPU); the figure is the rate delivered")
+                      "call, on the sender's CPU; a TAP's queue holds the sender until the data "
+                      "path reads); the figure is the rate delivered")
         return r
 
     def overload(self, mode: Mode, repeat: int, offered: int) -> None:
@@ -345,7 +364,7 @@ class Runner:
         tests = self.s.tests
         warmed = set()
         done = 0
-        for repeat, order in enumerate(abba(self.s.repeats)):
+        for repeat, order in enumerate(rotation(list(self.modes), self.s.repeats)):
             for name in order:
                 mode = self.modes[name]
                 if name not in warmed:
@@ -362,11 +381,11 @@ class Runner:
                     elif test == "rr":
                         self.rr(mode, repeat)
         if "udp64" in tests:
-            # The same offered load for both modes: twice hyperplane's loss-free median.
+            # The same offered load for every mode: twice hyperplane's loss-free median.
             base = median(self.figures["hyperplane"].get("udp64", []))
             offered = int(OVERLOAD_LOAD * base) if base else 0
             self.overload_offered = offered
-            for repeat, order in enumerate(abba(self.s.repeats)):
+            for repeat, order in enumerate(rotation(list(self.modes), self.s.repeats)):
                 for name in order:
                     done = self._step(done, "overload", repeat, name)
                     self.overload(self.modes[name], repeat, offered)

@@ -1,12 +1,14 @@
-"""What a bench run measures and what it is judged by: the tests and the two modes, the result
-table's metrics, the targets of the issue's "Done means", the trials' constants (ports, CPUs,
-ring depth), :class:`BenchError`, :class:`Settings` (what ``--quick``, ``--tests``, ``--seconds``
-... choose), the bench topology (``bench_lab.toml``) and the progress line every step prints.
+"""What a bench run measures and what it is judged by: the tests, the modes and environments,
+the result table's columns and metrics, the targets of the issues' "Done means", the trials'
+constants (ports, CPUs, ring depth), :class:`BenchError`, :class:`Settings` (what ``--quick``,
+``--tests``, ``--modes``, ``--env``, ``--seconds`` ... choose), the bench topology
+(``bench_lab.toml``) and the progress line every step prints.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 from importlib import resources
 from typing import Dict, List, Optional, Tuple
@@ -15,7 +17,19 @@ from hyperplane import labconfig
 from hyperplane.errors import HyperplaneError
 
 TESTS = ("tcp4-1", "tcp4-4", "tcp6-1", "tcp6-4", "udp64", "conn", "rr")
-MODES = ("hyperplane", "kernel")
+#: Who forwards: hyperplane's data path, the kernel's nftables NAT, Open vSwitch's userspace
+#: conntrack NAT. hyperplane is always measured (every ratio is its figure over another's).
+MODES = ("hyperplane", "kernel", "ovs")
+#: Which kind of environment hyperplane is measured through (kernel and OVS: always a veth).
+ENVS = ("veth", "tap")
+#: hyperplane through a TAP environment, when it is measured through both kinds.
+TAP_COLUMN = "hyperplane-tap"
+#: The result columns, in table order.
+COLUMNS = ("hyperplane", TAP_COLUMN, "kernel", "ovs")
+#: The ratios reported: name -> (numerator column, denominator column).
+RATIO_PAIRS = {"hyperplane/kernel": ("hyperplane", "kernel"),
+               "hyperplane/ovs": ("hyperplane", "ovs"),
+               "tap/veth": (TAP_COLUMN, "hyperplane")}
 #: The nftables table kernel mode loads into the node namespace.
 NFT_TABLE = "hyperplane_bench"
 BENCH_CONFIG = "bench_lab.toml"
@@ -40,6 +54,15 @@ TEST_METRICS = {"tcp4-1": ["tcp4-1"], "tcp4-4": ["tcp4-4"], "tcp6-1": ["tcp6-1"]
 #: The issue's "Done means": ratios at least 1.0 on these, and under twice the loss-free UDP
 #: load hyperplane still delivers at least 90 % of its loss-free rate.
 RATIO_TARGET = 1.0
+#: ... hyperplane/OVS at least 2.0 on one TCP stream, loss-free UDP and connection rate, and
+#: rr p50/p99 at most half of OVS's (issue 18).
+OVS_RATIO_TARGET = 2.0
+#: ... four TCP streams at least 0.85x the kernel (the copy limit, issue 6), at a whole-machine
+#: CPU cost per GB at most 1.5x the kernel's.
+FOUR_STREAM_TARGET = 0.85
+CPU_COST_TARGET = 1.5
+#: ... through a TAP environment at least 0.95x the same run's veth figures.
+TAP_TARGET = 0.95
 OVERLOAD_TARGET = 0.90
 #: ... under this multiple of its loss-free rate.
 OVERLOAD_LOAD = 2.0
@@ -87,6 +110,10 @@ class Settings:
     udp_start_rate: int = 50_000
     udp_bisect_steps: int = 5
     udp_max_rate: int = 20_000_000
+    #: who forwards (MODES order); the default has OVS when it is installed
+    modes: List[str] = dataclasses.field(default_factory=lambda: default_modes()[0])
+    #: the environments hyperplane is measured through (ENVS order)
+    envs: List[str] = dataclasses.field(default_factory=lambda: ["veth"])
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -96,6 +123,13 @@ class Settings:
             s.seconds, s.repeats = 1.0, 1
             s.conn_count, s.rr_count, s.udp_bisect_steps = 2_000, 1_000, 3
         s.tests = parse_tests(getattr(args, "tests", None))
+        if getattr(args, "modes", None) is None:
+            s.modes, why = default_modes()
+            if why:
+                progress(why)
+        else:
+            s.modes = parse_modes(args.modes)
+        s.envs = parse_envs(getattr(args, "env", None))
         if getattr(args, "seconds", None) is not None:
             s.seconds = float(args.seconds)
         if getattr(args, "repeats", None) is not None:
@@ -112,6 +146,8 @@ class Settings:
         return s
 
     def validate(self) -> None:
+        self.modes = parse_modes(",".join(self.modes))   # also from the API: checked alike
+        self.envs = _parse_list(",".join(self.envs), ENVS, "--env")
         if not 0.5 <= self.seconds <= 600:
             raise BenchError(f"--seconds {self.seconds:g}: use 0.5 to 600", 2)
         if not 1 <= self.repeats <= 100:
@@ -140,6 +176,50 @@ def parse_tests(text: Optional[str]) -> List[str]:
         raise BenchError(f"--tests: unknown test(s) {', '.join(unknown)}; valid tests are "
                          f"{', '.join(TESTS)}", 2)
     return [t for t in TESTS if t in names]
+
+
+def default_modes() -> Tuple[List[str], str]:
+    """All three modes when ``ovs-vswitchd`` is installed, else hyperplane and kernel and a
+    sentence saying why OVS is skipped and how to get it."""
+    if shutil.which("ovs-vswitchd"):
+        return list(MODES), ""
+    return ["hyperplane", "kernel"], ("OVS mode skipped: ovs-vswitchd is not installed "
+                                      "(apt-get install --no-install-recommends "
+                                      "openvswitch-switch)")
+
+
+def _parse_list(text: str, valid: Tuple[str, ...], option: str) -> List[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in valid]
+    if unknown or not names:
+        what = f"unknown {', '.join(unknown)}" if unknown else "nothing given"
+        raise BenchError(f"{option}: {what}; valid are {', '.join(valid)} "
+                         "(comma-separated)", 2)
+    return [t for t in valid if t in names]
+
+
+def parse_modes(text: str) -> List[str]:
+    """``--modes`` (comma-separated) -> the modes in MODES order; BenchError (exit 2) naming
+    the valid ones for an unknown name, or when hyperplane is missing (every ratio is its)."""
+    modes = _parse_list(text, MODES, "--modes")
+    if "hyperplane" not in modes:
+        raise BenchError("--modes: hyperplane must be among them (every ratio is hyperplane's "
+                         f"figure over another mode's); e.g. --modes hyperplane,{modes[0]}", 2)
+    return modes
+
+
+def parse_envs(text: Optional[str]) -> List[str]:
+    """``--env`` (``veth``, ``tap`` or ``veth,tap``) -> ENVS order; default veth."""
+    if text is None or not text.strip():
+        return ["veth"]
+    return _parse_list(text, ENVS, "--env")
+
+
+def columns(modes: List[str], envs: List[str]) -> List[str]:
+    """The result columns: ``hyperplane`` (through the first of ``envs``), ``hyperplane-tap``
+    when both environments are measured, then the other modes."""
+    out = ["hyperplane"] + ([TAP_COLUMN] if len(envs) > 1 else [])
+    return out + [m for m in modes if m != "hyperplane"]
 
 
 def bench_config() -> labconfig.LabConfig:

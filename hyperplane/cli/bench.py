@@ -1,9 +1,10 @@
-"""``hyperplane bench``: hyperplane side by side with the kernel's NAT (hyperplane.bench)."""
+"""``hyperplane bench``: hyperplane side by side with the kernel's NAT and Open vSwitch's
+(hyperplane.bench)."""
 from __future__ import annotations
 
 import sys
 
-from hyperplane.bench import TESTS, Settings, run
+from hyperplane.bench import ENVS, MODES, TESTS, Settings, run
 from hyperplane.cli import progress
 from hyperplane.cli.common import print_json
 from hyperplane.errors import EXIT_OK
@@ -11,21 +12,34 @@ from hyperplane.errors import EXIT_OK
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "bench", help="hyperplane side by side with the kernel's NAT (iperf3 TCP, 64-byte UDP "
-                      "loss-free rate and overload, connection rate, request/response "
-                      "latency): a table of hyperplane/kernel ratios (root)",
-        description="Builds the bench lab twice, once forwarded by hyperplane and once by the "
-                    "kernel (ip_forward + nftables SNAT in the node namespace), runs the same "
-                    "tests on both in ABBA order and prints median [min-max] per mode and the "
-                    "hyperplane/kernel ratios. Exit 0 when it ran (the verdicts are a report), "
-                    "1 when it could not.")
+        "bench", help="hyperplane side by side with the kernel's NAT and Open vSwitch's "
+                      "(iperf3 TCP, 64-byte UDP loss-free rate and overload, connection rate, "
+                      "request/response latency): a table of hyperplane/kernel and "
+                      "hyperplane/OVS ratios (root)",
+        description="Builds the bench lab once per mode: forwarded by hyperplane, by the "
+                    "kernel (ip_forward + nftables SNAT in the node namespace) and by Open "
+                    "vSwitch's userspace conntrack NAT (its own ovs-vswitchd in the node "
+                    "namespace), checks each is a NAT (the server sees the ENI's address, an "
+                    "unsolicited SYN is dropped), runs the same tests on all in alternating "
+                    "order and prints median [min-max] per mode and the ratios. Exit 0 when "
+                    "it ran (the verdicts are a report), 1 when it could not, 2 on bad "
+                    "options.")
     p.add_argument("--tests", default=None,
                    help=f"comma-separated, from {','.join(TESTS)} (default: all)")
+    p.add_argument("--modes", default=None,
+                   help=f"comma-separated, from {','.join(MODES)}; hyperplane is required "
+                        "(default: all three when ovs-vswitchd is installed, else "
+                        "hyperplane,kernel)")
+    p.add_argument("--env", default=None,
+                   help=f"the environment(s) hyperplane is measured through: "
+                        f"{' or '.join(ENVS)} or veth,tap (a column hyperplane-tap and the "
+                        "ratio tap/veth); kernel and OVS always use a veth (default veth)")
     p.add_argument("--seconds", type=float, default=None,
                    help="seconds per trial (default 5; --quick 1); a udp64 trial lasts at "
                         "most 2 s (the loss-free search runs about ten)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="repeats per mode, ABBA order (default 3; --quick 1)")
+                   help="repeats per mode, order alternating across repeats (ABBA for two "
+                        "modes; default 3; --quick 1)")
     p.add_argument("--quick", action="store_true",
                    help="1 repeat, 1-second trials, small counts (smoke, first look)")
     p.add_argument("--json", metavar="FILE", help="write machine, settings, every trial, "
@@ -37,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin clients to CPU 0 and servers to CPU 1")
     p.add_argument("--keep", action="store_true",
-                   help="leave both labs up afterwards (prints how to remove them)")
+                   help="leave the labs up afterwards (prints how to remove them)")
     p.set_defaults(func=cmd_bench)
 
 

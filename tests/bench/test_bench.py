@@ -1,6 +1,7 @@
 """``hyperplane bench``: the kernel-mode plan, the loss-free search, medians, ratios, verdicts,
-the JSON and the plot (no root), and one smoke run of the real command (root; skipped without
-CAP_NET_ADMIN). Nothing here asserts how fast anything is."""
+the JSON and the plot (no root), and one smoke run of the real command with every mode (root;
+skipped without CAP_NET_ADMIN). OVS mode, the N-mode order and summary, ``--modes``/``--env``
+and the NAT checks are in test_bench_modes.py. Nothing here asserts how fast anything is."""
 from __future__ import annotations
 
 import io
@@ -70,6 +71,10 @@ def test_nft_ruleset_snats_the_environment_to_the_eni_per_family():
         '\t\toifname "eni0" ip saddr 198.19.0.0/30 snat ip to 198.18.1.4\n'
         '\t\toifname "eni0" ip6 saddr 2001:2:0:f000::/64 snat ip6 to 2001:2:0:1::4\n'
         "\t}\n"
+        "\tchain input {\n"
+        "\t\ttype filter hook input priority filter; policy accept;\n"
+        '\t\tiifname "eni0" meta l4proto { tcp, udp } ct state new drop\n'
+        "\t}\n"
         "}\n")
 
 
@@ -84,7 +89,7 @@ def test_kernel_plan_refuses_a_tap_environment_and_several_enis():
 
 def test_lab_names_are_valid_short_and_distinct():
     names = bench.lab_names(pid=4_194_303)
-    assert names == {"hyperplane": "bench4303h", "kernel": "bench4303k"}
+    assert names == {"hyperplane": "bench4303h", "kernel": "bench4303k", "ovs": "bench4303o"}
     for n in names.values():
         labconfig.validate_lab_name(n)
         assert len(f"hp-{n}-env-fn-0") < 64
@@ -207,12 +212,15 @@ def test_verdicts_follow_the_issue_done_means():
     assert fr["hyperplane"] == pytest.approx(430_000 / 450_000)
     assert fr["kernel"] == pytest.approx(0.5)
     v = {x["name"].split(" (")[0]: x for x in bench.verdicts(s, fr["hyperplane"], 1.98)}
-    assert v["TCP throughput IPv4"]["meets"] is True
-    assert v["TCP throughput IPv6"]["meets"] is False          # 9.0 / 10.0
-    assert v["TCP throughput IPv6"]["value"] == pytest.approx(0.9)
+    assert v["TCP one stream IPv4"]["meets"] is True
+    assert v["TCP one stream IPv6"]["meets"] is False          # 9.0 / 10.0
+    assert v["TCP one stream IPv6"]["value"] == pytest.approx(0.9)
     assert v["loss-free 64-byte UDP rate"]["meets"] is True
     assert v["connection rate"]["meets"] is False
+    assert v["request/response p50"]["meets"] is True          # 35 us <= 50 us
+    assert v["request/response p50"]["at_most"] is True
     assert v["hyperplane under 2x loss-free UDP load"]["meets"] is True
+    assert not any("ovs" in x["name"] or "tap" in x["name"] for x in v.values())
     assert bench.verdicts(s, 0.89, 2.0)[-1]["meets"] is False
     # the fraction is no proof when the sender could not offer twice the loss-free rate
     short = bench.verdicts(s, 0.99, 1.5)[-1]
@@ -222,9 +230,9 @@ def test_verdicts_follow_the_issue_done_means():
     unknown = bench.verdicts(s, 0.99)[-1]
     assert unknown["meets"] is False and "an unknown load" in unknown["why"]
     # only what was measured is judged
-    only_tcp = bench.summarize({m: {"tcp4-1": FIGURES[m]["tcp4-1"]} for m in bench.MODES})
+    only_tcp = bench.summarize({m: {"tcp4-1": FIGURES[m]["tcp4-1"]} for m in FIGURES})
     assert [x["name"] for x in bench.verdicts(only_tcp)] == [
-        "TCP throughput IPv4 (hyperplane/kernel)"]
+        "TCP one stream IPv4 (hyperplane/kernel)"]
 
 
 def test_abba_order_alternates_modes():
@@ -279,7 +287,7 @@ MACHINE = {"cpu": "Test CPU", "nproc": 2, "kernel": "6.1", "python": "3.11",
 
 def fake_doc(overload_sent=(700_000.0, 900_000.0, 910_000.0)):
     trials = [{"mode": m, "test": "tcp4-1", "repeat": i, "figures": {"tcp4-1": v},
-               "raw": {"gbps": v}} for m in bench.MODES
+               "raw": {"gbps": v}} for m in FIGURES
               for i, v in enumerate(FIGURES[m]["tcp4-1"])]
     # what hyperplane's overload sender reached (its loss-free median is 450k)
     trials += [{"mode": "hyperplane", "test": "udp64-overload", "repeat": i,
@@ -311,10 +319,11 @@ def test_print_table_shows_medians_spreads_ratios_and_verdicts():
     text = out.getvalue()
     assert "11.00 [10.00-12.00]" in text              # tcp4-1 hyperplane
     assert "450k [400k-500k]" in text                 # udp64 hyperplane
-    assert "1.50" in text and "lower is better" in text
+    assert "1.50" in text and re.search(r"rr-p50 .* lower", text)
     assert re.search(r"/ own loss-free +. share +. +0\.96 +. +0\.50 ", text)  # overload
-    assert "misses: TCP throughput IPv6 (hyperplane/kernel) = 0.90 (target >= 1.00)" in text
-    assert "meets: TCP throughput IPv4" in text
+    assert "misses: TCP one stream IPv6 (hyperplane/kernel) = 0.90 (target >= 1.00)" in text
+    assert "meets: TCP one stream IPv4" in text
+    assert "meets: request/response p50 (hyperplane/kernel) = 0.70 (target <= 1.00)" in text
     assert "meets: hyperplane under 2x loss-free UDP load" in text
     out = io.StringIO()
     bench.print_table(fake_doc(overload_sent=(600_000.0,) * 3), out)
@@ -338,7 +347,7 @@ def test_cpu_cost_is_the_median_cpu_seconds_per_gbyte_per_mode():
     doc["cpu_cost"] = cost
     out = io.StringIO()
     bench.print_table(doc, out)
-    assert "tcp4-4 0.12 vs 0.06 (x2.00)" in out.getvalue()
+    assert "tcp4-4 hyperplane 0.12 vs kernel 0.06 (hyperplane/kernel x2.00)" in out.getvalue()
 
 
 def test_cpu_times_counts_busy_time():
@@ -380,10 +389,17 @@ _problem = netns.privilege_problem()
 
 
 @pytest.mark.skipif(_problem is not None, reason=f"bench smoke run: {_problem}")
-def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypatch):
+def test_bench_quick_smoke_runs_every_mode_and_leaves_nothing(tmp_path, monkeypatch,
+                                                              ovs_installed, processes_naming):
+    """The default modes: hyperplane, kernel and OVS where ovs-vswitchd is installed (CI
+    installs it: there a missing OVS fails the test instead of skipping its mode). Afterwards
+    no namespace, link, directory or OVS daemon of the run is left."""
     from pyroute2 import IPRoute
 
+    from hyperplane import proc as hpproc
     from hyperplane import topology as hplab
+
+    modes = ["hyperplane", "kernel"] + (["ovs"] if ovs_installed else [])
 
     jpath, ppath = tmp_path / "bench.json", tmp_path / "bench.png"
     run_dir = tmp_path / "run"
@@ -411,15 +427,28 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
         assert doc["labs"] == names
         metrics = ["tcp4-1", "tcp6-1", "udp64", "udp64-overload", "conn", "rr-p50", "rr-p99"]
         assert list(doc["summary"]) == metrics
+        assert doc["modes"] == modes and doc["columns"] == modes
         for metric in metrics:
             row = doc["summary"][metric]
-            for mode in bench.MODES:
+            for mode in modes:
                 assert row[mode]["median"] > 0, (metric, mode, row)
             assert row["ratio"] == pytest.approx(row["hyperplane"]["median"]
                                                  / row["kernel"]["median"])
             assert doc["ratios"][metric] == row["ratio"]
+            if "ovs" in modes:
+                assert row["ratios"]["hyperplane/ovs"] == pytest.approx(
+                    row["hyperplane"]["median"] / row["ovs"]["median"])
         assert {(t["mode"], t["test"]) for t in doc["trials"]} == {
-            (m, t) for m in bench.MODES for t in tests + ["udp64-overload"]}
+            (m, t) for m in modes for t in tests + ["udp64-overload"]}
+        # every mode was checked to be a NAT before it was measured
+        for mode in modes:
+            assert re.search(rf"{mode} +warm-up done \(IPv4 and IPv6 reach the server, which "
+                             r"sees 198\.18\.1\.4, 2001:2:0:1::4; an unsolicited SYN to the ENI "
+                             r"is dropped\)", err), (mode, err)
+        ovs_pids = [int(p) for p in re.findall(r"(?:ovsdb-server|ovs-vswitchd) pid (\d+)", err)]
+        assert len(ovs_pids) == (2 if "ovs" in modes else 0), err
+        if ovs_pids:
+            assert doc["pinning"]["ovs_vswitchd_cpu"] == 1
         assert doc["settings"]["repeats"] == 1 and doc["settings"]["quick"] is True
         assert doc["pinning"]["client_cpu"] == 0 and doc["pinning"]["server_cpu"] == 1
         assert doc["pinning"]["datapath_cpu"] == 1
@@ -432,6 +461,7 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
         for test in ("tcp4-1", "tcp6-1"):   # the whole machine's CPU per GB, both modes
             assert doc["cpu_cost"][test]["hyperplane"] > 0 and doc["cpu_cost"][test]["kernel"] > 0
         assert "ratio h/k" in out and "udp64-overload" in out
+        assert ("ratio h/ovs" in out) == ("ovs" in modes)
         assert ppath.read_bytes()[:8] == PNG_MAGIC
     finally:
         left = [ns for ns in netns.listall()
@@ -449,15 +479,22 @@ def test_bench_quick_smoke_runs_both_modes_and_leaves_nothing(tmp_path, monkeypa
     with IPRoute() as ipr:
         root = {link.get("address") for link in ipr.get_links()}
     assert not (macs & root), f"links of the bench labs in the root namespace: {macs & root}"
-    assert not (run_dir / names["hyperplane"]).exists()
-    assert not (run_dir / names["kernel"]).exists()
+    for n in names.values():
+        assert not (run_dir / n).exists()      # OVS's run/db/log directories went with it
     assert sorted(p.name for p in run_dir.iterdir()) == [".tools"]  # hp-traffic's cache only
+    # OVS's daemons are gone, and no process of the run is left (nothing names its directory)
+    assert not [p for p in ovs_pids if hpproc.pid_alive(p)], ovs_pids
+    assert processes_naming(str(run_dir)) == []
 
 
 @pytest.mark.skipif(_problem is not None, reason=f"bench interrupt: {_problem}")
-def test_bench_interrupted_tears_both_labs_down(tmp_path, monkeypatch):
-    """Ctrl-C in the middle of a trial: both labs go, the command says it was interrupted."""
+def test_bench_interrupted_tears_every_lab_down(tmp_path, monkeypatch, ovs_installed,
+                                                processes_naming):
+    """Ctrl-C in the middle of a trial: every lab goes (and OVS's daemons, where OVS mode
+    runs), the command says it was interrupted."""
     from hyperplane import topology as hplab
+
+    labs = 3 if ovs_installed else 2
 
     run_dir = tmp_path / "run"
     env = dict(os.environ, HYPERPLANE_RUN_DIR=str(run_dir),
@@ -472,7 +509,7 @@ def test_bench_interrupted_tears_both_labs_down(tmp_path, monkeypatch):
         while time.monotonic() < deadline:
             running = [n for n in names.values()
                        if (run_dir / n / "state.json").exists()]
-            if len(running) == 2 and (run_dir / names["hyperplane"] / "lab.toml").exists():
+            if len(running) == labs and (run_dir / names["hyperplane"] / "lab.toml").exists():
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.1)
@@ -492,15 +529,17 @@ def test_bench_interrupted_tears_both_labs_down(tmp_path, monkeypatch):
             for n in names.values():
                 hplab.teardown(n)
     assert left == [], f"namespaces left behind: {left}"
-    assert not (run_dir / names["hyperplane"]).exists()
-    assert not (run_dir / names["kernel"]).exists()
+    for n in names.values():
+        assert not (run_dir / n).exists()
+    assert processes_naming(str(run_dir)) == []   # no OVS daemon (nor anything) of the run
 
 
 @pytest.mark.skipif(_problem is not None, reason=f"bench progress: {_problem}")
 def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch):
     """stderr on a pseudo-terminal: the progress names each trial (mode, repeat, count);
     ``--json -`` puts the document on stdout. (Off a terminal nothing changes: the smoke run
-    above reads its stderr through a pipe.)"""
+    above reads its stderr through a pipe.) It measures hyperplane through a veth and a TAP
+    (``--env veth,tap``): the TAP column's rr trial and its NAT checks run through the TAP."""
     from hyperplane import topology as hplab
 
     run_dir = tmp_path / "run"
@@ -509,7 +548,9 @@ def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch)
     master, slave = os.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hyperplane", "bench", "--quick", "--seconds", "1", "--tests",
-         "rr", "--json", "-"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+         "rr", "--modes", "hyperplane,kernel", "--env", "veth,tap", "--json", "-"], cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     names = bench.lab_names(pid=proc.pid)
@@ -538,9 +579,13 @@ def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch)
             if (run_dir / n).exists():
                 hplab.teardown(n)
     text = err.decode("utf-8", "replace")
-    assert "bench: rr, hyperplane mode, repeat 1/1" in text and "1/2" in text, text[-3000:]
+    assert "bench: rr, hyperplane mode, repeat 1/1" in text and "1/3" in text, text[-3000:]
     doc = json.loads(chunks[0])
     assert list(doc["summary"]) == ["rr-p50", "rr-p99"]
+    # hyperplane through its TAP environment too: its own column and the tap/veth ratio
+    assert doc["columns"] == ["hyperplane", "hyperplane-tap", "kernel"]
+    assert doc["summary"]["rr-p50"]["hyperplane-tap"]["median"] > 0
+    assert doc["pair_ratios"]["rr-p50"]["tap/veth"] > 0
 
 
 # ---- [conntrack]: the kernel side runs with the lab's timeouts ---------------------------------
