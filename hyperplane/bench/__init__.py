@@ -111,7 +111,8 @@ from hyperplane.bench.analysis import (
 from hyperplane.bench.kernel import kernel_nat, kernel_plan, nft_ruleset
 from hyperplane.bench.checks import check_nat
 from hyperplane.bench.labs import (
-    build_labs, check_tools, free_lab_names, hyperplane_lab_text, lab_names, stop_switches,
+    build_kernel_lab, build_labs, check_tools, datapath_text, free_lab_names, hyperplane_lab_text,
+    lab_names, stop_switches,
     teardown_labs,
 )
 from hyperplane.bench.ovs import OvsSwitch, ovs_flows, ovs_nat
@@ -143,7 +144,8 @@ __all__ = [
     # report
     "cell", "format_value", "plot", "print_table", "report_json",
     # runner, labs, and the whole bench
-    "Mode", "Runner", "build_labs", "check_tools", "free_lab_names", "hyperplane_lab_text",
+    "Mode", "Runner", "build_labs", "build_kernel_lab", "check_tools", "datapath_text",
+    "free_lab_names", "hyperplane_lab_text",
     "lab_names", "stop_switches", "teardown_labs", "run",
 ]
 

@@ -356,7 +356,9 @@ def test_cpu_times_counts_busy_time():
     while time.monotonic() < deadline:   # keep one CPU busy for a moment
         pass
     busy1, total1 = bench.cpu_times()
-    assert 0 < busy1 - busy0 <= total1 - total0
+    # /proc/stat's idle time (NO_HZ accounting) and iowait may step back by a tick or two
+    # between two reads while every other counter steps forward: a few ticks of slack
+    assert 0 < busy1 - busy0 <= total1 - total0 + 5 / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_miss_never_prints_as_the_target():

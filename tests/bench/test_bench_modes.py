@@ -189,14 +189,27 @@ def test_modes_and_envs_parse_and_refuse_with_the_valid_ones(capsys, monkeypatch
 def test_the_hyperplane_lab_gets_the_environments_asked_for():
     with open(os.path.join(REPO, "hyperplane", "bench", "bench_lab.toml")) as f:
         text = f.read()
-    both, source = bench.hyperplane_lab_text(text, ["veth", "tap"], pin=True)
+    pinned = "ring_frames = 16384\ncpus = [1]\ninbound_cpus = [0]\n"
+    both, source = bench.hyperplane_lab_text(text, ["veth", "tap"], pinned)
     plan = labconfig.resolve(labconfig.loads(both), "bench42h")
     assert [e.attach for e in plan.envs] == ["veth", "tap"]
     assert "environments veth,tap" in source and "cpus = [1]" in source
-    tap, _ = bench.hyperplane_lab_text(text, ["tap"], pin=False)
+    assert plan.datapath.cpus == (1,)
+    tap, source = bench.hyperplane_lab_text(text, ["tap"], "")
     plan = labconfig.resolve(labconfig.loads(tap), "bench42h")
-    assert [e.attach for e in plan.envs] == ["tap"] and plan.datapath.ring_frames == \
-        bench.RING_FRAMES
+    assert [e.attach for e in plan.envs] == ["tap"] and "[datapath]" not in tap
+    assert "default placement" in source
+
+
+def test_the_bench_writes_no_datapath_lines_where_the_default_placement_is_its_pinning(
+        monkeypatch):
+    plan = bench_plan("bench42h")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert bench.datapath_text(plan, pin=True) == ""
+    assert bench.datapath_text(plan, pin=False) == \
+        f'placement = "none"\nring_frames = {bench.RING_FRAMES}\n'
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert "cpus = [1]\ninbound_cpus = [0]" in bench.datapath_text(plan, pin=True)
 
 
 OVS_NEXT_HOPS = {"198.18.1.5": "02:00:00:00:00:05", "2001:2:0:1::5": "02:00:00:00:00:05"}
