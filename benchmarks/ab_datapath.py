@@ -12,7 +12,7 @@ from its environment), ``--b-ring`` as its ``ring_frames``, and GRO on the node'
 ``--b-gro`` (``ethtool -K LINK gro on``; every other node link gro off). Then, per round and
 test, one trial in each lab back to back (the bench's own iperf3 trial, order alternating by
 round), so both variants meet the same minute of a machine whose speed drifts. Prints each
-trial (with the hypervisor's steal time), per variant and test the median Gbit/s and CPU s/GB
+trial (with the hypervisor's steal time and each CPU's busy share), per variant and test the median Gbit/s and CPU s/GB
 (the whole machine's busy CPU per GB moved, the bench's ``cpu_s_per_gbyte``), and the median of
 the per-round ratios B/A. An A/A run (no B options) shows the noise floor. Issue 18's
 "Four streams at the copy limit" in benchmarks/RESULTS.md was measured with it.
@@ -44,6 +44,19 @@ def steal() -> float:
     """Seconds the hypervisor took from this machine's CPUs so far (/proc/stat)."""
     with open("/proc/stat") as f:
         return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+
+
+def per_cpu() -> List[List[int]]:
+    """(busy, all) jiffies of each CPU so far (/proc/stat; idle and iowait are not busy)."""
+    with open("/proc/stat") as f:
+        rows = [ln.split() for ln in f if ln.startswith("cpu") and ln[3].isdigit()]
+    return [[sum(map(int, r[1:])) - int(r[4]) - int(r[5]), sum(map(int, r[1:]))] for r in rows]
+
+
+def busy_since(before: List[List[int]]) -> str:
+    """Each CPU's busy share since ``before``, e.g. "cpu0 77% cpu1 100%"."""
+    return " ".join(f"cpu{i} {100 * (b[0] - a[0]) / max(1, b[1] - a[1]):.0f}%"
+                    for i, (a, b) in enumerate(zip(before, per_cpu())))
 
 
 def main() -> int:
@@ -101,12 +114,12 @@ def main() -> int:
             for t in tests:
                 fam, streams = int(t[3]), int(t.split("-")[1])
                 for v in (["A", "B"] if rnd % 2 == 0 else ["B", "A"]):
-                    st0 = steal()
+                    st0, cpus0 = steal(), per_cpu()
                     x = runner._iperf3(modes[v], fam, streams, args.seconds, r._next_port())
                     res[v][t].append((x["gbps"], x["cpu_s_per_gbyte"]))
                     print(f"round {rnd + 1} {v} {t}: {x['gbps']:.2f} Gbit/s "
                           f"{x['cpu_s_per_gbyte']:.3f} CPU s/GB retr {x['retransmits']} "
-                          f"steal {steal() - st0:.2f} s", flush=True)
+                          f"steal {steal() - st0:.2f} s, {busy_since(cpus0)}", flush=True)
         print(f"A: env {variants['A'][0]} gro {variants['A'][1] or '-'}; "
               f"B: env {variants['B'][0]} gro {variants['B'][1] or '-'}")
         for t in tests:
