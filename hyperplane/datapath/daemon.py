@@ -131,6 +131,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self.saves = {"saved": 0, "failed": 0, "last_error": None, "last_connections": 0,
                       "last_seconds": None, "last_loop_seconds": None}
         self._save_thread: Optional[threading.Thread] = None
+        self._tap_io_said = False
         self.restore_report: Dict[str, Any] = {"state_file": self.state_file,
                                                "restored_from": None, "ignored": None}
         saved = None
@@ -160,6 +161,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                     netns.set_tx_queue_len(env.ifname, plan.datapath.ring_frames
                                            or RING_FRAMES_DEFAULT)
                 li = self.dp.add_link("env", g, name=env.name, mac=env.gw_mac, tap_fd=fd)
+                self._say_tap_io(li)
             else:
                 li = self._add_veth_link("env", g, env.name, env.gw_mac, env.node_ifname)
             for a in (env.gw4, env.gw6):
@@ -189,6 +191,13 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self._open_flowlogs()
 
     # ---- building blocks ----------------------------------------------------------------------
+    def _say_tap_io(self, li):
+        """Log, once per daemon, how TAP links move packets when it is not io_uring (and why)."""
+        io, why = self.dp.link_io(li)
+        if io != "io_uring" and not self._tap_io_said:
+            self._tap_io_said = True
+            log.warning("TAP links use %s, one system call per packet (%s)", io, why)
+
     def _add_veth_link(self, role: str, group: int, name: str, mac: str, ifname: str) -> int:
         """A data path link on the node namespace's veth ``ifname``, with the kernel's IP
         stack kept off it (hyperplane.datapath.steal): the node answers nothing, so what its stack would

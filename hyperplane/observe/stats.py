@@ -163,6 +163,7 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
     dp_drops = {k: int(v) for k, v in c.get("drops", {}).items()}
     links = [{"name": x.get("name"), "role": x.get("role"), "kind": x.get("kind"),
               "ifname": x.get("ifname"), "up": bool(x.get("up", True)), "state": x.get("state"),
+              "io": x.get("io"),
               "rx": {"packets": int(x.get("rx_packets", 0)), "bytes": int(x.get("rx_bytes", 0)),
                      "ring_drops": int(x.get("rx_ring_drops", 0))},
               "tx": {"packets": int(x.get("tx_packets", 0)), "bytes": int(x.get("tx_bytes", 0)),
