@@ -236,6 +236,9 @@ int hp_link_error(hp_dp *dp, hp_link *l)
         err != ENODEV && err != ENXIO && err != 0)
         return 0; /* a transient error, now cleared */
     epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_DEL, l->port.fd, NULL);
+    int wfd = hp_io_tap_wait_fd(&l->port);
+    if (wfd >= 0)
+        epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_DEL, wfd, NULL);
     l->down = 1;
     return HP_POLL_LINK_DOWN;
 }

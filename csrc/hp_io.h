@@ -131,13 +131,15 @@ int hp_io_send_now(hp_port *p, const struct virtio_net_hdr *vh, const uint8_t *f
  * io_uring; empty when it is); the loop's thread takes packets with tap_next (the length with
  * its virtio-net header, and *buf; -1 when none is ready now), and after flushing the sends that
  * point into them gives the buffers back with tap_release (then tap_next takes more); tap_ready
- * is a look without a system call. A failure at run time falls back to read/writev for good. */
+ * is a look without a system call. The loop's epoll set holds the TAP and tap_wait_fd. A failure at run time falls back to read/writev for good. */
 void hp_io_tap_setup(hp_port *p);
 void hp_io_tap_close(hp_port *p);
 int hp_io_tap_next(hp_port *p, uint8_t **buf);
 void hp_io_tap_release(hp_port *p);
 int hp_io_tap_ready(const hp_port *p);
 void hp_io_tap_flush(hp_port *p);
+/* The fd to wait on besides the TAP's (readable while completions wait), or -1. */
+int hp_io_tap_wait_fd(const hp_port *p);
 const char *hp_io_tap_fallback_reason(void);
 
 #endif
