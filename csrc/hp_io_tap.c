@@ -59,6 +59,8 @@ struct hp_tap_uring {
     uint16_t br_tail;
     uint8_t *bufs;    /* HP_TAP_RX x HP_TAP_SLOT */
     int armed;        /* the multishot read is in flight */
+    int rx_error;     /* the read failed for good (an errno): read() from tap_release on */
+    int tx_error;     /* a batch of writes could not be submitted: writev from then on */
     uint16_t taken[HP_TAP_RX]; /* buffers handed out since the last release */
     uint32_t ntaken;
 };
@@ -205,15 +207,26 @@ void hp_io_tap_close(hp_port *p)
     p->tap = NULL;
 }
 
-/* Leave io_uring for read/write on this port, saying why (shown once by the caller). */
+/* The receive side failed at run time: read()/writev() on this port from now on, saying why.
+ * Called by the receiving thread once no send points into the buffers; the send ring stays
+ * until hp_io_close (the worker thread may be in hp_io_tap_flush right now: it sees tap_io
+ * change at its next flush). */
 static void tap_fallback(hp_port *p, const char *what, int err)
 {
+    struct hp_tap_uring *t = p->tap;
     snprintf(fallback_reason, sizeof fallback_reason, "%s: %s", what, strerror(err));
-    hp_io_tap_close(p);
-    p->tap_io = HP_TAP_IO_RW;
     int fl = fcntl(p->fd, F_GETFL);
     if (fl >= 0)
         (void)fcntl(p->fd, F_SETFL, fl | O_NONBLOCK);
+    __atomic_store_n(&p->tap_io, HP_TAP_IO_RW, __ATOMIC_RELEASE);
+    ring_close(&t->rx); /* its fd leaves the epoll set as it closes */
+    if (t->br && t->br != MAP_FAILED)
+        munmap(t->br, t->br_len);
+    t->br = NULL;
+    free(t->bufs);
+    t->bufs = NULL;
+    t->ntaken = 0;
+    t->rx_error = 0;
 }
 
 void hp_io_tap_setup(hp_port *p)
@@ -324,6 +337,8 @@ static int rx_arm(hp_port *p)
 int hp_io_tap_next(hp_port *p, uint8_t **buf)
 {
     struct hp_tap_uring *t = p->tap;
+    if (t->rx_error)
+        return -1;
     for (int pass = 0; pass < 2; pass++) {
         unsigned head = *t->rx.cq_head;
         while (head != __atomic_load_n(t->rx.cq_tail, __ATOMIC_ACQUIRE)) {
@@ -343,7 +358,9 @@ int hp_io_tap_next(hp_port *p, uint8_t **buf)
                 }
             } else if (res < 0 && res != -ENOBUFS && res != -EAGAIN && res != -EINTR &&
                        res != -ECANCELED) {
-                tap_fallback(p, "io_uring multishot read", -res);
+                /* sends queued on other links may still point into the buffers: leave
+                 * io_uring in tap_release, after they were flushed */
+                t->rx_error = -res;
                 return -1;
             }
         }
@@ -369,6 +386,10 @@ int hp_io_tap_next(hp_port *p, uint8_t **buf)
 void hp_io_tap_release(hp_port *p)
 {
     struct hp_tap_uring *t = p->tap;
+    if (t && t->rx_error) {
+        tap_fallback(p, "io_uring multishot read", t->rx_error);
+        return;
+    }
     if (!t || !t->ntaken)
         return;
     for (uint32_t i = 0; i < t->ntaken; i++)
@@ -386,13 +407,15 @@ int hp_io_tap_ready(const hp_port *p)
 
 int hp_io_tap_wait_fd(const hp_port *p)
 {
-    return p->tap ? p->tap->rx.fd : -1;
+    return p->tap && p->tap_io == HP_TAP_IO_URING ? p->tap->rx.fd : -1;
 }
 
 void hp_io_tap_flush(hp_port *p)
 {
     struct hp_tap_uring *t = p->tap;
     unsigned n = p->ntx;
+    if (!n || t->tx_error)
+        return; /* nothing, or hp_io_flush writes them one by one */
     unsigned tail = *t->tx.sq_tail;
     for (unsigned i = 0; i < n; i++) {
         struct io_uring_sqe *e = sqe_get(&t->tx, &tail);
@@ -407,8 +430,12 @@ void hp_io_tap_flush(hp_port *p)
     /* TAP writes complete inside this call; waiting for all n costs no sleep. */
     int r = sys_enter(t->tx.fd, n, n, IORING_ENTER_GETEVENTS);
     if (r < 0) {
-        /* nothing was taken: send them the plain way and use that from now on */
-        tap_fallback(p, "io_uring writev", errno);
+        /* nothing was taken: send them the plain way and use that from now on (only the
+         * writes: this may be the worker thread, while the loop receives through the rings) */
+        t->tx_error = errno;
+        snprintf(fallback_reason, sizeof fallback_reason, "io_uring writev: %s",
+                 strerror(errno));
+        *t->tx.sq_tail = tail - n; /* take the entries back (not seen by the kernel) */
         return;
     }
     unsigned done = 0, head = *t->tx.cq_head;
