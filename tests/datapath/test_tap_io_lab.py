@@ -17,6 +17,7 @@ import struct
 
 import pytest
 
+from hyperplane import paths
 from hyperplane.observe import stats
 from kit import traffic as nt
 from kit.labs import Servers, env_addr, wait_until
@@ -63,6 +64,14 @@ def test_the_tap_mechanism_is_reported(tap_lab):
     by_name = {x["name"]: x for x in summary["links"]}
     assert by_name[TAP_ENV]["io"] == want
     assert {x["io"] for x in summary["links"] if x["kind"] == "veth"} == {"packet ring"}
+    text = stats.render_plain(stats.sections(summary))
+    assert any(TAP_ENV in ln and want in ln for ln in text.splitlines()), text
+    with open(paths.log_path(lab.name), encoding="utf-8") as f:
+        said = [ln for ln in f if "TAP links use" in ln]
+    if mode == "rw":  # said once, with the reason
+        assert len(said) == 1 and "HYPERPLANE_TAP_IO=rw" in said[0], said
+    else:
+        assert said == []
 
 
 @pytest.fixture
