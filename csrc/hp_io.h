@@ -1,5 +1,6 @@
 /* hp_io.h - packet I/O on one link: an AF_PACKET socket with a TPACKET_V2 receive ring (and
- * its socket queue for super-packets) on a veth, or the file descriptor of a TAP device. Every
+ * its socket queue for super-packets) on a veth, or the file descriptor of a TAP device (read and
+ * written through io_uring, hp_io_tap.c, or one read/writev per packet where that fails). Every
  * packet carries a virtio-net header both ways (PACKET_VNET_HDR / IFF_VNET_HDR), so 64 KB TSO
  * super-packets and CHECKSUM_PARTIAL packets pass whole: received with their gso_type/gso_size/
  * csum_start/csum_offset, rewritten once, sent on with the same header. See shared/PACKET_IO.md
