@@ -43,11 +43,14 @@ from hyperplane.datapath.statefile import default_state_file
 from hyperplane.engine.config import EngineConfig, Eni
 from hyperplane.engine.constants import RING_FRAMES_DEFAULT
 from hyperplane.engine.ctfilter import Filter
-from hyperplane.errors import LabConfigError
+from hyperplane.errors import LabConfigError, LabError
 from hyperplane.labconfig import bare, eni_id
 from hyperplane.vpc import ControlPlane
 
 log = logging.getLogger("hyperplane.datapath")
+#: HYPERPLANE_TAP_IO's values: how TAP links move packets ("" or io_uring: io_uring where it
+#: can be set up; rw: one read/writev per packet)
+TAP_IO_CHOICES = ("", "io_uring", "rw")
 
 #: The control plane's tick (lifecycle, scale-out decisions): the loop comes back to Python
 #: this often even when nothing else happens. Per tick, not per packet.
@@ -98,6 +101,10 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self.control_path = control_path
         self.started = time.time()
         self.offset = 0.0  # the lab clock runs ahead of the monotonic clock by this much
+        tap_io = os.environ.get("HYPERPLANE_TAP_IO", "")
+        if tap_io not in TAP_IO_CHOICES:   # read by csrc/hp_io_tap.c
+            raise LabError(f"HYPERPLANE_TAP_IO={tap_io!r}: use rw (one read/writev per packet) "
+                           "or io_uring (the default), or unset it")
         self.dp = DataPath()
         self.dp.ring_frames = plan.datapath.ring_frames   # before any link is added
         if plan.datapath.inbound_cpus:

@@ -141,3 +141,11 @@ def netns_socket(ns: str):
         yield s
     finally:
         s.close()
+
+
+def test_a_bad_tap_io_value_is_named_with_the_fix(own_lab, monkeypatch):
+    from hyperplane.errors import HyperplaneError
+    monkeypatch.setenv("HYPERPLANE_TAP_IO", "fast")
+    with pytest.raises(HyperplaneError, match=r"HYPERPLANE_TAP_IO='fast': use rw .* or io_uring"):
+        with own_lab():
+            pass
