@@ -102,7 +102,11 @@ int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname,
     memcpy(l->mac, mac, 6);
     pthread_mutex_init(&l->lock, NULL);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = dp->n_links};
-    if (epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_ADD, l->port.fd, &ev) < 0) {
+    /* a TAP through io_uring: also its completion ring, which the kernel may fill (during any
+     * system call of the loop's) with packets the TAP then no longer shows as readable */
+    int wfd = hp_io_tap_wait_fd(&l->port);
+    if (epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_ADD, l->port.fd, &ev) < 0 ||
+        (wfd >= 0 && epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_ADD, wfd, &ev) < 0)) {
         snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
         hp_io_close(&l->port);
         free(l);

@@ -131,6 +131,31 @@ uint32_t hp_service(hp_dp *dp, hp_link *l, double now)
             if (k < HP_TXQ)
                 break;
         }
+    } else if (l->port.tap_io == HP_TAP_IO_URING) {
+        /* Rounds of up to HP_TAP_RX packets io_uring has read (hp_io_tap.c), as many rounds as
+         * a ring link gets; the buffers go back after the sends pointing into them. */
+        for (int round = 0; round < HP_RING_ROUNDS; round++) {
+            uint32_t k = 0;
+            uint8_t *buf;
+            int r;
+            while ((r = hp_io_tap_next(&l->port, &buf)) >= 0) {
+                k++;
+                if ((uint32_t)r < HP_VNET_LEN) {
+                    l->rx_packets++;
+                    COUNT_DROP(dp, HP_D_RUNT);
+                    continue;
+                }
+                struct virtio_net_hdr vh;
+                memcpy(&vh, buf, HP_VNET_LEN);
+                hp_rx_frame(dp, l, &vh, buf + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+            }
+            if (k)
+                hp_flush_all(dp, worker); /* before the buffers are read into again */
+            hp_io_tap_release(&l->port);
+            got += k;
+            if (k < HP_TAP_RX || l->port.tap_io != HP_TAP_IO_URING)
+                break;
+        }
     } else {
         /* Rounds of HP_TAP_BATCH reads, as many as a ring link gets: one batch per call drained
          * a TAP at 32 packets per pass of the loop, too slow to keep up at 8,000 packets a
@@ -166,10 +191,11 @@ uint32_t hp_service(hp_dp *dp, hp_link *l, double now)
 /* After a pass that moved packets, look at the rings a little longer before sleeping: traffic
  * that keeps coming is taken without a wakeup per packet (the sender's side of a wakeup is an
  * IPI and a scheduler call, ours a context switch, at every packet of a paced stream). The
- * look is a read of the next frame's status; between looks the CPU is offered to anything else
+ * look is a read of the next frame's status (of a TAP through io_uring: its completion ring,
+ * which the sched_yield below lets the kernel fill); between looks the CPU is offered to anything else
  * runnable (sched_yield), so a server sharing the CPU is not held up. It ends after HP_SPIN_S
- * without a packet, or after HP_SPIN_MAX_S in all, so the control socket, TAP links and the
- * timers are served at that pace at the least. */
+ * without a packet, or after HP_SPIN_MAX_S in all, so the control socket, read/write TAP links
+ * and the timers are served at that pace at the least. */
 void hp_spin(hp_dp *dp, double now, int worker)
 {
     double quiet_until = now + HP_SPIN_S, stop = now + HP_SPIN_MAX_S;
@@ -181,7 +207,8 @@ void hp_spin(hp_dp *dp, double now, int worker)
             hp_link *l = dp->links[i];
             if (dp->mt && (l->role == HP_ROLE_ENI) != worker)
                 continue;
-            if (!l->down && l->port.kind == HP_PORT_PACKET && hp_io_ring_ready(&l->port))
+            if (!l->down && (l->port.kind == HP_PORT_PACKET ? hp_io_ring_ready(&l->port)
+                             : l->port.tap_io == HP_TAP_IO_URING && hp_io_tap_ready(&l->port)))
                 got += hp_service(dp, l, now);
         }
         now = hp_dp_clock(dp);
@@ -209,6 +236,9 @@ int hp_link_error(hp_dp *dp, hp_link *l)
         err != ENODEV && err != ENXIO && err != 0)
         return 0; /* a transient error, now cleared */
     epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_DEL, l->port.fd, NULL);
+    int wfd = hp_io_tap_wait_fd(&l->port);
+    if (wfd >= 0)
+        epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_DEL, wfd, NULL);
     l->down = 1;
     return HP_POLL_LINK_DOWN;
 }

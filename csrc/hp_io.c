@@ -123,11 +123,13 @@ int hp_io_attach_tap(hp_port *p, int fd, char *err, size_t errlen)
         errno = ENOMEM;
         return fail(err, errlen, "receive buffers", "tap");
     }
+    hp_io_tap_setup(p);
     return 0;
 }
 
 void hp_io_close(hp_port *p)
 {
+    hp_io_tap_close(p);
     if (p->ring)
         munmap(p->ring, p->ring_len);
     if (p->fd >= 0)
@@ -237,6 +239,12 @@ void hp_io_flush(hp_port *p)
             }
         }
     } else {
+        if (p->tap_io == HP_TAP_IO_URING) {
+            hp_io_tap_flush(p);
+            if (!p->ntx)
+                return;
+            /* io_uring failed and was given up: what is queued goes out the plain way */
+        }
         for (; i < p->ntx; i++) {
             ssize_t r;
             do

@@ -1,5 +1,6 @@
 /* hp_io.h - packet I/O on one link: an AF_PACKET socket with a TPACKET_V2 receive ring (and
- * its socket queue for super-packets) on a veth, or the file descriptor of a TAP device. Every
+ * its socket queue for super-packets) on a veth, or the file descriptor of a TAP device (read and
+ * written through io_uring, hp_io_tap.c, or one read/writev per packet where that fails). Every
  * packet carries a virtio-net header both ways (PACKET_VNET_HDR / IFF_VNET_HDR), so 64 KB TSO
  * super-packets and CHECKSUM_PARTIAL packets pass whole: received with their gso_type/gso_size/
  * csum_start/csum_offset, rewritten once, sent on with the same header. See shared/PACKET_IO.md
@@ -54,7 +55,14 @@ enum hp_port_kind { HP_PORT_PACKET = 1, HP_PORT_TAP = 2 };
 #define HP_RCVBUF (32 << 20) /* the socket queue's bound (the kernel doubles it) */
 #define HP_TAP_SLOT (65536u + 256u)
 #define HP_TAP_BATCH 32
+#define HP_TAP_RX 64 /* io_uring receive buffers per TAP (a power of two) */
 #define HP_TXQ 64
+
+/* How a TAP moves packets (hp_io_tap.c): io_uring, a batch of packets per system call at most,
+ * or one read()/writev() per packet -- where io_uring cannot be set up (an old kernel,
+ * kernel.io_uring_disabled, a seccomp filter) or HYPERPLANE_TAP_IO=rw asks for it. */
+enum hp_tap_io { HP_TAP_IO_NONE = 0, HP_TAP_IO_RW = 1, HP_TAP_IO_URING = 2 };
+struct hp_tap_uring;
 
 typedef struct {
     struct virtio_net_hdr vh;
@@ -72,8 +80,10 @@ typedef struct {
                         * into them) */
     uint8_t *big;      /* HP_BIG_N buffers of HP_BIG_SLOT for super-packets */
     uint32_t nbig;     /* of them in use (their sends not yet flushed) */
-    /* TAP receive slots: HP_TAP_BATCH x (virtio-net header + frame) */
+    /* TAP receive slots: HP_TAP_BATCH x (virtio-net header + frame), for read() */
     uint8_t *tapbuf;
+    int tap_io;               /* enum hp_tap_io */
+    struct hp_tap_uring *tap; /* its rings and buffers, with HP_TAP_IO_URING */
     /* transmit batch: iovecs point at frames that stay valid until hp_io_flush */
     hp_txslot tx[HP_TXQ];
     struct mmsghdr msgs[HP_TXQ];
@@ -87,8 +97,9 @@ typedef struct {
  * -1 with a message in err. */
 int hp_io_open_packet(hp_port *p, const char *ifname, uint32_t ring_frames, char *err,
                       size_t errlen);
-/* Take over an open TAP fd (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR): non-blocking, 10-byte header,
- * offloads TUN_F_CSUM|TSO4|TSO6 so the environment's kernel hands us super-packets. */
+/* Take over an open TAP fd (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR): 10-byte header, offloads
+ * TUN_F_CSUM|TSO4|TSO6 so the environment's kernel hands us super-packets; io_uring where it can be had (p->tap_io says), else non-blocking
+ * read/writev. */
 int hp_io_attach_tap(hp_port *p, int fd, char *err, size_t errlen);
 void hp_io_close(hp_port *p);
 /* Add the kernel's receive drops since the last call (frames lost because no ring block was
@@ -110,10 +121,26 @@ void hp_io_ring_release(hp_port *p);
 
 /* Queue a frame (with its header) for sending; flushes first when the batch is full. */
 void hp_io_send(hp_port *p, const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len);
-/* Send everything queued: sendmmsg on AF_PACKET, one writev per packet on TAP. */
+/* Send everything queued: sendmmsg on AF_PACKET; on TAP one io_uring_enter for the batch, or
+ * one writev per packet. */
 void hp_io_flush(hp_port *p);
 /* Send one frame now, bypassing the batch (ARP/NDP, packets that waited for a neighbour). */
 int hp_io_send_now(hp_port *p, const struct virtio_net_hdr *vh, const uint8_t *frame,
                    uint32_t len);
+
+/* hp_io_tap.c: TAP through io_uring. setup picks p->tap_io (fallback_reason says why not
+ * io_uring; empty when it is); the loop's thread takes packets with tap_next (the length with
+ * its virtio-net header, and *buf; -1 when none is ready now), and after flushing the sends that
+ * point into them gives the buffers back with tap_release (then tap_next takes more); tap_ready
+ * is a look without a system call. The loop's epoll set holds the TAP and tap_wait_fd. A failure at run time falls back to read/writev for good. */
+void hp_io_tap_setup(hp_port *p);
+void hp_io_tap_close(hp_port *p);
+int hp_io_tap_next(hp_port *p, uint8_t **buf);
+void hp_io_tap_release(hp_port *p);
+int hp_io_tap_ready(const hp_port *p);
+void hp_io_tap_flush(hp_port *p);
+/* The fd to wait on besides the TAP's (readable while completions wait), or -1. */
+int hp_io_tap_wait_fd(const hp_port *p);
+const char *hp_io_tap_fallback_reason(void);
 
 #endif

@@ -29,6 +29,9 @@ ENVIRONMENT = (
                          "lab up and lab restart start)."),
     ("HYPERPLANE_LAMBDA_INIT_TIMEOUT", "seconds a function's runtime has to ask for its first "
                                        "event (default 10), in the environment of lab up."),
+    ("HYPERPLANE_TAP_IO", "how the data path that lab up starts moves a TAP environment's "
+                          "packets: io_uring (the default, where the kernel allows it) or rw "
+                          "(one read/writev per packet); hyperplane stats shows each link's."),
 )
 
 FILES = (

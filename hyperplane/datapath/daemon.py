@@ -42,12 +42,15 @@ from hyperplane.datapath.restore import SAVE_INTERVAL, SAVE_SHARE, SaveAndRestor
 from hyperplane.datapath.statefile import default_state_file
 from hyperplane.engine.config import EngineConfig, Eni
 from hyperplane.engine.ctfilter import Filter
-from hyperplane.errors import LabConfigError
+from hyperplane.errors import LabConfigError, LabError
 from hyperplane.labconfig import bare, eni_id
 from hyperplane.labconfig.placement import Placement, describe, place, veth_links
 from hyperplane.vpc import ControlPlane
 
 log = logging.getLogger("hyperplane.datapath")
+#: HYPERPLANE_TAP_IO's values: how TAP links move packets ("" or io_uring: io_uring where it
+#: can be set up; rw: one read/writev per packet)
+TAP_IO_CHOICES = ("", "io_uring", "rw")
 
 #: The control plane's tick (lifecycle, scale-out decisions): the loop comes back to Python
 #: this often even when nothing else happens. Per tick, not per packet.
@@ -105,6 +108,10 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
             placement = place(dataclasses.replace(plan.datapath, placement="none"),
                               os.sched_getaffinity(0), veth_links(plan))
         self.placement = placement
+        tap_io = os.environ.get("HYPERPLANE_TAP_IO", "")
+        if tap_io not in TAP_IO_CHOICES:   # read by csrc/hp_io_tap.c
+            raise LabError(f"HYPERPLANE_TAP_IO={tap_io!r}: use rw (one read/writev per packet) "
+                           "or io_uring (the default), or unset it")
         self.dp = DataPath()
         self.dp.ring_frames = placement.ring_frames   # before any link is added
         if placement.inbound_cpus:
@@ -138,6 +145,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self.saves = {"saved": 0, "failed": 0, "last_error": None, "last_connections": 0,
                       "last_seconds": None, "last_loop_seconds": None}
         self._save_thread: Optional[threading.Thread] = None
+        self._tap_io_said = False
         self.restore_report: Dict[str, Any] = {"state_file": self.state_file,
                                                "restored_from": None, "ignored": None}
         saved = None
@@ -166,6 +174,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                     # 60 ms of a loop busy elsewhere at 8,000 packets a second (issue 16)
                     netns.set_tx_queue_len(env.ifname, placement.ring_frames)
                 li = self.dp.add_link("env", g, name=env.name, mac=env.gw_mac, tap_fd=fd)
+                self._say_tap_io(li)
             else:
                 li = self._add_veth_link("env", g, env.name, env.gw_mac, env.node_ifname)
             for a in (env.gw4, env.gw6):
@@ -195,6 +204,13 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self._open_flowlogs()
 
     # ---- building blocks ----------------------------------------------------------------------
+    def _say_tap_io(self, li):
+        """Log, once per daemon, how TAP links move packets when it is not io_uring (and why)."""
+        io, why = self.dp.link_io(li)
+        if io != "io_uring" and not self._tap_io_said:
+            self._tap_io_said = True
+            log.warning("TAP links use %s, one system call per packet (%s)", io, why)
+
     def _add_veth_link(self, role: str, group: int, name: str, mac: str, ifname: str) -> int:
         """A data path link on the node namespace's veth ``ifname``, with the kernel's IP
         stack kept off it (hyperplane.datapath.steal): the node answers nothing, so what its stack would

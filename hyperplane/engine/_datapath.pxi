@@ -91,6 +91,15 @@ cdef class DataPath:
                 return i
         raise ValueError(f"no link named {name!r}")
 
+    def link_io(self, link):
+        """How ``link`` moves packets: ``"packet ring"`` (a veth: TPACKET_V2 ring, sendmmsg),
+        ``"io_uring"`` (a TAP, batched) or ``"read/write"`` (a TAP, one call per packet), and
+        why a TAP is not on io_uring ("" when it is)."""
+        self._link(link)
+        cdef hp_port *p = &hp_dp_link(self._get(), link).port
+        return _port_io(p), (hp_io_tap_fallback_reason().decode(errors="replace")
+                             if p.tap_io == HP_TAP_IO_RW else "")
+
     def close(self):
         """Close every link (and the TAP fds handed over)."""
         if self._dp != NULL:
@@ -288,7 +297,7 @@ cdef class DataPath:
             hp_io_ring_stats(&l.port)
             links.append(dict(d, rx_packets=l.rx_packets, rx_bytes=l.rx_bytes,
                               rx_ring_drops=l.port.rx_ring_drops,
-                              ring_frames=l.port.ring_frames,
+                              ring_frames=l.port.ring_frames, io=_port_io(&l.port),
                               tx_packets=l.port.tx_packets, tx_bytes=l.port.tx_bytes,
                               tx_errors=l.port.tx_errors, arp_in=l.arp_in, arp_out=l.arp_out,
                               nd_in=l.nd_in, nd_out=l.nd_out, neighbours=l.neigh.n,
@@ -319,3 +328,9 @@ cdef class DataPath:
                                 mac=_mac_str(n.mac) if n.state != 1 else None,
                                 queued=n.qlen))
         return out
+
+
+cdef str _port_io(hp_port *p):
+    if p.kind == HP_PORT_PACKET:
+        return "packet ring"
+    return "io_uring" if p.tap_io == HP_TAP_IO_URING else "read/write"

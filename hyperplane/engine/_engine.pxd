@@ -175,7 +175,12 @@ cdef extern from "hp_dp.h":
         uint64_t tx_bytes
         uint64_t tx_errors
         uint64_t rx_ring_drops
+        int tap_io
     void hp_io_ring_stats(hp_port *p) nogil
+    const char *hp_io_tap_fallback_reason()
+    enum:
+        HP_TAP_IO_RW
+        HP_TAP_IO_URING
     ctypedef struct hp_neigh:
         uint8_t addr[16]
         uint8_t family

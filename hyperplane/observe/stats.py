@@ -41,7 +41,8 @@ JSON schema of ``stats --json`` (``"schema": 1``; counts are integers, percentag
     pools[] {eni, key, nat_gateway, address, family, proto, used, size, percent, enabled}
     drops   {engine {reason: n} (summed over all tables), datapath {reason: n} (its "engine"
              entry is the sum of the engine reasons, kept as the data path counts it)}
-    links[] {name, role, kind, ifname, up, state, rx {packets, bytes, ring_drops},
+    links[] {name, role, kind, ifname, up, state, io ("packet ring", "io_uring" or "read/write":
+             how the link moves packets), rx {packets, bytes, ring_drops},
              tx {packets, bytes, errors}, blocked}
     events {subscribers, sent, lost}, flow_logs {...} or null, control_plane {...}
     state {file (null: nothing is saved), restored (connections put back at start, or null),
@@ -166,6 +167,7 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
     dp_drops = {k: int(v) for k, v in c.get("drops", {}).items()}
     links = [{"name": x.get("name"), "role": x.get("role"), "kind": x.get("kind"),
               "ifname": x.get("ifname"), "up": bool(x.get("up", True)), "state": x.get("state"),
+              "io": x.get("io"),
               "rx": {"packets": int(x.get("rx_packets", 0)), "bytes": int(x.get("rx_bytes", 0)),
                      "ring_drops": int(x.get("rx_ring_drops", 0))},
               "tx": {"packets": int(x.get("tx_packets", 0)), "bytes": int(x.get("tx_bytes", 0)),
@@ -370,10 +372,10 @@ def sections(s: Dict[str, Any]) -> List[Section]:
                        [[layer, r, str(n)] for layer, r, n in nonzero_drops(s)],
                        empty="none (every drop reason is zero)"))
     out.append(Section(
-        "links", ["LINK", "ROLE", "STATE", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES",
-                  "RING DROPS", "TX ERRORS"],
+        "links", ["LINK", "ROLE", "STATE", "I/O", "RX PACKETS", "RX BYTES", "TX PACKETS",
+                  "TX BYTES", "RING DROPS", "TX ERRORS"],
         [[x["name"] or "-", x["role"] or "-",
-          (x["state"] or "-") if x["up"] else "DOWN",
+          (x["state"] or "-") if x["up"] else "DOWN", x.get("io") or "-",
           str(x["rx"]["packets"]), str(x["rx"]["bytes"]), str(x["tx"]["packets"]),
           str(x["tx"]["bytes"]), str(x["rx"]["ring_drops"]), str(x["tx"]["errors"])]
          for x in s["links"]]))
