@@ -109,14 +109,7 @@ def main() -> int:
             order = modes if rep % 2 == 0 else modes[::-1]
             for m in order:
                 for test in s.tests:
-                    if test.startswith("tcp"):
-                        r.tcp(m, test, rep)
-                    elif test == "udp64":
-                        r.udp64(m, rep)
-                    elif test == "conn":
-                        r.conn(m, rep)
-                    elif test == "rr":
-                        r.rr(m, rep)
+                    r.trial(m, test, rep)
         counters = {io: [x for x in lab.counters()["links"]] for io, lab in labs.items()}
     finally:
         for name in created:
@@ -135,7 +128,7 @@ def main() -> int:
         ra, rb = (a / v, b / v) if HIGHER[k] else (v / a, v / b)
         print(f"{k:10s} {a:12.2f} {b:12.2f} {v:12.2f} {ra:8.2f} {rb:10.2f}")
     print("(ratios: tap over veth, for latency veth over tap: >= 1 is as good as veth)")
-    print(f"idle data path CPU share: " + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()))
+    print("idle data path CPU share: " + ", ".join(f"{k} {v:.3f}" for k, v in idle.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"figures": r.figures, "medians": med, "idle_cpu": idle,

@@ -20,7 +20,7 @@ from hyperplane.bench.analysis import column_order, cpu_times, find_loss_free, m
 from hyperplane.bench.checks import check_nat
 from hyperplane.bench.report import format_value
 from hyperplane.bench.settings import (
-    CLIENT_CPU, CONN_DRAIN, METRICS, OVERLOAD_LOAD, PORT_BASE, REACHED, SERVER_CPU,
+    CLIENT_CPU, CONN_DRAIN, METRICS, OVERLOAD_LOAD, PORT_BASE, REACHED, SERVER_CPU, TESTS,
     BenchError, Settings, progress,
 )
 from hyperplane.labconfig import Plan, bare
@@ -347,6 +347,19 @@ class Runner:
         self._record(mode.mode, "rr", repeat, {"rr-p50": r["p50_us"], "rr-p99": r["p99_us"]},
                      r)
 
+    def trial(self, mode: Mode, test: str, repeat: int) -> None:
+        """One trial of ``test`` (a name of settings.TESTS) in ``mode``."""
+        if test.startswith("tcp"):
+            self.tcp(mode, test, repeat)
+        elif test == "udp64":
+            self.udp64(mode, repeat)
+        elif test == "conn":
+            self.conn(mode, repeat)
+        elif test == "rr":
+            self.rr(mode, repeat)
+        else:
+            raise BenchError(f"unknown test {test!r}; valid tests are {', '.join(TESTS)}", 2)
+
     # ---- the whole run ------------------------------------------------------------------------
     def steps(self) -> int:
         """How many steps :meth:`run` reports: each test in each mode and repeat, and the
@@ -372,14 +385,7 @@ class Runner:
                     warmed.add(name)
                 for test in tests:
                     done = self._step(done, test, repeat, name)
-                    if test.startswith("tcp"):
-                        self.tcp(mode, test, repeat)
-                    elif test == "udp64":
-                        self.udp64(mode, repeat)
-                    elif test == "conn":
-                        self.conn(mode, repeat)
-                    elif test == "rr":
-                        self.rr(mode, repeat)
+                    self.trial(mode, test, repeat)
         if "udp64" in tests:
             # The same offered load for every mode: twice hyperplane's loss-free median.
             base = median(self.figures["hyperplane"].get("udp64", []))

@@ -21,6 +21,7 @@ from hyperplane import bench, cli, labconfig, netns
 from hyperplane import errors
 from hyperplane.bench import settings as bench_settings
 from kit import REPO
+from kit.benchfigures import FIGURES, MACHINE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -176,21 +177,22 @@ def test_loss_and_is_loss_free():
     assert not bench.is_loss_free(0, 0, 0.001)
 
 
+def test_a_trial_runs_its_test_and_an_unknown_test_is_an_error():
+    runner = bench.Runner(bench.Settings(), {})
+    seen = []
+    runner.tcp = lambda mode, test, repeat: seen.append(("tcp", test, repeat))
+    runner.udp64 = lambda mode, repeat: seen.append(("udp64", repeat))
+    runner.conn = lambda mode, repeat: seen.append(("conn", repeat))
+    runner.rr = lambda mode, repeat: seen.append(("rr", repeat))
+    for test in bench.TESTS:
+        runner.trial(None, test, 2)
+    assert seen == [("tcp", "tcp4-1", 2), ("tcp", "tcp4-4", 2), ("tcp", "tcp6-1", 2),
+                    ("tcp", "tcp6-4", 2), ("udp64", 2), ("conn", 2), ("rr", 2)]
+    with pytest.raises(bench.BenchError, match="unknown test 'udp1500'"):
+        runner.trial(None, "udp1500", 0)
+
+
 # ---- medians, ratios, verdicts ----------------------------------------------------------------
-FIGURES = {
-    "hyperplane": {"tcp4-1": [10.0, 12.0, 11.0], "tcp6-1": [9.0, 9.5, 8.0],
-                   "udp64": [400_000.0, 500_000.0, 450_000.0],
-                   "udp64-overload": [420_000.0, 430_000.0, 440_000.0],
-                   "conn": [20_000.0, 22_000.0, 21_000.0],
-                   "rr-p50": [30.0, 40.0, 35.0], "rr-p99": [80.0, 90.0, 100.0]},
-    "kernel": {"tcp4-1": [10.0, 11.0, 10.5], "tcp6-1": [10.0, 10.0, 10.0],
-               "udp64": [300_000.0, 300_000.0, 300_000.0],
-               "udp64-overload": [150_000.0, 150_000.0, 150_000.0],
-               "conn": [25_000.0, 25_000.0, 25_000.0],
-               "rr-p50": [50.0, 50.0, 50.0], "rr-p99": [100.0, 100.0, 100.0]},
-}
-
-
 def test_summarize_medians_spreads_and_ratios():
     s = bench.summarize(FIGURES)
     assert list(s) == ["tcp4-1", "tcp6-1", "udp64", "udp64-overload", "conn", "rr-p50",
@@ -281,8 +283,6 @@ def test_pinning_falls_back_to_unpinned_without_cpus_0_and_1(monkeypatch, capsys
 
 
 # ---- the report ------------------------------------------------------------------------------
-MACHINE = {"cpu": "Test CPU", "nproc": 2, "kernel": "6.1", "python": "3.11",
-           "hyperplane": "0.1.0", "engine": "compiled", "hostname": "h", "date": "2026-01-01"}
 
 
 def fake_doc(overload_sent=(700_000.0, 900_000.0, 910_000.0)):
