@@ -21,7 +21,7 @@ from hyperplane import bench, cli, labconfig, netns
 from hyperplane import errors
 from hyperplane.bench import settings as bench_settings
 from kit import REPO
-from kit.benchfigures import FIGURES, MACHINE
+from kit.benchfigures import CT_TIMEOUTS, FIGURES, MACHINE, ct_bench_plan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -591,15 +591,6 @@ def test_bench_shows_its_trials_as_progress_on_a_terminal(tmp_path, monkeypatch)
 
 
 # ---- [conntrack]: the kernel side runs with the lab's timeouts ---------------------------------
-CT_TIMEOUTS = {"tcp_timeout_established": 7440, "udp_timeout": 45, "udp_timeout_stream": 90}
-
-
-def ct_bench_plan(name: str, **conntrack) -> labconfig.Plan:
-    with open(os.path.join(REPO, "hyperplane", "bench", "bench_lab.toml")) as f:
-        text = f.read() + "\n[conntrack]\n" + "".join(f"{k} = {v}\n"
-                                                      for k, v in conntrack.items())
-    return labconfig.resolve(labconfig.loads(text), name)
-
 
 def test_kernel_plan_sets_every_conntrack_timeout_to_the_labs_and_never_the_global_max():
     # the bench lab has no [conntrack]: the kernel gets hyperplane's defaults (350 s, not 5 days)

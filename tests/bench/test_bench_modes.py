@@ -17,21 +17,13 @@ import pytest
 from hyperplane import bench, cli, errors, labconfig, netns
 from hyperplane.bench import settings as bench_settings
 from kit import REPO
-from kit.benchfigures import FIGURES, MACHINE
+from kit.benchfigures import CT_TIMEOUTS, FIGURES, MACHINE, ct_bench_plan
 
-CT_TIMEOUTS = {"tcp_timeout_established": 7440, "udp_timeout": 45, "udp_timeout_stream": 90}
 _problem = netns.privilege_problem()
 
 
 def bench_plan(name: str = "bench42k") -> labconfig.Plan:
     return labconfig.resolve(bench.bench_config(), name)
-
-
-def ct_bench_plan(name: str, **conntrack) -> labconfig.Plan:
-    with open(os.path.join(REPO, "hyperplane", "bench", "bench_lab.toml")) as f:
-        text = f.read() + "\n[conntrack]\n" + "".join(f"{k} = {v}\n"
-                                                      for k, v in conntrack.items())
-    return labconfig.resolve(labconfig.loads(text), name)
 
 
 # ---- the order of the modes ---------------------------------------------------------------------

@@ -1,5 +1,10 @@
 """Fake bench figures for the bench's unit tests: a machine and two modes' per-repeat
-figures (tests/bench/test_bench.py; test_bench_modes.py adds OVS and the TAP column)."""
+figures (tests/bench/test_bench.py; test_bench_modes.py adds OVS and the TAP column), and the
+bench lab with a [conntrack] section."""
+import os
+
+from hyperplane import labconfig
+from kit import REPO
 
 MACHINE = {"cpu": "Test CPU", "nproc": 2, "kernel": "6.1", "python": "3.11",
            "hyperplane": "0.1.0", "engine": "compiled", "hostname": "h", "date": "2026-01-01"}
@@ -15,3 +20,12 @@ FIGURES = {
                "conn": [25_000.0, 25_000.0, 25_000.0],
                "rr-p50": [50.0, 50.0, 50.0], "rr-p99": [100.0, 100.0, 100.0]},
 }
+
+CT_TIMEOUTS = {"tcp_timeout_established": 7440, "udp_timeout": 45, "udp_timeout_stream": 90}
+
+
+def ct_bench_plan(name: str, **conntrack) -> labconfig.Plan:
+    with open(os.path.join(REPO, "hyperplane", "bench", "bench_lab.toml")) as f:
+        text = f.read() + "\n[conntrack]\n" + "".join(f"{k} = {v}\n"
+                                                      for k, v in conntrack.items())
+    return labconfig.resolve(labconfig.loads(text), name)
