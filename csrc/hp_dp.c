@@ -19,6 +19,43 @@ double hp_dp_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* A link's ports: its own, and with workers each worker's (pt[w] != &port). */
+static void close_ports(hp_dp *dp, hp_link *l)
+{
+    for (unsigned w = 1; w < HP_DP_MAX_WORKERS; w++)
+        if (l->pt[w] && l->pt[w] != &l->port) {
+            hp_io_close(l->pt[w]);
+            free(l->pt[w]);
+            l->pt[w] = &l->port;
+        }
+    (void)dp;
+    hp_io_close(&l->port);
+}
+
+/* Each thread waits on the ports it receives with: without threads the loop on all; with the
+ * inbound worker, it on the ENI links; with workers, each on its own socket of every veth,
+ * and worker 0 alone on a TAP (and a TAP's io_uring completion ring, which the kernel may
+ * fill during any system call of the loop's with packets the TAP then no longer shows as
+ * readable). */
+static int watch_ports(hp_dp *dp, hp_link *l, unsigned index, char *err, size_t errlen)
+{
+    unsigned n = dp->mt == HP_MT_WORKERS ? dp->n_threads : 1;
+    for (unsigned w = 0; w < n; w++) {
+        hp_port *p = PORT(l, w);
+        if (w > 0 && p->kind == HP_PORT_TAP)
+            continue; /* send only */
+        int epfd = dp->wk[dp->mt == HP_MT_WORKERS ? w : (unsigned)link_thread(dp, l)].epfd;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = index};
+        int wfd = hp_io_tap_wait_fd(p);
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, p->fd, &ev) < 0 ||
+            (wfd >= 0 && epoll_ctl(epfd, EPOLL_CTL_ADD, wfd, &ev) < 0)) {
+            snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
+            return -1; /* closing the ports takes them out of the epoll sets */
+        }
+    }
+    return 0;
+}
+
 hp_dp *hp_dp_new(void)
 {
     hp_dp *dp = calloc(1, sizeof *dp);
@@ -29,7 +66,12 @@ hp_dp *hp_dp_new(void)
         free(dp);
         return NULL;
     }
-    dp->in_epfd = dp->in_wake = -1;
+    for (unsigned i = 0; i < HP_DP_MAX_WORKERS; i++) {
+        dp->wk[i].id = (int)i;
+        dp->wk[i].epfd = dp->wk[i].wake = -1;
+    }
+    dp->wk[0].epfd = dp->epfd;
+    dp->n_threads = 1;
     return dp;
 }
 
@@ -37,27 +79,37 @@ void hp_dp_free(hp_dp *dp)
 {
     if (!dp)
         return;
-    hp_stop_inbound(dp); /* first: it services links */
+    hp_stop_threads(dp); /* first: they service links */
     for (unsigned i = 0; i < dp->n_links; i++) {
         hp_link *l = dp->links[i];
         for (unsigned s = 0; s < HP_NEIGH_SLOTS; s++)
             hp_neigh_free_queue(l->neigh.slot[s].qhead);
-        hp_io_close(&l->port);
+        close_ports(dp, l);
         free(l);
     }
+    hp_steer_free(dp);
+    if (dp->wk[0].wake >= 0)
+        close(dp->wk[0].wake);
     close(dp->epfd);
     free(dp);
 }
 
-int hp_dp_add_group(hp_dp *dp, hp_engine *e)
+/* A group's engines: one shared by every thread, or with workers one per worker. */
+int hp_dp_add_group_shards(hp_dp *dp, hp_engine *const *shards, int n)
 {
-    if (dp->n_groups >= HP_DP_MAX_GROUPS)
+    if (dp->n_groups >= HP_DP_MAX_GROUPS || n != (dp->mt == HP_MT_WORKERS ? (int)dp->n_threads : 1))
         return -1;
-    dp->groups[dp->n_groups].engine = e;
+    for (unsigned w = 0; w < HP_DP_MAX_WORKERS; w++)
+        dp->groups[dp->n_groups].shard[w] = shards[(int)w < n ? (int)w : 0];
     pthread_mutex_init(&dp->groups[dp->n_groups].lock, NULL);
     dp->groups[dp->n_groups].eni_link = -1;
     dp->groups[dp->n_groups].inside_link = -1;
     return (int)dp->n_groups++;
+}
+
+int hp_dp_add_group(hp_dp *dp, hp_engine *e)
+{
+    return hp_dp_add_group_shards(dp, &e, 1);
 }
 
 hp_link *hp_dp_link(hp_dp *dp, int link)
@@ -89,26 +141,23 @@ int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname,
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    for (unsigned w = 0; w < HP_DP_MAX_WORKERS; w++)
+        l->pt[w] = &l->port;
     int rc = kind == HP_PORT_TAP ? hp_io_attach_tap(&l->port, tap_fd, err, errlen)
                                  : hp_io_open_packet(&l->port, ifname, dp->ring_frames, err,
                                                      errlen);
-    if (rc < 0) {
-        hp_io_close(&l->port);
-        free(l);
-        return -1;
-    }
     l->role = role;
     l->group = group;
+    l->index = (int)dp->n_links;
     memcpy(l->mac, mac, 6);
     pthread_mutex_init(&l->lock, NULL);
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = dp->n_links};
-    /* a TAP through io_uring: also its completion ring, which the kernel may fill (during any
-     * system call of the loop's) with packets the TAP then no longer shows as readable */
-    int wfd = hp_io_tap_wait_fd(&l->port);
-    if (epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_ADD, l->port.fd, &ev) < 0 ||
-        (wfd >= 0 && epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_ADD, wfd, &ev) < 0)) {
-        snprintf(err, errlen, "epoll_ctl: %s", strerror(errno));
-        hp_io_close(&l->port);
+    /* with workers: every worker's own port, a fanout member (veth) or a dup (TAP) */
+    if (rc == 0 && dp->mt == HP_MT_WORKERS)
+        rc = hp_fanout_link(dp, l, ifname, err, errlen);
+    if (rc == 0)
+        rc = watch_ports(dp, l, dp->n_links, err, errlen);
+    if (rc < 0) {
+        close_ports(dp, l);
         free(l);
         return -1;
     }

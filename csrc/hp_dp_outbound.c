@@ -12,8 +12,8 @@ static const int STATE_DROP[HP_LINK_N_STATES] = {
 
 /* From an environment (or a NAT gateway's inside link) into the VPC: engine ORIG, then out of
  * the group's ENI link. */
-void hp_outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
-                 uint32_t len, int family, double now)
+void hp_outbound(hp_dp *dp, int w, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
+                 uint32_t len, int family, double now, int hops)
 {
     uint8_t *ip = f + 14;
     uint32_t n = len - 14;
@@ -23,7 +23,7 @@ void hp_outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t
         /* Lambda: a function that is not Active cannot send (the invocation fails); ARP and
          * NDP were answered before this, so the environment's neighbour cache stays sane. */
         if (l->state != HP_LINK_ACTIVE) {
-            l->blocked++;
+            __atomic_fetch_add(&l->blocked, 1, __ATOMIC_RELAXED);
             COUNT_DROP(dp, STATE_DROP[l->state]);
             return;
         }
@@ -58,16 +58,27 @@ void hp_outbound(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t
     }
     uint8_t reason;
     uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
-    lock(dp, &g->lock);
-    int verdict = hp_translate(g->engine, HP_DIR_ORIG, ip, n, flags, now, &reason);
-    unlock(dp, &g->lock);
+    /* With workers, a new connection whose owner's slice of the ports is full spills over to
+     * the next worker (exhaustion is decided over all slices), and a segment of no connection
+     * here may belong to one that spilled: the engine is asked not to count those two drops
+     * (HP_FLAG_SPILL) until the last worker has had it. */
+    int spill = dp->mt == HP_MT_WORKERS && hops < (int)dp->n_threads - 1;
+    lock_engine(dp, g);
+    int verdict = hp_translate(g->shard[w], HP_DIR_ORIG, ip, n, flags | (spill ? HP_FLAG_SPILL : 0),
+                               now, &reason);
+    unlock_engine(dp, g);
     if (verdict == HP_DROP) {
+        if (spill && (reason == HP_R_PORT_EXHAUSTED || reason == HP_R_TCP_NOT_SYN)) {
+            dp->wk[w].spilled++;
+            hp_handoff(dp, w, (w + 1) % (int)dp->n_threads, l, vh, f, len, hops + 1);
+            return;
+        }
         COUNT_DROP(dp, HP_D_ENGINE);
         if (reason == HP_R_TCP_NOT_SYN && g->rst_unknown_tcp)
-            hp_send_rst(dp, l, f, ip, n, flags);
+            hp_send_rst(dp, w, l, f, ip, n, flags);
         return;
     }
-    dp->forwarded[0]++;
-    hp_transmit(dp, out, family, next_hop(out, family, family == 4 ? ip + 16 : ip + 24), vh, f,
+    dp->wk[w].forwarded[0]++;
+    hp_transmit(dp, w, out, family, next_hop(out, family, family == 4 ? ip + 16 : ip + 24), vh, f,
              len, now);
 }

@@ -25,12 +25,24 @@
 #endif
 #define HP_SPIN_MAX_S 500e-6 /* and no longer than this before the next epoll_wait */
 
-/* One frame received on link l: Ethernet checks, then ARP/NDP or its direction. */
-void hp_rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
+/* An IP frame for its direction (after the owner's check, or handed over by another worker). */
+void hp_forward(hp_dp *dp, int w, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
+                uint32_t len, int family, double now, int hops)
+{
+    if (l->role == HP_ROLE_ENI)
+        hp_inbound(dp, w, l, vh, f, len, family, now);
+    else
+        hp_outbound(dp, w, l, vh, f, len, family, now, hops);
+}
+
+/* One frame received on link l by thread w: Ethernet checks, then ARP/NDP, or with workers the
+ * owner's check, then its direction. */
+void hp_rx_frame(hp_dp *dp, int w, hp_link *l, const struct virtio_net_hdr *vh, uint8_t *f,
                  uint32_t len, double now)
 {
-    l->rx_packets++;
-    l->rx_bytes += len;
+    hp_port *p = PORT(l, w);
+    p->rx_packets++;
+    p->rx_bytes += len;
     if (len < 14) {
         COUNT_DROP(dp, HP_D_RUNT);
         return;
@@ -43,7 +55,7 @@ void hp_rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t
     uint32_t type = hp_get16(f + 12);
     if (type == 0x0806) {
         lock(dp, &l->lock);
-        hp_arp_input(dp, l, f, len, now);
+        hp_arp_input(dp, w, l, f, len, now);
         unlock(dp, &l->lock);
         return;
     }
@@ -56,7 +68,7 @@ void hp_rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t
      * else, but no neighbour of ours sends extension headers before it). */
     if (family == 6 && len >= 14 + 40 + 4 && f[14 + 6] == 58 && f[54] >= 133 && f[54] <= 137) {
         lock(dp, &l->lock);
-        hp_ndp_input(dp, l, f, len, now);
+        hp_ndp_input(dp, w, l, f, len, now);
         unlock(dp, &l->lock);
         return;
     }
@@ -64,20 +76,31 @@ void hp_rx_frame(hp_dp *dp, hp_link *l, const struct virtio_net_hdr *vh, uint8_t
         COUNT_DROP(dp, HP_D_MULTICAST);
         return;
     }
-    if (l->role == HP_ROLE_ENI)
-        hp_inbound(dp, l, vh, f, len, family, now);
-    else
-        hp_outbound(dp, l, vh, f, len, family, now);
+    if (dp->mt == HP_MT_WORKERS) {
+        uint32_t fl = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
+        int o = hp_owner(dp, w, l, f + 14, len - 14, family, fl, now);
+        if (o != w) {
+            hp_handoff(dp, w, o, l, vh, f, len, 0);
+            return;
+        }
+    }
+    hp_forward(dp, w, l, vh, f, len, family, now, 0);
 }
 
 /* Send what the links have queued. With the inbound worker, each thread flushes the links
  * it sends on (the worker: environment and inside links; the loop: ENI links), under their
- * locks; the batches point only into the caller's own frames. */
-void hp_flush_all(hp_dp *dp, int worker)
+ * locks; the batches point only into the caller's own frames. A worker flushes its own ports,
+ * which nobody else touches. */
+void hp_flush_all(hp_dp *dp, int w)
 {
     for (unsigned i = 0; i < dp->n_links; i++) {
         hp_link *l = dp->links[i];
-        if (dp->mt && (l->role == HP_ROLE_ENI) == worker)
+        if (dp->mt == HP_MT_WORKERS) {
+            if (PORT(l, w)->ntx)
+                hp_io_flush(PORT(l, w));
+            continue;
+        }
+        if (dp->mt && (l->role == HP_ROLE_ENI) == w)
             continue;
         if (!__atomic_load_n(&l->port.ntx, __ATOMIC_RELAXED))
             continue;
@@ -90,75 +113,75 @@ void hp_flush_all(hp_dp *dp, int worker)
 /* Take what one link has received: rounds of ring frames (and the super-packets they stand
  * for), or a batch of TAP reads. Sends are flushed before frames and buffers are reused, since
  * their iovecs point into them. */
-uint32_t hp_service(hp_dp *dp, hp_link *l, double now)
+uint32_t hp_service(hp_dp *dp, int w, hp_link *l, double now)
 {
     uint32_t got = 0;
-    int worker = dp->mt && l->role == HP_ROLE_ENI; /* which thread this is */
-    if (l->port.kind == HP_PORT_PACKET) {
+    hp_port *p = PORT(l, w);
+    if (p->kind == HP_PORT_PACKET) {
         /* Rounds of up to HP_TXQ frames: take them, flush what they produced (the iovecs
          * point into the frames), give them back. A bounded number of rounds per call keeps
          * one busy link from starving the others (epoll is level-triggered: it comes back). */
         for (int round = 0; round < HP_RING_ROUNDS; round++) {
             uint32_t k = 0;
             for (; k < HP_TXQ; k++) {
-                struct tpacket2_hdr *h = hp_io_ring_next(&l->port);
+                struct tpacket2_hdr *h = hp_io_ring_next(p);
                 if (!h)
                     break;
                 uint8_t *frame = (uint8_t *)h + h->tp_mac;
                 struct virtio_net_hdr vh;
                 if (h->tp_status & TP_STATUS_COPY) { /* a super-packet: whole on the queue */
-                    if (l->port.nbig == HP_BIG_N) {
-                        hp_flush_all(dp, worker);
-                        l->port.nbig = 0;
+                    if (p->nbig == HP_BIG_N) {
+                        hp_flush_all(dp, w);
+                        p->nbig = 0;
                     }
                     uint8_t *big;
-                    int r = hp_io_recv_big(&l->port, &big);
+                    int r = hp_io_recv_big(p, &big);
                     if (r < 0) {
-                        l->rx_packets++;
+                        p->rx_packets++;
                         COUNT_DROP(dp, HP_D_RX_TRUNCATED);
                         continue;
                     }
                     memcpy(&vh, big, HP_VNET_LEN);
-                    hp_rx_frame(dp, l, &vh, big + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+                    hp_rx_frame(dp, w, l, &vh, big + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
                 } else if (h->tp_snaplen < h->tp_len) {
-                    l->rx_packets++;
+                    p->rx_packets++;
                     COUNT_DROP(dp, HP_D_RX_TRUNCATED);
                 } else {
                     memcpy(&vh, frame - HP_VNET_LEN, HP_VNET_LEN); /* PACKET_VNET_HDR: here */
-                    hp_rx_frame(dp, l, &vh, frame, h->tp_snaplen, now);
+                    hp_rx_frame(dp, w, l, &vh, frame, h->tp_snaplen, now);
                 }
             }
             if (k)
-                hp_flush_all(dp, worker);
-            l->port.nbig = 0;
-            hp_io_ring_release(&l->port);
+                hp_flush_all(dp, w);
+            p->nbig = 0;
+            hp_io_ring_release(p);
             got += k;
             if (k < HP_TXQ)
                 break;
         }
-    } else if (l->port.tap_io == HP_TAP_IO_URING) {
+    } else if (p->tap_io == HP_TAP_IO_URING) {
         /* Rounds of up to HP_TAP_RX packets io_uring has read (hp_io_tap.c), as many rounds as
          * a ring link gets; the buffers go back after the sends pointing into them. */
         for (int round = 0; round < HP_RING_ROUNDS; round++) {
             uint32_t k = 0;
             uint8_t *buf;
             int r;
-            while ((r = hp_io_tap_next(&l->port, &buf)) >= 0) {
+            while ((r = hp_io_tap_next(p, &buf)) >= 0) {
                 k++;
                 if ((uint32_t)r < HP_VNET_LEN) {
-                    l->rx_packets++;
+                    p->rx_packets++;
                     COUNT_DROP(dp, HP_D_RUNT);
                     continue;
                 }
                 struct virtio_net_hdr vh;
                 memcpy(&vh, buf, HP_VNET_LEN);
-                hp_rx_frame(dp, l, &vh, buf + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+                hp_rx_frame(dp, w, l, &vh, buf + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
             }
             if (k)
-                hp_flush_all(dp, worker); /* before the buffers are read into again */
-            hp_io_tap_release(&l->port);
+                hp_flush_all(dp, w); /* before the buffers are read into again */
+            hp_io_tap_release(p);
             got += k;
-            if (k < HP_TAP_RX || l->port.tap_io != HP_TAP_IO_URING)
+            if (k < HP_TAP_RX || p->tap_io != HP_TAP_IO_URING)
                 break;
         }
     } else {
@@ -169,23 +192,23 @@ uint32_t hp_service(hp_dp *dp, hp_link *l, double now)
         for (int round = 0; round < HP_RING_ROUNDS; round++) {
             int drained = 0;
             for (int b = 0; b < HP_TAP_BATCH; b++) {
-                uint8_t *slot = l->port.tapbuf + (size_t)b * HP_TAP_SLOT;
-                ssize_t r = read(l->port.fd, slot, HP_TAP_SLOT);
+                uint8_t *slot = p->tapbuf + (size_t)b * HP_TAP_SLOT;
+                ssize_t r = read(p->fd, slot, HP_TAP_SLOT);
                 if (r < 0) {
                     drained = 1; /* EAGAIN */
                     break;
                 }
                 if ((uint32_t)r < HP_VNET_LEN) {
-                    l->rx_packets++;
+                    p->rx_packets++;
                     COUNT_DROP(dp, HP_D_RUNT);
                     continue;
                 }
                 struct virtio_net_hdr vh;
                 memcpy(&vh, slot, HP_VNET_LEN);
-                hp_rx_frame(dp, l, &vh, slot + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
+                hp_rx_frame(dp, w, l, &vh, slot + HP_VNET_LEN, (uint32_t)r - HP_VNET_LEN, now);
                 got++;
             }
-            hp_flush_all(dp, worker); /* before the slots are read into again */
+            hp_flush_all(dp, w); /* before the slots are read into again */
             if (drained)
                 break;
         }
@@ -201,21 +224,25 @@ uint32_t hp_service(hp_dp *dp, hp_link *l, double now)
  * runnable (sched_yield), so a server sharing the CPU is not held up. It ends after HP_SPIN_S
  * without a packet, or after HP_SPIN_MAX_S in all, so the control socket, read/write TAP links
  * and the timers are served at that pace at the least. */
-void hp_spin(hp_dp *dp, double now, int worker)
+void hp_spin(hp_dp *dp, double now, int w)
 {
     double quiet_until = now + HP_SPIN_S, stop = now + HP_SPIN_MAX_S;
-    /* the loop stops at its next tick; the worker when hp_dp_poll parks it */
+    hp_worker *wk = &dp->wk[w];
+    /* the loop stops at its next tick; the others when hp_dp_poll parks them */
     while (now < quiet_until && now < stop &&
-           (worker ? __atomic_load_n(&dp->in_run, __ATOMIC_SEQ_CST) : now < dp->next_tick)) {
+           (w ? __atomic_load_n(&dp->run, __ATOMIC_SEQ_CST) : now < wk->next_tick)) {
         uint32_t got = 0;
         for (unsigned i = 0; i < dp->n_links; i++) {
             hp_link *l = dp->links[i];
-            if (dp->mt && (l->role == HP_ROLE_ENI) != worker)
+            if (dp->mt == HP_MT_INBOUND && link_thread(dp, l) != w)
                 continue;
-            if (!l->down && (l->port.kind == HP_PORT_PACKET ? hp_io_ring_ready(&l->port)
-                             : l->port.tap_io == HP_TAP_IO_URING && hp_io_tap_ready(&l->port)))
-                got += hp_service(dp, l, now);
+            hp_port *p = PORT(l, w);
+            if (!link_down(l) && (p->kind == HP_PORT_PACKET ? hp_io_ring_ready(p)
+                                  : w == 0 && p->tap_io == HP_TAP_IO_URING && hp_io_tap_ready(p)))
+                got += hp_service(dp, w, l, now);
         }
+        if (dp->mt == HP_MT_WORKERS)
+            got += hp_handoff_drain(dp, w, now);
         now = hp_dp_clock(dp);
         if (got)
             quiet_until = now + HP_SPIN_S;
@@ -224,45 +251,62 @@ void hp_spin(hp_dp *dp, double now, int worker)
     }
 }
 
-/* The epoll set a link is in: the worker's for ENI links while it runs. */
-int hp_link_epfd(const hp_dp *dp, const hp_link *l)
-{
-    return dp->mt && l->role == HP_ROLE_ENI ? dp->in_epfd : dp->epfd;
-}
-
 /* The interface went away (its namespace was deleted, the TAP was removed): the socket reports
- * an error forever after. Stop watching it, so the loop does not spin, and tell the caller. */
-int hp_link_error(hp_dp *dp, hp_link *l)
+ * an error forever after. Stop watching it (thread w's socket, in w's epoll set), so the loop
+ * does not spin, and tell the caller. */
+int hp_link_error(hp_dp *dp, int w, hp_link *l)
 {
     int err = 0;
     socklen_t elen = sizeof err;
-    if (l->port.kind == HP_PORT_PACKET &&
-        getsockopt(l->port.fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err != ENETDOWN &&
+    hp_port *p = PORT(l, w);
+    if (p->kind == HP_PORT_PACKET &&
+        getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err != ENETDOWN &&
         err != ENODEV && err != ENXIO && err != 0)
         return 0; /* a transient error, now cleared */
-    epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_DEL, l->port.fd, NULL);
-    int wfd = hp_io_tap_wait_fd(&l->port);
+    int epfd = dp->wk[w].epfd;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, p->fd, NULL);
+    int wfd = hp_io_tap_wait_fd(p);
     if (wfd >= 0)
-        epoll_ctl(hp_link_epfd(dp, l), EPOLL_CTL_DEL, wfd, NULL);
-    l->down = 1;
+        epoll_ctl(epfd, EPOLL_CTL_DEL, wfd, NULL);
+    __atomic_store_n(&l->down, 1, __ATOMIC_RELAXED);
     return HP_POLL_LINK_DOWN;
+}
+
+/* Whether a thread other than the loop stopped on an error: the data path must not go on
+ * with part of its ports unserved. */
+static int workers_failed(hp_dp *dp)
+{
+    for (unsigned i = 1; i < dp->n_threads; i++)
+        if (__atomic_load_n(&dp->wk[i].failed, __ATOMIC_SEQ_CST))
+            return HP_POLL_WORKER_DOWN;
+    return 0;
 }
 
 static int poll_loop(hp_dp *dp, int timeout_ms)
 {
     struct epoll_event ev[64];
+    hp_worker *wk = &dp->wk[0];
     double deadline = hp_dp_clock(dp) + timeout_ms / 1000.0;
     for (;;) {
         double now = hp_dp_clock(dp);
-        if (now >= dp->next_tick) {
+        if (now >= wk->next_tick) {
             hp_dp_tick(dp, now);
-            dp->next_tick = now + HP_DP_TICK;
+            wk->next_tick = now + HP_DP_TICK;
         }
         double wait = deadline - now;
-        if (dp->next_tick - now < wait)
-            wait = dp->next_tick - now;
+        if (wk->next_tick - now < wait)
+            wait = wk->next_tick - now;
         int ms = wait <= 0 ? 0 : (int)(wait * 1000.0) + 1;
+        /* with workers: say it sleeps, then look at the handoff rings once more (a producer
+         * that pushed before seeing the flag has its packet seen here) */
+        if (dp->mt == HP_MT_WORKERS) {
+            __atomic_store_n(&wk->sleeping, 1, __ATOMIC_SEQ_CST);
+            if (hp_handoff_pending(dp, 0))
+                ms = 0;
+        }
         int n = epoll_wait(dp->epfd, ev, 64, ms);
+        if (dp->mt == HP_MT_WORKERS)
+            __atomic_store_n(&wk->sleeping, 0, __ATOMIC_SEQ_CST);
         if (n < 0)
             return errno == EINTR ? HP_POLL_INTR : -1;
         now = hp_dp_clock(dp);
@@ -272,13 +316,18 @@ static int poll_loop(hp_dp *dp, int timeout_ms)
             uint32_t u = ev[i].data.u32;
             if (u & WATCH_TAG)
                 ready |= 1 << (u & 0xff);
+            else if (u & KICK_TAG)
+                hp_drain_kick(wk->wake);
             else if (ev[i].events & (EPOLLERR | EPOLLHUP))
-                ready |= hp_link_error(dp, dp->links[u]);
+                ready |= hp_link_error(dp, 0, dp->links[u]);
             else
-                got += hp_service(dp, dp->links[u], now);
+                got += hp_service(dp, 0, dp->links[u], now);
         }
-        if (dp->mt && __atomic_exchange_n(&dp->in_links_down, 0, __ATOMIC_SEQ_CST))
+        if (dp->mt == HP_MT_WORKERS)
+            got += hp_handoff_drain(dp, 0, now);
+        if (dp->mt && __atomic_exchange_n(&dp->links_down, 0, __ATOMIC_SEQ_CST))
             ready |= HP_POLL_LINK_DOWN;
+        ready |= workers_failed(dp);
         if (ready)
             return ready;
         if (got)
@@ -292,6 +341,9 @@ static int poll_loop(hp_dp *dp, int timeout_ms)
  * offset, so moving the clock forward runs the timers and the engines' expiry at once. */
 int hp_dp_poll(hp_dp *dp, int timeout_ms)
 {
+    int down = workers_failed(dp);
+    if (down)
+        return down; /* the data path is stopping: nothing runs without every worker */
     hp_in_unpark(dp);
     int r = poll_loop(dp, timeout_ms);
     hp_in_park(dp);

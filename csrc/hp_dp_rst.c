@@ -35,7 +35,7 @@ static uint32_t sum16(const uint8_t *p, uint32_t len) /* len even */
  * is an answer to a FIN or NULL scan. With ACK set the RST is <SEQ=SEG.ACK><CTL=RST>, which
  * needs no length: a first fragment with ACK gets its RST. A later fragment carries no TCP
  * header (it is dropped as `fragment`, never tcp_not_syn); it is refused here all the same. */
-void hp_send_rst(hp_dp *dp, hp_link *l, const uint8_t *f, const uint8_t *ip, uint32_t n,
+void hp_send_rst(hp_dp *dp, int w, hp_link *l, const uint8_t *f, const uint8_t *ip, uint32_t n,
                  uint32_t flags)
 {
     hp_parsed p;
@@ -98,7 +98,7 @@ void hp_send_rst(hp_dp *dp, hp_link *l, const uint8_t *f, const uint8_t *ip, uin
     uint32_t s = sum16(p.t.src, alen) + sum16(p.t.dst, alen) + HP_IPPROTO_TCP + 20 + sum16(t, 20);
     hp_put16(t + 16, ~hp_fold(s) & 0xFFFF);
     lock(dp, &l->lock);
-    hp_io_send_now(&l->port, &NO_VNET, out, 14 + iplen + 20);
+    hp_io_send_now(PORT(l, w), &NO_VNET, out, 14 + iplen + 20);
     unlock(dp, &l->lock);
     __atomic_fetch_add(&dp->rst_sent, 1, __ATOMIC_RELAXED);
 }

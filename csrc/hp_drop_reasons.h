@@ -62,7 +62,8 @@
     X(FUNCTION_PENDING, "function_pending")   /* from an environment whose function is Pending */  \
     X(FUNCTION_INACTIVE, "function_inactive") /* from an environment whose function is Inactive */ \
     X(NO_VPC_CONFIG, "no_vpc_config")         /* from a function without VpcConfig */              \
-    X(IPV6_NOT_ALLOWED, "ipv6_not_allowed")   /* IPv6 without Ipv6AllowedForDualStack */
+    X(IPV6_NOT_ALLOWED, "ipv6_not_allowed")   /* IPv6 without Ipv6AllowedForDualStack */           \
+    X(HANDOFF_FULL, "handoff_full")           /* workers: the owner's handoff ring was full */
 
 #define HP_REASON_ENUM_(name, label) HP_R_##name,
 enum hp_reason { HP_DROP_REASONS(HP_REASON_ENUM_) HP_R_COUNT };

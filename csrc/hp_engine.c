@@ -340,6 +340,11 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
         if (!node) {
             r = new_conn(e, b, &p, now, &idx);
             if (r) {
+                if ((flags & HP_FLAG_SPILL) &&
+                    (r == HP_R_PORT_EXHAUSTED || r == HP_R_TCP_NOT_SYN)) {
+                    *reason = (uint8_t)r; /* another worker's turn: nothing counted */
+                    return HP_DROP;
+                }
                 if (r == HP_R_SECURITY_GROUP || r == HP_R_TCP_NOT_SYN)
                     hp_ev_reject(e, &p.t, HP_DIR_ORIG, p.l3_len, r, now);
                 return drop(e, r, reason);

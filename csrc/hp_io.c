@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
@@ -18,6 +19,11 @@
 
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23
+#endif
+/* A fanout group's own hook replaces its members' (their PACKET_IGNORE_OUTGOING no longer
+ * applies): without this flag every member would receive what any member sends. */
+#ifndef PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+#define PACKET_FANOUT_FLAG_IGNORE_OUTGOING 0x4000
 #endif
 
 static int fail(char *err, size_t errlen, const char *what, const char *ifname)
@@ -124,6 +130,34 @@ int hp_io_attach_tap(hp_port *p, int fd, char *err, size_t errlen)
         return fail(err, errlen, "receive buffers", "tap");
     }
     hp_io_tap_setup(p);
+    return 0;
+}
+
+int hp_io_attach_tap_tx(hp_port *p, int fd, char *err, size_t errlen)
+{
+    port_init(p, HP_PORT_TAP);
+    p->tap_io = HP_TAP_IO_RW;
+    p->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (p->fd < 0)
+        return fail(err, errlen, "dup", "tap");
+    return 0;
+}
+
+int hp_io_fanout_join(hp_port *p, uint16_t *id, const void *fprog, char *err, size_t errlen)
+{
+    int first = *id == 0;
+    int v = (first ? 0 : *id) | ((PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_IGNORE_OUTGOING |
+                                  (first ? PACKET_FANOUT_FLAG_UNIQUEID : 0)) << 16);
+    if (setsockopt(p->fd, SOL_PACKET, PACKET_FANOUT, &v, sizeof v) < 0)
+        return fail(err, errlen, "PACKET_FANOUT", "a worker's socket");
+    if (!first)
+        return 0;
+    socklen_t len = sizeof v;
+    if (getsockopt(p->fd, SOL_PACKET, PACKET_FANOUT, &v, &len) < 0)
+        return fail(err, errlen, "PACKET_FANOUT (its id)", "a worker's socket");
+    *id = (uint16_t)(v & 0xFFFF);
+    if (setsockopt(p->fd, SOL_PACKET, PACKET_FANOUT_DATA, fprog, sizeof(struct sock_fprog)) < 0)
+        return fail(err, errlen, "PACKET_FANOUT_DATA (the steering program)", "a worker's socket");
     return 0;
 }
 

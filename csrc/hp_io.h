@@ -89,6 +89,7 @@ typedef struct {
     struct mmsghdr msgs[HP_TXQ];
     uint32_t ntx;
     uint64_t tx_packets, tx_bytes, tx_errors;
+    uint64_t rx_packets, rx_bytes; /* frames taken from this port (by its one thread) */
     uint64_t rx_ring_drops; /* the kernel's PACKET_STATISTICS, accumulated */
 } hp_port;
 
@@ -102,6 +103,13 @@ int hp_io_open_packet(hp_port *p, const char *ifname, uint32_t ring_frames, char
  * read/writev. */
 int hp_io_attach_tap(hp_port *p, int fd, char *err, size_t errlen);
 void hp_io_close(hp_port *p);
+/* A second port on a TAP for another thread's sends (its own batch): a dup of fd, written with
+ * writev, never read. */
+int hp_io_attach_tap_tx(hp_port *p, int fd, char *err, size_t errlen);
+/* Put a packet socket into fanout group *id (0: a new group, whose id is stored in *id), mode
+ * PACKET_FANOUT_CBPF; the first member also sets the program. Members are numbered in the order
+ * they join: the program's result modulo their number picks one. */
+int hp_io_fanout_join(hp_port *p, uint16_t *id, const void *fprog, char *err, size_t errlen);
 /* Add the kernel's receive drops since the last call (frames lost because no ring block was
  * free) to p->rx_ring_drops. */
 void hp_io_ring_stats(hp_port *p);

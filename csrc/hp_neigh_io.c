@@ -11,7 +11,8 @@
 #include "hp_csum.h"
 
 /* ---- neighbours -------------------------------------------------------------------------- */
-static void probe(hp_link *l, hp_neigh *n, double now)
+/* Sending is through the calling thread's port p of link l. */
+static void probe(hp_port *p, hp_link *l, hp_neigh *n, double now)
 {
     uint8_t buf[HP_NDP_FRAME_MAX];
     uint32_t len = 0;
@@ -24,7 +25,7 @@ static void probe(hp_link *l, hp_neigh *n, double now)
         l->nd_out++;
     }
     if (len)
-        hp_io_send_now(&l->port, &NO_VNET, buf, len);
+        hp_io_send_now(p, &NO_VNET, buf, len);
     n->probes++;
     n->deadline = now + HP_NEIGH_RETRANS;
 }
@@ -36,16 +37,16 @@ static void set_macs(uint8_t *frame, const uint8_t *dst, const uint8_t *src)
 }
 
 /* A reply arrived: the MAC is known; send what waited for it, oldest first. */
-static void resolved(hp_link *l, hp_neigh *n, const uint8_t *mac, double now)
+static void resolved(hp_port *p, hp_link *l, hp_neigh *n, const uint8_t *mac, double now)
 {
     hp_neigh_confirm(n, mac, now);
     hp_qpkt *q = hp_neigh_take_queue(&l->neigh, n);
     if (q)
-        hp_io_flush(&l->port);
+        hp_io_flush(p);
     while (q) {
         hp_qpkt *next = q->next;
         set_macs(q->frame, mac, l->mac);
-        hp_io_send_now(&l->port, &q->vh, q->frame, q->len);
+        hp_io_send_now(p, &q->vh, q->frame, q->len);
         free(q);
         q = next;
     }
@@ -53,7 +54,8 @@ static void resolved(hp_link *l, hp_neigh *n, const uint8_t *mac, double now)
 
 /* Someone who is talking to us told us its MAC (an ARP request, an NS with a source
  * link-layer option): RFC 826's merge, RFC 4861 section 7.2.3. */
-static void learn(hp_link *l, int family, const uint8_t *addr, const uint8_t *mac, double now)
+static void learn(hp_port *p, hp_link *l, int family, const uint8_t *addr, const uint8_t *mac,
+                  double now)
 {
     hp_neigh *n = hp_neigh_find(&l->neigh, family, addr);
     if (!n) {
@@ -64,7 +66,7 @@ static void learn(hp_link *l, int family, const uint8_t *addr, const uint8_t *ma
         n->state = HP_NUD_STALE;
         n->deadline = now + HP_NEIGH_GC;
     } else if (n->state == HP_NUD_INCOMPLETE) {
-        resolved(l, n, mac, now);
+        resolved(p, l, n, mac, now);
     } else if (!hp_eq_mac(n->mac, mac)) {
         memcpy(n->mac, mac, 6);
         n->state = HP_NUD_STALE;
@@ -72,19 +74,20 @@ static void learn(hp_link *l, int family, const uint8_t *addr, const uint8_t *ma
     }
 }
 
-static void transmit_locked(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop,
+static void transmit_locked(hp_dp *dp, int w, hp_link *out, int family, const uint8_t *nexthop,
                             const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len,
                             double now)
 {
+    hp_port *p = PORT(out, w);
     hp_neigh *n = hp_neigh_find(&out->neigh, family, nexthop);
     if (n && n->state != HP_NUD_INCOMPLETE) {
         if (n->state == HP_NUD_STALE) { /* use it, and ask whether it is still there */
             n->state = HP_NUD_PROBE;
             n->probes = 0;
-            probe(out, n, now);
+            probe(p, out, n, now);
         }
         set_macs(frame, n->mac, out->mac);
-        hp_io_send(&out->port, vh, frame, len);
+        hp_io_send(p, vh, frame, len);
         return;
     }
     if (!n) {
@@ -93,7 +96,7 @@ static void transmit_locked(hp_dp *dp, hp_link *out, int family, const uint8_t *
             COUNT_DROP(dp, HP_D_NEIGH_TABLE_FULL);
             return;
         }
-        probe(out, n, now);
+        probe(p, out, n, now);
     }
     hp_qpkt *dropped;
     int r = hp_neigh_enqueue(&out->neigh, n, vh, frame, len, &dropped);
@@ -107,11 +110,11 @@ static void transmit_locked(hp_dp *dp, hp_link *out, int family, const uint8_t *
         COUNT_DROP(dp, HP_D_NEIGH_QUEUE_FULL);
 }
 
-void hp_transmit(hp_dp *dp, hp_link *out, int family, const uint8_t *nexthop,
+void hp_transmit(hp_dp *dp, int w, hp_link *out, int family, const uint8_t *nexthop,
                  const struct virtio_net_hdr *vh, uint8_t *frame, uint32_t len, double now)
 {
     lock(dp, &out->lock);
-    transmit_locked(dp, out, family, nexthop, vh, frame, len, now);
+    transmit_locked(dp, w, out, family, nexthop, vh, frame, len, now);
     unlock(dp, &out->lock);
 }
 
@@ -135,7 +138,7 @@ void hp_dp_tick(hp_dp *dp, double now)
                 if (n->probes >= HP_NEIGH_PROBES)
                     remove = 1;
                 else
-                    probe(l, n, now);
+                    probe(PORT(l, 0), l, n, now);
                 break;
             case HP_NUD_REACHABLE:
                 n->state = HP_NUD_STALE;
@@ -157,16 +160,18 @@ void hp_dp_tick(hp_dp *dp, double now)
         }
         unlock(dp, &l->lock);
     }
+    /* the loop's engines; with workers, each worker advances its own (hp_dp_worker.c) */
     for (unsigned g = 0; g < dp->n_groups; g++) {
-        lock(dp, &dp->groups[g].lock);
-        hp_engine_advance(dp->groups[g].engine, now);
-        unlock(dp, &dp->groups[g].lock);
+        lock_engine(dp, &dp->groups[g]);
+        hp_engine_advance(dp->groups[g].shard[0], now);
+        unlock_engine(dp, &dp->groups[g]);
     }
 }
 
 /* ---- ARP and NDP for the addresses we own ---------------------------------------------------- */
-void hp_arp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, double now)
+void hp_arp_input(hp_dp *dp, int w, hp_link *l, const uint8_t *f, uint32_t len, double now)
 {
+    hp_port *p = PORT(l, w);
     l->arp_in++;
     if (len < 42) {
         COUNT_DROP(dp, HP_D_RUNT);
@@ -184,10 +189,10 @@ void hp_arp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, double 
     if (op == 1 && is_own(l, 4, tpa)) {
         uint8_t out[HP_ARP_FRAME_LEN];
         uint32_t n = hp_arp_build(out, 2, l->mac, sha, l->mac, tpa, sha, spa);
-        hp_io_send_now(&l->port, &NO_VNET, out, n);
+        hp_io_send_now(p, &NO_VNET, out, n);
         l->arp_out++;
         if (has_sender)
-            learn(l, 4, spa, sha, now);
+            learn(p, l, 4, spa, sha, now);
         return;
     }
     /* A reply, or any ARP from a neighbour we already track, updates it; ARP never creates an
@@ -196,7 +201,7 @@ void hp_arp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, double 
     if (!n)
         return;
     if (op == 2)
-        resolved(l, n, sha, now);
+        resolved(p, l, n, sha, now);
     else if (n->state != HP_NUD_INCOMPLETE)
         memcpy(n->mac, sha, 6);
 }
@@ -217,8 +222,9 @@ static int nd_option(const uint8_t *opt, uint32_t len, int want, const uint8_t *
     return 0;
 }
 
-void hp_ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, double now)
+void hp_ndp_input(hp_dp *dp, int w, hp_link *l, const uint8_t *f, uint32_t len, double now)
 {
+    hp_port *p = PORT(l, w);
     l->nd_in++;
     const uint8_t *ip = f + 14;
     uint32_t plen = hp_get16(ip + 4);
@@ -251,9 +257,9 @@ void hp_ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, double 
             n = hp_ndp_na_build(out, l->mac, mac ? mac : f + 6, target, src,
                                 l->role != HP_ROLE_ENI, 1);
             if (mac)
-                learn(l, 6, src, mac, now);
+                learn(p, l, 6, src, mac, now);
         }
-        hp_io_send_now(&l->port, &NO_VNET, out, n);
+        hp_io_send_now(p, &NO_VNET, out, n);
         l->nd_out++;
     } else if (m[0] == 136) { /* Neighbor Advertisement */
         if (nd_option(m + 24, plen - 24, 2, &mac) < 0) {
@@ -266,7 +272,7 @@ void hp_ndp_input(hp_dp *dp, hp_link *l, const uint8_t *f, uint32_t len, double 
         if (!mac)
             mac = f + 6;
         if (n->state == HP_NUD_INCOMPLETE || (m[4] & 0x40)) /* solicited: confirms */
-            resolved(l, n, mac, now);
+            resolved(p, l, n, mac, now);
         else if (m[4] & 0x20) /* override */
             memcpy(n->mac, mac, 6);
     }

@@ -78,6 +78,9 @@ enum hp_state {
 };
 
 #define HP_FLAG_CSUM_PARTIAL 0x01u
+/* hp_translate: a new connection refused for port_exhausted or tcp_not_syn is not counted and
+ * makes no event (the data path hands it to another worker, hp_dp_outbound.c) */
+#define HP_FLAG_SPILL 0x02u
 #define HP_IPPROTO_TCP 6
 #define HP_IPPROTO_UDP 17
 #define HP_IPPROTO_ICMP 1

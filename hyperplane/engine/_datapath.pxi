@@ -22,6 +22,10 @@ LINK_ROLES = {"env": HP_ROLE_ENV, "eni": HP_ROLE_ENI, "inside": HP_ROLE_INSIDE}
 
 POLL_INTERRUPTED = HP_POLL_INTR
 POLL_LINK_DOWN = HP_POLL_LINK_DOWN
+#: poll()'s bit when a worker thread stopped: the data path must stop (DataPath.workers_down).
+POLL_WORKER_DOWN = HP_POLL_WORKER_DOWN
+#: The most data-path workers (csrc/hp_dp.h HP_DP_MAX_WORKERS).
+MAX_WORKERS = HP_DP_MAX_WORKERS
 
 
 cdef bytes _mac_bytes(str mac):
@@ -134,11 +138,69 @@ cdef class DataPath:
         if hp_dp_start_inbound(self._get(), c, len(cpus), err, sizeof(err)) < 0:
             raise OSError(err.decode(errors="replace"))
 
-    def add_group(self, Engine engine):
-        cdef int g = hp_dp_add_group(self._get(), engine._e)
+    def start_workers(self, n, cpus=None):
+        """Run the data path on ``n`` workers (csrc/hp_dp.h hp_dp_start_workers): the calling
+        thread is worker 0, worker i > 0 a thread on ``cpus[i]`` (None: any CPU). Before any
+        group or link; groups then take a ShardedEngine of ``n`` shards."""
+        cdef char err[256]
+        cdef int c[16]
+        if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= HP_DP_MAX_WORKERS:
+            raise ValueError(f"workers {n!r}: from 2 to {HP_DP_MAX_WORKERS}")
+        cpus = [None] * n if cpus is None else list(cpus)
+        if len(cpus) != n:
+            raise ValueError(f"cpus {cpus!r}: one per worker ({n})")
+        for i, cpu in enumerate(cpus):
+            if cpu is not None and (not isinstance(cpu, int) or isinstance(cpu, bool)
+                                    or not 0 <= cpu < 1024):
+                raise ValueError(f"CPU {cpu!r}: a CPU number from 0 is expected")
+            c[i] = -1 if cpu is None else cpu
+        if hp_dp_start_workers(self._get(), n, c, err, sizeof(err)) < 0:
+            raise OSError(err.decode(errors="replace"))
+
+    @property
+    def workers(self):
+        """How many workers move packets (1 without start_workers)."""
+        cdef hp_dp *dp = self._get()
+        return dp.n_threads if dp.mt == HP_MT_WORKERS else 1
+
+    def workers_down(self):
+        """The workers that stopped on an error: a list of (index, errno text)."""
+        cdef hp_dp *dp = self._get()
+        return [(i, _os.strerror(dp.wk[i].fail_errno)) for i in range(1, dp.n_threads)
+                if dp.wk[i].failed]
+
+    def worker_counters(self):
+        """Per worker: packets received, forwarded each way, handed to others (out), taken
+        from others (in), lost to a full handoff ring, and new connections spilled over."""
+        cdef hp_dp *dp = self._get()
+        cdef hp_link *l
+        out = []
+        for w in range(self.workers):
+            rx = 0
+            for i in range(dp.n_links):
+                l = hp_dp_link(dp, i)
+                if w == 0 or l.pt[w] != &l.port:
+                    rx += l.pt[w].rx_packets
+            out.append(dict(worker=w, rx_packets=rx,
+                            forwarded_outbound=dp.wk[w].forwarded[0],
+                            forwarded_inbound=dp.wk[w].forwarded[1],
+                            handoff_out=dp.wk[w].handoff_out, handoff_in=dp.wk[w].handoff_in,
+                            handoff_full=dp.wk[w].handoff_full, spilled=dp.wk[w].spilled))
+        return out
+
+    def add_group(self, engine):
+        cdef hp_engine *shards[16]
+        cdef Engine e
+        engines = list(getattr(engine, "shards", [engine]))
+        if len(engines) != self.workers:
+            raise ValueError(f"a group of this data path needs {self.workers} engine shards "
+                             f"(one per worker), not {len(engines)}")
+        for i, e in enumerate(engines):
+            shards[i] = e._e
+        cdef int g = hp_dp_add_group_shards(self._get(), shards, len(engines))
         if g < 0:
             raise ValueError("too many groups")
-        self._engines.append(engine)
+        self._engines.extend(engines)
         return g
 
     def add_link(self, str role, group, *, str name, str mac, str ifname=None, tap_fd=None):
@@ -291,20 +353,31 @@ cdef class DataPath:
     def counters(self):
         cdef hp_dp *dp = self._get()
         cdef hp_link *l
+        cdef hp_port *p
         links = []
         for i, d in enumerate(self._links):
             l = hp_dp_link(dp, i)
-            hp_io_ring_stats(&l.port)
-            links.append(dict(d, rx_packets=l.rx_packets, rx_bytes=l.rx_bytes,
-                              rx_ring_drops=l.port.rx_ring_drops,
+            rx_packets = rx_bytes = ring_drops = tx_packets = tx_bytes = tx_errors = 0
+            for w in range(self.workers):   # the link's port of each worker (or the one)
+                p = l.pt[w]
+                hp_io_ring_stats(p)
+                rx_packets += p.rx_packets
+                rx_bytes += p.rx_bytes
+                ring_drops += p.rx_ring_drops
+                tx_packets += p.tx_packets
+                tx_bytes += p.tx_bytes
+                tx_errors += p.tx_errors
+            links.append(dict(d, rx_packets=rx_packets, rx_bytes=rx_bytes,
+                              rx_ring_drops=ring_drops,
                               ring_frames=l.port.ring_frames, io=_port_io(&l.port),
-                              tx_packets=l.port.tx_packets, tx_bytes=l.port.tx_bytes,
-                              tx_errors=l.port.tx_errors, arp_in=l.arp_in, arp_out=l.arp_out,
+                              tx_packets=tx_packets, tx_bytes=tx_bytes,
+                              tx_errors=tx_errors, arp_in=l.arp_in, arp_out=l.arp_out,
                               nd_in=l.nd_in, nd_out=l.nd_out, neighbours=l.neigh.n,
                               up=not l.down, state=LINK_STATES[l.state], blocked=l.blocked,
                               ipv6_allowed=not l.no_ipv6))
         return {
-            "forwarded_outbound": dp.forwarded[0], "forwarded_inbound": dp.forwarded[1],
+            "forwarded_outbound": sum(dp.wk[w].forwarded[0] for w in range(dp.n_threads)),
+            "forwarded_inbound": sum(dp.wk[w].forwarded[1] for w in range(dp.n_threads)),
             "rst_sent": dp.rst_sent, "rst_withheld_fragment": dp.rst_withheld_fragment,
             "drops": {DATAPATH_DROP_REASONS[i]: dp.drops[i] for i in range(HP_D_COUNT)},
             "links": links,

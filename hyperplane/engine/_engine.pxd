@@ -162,6 +162,11 @@ cdef extern from "hp_dp.h":
         HP_PORT_TAP
         HP_POLL_INTR
         HP_POLL_LINK_DOWN
+        HP_POLL_WORKER_DOWN
+        HP_DP_MAX_WORKERS
+        HP_MT_NONE
+        HP_MT_INBOUND
+        HP_MT_WORKERS
         HP_NEIGH_SLOTS
         HP_RING_FRAMES_MIN
         HP_RING_FRAMES_MAX
@@ -175,6 +180,8 @@ cdef extern from "hp_dp.h":
         uint64_t tx_bytes
         uint64_t tx_errors
         uint64_t rx_ring_drops
+        uint64_t rx_packets
+        uint64_t rx_bytes
         int tap_io
     void hp_io_ring_stats(hp_port *p) nogil
     const char *hp_io_tap_fallback_reason()
@@ -195,11 +202,10 @@ cdef extern from "hp_dp.h":
         int role
         int group
         hp_port port
+        hp_port *pt[16]
         uint8_t mac[6]
         hp_neigh_table neigh
         uint8_t down
-        uint64_t rx_packets
-        uint64_t rx_bytes
         uint64_t arp_in
         uint64_t arp_out
         uint64_t nd_in
@@ -211,19 +217,32 @@ cdef extern from "hp_dp.h":
         int eni_link
         int inside_link
         uint8_t rst_unknown_tcp
+    ctypedef struct hp_worker:
+        uint32_t failed
+        int fail_errno
+        uint64_t rx_packets
+        uint64_t forwarded[2]
+        uint64_t handoff_out
+        uint64_t handoff_in
+        uint64_t handoff_full
+        uint64_t spilled
     ctypedef struct hp_dp:
         uint32_t ring_frames
         unsigned n_links
         unsigned n_groups
         hp_group groups[64]
-        uint64_t drops[18]
-        uint64_t forwarded[2]
+        uint64_t drops[19]
+        int mt
+        unsigned n_threads
+        hp_worker wk[16]
         uint64_t rst_sent
         uint64_t rst_withheld_fragment
         double clock_offset
     hp_dp *hp_dp_new() nogil
     void hp_dp_free(hp_dp *dp) nogil
     int hp_dp_add_group(hp_dp *dp, hp_engine *e) nogil
+    int hp_dp_add_group_shards(hp_dp *dp, hp_engine *const *shards, int n) nogil
+    int hp_dp_start_workers(hp_dp *dp, int n, const int *cpus, char *err, size_t errlen) nogil
     int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname, int tap_fd,
                        const uint8_t *mac, char *err, size_t errlen) nogil
     int hp_dp_add_own(hp_dp *dp, int link, int family, const uint8_t *addr) nogil
