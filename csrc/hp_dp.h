@@ -183,6 +183,9 @@ int hp_dp_start_inbound(hp_dp *dp, const int *cpus, int n, char *err, size_t err
  * added with hp_dp_add_group_shards, one engine per worker. -1 with err set. */
 int hp_dp_start_workers(hp_dp *dp, int n, const int *cpus, char *err, size_t errlen);
 int hp_dp_add_group_shards(hp_dp *dp, hp_engine *const *shards, int n);
+/* Fault injection for tests: make worker w (1..N-1) fail at its next wait, as it would if its
+ * epoll set broke. -1 when there is no such worker. */
+int hp_dp_break_worker(hp_dp *dp, int w);
 
 #define HP_POLL_INTR (-2)
 #define HP_POLL_LINK_DOWN (1 << 30)

@@ -289,3 +289,12 @@ void hp_stop_threads(hp_dp *dp)
     }
     dp->n_threads = 1;
 }
+
+int hp_dp_break_worker(hp_dp *dp, int w)
+{
+    if (dp->mt != HP_MT_WORKERS || w < 1 || (unsigned)w >= dp->n_threads)
+        return -1;
+    close(dp->wk[w].epfd); /* its next epoll_wait fails: the path a real failure takes */
+    dp->wk[w].epfd = -1;
+    return 0;
+}

@@ -40,6 +40,7 @@ from hyperplane.datapath.effects import ControlPlaneEffects
 from hyperplane.datapath.events import EVENT_RING, EventPump, Subscriber
 from hyperplane.datapath.restore import SAVE_INTERVAL, SAVE_SHARE, SaveAndRestore
 from hyperplane.datapath.statefile import default_state_file
+from hyperplane.datapath.workers import worker_fault, worker_rows
 from hyperplane.engine.config import EngineConfig, Eni
 from hyperplane.engine.ctfilter import Filter
 from hyperplane.errors import LabConfigError, LabError
@@ -114,7 +115,12 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                            "or io_uring (the default), or unset it")
         self.dp = DataPath()
         self.dp.ring_frames = placement.ring_frames   # before any link is added
-        if placement.inbound_cpus:
+        workers = getattr(placement, "workers", 1)
+        if workers > 1:   # before any group or link: each gets a shard / socket per worker
+            cpus = list(getattr(placement, "worker_cpus", ())) or None
+            self.dp.start_workers(workers, cpus)
+            log.info("%d workers, on CPU(s) %s", workers, cpus or "any")
+        elif placement.inbound_cpus:
             self.dp.start_inbound_worker(placement.inbound_cpus)
             log.info("inbound worker on CPU(s) %s", list(placement.inbound_cpus))
         self.keys: Dict[Key, _KeyGroup] = {}
@@ -249,13 +255,10 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
     def _add_key(self, key: Key, ifname: str, mac: str, first=None, eni=None) -> _KeyGroup:
         """Engine + group + link for a key. The engine starts with the key's first ENI
         disabled: it carries connections only once the control plane says it is available."""
-        from hyperplane.engine._engine import Engine
-
         seed = first or eni
         per_env = self.plan.lifecycle.max_connections_per_environment
-        engine = Engine(self._engine_config([Eni(seed.id, ipv4=seed.ipv4, ipv6=seed.ipv6)],
-                                            per_source=per_env),
-                        clock=self.now)
+        engine = self._new_engine(self._engine_config(
+            [Eni(seed.id, ipv4=seed.ipv4, ipv6=seed.ipv6)], per_source=per_env))
         engine.set_eni_enabled(0, False)
         engine.enable_events(EVENT_RING)
         self._event_options(engine)
@@ -282,8 +285,6 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         (source ports 1024-65535, every idle timeout at most ``idle_timeout``), an inside link
         into its public subnet and an outside link onto the internet. A TCP segment of a
         connection it no longer knows (timed out) is answered with a RST, as AWS documents."""
-        from hyperplane.engine._engine import Engine
-
         t = self.plan.conntrack.timeouts()   # [conntrack], each capped at the idle timeout
         idle = float(nat.idle_timeout)
         t = dataclasses.replace(t, **{f.name: min(getattr(t, f.name), idle)
@@ -291,7 +292,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         t = dataclasses.replace(t, tcp_established=idle, udp_replied=idle)
         cfg = self._engine_config([Eni(eni_id(self.plan.name, nat.id, ()), ipv4=nat.public_ipv4)],
                                   timeouts=t, port_min=1024)
-        engine = Engine(cfg, clock=self.now)
+        engine = self._new_engine(cfg)
         engine.enable_events(EVENT_RING)
         self._event_options(engine)
         g = self.dp.add_group(engine)
@@ -305,6 +306,17 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self.dp.set_subnet(inside, nat.prefix4, nat.router4)
         self.dp.set_group_options(g, rst_unknown_tcp=True)
         self.natgw[nat.id] = engine
+
+    def _new_engine(self, cfg):
+        """A connection table: one Engine, or with workers a ShardedEngine whose shard i takes
+        the ports p % workers == i (the one table the control plane sees)."""
+        from hyperplane.engine._engine import Engine
+
+        if self.dp.workers == 1:
+            return Engine(cfg, clock=self.now)
+        from hyperplane.engine.sharded import ShardedEngine
+
+        return ShardedEngine(cfg, self.dp.workers, clock=self.now)
 
     def engines(self) -> List[Tuple[Any, Optional[str]]]:
         """(engine, NAT gateway id or None) for every connection table of the data path."""
@@ -379,6 +391,9 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         out["restore"] = dict(self.restore_report)
         out["saves"] = dict(self.saves)
         out["placement"] = self.placement.to_dict()
+        out["workers"] = worker_rows(self.dp.worker_counters(),
+                                     [e for e, _ in self.engines()],
+                                     getattr(self.placement, "worker_cpus", ()))
         return out
 
     def conntrack(self, spec=None) -> List[Dict[str, Any]]:
@@ -417,7 +432,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self.stop_reason = signal.Signals(signum).name
 
     def run(self) -> int:
-        from hyperplane.engine._engine import POLL_INTERRUPTED, POLL_LINK_DOWN
+        from hyperplane.engine._engine import POLL_INTERRUPTED, POLL_LINK_DOWN, POLL_WORKER_DOWN
 
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w)
@@ -427,6 +442,8 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         self.open_control()
         log.info("data path running: %d ENI link(s), %d environment link(s)",
                  len(self.plan.enis), len(self.plan.envs))
+        failed = False
+        fault = worker_fault()
         try:
             self.tick()
             while self.stop_reason is None:
@@ -436,6 +453,9 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                 if self._fl_round is not None:   # a flow-log round: a step after each poll
                     wait = min(wait, 1)   # of 1 ms, which drains the links (0: one pass)
                 r = self.dp.poll(wait)
+                if fault and time.monotonic() >= fault[1]:
+                    self.dp.break_worker(fault[0])   # HYPERPLANE_FAULT (tests only)
+                    fault = None
                 if time.monotonic() >= self._next_tick:
                     self._next_tick = time.monotonic() + TICK_MS / 1000
                     self.tick()
@@ -451,10 +471,16 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                 if r > 0 and r & POLL_LINK_DOWN:
                     gone = [x["name"] for x in self.dp.counters()["links"] if not x["up"]]
                     log.warning("interface gone, no longer polled: %s", ", ".join(gone))
+                if r > 0 and r & POLL_WORKER_DOWN:
+                    # part of the ports would go unserved: stop cleanly instead
+                    down = ", ".join(f"worker {w} ({why})" for w, why in self.dp.workers_down())
+                    log.error("data path worker stopped: %s; the data path stops", down)
+                    self.stop_reason = f"worker stopped: {down}"
+                    failed = True
         finally:
             self.close()
         log.info("data path stopped (%s)", self.stop_reason)
-        return 0
+        return 1 if failed else 0
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)

@@ -169,6 +169,12 @@ cdef class DataPath:
         return [(i, _os.strerror(dp.wk[i].fail_errno)) for i in range(1, dp.n_threads)
                 if dp.wk[i].failed]
 
+    def break_worker(self, int w):
+        """Fault injection (tests): worker ``w`` fails at its next wait, as on a real error;
+        the next poll() returns POLL_WORKER_DOWN."""
+        if hp_dp_break_worker(self._get(), w) < 0:
+            raise ValueError(f"worker {w}: no such worker thread (1..{self.workers - 1})")
+
     def worker_counters(self):
         """Per worker: packets received, forwarded each way, handed to others (out), taken
         from others (in), lost to a full handoff ring, and new connections spilled over."""

@@ -243,6 +243,7 @@ cdef extern from "hp_dp.h":
     int hp_dp_add_group(hp_dp *dp, hp_engine *e) nogil
     int hp_dp_add_group_shards(hp_dp *dp, hp_engine *const *shards, int n) nogil
     int hp_dp_start_workers(hp_dp *dp, int n, const int *cpus, char *err, size_t errlen) nogil
+    int hp_dp_break_worker(hp_dp *dp, int w) nogil
     int hp_dp_add_link(hp_dp *dp, int role, int group, int kind, const char *ifname, int tap_fd,
                        const uint8_t *mac, char *err, size_t errlen) nogil
     int hp_dp_add_own(hp_dp *dp, int link, int family, const uint8_t *addr) nogil

@@ -216,7 +216,8 @@ def test_new_drop_reasons_are_named_and_counted(vpc):
     from hyperplane.engine._engine import DATAPATH_DROP_REASONS, LINK_STATES
 
     new = ("function_pending", "function_inactive", "no_vpc_config", "ipv6_not_allowed")
-    assert DATAPATH_DROP_REASONS[-4:] == new
+    assert DATAPATH_DROP_REASONS[-5:-1] == new
+    assert DATAPATH_DROP_REASONS[-1] == "handoff_full"   # the workers' (issue 19)
     assert set(new) <= set(vpc.drops())
     assert LINK_STATES == ("active", "pending", "inactive", "detached")
     c = vpc.link_counters("env0")
