@@ -171,7 +171,9 @@ class Lab:
     def placement(self) -> Dict[str, Any]:
         """Where the running data path placed itself (hyperplane.labconfig.placement): its
         ``loop_cpus``, ``inbound_cpus`` (empty: no inbound worker), ``ring_frames``,
-        ``function_cpus`` and, per choice, its ``source`` ("auto", "lab file", "default")."""
+        ``function_cpus``, ``workers`` (loop threads, each owning a slice of every ENI's
+        ports), ``worker_cpus`` (worker i's CPU; empty with one worker or unpinned) and, per
+        choice, its ``source`` ("auto", "lab file", "default")."""
         return self.request("counters")["placement"]
 
     def conntrack(self, **filters) -> List[Dict[str, Any]]:

@@ -338,7 +338,11 @@ class DatapathPlan:
     ``inbound_cpus``: when set, an inbound worker thread on these CPUs receives on the ENI
     links and does the VPC -> environment direction.
     ``placement``: "auto" chooses what the others leave out when the data path starts
-    (hyperplane.labconfig.placement); "none" leaves it to the scheduler and the defaults."""
+    (hyperplane.labconfig.placement); "none" leaves it to the scheduler and the defaults.
+    ``workers``: how many loop threads share the traffic, each owning the ports p with
+    p % workers == w of every ENI (1: one loop, as before; "auto": decided from the CPUs when
+    the data path starts, hyperplane.labconfig.placement.auto_workers); ``worker_cpus``: one
+    CPU per worker (worker 0 is the loop that also runs the control plane)."""
     cpus: Tuple[int, ...] = ()
     #: frames in each veth link's receive ring (2 KiB each); 0: the placement's choice
     ring_frames: int = 0
@@ -346,6 +350,11 @@ class DatapathPlan:
     inbound_cpus: Tuple[int, ...] = ()
     #: "auto": the data path places what is left out (hyperplane.labconfig.placement); "none"
     placement: str = "auto"
+    #: loop threads, each with its own engine shard owning a slice of every ENI's ports: an
+    #: int 1..16, or "auto" (hyperplane.labconfig.placement.auto_workers)
+    workers: Union[int, str] = 1
+    #: worker i runs on worker_cpus[i]; empty: the placement's choice
+    worker_cpus: Tuple[int, ...] = ()
 
 
 #: ``[conntrack]`` keys (the kernel's sysctl names without ``nf_conntrack_``) -> the field of

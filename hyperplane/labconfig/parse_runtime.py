@@ -1,10 +1,11 @@
 """Parsing the settings that shape the running lab rather than its network:
-``[lifecycle]`` (ENI delays and scale-out), ``[flow_logs]`` and ``[datapath]`` (placement, CPUs, rings).
+``[lifecycle]`` (ENI delays and scale-out), ``[flow_logs]`` and ``[datapath]`` (placement, CPUs,
+workers, rings).
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Union
 
 from hyperplane.engine.constants import RING_FRAMES_MAX, RING_FRAMES_MIN, RING_FRAMES_STEP
 from hyperplane.errors import LabConfigError
@@ -14,7 +15,7 @@ from hyperplane.labconfig.model import (FLOW_LOGS_AZ_ID, FLOW_LOGS_INTERVAL,
                                         LIFECYCLE_PROFILES, DatapathPlan, FlowLogsPlan,
                                         LabSettings, LifecyclePlan)
 from hyperplane.labconfig.fields import Key, Table
-from hyperplane.labconfig.placement import PLACEMENTS
+from hyperplane.labconfig.placement import PLACEMENTS, WORKERS_MAX, check_workers
 from hyperplane.labconfig.parse_common import ACCOUNT_ID, check_keys, expect
 from hyperplane.labconfig.problems import group, soft
 
@@ -76,12 +77,20 @@ DATAPATH = Table("[datapath]", "The data path process: its CPUs and its rings. L
         "none: nothing chosen (the scheduler decides, no inbound worker, rings of 4096)",
         default="auto", enum=PLACEMENTS),
     _cpus("cpus", "CPUs the data path's loop runs on (default: the placement's choice)"),
-    Key("ring_frames", "integer", f"frames (2 KiB) in each veth link's receive ring, a "
+    Key("ring_frames", "integer", f"frames (2 KiB) in each veth link's receive ring (each "
+        f"worker's, with more than one worker), a "
         f"multiple of {RING_FRAMES_STEP} from {RING_FRAMES_MIN} to {RING_FRAMES_MAX}; 0 or "
         "absent: the placement's choice", default=0, minimum=0, maximum=RING_FRAMES_MAX,
         multiple_of=RING_FRAMES_STEP),
     _cpus("inbound_cpus", "CPUs of a second thread doing the VPC -> environment direction "
           "(default: the placement's choice; the loop is kept off them)"),
+    Key("workers", ("integer", "string"), f"loop threads (1..{WORKERS_MAX}), each owning the "
+        "ports p with p % workers == w of every ENI; \"auto\": 1 on fewer than 4 CPUs (the "
+        "loop and the inbound worker), else half the CPUs the data path may use, at most "
+        f"{WORKERS_MAX}; more than 1 replaces cpus and inbound_cpus", default=1, minimum=1,
+        maximum=WORKERS_MAX, pattern="^auto$"),
+    _cpus("worker_cpus", "one CPU per worker (worker 0 is the loop, which also runs the "
+          "control plane; default: the placement's choice, the highest CPUs first)"),
 ))
 
 
@@ -201,7 +210,8 @@ def _parse_cpu_list(t: Dict[str, Any], key: str) -> Tuple[int, ...]:
 
 def parse_datapath(t: Any) -> DatapathPlan:
     """``[datapath]``: how the data path places itself (hyperplane.labconfig.placement), the
-    CPUs of its loop and of its inbound worker, and its rings' depth."""
+    CPUs of its loop and of its inbound worker, how many workers share the ports and their
+    CPUs (hyperplane.labconfig.placement.check_workers), and its rings' depth."""
     expect(t, dict, "datapath", "write it as a [datapath] table")
     check_keys(t, "datapath", DATAPATH)
     with group():
@@ -225,6 +235,12 @@ def parse_datapath(t: Any) -> DatapathPlan:
             cpus = _parse_cpu_list(t, "cpus")
         with soft():
             inbound = _parse_cpu_list(t, "inbound_cpus")
+        with soft():
+            workers = _parse_workers(t.get("workers", 1))
+        with soft():
+            worker_cpus = _parse_cpu_list(t, "worker_cpus")
+    check_workers(workers, worker_cpus, cpus, inbound)
+    cpus = cpus or (worker_cpus if workers == 1 else ())   # one worker: worker_cpus is the loop's
     if inbound and (cpus or placement == "none") and not set(cpus) - set(inbound):
         # The point of the worker is a CPU of its own; an unpinned loop (or one pinned to the
         # worker's CPUs) may share that CPU with it, paying for two threads' locks and
@@ -234,4 +250,16 @@ def parse_datapath(t: Any) -> DatapathPlan:
                              "datapath.cpus to CPUs outside them (like cpus = [1] with "
                              "inbound_cpus = [0]), or leave cpus out with placement = "
                              "\"auto\", or leave inbound_cpus out")
-    return DatapathPlan(cpus=cpus, ring_frames=frames, inbound_cpus=inbound, placement=placement)
+    return DatapathPlan(cpus=cpus, ring_frames=frames, inbound_cpus=inbound, placement=placement,
+                        workers=workers, worker_cpus=worker_cpus)
+
+
+def _parse_workers(workers: Any) -> Union[int, str]:
+    if workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool)
+                             and 1 <= workers <= WORKERS_MAX):
+        return workers
+    raise LabConfigError("datapath.workers", f"{workers!r}: write a whole number from 1 to "
+                         f"{WORKERS_MAX} (loop threads, each owning a slice of every ENI's "
+                         "ports; 1 is one loop), or \"auto\" (chosen from the CPUs the data "
+                         "path may use)")
+

@@ -51,8 +51,10 @@ JSON schema of ``stats --json`` (``"schema": 1``; counts are integers, percentag
            saves {saved, failed, last_error, last_connections, last_seconds,
                   last_loop_seconds (how long the save held the forwarding loop)}}
     placement {placement ("auto" or "none"), loop_cpus[], inbound_cpus[] (empty: no inbound
-               worker), ring_frames, function_cpus[], allowed_cpus[], source {loop_cpus,
-               inbound_cpus, ring_frames: "auto", "lab file" or "default"}} or null
+               worker), ring_frames, function_cpus[], allowed_cpus[], workers (loop threads
+               each owning a slice of every ENI's ports), worker_cpus[] (worker i's CPU; empty:
+               one worker or unpinned), source {loop_cpus, inbound_cpus, ring_frames, workers,
+               worker_cpus: "auto", "lab file" or "default"}} or null
 
 Every drop reason is present in JSON (zero or not); the text view hides the zero ones.
 
@@ -400,7 +402,10 @@ def _placement_rows(p: Dict[str, Any]) -> List[List[str]]:
              src.get("inbound_cpus", "-")],
             ["ring frames", str(p["ring_frames"]), src.get("ring_frames", "-")],
             ["functions' CPUs", cpus(p.get("function_cpus") or (), "any"),
-             f"placement {p.get('placement')}"]]
+             f"placement {p.get('placement')}"],
+            ["workers", str(p.get("workers", 1)), src.get("workers", "-")]] + \
+        ([["worker CPUs", cpus(p.get("worker_cpus") or (), "any (unpinned)"),
+           src.get("worker_cpus", "-")]] if p.get("workers", 1) > 1 else [])
 
 
 def stats_head(s: Dict[str, Any]) -> str:

@@ -63,7 +63,9 @@ def test_default_lab_places_its_data_path_and_says_so(own_lab):
     got = lab.placement()
     assert got == want
     assert got["source"] == {"loop_cpus": "auto", "inbound_cpus": "auto",
-                             "ring_frames": "auto"}
+                             "ring_frames": "auto", "workers": "default",
+                             "worker_cpus": "default"}
+    assert got["workers"] == 1 and got["worker_cpus"] == []
     assert got["ring_frames"] == 16384
     check_threads(lab.pid, got)
     # the veth links' rings are as deep as it says
@@ -103,6 +105,7 @@ def test_placement_none_places_nothing(own_lab):
     allowed = sorted(os.sched_getaffinity(0))
     assert p["loop_cpus"] == [] and p["inbound_cpus"] == [] and p["ring_frames"] == 4096
     assert p["source"] == {"loop_cpus": "default", "inbound_cpus": "default",
-                           "ring_frames": "default"}
+                           "ring_frames": "default", "workers": "default",
+                           "worker_cpus": "default"}
     # no thread pinned: the loop's and every other one may use every CPU, and no worker
     assert all(c == set(allowed) for c in threads_cpus(lab.pid).values())

@@ -14,7 +14,8 @@ from hyperplane.labconfig.placement import (AUTO_RING_FRAMES, Placement, describ
                                             ring_frames_for, veth_links)
 from kit.labdocs import base_doc, parse, refused
 
-AUTO_SRC = {"loop_cpus": "auto", "inbound_cpus": "auto", "ring_frames": "auto"}
+AUTO_SRC = {"loop_cpus": "auto", "inbound_cpus": "auto", "ring_frames": "auto",
+            "workers": "default", "worker_cpus": "default"}   # one worker: the default
 
 
 def test_one_cpu_pins_nothing_and_starts_no_worker():
@@ -66,7 +67,7 @@ def test_none_places_nothing_but_keeps_explicit_values():
     assert (p.loop_cpus, p.inbound_cpus, p.function_cpus) == ((), (), ())
     assert p.ring_frames == 4096
     assert p.source == {"loop_cpus": "default", "inbound_cpus": "default",
-                        "ring_frames": "default"}
+                        "ring_frames": "default", "workers": "default", "worker_cpus": "default"}
     p = place(DatapathPlan(placement="none", cpus=(1,), inbound_cpus=(0,)), {0, 1})
     assert p.loop_cpus == (1,) and p.inbound_cpus == (0,) and p.function_cpus == ()
 

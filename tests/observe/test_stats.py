@@ -199,7 +199,14 @@ def test_placement_in_json_and_text():
     (sec,) = [x for x in stats.sections(s) if x.title == "placement"]
     assert sec.rows == [["loop CPUs", "1", "lab file"], ["inbound worker CPUs", "0", "auto"],
                         ["ring frames", "16384", "auto"],
-                        ["functions' CPUs", "0", "placement auto"]]
+                        ["functions' CPUs", "0", "placement auto"],
+                        ["workers", "1", "default"]]
+    two = place(DatapathPlan(workers=2, worker_cpus=(1, 0)), {0, 1}, 2).to_dict()
+    (sec,) = [x for x in stats.sections(stats.summarize({**counters(), "placement": two}))
+              if x.title == "placement"]
+    assert sec.rows[0] == ["loop CPUs", "1", "lab file"]     # worker 0 is the loop
+    assert sec.rows[1][1] == "none (no worker)"               # no inbound worker beside them
+    assert sec.rows[-2:] == [["workers", "2", "lab file"], ["worker CPUs", "1,0", "lab file"]]
     none = place(DatapathPlan(placement="none"), {0, 1}).to_dict()
     (sec,) = [x for x in stats.sections(stats.summarize({**counters(), "placement": none}))
               if x.title == "placement"]
