@@ -268,8 +268,8 @@ int hp_link_error(hp_dp *dp, int w, hp_link *l)
     int wfd = hp_io_tap_wait_fd(p);
     if (wfd >= 0)
         epoll_ctl(epfd, EPOLL_CTL_DEL, wfd, NULL);
-    __atomic_store_n(&l->down, 1, __ATOMIC_RELAXED);
-    return HP_POLL_LINK_DOWN;
+    /* with workers each sees its own socket fail: the link is reported once */
+    return __atomic_exchange_n(&l->down, 1, __ATOMIC_RELAXED) ? 0 : HP_POLL_LINK_DOWN;
 }
 
 /* Whether a thread other than the loop stopped on an error: the data path must not go on

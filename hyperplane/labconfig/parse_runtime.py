@@ -4,6 +4,7 @@ workers, rings).
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Dict, Tuple, Union
 
@@ -236,7 +237,7 @@ def parse_datapath(t: Any) -> DatapathPlan:
         with soft():
             inbound = _parse_cpu_list(t, "inbound_cpus")
         with soft():
-            workers = _parse_workers(t.get("workers", 1))
+            workers = _parse_workers(t.get("workers", default_workers(t)))
         with soft():
             worker_cpus = _parse_cpu_list(t, "worker_cpus")
     check_workers(workers, worker_cpus, cpus, inbound)
@@ -252,6 +253,25 @@ def parse_datapath(t: Any) -> DatapathPlan:
                              "\"auto\", or leave inbound_cpus out")
     return DatapathPlan(cpus=cpus, ring_frames=frames, inbound_cpus=inbound, placement=placement,
                         workers=workers, worker_cpus=worker_cpus)
+
+
+#: The number of workers of a lab file that says nothing of its threads (no workers,
+#: worker_cpus, cpus or inbound_cpus): 1, or what this variable says (a number or "auto"). It
+#: runs a whole test suite, or every lab of a session, on workers without editing lab files.
+WORKERS_ENV = "HYPERPLANE_WORKERS"
+
+
+def default_workers(t: Dict[str, Any]) -> Union[int, str]:
+    """``workers`` where the ``[datapath]`` table ``t`` does not set it (see WORKERS_ENV)."""
+    v = os.environ.get(WORKERS_ENV, "")
+    if not v or any(k in t for k in ("workers", "worker_cpus", "cpus", "inbound_cpus")):
+        return 1
+    if v == "auto":
+        return v
+    if not v.isdigit():
+        raise LabConfigError("datapath.workers", f"{WORKERS_ENV}={v!r}: a number of workers "
+                             f"(1..{WORKERS_MAX}) or \"auto\" is expected; fix or unset it")
+    return int(v)
 
 
 def _parse_workers(workers: Any) -> Union[int, str]:

@@ -48,7 +48,7 @@ def scratch_ns() -> Iterator[str]:
         pnetns.remove(ns)
 
 
-@pytest.fixture(params=[False, True], ids=["one-thread", "inbound-worker"])
+@pytest.fixture(params=["one-thread", "inbound-worker", "two-workers"])
 def rig(scratch_ns, request) -> Iterator[Rig]:
     from pyroute2 import IPRoute
 
@@ -61,7 +61,8 @@ def rig(scratch_ns, request) -> Iterator[Rig]:
                     ipr.link("add", ifname=a, kind="veth", peer=b, address=mac)
                     for n in (a, b):
                         ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
-        r = Rig(ns, inbound_worker=request.param)
+        r = Rig(ns, inbound_worker=request.param == "inbound-worker",
+                workers=2 if request.param == "two-workers" else 1)
         yield r
     finally:
         if r is not None:

@@ -66,16 +66,22 @@ class Frames:
 
 
 class Rig(Frames):
-    def __init__(self, ns: str, inbound_worker: bool = False):
+    def __init__(self, ns: str, inbound_worker: bool = False, workers: int = 1,
+                 ports=None):
         from hyperplane.engine._engine import DataPath, Engine
         from hyperplane.engine.config import EngineConfig, Eni
+        from hyperplane.engine.sharded import ShardedEngine
 
         self.ns = ns
-        self.engine = Engine(EngineConfig(enis=[Eni("eni-0123456789abcdef0", ipv4=ENI4,
-                                                    ipv6=ENI6)], seed=7))
+        cfg = EngineConfig(enis=[Eni("eni-0123456789abcdef0", ipv4=ENI4, ipv6=ENI6)], seed=7,
+                           **({} if ports is None else dict(port_min=ports[0],
+                                                            port_max=ports[1])))
         self.dp = DataPath()
         if inbound_worker:   # every test again with the ENI link served by a thread of its own
             self.dp.start_inbound_worker()
+        if workers > 1:   # and with workers, each owning a slice of the ports (issue 19)
+            self.dp.start_workers(workers)
+        self.engine = Engine(cfg) if workers == 1 else ShardedEngine(cfg, workers)
         g = self.dp.add_group(self.engine)
         with netns.entered(ns):
             self.eni = self.dp.add_link("eni", g, name="eni0", mac=ENI_MAC, ifname="eni0")
