@@ -133,7 +133,7 @@ hp_pool *hp_get_pool(hp_engine *e, unsigned i, int family, int proto)
     if (!*pp) {
         hp_pool *p = malloc(sizeof *p);
         if (!p || hp_pool_init(p, e->cfg.seed, i, family, proto, e->cfg.port_min,
-                               e->cfg.port_max) != 0) {
+                               e->cfg.port_max, e->cfg.port_stride, e->cfg.port_slice) != 0) {
             free(p);
             return NULL;
         }

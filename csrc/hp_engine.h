@@ -90,6 +90,9 @@ typedef struct {
     double timeouts[HP_N_CLASSES]; /* index = timeout class = state number */
     uint64_t seed;
     uint32_t max_per_src; /* connections one source address may hold; 0: no limit */
+    /* This engine's slice of every ENI's ports: the p with p % port_stride == port_slice (one
+     * data path worker's shard, issue 19). port_stride 0 or 1: the whole range. */
+    uint16_t port_stride, port_slice;
 } hp_config;
 
 /* Connections per source address (an environment), for max_per_src: open addressing with
@@ -212,7 +215,8 @@ enum {
     HP_RS_EXPIRED = 3,      /* its timeout passed before it could be restored */
     HP_RS_DUPLICATE = 4,    /* a tuple or the port is already taken in this table */
     HP_RS_TABLE_FULL = 5,   /* no room */
-    HP_RS_COUNT = 6
+    HP_RS_OTHER_SLICE = 6,  /* its port is another shard's (checked right after INVALID) */
+    HP_RS_COUNT = 7
 };
 
 /* Copy up to max connections into out, each timeout class oldest first (the order restore

@@ -8,29 +8,46 @@
 #include "hp_rand.h"
 #include "hp_types.h"
 
-int hp_pool_init(hp_pool *p, uint64_t seed, unsigned eni_index, int family, int proto,
-                 uint16_t port_min, uint16_t port_max)
+uint32_t hp_slice_ports(uint16_t port_min, uint16_t port_max, uint16_t stride, uint16_t slice,
+                        uint16_t *first)
 {
-    uint32_t n = (uint32_t)port_max - port_min + 1, i;
+    uint32_t s = stride ? stride : 1, k = s == 1 ? 0 : slice % s;
+    /* the lowest p >= port_min with p % s == k */
+    uint32_t f = port_min + ((k + s - port_min % s) % s);
+    *first = port_min;
+    if (f > port_max)
+        return 0;
+    *first = (uint16_t)f;
+    return ((uint32_t)port_max - f) / s + 1;
+}
+
+int hp_pool_init(hp_pool *p, uint64_t seed, unsigned eni_index, int family, int proto,
+                 uint16_t port_min, uint16_t port_max, uint16_t stride, uint16_t slice)
+{
+    uint16_t first;
+    uint32_t n = hp_slice_ports(port_min, port_max, stride, slice, &first), i;
+    uint32_t m = n ? n : 1; /* an empty slice still gets (unused) arrays: malloc(0) may be NULL */
     p->n = p->n_free = n;
-    p->port_min = port_min;
+    p->port_min = first;
+    p->stride = stride > 1 ? stride : 1;
     p->next = malloc((n + 1) * sizeof *p->next);
     p->prev = malloc((n + 1) * sizeof *p->prev);
-    p->freed_at = malloc(n * sizeof *p->freed_at);
-    p->in_use = calloc(n, 1);
-    uint16_t *perm = malloc(n * sizeof *perm);
+    p->freed_at = malloc(m * sizeof *p->freed_at);
+    p->in_use = calloc(m, 1);
+    uint16_t *perm = malloc(m * sizeof *perm);
     if (!p->next || !p->prev || !p->freed_at || !p->in_use || !perm) {
         free(perm);
         hp_pool_destroy(p);
         return -1;
     }
-    /* The seeded Fisher-Yates shuffle, exactly as reference.port_permutation. */
+    /* The seeded Fisher-Yates shuffle of the indices, exactly as reference.port_permutation
+     * (of the whole range, the same order as before slices existed). */
     uint64_t pool_no = 1 + (uint64_t)eni_index * 4 + (family == 6 ? 2 : 0) +
                        (proto == HP_IPPROTO_UDP ? 1 : 0);
     uint64_t state = seed ^ (HP_GOLDEN * pool_no);
     for (i = 0; i < n; i++)
         perm[i] = (uint16_t)i;
-    for (i = n - 1; i > 0; i--) {
+    for (i = n ? n - 1 : 0; i > 0; i--) {
         uint64_t j = hp_splitmix64(&state) % ((uint64_t)i + 1);
         uint16_t t = perm[i];
         perm[i] = perm[j];
@@ -63,26 +80,29 @@ void hp_pool_destroy(hp_pool *p)
 
 size_t hp_pool_bytes(const hp_pool *p)
 {
-    return (size_t)(p->n + 1) * 4 + (size_t)p->n * (sizeof(double) + 1);
+    size_t m = p->n ? p->n : 1;
+    return (size_t)(p->n + 1) * 4 + m * (sizeof(double) + 1);
 }
 
 unsigned hp_pool_candidates(const hp_pool *p, uint16_t preferred, double now, double reuse_delay,
                             uint16_t *out)
 {
     unsigned k = 0;
-    uint32_t pi = (uint32_t)preferred - p->port_min;
-    if (preferred >= p->port_min && pi < p->n && !p->in_use[pi] &&
-        p->freed_at[pi] + reuse_delay <= now)
-        out[k++] = preferred;
+    /* the kept source port only when it is in this pool's slice */
+    if (hp_pool_has(p, preferred)) {
+        uint32_t pi = hp_pool_index(p, preferred);
+        if (!p->in_use[pi] && p->freed_at[pi] + reuse_delay <= now)
+            out[k++] = preferred;
+    }
     uint32_t i = p->next[p->n];
     for (unsigned probes = 0; probes < HP_PORT_PROBES && i != p->n; probes++, i = p->next[i])
-        out[k++] = (uint16_t)(p->port_min + i);
+        out[k++] = (uint16_t)(p->port_min + i * p->stride);
     return k;
 }
 
 void hp_pool_take(hp_pool *p, uint16_t port)
 {
-    uint32_t i = (uint32_t)port - p->port_min;
+    uint32_t i = hp_pool_index(p, port);
     p->next[p->prev[i]] = p->next[i];
     p->prev[p->next[i]] = p->prev[i];
     p->in_use[i] = 1;
@@ -91,7 +111,7 @@ void hp_pool_take(hp_pool *p, uint16_t port)
 
 void hp_pool_release(hp_pool *p, uint16_t port, double now)
 {
-    uint32_t i = (uint32_t)port - p->port_min, tail = p->prev[p->n];
+    uint32_t i = hp_pool_index(p, port), tail = p->prev[p->n];
     p->next[tail] = (uint16_t)i;
     p->prev[i] = (uint16_t)tail;
     p->next[i] = (uint16_t)p->n;

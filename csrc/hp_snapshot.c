@@ -82,6 +82,8 @@ int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
 {
     if (!saved_ok(e, s) || !isfinite(shift))
         return HP_RS_INVALID;
+    if (e->cfg.port_stride > 1 && s->eni_port % e->cfg.port_stride != e->cfg.port_slice)
+        return HP_RS_OTHER_SLICE; /* the shard owning that port restores it */
     int family = s->orig.family, proto = s->orig.proto;
     const hp_eni *eni = s->eni_index < e->n_enis ? &e->enis[s->eni_index] : NULL;
     if (!eni || !eni->has[FAM(family)] || memcmp(eni->addr[FAM(family)], s->reply.dst, 16) != 0)
@@ -94,7 +96,8 @@ int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
     hp_pool *pool = hp_get_pool(e, s->eni_index, family, proto);
     if (!pool)
         return HP_RS_TABLE_FULL; /* out of memory for the pool */
-    if (lookup(e, &s->orig) || lookup(e, &s->reply) || pool->in_use[s->eni_port - pool->port_min])
+    if (lookup(e, &s->orig) || lookup(e, &s->reply) ||
+        pool->in_use[hp_pool_index(pool, s->eni_port)])
         return HP_RS_DUPLICATE;
     if (e->n_entries >= e->cfg.capacity)
         return HP_RS_TABLE_FULL;

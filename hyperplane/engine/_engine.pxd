@@ -26,6 +26,9 @@ cdef extern from "hp_ports.h":
         uint32_t n
         uint32_t n_free
 
+    uint32_t hp_slice_ports(uint16_t port_min, uint16_t port_max, uint16_t stride, uint16_t slice,
+                            uint16_t *first)
+
 cdef extern from "hp_tcp.h":
     enum:
         HP_TCP_N_FLAGCLASSES
@@ -102,6 +105,8 @@ cdef extern from "hp_engine.h":
         double timeouts[11]
         uint64_t seed
         uint32_t max_per_src
+        uint16_t port_stride
+        uint16_t port_slice
 
     ctypedef struct hp_engine:
         hp_config cfg

@@ -24,8 +24,8 @@ from hyperplane.engine.constants import (
 from hyperplane.engine import tcp_states as _tcp_states
 from hyperplane.engine.types import (
     EVENT_KINDS, GONE_REASONS, MAX_EGRESS_RULES, RESTORE_OUTCOMES, EntryInfo, Event, Result,
-    Tuple5, check_new_eni, eni_index, orig_key, parse_egress_rules, snapshot_blob,
-    snapshot_records)
+    Tuple5, check_new_eni, check_port_slice, eni_index, orig_key, parse_egress_rules,
+    snapshot_blob, snapshot_records)
 
 ENGINE_NAME = "compiled"
 
@@ -104,6 +104,7 @@ cdef class Engine:
     cdef list _enis
     cdef uint32_t _fc_cursor   # where a flow_collect(limit=...) round goes on (0: none open)
     cdef readonly object config
+    cdef readonly tuple port_slice  # (index, count): the ports p % count == index of each ENI
     cdef public object clock
 
     engine = ENGINE_NAME
@@ -111,12 +112,13 @@ cdef class Engine:
     def __cinit__(self):
         self._e = NULL
 
-    def __init__(self, config, clock=time.monotonic):
+    def __init__(self, config, clock=time.monotonic, port_slice=(0, 1)):
         cdef hp_config c
         if self._e != NULL:
             raise RuntimeError("Engine.__init__ called twice; build a new Engine instead")
         if not isinstance(config, EngineConfig):
             raise TypeError("config must be a hyperplane.EngineConfig")
+        self.port_slice = check_port_slice(port_slice)
         self.config = config.validate()
         self.clock = clock
         c.capacity = config.capacity
@@ -128,6 +130,8 @@ cdef class Engine:
         for i in range(HP_N_CLASSES):
             c.timeouts[i] = tl[i]
         c.seed = config.resolved_seed()
+        c.port_slice = self.port_slice[0]
+        c.port_stride = self.port_slice[1]
         self._e = hp_engine_new(&c)
         if self._e == NULL:
             raise MemoryError(f"cannot allocate a table of {config.capacity} connections")
@@ -495,11 +499,13 @@ cdef class Engine:
 
     def pool_fill(self):
         """Ports in use per ENI address and protocol, and whether the ENI takes new
-        connections (``enabled``)."""
+        connections (``enabled``); ``size``: the ports of this engine's slice."""
         self._check_idle()
         cdef hp_pool *p
+        cdef uint16_t first
         out = []
-        size = self.config.ports_per_eni
+        size = hp_slice_ports(self.config.port_min, self.config.port_max, self.port_slice[1],
+                              self.port_slice[0], &first)
         for i, eni in enumerate(self._enis):
             for fi, family in ((0, 4), (1, 6)):
                 addr = eni.ipv4 if family == 4 else eni.ipv6

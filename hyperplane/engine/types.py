@@ -102,7 +102,34 @@ SNAP_RECORD = struct.Struct("<40s40sd2Q2Q2Q2IIHBB20s20s")
 SNAP_TUPLE = struct.Struct("<16s16sHHBB2x")
 SNAP_WIN = struct.Struct("<IIIIBB2s")
 #: restore()'s result keys: restored, then why a record was not (checked in this order).
-RESTORE_OUTCOMES = ("restored", "invalid", "eni_mismatch", "expired", "duplicate", "table_full")
+#: other_slice (checked right after invalid): the record's port belongs to another shard's slice.
+RESTORE_OUTCOMES = ("restored", "invalid", "eni_mismatch", "expired", "duplicate", "table_full",
+                    "other_slice")
+
+#: the most shards (data path workers) an engine's port range may be cut into
+MAX_PORT_SLICES = 64
+
+
+def check_port_slice(port_slice) -> tuple:
+    """``(index, count)`` of an engine's port slice, checked: 0 <= index < count <= 64. The slice
+    is the ports p with ``p % count == index`` of every ENI's range (a data path worker's share)."""
+    try:
+        index, count = port_slice
+    except (TypeError, ValueError):
+        raise ValueError(f"port_slice {port_slice!r}: a pair (index, count), e.g. (0, 1) for the "
+                         f"whole port range") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)) or \
+            not 0 <= index < count <= MAX_PORT_SLICES:
+        raise ValueError(f"port_slice {port_slice!r}: needs whole numbers 0 <= index < count <= "
+                         f"{MAX_PORT_SLICES} (count: the number of shards, index: this one's)")
+    return int(index), int(count)
+
+
+def slice_ports(port_min: int, port_max: int, index: int, count: int) -> range:
+    """The ports of [port_min, port_max] in slice ``index`` of ``count``: p % count == index
+    (csrc/hp_ports.c hp_slice_ports). Count 1 is the whole range."""
+    first = port_min + (index - port_min) % count
+    return range(first, port_max + 1, count)
 
 
 

@@ -36,7 +36,8 @@ def _open(eng, family=4, sport=40000, now=1.0):
 
 
 def _outcome(**kw):
-    out = dict(restored=0, invalid=0, eni_mismatch=0, expired=0, duplicate=0, table_full=0)
+    out = dict(restored=0, invalid=0, eni_mismatch=0, expired=0, duplicate=0, table_full=0,
+               other_slice=0)
     out.update(kw)
     return out
 

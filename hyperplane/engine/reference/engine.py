@@ -49,8 +49,8 @@ from hyperplane.engine.reference.snapshot import SnapshotMixin
 from hyperplane.engine.reference import window
 from hyperplane.engine.reference.table import MAX_SOURCES, Conn, TableMixin
 from hyperplane.engine.types import (
-    EVENT_KINDS, EgressRule, EntryInfo, Result, Tuple5, check_new_eni, eni_index,
-    parse_egress_rules, tuple_key,
+    EVENT_KINDS, EgressRule, EntryInfo, Result, Tuple5, check_new_eni, check_port_slice,
+    eni_index, parse_egress_rules, slice_ports, tuple_key,
 )
 
 ENGINE_NAME = "reference"
@@ -76,7 +76,11 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
 
     engine = ENGINE_NAME
 
-    def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.monotonic,
+                 port_slice: Tuple[int, int] = (0, 1)):
+        #: (index, count): this engine holds the ports p % count == index of every ENI's range
+        #: (a data path worker's shard; see hyperplane.engine.sharded). (0, 1): all of them.
+        self.port_slice = check_port_slice(port_slice)
         self.config = config.validate()
         self.clock = clock
         self._seed = config.resolved_seed()
@@ -153,7 +157,8 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
         if pool is None:  # built on first use; its order depends only on the seed and the key
             cfg = self.config
             pool = PortPool(port_permutation(self._seed, eni_index, family, proto,
-                                             cfg.port_min, cfg.port_max), cfg.port_reuse_delay)
+                                             cfg.port_min, cfg.port_max, self.port_slice),
+                            cfg.port_reuse_delay)
             self._pools[key] = pool
         return pool
 
@@ -473,9 +478,9 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
 
     def pool_fill(self) -> List[Dict[str, object]]:
         """Ports in use per ENI address and protocol, and whether the ENI takes new
-        connections (``enabled``)."""
+        connections (``enabled``); ``size``: the ports of this engine's slice."""
         out = []
-        size = self.config.ports_per_eni
+        size = len(slice_ports(self.config.port_min, self.config.port_max, *self.port_slice))
         for i, eni in enumerate(self._enis):
             for family in (4, 6):
                 addr = self._eni_addr(eni, family)

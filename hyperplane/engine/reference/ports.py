@@ -8,6 +8,7 @@ import itertools
 from typing import Dict, Iterator, List, Tuple
 
 from hyperplane.engine.constants import IPPROTO_UDP
+from hyperplane.engine.types import slice_ports
 
 PORT_PROBES = 8           # candidate ports tried per ENI on a reply-tuple collision
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -24,15 +25,18 @@ def splitmix64(state: int) -> Tuple[int, int]:
 
 
 def port_permutation(seed: int, eni_index: int, family: int, proto: int,
-                     port_min: int, port_max: int) -> List[int]:
-    """The order in which a pool hands out ports: a seeded Fisher-Yates shuffle of the range.
+                     port_min: int, port_max: int, port_slice: Tuple[int, int] = (0, 1)
+                     ) -> List[int]:
+    """The order in which a pool hands out ports: a seeded Fisher-Yates shuffle of the range,
+    or of one slice of it (``port_slice`` = (index, count): the ports p % count == index, a data
+    path worker's share; (0, 1), the whole range, gives the order it always gave).
 
     RFC 6056 3.3.1 ("simple port randomization") picks each port at random; a permutation gives
     the same unpredictability and, with freed ports queued at the back, also delays reuse
     (RFC 6056 3.1)."""
     pool_no = 1 + eni_index * 4 + (2 if family == 6 else 0) + (1 if proto == IPPROTO_UDP else 0)
     state = (seed ^ ((_GOLDEN * pool_no) & _M64)) & _M64
-    perm = list(range(port_min, port_max + 1))
+    perm = list(slice_ports(port_min, port_max, *port_slice))
     for i in range(len(perm) - 1, 0, -1):
         state, r = splitmix64(state)
         j = r % (i + 1)
@@ -63,7 +67,8 @@ class PortPool:
         return self.size - len(self.free)
 
     def candidates(self, preferred: int, now: float) -> Iterator[int]:
-        """Ports to try, best first: the preferred one if reusable, then the FIFO head onward."""
+        """Ports to try, best first: the preferred one if reusable (and in this pool's slice:
+        only its ports are ever free here), then the FIFO head onward."""
         if preferred in self.free:
             t = self.freed_at.get(preferred)
             if t is None or t + self.reuse_delay <= now:

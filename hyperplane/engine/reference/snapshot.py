@@ -51,8 +51,9 @@ class SnapshotMixin:
         on its ENI (same index, same address) with its port, state, counters, id and timer
         (``last_seen + shift``, never later than now). No events. Returns how many were restored
         and, for the rest, why not: invalid (not a record this engine could have written),
-        eni_mismatch, expired (timed out meanwhile), duplicate (a tuple or the port is taken
-        already), table_full. ValueError for a blob that is not a snapshot."""
+        other_slice (its port is another shard's: port_slice), eni_mismatch, expired (timed out
+        meanwhile), duplicate (a tuple or the port is taken already), table_full. ValueError
+        for a blob that is not a snapshot."""
         records = snapshot_records(blob)
         if not math.isfinite(shift):
             raise ValueError(f"shift {shift!r}: must be a finite number of seconds")
@@ -89,6 +90,9 @@ class SnapshotMixin:
               and (proto != IPPROTO_TCP or wins[0][2] != 0))
         if not ok:
             return 1                                                     # invalid
+        index, count = self.port_slice
+        if count > 1 and port % count != index:
+            return 6                                                     # other_slice
         text = self._eni_addr(self._enis[eni], family) if eni < len(self._enis) else None
         if text is None or addr_bytes(family, text).ljust(16, b"\0") != r_dst:
             return 2                                                     # eni_mismatch
