@@ -38,9 +38,10 @@ def rig2(scratch_ns):
 
 
 def _resolve_host(rig) -> None:
+    """The server asks for the ENI (ARP): the data path answers and learns the server."""
     sc = scapy()
-    rig.exchange("enip", sc.Ether(src=HOST_MAC, dst=ENI_MAC) / sc.ARP(
-        op=2, hwsrc=HOST_MAC, psrc=HOST4, hwdst=ENI_MAC, pdst=ENI4))
+    rig.exchange("enip", sc.Ether(src=HOST_MAC, dst="ff:ff:ff:ff:ff:ff") / sc.ARP(
+        op=1, hwsrc=HOST_MAC, psrc=HOST4, pdst=ENI4))
 
 
 def _udp(sport, dport=53, payload=b"q" * 16):
@@ -50,37 +51,27 @@ def _udp(sport, dport=53, payload=b"q" * 16):
 
 
 def _open(rig, sports):
-    """Send one UDP datagram per source port (the first makes the data path ARP for the
-    server, which answers); returns {source port: ENI port} of what left the ENI link."""
+    """Both neighbours known, one UDP datagram per source port; returns {source port: ENI
+    port} of what left the ENI link."""
     sc = scapy()
     learn_env(rig)
-    rig.exchange("envp", _udp(sports[0]))   # queued behind ARP for the server
-    out = []
     _resolve_host(rig)
-    out += rig.drain()["enip"]
-    for sp in sports[1:]:
-        rig.send("envp", _udp(sp))
-    rig.run(60)
-    out += rig.drain()["enip"]
+    for sp in sports:
+        rig.send("envp", _udp(sp, payload=b"%d" % sp))
+    rig.run(80)
     got = {}
-    for f in out:
+    for f in rig.drain()["enip"]:
         p = sc.Ether(f)
         if p.haslayer(sc.UDP):
             assert p[sc.IP].src == ENI4
-            got[bytes(p[sc.UDP].payload)] = p[sc.UDP].sport
+            got[int(bytes(p[sc.UDP].payload))] = p[sc.UDP].sport
     return got
 
 
 def test_flows_land_on_the_owner_of_their_port_and_come_back(rig2):
     sc = scapy()
     sports = list(range(40000, 40040))
-    learn_env(rig2)
-    _resolve_host(rig2)
-    for sp in sports:
-        rig2.send("envp", _udp(sp, payload=b"%d" % sp))
-    rig2.run(80)
-    out = [sc.Ether(f) for f in rig2.drain()["enip"]]
-    ports = {int(bytes(p[sc.UDP].payload)): p[sc.UDP].sport for p in out if p.haslayer(sc.UDP)}
+    ports = _open(rig2, sports)
     assert sorted(ports) == sports
     # the kept source port where free, and always in the owner's slice (p % 2 == sport % 2)
     assert all(port % 2 == sp % 2 for sp, port in ports.items())
@@ -106,7 +97,7 @@ def test_an_icmp_error_reaches_the_owner_through_a_handoff(rig2):
     owner from the embedded packet's source port (the ENI's port) and hands it over."""
     sc = scapy()
     ports = _open(rig2, [40001])   # an odd port: worker 1's
-    port = ports[b"q" * 16]
+    port = ports[40001]
     assert port % 2 == 1
     inner = sc.IP(src=ENI4, dst=HOST4, ttl=63) / sc.UDP(sport=port, dport=53) / (b"q" * 16)
     err = sc.Ether(src=HOST_MAC, dst=ENI_MAC) / sc.IP(src=HOST4, dst=ENI4) / sc.ICMP(
@@ -156,15 +147,7 @@ def test_a_full_slice_spills_so_exhaustion_is_decided_over_both(scratch_ns):
     sc = scapy()
     rig = _rig(scratch_ns, ports=(65532, 65535))
     try:
-        sports = [40000, 40002, 40004, 40006, 40008]
-        learn_env(rig)
-        _resolve_host(rig)
-        for sp in sports:
-            rig.send("envp", _udp(sp, payload=b"%d" % sp))
-        rig.run(80)
-        out = [sc.Ether(f) for f in rig.drain()["enip"]]
-        ports = {int(bytes(p[sc.UDP].payload)): p[sc.UDP].sport for p in out
-                 if p.haslayer(sc.UDP)}
+        ports = _open(rig, [40000, 40002, 40004, 40006, 40008])
         assert len(ports) == 4 and sorted(ports.values()) == [65532, 65533, 65534, 65535]
         c = rig.engine.counters()
         assert c["drops"]["port_exhausted"] == 1 and c["connections"] == 4
