@@ -58,9 +58,10 @@ void hp_outbound(hp_dp *dp, int w, hp_link *l, const struct virtio_net_hdr *vh, 
     }
     uint8_t reason;
     uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
-    /* With workers, a new connection whose owner's slice of the ports is full spills over to
-     * the next worker (exhaustion is decided over all slices), and a segment of no connection
-     * here may belong to one that spilled: the engine is asked not to count those two drops
+    /* With workers, a new connection whose owner's slice of the ports is full, or whose
+     * source holds its share of max_per_src in this shard, spills over to the next worker
+     * (exhaustion and the limit are decided over all shards), and a segment of no connection
+     * here may belong to one that spilled: the engine is asked not to count those drops
      * (HP_FLAG_SPILL) until the last worker has had it. */
     int spill = dp->mt == HP_MT_WORKERS && hops < (int)dp->n_threads - 1;
     lock_engine(dp, g);
@@ -68,7 +69,8 @@ void hp_outbound(hp_dp *dp, int w, hp_link *l, const struct virtio_net_hdr *vh, 
                                now, &reason);
     unlock_engine(dp, g);
     if (verdict == HP_DROP) {
-        if (spill && (reason == HP_R_PORT_EXHAUSTED || reason == HP_R_TCP_NOT_SYN)) {
+        if (spill && (reason == HP_R_PORT_EXHAUSTED || reason == HP_R_TCP_NOT_SYN ||
+                      reason == HP_R_SOURCE_LIMIT)) {
             dp->wk[w].spilled++;
             hp_handoff(dp, w, (w + 1) % (int)dp->n_threads, l, vh, f, len, hops + 1);
             return;

@@ -80,7 +80,11 @@ static int fs_same(const fs_slot *s, const hp_parsed *p)
            s->proto == p->t.proto && hp_eq16(s->src, p->t.src) && hp_eq16(s->dst, p->t.dst);
 }
 
-/* ---- who owns a packet ----------------------------------------------------------------------- */
+/* ---- who owns a packet -----------------------------------------------------------------------
+ * Port p belongs to worker (p >> HP_PORT_BLOCK_SHIFT) % N: pairs of ports, not single ones,
+ * because Linux's connect() picks even ephemeral ports (and bind() odd ones): by p % 2, every
+ * connection of a Linux client would land on worker 0. */
+#define OWNER(port, nw) ((int)(((uint32_t)(port) >> HP_PORT_BLOCK_SHIFT) % (nw)))
 int hp_owner(hp_dp *dp, int w, const hp_link *l, const uint8_t *ip, uint32_t n, int family,
              uint32_t flags, double now)
 {
@@ -91,9 +95,9 @@ int hp_owner(hp_dp *dp, int w, const hp_link *l, const uint8_t *ip, uint32_t n, 
         uint32_t ihl = (ip[0] & 15u) * 4;
         if (n >= 20 && (ip[9] == HP_IPPROTO_TCP || ip[9] == HP_IPPROTO_UDP) &&
             !(hp_get16(ip + 6) & 0x3FFF) && ihl >= 20 && n >= ihl + 4)
-            return (int)(hp_get16(ip + ihl + at) % nw);
+            return OWNER(hp_get16(ip + ihl + at), nw);
     } else if (n >= 44 && (ip[6] == HP_IPPROTO_TCP || ip[6] == HP_IPPROTO_UDP)) {
-        return (int)(hp_get16(ip + 40 + at) % nw);
+        return OWNER(hp_get16(ip + 40 + at), nw);
     }
     hp_parsed p;
     if (hp_parse(ip, n, flags, &p) != HP_R_NONE)
@@ -102,10 +106,10 @@ int hp_owner(hp_dp *dp, int w, const hp_link *l, const uint8_t *ip, uint32_t n, 
     if (p.frag == HP_FRAG_LATER)
         return fs_same(s, &p) && now < s->expires ? s->owner : w;
     if (p.icmp == HP_ICMP_ERROR)
-        return (int)((at ? p.inner.sport : p.inner.dport) % nw);
+        return OWNER(at ? p.inner.sport : p.inner.dport, nw);
     if (p.icmp)
         return w; /* echo and the like: not translated, the engine here says so */
-    int owner = (int)((at ? p.t.dport : p.t.sport) % nw);
+    int owner = OWNER(at ? p.t.dport : p.t.sport, nw);
     if (p.frag == HP_FRAG_FIRST) {
         memcpy(s->src, p.t.src, 16);
         memcpy(s->dst, p.t.dst, 16);
@@ -248,34 +252,36 @@ static void steer_program(struct sock_filter *f, unsigned at)
 {
     struct sock_filter prog[] = {
         /* 0 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, SKF_AD_OFF + SKF_AD_PROTOCOL),
-        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x0800, 0, 13),        /* -> 15 */
+        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x0800, 0, 14),        /* -> 16 */
         /* 2 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, NET(6)),                  /* flags, offset */
-        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x3FFF, 9, 0),         /* -> 13 */
+        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x3FFF, 10, 0),        /* -> 14 */
         /* 4 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, NET(9)),                  /* protocol */
         /* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HP_IPPROTO_TCP, 1, 0),   /* -> 7 */
-        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HP_IPPROTO_UDP, 0, 17), /* -> 24 */
+        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HP_IPPROTO_UDP, 0, 19), /* -> 26 */
         /* 7 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, NET(0)),
         /* 8 */ BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x0F),
         /* 9 */ BPF_STMT(BPF_ALU | BPF_LSH | BPF_K, 2),
         /* 10 */ BPF_STMT(BPF_MISC | BPF_TAX, 0),                            /* X = IHL */
         /* 11 */ BPF_STMT(BPF_LD | BPF_H | BPF_IND, NET(at)),
-        /* 12 */ BPF_STMT(BPF_RET | BPF_A, 0),
-        /* 13 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, NET(4)),                 /* fragment id */
-        /* 14 */ BPF_STMT(BPF_RET | BPF_A, 0),
-        /* 15 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x86DD, 0, 8),         /* -> 24 */
-        /* 16 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, NET(6)),                 /* next header */
-        /* 17 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HP_IPPROTO_TCP, 2, 0),  /* -> 20 */
-        /* 18 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HP_IPPROTO_UDP, 1, 0),  /* -> 20 */
-        /* 19 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 44, 2, 4),              /* -> 22, 24 */
-        /* 20 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, NET(40 + at)),
-        /* 21 */ BPF_STMT(BPF_RET | BPF_A, 0),
-        /* 22 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, NET(44)),                /* fragment id */
+        /* 12 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, HP_PORT_BLOCK_SHIFT),
+        /* 13 */ BPF_STMT(BPF_RET | BPF_A, 0),
+        /* 14 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, NET(4)),                 /* fragment id */
+        /* 15 */ BPF_STMT(BPF_RET | BPF_A, 0),
+        /* 16 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x86DD, 0, 9),         /* -> 26 */
+        /* 17 */ BPF_STMT(BPF_LD | BPF_B | BPF_ABS, NET(6)),                 /* next header */
+        /* 18 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HP_IPPROTO_TCP, 2, 0),  /* -> 21 */
+        /* 19 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HP_IPPROTO_UDP, 1, 0),  /* -> 21 */
+        /* 20 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 44, 3, 5),              /* -> 24, 26 */
+        /* 21 */ BPF_STMT(BPF_LD | BPF_H | BPF_ABS, NET(40 + at)),
+        /* 22 */ BPF_STMT(BPF_ALU | BPF_RSH | BPF_K, HP_PORT_BLOCK_SHIFT),
         /* 23 */ BPF_STMT(BPF_RET | BPF_A, 0),
-        /* 24 */ BPF_STMT(BPF_RET | BPF_K, 0), /* ARP, NDP, ICMP, ...: worker 0 */
+        /* 24 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, NET(44)),                /* fragment id */
+        /* 25 */ BPF_STMT(BPF_RET | BPF_A, 0),
+        /* 26 */ BPF_STMT(BPF_RET | BPF_K, 0), /* ARP, NDP, ICMP, ...: worker 0 */
     };
     memcpy(f, prog, sizeof prog);
 }
-#define STEER_LEN 25
+#define STEER_LEN 27
 
 /* Every worker's port on a new link: a veth gets a socket per worker in one fanout group
  * (worker 0's, the link's own port, first); a TAP a send-only dup per worker (worker 0 reads). */

@@ -78,8 +78,8 @@ enum hp_state {
 };
 
 #define HP_FLAG_CSUM_PARTIAL 0x01u
-/* hp_translate: a new connection refused for port_exhausted or tcp_not_syn is not counted and
- * makes no event (the data path hands it to another worker, hp_dp_outbound.c) */
+/* hp_translate: a new connection refused for port_exhausted, source_limit or tcp_not_syn is
+ * not counted and makes no event (the data path hands it to another worker, hp_dp_outbound.c) */
 #define HP_FLAG_SPILL 0x02u
 #define HP_IPPROTO_TCP 6
 #define HP_IPPROTO_UDP 17
@@ -89,6 +89,9 @@ enum hp_state {
 #define HP_PORT_PROBES 8
 #define HP_MAX_ENIS 256
 #define HP_MAX_SIGNALS 64
+/* Data-path workers own ports in blocks of 1 << this (hp_dp_steer.c says why): worker w of N
+ * owns port p of every ENI when (p >> HP_PORT_BLOCK_SHIFT) % N == w (hp_ports.h's slices). */
+#define HP_PORT_BLOCK_SHIFT 1
 
 /* One direction of a connection, laid out without padding holes so that it can be hashed and
  * compared as 40 raw bytes (Open vSwitch's trick). IPv4 addresses use the first 4 bytes of the

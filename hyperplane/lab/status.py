@@ -5,6 +5,7 @@ the exporter's URL; the active link impairments."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import urllib.parse
 from typing import Any, Dict, List, Optional
@@ -142,6 +143,8 @@ def status(name: str) -> Dict[str, Any]:
         except HyperplaneError as e:
             out["running"] = False
             out["error"] = str(e)
+    if not out["running"]:
+        out["stopped"] = last_stop(name)
     wpid = state.get("workloads_pid")
     out["workloads"] = {"pid": wpid, "running": proc.pid_alive(wpid)}
     if out["workloads"]["running"]:
@@ -199,10 +202,26 @@ def metrics_target(name: str) -> str:
     return plan.metrics.listen
 
 
+def last_stop(name: str) -> Optional[str]:
+    """Why the lab's data path last stopped, from its log ("SIGTERM", "worker stopped: worker
+    1 (...)": a worker that failed stops the data path, hyperplane.datapath.daemon), or None."""
+    try:
+        with open(paths.log_path(name), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    marker = "data path stopped ("
+    lines = [ln for ln in tail.splitlines() if marker in ln]
+    return lines[-1].split(marker, 1)[1].rstrip(")") if lines else None
+
+
 def print_status(st: Dict[str, Any], out=None) -> None:
     out = out or sys.stdout
     p = lambda s="": print(s, file=out)  # noqa: E731
-    run = f"running, pid {st['pid']}" if st["running"] else "NOT running"
+    run = f"running, pid {st['pid']}" if st["running"] else "NOT running" + (
+        f" (stopped: {st['stopped']})" if st.get("stopped") else "")
     p(f"lab {st['name']}: data path {run}; config {st['config']}")
     p(f"  {'node':<14} {'role':<10} {'netns':<28} addresses")
     for n in st["nodes"]:

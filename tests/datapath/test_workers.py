@@ -15,6 +15,10 @@ from kit.rig import (ENI4, ENI_MAC, ENV4, ENV_MAC, GW_MAC, HOST4, HOST_MAC, Rig,
                      scapy)
 
 
+def _owner(port: int, workers: int = 2) -> int:
+    return (port >> 1) % workers
+
+
 def _rig(ns, **kw) -> Rig:
     from pyroute2 import IPRoute
 
@@ -73,8 +77,9 @@ def test_flows_land_on_the_owner_of_their_port_and_come_back(rig2):
     sports = list(range(40000, 40040))
     ports = _open(rig2, sports)
     assert sorted(ports) == sports
-    # the kept source port where free, and always in the owner's slice (p % 2 == sport % 2)
-    assert all(port % 2 == sp % 2 for sp, port in ports.items())
+    # the kept source port where free, and always in the owner's slice: ports go to workers
+    # in pairs, (p >> 1) % 2 (Linux clients connect from even ports)
+    assert all(_owner(port) == _owner(sp) for sp, port in ports.items())
     w = rig2.dp.worker_counters()
     assert [x["forwarded_outbound"] for x in w] == [20, 20]
     for sp, port in ports.items():
@@ -96,9 +101,9 @@ def test_an_icmp_error_reaches_the_owner_through_a_handoff(rig2):
     """ICMP goes to worker 0 (the program cannot read the embedded ports); worker 0 finds the
     owner from the embedded packet's source port (the ENI's port) and hands it over."""
     sc = scapy()
-    ports = _open(rig2, [40001])   # an odd port: worker 1's
-    port = ports[40001]
-    assert port % 2 == 1
+    ports = _open(rig2, [40002])   # worker 1's
+    port = ports[40002]
+    assert _owner(port) == 1
     inner = sc.IP(src=ENI4, dst=HOST4, ttl=63) / sc.UDP(sport=port, dport=53) / (b"q" * 16)
     err = sc.Ether(src=HOST_MAC, dst=ENI_MAC) / sc.IP(src=HOST4, dst=ENI4) / sc.ICMP(
         type=3, code=3) / bytes(inner)
@@ -109,7 +114,7 @@ def test_an_icmp_error_reaches_the_owner_through_a_handoff(rig2):
     e = icmp[0]
     assert e[sc.IP].dst == ENV4 and e[sc.ICMP].type == 3
     emb = sc.IP(bytes(e[sc.ICMP].payload))
-    assert (emb.src, emb[sc.UDP].sport) == (ENV4, 40001)   # translated back
+    assert (emb.src, emb[sc.UDP].sport) == (ENV4, 40002)   # translated back
     after = rig2.dp.worker_counters()
     assert after[0]["handoff_out"] - before[0]["handoff_out"] == 1
     assert after[1]["handoff_in"] - before[1]["handoff_in"] == 1
@@ -134,7 +139,7 @@ def test_fragments_are_handed_to_the_owner_of_their_datagram(rig2):
     got = [p for p in out if p.haslayer(sc.IP) and p[sc.IP].id == ident]
     assert len(got) == 3 and all(p[sc.IP].src == ENI4 for p in got)
     first = [p for p in got if p[sc.IP].frag == 0][0]
-    assert first[sc.UDP].sport % 2 == 1
+    assert _owner(first[sc.UDP].sport) == 1
     after = rig2.dp.worker_counters()
     assert after[0]["handoff_out"] - before[0]["handoff_out"] == 3
     assert after[1]["handoff_in"] - before[1]["handoff_in"] == 3
@@ -142,12 +147,13 @@ def test_fragments_are_handed_to_the_owner_of_their_datagram(rig2):
 
 
 def test_a_full_slice_spills_so_exhaustion_is_decided_over_both(scratch_ns):
-    """Four ports per ENI (two per worker): four flows whose source ports all pick worker 0
-    get all four ports (two spill to worker 1); the fifth is port_exhausted, counted once."""
+    """Four ports per ENI (two per worker: 65532-65533 and 65534-65535): four flows whose
+    source ports all pick worker 0 get all four ports (two spill to worker 1); the fifth is
+    port_exhausted, counted once."""
     sc = scapy()
     rig = _rig(scratch_ns, ports=(65532, 65535))
     try:
-        ports = _open(rig, [40000, 40002, 40004, 40006, 40008])
+        ports = _open(rig, [40000, 40001, 40004, 40005, 40008])   # all worker 0's
         assert len(ports) == 4 and sorted(ports.values()) == [65532, 65533, 65534, 65535]
         c = rig.engine.counters()
         assert c["drops"]["port_exhausted"] == 1 and c["connections"] == 4
