@@ -18,7 +18,8 @@ ext = Extension(
     sources=["hyperplane/engine/_engine.pyx"] + sorted(glob.glob("csrc/*.c")),
     include_dirs=["csrc"],
     depends=sorted(glob.glob("csrc/*.h")) + ["hyperplane/engine/_engine.pxd",
-                                              "hyperplane/engine/_datapath.pxi"],
+                                              "hyperplane/engine/_datapath.pxi",
+                                              "hyperplane/engine/_bench_threads.pxi"],
     extra_compile_args=extra,
 )
 
