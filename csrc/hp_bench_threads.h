@@ -43,6 +43,8 @@ typedef struct {
     uint64_t passed;  /* packets translated (verdict other than DROP) */
     uint64_t dropped;
     double start, end; /* CLOCK_MONOTONIC seconds: released from the start gate, last round done */
+    double cpu;        /* the thread's own CPU time over the rounds (CLOCK_THREAD_CPUTIME_ID):
+                          without the time other processes took its CPU away */
     int32_t pinned;    /* 1: pinned to job.cpu, 0: not asked, -errno: pinning failed */
     int32_t error;     /* 0, or ENOMEM when its buffers could not be allocated (it did nothing) */
 } __attribute__((aligned(64))) hp_bt_result;

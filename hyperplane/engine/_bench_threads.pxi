@@ -31,6 +31,7 @@ cdef extern from "hp_bench_threads.h" nogil:
         uint64_t dropped
         double start
         double end
+        double cpu
         int pinned
         int error
     int hp_bench_threads(const hp_bt_job *jobs, unsigned t, uint64_t rounds, hp_bt_result *res,
@@ -49,7 +50,8 @@ def translate_parallel(engines, batches, rounds, now=None, cpus=None):
     (-1: not pinned), or None.
 
     Returns ``{"wall_seconds": latest end - earliest start, "threads": [{"passed", "dropped",
-    "seconds", "pinned"}, ...]}`` (``pinned``: 1 pinned, 0 not asked, < 0 -errno)."""
+    "seconds", "cpu_seconds", "pinned"}, ...]}`` (``seconds``: the thread's own wall time;
+    ``cpu_seconds``: its CPU time; ``pinned``: 1 pinned, 0 not asked, < 0 -errno)."""
     engines = list(engines)
     batches = [list(b) for b in batches]
     cdef unsigned t = len(engines), i, k
@@ -141,7 +143,8 @@ def translate_parallel(engines, batches, rounds, now=None, cpus=None):
             if res[i].error:
                 raise MemoryError(f"translate_parallel: thread {i} could not allocate its buffers")
             threads.append(dict(passed=res[i].passed, dropped=res[i].dropped,
-                                seconds=res[i].end - res[i].start, pinned=res[i].pinned))
+                                seconds=res[i].end - res[i].start, cpu_seconds=res[i].cpu,
+                                pinned=res[i].pinned))
         return dict(wall_seconds=wall, threads=threads)
     finally:
         for eng in entered:
