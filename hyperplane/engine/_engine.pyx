@@ -569,3 +569,4 @@ cdef object _tuple5(hp_tuple *t):
     return Tuple5(socket.inet_ntop(fam, (<char *>t.src)[:alen]), t.sport,
                   socket.inet_ntop(fam, (<char *>t.dst)[:alen]), t.dport)
 include "_datapath.pxi"
+include "_bench_threads.pxi"
