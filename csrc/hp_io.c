@@ -251,7 +251,8 @@ void hp_io_send(hp_port *p, const struct virtio_net_hdr *vh, uint8_t *frame, uin
     memset(m, 0, sizeof *m);
     m->msg_iov = s->iov;
     m->msg_iovlen = 2;
-    p->ntx++;
+    /* atomic stores: with the inbound worker, hp_flush_all's look at ntx is without the lock */
+    __atomic_store_n(&p->ntx, p->ntx + 1, __ATOMIC_RELAXED);
 }
 
 void hp_io_flush(hp_port *p)
@@ -292,7 +293,7 @@ void hp_io_flush(hp_port *p)
             }
         }
     }
-    p->ntx = 0;
+    __atomic_store_n(&p->ntx, 0, __ATOMIC_RELAXED);
 }
 
 int hp_io_send_now(hp_port *p, const struct virtio_net_hdr *vh, const uint8_t *frame,

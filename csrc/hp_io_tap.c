@@ -458,5 +458,5 @@ void hp_io_tap_flush(hp_port *p)
     }
     __atomic_store_n(t->tx.cq_head, head, __ATOMIC_RELEASE);
     p->tx_errors += n - done;
-    p->ntx = 0;
+    __atomic_store_n(&p->ntx, 0, __ATOMIC_RELAXED); /* see hp_io_send */
 }

@@ -143,7 +143,7 @@ def status(name: str) -> Dict[str, Any]:
         except HyperplaneError as e:
             out["running"] = False
             out["error"] = str(e)
-    if not out["running"]:
+    if not running:   # the process is gone: why, from its log
         out["stopped"] = last_stop(name)
     wpid = state.get("workloads_pid")
     out["workloads"] = {"pid": wpid, "running": proc.pid_alive(wpid)}
