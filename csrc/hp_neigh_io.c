@@ -122,9 +122,11 @@ void hp_dp_tick(hp_dp *dp, double now)
 {
     for (unsigned li = 0; li < dp->n_links; li++) {
         hp_link *l = dp->links[li];
-        if (!l->neigh.n)
+        lock(dp, &l->lock); /* before looking at n: other threads add neighbours */
+        if (!l->neigh.n) {
+            unlock(dp, &l->lock);
             continue;
-        lock(dp, &l->lock);
+        }
         for (unsigned i = 0; i < HP_NEIGH_SLOTS;) {
             hp_neigh *n = &l->neigh.slot[i];
             int remove = 0;
