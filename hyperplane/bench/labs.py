@@ -151,8 +151,10 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
                  f"{', '.join(settings.envs)})")
         with open(path, encoding="utf-8") as f:
             base = f.read()
-        text, source = hyperplane_lab_text(
-            base, settings.envs, datapath_text(labconfig.resolve(cfg, "bench"), pin))
+        dp = datapath_text(labconfig.resolve(cfg, "bench"), pin)
+        if 2 in settings.workers:   # one worker, whatever HYPERPLANE_WORKERS says
+            dp += "workers = 1\n"
+        text, source = hyperplane_lab_text(base, settings.envs, dp)
         hplan = labconfig.resolve(labconfig.loads(text, source=source), names["hyperplane"])
         try:
             hlab = Lab.up(source, names["hyperplane"], wait_active=True, config_text=text)

@@ -104,12 +104,14 @@ def test_build_labs_adds_the_w2_lab_only_when_asked(monkeypatch):
         bench.build_labs(names, modes, created, s)
         assert created == expect == [n for n, _ in built]
         assert set(modes) == set(bench.columns(s.modes, s.envs, s.workers))
+        if workers == [1]:
+            assert "workers" not in built[0][1]         # the default: the lab text unchanged
     w2 = modes["hyperplane-w2"]
     assert w2.mode == "hyperplane-w2" and w2.pid == 4321 and w2.env.attach == "veth"
     assert w2.placement == {"workers": 2}
     text = dict(built)["bench42w"]
     assert "workers = 2" in text and 'environments = ["veth"]' in text
-    assert "workers" not in dict(built)["bench42h"]
+    assert "workers = 1" in dict(built)["bench42h"]    # whatever HYPERPLANE_WORKERS says
 
 
 def test_w2_over_w1_ratio_shows_in_the_summary_json_table_and_verdict():
