@@ -55,6 +55,8 @@ JSON schema of ``stats --json`` (``"schema": 1``; counts are integers, percentag
                each owning a slice of every ENI's ports), worker_cpus[] (worker i's CPU; empty:
                one worker or unpinned), source {loop_cpus, inbound_cpus, ring_frames, workers,
                worker_cpus: "auto", "lab file" or "default"}} or null
+    workers[] the daemon's per-worker rows, unchanged (hyperplane.observe.workers says what
+              they hold; the text view shows them with more than one worker)
 
 Every drop reason is present in JSON (zero or not); the text view hides the zero ones.
 
@@ -212,6 +214,7 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
         "control_plane": dict(c.get("control_plane", {})),
         "state": _state(c),
         "placement": c.get("placement"),
+        "workers": [dict(w) for w in c.get("workers") or []],
     }
 
 
@@ -370,6 +373,8 @@ def sections(s: Dict[str, Any]) -> List[Section]:
         "port pools", ["ENI", "ADDRESS", "PROTO", "USED", "SIZE", "FILL"],
         [[p["eni"] + ("" if p["enabled"] else " (no new)"), p["address"], p["proto"],
           str(p["used"]), str(p["size"]), _pct(p["percent"])] for p in s["pools"]]))
+    from hyperplane.observe import workers   # it builds on this module's Section
+    out += [w for w in [workers.stats_section(s)] if w is not None]
     out.append(Section("drops", ["LAYER", "REASON", "PACKETS"],
                        [[layer, r, str(n)] for layer, r, n in nonzero_drops(s)],
                        empty="none (every drop reason is zero)"))
