@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import time
 import types
 
 import pytest
@@ -144,3 +145,31 @@ def test_w2_over_w1_ratio_shows_in_the_summary_json_table_and_verdict():
     assert "hyperplane-w2" not in doc1["columns"]
     assert all("w2/w1" not in r for r in doc1["pair_ratios"].values())
     assert not any("w2/w1" in x["name"] for x in doc1["verdicts"])
+
+
+def test_every_other_hyperplane_labs_idle_data_path_is_watched():
+    """While one column's trial runs, the data paths of the other hyperplane labs are idle:
+    their CPU time is recorded (a busy-polling idle data path would show), never the running
+    lab's own, nor a lab without a data path (kernel)."""
+    plan = labconfig.resolve(bench.bench_config(), "bench42h")
+    modes = {c: bench.Mode(c, n, plan, pin=False) for c, n in (
+        ("hyperplane", "bench42h"), ("hyperplane-w2", "bench42w"), ("kernel", "bench42k"))}
+    modes["hyperplane"].pid, modes["hyperplane-w2"].pid = 11, 22
+    used = {"bench42h": [0.0], "bench42w": [0.0]}
+
+    def cpu(m):
+        return lambda: used[m.name][0]
+    for m in modes.values():
+        if m.pid:
+            m.datapath_cpu = cpu(m)
+
+    def trial():                       # the w2 lab runs: only hyperplane's is idle
+        used["bench42h"][0] += 0.002
+        used["bench42w"][0] += 5.0
+        time.sleep(0.05)
+        return "ran"
+    r = bench.Runner(bench.Settings(modes=["hyperplane", "kernel"], workers=[1, 2]), modes)
+    assert r._guard(modes["hyperplane-w2"], "tcp4-1", trial) == "ran"
+    assert len(r.idle_datapath_cpu) == 1 and r.idle_datapath_cpu[0] < 1.0
+    r._guard(modes["kernel"], "tcp4-1", lambda: None)      # both watched
+    assert len(r.idle_datapath_cpu) == 3
