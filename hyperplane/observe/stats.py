@@ -91,6 +91,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tu
 from hyperplane.engine.constants import DropReason
 from hyperplane.labconfig.model import DEFAULT_METRICS_LISTEN
 from hyperplane.labconfig.parse_metrics import split_listen
+from hyperplane.observe import workers
 
 SCHEMA = 1
 DEFAULT_LISTEN = DEFAULT_METRICS_LISTEN
@@ -373,8 +374,7 @@ def sections(s: Dict[str, Any]) -> List[Section]:
         "port pools", ["ENI", "ADDRESS", "PROTO", "USED", "SIZE", "FILL"],
         [[p["eni"] + ("" if p["enabled"] else " (no new)"), p["address"], p["proto"],
           str(p["used"]), str(p["size"]), _pct(p["percent"])] for p in s["pools"]]))
-    from hyperplane.observe import workers   # it builds on this module's Section
-    out += [w for w in [workers.stats_section(s)] if w is not None]
+    out += [Section(*w) for w in [workers.stats_section(s)] if w is not None]
     out.append(Section("drops", ["LAYER", "REASON", "PACKETS"],
                        [[layer, r, str(n)] for layer, r, n in nonzero_drops(s)],
                        empty="none (every drop reason is zero)"))

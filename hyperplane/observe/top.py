@@ -185,7 +185,8 @@ def frame_sections(prev: Snapshot, cur: Snapshot, by: str = "bytes",
         [[p["eni"] if p["enabled"] else f"{p['eni']} (no new)", p["address"], p["proto"],
           str(p["used"]), str(p["size"]), stats._pct(p["percent"]), bar(p["percent"])]
          for p in s["pools"]]))
-    out += [w for w in [workers.top_section(prev.summary, s, r["dt"], human)] if w is not None]
+    out += [Section(*w) for w in [workers.top_section(prev.summary, s, r["dt"], human)]
+            if w is not None]
     dt = cur.ct_time - prev.ct_time
     flows = top_flows(prev.entries, cur.entries, dt, by=by, n=n)
     out.append(Section(

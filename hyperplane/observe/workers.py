@@ -18,17 +18,30 @@ data path, which the other sections already describe):
   size summed over every ENI, family and protocol, and the fullest slice;
 * ``top``: the same per worker as rates between two refreshes (:func:`worker_rates`).
 
-Pure functions on plain dicts, so tests feed them hand-made rows.
+Pure functions on plain dicts, so tests feed them hand-made rows. The sections are returned
+as (title, header, rows) for stats.Section: this module imports nothing of stats, which
+imports it.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from hyperplane.observe.stats import Section, _pct, percent
+#: A section as stats.Section takes it: (title, header, rows).
+Parts = Tuple[str, List[str], List[List[str]]]
 
 #: The counters a worker's rates are taken of (top), in the order shown.
 RATE_FIELDS = ("rx_packets", "forwarded_outbound", "forwarded_inbound", "handoff_out",
                "handoff_in", "handoff_full", "spilled")
+
+
+def percent(used: int, size: int) -> float:
+    """As stats.percent: ``used`` of ``size`` in per cent (0 for an empty size)."""
+    return round(100.0 * used / size, 6) if size else 0.0
+
+
+def _pct(p: float) -> str:
+    """As stats' fill cells: "0.015%" below 0.1 %, else one decimal."""
+    return f"{p:.2g}%" if 0 < p < 0.1 else f"{p:.1f}%"
 
 
 def rows_of(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -64,7 +77,7 @@ def _cpu(row: Dict[str, Any]) -> str:
     return "any" if row.get("cpu") is None else str(row["cpu"])
 
 
-def stats_section(summary: Dict[str, Any]) -> Optional[Section]:
+def stats_section(summary: Dict[str, Any]) -> Optional[Parts]:
     """``stats``' workers section, or None with one worker (today's output unchanged)."""
     if not shown(summary):
         return None
@@ -76,10 +89,9 @@ def stats_section(summary: Dict[str, Any]) -> Optional[Section]:
                     + [str(int(w.get("connections", 0))), str(int(w.get("engine_drops", 0))),
                        f"{f['used']}/{f['size']}", _pct(f["percent"]),
                        _slice_name(f["fullest"])])
-    return Section("workers", ["WORKER", "CPU", "RX PACKETS", "FWD OUT", "FWD IN",
-                               "HANDOFF OUT", "HANDOFF IN", "HANDOFF DROPS", "SPILLED",
-                               "CONNECTIONS", "ENGINE DROPS", "PORTS", "FILL",
-                               "FULLEST SLICE"], rows)
+    return ("workers", ["WORKER", "CPU", "RX PACKETS", "FWD OUT", "FWD IN", "HANDOFF OUT",
+                        "HANDOFF IN", "HANDOFF DROPS", "SPILLED", "CONNECTIONS",
+                        "ENGINE DROPS", "PORTS", "FILL", "FULLEST SLICE"], rows)
 
 
 def _delta(a: float, b: float) -> float:
@@ -109,7 +121,7 @@ def worker_rates(prev: Dict[str, Any], cur: Dict[str, Any], dt: float) -> List[D
 
 
 def top_section(prev: Dict[str, Any], cur: Dict[str, Any], dt: float,
-                human) -> Optional[Section]:
+                human) -> Optional[Parts]:
     """``top``'s workers section (rates like its other rates; ``human`` formats a number),
     or None with one worker."""
     if not shown(cur):
@@ -123,6 +135,6 @@ def top_section(prev: Dict[str, Any], cur: Dict[str, Any], dt: float,
                      str(r["handoff_full"]), str(r["spilled"]), str(r["connections"]),
                      f"{r['ports']['used']}/{r['ports']['size']}",
                      _pct(r["ports"]["percent"])])
-    return Section("workers", ["WORKER", "CPU", "RX/S", "OUT/S", "IN/S", "HANDOFF OUT/S",
-                               "HANDOFF IN/S", "HANDOFF DROPS/S", "HANDOFF DROPS", "SPILLED",
-                               "CONNECTIONS", "PORTS", "FILL"], rows)
+    return ("workers", ["WORKER", "CPU", "RX/S", "OUT/S", "IN/S", "HANDOFF OUT/S",
+                        "HANDOFF IN/S", "HANDOFF DROPS/S", "HANDOFF DROPS", "SPILLED",
+                        "CONNECTIONS", "PORTS", "FILL"], rows)
