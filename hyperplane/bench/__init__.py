@@ -11,7 +11,10 @@ once per mode (``--modes``, :data:`MODES`), as labs that live side by side for t
   reads the environment's veth and the ENI's veth with AF_PACKET and translates between them.
   ``--env`` chooses the environment(s) it is measured through: a veth (default), a TAP, or
   both (``veth,tap``: the lab then has two environments of one function, and the TAP one is
-  its own column, ``hyperplane-tap``, with the ratio tap/veth).
+  its own column, ``hyperplane-tap``, with the ratio tap/veth). ``--workers 1,2`` adds lab
+  ``bench<n>w``, the same with ``[datapath] workers = 2`` (docs/scaling.md; worker 0 on the
+  server's CPU, worker 1 on the client's, no inbound worker) through the first environment
+  only: the column ``hyperplane-w2`` and the ratio w2/w1, in the same rotation.
 - **kernel** (lab ``bench<n>k``): the same namespaces, links, MACs and addresses built by
   :func:`hyperplane.topology.build`, but no data path. Instead :func:`kernel_nat` turns the node
   namespace into a plain Linux NAT router, the fair baseline of ``PACKET_IO.md`` ("A fair
@@ -111,8 +114,8 @@ from hyperplane.bench.analysis import (
 from hyperplane.bench.kernel import kernel_nat, kernel_plan, nft_ruleset
 from hyperplane.bench.checks import check_nat
 from hyperplane.bench.labs import (
-    build_kernel_lab, build_labs, check_tools, datapath_text, free_lab_names, hyperplane_lab_text,
-    lab_names, stop_switches,
+    build_kernel_lab, build_labs, build_workers_lab, check_tools, datapath_text, free_lab_names,
+    hyperplane_lab_text, lab_names, stop_switches,
     teardown_labs,
 )
 from hyperplane.bench.ovs import OvsSwitch, ovs_flows, ovs_nat
@@ -122,8 +125,9 @@ from hyperplane.bench.settings import (
     BENCH_CONFIG, CLIENT_CPU, COLUMNS, CONN_DRAIN, CPU_COST_TARGET, ENVS, FOUR_STREAM_TARGET,
     MAX_CONN_COUNT, METRICS, MODES, NFT_TABLE, OVERLOAD_LOAD, OVERLOAD_TARGET, OVS_RATIO_TARGET,
     PORT_BASE, RATIO_PAIRS, RATIO_TARGET, REACHED, RING_FRAMES, SERVER_CPU, TAP_COLUMN,
-    TAP_TARGET, TEST_METRICS, TESTS, BenchError, Settings, bench_config, columns, default_modes,
-    parse_envs, parse_modes, parse_tests, progress,
+    TAP_TARGET, TEST_METRICS, TESTS, W2_COLUMN, WORKERS, WORKERS_TARGET, BenchError, Settings,
+    bench_config, columns, default_modes, parse_envs, parse_modes, parse_tests, parse_workers,
+    progress,
 )
 
 __all__ = [
@@ -132,8 +136,9 @@ __all__ = [
     "FOUR_STREAM_TARGET", "MAX_CONN_COUNT", "METRICS", "MODES", "NFT_TABLE", "OVERLOAD_LOAD",
     "OVERLOAD_TARGET", "OVS_RATIO_TARGET", "PORT_BASE", "RATIO_PAIRS", "RATIO_TARGET",
     "REACHED", "RING_FRAMES", "SERVER_CPU", "TAP_COLUMN", "TAP_TARGET", "TEST_METRICS",
-    "TESTS", "BenchError", "Settings", "bench_config", "columns", "default_modes",
-    "parse_envs", "parse_modes", "parse_tests", "progress",
+    "TESTS", "W2_COLUMN", "WORKERS", "WORKERS_TARGET", "BenchError", "Settings",
+    "bench_config", "columns", "default_modes", "parse_envs", "parse_modes", "parse_tests",
+    "parse_workers", "progress",
     # kernel, OVS, the correctness checks
     "kernel_nat", "kernel_plan", "nft_ruleset", "OvsSwitch", "ovs_flows", "ovs_nat",
     "check_nat",
@@ -144,7 +149,8 @@ __all__ = [
     # report
     "cell", "format_value", "plot", "print_table", "report_json",
     # runner, labs, and the whole bench
-    "Mode", "Runner", "build_labs", "build_kernel_lab", "check_tools", "datapath_text",
+    "Mode", "Runner", "build_labs", "build_kernel_lab", "build_workers_lab", "check_tools",
+    "datapath_text",
     "free_lab_names", "hyperplane_lab_text",
     "lab_names", "stop_switches", "teardown_labs", "run",
 ]
@@ -220,6 +226,8 @@ def run(settings: Settings, json_path: Optional[str] = None, plot_path: Optional
                     # where the data path really placed itself, and why (labconfig.placement)
                     "placement": (modes["hyperplane"].placement if "hyperplane" in modes
                                   else None),
+                    **({"placement_w2": modes[W2_COLUMN].placement} if W2_COLUMN in modes
+                       else {}),
                     "ovs_vswitchd_cpu": (SERVER_CPU if settings.pin and "ovs" in modes
                                          else None)},
         "modes": settings.modes, "envs": settings.envs,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from hyperplane import engine
 from hyperplane.bench.settings import (
     COLUMNS, CPU_COST_TARGET, FOUR_STREAM_TARGET, METRICS, OVERLOAD_LOAD, OVERLOAD_TARGET,
-    OVS_RATIO_TARGET, RATIO_PAIRS, RATIO_TARGET, REACHED, TAP_TARGET, TESTS,
+    OVS_RATIO_TARGET, RATIO_PAIRS, RATIO_TARGET, REACHED, TAP_TARGET, TESTS, WORKERS_TARGET,
 )
 from hyperplane.version import __version__
 
@@ -140,7 +140,8 @@ def column_order(names) -> List[str]:
 
 def pair_ratios(medians: Dict[str, Optional[float]]) -> Dict[str, Optional[float]]:
     """The ratios of RATIO_PAIRS whose two columns were measured: ``hyperplane/kernel``,
-    ``hyperplane/ovs`` and ``tap/veth`` (hyperplane through a TAP over through a veth)."""
+    ``hyperplane/ovs``, ``tap/veth`` (hyperplane through a TAP over through a veth) and
+    ``w2/w1`` (two data path workers over one)."""
     return {name: ratio_of(medians[a], medians[b]) for name, (a, b) in RATIO_PAIRS.items()
             if a in medians and b in medians}
 
@@ -181,6 +182,8 @@ def verdicts(summary: Dict[str, Dict[str, Any]],
     - hyperplane/OVS >= 2.0 on one TCP stream (IPv4, IPv6), loss-free UDP and connection
       rate, and rr p50 and p99 at most half of OVS's;
     - tap/veth >= 0.95 on one TCP stream (IPv4), loss-free UDP and connection rate;
+    - w2/w1 >= 1.0 on four TCP streams (IPv4, IPv6) and the connection rate, the tests with
+      flows for two workers to split (one stream or one UDP flow is one worker's);
     - hyperplane delivering >= 90 % of its loss-free rate under twice that load
       (``overload_fraction``: its median delivered / its median loss-free rate), shown only
       when the sender really offered twice the load: ``overload_load`` is the median rate
@@ -228,6 +231,8 @@ def verdicts(summary: Dict[str, Dict[str, Any]],
           at_most=True)
     check("TCP one stream IPv4, loss-free UDP, connection rate", t,
           ["tcp4-1", "udp64", "conn"], TAP_TARGET)
+    check("TCP four streams and connection rate", "w2/w1", ["tcp4-4", "tcp6-4", "conn"],
+          WORKERS_TARGET)
     if "udp64-overload" in summary:
         offered = overload_load is not None and overload_load >= OVERLOAD_LOAD * REACHED
         v = {"name": "hyperplane under 2x loss-free UDP load (share of its loss-free "

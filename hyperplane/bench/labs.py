@@ -3,12 +3,13 @@ set), building them (the kernel lab by :func:`hyperplane.topology.build` and
 :func:`~hyperplane.bench.kernel.kernel_nat`, the OVS lab by the same build and
 :func:`~hyperplane.bench.ovs.ovs_nat`, the hyperplane lab by ``Lab.up``, placed by the
 data path's default placement where that is the bench's pinning, with the environments
-``--env`` asks for), tearing them down (OVS's
+``--env`` asks for; with ``--workers 1,2`` a second one with two data path workers), tearing them down (OVS's
 daemons first), and the tools the tests run (iperf3, nft, hp-traffic, OVS's programs).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 from importlib import resources
@@ -20,8 +21,8 @@ from hyperplane.bench import ovs
 from hyperplane.bench.kernel import kernel_nat
 from hyperplane.bench.runner import Mode
 from hyperplane.bench.settings import (
-    BENCH_CONFIG, CLIENT_CPU, RING_FRAMES, SERVER_CPU, TAP_COLUMN, BenchError, Settings,
-    bench_config, progress,
+    BENCH_CONFIG, CLIENT_CPU, RING_FRAMES, SERVER_CPU, TAP_COLUMN, W2_COLUMN, BenchError,
+    Settings, bench_config, progress,
 )
 from hyperplane.errors import HyperplaneError, LabError
 from hyperplane.lab.api import Lab
@@ -29,10 +30,12 @@ from hyperplane.labconfig.placement import place, veth_links
 
 
 def lab_names(pid: Optional[int] = None) -> Dict[str, str]:
-    """Unique-per-process lab names (``bench<pid % 10000>h`` / ``...k`` / ``...o``): at most
-    10 characters, within labconfig's 20 and short enough for ``hp-NAME-env-fn-0``."""
+    """Unique-per-process lab names (``bench<pid % 10000>h`` / ``...k`` / ``...o``, and
+    ``...w`` for two workers): at most 10 characters, within labconfig's 20 and short enough
+    for ``hp-NAME-env-fn-0``."""
     n = (os.getpid() if pid is None else pid) % 10000
-    return {"hyperplane": f"bench{n}h", "kernel": f"bench{n}k", "ovs": f"bench{n}o"}
+    return {"hyperplane": f"bench{n}h", "kernel": f"bench{n}k", "ovs": f"bench{n}o",
+            W2_COLUMN: f"bench{n}w"}
 
 
 def free_lab_names() -> Dict[str, str]:
@@ -71,11 +74,22 @@ def build_kernel_lab(name: str, created: List[str]) -> labconfig.Plan:
     return kplan
 
 
-def datapath_text(plan: labconfig.Plan, pin: bool) -> str:
+def datapath_text(plan: labconfig.Plan, pin: bool, workers: int = 1) -> str:
     """The bench's ``[datapath]`` lines: none where the data path's own default placement
     (labconfig.placement) is the bench's pinning -- the loop off the sender's CPU, its inbound
     worker on it, 16,384-frame rings; else that pinning written out; ``--no-pin`` places
-    nothing."""
+    nothing. With ``workers = 2``: worker 0 (the loop) on the server's CPU, worker 1 on the
+    client's (where the inbound worker is with one), no inbound worker."""
+    if workers > 1:
+        if not pin:
+            return f'placement = "none"\nring_frames = {RING_FRAMES}\nworkers = {workers}\n'
+        dp = dataclasses.replace(plan.datapath, workers=workers, cpus=(), inbound_cpus=())
+        auto = place(dp, os.sched_getaffinity(0), veth_links(plan))
+        want = (SERVER_CPU, CLIENT_CPU) + tuple(range(2, workers))
+        if (auto.worker_cpus, auto.ring_frames) != (want, RING_FRAMES):
+            return (f"ring_frames = {RING_FRAMES}\nworkers = {workers}\n"
+                    f"worker_cpus = [{', '.join(str(c) for c in want)}]\n")
+        return f"workers = {workers}\n"
     auto = place(plan.datapath, os.sched_getaffinity(0), veth_links(plan))
     if not pin:
         return f'placement = "none"\nring_frames = {RING_FRAMES}\n'
@@ -136,8 +150,11 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         progress(f"building lab {names['hyperplane']} (hyperplane data path, environment(s) "
                  f"{', '.join(settings.envs)})")
         with open(path, encoding="utf-8") as f:
-            text, source = hyperplane_lab_text(
-                f.read(), settings.envs, datapath_text(labconfig.resolve(cfg, "bench"), pin))
+            base = f.read()
+        dp = datapath_text(labconfig.resolve(cfg, "bench"), pin)
+        if 2 in settings.workers:   # one worker, whatever HYPERPLANE_WORKERS says
+            dp += "workers = 1\n"
+        text, source = hyperplane_lab_text(base, settings.envs, dp)
         hplan = labconfig.resolve(labconfig.loads(text, source=source), names["hyperplane"])
         try:
             hlab = Lab.up(source, names["hyperplane"], wait_active=True, config_text=text)
@@ -147,14 +164,43 @@ def build_labs(names: Dict[str, str], modes: Dict[str, Mode], created: List[str]
         for i, column in enumerate(["hyperplane", TAP_COLUMN][:len(settings.envs)]):
             modes[column] = Mode(column, names["hyperplane"], hplan, pin, env_index=i)
             modes[column].pid = hlab.pid
-        modes["hyperplane"].placement = hlab.placement()
-        modes["hyperplane"].rings = {x["name"]: x["ring_frames"] for x in
-                                     hlab.counters()["links"]
-                                     if x.get("kind") == "veth"}
+        _describe(modes["hyperplane"], hlab)
+        if 2 in settings.workers:
+            modes[W2_COLUMN] = build_workers_lab(base, names[W2_COLUMN], created, settings, 2)
     for m in modes.values():
         # Every mode alike: the client may use 64,000 source ports, so even a 50,000-connection
         # conn trial never reuses a 4-tuple (Linux's default range holds 28,232).
         topology.sysctl(m.env.netns, "net.ipv4.ip_local_port_range", "1024 65535")
+
+
+def _describe(mode: Mode, lab: Lab) -> None:
+    """What the data path of ``mode``'s lab says of itself: its placement and veth rings."""
+    mode.placement = lab.placement()
+    mode.rings = {x["name"]: x["ring_frames"] for x in lab.counters()["links"]
+                  if x.get("kind") == "veth"}
+
+
+def build_workers_lab(base: str, name: str, created: List[str], settings: Settings,
+                      workers: int) -> Mode:
+    """The ``hyperplane-w2`` column's lab: the bench topology through the first of
+    ``settings.envs`` only, its data path with ``workers`` workers (:func:`datapath_text`);
+    appended to ``created`` once it is up."""
+    cfg = bench_config()
+    env = settings.envs[:1]
+    progress(f"building lab {name} (hyperplane data path with {workers} workers, environment "
+             f"{env[0]})")
+    text, source = hyperplane_lab_text(
+        base, env, datapath_text(labconfig.resolve(cfg, "bench"), settings.pin, workers))
+    plan = labconfig.resolve(labconfig.loads(text, source=source), name)
+    try:
+        lab = Lab.up(source, name, wait_active=True, config_text=text)
+    except HyperplaneError as e:
+        raise BenchError(str(e)) from None
+    created.append(name)
+    mode = Mode(W2_COLUMN, name, plan, settings.pin)
+    mode.pid = lab.pid
+    _describe(mode, lab)
+    return mode
 
 
 def stop_switches(modes: Dict[str, Mode]) -> List[str]:

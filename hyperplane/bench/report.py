@@ -173,6 +173,7 @@ def plot(doc: Dict[str, Any], path: str) -> None:
     ax.set_title("ratios of medians (rr: lower is better; the rest: higher is better)",
                  fontsize=10)
     palette = {"hyperplane": "tab:blue", "hyperplane-tap": "tab:cyan", "kernel": "tab:gray",
+               "hyperplane-w2": "tab:purple",
                "ovs": "tab:orange"}
     for i, metric in enumerate(metrics):
         row = summary[metric]

@@ -185,12 +185,13 @@ class Runner:
 
     def _guard(self, mode: Mode, what: str, fn: Callable[[], Any]) -> Any:
         """Run one trial; a failure names the mode, the test and (hyperplane) the data path's
-        fate. While another lab's trial runs (kernel, OVS), the idle data path of hyperplane's
-        lab is watched: its CPU time is recorded, so a busy-polling idle data path would show
-        up."""
-        hp = self.modes.get("hyperplane")
-        other = hp if hp is not None and mode.name != hp.name else None
-        before = other.datapath_cpu() if other else None
+        fate. While another lab's trial runs, the idle data path of every other hyperplane lab
+        (``hyperplane``, ``hyperplane-w2``) is watched: its CPU time is recorded, so a
+        busy-polling idle data path would show up."""
+        # every other lab's data path (hyperplane's; with --workers 1,2 also hyperplane-w2's)
+        others = list({m.name: m for m in self.modes.values()
+                       if m.pid and m.switch is None and m.name != mode.name}.values())
+        before = [o.datapath_cpu() for o in others]
         t0 = time.monotonic()
         try:
             return fn()
@@ -200,11 +201,11 @@ class Runner:
             raise BenchError(f"{mode.mode} mode, {what}: {type(e).__name__}: {e}"
                              f"{mode.datapath_problem()}") from e
         finally:
-            after = other.datapath_cpu() if other else None
-            if before is not None and after is not None:
-                wall = time.monotonic() - t0
-                if wall > 0:
-                    self.idle_datapath_cpu.append((after - before) / wall)
+            wall = time.monotonic() - t0
+            for o, b in zip(others, before):
+                after = o.datapath_cpu()
+                if b is not None and after is not None and wall > 0:
+                    self.idle_datapath_cpu.append((after - b) / wall)
 
     # ---- warm-up --------------------------------------------------------------------------
     def warm_up(self, mode: Mode) -> None:

@@ -34,6 +34,11 @@ def register(sub) -> None:
                    help=f"the environment(s) hyperplane is measured through: "
                         f"{' or '.join(ENVS)} or veth,tap (a column hyperplane-tap and the "
                         "ratio tap/veth); kernel and OVS always use a veth (default veth)")
+    p.add_argument("--workers", default=None,
+                   help="data path worker counts hyperplane is measured with: 1 or 1,2 "
+                        "(1,2: a second hyperplane lab with [datapath] workers = 2, the column "
+                        "hyperplane-w2 and the ratio w2/w1, through the first --env only; "
+                        "default 1)")
     p.add_argument("--seconds", type=float, default=None,
                    help="seconds per trial (default 5; --quick 1); a udp64 trial lasts at "
                         "most 2 s (the loss-free search runs about ten)")

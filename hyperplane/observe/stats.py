@@ -55,6 +55,8 @@ JSON schema of ``stats --json`` (``"schema": 1``; counts are integers, percentag
                each owning a slice of every ENI's ports), worker_cpus[] (worker i's CPU; empty:
                one worker or unpinned), source {loop_cpus, inbound_cpus, ring_frames, workers,
                worker_cpus: "auto", "lab file" or "default"}} or null
+    workers[] the daemon's per-worker rows, unchanged (hyperplane.observe.workers says what
+              they hold; the text view shows them with more than one worker)
 
 Every drop reason is present in JSON (zero or not); the text view hides the zero ones.
 
@@ -89,6 +91,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tu
 from hyperplane.engine.constants import DropReason
 from hyperplane.labconfig.model import DEFAULT_METRICS_LISTEN
 from hyperplane.labconfig.parse_metrics import split_listen
+from hyperplane.observe import workers
 
 SCHEMA = 1
 DEFAULT_LISTEN = DEFAULT_METRICS_LISTEN
@@ -212,6 +215,7 @@ def summarize(c: Dict[str, Any], lab: Optional[str] = None) -> Dict[str, Any]:
         "control_plane": dict(c.get("control_plane", {})),
         "state": _state(c),
         "placement": c.get("placement"),
+        "workers": [dict(w) for w in c.get("workers") or []],
     }
 
 
@@ -370,6 +374,7 @@ def sections(s: Dict[str, Any]) -> List[Section]:
         "port pools", ["ENI", "ADDRESS", "PROTO", "USED", "SIZE", "FILL"],
         [[p["eni"] + ("" if p["enabled"] else " (no new)"), p["address"], p["proto"],
           str(p["used"]), str(p["size"]), _pct(p["percent"])] for p in s["pools"]]))
+    out += [Section(*w) for w in [workers.stats_section(s)] if w is not None]
     out.append(Section("drops", ["LAYER", "REASON", "PACKETS"],
                        [[layer, r, str(n)] for layer, r, n in nonzero_drops(s)],
                        empty="none (every drop reason is zero)"))

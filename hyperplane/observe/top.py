@@ -11,6 +11,9 @@ compares it with the previous one, the way ``top`` compares /proc between two re
 * drops per reason with their rate (``unsolicited`` is the Hyperplane ENI refusing inbound
   packets that match no connection);
 * connection-table and port-pool fill per ENI key and address;
+* with more than one data path worker, per worker: packets received, forwarded and handed
+  off per second, handoff drops, spills, connections and its port slices' fill
+  (hyperplane.observe.workers);
 * the top flows: connections sorted by bytes (or packets) moved since the previous refresh,
   from the per-connection counters conntrack keeps (``conntrack -L -o extended``'s
   packets=/bytes=), then by their totals.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from hyperplane.observe import stats
+from hyperplane.observe import stats, workers
 from hyperplane.observe.stats import DIRECTIONS, Section
 
 TOP_FLOWS = 15
@@ -182,6 +185,8 @@ def frame_sections(prev: Snapshot, cur: Snapshot, by: str = "bytes",
         [[p["eni"] if p["enabled"] else f"{p['eni']} (no new)", p["address"], p["proto"],
           str(p["used"]), str(p["size"]), stats._pct(p["percent"]), bar(p["percent"])]
          for p in s["pools"]]))
+    out += [Section(*w) for w in [workers.top_section(prev.summary, s, r["dt"], human)]
+            if w is not None]
     dt = cur.ct_time - prev.ct_time
     flows = top_flows(prev.entries, cur.entries, dt, by=by, n=n)
     out.append(Section(
@@ -202,9 +207,12 @@ def frame_json(lab: str, prev: Snapshot, cur: Snapshot, interval: float, frame: 
                by: str = "bytes", n: int = TOP_FLOWS) -> Dict[str, Any]:
     """One refresh as data (``top --json``, one line per refresh): what :func:`frame_sections`
     shows, unformatted: the summary's totals, ENIs, tables and pools, :func:`rates`, the
-    non-zero drops and the top flows."""
+    non-zero drops and the top flows; with more than one worker also ``workers``
+    (workers.worker_rates)."""
     s = cur.summary
     r = rates(prev.summary, s)
+    extra = ({"workers": workers.worker_rates(prev.summary, s, r["dt"])}
+             if workers.shown(s) else {})
     return {
         "lab": lab, "frame": frame, "interval": interval, "time": time.time(),
         "uptime": cur.uptime, "clock_offset": s["clock"]["offset"], "sort": by,
@@ -217,6 +225,7 @@ def frame_json(lab: str, prev: Snapshot, cur: Snapshot, interval: float, frame: 
         "pools": s["pools"], "connections": len(cur.entries),
         "top_flows": top_flows(prev.entries, cur.entries, cur.ct_time - prev.ct_time, by=by,
                                n=n),
+        **extra,
     }
 
 

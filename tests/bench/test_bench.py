@@ -90,7 +90,8 @@ def test_kernel_plan_refuses_a_tap_environment_and_several_enis():
 
 def test_lab_names_are_valid_short_and_distinct():
     names = bench.lab_names(pid=4_194_303)
-    assert names == {"hyperplane": "bench4303h", "kernel": "bench4303k", "ovs": "bench4303o"}
+    assert names == {"hyperplane": "bench4303h", "kernel": "bench4303k", "ovs": "bench4303o",
+                     "hyperplane-w2": "bench4303w"}
     for n in names.values():
         labconfig.validate_lab_name(n)
         assert len(f"hp-{n}-env-fn-0") < 64
