@@ -143,11 +143,10 @@ class ShardedEngine:
 
     def take_events(self, max=None) -> list:
         """The oldest events of all shards (at most ``max``), merged in time order."""
+        if self.workers == 1:
+            return self.shards[0].take_events(max)
         fresh = [s.take_events() for s in self.shards]
-        if self.workers == 1 and not self._events:
-            evs = fresh[0]
-        else:
-            evs = list(heapq.merge(self._events, *fresh, key=lambda v: v.time))
+        evs = list(heapq.merge(self._events, *fresh, key=lambda v: v.time))
         if max is not None and len(evs) > max:
             self._events = evs[max:]
             return evs[:max]
