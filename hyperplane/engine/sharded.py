@@ -22,7 +22,8 @@ nothing (no lock on the fast path). A connection lives in the shard that owns it
 * ``take_signals()`` reports ``pool_exhausted`` only when every shard's pools of that kind are
   full: the data path hands a new connection whose owner's slice is full to another worker, so
   one full slice is not exhaustion, and scaling out (adding an ENI) then would be premature;
-* ``per_shard()`` gives per-worker figures (connections, packets, drops, pool slices).
+* ``per_shard()`` gives per-worker figures (connections, packets, drops, pool slices);
+* connection ids stay unique over the table: shard ``i`` hands out the ids ``(id - 1) % N == i``.
 
 With ``workers == 1`` it is exactly a plain ``Engine`` (every call goes to the one shard).
 """

@@ -265,6 +265,8 @@ def test_events_counters_and_flow_records_are_merged(engine_cls):
     evs = sh.take_events()
     news = [e for e in evs if e.kind == "new"]
     assert len(news) == len(ports)
+    assert len({e.id for e in news}) == len(news), "the shards hand out distinct ids"
+    assert all((e.id - 1) % 2 == int(e.reply.dport) % 2 for e in news)
     assert [e.time for e in evs] == sorted(e.time for e in evs)
     rejects = [e for e in evs if e.kind == "reject"]
     assert len(rejects) == 2
