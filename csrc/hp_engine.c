@@ -219,7 +219,13 @@ found:;
         hp_tcp_win_open(e->entries[idx].win, b, p);
     lru_append(e, idx);
     e->created++;
-    e->entries[idx].id = ++e->last_id;
+    /* ids count up; a shard's are the ids with (id - 1) % port_stride == port_slice, so the
+     * shards of one table never hand out the same id */
+    uint32_t id = e->last_id + 1;
+    if (e->cfg.port_stride > 1)
+        id += (e->cfg.port_slice + e->cfg.port_stride - (id - 1) % e->cfg.port_stride) %
+              e->cfg.port_stride;
+    e->entries[idx].id = e->last_id = id;
     hp_ev_conn(e, idx, HP_EV_NEW, 0, now);
     *out_idx = idx;
     return HP_R_NONE;

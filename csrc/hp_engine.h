@@ -91,7 +91,8 @@ typedef struct {
     uint64_t seed;
     uint32_t max_per_src; /* connections one source address may hold; 0: no limit */
     /* This engine's slice of every ENI's ports: the p with p % port_stride == port_slice (one
-     * data path worker's shard, issue 19). port_stride 0 or 1: the whole range. */
+     * data path worker's shard, issue 19), and of the connection ids: (id - 1) % port_stride ==
+     * port_slice, so a table's shards never share an id. port_stride 0 or 1: everything. */
     uint16_t port_stride, port_slice;
 } hp_config;
 

@@ -89,11 +89,9 @@ unsigned hp_pool_candidates(const hp_pool *p, uint16_t preferred, double now, do
 {
     unsigned k = 0;
     /* the kept source port only when it is in this pool's slice */
-    if (hp_pool_has(p, preferred)) {
-        uint32_t pi = hp_pool_index(p, preferred);
-        if (!p->in_use[pi] && p->freed_at[pi] + reuse_delay <= now)
-            out[k++] = preferred;
-    }
+    uint32_t pi = hp_pool_find(p, preferred);
+    if (pi != UINT32_MAX && !p->in_use[pi] && p->freed_at[pi] + reuse_delay <= now)
+        out[k++] = preferred;
     uint32_t i = p->next[p->n];
     for (unsigned probes = 0; probes < HP_PORT_PROBES && i != p->n; probes++, i = p->next[i])
         out[k++] = (uint16_t)(p->port_min + i * p->stride);

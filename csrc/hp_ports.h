@@ -36,19 +36,23 @@ size_t hp_pool_bytes(const hp_pool *p);
  * The preferred port comes first when it is free and was not freed within reuse_delay. */
 unsigned hp_pool_candidates(const hp_pool *p, uint16_t preferred, double now, double reuse_delay,
                             uint16_t *out);
-/* The index of port, which must be in the slice (hp_pool_has). */
+/* The index of port, which must be one of this pool's (hp_pool_find). */
 static inline uint32_t hp_pool_index(const hp_pool *p, uint16_t port)
 {
     uint32_t d = (uint32_t)port - p->port_min;
     return p->stride == 1 ? d : d / p->stride;
 }
-/* port is one of this pool's (in its slice and range), in use or not. */
-static inline int hp_pool_has(const hp_pool *p, uint16_t port)
+/* The index of port when it is one of this pool's (in its slice and range, in use or not),
+ * else UINT32_MAX. A port below port_min wraps to a large d, past n. */
+static inline uint32_t hp_pool_find(const hp_pool *p, uint16_t port)
 {
-    if (port < p->port_min)
-        return 0;
     uint32_t d = (uint32_t)port - p->port_min;
-    return (p->stride == 1 || d % p->stride == 0) && hp_pool_index(p, port) < p->n;
+    if (p->stride != 1) {
+        if (d % p->stride)
+            return UINT32_MAX;
+        d /= p->stride;
+    }
+    return d < p->n ? d : UINT32_MAX;
 }
 void hp_pool_take(hp_pool *p, uint16_t port);
 void hp_pool_release(hp_pool *p, uint16_t port, double now);

@@ -8,8 +8,9 @@ Two engines, one API (msgpack-python's pattern):
 
 Beside them, in modules neither engine owns: ``constants`` (verdicts, drop reasons, states),
 ``config`` (EngineConfig, Eni, Timeouts), ``tcp_states`` (the TCP transition grid both run),
-``types`` (Result, Tuple5, EntryInfo, Event, egress rules, the snapshot codec) and
-``ctfilter`` (conntrack-tools' filters over entries and events).
+``types`` (Result, Tuple5, EntryInfo, Event, egress rules, the snapshot codec, port slices),
+``ctfilter`` (conntrack-tools' filters over entries and events) and ``sharded``
+(``ShardedEngine``: one engine shard per data path worker, seen as one table).
 
 ``Engine`` here is the compiled one unless ``HYPERPLANE_ENGINE=reference`` is set.
 ``HYPERPLANE_ENGINE=compiled`` makes a missing build an error. With the variable unset, a
@@ -51,6 +52,13 @@ else:
 #: "compiled" or "reference": the engine behind ``Engine``.
 ENGINE = Engine.engine
 
+# N engine shards (one per data path worker, each a slice of every ENI's ports) as one table;
+# its shards are of the Engine chosen above.
+from hyperplane.engine import sharded as _sharded  # noqa: E402
+from hyperplane.engine.sharded import ShardedEngine  # noqa: E402
+
+_sharded.DEFAULT_ENGINE_CLS = Engine
+
 
 def engine_reason() -> str:
     """Why ``ENGINE`` is what it is (``hyperplane engine`` prints it)."""
@@ -67,4 +75,5 @@ def engine_reason() -> str:
             "the reference engine on purpose)")
 
 
-__all__ = ["ENGINE", "ENGINE_ENV", "ENGINE_FALLBACK_REASON", "Engine", "engine_reason"]
+__all__ = ["ENGINE", "ENGINE_ENV", "ENGINE_FALLBACK_REASON", "Engine", "ShardedEngine",
+           "engine_reason"]

@@ -68,6 +68,8 @@ configs = st.fixed_dictionaries({
     "events": st.sampled_from([16, 1024]),   # event ring capacity: 16 overflows often
     # connections one environment may hold (0: no limit); small ones are hit by bursts
     "max_connections_per_source": st.sampled_from([0, 0, 0, 1, 3, 8]),
+    # the engine's slice of the ports (a data path worker's shard): whole, halves, a third
+    "port_slice": st.sampled_from([(0, 1), (0, 1), (0, 1), (0, 2), (1, 2), (2, 3), (1, 64)]),
 })
 
 corruptions = st.one_of(
@@ -208,9 +210,11 @@ class Run:
         kw = dict(cfg_kw)
         kw["port_min"], kw["port_max"] = kw.pop("ports")
         events = kw.pop("events")
+        self.port_slice = kw.pop("port_slice")
         self.cfg = make_config(**kw)
-        self.compiled = compiled_module().Engine(self.cfg, clock=no_clock)
-        self.reference = reference.Engine(self.cfg, clock=no_clock)
+        self.compiled = compiled_module().Engine(self.cfg, clock=no_clock,
+                                                 port_slice=self.port_slice)
+        self.reference = reference.Engine(self.cfg, clock=no_clock, port_slice=self.port_slice)
         self.events = events
         for e in (self.compiled, self.reference):
             e.enable_events(events)
@@ -473,7 +477,7 @@ class Run:
                   r.restore(blob, now=self.now, shift=shift), i, op)
         fresh = []
         for mod in (compiled_module(), reference):
-            e = mod.Engine(self.cfg, clock=no_clock)
+            e = mod.Engine(self.cfg, clock=no_clock, port_slice=self.port_slice)
             if ENI_C in c.enis:
                 e.add_eni(ENI_C)
             e.set_egress_rules(self.egress)

@@ -30,7 +30,8 @@ SUBSET = ["tests/engine/test_parse.py", "tests/engine/test_nat.py",
           "tests/engine/test_differential.py",
           "tests/datapath/test_datapath_unit.py", "tests/datapath/test_dp_vpc_unit.py",
           "tests/engine/test_malformed.py", "tests/datapath/test_malformed_frames.py",
-          "tests/engine/test_icmp.py", "tests/engine/test_source_limit.py"]
+          "tests/engine/test_icmp.py", "tests/engine/test_source_limit.py",
+          "tests/engine/test_sharded.py"]
 REPORTS = ("AddressSanitizer", "runtime error:", "LeakSanitizer")
 
 

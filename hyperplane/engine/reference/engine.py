@@ -311,13 +311,17 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
         if isinstance(choice, DropReason):
             return choice
         eni_index, eni_raw, port, reply_key = choice
-        conn = Conn(id=self._next_id, family=p.family, proto=p.proto, orig_key=orig_key,
+        # ids count up; a shard's are those with id % count == index (0-based here, reported
+        # + 1), so the shards of one table never hand out the same id
+        index, count = self.port_slice
+        cid = self._next_id + (index - self._next_id) % count
+        conn = Conn(id=cid, family=p.family, proto=p.proto, orig_key=orig_key,
                     reply_key=reply_key, env_addr=p.src[:4] if p.family == 4 else p.src,
                     env_port=p.sport, eni_index=eni_index, eni_addr=eni_raw, eni_port=port,
                     state=state, last_seen=now, win=window.new_window())
         if p.proto == IPPROTO_TCP:    # the opener's side of the window, from its SYN
             window.init_side(conn.win[0], conn.win[1], seg, negotiate=False)
-        self._next_id += 1
+        self._next_id = cid + 1
         self._conn_insert(conn, self._pool(eni_index, p.family, p.proto), src_key)
         self._lru[state][conn] = conn
         self._c["connections_created"] += 1
