@@ -27,7 +27,7 @@
  * With workers (hp_dp_start_workers, [datapath] workers = N) the split is by port instead:
  * N threads, each with its own socket on every veth link (PACKET_FANOUT, a classic BPF program
  * per link steers by destination port on ENI links and by source port elsewhere) and its own
- * engine per group (a shard: the ports p of every ENI with p % N == its index), so a
+ * engine per group (a shard: the ports p of every ENI with (p >> 1) % N == its index), so a
  * connection's packets both ways meet in one thread and its engine needs no lock. What steering
  * cannot place (a TAP's frames, all read by worker 0; a later fragment; an ICMP error; a packet
  * the kernel put elsewhere) is handed to its owner over a single-producer ring

@@ -58,19 +58,18 @@ void hp_outbound(hp_dp *dp, int w, hp_link *l, const struct virtio_net_hdr *vh, 
     }
     uint8_t reason;
     uint32_t flags = (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) ? HP_FLAG_CSUM_PARTIAL : 0;
-    /* With workers, a new connection whose owner's slice of the ports is full, or whose
-     * source holds its share of max_per_src in this shard, spills over to the next worker
-     * (exhaustion and the limit are decided over all shards), and a segment of no connection
-     * here may belong to one that spilled: the engine is asked not to count those drops
-     * (HP_FLAG_SPILL) until the last worker has had it. */
+    /* With workers, a new connection this shard refuses for its share (hp_spills: ports, table,
+     * per-source limit) spills over to the next worker, so exhaustion and the limits are
+     * decided over all shards; and a segment of no connection here may belong to one that
+     * spilled. The engine is asked not to count those drops (HP_FLAG_SPILL) until the last
+     * worker has had the packet. */
     int spill = dp->mt == HP_MT_WORKERS && hops < (int)dp->n_threads - 1;
     lock_engine(dp, g);
     int verdict = hp_translate(g->shard[w], HP_DIR_ORIG, ip, n, flags | (spill ? HP_FLAG_SPILL : 0),
                                now, &reason);
     unlock_engine(dp, g);
     if (verdict == HP_DROP) {
-        if (spill && (reason == HP_R_PORT_EXHAUSTED || reason == HP_R_TCP_NOT_SYN ||
-                      reason == HP_R_SOURCE_LIMIT)) {
+        if (spill && hp_spills(reason)) {
             dp->wk[w].spilled++;
             hp_handoff(dp, w, (w + 1) % (int)dp->n_threads, l, vh, f, len, hops + 1);
             return;

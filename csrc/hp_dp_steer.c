@@ -2,7 +2,7 @@
  * (a classic BPF program per veth link for PACKET_FANOUT), and the rings that carry a packet
  * to its owner when the kernel could not know it (VPP's handoff).
  *
- * Worker w of N owns the ports p of every ENI with p % N == w: its engine shard takes new
+ * Worker w of N owns the ports p of every ENI with (p >> 1) % N == w: its engine shard takes new
  * connections' ports only from there. A reply on an ENI link is addressed to its connection's
  * port; a packet from an environment (or a NAT gateway's inside link) carries its source port,
  * which the kept-source-port rule makes the connection's port when it is free -- and in any

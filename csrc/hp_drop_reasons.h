@@ -73,6 +73,16 @@ enum hp_reason { HP_DROP_REASONS(HP_REASON_ENUM_) HP_R_COUNT };
 enum hp_dp_reason { HP_DP_DROP_REASONS(HP_DP_REASON_ENUM_) HP_D_COUNT };
 #undef HP_DP_REASON_ENUM_
 
+/* With data-path workers, what one shard refuses another may take: its slice of the ports is
+ * full (port_exhausted), its share of the table (table_full) or of a source's connections
+ * (source_limit) is used up, or the connection spilled to another shard earlier (a segment of
+ * no connection here: tcp_not_syn). The data path hands such a packet to the next worker. */
+static inline int hp_spills(int reason)
+{
+    return reason == HP_R_PORT_EXHAUSTED || reason == HP_R_TABLE_FULL ||
+           reason == HP_R_SOURCE_LIMIT || reason == HP_R_TCP_NOT_SYN;
+}
+
 /* The labels by number: hp_reason_names[HP_R_TCP_NOT_SYN] is "tcp_not_syn". */
 extern const char *const hp_reason_names[HP_R_COUNT];
 extern const char *const hp_dp_reason_names[HP_D_COUNT];

@@ -346,8 +346,7 @@ int hp_translate(hp_engine *e, int dir, uint8_t *b, uint32_t n, uint32_t flags, 
         if (!node) {
             r = new_conn(e, b, &p, now, &idx);
             if (r) {
-                if ((flags & HP_FLAG_SPILL) && (r == HP_R_PORT_EXHAUSTED ||
-                                                r == HP_R_TCP_NOT_SYN || r == HP_R_SOURCE_LIMIT)) {
+                if ((flags & HP_FLAG_SPILL) && hp_spills(r)) {
                     *reason = (uint8_t)r; /* another worker's turn: nothing counted */
                     return HP_DROP;
                 }

@@ -90,9 +90,10 @@ typedef struct {
     double timeouts[HP_N_CLASSES]; /* index = timeout class = state number */
     uint64_t seed;
     uint32_t max_per_src; /* connections one source address may hold; 0: no limit */
-    /* This engine's slice of every ENI's ports: the p with p % port_stride == port_slice (one
-     * data path worker's shard, issue 19), and of the connection ids: (id - 1) % port_stride ==
-     * port_slice, so a table's shards never share an id. port_stride 0 or 1: everything. */
+    /* This engine's slice of every ENI's ports: the p with (p >> HP_PORT_BLOCK_SHIFT) %
+     * port_stride == port_slice (one data path worker's shard, issue 19), and of the
+     * connection ids: (id - 1) % port_stride == port_slice, so a table's shards never share
+     * an id. port_stride 0 or 1: everything. */
     uint16_t port_stride, port_slice;
 } hp_config;
 

@@ -8,17 +8,32 @@
 #include "hp_rand.h"
 #include "hp_types.h"
 
+/* The slice's first block and how many of its ports lie below port_min (*skip); its size. */
+static uint32_t slice_of(uint16_t port_min, uint16_t port_max, uint32_t k, uint32_t w,
+                         uint32_t *b0, uint32_t *skip)
+{
+    uint32_t bmin = (uint32_t)port_min >> HP_PORT_BLOCK_SHIFT;
+    uint32_t bmax = (uint32_t)port_max >> HP_PORT_BLOCK_SHIFT;
+    *b0 = bmin + (w % k + k - bmin % k) % k;
+    *skip = *b0 == bmin ? (port_min & (HP_BLOCK - 1)) : 0;
+    if (*b0 > bmax || port_min > port_max)
+        return 0;
+    uint32_t nb = (bmax - *b0) / k + 1, last = *b0 + (nb - 1) * k;
+    uint32_t over = last == bmax ? (HP_BLOCK - 1) - (port_max & (HP_BLOCK - 1)) : 0;
+    return nb * HP_BLOCK - *skip - over;
+}
+
 uint32_t hp_slice_ports(uint16_t port_min, uint16_t port_max, uint16_t stride, uint16_t slice,
                         uint16_t *first)
 {
-    uint32_t s = stride ? stride : 1, k = s == 1 ? 0 : slice % s;
-    /* the lowest p >= port_min with p % s == k */
-    uint32_t f = port_min + ((k + s - port_min % s) % s);
+    uint32_t k = stride ? stride : 1, b0, skip;
     *first = port_min;
-    if (f > port_max)
-        return 0;
-    *first = (uint16_t)f;
-    return ((uint32_t)port_max - f) / s + 1;
+    if (k == 1)
+        return port_min <= port_max ? (uint32_t)port_max - port_min + 1 : 0;
+    uint32_t n = slice_of(port_min, port_max, k, slice, &b0, &skip);
+    if (n)
+        *first = (uint16_t)((b0 << HP_PORT_BLOCK_SHIFT) + skip);
+    return n;
 }
 
 int hp_pool_init(hp_pool *p, uint64_t seed, unsigned eni_index, int family, int proto,
@@ -28,8 +43,11 @@ int hp_pool_init(hp_pool *p, uint64_t seed, unsigned eni_index, int family, int 
     uint32_t n = hp_slice_ports(port_min, port_max, stride, slice, &first), i;
     uint32_t m = n ? n : 1; /* an empty slice still gets (unused) arrays: malloc(0) may be NULL */
     p->n = p->n_free = n;
-    p->port_min = first;
+    p->port_min = port_min;
     p->stride = stride > 1 ? stride : 1;
+    p->b0 = p->skip = 0;
+    if (p->stride > 1)
+        slice_of(port_min, port_max, p->stride, slice, &p->b0, &p->skip);
     p->next = malloc((n + 1) * sizeof *p->next);
     p->prev = malloc((n + 1) * sizeof *p->prev);
     p->freed_at = malloc(m * sizeof *p->freed_at);
@@ -94,7 +112,7 @@ unsigned hp_pool_candidates(const hp_pool *p, uint16_t preferred, double now, do
         out[k++] = preferred;
     uint32_t i = p->next[p->n];
     for (unsigned probes = 0; probes < HP_PORT_PROBES && i != p->n; probes++, i = p->next[i])
-        out[k++] = (uint16_t)(p->port_min + i * p->stride);
+        out[k++] = hp_pool_port(p, i);
     return k;
 }
 

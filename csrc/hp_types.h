@@ -78,8 +78,8 @@ enum hp_state {
 };
 
 #define HP_FLAG_CSUM_PARTIAL 0x01u
-/* hp_translate: a new connection refused for port_exhausted, source_limit or tcp_not_syn is
- * not counted and makes no event (the data path hands it to another worker, hp_dp_outbound.c) */
+/* hp_translate: a new connection refused for a reason hp_spills names is not counted and
+ * makes no event (the data path hands it to another worker, hp_dp_outbound.c) */
 #define HP_FLAG_SPILL 0x02u
 #define HP_IPPROTO_TCP 6
 #define HP_IPPROTO_UDP 17

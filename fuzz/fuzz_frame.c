@@ -42,6 +42,9 @@ static int add_fake_link(hp_dp *dp, int role, int group, const uint8_t *mac)
     CHECK(l->port.fd >= 0);
     l->role = role;
     l->group = group;
+    l->index = (int)dp->n_links;
+    for (unsigned w = 0; w < HP_DP_MAX_WORKERS; w++)
+        l->pt[w] = &l->port; /* one thread: the loop's port */
     memcpy(l->mac, mac, 6);
     if (role == HP_ROLE_ENI)
         dp->groups[group].eni_link = (int)dp->n_links;
@@ -125,7 +128,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
             hp_link *l = dp->links[c & 4 ? eni : env];
             hp_engine_advance(e, now);
-            hp_rx_frame(dp, l, &vh, f, len, now);
+            hp_rx_frame(dp, 0, l, &vh, f, len, now);
             hp_flush_all(dp, 0); /* queued sends point into f: out before it is freed */
             free(f);
         }

@@ -309,7 +309,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
 
     def _new_engine(self, cfg):
         """A connection table: one Engine, or with workers a ShardedEngine whose shard i takes
-        the ports p % workers == i (the one table the control plane sees)."""
+        the ports (p >> 1) % workers == i (the one table the control plane sees)."""
         from hyperplane.engine._engine import Engine
 
         if self.dp.workers == 1:

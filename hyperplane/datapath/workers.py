@@ -2,7 +2,7 @@
 
 With ``[datapath] workers = N`` the C data path runs N loop threads, each receiving on its own
 socket of every veth link and translating with its own engine shard, which owns the ports
-p % N == its index of every ENI (csrc/hp_dp_steer.c says how packets find their owner). One
+(p >> 1) % N == its index of every ENI (csrc/hp_dp_steer.c says how packets find their owner). One
 row per worker joins what its thread counted (csrc/hp_dp.h hp_worker: packets received,
 forwarded, handed over) with what its shards hold (connections, drops, pool slices).
 """

@@ -104,7 +104,7 @@ cdef class Engine:
     cdef list _enis
     cdef uint32_t _fc_cursor   # where a flow_collect(limit=...) round goes on (0: none open)
     cdef readonly object config
-    cdef readonly tuple port_slice  # (index, count): the ports p % count == index of each ENI
+    cdef readonly tuple port_slice  # (index, count): the ports (p >> 1) % count == index of each ENI
     cdef public object clock
 
     engine = ENGINE_NAME

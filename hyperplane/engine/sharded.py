@@ -2,7 +2,7 @@
 plane sees when N workers translate in parallel (issue 19).
 
 Worker ``w`` of ``N`` owns an engine *shard* whose port pools hold only the ports ``p`` of every
-ENI's range with ``p % N == w`` (``Engine(config, port_slice=(w, N))``): the kernel steers a
+ENI's range with ``(p >> 1) % N == w`` (pairs of ports: types.port_owner) (``Engine(config, port_slice=(w, N))``): the kernel steers a
 packet on an ENI link by its destination port and on an environment link by its source port, so
 every packet of a connection lands on the worker whose shard holds it, and the shards share
 nothing (no lock on the fast path). A connection lives in the shard that owns its ENI port.
@@ -11,14 +11,15 @@ nothing (no lock on the fast path). A connection lives in the shard that owns it
 
 * configuration (ENIs, egress rules, enabling, event options, expiry) goes to every shard;
 * counters, ENI counters, pool fill, memory and ``len()`` are summed; ``capacity`` is the
-  configured one, though each shard holds ``ceil(capacity / N)`` connections (a shard cannot
-  borrow another's slots, so the table may refuse a connection as ``table_full`` in one shard
-  while another has room; the sum of the shards' capacities is at least the configured one);
+  configured one, each shard holding ``ceil(capacity / N)`` connections, and
+  ``max_connections_per_source`` is shared out so the shares add up to it: the data path hands a
+  new connection one shard refuses for its share (ports, table, per-source limit) to the next
+  worker (csrc/hp_drop_reasons.h hp_spills), so these limits are decided over the sum;
 * entries are concatenated, events of all shards merged in time order, flow records collected
   over every shard;
 * ``snapshot()`` writes ONE blob in the format of ``Engine.snapshot`` (records of all shards,
   each timeout class oldest first), and ``restore()`` routes each record to the shard owning its
-  port (``eni_port % N``): a snapshot of 1 worker restores into 2 and back;
+  port (``port_owner(eni_port, N)``): a snapshot of 1 worker restores into 2 and back;
 * ``take_signals()`` reports ``pool_exhausted`` only when every shard's pools of that kind are
   full: the data path hands a new connection whose owner's slice is full to another worker, so
   one full slice is not exhaustion, and scaling out (adding an ENI) then would be premature;
@@ -37,7 +38,7 @@ from typing import Callable, Dict, List, Tuple
 
 from hyperplane.engine.config import EngineConfig
 from hyperplane.engine.types import (
-    MAX_PORT_SLICES, RESTORE_OUTCOMES, SNAP_RECORD, snapshot_blob, snapshot_records,
+    MAX_PORT_SLICES, RESTORE_OUTCOMES, SNAP_RECORD, port_owner, snapshot_blob, snapshot_records,
 )
 
 # Where a snapshot record keeps what restore routes and snapshot orders by (SNAP_RECORD).
@@ -55,8 +56,21 @@ assert SNAP_RECORD.size == 192
 DEFAULT_ENGINE_CLS = None
 
 
+def _per_source_share(config: EngineConfig, i: int, workers: int) -> EngineConfig:
+    """Shard i's share of max_connections_per_source: the shares add up to the limit (the
+    data path spills a new connection refused as source_limit to the next worker, so a source
+    gets the whole limit over all shards; a limit below the number of shards still lets each
+    shard take one)."""
+    limit = config.max_connections_per_source
+    if not limit or workers == 1:
+        return config
+    import dataclasses
+    share = limit // workers + (1 if i < limit % workers else 0)
+    return dataclasses.replace(config, max_connections_per_source=max(1, share))
+
+
 class ShardedEngine:
-    """``workers`` engine shards, shard ``i`` holding the ports ``p % workers == i`` of every
+    """``workers`` engine shards, shard ``i`` holding the ports ``port_owner(p, workers) == i`` of every
     ENI, seen as one table (see the module docstring). ``engine_cls``: the engine class of the
     shards (``hyperplane.engine.Engine`` by default; the reference engine for tests)."""
 
@@ -79,7 +93,8 @@ class ShardedEngine:
             if shard_cfg.seed is None:  # one seed for all shards, so their key and orders agree
                 shard_cfg = dataclasses.replace(shard_cfg, seed=config.resolved_seed())
         #: the shards, shard i with port_slice (i, workers)
-        self.shards = [cls(shard_cfg, clock=clock, port_slice=(i, workers))
+        self.shards = [cls(_per_source_share(shard_cfg, i, workers), clock=clock,
+                           port_slice=(i, workers))
                        for i in range(workers)]
         self.engine = self.shards[0].engine
         self._events: List = []          # merged events not yet taken (take_events(max=...))
@@ -211,7 +226,7 @@ class ShardedEngine:
 
     def restore(self, blob, now=None, shift: float = 0.0) -> Dict[str, int]:
         """Put back a snapshot's connections (of any number of workers), each into the shard
-        owning its port (``eni_port % workers``). Returns Engine.restore's counts, summed."""
+        owning its port (``port_owner(eni_port, workers)``). Returns Engine.restore's counts, summed."""
         rec = bytes(snapshot_records(blob))
         if not math.isfinite(shift):
             raise ValueError(f"shift {shift!r}: must be a finite number of seconds")
@@ -222,7 +237,7 @@ class ShardedEngine:
         size = SNAP_RECORD.size
         for i in range(0, len(rec), size):
             port = _PORT.unpack_from(rec, i + _PORT_AT)[0]
-            parts[port % self.workers].append(rec[i:i + size])
+            parts[port_owner(port, self.workers)].append(rec[i:i + size])
         out = dict.fromkeys(RESTORE_OUTCOMES, 0)
         for s, part in zip(self.shards, parts):
             got = s.restore(snapshot_blob(b"".join(part), len(part)), now=now, shift=shift)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence
 
 from hyperplane.engine.config import Eni
 from hyperplane.engine.constants import IPPROTO_TCP, IPPROTO_UDP, DropReason, Verdict
@@ -112,7 +112,8 @@ MAX_PORT_SLICES = 64
 
 def check_port_slice(port_slice) -> tuple:
     """``(index, count)`` of an engine's port slice, checked: 0 <= index < count <= 64. The slice
-    is the ports p with ``p % count == index`` of every ENI's range (a data path worker's share)."""
+    is the ports p with ``port_owner(p, count) == index`` of every ENI's range (a data path
+    worker's share)."""
     try:
         index, count = port_slice
     except (TypeError, ValueError):
@@ -125,11 +126,24 @@ def check_port_slice(port_slice) -> tuple:
     return int(index), int(count)
 
 
-def slice_ports(port_min: int, port_max: int, index: int, count: int) -> range:
-    """The ports of [port_min, port_max] in slice ``index`` of ``count``: p % count == index
-    (csrc/hp_ports.c hp_slice_ports). Count 1 is the whole range."""
-    first = port_min + (index - port_min) % count
-    return range(first, port_max + 1, count)
+#: Ports go to data path workers in blocks of 2 ** PORT_BLOCK_SHIFT (csrc/hp_types.h
+#: HP_PORT_BLOCK_SHIFT): Linux's connect() picks even ephemeral ports and bind() odd ones, so
+#: with p % count every connection of a Linux client would land on one worker.
+PORT_BLOCK_SHIFT = 1
+
+
+def port_owner(port: int, count: int) -> int:
+    """The shard (data path worker) of ``count`` whose slice holds ``port``."""
+    return (port >> PORT_BLOCK_SHIFT) % count
+
+
+def slice_ports(port_min: int, port_max: int, index: int, count: int) -> Sequence[int]:
+    """The ports of [port_min, port_max] in slice ``index`` of ``count``, ascending:
+    ``port_owner(p, count) == index`` (csrc/hp_ports.c hp_slice_ports). Count 1 is the whole
+    range."""
+    if count == 1:
+        return range(port_min, port_max + 1)
+    return [p for p in range(port_min, port_max + 1) if port_owner(p, count) == index]
 
 
 

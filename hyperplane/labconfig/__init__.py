@@ -55,7 +55,7 @@ How the plan mirrors AWS (facts from the Lambda and VPC documentation):
   direction, csrc/hp_dp.h ``hp_dp_start_inbound``) and ``ring_frames`` (frames of 2 KiB in
   every veth link's receive ring) override its choices; ``placement = "none"`` places nothing
   (the scheduler decides, one thread does both directions, rings of 4096). ``workers`` (1..16
-  or "auto") runs that many loop threads, each owning the ports p with p % workers == w of
+  or "auto") runs that many loop threads, each owning the ports p with (p >> 1) % workers == w of
   every ENI, on ``worker_cpus`` (docs/scaling.md); "auto" keeps 1 below 4 CPUs, else half.
 - ``[metrics]``: ``listen``, the loopback address and port of the Prometheus exporter ``lab up``
   starts beside the data path (hyperplane.observe.exporter; port 0 picks a free one).

@@ -340,7 +340,7 @@ class DatapathPlan:
     ``placement``: "auto" chooses what the others leave out when the data path starts
     (hyperplane.labconfig.placement); "none" leaves it to the scheduler and the defaults.
     ``workers``: how many loop threads share the traffic, each owning the ports p with
-    p % workers == w of every ENI (1: one loop, as before; "auto": decided from the CPUs when
+    (p >> 1) % workers == w of every ENI (pairs of ports) (1: one loop, as before; "auto": decided from the CPUs when
     the data path starts, hyperplane.labconfig.placement.auto_workers); ``worker_cpus``: one
     CPU per worker (worker 0 is the loop that also runs the control plane)."""
     cpus: Tuple[int, ...] = ()

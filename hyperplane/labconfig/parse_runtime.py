@@ -86,7 +86,7 @@ DATAPATH = Table("[datapath]", "The data path process: its CPUs and its rings. L
     _cpus("inbound_cpus", "CPUs of a second thread doing the VPC -> environment direction "
           "(default: the placement's choice; the loop is kept off them)"),
     Key("workers", ("integer", "string"), f"loop threads (1..{WORKERS_MAX}), each owning the "
-        "ports p with p % workers == w of every ENI; \"auto\": 1 on fewer than 4 CPUs (the "
+        "ports p with (p >> 1) % workers == w of every ENI; \"auto\": 1 on fewer than 4 CPUs (the "
         "loop and the inbound worker), else half the CPUs the data path may use, at most "
         f"{WORKERS_MAX}; more than 1 replaces cpus and inbound_cpus", default=1, minimum=1,
         maximum=WORKERS_MAX, pattern="^auto$"),

@@ -31,7 +31,7 @@ So with ``placement = "auto"`` (the default) and the CPUs this process may use
   a lab with more links gets shallower rings, never below the old default of 4,096.
 
 Workers (``[datapath] workers``, docs/scaling.md): N loop threads, each with its own engine
-shard owning the ports p with p % N == w of every ENI. The default is 1 (the one loop above,
+shard owning the ports p with (p >> 1) % N == w of every ENI. The default is 1 (the one loop above,
 with its inbound worker: exactly the data path before workers existed). ``workers = "auto"``
 decides N from the number of CPUs the data path may use, C (:func:`auto_workers`):
 
@@ -105,7 +105,7 @@ class Placement:
     #: the CPUs the data path could use when it decided
     allowed_cpus: Tuple[int, ...]
     source: Dict[str, str]
-    #: loop threads, each owning the ports p with p % workers == w of every ENI (1: one loop)
+    #: loop threads, each owning the ports p with (p >> 1) % workers == w of every ENI (1: one loop)
     workers: int = 1
     #: with workers > 1, worker i runs on worker_cpus[i] (worker 0 is the loop: loop_cpus is
     #: worker_cpus[:1]); empty: unpinned. Always empty with one worker (loop_cpus says it).

@@ -1,7 +1,7 @@
 """Per-worker figures for ``hyperplane stats`` and ``hyperplane top`` (issue 19).
 
 With ``[datapath] workers = N`` (docs/scaling.md) the data path runs N loop threads, each with
-its engine shard owning the ports p % N == its index of every ENI. The daemon's ``counters``
+its engine shard owning the ports (p >> 1) % N == its index of every ENI. The daemon's ``counters``
 reply carries ``workers``: one row per worker (hyperplane.datapath.workers.worker_rows) with
 ``worker, cpu, rx_packets, forwarded_outbound, forwarded_inbound, handoff_out, handoff_in,
 handoff_full, spilled, connections, translated_outbound, translated_inbound, engine_drops,

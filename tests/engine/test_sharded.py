@@ -1,9 +1,9 @@
 """Port slices and ShardedEngine (issue 19): an engine may hold one slice of every ENI's ports
-(``port_slice=(index, count)``: the ports p % count == index), and N such shards, one per data
+(``port_slice=(index, count)``: the ports port_owner(p, count) == index, pairs of ports), and N such shards, one per data
 path worker, are seen as one table. Both engines (the differential test runs sliced engines too).
 
 Packets go to the shard the kernel would steer them to: outbound by the source port, inbound by
-the destination port (``sport % N`` / ``dport % N``)."""
+the destination port (``port_owner(sport, N)`` / ``port_owner(dport, N)``)."""
 from __future__ import annotations
 
 import struct
@@ -13,7 +13,7 @@ import pytest
 from hyperplane import DropReason, Verdict
 from hyperplane.engine import ShardedEngine
 from hyperplane.engine.config import DEFAULT_PORT_MAX, DEFAULT_PORT_MIN
-from hyperplane.engine.types import SNAP_HEADER, SNAP_RECORD, slice_ports
+from hyperplane.engine.types import SNAP_HEADER, SNAP_RECORD, port_owner, slice_ports
 from kit.frames import ENI_A, ENI_B, ENV, HOST, fields, make_config, no_clock, tcp, udp
 
 E4, H4 = ENV[4][0], HOST[4][0]
@@ -35,11 +35,11 @@ def _sharded(engine_cls, workers, **kw):
 
 def _out(sh, pkt, now):
     """Outbound as the kernel steers it: to the worker owning the packet's source port."""
-    return sh.shards[fields(pkt).sport % sh.workers].outbound(pkt, now=now)
+    return sh.shards[port_owner(fields(pkt).sport, sh.workers)].outbound(pkt, now=now)
 
 
 def _in(sh, pkt, now):
-    return sh.shards[fields(pkt).dport % sh.workers].inbound(pkt, now=now)
+    return sh.shards[port_owner(fields(pkt).dport, sh.workers)].inbound(pkt, now=now)
 
 
 def _open_flows(sh, n, now=1.0, first_sport=20000):
@@ -68,7 +68,7 @@ def test_slices_partition_the_range_exactly(lo, hi, count):
     assert set().union(*slices) == set(range(lo, hi + 1))
     assert sum(len(s) for s in slices) == hi - lo + 1, "the slices overlap"
     for i, s in enumerate(slices):
-        assert all(p % count == i for p in s)
+        assert all(port_owner(p, count) == i for p in s)
     if (lo, hi) == (DEFAULT_PORT_MIN, DEFAULT_PORT_MAX):
         assert sum(len(s) for s in slices) == 65_000
 
@@ -109,11 +109,11 @@ def test_a_sliced_engine_hands_out_exactly_its_slice_then_is_exhausted(make_engi
 
 def test_the_source_port_is_kept_only_inside_the_slice(engine_cls):
     eng = engine_cls(make_config(**SMALL), clock=no_clock, port_slice=(0, 2))
-    kept = eng.outbound(tcp(4, E4, H4, 40010, 443, "S"), now=1.0)
-    assert fields(kept.packet).sport == 40010
-    other = eng.outbound(tcp(4, E4, H4, 40011, 443, "S"), now=1.0)
+    kept = eng.outbound(tcp(4, E4, H4, 40008, 443, "S"), now=1.0)   # 40008-40009: slice 0
+    assert fields(kept.packet).sport == 40008
+    other = eng.outbound(tcp(4, E4, H4, 40010, 443, "S"), now=1.0)  # 40010-40011: slice 1
     port = fields(other.packet).sport
-    assert port != 40011 and port % 2 == 0 and 40000 <= port <= 40099
+    assert port != 40010 and port_owner(port, 2) == 0 and 40000 <= port <= 40099
 
 
 def test_an_empty_slice_takes_no_connection(engine_cls):
@@ -137,9 +137,9 @@ def test_restore_refuses_a_record_of_another_slice(make_engine, engine_cls):
     blob = whole.snapshot()
     half = engine_cls(make_config(), clock=no_clock, port_slice=(1, 2))
     got = half.restore(blob, now=2.0)
-    odd = sum(1 for p in ports if p % 2)
+    odd = sum(1 for p in ports if port_owner(p, 2))
     assert got["restored"] == odd and got["other_slice"] == len(ports) - odd
-    assert all(e.reply.dport % 2 == 1 for e in half.entries(now=2.0))
+    assert all(port_owner(e.reply.dport, 2) == 1 for e in half.entries(now=2.0))
 
 
 def _open_flows_plain(eng, n, now=1.0):
@@ -225,7 +225,7 @@ def test_snapshot_of_one_worker_restores_into_n_and_back(engine_cls, workers):
     got = many.restore(blob, now=5.0)
     assert got == dict(got, restored=len(ports)) and sum(got.values()) == len(ports)
     for i, s in enumerate(many.shards):
-        assert all(e.reply.dport % workers == i for e in s.entries(now=5.0))
+        assert all(port_owner(e.reply.dport, workers) == i for e in s.entries(now=5.0))
     assert sorted(many.entries(now=5.0)) == before
     assert len(many) == len(ports) and many.counters()["connections_restored"] == len(ports)
     blob2 = many.snapshot()
@@ -266,7 +266,7 @@ def test_events_counters_and_flow_records_are_merged(engine_cls):
     news = [e for e in evs if e.kind == "new"]
     assert len(news) == len(ports)
     assert len({e.id for e in news}) == len(news), "the shards hand out distinct ids"
-    assert all((e.id - 1) % 2 == int(e.reply.dport) % 2 for e in news)
+    assert all((e.id - 1) % 2 == port_owner(int(e.reply.dport), 2) for e in news)
     assert [e.time for e in evs] == sorted(e.time for e in evs)
     rejects = [e for e in evs if e.kind == "reject"]
     assert len(rejects) == 2
@@ -294,7 +294,7 @@ def test_take_events_with_max_keeps_the_rest_in_order(engine_cls):
 def test_delete_flush_and_config_reach_every_shard(engine_cls):
     sh = _sharded(engine_cls, 2, enis=[ENI_A])
     _open_flows(sh, 4)
-    e = [x for x in sh.entries(now=2.0) if x.reply.dport % 2 == 1][0]
+    e = [x for x in sh.entries(now=2.0) if port_owner(x.reply.dport, 2) == 1][0]
     assert sh.delete(e.proto, e.orig, now=2.0) is True
     assert sh.delete(e.proto, e.orig, now=2.0) is False
     assert len(sh) == 7

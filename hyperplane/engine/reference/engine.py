@@ -78,7 +78,7 @@ class Engine(TableMixin, EventsMixin, SnapshotMixin, IcmpMixin, FragMixin):
 
     def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.monotonic,
                  port_slice: Tuple[int, int] = (0, 1)):
-        #: (index, count): this engine holds the ports p % count == index of every ENI's range
+        #: (index, count): this engine holds the ports port_owner(p, count) == index of every ENI's range
         #: (a data path worker's shard; see hyperplane.engine.sharded). (0, 1): all of them.
         self.port_slice = check_port_slice(port_slice)
         self.config = config.validate()

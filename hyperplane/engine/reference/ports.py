@@ -28,7 +28,7 @@ def port_permutation(seed: int, eni_index: int, family: int, proto: int,
                      port_min: int, port_max: int, port_slice: Tuple[int, int] = (0, 1)
                      ) -> List[int]:
     """The order in which a pool hands out ports: a seeded Fisher-Yates shuffle of the range,
-    or of one slice of it (``port_slice`` = (index, count): the ports p % count == index, a data
+    or of one slice of it (``port_slice`` = (index, count): the ports port_owner(p, count) == index, a data
     path worker's share; (0, 1), the whole range, gives the order it always gave).
 
     RFC 6056 3.3.1 ("simple port randomization") picks each port at random; a permutation gives

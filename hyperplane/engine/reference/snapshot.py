@@ -16,7 +16,7 @@ from hyperplane.engine.reference.parse import addr_bytes
 from hyperplane.engine.reference.table import MAX_SOURCES, Conn
 from hyperplane.engine.types import (
     RESTORE_OUTCOMES, SNAP_RECORD, SNAP_TUPLE, SNAP_WIN, snapshot_blob, snapshot_records,
-    tuple_key,
+    port_owner, tuple_key,
 )
 
 
@@ -91,7 +91,7 @@ class SnapshotMixin:
         if not ok:
             return 1                                                     # invalid
         index, count = self.port_slice
-        if count > 1 and port % count != index:
+        if count > 1 and port_owner(port, count) != index:
             return 6                                                     # other_slice
         text = self._eni_addr(self._enis[eni], family) if eni < len(self._enis) else None
         if text is None or addr_bytes(family, text).ljust(16, b"\0") != r_dst:
