@@ -1,4 +1,5 @@
-"""Workers in a lab (issue 19): ``[datapath] workers = 2`` on the default lab.
+"""Workers in a lab (issue 19): ``[datapath] workers = 2`` on the default lab, a worker that
+fails, and a configuration that mixes workers with the inbound worker.
 
 fn-a-0 sits on a TAP (one queue: worker 0 reads it and hands the other worker's flows over),
 fn-b-0 on a veth (the kernel's fanout program steers each frame to its owner). Every other lab
