@@ -57,7 +57,8 @@ def check_threads(pid: int, p: dict) -> None:
         assert all(c == main for c in threads.values()), threads
 
 
-def test_default_lab_places_its_data_path_and_says_so(own_lab):
+def test_default_lab_places_its_data_path_and_says_so(own_lab, monkeypatch):
+    monkeypatch.delenv("HYPERPLANE_WORKERS", raising=False)   # the default is what is checked
     lab = own_lab()
     want = expected(lab)
     got = lab.placement()
@@ -98,7 +99,8 @@ def test_default_lab_places_its_data_path_and_says_so(own_lab):
     check_threads(lab.pid, want)
 
 
-def test_placement_none_places_nothing(own_lab):
+def test_placement_none_places_nothing(own_lab, monkeypatch):
+    monkeypatch.delenv("HYPERPLANE_WORKERS", raising=False)
     text = labconfig.default_text() + '\n[datapath]\nplacement = "none"\n'
     lab = own_lab(text)
     p = lab.placement()
