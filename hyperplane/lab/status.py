@@ -214,7 +214,10 @@ def last_stop(name: str) -> Optional[str]:
         return None
     marker = "data path stopped ("
     lines = [ln for ln in tail.splitlines() if marker in ln]
-    return lines[-1].split(marker, 1)[1].rstrip(")") if lines else None
+    if not lines:
+        return None
+    why = lines[-1].split(marker, 1)[1]
+    return why[:-1] if why.endswith(")") else why
 
 
 def print_status(st: Dict[str, Any], out=None) -> None:
