@@ -27,6 +27,7 @@ pinned to its own CPU when the process may use at least two (said in the output)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import json
 import os
@@ -34,7 +35,6 @@ import statistics
 import struct
 import sys
 import time
-from array import array
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -105,36 +105,20 @@ def env_port(i: int) -> int:
     return 1024 + (i & 255)
 
 
-class Batch:
-    """Packets back to back in one bytearray, with the arrays translate_batch takes."""
+def _workload():
+    """benchmarks/conftest.py (its Batch: packets back to back with the arrays translate_batch
+    takes), loaded by path under its own name as compare.py loads it."""
+    name = "hyperplane_bench_workload"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
-    def __init__(self, packets: Sequence[bytes]):
-        self.buf = bytearray(b"".join(packets))
-        offs, o = [], 0
-        for p in packets:
-            offs.append(o)
-            o += len(p)
-        self.offsets = array("I", offs)
-        self.lengths = array("I", (len(p) for p in packets))
-        self.n = len(packets)
-        self.verdicts = bytearray(self.n)
-        self.reasons = bytearray(self.n)
 
-    def run(self, eng, direction, now: float) -> int:
-        return eng.translate_batch(direction, self.buf, self.offsets, self.lengths,
-                                   self.verdicts, self.reasons, now=now)
-
-    def packet(self, k: int) -> bytes:
-        o = self.offsets[k]
-        return bytes(self.buf[o:o + self.lengths[k]])
-
-    def expect(self, verdict: Verdict, what: str) -> None:
-        bad = [(k, Verdict(v).name, r) for k, (v, r) in enumerate(zip(self.verdicts,
-                                                                      self.reasons))
-               if v != verdict]
-        if bad:
-            raise AssertionError(f"{what}: {len(bad)} of {self.n} packets not {verdict.name}, "
-                                 f"first (index, verdict, reason): {bad[:3]}")
+Batch = _workload().Batch
 
 
 # ---- one engine with established flows ----------------------------------------------------------
