@@ -118,7 +118,16 @@ def _workload():
     return sys.modules[name]
 
 
-Batch = _workload().Batch
+class Batch(_workload().Batch):
+    """benchmarks/conftest.py's Batch, which can say which packets got another verdict."""
+
+    def expect(self, verdict: Verdict, what: str) -> None:
+        bad = [(k, Verdict(v).name, r) for k, (v, r) in enumerate(zip(self.verdicts,
+                                                                      self.reasons))
+               if v != verdict]
+        if bad:
+            raise AssertionError(f"{what}: {len(bad)} of {self.n} packets not {verdict.name}, "
+                                 f"first (index, verdict, reason): {bad[:3]}")
 
 
 # ---- one engine with established flows ----------------------------------------------------------
