@@ -123,7 +123,7 @@ int hp_owner(hp_dp *dp, int w, const hp_link *l, const uint8_t *ip, uint32_t n, 
     return owner;
 }
 
-/* ---- handoff ----------------------------------------------------------------------------------- */
+/* ---- handoff ------------------------------------------------------------------------------- */
 void hp_handoff(hp_dp *dp, int from, int to, const hp_link *l, const struct virtio_net_hdr *vh,
                 const uint8_t *f, uint32_t len, int hops)
 {

@@ -3,8 +3,9 @@ set), building them (the kernel lab by :func:`hyperplane.topology.build` and
 :func:`~hyperplane.bench.kernel.kernel_nat`, the OVS lab by the same build and
 :func:`~hyperplane.bench.ovs.ovs_nat`, the hyperplane lab by ``Lab.up``, placed by the
 data path's default placement where that is the bench's pinning, with the environments
-``--env`` asks for; with ``--workers 1,2`` a second one with two data path workers), tearing them down (OVS's
-daemons first), and the tools the tests run (iperf3, nft, hp-traffic, OVS's programs).
+``--env`` asks for; with ``--workers 1,2`` a second one with two data path workers), tearing
+them down (OVS's daemons first), and the tools the tests run (iperf3, nft, hp-traffic, OVS's
+programs).
 """
 from __future__ import annotations
 
