@@ -115,11 +115,10 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
                            "or io_uring (the default), or unset it")
         self.dp = DataPath()
         self.dp.ring_frames = placement.ring_frames   # before any link is added
-        workers = getattr(placement, "workers", 1)
-        if workers > 1:   # before any group or link: each gets a shard / socket per worker
-            cpus = list(getattr(placement, "worker_cpus", ())) or None
-            self.dp.start_workers(workers, cpus)
-            log.info("%d workers, on CPU(s) %s", workers, cpus or "any")
+        if placement.workers > 1:   # before any group or link: a shard, a socket per worker
+            cpus = list(placement.worker_cpus) or None
+            self.dp.start_workers(placement.workers, cpus)
+            log.info("%d workers, on CPU(s) %s", placement.workers, cpus or "any")
         elif placement.inbound_cpus:
             self.dp.start_inbound_worker(placement.inbound_cpus)
             log.info("inbound worker on CPU(s) %s", list(placement.inbound_cpus))
@@ -393,7 +392,7 @@ class Daemon(ControlServer, EventPump, SaveAndRestore, ControlPlaneEffects):
         out["placement"] = self.placement.to_dict()
         out["workers"] = worker_rows(self.dp.worker_counters(),
                                      [e for e, _ in self.engines()],
-                                     getattr(self.placement, "worker_cpus", ()))
+                                     self.placement.worker_cpus)
         return out
 
     def conntrack(self, spec=None) -> List[Dict[str, Any]]:
