@@ -84,7 +84,7 @@ static int fs_same(const fs_slot *s, const hp_parsed *p)
  * Port p belongs to worker (p >> HP_PORT_BLOCK_SHIFT) % N: pairs of ports, not single ones,
  * because Linux's connect() picks even ephemeral ports (and bind() odd ones): by p % 2, every
  * connection of a Linux client would land on worker 0. */
-#define OWNER(port, nw) ((int)(((uint32_t)(port) >> HP_PORT_BLOCK_SHIFT) % (nw)))
+#define OWNER(port, nw) ((int)hp_port_owner((port), (nw)))
 int hp_owner(hp_dp *dp, int w, const hp_link *l, const uint8_t *ip, uint32_t n, int family,
              uint32_t flags, double now)
 {

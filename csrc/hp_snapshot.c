@@ -83,7 +83,7 @@ int hp_engine_restore(hp_engine *e, const hp_saved *s, double now, double shift)
     if (!saved_ok(e, s) || !isfinite(shift))
         return HP_RS_INVALID;
     if (e->cfg.port_stride > 1 &&
-        (s->eni_port >> HP_PORT_BLOCK_SHIFT) % e->cfg.port_stride != e->cfg.port_slice)
+        hp_port_owner(s->eni_port, e->cfg.port_stride) != e->cfg.port_slice)
         return HP_RS_OTHER_SLICE; /* the shard owning that port restores it */
     int family = s->orig.family, proto = s->orig.proto;
     const hp_eni *eni = s->eni_index < e->n_enis ? &e->enis[s->eni_index] : NULL;

@@ -93,6 +93,12 @@ enum hp_state {
  * owns port p of every ENI when (p >> HP_PORT_BLOCK_SHIFT) % N == w (hp_ports.h's slices). */
 #define HP_PORT_BLOCK_SHIFT 1
 
+/* The worker (of n) owning port p: one definition for the steering and the engine's slices. */
+static inline unsigned hp_port_owner(uint32_t port, unsigned n)
+{
+    return (port >> HP_PORT_BLOCK_SHIFT) % n;
+}
+
 /* One direction of a connection, laid out without padding holes so that it can be hashed and
  * compared as 40 raw bytes (Open vSwitch's trick). IPv4 addresses use the first 4 bytes of the
  * 16, the rest zero. Ports in host byte order. */

@@ -12,6 +12,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from hyperplane.engine.sharded import shard_row
+
 #: Fault injection for tests: "worker-stop:<worker>:<seconds>" makes that worker fail that many
 #: seconds after the data path starts, the way a real failure of its wait would.
 FAULT_ENV = "HYPERPLANE_FAULT"
@@ -33,14 +35,7 @@ def worker_fault(environ=os.environ) -> Optional[Tuple[int, float]]:
 
 def _shard_rows(engine) -> List[Dict[str, Any]]:
     """Per shard of one connection table (a plain Engine is one shard)."""
-    if hasattr(engine, "per_shard"):
-        return engine.per_shard()
-    c = engine.counters()
-    return [{"index": 0, "connections": c["connections"],
-             "packets_outbound": c["packets_outbound"], "packets_inbound": c["packets_inbound"],
-             "drops": sum(c["drops"].values()),
-             "pools": [dict(eni=p["eni"], family=p["family"], proto=p["proto"], used=p["used"],
-                            size=p["size"]) for p in engine.pool_fill()]}]
+    return engine.per_shard() if hasattr(engine, "per_shard") else [shard_row(engine)]
 
 
 def worker_rows(threads: Sequence[Dict[str, Any]], engines: Sequence[Any],

@@ -325,15 +325,18 @@ class ShardedEngine:
     def per_shard(self) -> List[Dict[str, object]]:
         """One dict per shard (a data path worker): index, connections, packets per direction,
         drops (all reasons), and its pool slices (ENI, family, protocol, ports used / size)."""
-        out = []
-        for i, s in enumerate(self.shards):
-            c = s.counters()
-            out.append(dict(
-                index=i, connections=c["connections"], packets_outbound=c["packets_outbound"],
-                packets_inbound=c["packets_inbound"], drops=sum(c["drops"].values()),
+        return [shard_row(s, i) for i, s in enumerate(self.shards)]
+
+
+def shard_row(engine, index: int = 0) -> Dict[str, object]:
+    """One shard's row of :meth:`ShardedEngine.per_shard` (of any engine: a plain one is one
+    shard)."""
+    c = engine.counters()
+    return dict(index=index, connections=c["connections"],
+                packets_outbound=c["packets_outbound"], packets_inbound=c["packets_inbound"],
+                drops=sum(c["drops"].values()),
                 pools=[dict(eni=r["eni"], family=r["family"], proto=r["proto"], used=r["used"],
-                            size=r["size"]) for r in s.pool_fill()]))
-        return out
+                            size=r["size"]) for r in engine.pool_fill()])
 
 
 def _kind_state(fills, family: int, proto: str) -> str:
